@@ -7,6 +7,10 @@
 //! - [`error`]: etcd's errors, with etcd's exact strings.
 
 pub mod error;
+pub mod log_store;
+pub mod membership;
 pub mod mvcc;
+pub mod raft_types;
 pub mod request;
+pub mod state_machine;
 pub mod validate;

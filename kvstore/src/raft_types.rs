@@ -1,0 +1,96 @@
+//! The Raft type configuration: what the log carries, what applying returns, who the nodes are.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::request::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+};
+
+/// A member id, as etcd's: a hash of its peer URLs and the cluster token (see `membership.rs`).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// raftmesh's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle of a member.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A member as Raft's membership records it: what a peer needs to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's name (`--name`); empty until a member added by MemberAdd has started.
+    pub name: String,
+    /// URLs its Raft peer port is reached at (`--initial-advertise-peer-urls`).
+    pub peer_urls: Vec<String>,
+}
+
+/// A mutation of the state machine: one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// etcd Put.
+    Put(PutRequest),
+    /// etcd DeleteRange.
+    DeleteRange(DeleteRangeRequest),
+    /// etcd Txn with at least one write.
+    Txn(TxnRequest),
+    /// etcd Compact.
+    Compact {
+        /// Compact the history up to this revision.
+        revision: i64,
+    },
+    /// etcd LeaseGrant; the id is chosen before proposing so applying is deterministic.
+    LeaseGrant {
+        /// Lease id, > 0.
+        id: i64,
+        /// TTL in seconds.
+        ttl: i64,
+    },
+    /// etcd LeaseRevoke, or the leader expiring a lease.
+    LeaseRevoke {
+        /// Lease id.
+        id: i64,
+    },
+    /// A member announces its name and client URLs, as etcd members publish their attributes.
+    PublishMember {
+        /// The member.
+        id: NodeId,
+        /// Its `--name`.
+        name: String,
+        /// Its `--advertise-client-urls`.
+        client_urls: Vec<String>,
+    },
+}
+
+/// What applying a log entry produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A put was applied.
+    Put(PutResponse),
+    /// A delete was applied.
+    DeleteRange(DeleteRangeResponse),
+    /// A txn was applied.
+    Txn(TxnResponse),
+    /// Any entry without a payload of its own (blank, membership, compact, lease, publish).
+    Done,
+}
+
+/// The result of applying one log entry, with the store revision right after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The store revision after the entry was applied.
+    pub revision: i64,
+    /// The entry's outcome, or the request error the state machine found.
+    pub result: Result<Outcome, Error>,
+}

@@ -1,0 +1,338 @@
+//! The replicated state machine: the MVCC key space, leases, member attributes and the
+//! cluster id, applied from committed log entries.
+//!
+//! The state lives in memory; durability is the log's and the snapshot's. On start the last
+//! snapshot file is loaded and openraft re-applies the committed log after it. A snapshot is
+//! written to a temporary file, fsynced and renamed before openraft may purge the log it
+//! covers, so a crash at any step leaves either the old snapshot with its log or the new one.
+
+use std::collections::BTreeMap;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::membership::cluster_id_of;
+use crate::mvcc::Mvcc;
+use crate::raft_types::{Command, Member, NodeId, Outcome, Reply, TypeConfig};
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type Meta = SnapshotMeta<NodeId, Member>;
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+/// What a member published about itself (etcd's member attributes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// `--name`.
+    pub name: String,
+    /// `--advertise-client-urls`.
+    pub client_urls: Vec<String>,
+}
+
+/// Everything the log builds; a snapshot is this, serialized.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Data {
+    /// Last entry applied.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// Last membership applied.
+    pub last_membership: StoredMembership<NodeId, Member>,
+    /// The key space.
+    pub mvcc: Mvcc,
+    /// etcd's cluster id: a hash of the first membership's voters, fixed for the cluster's
+    /// life and the same on every member because every member applies the same first entry.
+    pub cluster_id: u64,
+    /// Attributes each member published.
+    pub published: BTreeMap<NodeId, Published>,
+}
+
+impl Data {
+    fn apply(&mut self, cmd: &Command) -> Reply {
+        let result = match cmd {
+            Command::Put(r) => self.mvcc.put(r).map(Outcome::Put),
+            Command::DeleteRange(r) => self.mvcc.delete_range(r).map(Outcome::DeleteRange),
+            Command::Txn(r) => self.mvcc.txn(r).map(Outcome::Txn),
+            Command::Compact { revision } => self.mvcc.compact(*revision).map(|()| Outcome::Done),
+            Command::LeaseGrant { id, ttl } => {
+                self.mvcc.lease_grant(*id, *ttl).map(|()| Outcome::Done)
+            }
+            Command::LeaseRevoke { id } => self.mvcc.lease_revoke(*id).map(|()| Outcome::Done),
+            Command::PublishMember {
+                id,
+                name,
+                client_urls,
+            } => {
+                self.published.insert(
+                    *id,
+                    Published {
+                        name: name.clone(),
+                        client_urls: client_urls.clone(),
+                    },
+                );
+                Ok(Outcome::Done)
+            }
+        };
+        Reply {
+            revision: self.mvcc.revision(),
+            result,
+        }
+    }
+}
+
+/// The state shared between the Raft state machine and the API: readers take the lock
+/// briefly and never across an await.
+#[derive(Debug)]
+pub struct Shared {
+    data: RwLock<Data>,
+    /// The current revision, for watchers to wait on.
+    revision: watch::Sender<i64>,
+    /// Entries applied since start, for metrics.
+    applied: AtomicU64,
+}
+
+impl Shared {
+    /// Read access to the state.
+    pub fn read(&self) -> RwLockReadGuard<'_, Data> {
+        self.data.read().expect("state machine lock poisoned")
+    }
+
+    /// Wakes when the revision changes.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    /// Entries applied since start.
+    pub fn applied_entries(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+
+    fn replace(&self, data: Data) {
+        let rev = data.mvcc.revision();
+        *self.data.write().expect("state machine lock poisoned") = data;
+        self.revision.send_replace(rev);
+    }
+}
+
+/// The openraft state machine over [`Shared`], with its snapshot file.
+#[derive(Debug)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    /// Snapshots built by this process, to give each a unique id.
+    built: Arc<AtomicU64>,
+}
+
+impl StateMachine {
+    /// Opens the state machine under `dir`, loading the last snapshot if there is one.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let data = match read_snapshot_file(dir)? {
+            Some((_, bytes)) => decode_data(&bytes)?,
+            None => Data::default(),
+        };
+        let (revision, _) = watch::channel(data.mvcc.revision());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                data: RwLock::new(data),
+                revision,
+                applied: AtomicU64::new(0),
+            }),
+            dir: dir.to_owned(),
+            built: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The state, for the API.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Bytes of the snapshot file, for `dbSize`.
+    pub fn snapshot_size(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join(SNAPSHOT_FILE)).map_or(0, |m| m.len())
+    }
+}
+
+fn decode_data(bytes: &[u8]) -> std::io::Result<Data> {
+    bincode::deserialize(bytes).map_err(std::io::Error::other)
+}
+
+fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<(Meta, Vec<u8>)>> {
+    let bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (meta, data): (Meta, Vec<u8>) =
+        bincode::deserialize(&bytes).map_err(std::io::Error::other)?;
+    Ok(Some((meta, data)))
+}
+
+/// Writes the snapshot durably: temp file, fsync, rename, fsync of the directory.
+fn write_snapshot_file(dir: &Path, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let bytes = bincode::serialize(&(meta, data)).map_err(std::io::Error::other)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn io_snapshot_err(meta: Option<&Meta>, e: std::io::Error) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::new(&e)).into()
+}
+
+/// Builds a snapshot from a copy of the state taken under the lock.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    built: Arc<AtomicU64>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let data = self.shared.read().clone();
+        let n = self.built.fetch_add(1, Ordering::Relaxed);
+        let meta = Meta {
+            last_log_id: data.last_applied,
+            last_membership: data.last_membership.clone(),
+            snapshot_id: format!("{}-{}", data.last_applied.map_or(0, |l| l.index), n),
+        };
+        let dir = self.dir.clone();
+        let meta2 = meta.clone();
+        // Serializing and fsyncing a large state takes a while: keep it off the runtime.
+        let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let bytes = bincode::serialize(&data).map_err(std::io::Error::other)?;
+            write_snapshot_file(&dir, &meta2, &bytes)?;
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| io_snapshot_err(Some(&meta), std::io::Error::other(e)))?
+        .map_err(|e| io_snapshot_err(Some(&meta), e))?;
+        tracing::info!(
+            last_log = ?meta.last_log_id,
+            bytes = bytes.len(),
+            "snapshot built"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+        let data = self.shared.read();
+        Ok((data.last_applied, data.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Reply>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        let revision = {
+            let mut data = self
+                .shared
+                .data
+                .write()
+                .expect("state machine lock poisoned");
+            for entry in entries {
+                data.last_applied = Some(entry.log_id);
+                let reply = match &entry.payload {
+                    EntryPayload::Blank => None,
+                    EntryPayload::Normal(cmd) => Some(data.apply(cmd)),
+                    EntryPayload::Membership(m) => {
+                        if data.cluster_id == 0 {
+                            data.cluster_id = cluster_id_of(m.voter_ids());
+                        }
+                        data.last_membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        None
+                    }
+                };
+                replies.push(reply.unwrap_or(Reply {
+                    revision: data.mvcc.revision(),
+                    result: Ok(Outcome::Done),
+                }));
+            }
+            data.mvcc.revision()
+        };
+        self.shared
+            .applied
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        self.shared.revision.send_if_modified(|r| {
+            let changed = *r != revision;
+            *r = revision;
+            changed
+        });
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            dir: self.dir.clone(),
+            built: self.built.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let bytes = snapshot.into_inner();
+        let mut data = decode_data(&bytes).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            ))
+        })?;
+        data.last_applied = meta.last_log_id;
+        data.last_membership = meta.last_membership.clone();
+        let dir = self.dir.clone();
+        let meta2 = meta.clone();
+        let bytes2 = bytes.clone();
+        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &meta2, &bytes2))
+            .await
+            .map_err(|e| io_snapshot_err(Some(meta), std::io::Error::other(e)))?
+            .map_err(|e| io_snapshot_err(Some(meta), e))?;
+        tracing::info!(last_log = ?meta.last_log_id, bytes = bytes.len(), "snapshot installed");
+        self.shared.replace(data);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let dir = self.dir.clone();
+        let found = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
+            .await
+            .map_err(|e| io_snapshot_err(None, std::io::Error::other(e)))?
+            .map_err(|e| {
+                StorageError::from(StorageIOError::read_snapshot(None, AnyError::new(&e)))
+            })?;
+        Ok(found.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
