@@ -1,16 +1,40 @@
 //! kvstore: a durable, Raft-replicated key-value store that speaks the etcd v3 API.
 //!
+//! It is the store of raftmesh's mesh API server: agents, remote clusters, meshctl and
+//! etcdctl all talk to it with etcd's protocol and get etcd's semantics and errors.
+//!
 //! # Layout
-//! - [`request`]: the KV requests and responses in domain form (what the log carries).
+//! - [`server`]: a member assembled; `run(config, listeners, shutdown)`.
+//! - [`node`]: a running member's operations that involve the leader (forwarding, ReadIndex,
+//!   leases, membership).
+//! - [`api`]: the etcd gRPC services on the client port; [`api::convert`] holds every
+//!   protobuf ↔ domain conversion, [`api::status`] every error → gRPC status mapping.
+//! - [`peer`] and [`network`]: the Raft peer port, server and client side. A trust
+//!   boundary: never exposed to clients.
+//! - [`state_machine`]: applies committed entries; snapshots.
+//! - [`log_store`]: the Raft log on sled with group commit — the only module that knows sled.
 //! - [`mvcc`]: the multi-version key space with etcd's semantics; pure and deterministic.
+//! - [`request`]: the KV requests and responses in domain form (what the log carries).
 //! - [`validate`]: checks run on a request before it is proposed.
+//! - [`lessor`], [`read_index`]: the leader's lease deadlines and batched ReadIndex.
+//! - [`membership`]: member and cluster ids; `--initial-cluster`.
+//! - [`metrics`]: Prometheus metrics and `/healthz`.
+//! - [`raft_types`]: the openraft type configuration, log command and reply.
 //! - [`error`]: etcd's errors, with etcd's exact strings.
 
+pub mod api;
 pub mod error;
+pub mod lessor;
 pub mod log_store;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
+pub mod network;
+pub mod node;
+pub mod peer;
 pub mod raft_types;
+pub mod read_index;
 pub mod request;
+pub mod server;
 pub mod state_machine;
 pub mod validate;

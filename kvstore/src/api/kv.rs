@@ -1,0 +1,160 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use etcd_client::proto::{
+    PbCompactionRequest, PbCompactionResponse, PbDeleteRequest, PbDeleteResponse, PbKvServer,
+    PbKvService, PbPutRequest, PbPutResponse, PbRangeRequest, PbRangeResponse,
+    PbRangeStreamResponse, PbTxnRequest, PbTxnResponse,
+};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{convert, status};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::raft_types::{Command, Outcome, Reply};
+use crate::validate;
+
+/// The KV service of one member.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+}
+
+impl Kv {
+    /// Serves `node`'s key space.
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> PbKvServer<Self> {
+        PbKvServer::new(Self { node, metrics })
+            .max_decoding_message_size(super::MAX_DECODE_BYTES)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    fn check_size(req: &impl Message) -> Result<(), Status> {
+        if req.encoded_len() > validate::MAX_REQUEST_BYTES {
+            return Err(status(Error::RequestTooLarge));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, cmd: Command) -> Result<(Outcome, i64), Status> {
+        let Reply { revision, result } = self.node.propose(cmd).await.map_err(status)?;
+        Ok((result.map_err(status)?, revision))
+    }
+}
+
+type RangeStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<PbRangeStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbKvService for Kv {
+    async fn range(
+        &self,
+        req: Request<PbRangeRequest>,
+    ) -> Result<Response<PbRangeResponse>, Status> {
+        let _t = self.metrics.rpc("Range");
+        let req = convert::range_request(req.into_inner());
+        validate::range(&req).map_err(status)?;
+        if !req.serializable {
+            self.node.linearize().await.map_err(status)?;
+        }
+        let (resp, revision) = {
+            let data = self.node.shared.read();
+            (data.mvcc.range(&req), data.mvcc.revision())
+        };
+        let resp = resp.map_err(status)?;
+        Ok(Response::new(convert::range_response(
+            resp,
+            self.node.header(revision),
+        )))
+    }
+
+    type RangeStreamStream = RangeStream;
+
+    async fn range_stream(
+        &self,
+        _req: Request<PbRangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        Err(Status::unimplemented("RangeStream is not served"))
+    }
+
+    async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let _t = self.metrics.rpc("Put");
+        let req = req.into_inner();
+        Self::check_size(&req)?;
+        let req = convert::put_request(req);
+        validate::put(&req).map_err(status)?;
+        match self.write(Command::Put(req)).await? {
+            (Outcome::Put(r), rev) => Ok(Response::new(convert::put_response(
+                r,
+                self.node.header(rev),
+            ))),
+            (other, _) => Err(mismatch(&other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<PbDeleteRequest>,
+    ) -> Result<Response<PbDeleteResponse>, Status> {
+        let _t = self.metrics.rpc("DeleteRange");
+        let req = req.into_inner();
+        Self::check_size(&req)?;
+        let req = convert::delete_request(req);
+        validate::delete_range(&req).map_err(status)?;
+        match self.write(Command::DeleteRange(req)).await? {
+            (Outcome::DeleteRange(r), rev) => Ok(Response::new(convert::delete_response(
+                r,
+                self.node.header(rev),
+            ))),
+            (other, _) => Err(mismatch(&other)),
+        }
+    }
+
+    async fn txn(&self, req: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let _t = self.metrics.rpc("Txn");
+        let req = req.into_inner();
+        Self::check_size(&req)?;
+        let req = convert::txn_request(req);
+        validate::txn(&req).map_err(status)?;
+        if req.is_read_only() {
+            // A txn that cannot write is a read: ReadIndex, not a log entry (as etcd).
+            self.node.linearize().await.map_err(status)?;
+            let (resp, revision) = {
+                let data = self.node.shared.read();
+                (data.mvcc.txn_read(&req), data.mvcc.revision())
+            };
+            let resp = resp.map_err(status)?;
+            return Ok(Response::new(convert::txn_response(
+                resp,
+                self.node.header(revision),
+            )));
+        }
+        match self.write(Command::Txn(req)).await? {
+            (Outcome::Txn(r), rev) => Ok(Response::new(convert::txn_response(
+                r,
+                self.node.header(rev),
+            ))),
+            (other, _) => Err(mismatch(&other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<PbCompactionRequest>,
+    ) -> Result<Response<PbCompactionResponse>, Status> {
+        let _t = self.metrics.rpc("Compact");
+        let revision = req.into_inner().revision;
+        let (_, rev) = self.write(Command::Compact { revision }).await?;
+        Ok(Response::new(PbCompactionResponse {
+            header: convert::header(self.node.header(rev)),
+        }))
+    }
+}
+
+fn mismatch(outcome: &Outcome) -> Status {
+    tracing::error!(?outcome, "state machine answered a different request");
+    status(Error::Unhealthy)
+}

@@ -1,0 +1,193 @@
+//! etcd's Lease service. Grant and revoke go through the log; keep-alive and time-to-live
+//! are answered by the leader, which keeps the deadlines (see `lessor.rs`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use etcd_client::proto::{
+    PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse,
+    PbLeaseLeasesRequest, PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse,
+    PbLeaseServer, PbLeaseService, PbLeaseStatus, PbLeaseTimeToLiveRequest,
+    PbLeaseTimeToLiveResponse,
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, status};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::mvcc::MAX_LEASE_TTL;
+use crate::node::Node;
+use crate::raft_types::Command;
+
+/// The Lease service of one member.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+}
+
+impl Lease {
+    /// Serves `node`'s leases.
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> PbLeaseServer<Self> {
+        PbLeaseServer::new(Self { node, metrics })
+    }
+}
+
+/// A fresh lease id: positive, unlikely to collide; the state machine refuses a collision
+/// with `ErrLeaseExist`, and the grant is retried with another id.
+fn new_lease_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 1).max(1) as i64
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbLeaseService for Lease {
+    async fn lease_grant(
+        &self,
+        req: Request<PbLeaseGrantRequest>,
+    ) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        let _t = self.metrics.rpc("LeaseGrant");
+        let req = req.into_inner();
+        if req.ttl > MAX_LEASE_TTL {
+            return Err(status(Error::LeaseTtlTooLarge));
+        }
+        let chosen = req.id == 0;
+        for _ in 0..3 {
+            let id = if chosen { new_lease_id() } else { req.id };
+            let reply = self
+                .node
+                .propose(Command::LeaseGrant { id, ttl: req.ttl })
+                .await
+                .map_err(status)?;
+            match reply.result {
+                Err(Error::LeaseExist) if chosen => continue,
+                Err(e) => return Err(status(e)),
+                Ok(_) => {
+                    return Ok(Response::new(PbLeaseGrantResponse {
+                        header: convert::header(self.node.header(reply.revision)),
+                        id,
+                        ttl: req.ttl,
+                        error: String::new(),
+                    }));
+                }
+            }
+        }
+        Err(status(Error::LeaseExist))
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<PbLeaseRevokeRequest>,
+    ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let _t = self.metrics.rpc("LeaseRevoke");
+        let id = req.into_inner().id;
+        let reply = self
+            .node
+            .propose(Command::LeaseRevoke { id })
+            .await
+            .map_err(status)?;
+        reply.result.map_err(status)?;
+        Ok(Response::new(PbLeaseRevokeResponse {
+            header: convert::header(self.node.header(reply.revision)),
+        }))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<PbLeaseKeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
+        let mut requests = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let node = self.node.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = requests.next().await {
+                let _t = metrics.rpc("LeaseKeepAlive");
+                let ttl = match node.lease_keep_alive(req.id).await {
+                    Ok(ttl) => ttl,
+                    // etcd answers an unknown lease with TTL 0 on the stream.
+                    Err(Error::LeaseNotFound) => 0,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                let resp = PbLeaseKeepAliveResponse {
+                    header: convert::header(node.current_header()),
+                    id: req.id,
+                    ttl,
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<PbLeaseTimeToLiveRequest>,
+    ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let _t = self.metrics.rpc("LeaseTimeToLive");
+        let req = req.into_inner();
+        let ttl = self.node.lease_time_to_live(req.id).await.map_err(status)?;
+        let header = convert::header(self.node.current_header());
+        // etcd answers an unknown lease with TTL -1, not an error.
+        let resp = match ttl {
+            None => PbLeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: vec![],
+            },
+            Some(t) => PbLeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: t.remaining,
+                granted_ttl: t.granted,
+                keys: if req.keys {
+                    t.keys.into_iter().map(Vec::from).collect()
+                } else {
+                    vec![]
+                },
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<PbLeaseLeasesRequest>,
+    ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        let _t = self.metrics.rpc("LeaseLeases");
+        self.node.linearize().await.map_err(status)?;
+        let leases = self
+            .node
+            .shared
+            .read()
+            .mvcc
+            .leases()
+            .map(|(id, _)| PbLeaseStatus { id })
+            .collect();
+        Ok(Response::new(PbLeaseLeasesResponse {
+            header: convert::header(self.node.current_header()),
+            leases,
+        }))
+    }
+}

@@ -1,0 +1,121 @@
+//! etcd's Maintenance service: Status and Alarm, which `etcdctl endpoint status/health` use.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use etcd_client::proto::{
+    PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
+    PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse,
+    PbMaintenanceServer, PbMaintenanceService, PbMoveLeaderRequest, PbMoveLeaderResponse,
+    PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
+};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::metrics::Metrics;
+use crate::node::Node;
+
+/// The etcd API version this server implements, as Status reports it.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// The Maintenance service of one member.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+}
+
+impl Maintenance {
+    /// Serves `node`'s status.
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> PbMaintenanceServer<Self> {
+        PbMaintenanceServer::new(Self { node, metrics })
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbMaintenanceService for Maintenance {
+    async fn alarm(
+        &self,
+        _req: Request<PbAlarmRequest>,
+    ) -> Result<Response<PbAlarmResponse>, Status> {
+        let _t = self.metrics.rpc("Alarm");
+        // No alarms are raised (no space quota yet): GET answers none, as a healthy etcd.
+        Ok(Response::new(PbAlarmResponse {
+            header: convert::header(self.node.current_header()),
+            alarms: vec![],
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<PbStatusRequest>,
+    ) -> Result<Response<PbStatusResponse>, Status> {
+        let _t = self.metrics.rpc("Status");
+        let m = self.node.raft.metrics().borrow().clone();
+        let is_learner = !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.node.id);
+        let db_size = self.metrics.db_size(&self.node) as i64;
+        Ok(Response::new(PbStatusResponse {
+            header: convert::header(self.node.current_header()),
+            version: ETCD_API_VERSION.to_owned(),
+            db_size,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+            errors: vec![],
+            db_size_in_use: db_size,
+            is_learner,
+            storage_version: String::new(),
+            db_size_quota: 0,
+            downgrade_info: None,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<PbDefragmentRequest>,
+    ) -> Result<Response<PbDefragmentResponse>, Status> {
+        Err(Status::unimplemented("Defragment is not served"))
+    }
+
+    async fn hash(&self, _req: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+        Err(Status::unimplemented("Hash is not served"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _req: Request<PbHashKvRequest>,
+    ) -> Result<Response<PbHashKvResponse>, Status> {
+        Err(Status::unimplemented("HashKV is not served"))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _req: Request<PbSnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        Err(Status::unimplemented("Snapshot is not served"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<PbMoveLeaderRequest>,
+    ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        Err(Status::unimplemented("MoveLeader is not served"))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<PbDowngradeRequest>,
+    ) -> Result<Response<PbDowngradeResponse>, Status> {
+        Err(Status::unimplemented("Downgrade is not served"))
+    }
+}

@@ -1,0 +1,301 @@
+//! etcd's Watch service.
+//!
+//! Watchers pull: each watcher remembers the next revision it owes its client, and whenever
+//! the store's revision moves, the stream reads the events of the revisions in between from
+//! the MVCC history. So events come in revision order, each exactly once, with no gap, all
+//! events of one revision in one message; and a slow client only falls behind in the
+//! history (until compaction passes it, when it is canceled with `compact_revision`, as
+//! etcd does) instead of growing a queue in memory.
+//!
+//! A message's `header.revision` is the revision up to which that watcher has been sent
+//! everything, never further, so a client may resume from it.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::proto::{
+    PbWatchRequest, PbWatchRequestUnion, PbWatchResponse, PbWatchServer, PbWatchService,
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, requires_leader, status};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::request::{EventKind, KeyRange};
+
+/// `WatchCreateRequest.FilterType.NOPUT`.
+const FILTER_NOPUT: i32 = 0;
+/// `WatchCreateRequest.FilterType.NODELETE`.
+const FILTER_NODELETE: i32 = 1;
+/// Most events in one message (a revision is never split; a large one may exceed this).
+const MAX_EVENTS_PER_MESSAGE: usize = 1000;
+
+/// The Watch service of one member.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+    progress_interval: Duration,
+}
+
+impl Watch {
+    /// Serves watches on `node`'s key space; watchers that asked for progress notifications
+    /// get one every `progress_interval` while idle.
+    pub fn new(
+        node: Arc<Node>,
+        metrics: Arc<Metrics>,
+        progress_interval: Duration,
+    ) -> PbWatchServer<Self> {
+        PbWatchServer::new(Self {
+            node,
+            metrics,
+            progress_interval,
+        })
+        .max_decoding_message_size(super::MAX_DECODE_BYTES)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<PbWatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbWatchService for Watch {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<PbWatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        if requires_leader(&req) && self.node.leader().is_none() {
+            return Err(status(Error::NoLeader));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let session = Session {
+            node: self.node.clone(),
+            metrics: self.metrics.clone(),
+            tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(session.run(req.into_inner(), self.progress_interval));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One watcher of a stream.
+#[derive(Debug)]
+struct Watcher {
+    range: KeyRange,
+    /// The next revision this watcher owes its client.
+    next: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+}
+
+/// One client stream and its watchers.
+struct Session {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    /// Next id the server picks (ids are per stream, as in etcd).
+    next_id: i64,
+}
+
+/// Why a session ended: the client went away, or the stream must close.
+struct Closed;
+
+impl Session {
+    async fn run(mut self, mut requests: Streaming<PbWatchRequest>, progress_interval: Duration) {
+        let mut revisions = self.node.shared.subscribe();
+        let mut progress = tokio::time::interval(progress_interval);
+        progress.reset();
+        loop {
+            let step = tokio::select! {
+                req = requests.next() => match req {
+                    Some(Ok(req)) => self.handle(req).await,
+                    // Client closed or broke the stream: nothing more to do.
+                    Some(Err(_)) | None => Err(Closed),
+                },
+                changed = revisions.changed() => match changed {
+                    Ok(()) => self.catch_up().await,
+                    Err(_) => Err(Closed),
+                },
+                _ = progress.tick() => self.notify_progress().await,
+            };
+            if step.is_err() {
+                break;
+            }
+        }
+        self.metrics.watchers_removed(self.watchers.len());
+    }
+
+    async fn send(&self, resp: PbWatchResponse) -> Result<(), Closed> {
+        self.tx.send(Ok(resp)).await.map_err(|_| Closed)
+    }
+
+    fn response(&self, watch_id: i64, revision: i64) -> PbWatchResponse {
+        PbWatchResponse {
+            header: convert::header(self.node.header(revision)),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    async fn handle(&mut self, req: PbWatchRequest) -> Result<(), Closed> {
+        match req.request_union {
+            Some(PbWatchRequestUnion::CreateRequest(c)) => {
+                let current = self.node.shared.read().mvcc.revision();
+                let id = if c.watch_id != 0 {
+                    c.watch_id
+                } else {
+                    while self.watchers.contains_key(&self.next_id) {
+                        self.next_id += 1;
+                    }
+                    self.next_id
+                };
+                if self.watchers.contains_key(&id) || c.key.is_empty() {
+                    // etcd answers a duplicate id (or a create without a key) with a
+                    // canceled create.
+                    let mut resp = self.response(id, current);
+                    resp.created = true;
+                    resp.canceled = true;
+                    resp.cancel_reason = if c.key.is_empty() {
+                        Error::EmptyKey.to_string()
+                    } else {
+                        "etcdserver: duplicate watch id".to_owned()
+                    };
+                    return self.send(resp).await;
+                }
+                let watcher = Watcher {
+                    range: KeyRange::new(c.key, c.range_end),
+                    next: if c.start_revision > 0 {
+                        c.start_revision
+                    } else {
+                        current + 1
+                    },
+                    prev_kv: c.prev_kv,
+                    no_put: c.filters.contains(&FILTER_NOPUT),
+                    no_delete: c.filters.contains(&FILTER_NODELETE),
+                    progress_notify: c.progress_notify,
+                };
+                self.watchers.insert(id, watcher);
+                self.metrics.watchers_added(1);
+                let mut resp = self.response(id, current);
+                resp.created = true;
+                self.send(resp).await?;
+                self.catch_up().await
+            }
+            Some(PbWatchRequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    self.metrics.watchers_removed(1);
+                    let current = self.node.shared.read().mvcc.revision();
+                    let mut resp = self.response(c.watch_id, current);
+                    resp.canceled = true;
+                    self.send(resp).await?;
+                }
+                Ok(())
+            }
+            Some(PbWatchRequestUnion::ProgressRequest(_)) => {
+                // Every watcher is brought up to date first, so the progress revision never
+                // overtakes an event still owed.
+                let synced_to = self.catch_up_to_current().await?;
+                self.send(self.response(-1, synced_to)).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn catch_up(&mut self) -> Result<(), Closed> {
+        self.catch_up_to_current().await.map(|_| ())
+    }
+
+    /// Sends every watcher the events it is owed up to the current revision; returns the
+    /// revision everything was sent up to.
+    async fn catch_up_to_current(&mut self) -> Result<i64, Closed> {
+        loop {
+            let mut batches = Vec::new();
+            let mut canceled = Vec::new();
+            let current;
+            {
+                let data = self.node.shared.read();
+                current = data.mvcc.revision();
+                let compacted = data.mvcc.compacted();
+                for (&id, w) in &mut self.watchers {
+                    if w.next > current {
+                        continue;
+                    }
+                    if w.next < compacted {
+                        canceled.push((id, compacted));
+                        continue;
+                    }
+                    let to = revision_limit(w.next, current);
+                    let events = data
+                        .mvcc
+                        .events(&w.range, w.next, to, w.prev_kv)
+                        .expect("watcher position checked against the compacted revision");
+                    w.next = to + 1;
+                    let events: Vec<_> = events
+                        .into_iter()
+                        .filter(|e| match e.kind {
+                            EventKind::Put => !w.no_put,
+                            EventKind::Delete => !w.no_delete,
+                        })
+                        .map(convert::event)
+                        .collect();
+                    if !events.is_empty() {
+                        batches.push((id, to, events));
+                    }
+                }
+            }
+            for (id, compacted) in canceled {
+                self.watchers.remove(&id);
+                self.metrics.watchers_removed(1);
+                let mut resp = self.response(id, current);
+                resp.canceled = true;
+                resp.compact_revision = compacted;
+                resp.cancel_reason = Error::Compacted.to_string();
+                self.send(resp).await?;
+            }
+            let more = self.watchers.values().any(|w| w.next <= current);
+            for (id, to, events) in batches {
+                self.metrics.events_sent(events.len());
+                let mut resp = self.response(id, to);
+                resp.events = events;
+                self.send(resp).await?;
+            }
+            if !more {
+                return Ok(current);
+            }
+        }
+    }
+
+    async fn notify_progress(&mut self) -> Result<(), Closed> {
+        let synced_to = self.catch_up_to_current().await?;
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.send(self.response(id, synced_to)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The last revision of a catch-up step starting at `from`: up to `current`, but bounded so a
+/// far-behind watcher gets its history in messages of about [`MAX_EVENTS_PER_MESSAGE`].
+fn revision_limit(from: i64, current: i64) -> i64 {
+    let span = i64::try_from(MAX_EVENTS_PER_MESSAGE).unwrap_or(i64::MAX);
+    current.min(from.saturating_add(span - 1))
+}

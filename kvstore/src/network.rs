@@ -1,0 +1,207 @@
+//! The client side of the peer port: openraft's network and the calls a member makes to the
+//! leader (forwarded writes, ReadIndex, lease renewal) or to any peer (discovery).
+//!
+//! Channels are created lazily and cached per peer URL; tonic reconnects on its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::Error;
+use crate::peer::pb::Blob;
+use crate::peer::pb::peer_client::PeerClient;
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::raft_types::{Member, NodeId, TypeConfig};
+
+/// Cached channels to peers, by URL.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+/// A failure to reach a peer or to understand its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The member has no usable peer URL.
+    #[error("member has no valid peer URL: {urls:?}")]
+    NoUrl {
+        /// The URLs it has.
+        urls: Vec<String>,
+    },
+    /// The RPC failed at the transport or the peer refused it.
+    #[error("peer RPC to {url} failed: {status}")]
+    Rpc {
+        /// The peer.
+        url: String,
+        /// What gRPC said.
+        status: tonic::Status,
+    },
+    /// The payload did not decode.
+    #[error("peer payload: {0}")]
+    Codec(#[from] bincode::Error),
+}
+
+impl Peers {
+    fn channel(&self, urls: &[String]) -> Result<(String, Channel), PeerError> {
+        let url = urls
+            .first()
+            .ok_or_else(|| PeerError::NoUrl { urls: vec![] })?;
+        let mut map = self.channels.lock().expect("peer channel cache poisoned");
+        if let Some(ch) = map.get(url) {
+            return Ok((url.clone(), ch.clone()));
+        }
+        let ch = Endpoint::from_shared(url.clone())
+            .map_err(|_| PeerError::NoUrl {
+                urls: urls.to_vec(),
+            })?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        map.insert(url.clone(), ch.clone());
+        Ok((url.clone(), ch))
+    }
+
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        urls: &[String],
+        method: Method,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let (url, ch) = self.channel(urls)?;
+        let mut client = PeerClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let mut request = tonic::Request::new(Blob {
+            data: bincode::serialize(req)?,
+        });
+        request.set_timeout(timeout);
+        let reply = match method {
+            Method::AppendEntries => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::InstallSnapshot => client.install_snapshot(request).await,
+            Method::Call => client.call(request).await,
+        }
+        .map_err(|status| PeerError::Rpc { url, status })?;
+        Ok(bincode::deserialize(&reply.into_inner().data)?)
+    }
+
+    /// Sends `req` to the member at `urls` and returns its answer.
+    pub async fn call(
+        &self,
+        urls: &[String],
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<Result<PeerResponse, Error>, PeerError> {
+        self.rpc(urls, Method::Call, req, timeout).await
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Call,
+}
+
+/// openraft's network factory over the peer port.
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    peers: Peers,
+}
+
+impl Network {
+    /// A factory sharing `peers`' channels.
+    pub fn new(peers: Peers) -> Self {
+        Self { peers }
+    }
+}
+
+/// openraft's connection to one peer.
+#[derive(Debug)]
+pub struct Connection {
+    peers: Peers,
+    target: NodeId,
+    urls: Vec<String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Connection {
+        Connection {
+            peers: self.peers.clone(),
+            target,
+            urls: node.peer_urls.clone(),
+        }
+    }
+}
+
+impl Connection {
+    async fn send<Req, Resp, E>(
+        &self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Resp, E> = self
+            .peers
+            .rpc(&self.urls, method, req, option.hard_ttl())
+            .await
+            .map_err(|e| match &e {
+                PeerError::Rpc { status, .. } if status.code() == tonic::Code::Unavailable => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.send(Method::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.send(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.send(Method::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,514 @@
+//! A running member: its Raft instance and state, and the operations the etcd services need
+//! that involve the leader (writes, linearizable reads, leases, membership).
+//!
+//! Any member accepts any request. What needs the leader runs locally when this member leads
+//! and is otherwise forwarded over the peer port. A forwarded write is never retried after it
+//! may have reached a leader's log (that could apply it twice); it is retried only when the
+//! leader refused it before appending (it was not leader any more).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::lessor::{self, Lessor};
+use crate::log_store::LogStore;
+use crate::membership::member_id;
+use crate::network::Peers;
+use crate::peer::{LeaseTtl, PeerRequest, PeerResponse};
+use crate::raft_types::{Command, Member, NodeId, Raft, Reply};
+use crate::read_index::ReadIndex;
+use crate::state_machine::{Published, Shared};
+
+/// etcd's response header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Stable id of the cluster.
+    pub cluster_id: u64,
+    /// This member.
+    pub member_id: u64,
+    /// Store revision the response reflects.
+    pub revision: i64,
+    /// Raft term this member is in.
+    pub raft_term: u64,
+}
+
+/// A member as etcd's MemberList shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Member id.
+    pub id: NodeId,
+    /// Its name; empty until it started and published it.
+    pub name: String,
+    /// Peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Client URLs; empty until it started and published them.
+    pub client_urls: Vec<String>,
+    /// A learner does not vote.
+    pub is_learner: bool,
+}
+
+/// Settings of a running member that the operations need.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// `--name`.
+    pub name: String,
+    /// `--advertise-client-urls`.
+    pub client_urls: Vec<String>,
+    /// `--initial-cluster-token`, salts the ids of added members.
+    pub cluster_token: String,
+    /// How long a request may wait for the leader.
+    pub request_timeout: Duration,
+}
+
+/// A running member.
+pub struct Node {
+    /// This member's id.
+    pub id: NodeId,
+    /// Its Raft instance.
+    pub raft: Raft,
+    /// The applied state.
+    pub shared: Arc<Shared>,
+    /// The log, for sizes and flush counters.
+    pub log: LogStore,
+    /// Channels to the other members.
+    peers: Peers,
+    /// Lease deadlines while this member leads.
+    lessor: Lessor,
+    /// Leader-side ReadIndex batching.
+    reads: ReadIndex,
+    settings: NodeSettings,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &format_args!("{:x}", self.id))
+            .field("name", &self.settings.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Wraps a started Raft instance.
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        shared: Arc<Shared>,
+        log: LogStore,
+        peers: Peers,
+        settings: NodeSettings,
+    ) -> Self {
+        let reads = ReadIndex::spawn(raft.clone(), settings.request_timeout);
+        Self {
+            id,
+            raft,
+            shared,
+            log,
+            peers,
+            lessor: Lessor::default(),
+            reads,
+            settings,
+        }
+    }
+
+    /// The header of a response that reflects `revision`.
+    pub fn header(&self, revision: i64) -> Header {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        Header {
+            cluster_id: self.shared.read().cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: m.current_term,
+        }
+    }
+
+    /// The header with the current revision.
+    pub fn current_header(&self) -> Header {
+        let rev = self.shared.read().mvcc.revision();
+        self.header(rev)
+    }
+
+    /// The leader this member knows, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// This member's term while it leads, else `None`.
+    fn leading_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
+    /// Peer URLs of `id`, from the membership this member applied.
+    fn peer_urls(&self, id: NodeId) -> Option<Vec<String>> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.peer_urls.clone())
+    }
+
+    /// Runs `req` on the leader: here if this member leads, else forwarded. Retries while
+    /// the leadership moves, up to the request timeout.
+    async fn on_leader(&self, req: PeerRequest) -> Result<PeerResponse, Error> {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            let outcome = match leader {
+                Some(l) if l == self.id => self.serve_as_leader(req.clone()).await,
+                Some(l) => self.forward(l, &req).await,
+                None => Err(Error::NoLeader),
+            };
+            match outcome {
+                Err(e @ (Error::NotLeader | Error::NoLeader)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(if e == Error::NotLeader {
+                            Error::Timeout
+                        } else {
+                            e
+                        });
+                    }
+                    // Wait for the leadership to change, but poll too: the old leader may
+                    // learn of its successor only from the next heartbeat.
+                    let wait = left.min(Duration::from_millis(50));
+                    let _ = tokio::time::timeout(wait, metrics.changed()).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, req: &PeerRequest) -> Result<PeerResponse, Error> {
+        let urls = self.peer_urls(leader).ok_or(Error::NoLeader)?;
+        match self
+            .peers
+            .call(&urls, req, self.settings.request_timeout)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "forward to leader failed");
+                match req {
+                    // A write may have reached the leader's log: do not send it again.
+                    PeerRequest::Propose(_)
+                    | PeerRequest::AddMember { .. }
+                    | PeerRequest::RemoveMember { .. } => Err(Error::Timeout),
+                    // Everything else is safe to repeat once the leadership settles.
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err(Error::NotLeader)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves a call that arrived over the peer port.
+    pub async fn serve_peer_call(&self, req: PeerRequest) -> Result<PeerResponse, Error> {
+        match req {
+            PeerRequest::Members => Ok(PeerResponse::Members(
+                self.raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, m)| (*id, m.clone()))
+                    .collect(),
+            )),
+            other => self.serve_as_leader(other).await,
+        }
+    }
+
+    async fn serve_as_leader(&self, req: PeerRequest) -> Result<PeerResponse, Error> {
+        let timeout = self.settings.request_timeout;
+        match req {
+            PeerRequest::Propose(cmd) => {
+                let write = tokio::time::timeout(timeout, self.raft.client_write(cmd)).await;
+                match write.map_err(|_| Error::Timeout)? {
+                    Ok(resp) => Ok(PeerResponse::Reply(resp.data)),
+                    Err(e) => Err(write_error(e)),
+                }
+            }
+            PeerRequest::ReadIndex => self.reads.read_index().await.map(PeerResponse::ReadIndex),
+            PeerRequest::LeaseKeepAlive { id } => {
+                let term = self.leading_term().ok_or(Error::NotLeader)?;
+                self.lessor
+                    .keep_alive(term, &self.shared, id)
+                    .map(PeerResponse::LeaseRenewed)
+            }
+            PeerRequest::LeaseTimeToLive { id } => {
+                let term = self.leading_term().ok_or(Error::NotLeader)?;
+                Ok(PeerResponse::LeaseTtl(self.lessor.time_to_live(
+                    term,
+                    &self.shared,
+                    id,
+                )))
+            }
+            PeerRequest::AddMember { peer_urls, learner } => {
+                self.add_member_as_leader(peer_urls, learner).await
+            }
+            PeerRequest::RemoveMember { id } => self.remove_member_as_leader(id).await,
+            PeerRequest::Members => unreachable!("served by serve_peer_call"),
+        }
+    }
+
+    /// Replicates `cmd` and returns what applying it produced.
+    pub async fn propose(&self, cmd: Command) -> Result<Reply, Error> {
+        match self.on_leader(PeerRequest::Propose(cmd)).await? {
+            PeerResponse::Reply(r) => Ok(r),
+            other => unexpected(other),
+        }
+    }
+
+    /// Waits until this member's state reflects every write acknowledged before the call
+    /// (ReadIndex: the leader confirms it still leads; this member applies up to its index).
+    pub async fn linearize(&self) -> Result<(), Error> {
+        let index = match self.on_leader(PeerRequest::ReadIndex).await? {
+            PeerResponse::ReadIndex(i) => i,
+            other => return unexpected(other),
+        };
+        self.raft
+            .wait(Some(self.settings.request_timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Timeout)
+    }
+
+    /// Renews a lease on the leader; returns its TTL.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, Error> {
+        match self.on_leader(PeerRequest::LeaseKeepAlive { id }).await? {
+            PeerResponse::LeaseRenewed(ttl) => Ok(ttl),
+            other => unexpected(other),
+        }
+    }
+
+    /// A lease's remaining TTL as the leader sees it.
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>, Error> {
+        match self.on_leader(PeerRequest::LeaseTimeToLive { id }).await? {
+            PeerResponse::LeaseTtl(t) => Ok(t),
+            other => unexpected(other),
+        }
+    }
+
+    /// etcd MemberAdd; returns the new member's id.
+    pub async fn add_member(&self, peer_urls: Vec<String>, learner: bool) -> Result<NodeId, Error> {
+        match self
+            .on_leader(PeerRequest::AddMember { peer_urls, learner })
+            .await?
+        {
+            PeerResponse::MemberAdded(id) => Ok(id),
+            other => unexpected(other),
+        }
+    }
+
+    /// etcd MemberRemove.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), Error> {
+        match self.on_leader(PeerRequest::RemoveMember { id }).await? {
+            PeerResponse::MemberRemoved => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    async fn add_member_as_leader(
+        &self,
+        peer_urls: Vec<String>,
+        learner: bool,
+    ) -> Result<PeerResponse, Error> {
+        let taken = self
+            .members()
+            .into_iter()
+            .any(|m| m.peer_urls.iter().any(|u| peer_urls.contains(u)));
+        if taken {
+            return Err(Error::PeerUrlExists);
+        }
+        let salt = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            .to_be_bytes();
+        let id = member_id(&peer_urls, &self.settings.cluster_token, &salt);
+        let member = Member {
+            name: String::new(),
+            peer_urls,
+        };
+        self.raft
+            .add_learner(id, member, false)
+            .await
+            .map_err(write_error)?;
+        if !learner {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+                .map_err(write_error)?;
+        }
+        tracing::info!(id = format!("{id:x}"), learner, "member added");
+        Ok(PeerResponse::MemberAdded(id))
+    }
+
+    async fn remove_member_as_leader(&self, id: NodeId) -> Result<PeerResponse, Error> {
+        let (is_voter, exists) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().any(|v| v == id),
+                membership.get_node(&id).is_some(),
+            )
+        };
+        if !exists {
+            return Err(Error::MemberNotFound);
+        }
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(id = format!("{id:x}"), "member removed");
+        Ok(PeerResponse::MemberRemoved)
+    }
+
+    /// The membership this member applied, with what each member published.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let data = self.shared.read();
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let published = data.published.get(id).cloned().unwrap_or_default();
+                MemberInfo {
+                    id: *id,
+                    name: if published.name.is_empty() {
+                        node.name.clone()
+                    } else {
+                        published.name
+                    },
+                    peer_urls: node.peer_urls.clone(),
+                    client_urls: published.client_urls,
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Publishes this member's name and client URLs until the state machine has them.
+    pub async fn publish_until_done(&self, mut shutdown: watch::Receiver<bool>) {
+        let want = Published {
+            name: self.settings.name.clone(),
+            client_urls: self.settings.client_urls.clone(),
+        };
+        loop {
+            if self.shared.read().published.get(&self.id) == Some(&want) {
+                tracing::info!(name = %want.name, "member attributes published");
+                return;
+            }
+            let cmd = Command::PublishMember {
+                id: self.id,
+                name: want.name.clone(),
+                client_urls: want.client_urls.clone(),
+            };
+            if let Err(e) = self.propose(cmd).await {
+                tracing::debug!(error = %e, "publishing member attributes; will retry");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// While this member leads, revokes leases whose deadline passed.
+    pub async fn expire_leases(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(lessor::CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let Some(term) = self.leading_term() else {
+                self.lessor.step_down();
+                continue;
+            };
+            for id in self.lessor.expired(term, &self.shared) {
+                tracing::info!(lease = id, "lease expired; revoking");
+                match self.propose(Command::LeaseRevoke { id }).await {
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(lease = id, error = %e, "revoking expired lease"),
+                }
+            }
+        }
+    }
+
+    /// While this member leads, compacts the history so that `retention` revisions are kept.
+    pub async fn compact_by_revision(
+        &self,
+        retention: i64,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if self.leading_term().is_none() {
+                continue;
+            }
+            let (rev, compacted) = {
+                let d = self.shared.read();
+                (d.mvcc.revision(), d.mvcc.compacted())
+            };
+            let target = rev - retention;
+            if target > compacted.max(1) {
+                tracing::info!(revision = target, "auto-compaction");
+                if let Err(e) = self.propose(Command::Compact { revision: target }).await {
+                    tracing::warn!(revision = target, error = %e, "auto-compaction failed");
+                }
+            }
+        }
+    }
+
+    /// The members' ids and names, for logs.
+    pub fn member_names(&self) -> BTreeMap<NodeId, String> {
+        self.members().into_iter().map(|m| (m.id, m.name)).collect()
+    }
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Error::NotLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {
+            tracing::warn!(error = %err, "membership change refused");
+            Error::MembershipRejected
+        }
+        RaftError::Fatal(f) => {
+            tracing::error!(error = %f, "raft stopped");
+            Error::Unhealthy
+        }
+    }
+}
+
+fn unexpected<T>(resp: PeerResponse) -> Result<T, Error> {
+    tracing::error!(?resp, "peer answered a different call");
+    Err(Error::Unhealthy)
+}

@@ -1,0 +1,474 @@
+//! A member, assembled: storage, Raft, the peer port, the client port, metrics, and the
+//! leader's background work. [`run`] serves until the shutdown future completes.
+//!
+//! Identity: a member's id is fixed the first time it starts and written to
+//! `<data-dir>/member_id`. With `--initial-cluster-state new` it is derived from
+//! `--initial-cluster`; with `existing` (a member added by MemberAdd) it is learned from the
+//! running members by matching this member's peer URLs. A restarted member ignores the
+//! initial-cluster flags, as etcd does.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::api;
+use crate::log_store::LogStore;
+use crate::membership::{InitialClusterError, parse_initial_cluster};
+use crate::metrics::{self, Metrics};
+use crate::network::{Network, Peers};
+use crate::node::{Node, NodeSettings};
+use crate::peer::{PeerRequest, PeerResponse, PeerService};
+use crate::raft_types::{Member, NodeId, Raft};
+use crate::state_machine::StateMachine;
+
+/// Whether this member founds a cluster or joins a running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Found the cluster of `--initial-cluster`.
+    New,
+    /// Join a running cluster that already has this member (added by MemberAdd).
+    Existing,
+}
+
+/// How the leader compacts the history on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Never: only the Compact RPC compacts.
+    Off,
+    /// Keep this many revisions.
+    Revision(i64),
+    /// Keep the revisions of this long.
+    Periodic(Duration),
+}
+
+/// Everything a member needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--name`.
+    pub name: String,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--advertise-client-urls`.
+    pub advertise_client_urls: Vec<String>,
+    /// `--initial-advertise-peer-urls`.
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `--initial-cluster`.
+    pub initial_cluster: String,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
+    /// `--initial-cluster-token`.
+    pub initial_cluster_token: String,
+    /// `--snapshot-count`: committed entries between snapshots.
+    pub snapshot_count: u64,
+    /// `--heartbeat-interval`.
+    pub heartbeat_interval: Duration,
+    /// `--election-timeout`.
+    pub election_timeout: Duration,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: AutoCompaction,
+    /// How long a request may wait for the leader.
+    pub request_timeout: Duration,
+    /// Interval of watch progress notifications.
+    pub progress_notify_interval: Duration,
+}
+
+/// The sockets a member serves; bound by the caller so tests can use port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The etcd API.
+    pub client: Vec<TcpListener>,
+    /// Raft peers. Never expose to clients.
+    pub peer: Vec<TcpListener>,
+    /// `/metrics` and `/healthz`.
+    pub metrics: Vec<TcpListener>,
+}
+
+/// Why a member could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be prepared.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The log database could not be opened.
+    #[error("opening the log at {path}: {source}")]
+    Log {
+        /// Its directory.
+        path: PathBuf,
+        /// Why.
+        source: sled::Error,
+    },
+    /// `--initial-cluster` is malformed.
+    #[error(transparent)]
+    InitialCluster(#[from] InitialClusterError),
+    /// `--initial-cluster` does not list this member as `--name` with its peer URLs.
+    #[error(
+        "--initial-cluster has no member {name:?} with peer URLs {urls:?} (--name and --initial-advertise-peer-urls must match an entry)"
+    )]
+    NotInInitialCluster {
+        /// `--name`.
+        name: String,
+        /// `--initial-advertise-peer-urls`.
+        urls: Vec<String>,
+    },
+    /// No running member knows a member with this member's peer URLs.
+    #[error(
+        "joining: no member of the running cluster has peer URLs {urls:?}; add it with MemberAdd first (etcdctl member add)"
+    )]
+    NotAdded {
+        /// `--initial-advertise-peer-urls`.
+        urls: Vec<String>,
+    },
+    /// The Raft configuration is invalid.
+    #[error("raft configuration: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    /// Raft failed to start or stopped with an error.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+const MEMBER_ID_FILE: &str = "member_id";
+
+/// Starts a member and serves until `shutdown` completes, then stops it gracefully.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let log_dir = dir.join("raft");
+    let snap_dir = dir.join("snap");
+    let log = LogStore::open(&log_dir).map_err(|source| ServerError::Log {
+        path: log_dir.clone(),
+        source,
+    })?;
+    let sm = StateMachine::open(&snap_dir).map_err(|source| ServerError::DataDir {
+        path: snap_dir.clone(),
+        source,
+    })?;
+    let shared = sm.shared();
+    let peers = Peers::default();
+
+    let (id, bootstrap) = identity(&config, &peers).await?;
+    tracing::info!(
+        name = %config.name,
+        id = format!("{id:x}"),
+        bootstrap = bootstrap.is_some(),
+        "starting member"
+    );
+
+    let raft_config = openraft::Config {
+        cluster_name: config.initial_cluster_token.clone(),
+        heartbeat_interval: millis(config.heartbeat_interval),
+        election_timeout_min: millis(config.election_timeout),
+        election_timeout_max: millis(config.election_timeout) * 2,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+        max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
+        ..Default::default()
+    }
+    .validate()?;
+    let raft = Raft::new(
+        id,
+        Arc::new(raft_config),
+        Network::new(peers.clone()),
+        log.clone(),
+        sm,
+    )
+    .await
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+    if let Some(members) = bootstrap {
+        // Every founding member initializes with the same membership; whichever log wins
+        // the first election, they agree. A member whose log already has entries refuses,
+        // which is fine.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::info!(error = %e, "not initializing: cluster already initialized");
+        }
+        write_member_id(dir, id).map_err(|source| ServerError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+
+    let node = Arc::new(Node::new(
+        id,
+        raft.clone(),
+        shared,
+        log,
+        peers,
+        NodeSettings {
+            name: config.name.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+            cluster_token: config.initial_cluster_token.clone(),
+            request_timeout: config.request_timeout,
+        },
+    ));
+    let metrics = Arc::new(Metrics::new(snap_dir));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    for l in listeners.peer {
+        let svc = PeerService::new(node.clone());
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            let r = Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "peer server failed");
+            }
+        });
+    }
+    for l in listeners.client {
+        let (n, m) = (node.clone(), metrics.clone());
+        let router = Server::builder()
+            .tcp_nodelay(true)
+            .add_service(api::kv::Kv::new(n.clone(), m.clone()))
+            .add_service(api::watch::Watch::new(
+                n.clone(),
+                m.clone(),
+                config.progress_notify_interval,
+            ))
+            .add_service(api::lease::Lease::new(n.clone(), m.clone()))
+            .add_service(api::cluster::Cluster::new(n.clone(), m.clone()))
+            .add_service(api::maintenance::Maintenance::new(n, m));
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
+                .await
+            {
+                tracing::error!(error = %e, "client server failed");
+            }
+        });
+    }
+    for l in listeners.metrics {
+        tasks.spawn(metrics::serve_http(
+            l,
+            metrics.clone(),
+            node.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    tasks.spawn(metrics.clone().track_leader(node.clone(), stop_rx.clone()));
+    {
+        let n = node.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { n.expire_leases(stop).await });
+    }
+    {
+        let n = node.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { n.publish_until_done(stop).await });
+    }
+    match config.auto_compaction {
+        AutoCompaction::Off => {}
+        AutoCompaction::Revision(keep) => {
+            let n = node.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                n.compact_by_revision(keep, Duration::from_secs(60), stop)
+                    .await
+            });
+        }
+        AutoCompaction::Periodic(keep) => {
+            let n = node.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(compact_periodically(n, keep, stop));
+        }
+    }
+
+    let mut fatal = raft.metrics();
+    let outcome = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        () = async {
+            while fatal.changed().await.is_ok() {
+                if fatal.borrow().running_state.is_err() {
+                    return;
+                }
+            }
+        } => {
+            let state = fatal.borrow().running_state.clone();
+            tracing::error!(?state, "raft stopped; shutting down");
+            Err(ServerError::Raft(format!("{state:?}")))
+        }
+    };
+    let _ = stop_tx.send(true);
+    // Open watch and keep-alive streams do not end by themselves: give in-flight unary
+    // calls a moment, then stop waiting.
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    tracing::info!("stopped");
+    outcome
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn read_member_id(dir: &Path) -> std::io::Result<Option<NodeId>> {
+    match std::fs::read_to_string(dir.join(MEMBER_ID_FILE)) {
+        Ok(s) => u64::from_str_radix(s.trim(), 16)
+            .map(Some)
+            .map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_member_id(dir: &Path, id: NodeId) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{MEMBER_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id:x}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(MEMBER_ID_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// This member's id, and the founding membership when it must initialize the cluster.
+async fn identity(
+    config: &Config,
+    peers: &Peers,
+) -> Result<(NodeId, Option<BTreeMap<NodeId, Member>>), ServerError> {
+    let dir = &config.data_dir;
+    let io = |source| ServerError::DataDir {
+        path: dir.clone(),
+        source,
+    };
+    if let Some(id) = read_member_id(dir).map_err(io)? {
+        return Ok((id, None));
+    }
+    let mut mine = config.initial_advertise_peer_urls.clone();
+    mine.sort();
+    let members = parse_initial_cluster(&config.initial_cluster, &config.initial_cluster_token)?;
+    match config.initial_cluster_state {
+        ClusterState::New => {
+            let id = members
+                .iter()
+                .find(|(_, m)| {
+                    let mut urls = m.peer_urls.clone();
+                    urls.sort();
+                    m.name == config.name && urls == mine
+                })
+                .map(|(id, _)| *id)
+                .ok_or_else(|| ServerError::NotInInitialCluster {
+                    name: config.name.clone(),
+                    urls: mine.clone(),
+                })?;
+            Ok((id, Some(members)))
+        }
+        ClusterState::Existing => {
+            let id = discover_id(&members, &mine, peers).await?;
+            write_member_id(dir, id).map_err(io)?;
+            Ok((id, None))
+        }
+    }
+}
+
+/// Asks the other members for the membership and finds the entry with these peer URLs.
+async fn discover_id(
+    members: &BTreeMap<NodeId, Member>,
+    mine: &[String],
+    peers: &Peers,
+) -> Result<NodeId, ServerError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        for m in members.values().filter(|m| {
+            let mut urls = m.peer_urls.clone();
+            urls.sort();
+            urls != mine
+        }) {
+            let answer = peers
+                .call(&m.peer_urls, &PeerRequest::Members, Duration::from_secs(2))
+                .await;
+            if let Ok(Ok(PeerResponse::Members(known))) = answer {
+                let found = known.into_iter().find(|(_, k)| {
+                    let mut urls = k.peer_urls.clone();
+                    urls.sort();
+                    urls == mine
+                });
+                if let Some((id, _)) = found {
+                    return Ok(id);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(ServerError::NotAdded {
+        urls: mine.to_vec(),
+    })
+}
+
+/// Periodic auto-compaction: samples the revision and, while leading, compacts to the
+/// revision that was current `keep` ago.
+async fn compact_periodically(node: Arc<Node>, keep: Duration, mut stop: watch::Receiver<bool>) {
+    let step = (keep / 10).max(Duration::from_secs(1));
+    let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
+    let mut tick = tokio::time::interval(step);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (rev, compacted) = {
+            let d = node.shared.read();
+            (d.mvcc.revision(), d.mvcc.compacted())
+        };
+        let now = Instant::now();
+        samples.push_back((now, rev));
+        let mut target = None;
+        while let Some(&(at, r)) = samples.front() {
+            if now.duration_since(at) >= keep {
+                target = Some(r);
+                samples.pop_front();
+            } else {
+                break;
+            }
+        }
+        let Some(target) = target else { continue };
+        if target > compacted.max(1) && node.leader() == Some(node.id) {
+            tracing::info!(revision = target, "periodic auto-compaction");
+            if let Err(e) = node
+                .propose(crate::raft_types::Command::Compact { revision: target })
+                .await
+            {
+                tracing::warn!(revision = target, error = %e, "auto-compaction failed");
+            }
+        }
+    }
+}
