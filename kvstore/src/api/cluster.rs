@@ -10,6 +10,8 @@ use etcd_client::proto::{
 use tonic::{Request, Response, Status};
 
 use super::{convert, status};
+
+// etcd's Cluster replies carry no revision: their headers are built with revision 0.
 use crate::metrics::Metrics;
 use crate::node::{MemberInfo, Node};
 
@@ -58,7 +60,7 @@ impl PbClusterService for Cluster {
             .await
             .map_err(status)?;
         Ok(Response::new(PbMemberAddResponse {
-            header: convert::header(self.node.current_header()),
+            header: convert::header(self.node.header(0)),
             member: Some(PbMember {
                 id,
                 name: String::new(),
@@ -80,7 +82,7 @@ impl PbClusterService for Cluster {
             .await
             .map_err(status)?;
         Ok(Response::new(PbMemberRemoveResponse {
-            header: convert::header(self.node.current_header()),
+            header: convert::header(self.node.header(0)),
             members: self.members(),
         }))
     }
@@ -98,7 +100,7 @@ impl PbClusterService for Cluster {
     ) -> Result<Response<PbMemberListResponse>, Status> {
         let _t = self.metrics.rpc("MemberList");
         Ok(Response::new(PbMemberListResponse {
-            header: convert::header(self.node.current_header()),
+            header: convert::header(self.node.header(0)),
             members: self.members(),
         }))
     }

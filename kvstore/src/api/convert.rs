@@ -175,19 +175,45 @@ pub(crate) fn txn_response(r: TxnResponse, h: Header) -> PbTxnResponse {
     PbTxnResponse {
         header: header(h),
         succeeded: r.succeeded,
-        responses: r
-            .responses
-            .into_iter()
-            .map(|op| PbResponseOp {
-                response: Some(match op {
-                    ResponseOp::Range(r) => PbTxnOpResponse::ResponseRange(range_response(r, h)),
-                    ResponseOp::Put(r) => PbTxnOpResponse::ResponsePut(put_response(r, h)),
-                    ResponseOp::DeleteRange(r) => {
-                        PbTxnOpResponse::ResponseDeleteRange(delete_response(r, h))
-                    }
-                    ResponseOp::Txn(r) => PbTxnOpResponse::ResponseTxn(txn_response(r, h)),
-                }),
-            })
-            .collect(),
+        responses: txn_ops(r.responses, h.revision),
     }
+}
+
+/// Responses of a txn's operations. As in etcd, their headers carry only the revision.
+fn txn_ops(responses: Vec<ResponseOp>, revision: i64) -> Vec<PbResponseOp> {
+    let h = || {
+        Some(PbResponseHeader {
+            revision,
+            ..Default::default()
+        })
+    };
+    responses
+        .into_iter()
+        .map(|op| PbResponseOp {
+            response: Some(match op {
+                ResponseOp::Range(r) => PbTxnOpResponse::ResponseRange(PbRangeResponse {
+                    header: h(),
+                    kvs: r.kvs.into_iter().map(kv).collect(),
+                    more: r.more,
+                    count: r.count,
+                }),
+                ResponseOp::Put(r) => PbTxnOpResponse::ResponsePut(PbPutResponse {
+                    header: h(),
+                    prev_kv: r.prev_kv.map(kv),
+                }),
+                ResponseOp::DeleteRange(r) => {
+                    PbTxnOpResponse::ResponseDeleteRange(PbDeleteResponse {
+                        header: h(),
+                        deleted: r.deleted,
+                        prev_kvs: r.prev_kvs.into_iter().map(kv).collect(),
+                    })
+                }
+                ResponseOp::Txn(r) => PbTxnOpResponse::ResponseTxn(PbTxnResponse {
+                    header: h(),
+                    succeeded: r.succeeded,
+                    responses: txn_ops(r.responses, revision),
+                }),
+            }),
+        })
+        .collect()
 }
