@@ -9,6 +9,11 @@
 //! Keys of the `log` tree are big-endian indexes, so sled's order is log order. Entries are
 //! bincode-encoded `openraft::Entry`s.
 
+#![expect(
+    clippy::result_large_err,
+    reason = "openraft's StorageError is the error type of its storage traits"
+)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;

@@ -381,10 +381,8 @@ impl Mvcc {
     }
 
     fn check_put(&self, req: &PutRequest) -> Result<()> {
-        if req.ignore_value || req.ignore_lease {
-            if self.latest(&req.key).is_none() {
-                return Err(Error::KeyNotFound);
-            }
+        if (req.ignore_value || req.ignore_lease) && self.latest(&req.key).is_none() {
+            return Err(Error::KeyNotFound);
         }
         if !req.ignore_lease && req.lease != 0 && !self.leases.contains_key(&req.lease) {
             return Err(Error::LeaseNotFound);
@@ -406,15 +404,15 @@ impl Mvcc {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev, 1),
         };
-        if let Some(p) = &prev {
-            if p.lease != lease {
-                self.detach(p.lease, &req.key);
-            }
+        if let Some(p) = &prev
+            && p.lease != lease
+        {
+            self.detach(p.lease, &req.key);
         }
-        if lease != 0 {
-            if let Some(l) = self.leases.get_mut(&lease) {
-                l.keys.insert(req.key.clone());
-            }
+        if lease != 0
+            && let Some(l) = self.leases.get_mut(&lease)
+        {
+            l.keys.insert(req.key.clone());
         }
         self.push_version(
             req.key.clone(),
@@ -496,10 +494,11 @@ impl Mvcc {
             // older than `revision` has nothing left to hide.
             let at = history.partition_point(|v| v.mod_revision <= revision);
             let mut keep_from = at.saturating_sub(1);
-            if let Some(v) = history.get(keep_from) {
-                if v.is_tombstone() && v.mod_revision < revision {
-                    keep_from += 1;
-                }
+            if let Some(v) = history.get(keep_from)
+                && v.is_tombstone()
+                && v.mod_revision < revision
+            {
+                keep_from += 1;
             }
             history.drain(..keep_from);
             !history.is_empty()

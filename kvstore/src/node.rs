@@ -63,6 +63,9 @@ pub struct NodeSettings {
     pub cluster_token: String,
     /// How long a request may wait for the leader.
     pub request_timeout: Duration,
+    /// Shortest lease TTL granted, in seconds (etcd: 1.5 election timeouts, rounded up), so
+    /// a lease cannot expire during a leader election.
+    pub min_lease_ttl: i64,
 }
 
 /// A running member.
@@ -132,6 +135,11 @@ impl Node {
     pub fn current_header(&self) -> Header {
         let rev = self.shared.read().mvcc.revision();
         self.header(rev)
+    }
+
+    /// Shortest lease TTL granted, in seconds.
+    pub fn min_lease_ttl(&self) -> i64 {
+        self.settings.min_lease_ttl
     }
 
     /// The leader this member knows, if any.

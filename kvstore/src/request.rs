@@ -259,6 +259,9 @@ pub struct Event {
     pub prev_kv: Option<KeyValue>,
 }
 
+/// Bounds of a key range over a sorted map.
+pub type KeyBounds<'a> = (std::ops::Bound<&'a [u8]>, std::ops::Bound<&'a [u8]>);
+
 /// A key range as etcd encodes it: `[key, range_end)`, with the special forms of
 /// [`RangeRequest::range_end`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,7 +293,7 @@ impl KeyRange {
     }
 
     /// The range as bounds over a sorted map, or `None` when it is empty.
-    pub fn bounds(&self) -> Option<(std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>)> {
+    pub fn bounds(&self) -> Option<KeyBounds<'_>> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         if self.range_end.is_empty() {
             return Some((Included(self.key.as_ref()), Included(self.key.as_ref())));

@@ -218,6 +218,7 @@ pub async fn run(
             client_urls: config.advertise_client_urls.clone(),
             cluster_token: config.initial_cluster_token.clone(),
             request_timeout: config.request_timeout,
+            min_lease_ttl: (config.election_timeout.as_millis() * 3).div_ceil(2000) as i64,
         },
     ));
     let metrics = Arc::new(Metrics::new(snap_dir));

@@ -20,6 +20,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
 }
 
 #[test]
-fn storage_conformance_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(SledBuilder)
+fn storage_conformance_suite() {
+    if let Err(e) = Suite::test_all(SledBuilder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

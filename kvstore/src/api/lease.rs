@@ -63,12 +63,14 @@ impl PbLeaseService for Lease {
         if req.ttl > MAX_LEASE_TTL {
             return Err(status(Error::LeaseTtlTooLarge));
         }
+        // Shorter leases are lengthened, as etcd does, so they survive an election.
+        let ttl = req.ttl.max(self.node.min_lease_ttl());
         let chosen = req.id == 0;
         for _ in 0..3 {
             let id = if chosen { new_lease_id() } else { req.id };
             let reply = self
                 .node
-                .propose(Command::LeaseGrant { id, ttl: req.ttl })
+                .propose(Command::LeaseGrant { id, ttl })
                 .await
                 .map_err(status)?;
             match reply.result {
@@ -78,7 +80,7 @@ impl PbLeaseService for Lease {
                     return Ok(Response::new(PbLeaseGrantResponse {
                         header: convert::header(self.node.header(reply.revision)),
                         id,
-                        ttl: req.ttl,
+                        ttl,
                         error: String::new(),
                     }));
                 }
