@@ -167,6 +167,28 @@ const SNAPSHOT_WRITES: usize = 6_000;
 
 /// Proves the test exercised what it is about: the member's log says it installed a snapshot
 /// (etcd 3.4's wording, or kvstore's), rather than replaying the entries it missed.
+/// Polls member `i` until its serializable read of the `s-` prefix has reached `expected`'s
+/// revision, then asserts it holds exactly the same entries.
+async fn assert_serves(cluster: &Cluster, i: usize, expected: &util::PrefixSnapshot, who: &str) {
+    let mut client = connect(&cluster.client_url(i)).await.unwrap();
+    let caught_up = eventually(
+        &format!("{who} serves what the leader served"),
+        CATCH_UP_PATIENCE,
+        async || {
+            let mine = read_prefix(&mut client, "s-", true).await?;
+            anyhow::ensure!(
+                mine.revision >= expected.revision,
+                "at revision {} of {}",
+                mine.revision,
+                expected.revision
+            );
+            Ok(mine)
+        },
+    )
+    .await;
+    assert_eq!(caught_up.entries, expected.entries, "{who}");
+}
+
 fn assert_caught_up_by_snapshot(cluster: &Cluster, member: usize, is_etcd: bool) {
     let line = if is_etcd {
         "applied incoming snapshot"
@@ -216,42 +238,10 @@ async fn follower_and_new_member_catch_up_from_snapshot() {
     check_acks_in(&expected, &acks).unwrap();
 
     cluster.restart(follower).await.unwrap();
-    let mut client = connect(&cluster.client_url(follower)).await.unwrap();
-    let caught_up = eventually(
-        "the restarted follower serves what the leader served",
-        CATCH_UP_PATIENCE,
-        async || {
-            let mine = read_prefix(&mut client, "s-", true).await?;
-            anyhow::ensure!(
-                mine.revision >= expected.revision,
-                "at revision {} of {}",
-                mine.revision,
-                expected.revision
-            );
-            Ok(mine)
-        },
-    )
-    .await;
-    assert_eq!(caught_up.entries, expected.entries);
+    assert_serves(&cluster, follower, &expected, "the restarted follower").await;
     assert_caught_up_by_snapshot(&cluster, follower, is_etcd);
     let added = cluster.add_member().await.unwrap();
-    let mut client = connect(&cluster.client_url(added)).await.unwrap();
-    let caught_up = eventually(
-        "the added member serves what the leader served",
-        CATCH_UP_PATIENCE,
-        async || {
-            let mine = read_prefix(&mut client, "s-", true).await?;
-            anyhow::ensure!(
-                mine.revision >= expected.revision,
-                "at revision {} of {}",
-                mine.revision,
-                expected.revision
-            );
-            Ok(mine)
-        },
-    )
-    .await;
-    assert_eq!(caught_up.entries, expected.entries);
+    assert_serves(&cluster, added, &expected, "the added member").await;
     assert_caught_up_by_snapshot(&cluster, added, is_etcd);
 
     let added_id = cluster.member_id(added).await.unwrap();
