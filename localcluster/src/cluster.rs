@@ -330,6 +330,14 @@ impl Cluster {
         &self.members[i].log_path
     }
 
+    /// Process id of member `i` while it is running or paused (for reading its `/proc` entries).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        match &*self.members[i].process() {
+            Process::Running(child) | Process::Paused(child) => Some(child.id()),
+            Process::Exited(_) | Process::Removed => None,
+        }
+    }
+
     /// Whether member `i` is running and not paused.
     pub fn is_serving(&self, i: usize) -> bool {
         self.members[i].is_serving()

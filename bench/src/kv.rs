@@ -1,0 +1,206 @@
+//! `mesh-bench kv`: the mesh API server's store against etcd, side by side in one run.
+//!
+//! Both servers run as 3-member clusters on loopback (data dirs under `$TMPDIR`, so on the same
+//! disk), each started with its default flags: both fsync every commit, both snapshot every
+//! 100,000 entries, neither compacts within the run. The same workload code (the `etcd-client`
+//! crate) drives first etcd, then raftmesh; each server gets a fresh cluster for the throughput
+//! workloads and another for the footprint ones.
+
+mod load;
+mod workloads;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use localcluster::{Cluster, Flavor, Spec};
+use serde::Serialize;
+
+use crate::machine::{self, Machine};
+use crate::progress::Progress;
+use crate::report::{self, Report};
+pub use workloads::{Outcome, Sizes};
+use workloads::{Target, footprint, get, leases, put, txn_cas, watch_fanout};
+
+use load::Load;
+
+/// Which sizes to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    /// The sizes of the committed results (about 10 minutes on 2 cores).
+    Full,
+    /// Every workload, tiny; proves the benchmark runs (CI).
+    Smoke,
+}
+
+impl Size {
+    fn sizes(self) -> Sizes {
+        match self {
+            Size::Full => Sizes::full(),
+            Size::Smoke => Sizes::smoke(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Full => "full",
+            Size::Smoke => "smoke",
+        }
+    }
+}
+
+/// `mesh-bench kv`'s options.
+#[derive(Debug, clap::Args)]
+pub struct KvArgs {
+    /// Workload sizes: `full` for numbers worth comparing, `smoke` to check that every workload
+    /// runs.
+    #[arg(long, value_enum, default_value_t = Size::Full)]
+    pub size: Size,
+    /// Directory for kv-<size>.md, .json and .png.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    /// The mesh-apiserver binary [default: next to mesh-bench].
+    #[arg(long)]
+    pub raftmesh_bin: Option<PathBuf>,
+    /// The etcd binary (Debian's etcd-server package installs /usr/bin/etcd).
+    #[arg(long, default_value = localcluster::flavor::DEFAULT_ETCD_BIN)]
+    pub etcd_bin: PathBuf,
+}
+
+/// One server's outcomes, in workload order.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerRun {
+    pub server: &'static str,
+    pub version: String,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl ServerRun {
+    pub fn outcome(&self, workload: &str) -> Option<&Outcome> {
+        self.outcomes.iter().find(|o| o.workload == workload)
+    }
+}
+
+pub async fn run(args: KvArgs, command: String) -> Result<()> {
+    let raftmesh_bin = match args.raftmesh_bin {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("mesh-apiserver"),
+    };
+    let servers = [
+        ("etcd", Flavor::Etcd(args.etcd_bin)),
+        ("raftmesh", Flavor::Raftmesh(raftmesh_bin)),
+    ];
+    for (name, flavor) in &servers {
+        anyhow::ensure!(
+            flavor.program().is_file(),
+            "{name} binary {} not found",
+            flavor.program().display()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let sizes = args.size.sizes();
+    let machine = Machine::read(servers.iter().map(|(name, f)| (*name, f.program())));
+    eprintln!("mesh-bench kv ({}): {machine}", args.size.name());
+
+    let mut runs = Vec::new();
+    for (name, flavor) in servers {
+        let version = machine::version_of(flavor.program());
+        let outcomes = run_server(name, flavor, sizes).await?;
+        runs.push(ServerRun {
+            server: name,
+            version,
+            outcomes,
+        });
+    }
+    let report = Report {
+        command,
+        size: args.size,
+        sizes,
+        machine,
+        runs,
+    };
+    let written = report::write(&report, &args.out)?;
+    println!("{}", report::markdown(&report));
+    for path in written {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run_server(name: &'static str, flavor: Flavor, sizes: Sizes) -> Result<Vec<Outcome>> {
+    let progress = Progress::new(name);
+    let mut outcomes = Vec::new();
+
+    progress.say("starting a 3-member cluster");
+    let cluster = Cluster::start(flavor.clone(), Spec::default()).await?;
+    let target = connect_target(&cluster, progress.clone()).await?;
+    let leader = [target.leader.clone()];
+    let one = Load {
+        clients: 1,
+        connections: 1,
+        ops: sizes.put_one,
+    };
+    outcomes.push(put(&target, "put-1", &leader, one).await?);
+    let many = Load {
+        clients: 256,
+        connections: 16,
+        ops: sizes.put_many,
+    };
+    outcomes.push(put(&target, "put-256", &target.endpoints, many).await?);
+    let readers = |ops| Load {
+        clients: 16,
+        connections: 16,
+        ops,
+    };
+    let populated = sizes.put_many;
+    outcomes.push(
+        get(
+            &target,
+            "get-linearizable",
+            false,
+            populated,
+            readers(sizes.gets),
+        )
+        .await?,
+    );
+    outcomes.push(
+        get(
+            &target,
+            "get-serializable",
+            true,
+            populated,
+            readers(sizes.gets),
+        )
+        .await?,
+    );
+    outcomes.push(txn_cas(&target, readers(sizes.txns)).await?);
+    outcomes.push(watch_fanout(&target, sizes.watchers, sizes.watch_puts).await?);
+    outcomes.extend(leases(&target, sizes.leases, sizes.keepalive_secs).await?);
+    drop(cluster);
+
+    progress.say("starting a fresh cluster for the footprint workloads");
+    let mut cluster = Cluster::start(flavor, Spec::default()).await?;
+    let target = connect_target(&cluster, progress.clone()).await?;
+    outcomes.extend(footprint(&mut cluster, &target, sizes.footprint_keys).await?);
+    for outcome in &outcomes {
+        if outcome.errors > 0 {
+            progress.say(format_args!(
+                "{}: {} errors, first: {}",
+                outcome.workload,
+                outcome.errors,
+                outcome.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+    Ok(outcomes)
+}
+
+async fn connect_target(cluster: &Cluster, progress: Progress) -> Result<Target> {
+    let leader = cluster.leader().await?;
+    Ok(Target {
+        endpoints: cluster.client_urls(),
+        leader: cluster.client_url(leader),
+        progress,
+    })
+}

@@ -1,0 +1,517 @@
+//! The workloads, each written once against the etcd v3 API and run unchanged against both
+//! servers.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use localcluster::Cluster;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::load::{self, Load, Measured};
+use crate::progress::Progress;
+use crate::stats::{Percentiles, Samples};
+
+/// Value size of every put, as the issue's workloads ask (256 B).
+pub const VALUE_BYTES: usize = 256;
+/// Distinct keys the put workloads cycle through.
+pub const KEYSPACE: usize = 100_000;
+/// TTL of benchmark leases; far longer than any workload, so none expires while measured.
+const LEASE_TTL_SECS: i64 = 600;
+/// A watcher that sees no event for this long is given up on; its missing events are errors.
+const WATCH_STALL: Duration = Duration::from_secs(30);
+
+/// How much work each workload does.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sizes {
+    pub put_one: usize,
+    pub put_many: usize,
+    pub gets: usize,
+    pub txns: usize,
+    pub watchers: usize,
+    pub watch_puts: usize,
+    pub leases: usize,
+    pub keepalive_secs: u64,
+    pub footprint_keys: usize,
+}
+
+impl Sizes {
+    /// The sizes the issue asks for; the committed results use these.
+    pub fn full() -> Sizes {
+        Sizes {
+            put_one: 5_000,
+            put_many: 100_000,
+            gets: 100_000,
+            txns: 20_000,
+            watchers: 100,
+            watch_puts: 2_000,
+            leases: 1_000,
+            keepalive_secs: 10,
+            footprint_keys: 100_000,
+        }
+    }
+
+    /// Every workload, at a size that runs in seconds (CI's smoke run).
+    pub fn smoke() -> Sizes {
+        Sizes {
+            put_one: 100,
+            put_many: 1_000,
+            gets: 1_000,
+            txns: 200,
+            watchers: 20,
+            watch_puts: 100,
+            leases: 50,
+            keepalive_secs: 1,
+            footprint_keys: 1_000,
+        }
+    }
+}
+
+/// One workload's result on one server. `value` is the row's headline figure in the row's unit
+/// (ops/s, events/s, MiB or seconds; see [`crate::report::ROWS`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub workload: &'static str,
+    pub value: f64,
+    pub ops: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+    pub latency: Option<Percentiles>,
+    /// Per-member detail where one figure summarizes several (RSS, disk).
+    pub detail: Option<String>,
+}
+
+impl Outcome {
+    fn throughput(workload: &'static str, measured: Measured) -> Outcome {
+        Outcome {
+            workload,
+            value: measured.ops_per_sec(),
+            ops: measured.ops,
+            errors: measured.errors,
+            first_error: measured.first_error,
+            seconds: measured.elapsed.as_secs_f64(),
+            latency: measured.samples.summary(),
+            detail: None,
+        }
+    }
+
+    fn figure(workload: &'static str, value: f64, detail: String) -> Outcome {
+        Outcome {
+            workload,
+            value,
+            ops: 0,
+            errors: 0,
+            first_error: None,
+            seconds: 0.0,
+            latency: None,
+            detail: Some(detail),
+        }
+    }
+}
+
+/// The cluster under test, as the workloads reach it.
+#[derive(Debug)]
+pub struct Target {
+    /// Every member's client URL; multi-connection workloads spread over them.
+    pub endpoints: Vec<String>,
+    /// The leader's client URL; the single-client put talks to it alone.
+    pub leader: String,
+    pub progress: Progress,
+}
+
+pub fn key(n: usize) -> String {
+    format!("k{:07}", n % KEYSPACE)
+}
+
+fn value() -> Vec<u8> {
+    vec![b'v'; VALUE_BYTES]
+}
+
+/// Puts with `clients` clients over `connections` connections.
+pub async fn put(
+    target: &Target,
+    workload: &'static str,
+    endpoints: &[String],
+    load: Load,
+) -> Result<Outcome> {
+    let progress = target.progress.workload(workload);
+    let value = Arc::new(value());
+    let measured = load::run(endpoints, load, &progress, move |mut client, _, n| {
+        let value = value.clone();
+        async move {
+            client.put(key(n), value.as_slice(), None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(Outcome::throughput(workload, measured))
+}
+
+/// Single-key gets of keys the put workloads wrote, linearizable or serializable.
+pub async fn get(
+    target: &Target,
+    workload: &'static str,
+    serializable: bool,
+    populated: usize,
+    load: Load,
+) -> Result<Outcome> {
+    let progress = target.progress.workload(workload);
+    let populated = populated.clamp(1, KEYSPACE);
+    let measured = load::run(
+        &target.endpoints,
+        load,
+        &progress,
+        move |mut client, _, n| {
+            let options = serializable.then(|| GetOptions::new().with_serializable());
+            async move {
+                let reply = client.get(key(n % populated), options).await?;
+                ensure!(reply.kvs().len() == 1, "key {} missing", key(n % populated));
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok(Outcome::throughput(workload, measured))
+}
+
+/// Compare-and-swap transactions: each client owns one key and replaces it only if its
+/// mod_revision is the one the client last wrote; a failed compare is an error.
+pub async fn txn_cas(target: &Target, load: Load) -> Result<Outcome> {
+    let workload = "txn-cas";
+    let progress = target.progress.workload(workload);
+    let mut setup = load::connect(&target.endpoints, 1).await?.remove(0);
+    let revisions: Arc<Vec<AtomicI64>> = Arc::new((0..load.clients).map(|_| 0.into()).collect());
+    for (i, revision) in revisions.iter().enumerate() {
+        let reply = setup.put(cas_key(i), value(), None).await?;
+        let header = reply.header().context("put reply without a header")?;
+        revision.store(header.revision(), Ordering::Relaxed);
+    }
+    let value = Arc::new(value());
+    let measured = load::run(
+        &target.endpoints,
+        load,
+        &progress,
+        move |mut client, i, _| {
+            let (revisions, value) = (revisions.clone(), value.clone());
+            async move {
+                let expected = revisions[i].load(Ordering::Relaxed);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        cas_key(i),
+                        CompareOp::Equal,
+                        expected,
+                    )])
+                    .and_then([TxnOp::put(cas_key(i), value.as_slice(), None)])
+                    .or_else([TxnOp::get(cas_key(i), None)]);
+                let reply = client.txn(txn).await?;
+                ensure!(reply.succeeded(), "CAS on {} failed", cas_key(i));
+                let header = reply.header().context("txn reply without a header")?;
+                revisions[i].store(header.revision(), Ordering::Relaxed);
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok(Outcome::throughput(workload, measured))
+}
+
+fn cas_key(client: usize) -> String {
+    format!("c{client:07}")
+}
+
+/// Watch fan-out: `watchers` watchers on one prefix (each its own stream, over 10 connections)
+/// while 16 clients put `puts` keys under it. Each value starts with the time it was sent, so
+/// every delivered event gives a delivery latency; the rate is events delivered per second from
+/// the first put to the last delivery.
+pub async fn watch_fanout(target: &Target, watchers: usize, puts: usize) -> Result<Outcome> {
+    let workload = "watch-fanout";
+    let progress = target.progress.workload(workload);
+    let base = Instant::now();
+    let connections = load::connect(&target.endpoints, watchers.min(10)).await?;
+    let mut tasks = JoinSet::new();
+    for w in 0..watchers {
+        let mut client = connections[w % connections.len()].clone();
+        let mut stream = client
+            .watch("w/", Some(WatchOptions::new().with_prefix()))
+            .await
+            .with_context(|| format!("creating watcher {w}"))?;
+        let created = stream.message().await?.context("watch stream ended")?;
+        ensure!(created.created(), "first watch reply is not `created`");
+        tasks.spawn(async move {
+            let mut samples = Samples::with_capacity(puts);
+            let mut last = base.elapsed();
+            while samples.len() < puts {
+                let reply = match tokio::time::timeout(WATCH_STALL, stream.message()).await {
+                    Ok(Ok(Some(reply))) => reply,
+                    Ok(Ok(None)) => return Err(anyhow!("watch stream ended")),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => break,
+                };
+                let now = base.elapsed();
+                for event in reply.events() {
+                    let kv = event.kv().context("event without a kv")?;
+                    let sent = u64::from_le_bytes(kv.value()[..8].try_into()?);
+                    samples.record(now.saturating_sub(Duration::from_nanos(sent)));
+                }
+                last = now;
+            }
+            Ok::<_, anyhow::Error>((samples, last))
+        });
+    }
+    let writes_started = base.elapsed();
+    let load = Load {
+        clients: 16,
+        connections: 4,
+        ops: puts,
+    };
+    let writes = load::run(
+        &target.endpoints,
+        load,
+        &progress,
+        move |mut client, _, n| async move {
+            let mut value = vec![b'v'; VALUE_BYTES];
+            let sent = u64::try_from(base.elapsed().as_nanos())?;
+            value[..8].copy_from_slice(&sent.to_le_bytes());
+            client.put(format!("w/{n:07}"), value, None).await?;
+            Ok(())
+        },
+    )
+    .await?;
+    ensure!(
+        writes.errors == 0,
+        "{} puts failed: {:?}",
+        writes.errors,
+        writes.first_error
+    );
+    let mut samples = Samples::with_capacity(watchers * puts);
+    let mut finished = writes_started;
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok((got, last)) => {
+                samples.merge(got);
+                finished = finished.max(last);
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    let expected = (watchers * puts) as u64;
+    let delivered = samples.len() as u64;
+    let elapsed = finished - writes_started;
+    progress.say(format_args!(
+        "{delivered}/{expected} events in {:.2}s",
+        elapsed.as_secs_f64()
+    ));
+    Ok(Outcome {
+        workload,
+        value: delivered as f64 / elapsed.as_secs_f64().max(1e-9),
+        ops: delivered,
+        errors: expected.saturating_sub(delivered),
+        first_error: first_error
+            .or_else(|| (delivered < expected).then(|| format!("no event for {WATCH_STALL:?}"))),
+        seconds: elapsed.as_secs_f64(),
+        latency: samples.summary(),
+        detail: None,
+    })
+}
+
+/// Grants `leases` leases with 16 clients, then keeps every one alive for `seconds`: one
+/// keep-alive stream per lease (over 16 connections), each sending its next keep-alive as soon
+/// as the previous one is answered. Returns the grant and the keep-alive outcomes.
+pub async fn leases(target: &Target, leases: usize, seconds: u64) -> Result<[Outcome; 2]> {
+    let progress = target.progress.workload("lease-grant");
+    let granted = Arc::new(Mutex::new(Vec::with_capacity(leases)));
+    let load = Load {
+        clients: 16,
+        connections: 16,
+        ops: leases,
+    };
+    let ids = granted.clone();
+    let measured = load::run(
+        &target.endpoints,
+        load,
+        &progress,
+        move |mut client, _, _| {
+            let ids = ids.clone();
+            async move {
+                let reply = client.lease_grant(LEASE_TTL_SECS, None).await?;
+                ids.lock().expect("not poisoned").push(reply.id());
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    let grant = Outcome::throughput("lease-grant", measured);
+    let ids = std::mem::take(&mut *granted.lock().expect("not poisoned"));
+
+    let workload = "lease-keepalive";
+    let progress = target.progress.workload(workload);
+    progress.say(format_args!("opening {} keep-alive streams", ids.len()));
+    let connections = load::connect(&target.endpoints, 16).await?;
+    let mut streams = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        let mut client = connections[i % connections.len()].clone();
+        streams.push(client.lease_keep_alive(*id).await?);
+    }
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticker = progress.track(0, done.clone());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = JoinSet::new();
+    for (mut keeper, mut stream) in streams {
+        let done = done.clone();
+        tasks.spawn(async move {
+            let mut samples = Samples::default();
+            while Instant::now() < deadline {
+                let begun = Instant::now();
+                keeper.keep_alive().await?;
+                let reply = stream.message().await?.context("keep-alive stream ended")?;
+                if reply.ttl() <= 0 {
+                    bail!("lease {:x} expired while kept alive", keeper.id());
+                }
+                samples.record(begun.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(samples)
+        });
+    }
+    let mut samples = Samples::default();
+    let (mut errors, mut first_error) = (0, None);
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok(got) => samples.merge(got),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    ticker.finish();
+    let keepalive = Outcome {
+        workload,
+        value: samples.len() as f64 / elapsed.as_secs_f64(),
+        ops: samples.len() as u64,
+        errors,
+        first_error,
+        seconds: elapsed.as_secs_f64(),
+        latency: samples.summary(),
+        detail: None,
+    };
+    Ok([grant, keepalive])
+}
+
+/// After `keys` puts of distinct keys into a fresh cluster: the largest member RSS, the largest
+/// member data dir, and how long a restarted follower takes until it serves the last key again.
+pub async fn footprint(
+    cluster: &mut Cluster,
+    target: &Target,
+    keys: usize,
+) -> Result<[Outcome; 3]> {
+    let load = Load {
+        clients: 256,
+        connections: 16,
+        ops: keys,
+    };
+    let filled = put(target, "footprint-fill", &target.endpoints, load).await?;
+    ensure!(
+        filled.errors == 0,
+        "{} puts failed while filling: {:?}",
+        filled.errors,
+        filled.first_error
+    );
+    // Let followers apply the tail and the runtimes settle before reading memory.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut rss = Vec::new();
+    let mut disk = Vec::new();
+    for i in 0..cluster.len() {
+        let pid = cluster.pid(i).context("member not running")?;
+        rss.push(rss_bytes(pid)?);
+        disk.push(allocated_bytes(&cluster.member_config(i).data_dir)?);
+    }
+    let mib = |bytes: &[u64]| {
+        bytes
+            .iter()
+            .map(|b| format!("{:.1}", *b as f64 / MIB))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let rss_outcome = Outcome::figure(
+        "rss",
+        *rss.iter().max().expect("members") as f64 / MIB,
+        format!("per member MiB: {}", mib(&rss)),
+    );
+    let disk_outcome = Outcome::figure(
+        "disk",
+        *disk.iter().max().expect("members") as f64 / MIB,
+        format!("per member MiB: {}", mib(&disk)),
+    );
+
+    let leader = cluster.leader().await?;
+    let follower = (leader + 1) % cluster.len();
+    let last = key(keys - 1);
+    target.progress.say(format_args!(
+        "restarting member {} with {keys} keys",
+        cluster.member_config(follower).name
+    ));
+    cluster.kill(follower);
+    let started = Instant::now();
+    cluster.restart(follower).await?;
+    let mut client = cluster.client_for(follower).await?;
+    loop {
+        let options = GetOptions::new().with_serializable();
+        if let Ok(reply) = client.get(last.as_str(), Some(options)).await
+            && reply.kvs().len() == 1
+        {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the restarted member never served {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let restart = Outcome::figure(
+        "restart",
+        started.elapsed().as_secs_f64(),
+        format!("member {} of 3", cluster.member_config(follower).name),
+    );
+    Ok([rss_outcome, disk_outcome, restart])
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Resident set size of a process, from `/proc/<pid>/status`.
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS line")?;
+    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse()?;
+    Ok(kib * 1024)
+}
+
+/// Bytes allocated on disk under `dir` (what `du` counts: preallocated and sparse files count
+/// by their blocks).
+fn allocated_bytes(dir: &std::path::Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            allocated_bytes(&entry.path())?
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    Ok(total)
+}

@@ -1,0 +1,66 @@
+//! `mesh-bench`: raftmesh measured side by side against its anchor, in one run.
+//!
+//! Machines here are noisy, so only ratios measured in the same run mean anything: every
+//! subcommand runs the reference and raftmesh one after the other with the same client code and
+//! writes both to `bench/results/` with the command and the machine's facts.
+//!
+//! # Layout
+//! - [`kv`]: `mesh-bench kv`, the store against etcd (workloads, load driver).
+//! - [`report`]: the markdown table, the raw JSON and the PNG chart.
+//! - [`machine`]: cores, CPU, kernel, versions.
+//! - [`stats`]: latency samples and percentiles.
+//! - [`progress`]: progress lines on stderr.
+
+mod kv;
+mod machine;
+mod progress;
+mod report;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+/// Benchmarks raftmesh against its anchor, side by side in one run, and writes the results
+/// (markdown table, raw JSON, PNG chart) with the command and machine facts.
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The mesh API server's store against etcd: 3-member clusters of each on loopback, driven
+    /// by the same etcd-API client code (puts, gets, CAS txns, watch fan-out, leases, memory,
+    /// disk and restart time). Needs etcd (Debian's etcd-server) and a mesh-apiserver binary.
+    Kv(kv::KvArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mesh-bench: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Kv(args) => kv::run(args, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

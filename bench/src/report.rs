@@ -1,0 +1,343 @@
+//! The results of a `mesh-bench kv` run: a markdown table, the raw JSON and a PNG chart.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use serde::Serialize;
+
+use crate::kv::{Outcome, ServerRun, Size, Sizes};
+use crate::machine::Machine;
+use crate::stats::Percentiles;
+
+/// Everything one run produced.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The command line that produced it.
+    pub command: String,
+    pub size: Size,
+    pub sizes: Sizes,
+    pub machine: Machine,
+    /// etcd first, then raftmesh.
+    pub runs: Vec<ServerRun>,
+}
+
+/// One row of the table: a workload's headline figure.
+#[derive(Debug)]
+pub struct Row {
+    pub workload: &'static str,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+    pub target: Option<Target>,
+}
+
+/// The issue's target for a row: raftmesh's advantage over etcd (etcd's figure divided by
+/// raftmesh's where lower is better) must reach `advantage`, and with `p99_at_most_etcd` its p99
+/// latency must not exceed etcd's.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub advantage: f64,
+    pub p99_at_most_etcd: bool,
+    pub text: &'static str,
+}
+
+const fn target(advantage: f64, p99_at_most_etcd: bool, text: &'static str) -> Option<Target> {
+    Some(Target {
+        advantage,
+        p99_at_most_etcd,
+        text,
+    })
+}
+
+pub const ROWS: &[Row] = &[
+    row("put-1", "ops/s", target(1.5, false, "≥ 1.5× etcd")),
+    row(
+        "put-256",
+        "ops/s",
+        target(2.0, true, "≥ 2× etcd, p99 ≤ etcd"),
+    ),
+    row("get-linearizable", "ops/s", target(2.0, false, "≥ 2× etcd")),
+    row("get-serializable", "ops/s", None),
+    row("txn-cas", "ops/s", None),
+    row(
+        "watch-fanout",
+        "events/s",
+        target(2.0, true, "≥ 2× etcd, p99 ≤ etcd"),
+    ),
+    row("lease-grant", "ops/s", None),
+    row("lease-keepalive", "ops/s", None),
+    lower("rss", "MiB", target(1.0, false, "≤ etcd")),
+    lower("disk", "MiB", target(0.5, false, "≤ 2× etcd")),
+    lower("restart", "s", None),
+];
+
+const fn row(workload: &'static str, unit: &'static str, target: Option<Target>) -> Row {
+    Row {
+        workload,
+        unit,
+        higher_is_better: true,
+        target,
+    }
+}
+
+const fn lower(workload: &'static str, unit: &'static str, target: Option<Target>) -> Row {
+    Row {
+        workload,
+        unit,
+        higher_is_better: false,
+        target,
+    }
+}
+
+impl Row {
+    /// What the row measured, with the run's sizes.
+    pub fn title(&self, s: &Sizes) -> String {
+        match self.workload {
+            "put-1" => "put, 1 client, 1 connection, to the leader".to_owned(),
+            "put-256" => "put, 256 clients, 16 connections".to_owned(),
+            "get-linearizable" => "get, linearizable, 16 clients".to_owned(),
+            "get-serializable" => "get, serializable, 16 clients".to_owned(),
+            "txn-cas" => "CAS txn, 16 clients".to_owned(),
+            "watch-fanout" => format!(
+                "watch fan-out, {} watchers × {} puts",
+                s.watchers, s.watch_puts
+            ),
+            "lease-grant" => "lease grant, 16 clients".to_owned(),
+            "lease-keepalive" => format!("lease keep-alive, {} leases", s.leases),
+            "rss" => format!("RSS after {} puts, largest member", s.footprint_keys),
+            "disk" => format!("data dir after {} puts, largest member", s.footprint_keys),
+            "restart" => format!("restarted member serving, {} keys", s.footprint_keys),
+            other => other.to_owned(),
+        }
+    }
+
+    /// How many times better raftmesh did than etcd (> 1 is better, whichever the direction).
+    pub fn advantage(&self, etcd: &Outcome, raftmesh: &Outcome) -> f64 {
+        if self.higher_is_better {
+            raftmesh.value / etcd.value
+        } else {
+            etcd.value / raftmesh.value
+        }
+    }
+
+    /// Whether the row's target is met; `None` without a target.
+    pub fn met(&self, etcd: &Outcome, raftmesh: &Outcome) -> Option<bool> {
+        let target = self.target?;
+        let p99_ok = match (target.p99_at_most_etcd, etcd.latency, raftmesh.latency) {
+            (false, _, _) => true,
+            (true, Some(e), Some(r)) => r.p99_ms <= e.p99_ms,
+            (true, _, _) => false,
+        };
+        Some(raftmesh.errors == 0 && self.advantage(etcd, raftmesh) >= target.advantage && p99_ok)
+    }
+}
+
+/// The pair of outcomes of each row that both servers produced.
+fn pairs(report: &Report) -> Vec<(&'static Row, &Outcome, &Outcome)> {
+    let (Some(etcd), Some(raftmesh)) = (
+        report.runs.iter().find(|r| r.server == "etcd"),
+        report.runs.iter().find(|r| r.server == "raftmesh"),
+    ) else {
+        return Vec::new();
+    };
+    ROWS.iter()
+        .filter_map(|row| {
+            Some((
+                row,
+                etcd.outcome(row.workload)?,
+                raftmesh.outcome(row.workload)?,
+            ))
+        })
+        .collect()
+}
+
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let m = &report.machine;
+    let _ = writeln!(md, "# mesh-bench kv ({} size)\n", report.size.name());
+    let _ = writeln!(md, "Command: `{}`\n", report.command);
+    let _ = writeln!(md, "- Started: {} (commit {})", m.started, m.git_commit);
+    let _ = writeln!(
+        md,
+        "- Machine: {} cores ({}), {} GiB RAM, Linux {}, {}",
+        m.cores, m.cpu, m.memory_gib, m.kernel, m.os
+    );
+    let _ = writeln!(md, "- Data dirs: {}", m.data_dir);
+    for (server, version) in &m.servers {
+        let _ = writeln!(md, "- {server}: {version}");
+    }
+    let _ = writeln!(
+        md,
+        "- Both: 3 members on loopback, default flags (fsync per commit, snapshot every 100,000 \
+         entries, no compaction during the run); keys of 8 bytes, values of 256 bytes; same \
+         client code (etcd-client crate) for both.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| workload | etcd | raftmesh | raftmesh/etcd | etcd p50 / p99 / p99.9 ms | raftmesh \
+         p50 / p99 / p99.9 ms | target | met |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---|");
+    for (row, etcd, raftmesh) in pairs(report) {
+        let met = match row.met(etcd, raftmesh) {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {met} |",
+            row.title(&report.sizes),
+            figure(row, etcd),
+            figure(row, raftmesh),
+            raftmesh.value / etcd.value,
+            latency(etcd.latency),
+            latency(raftmesh.latency),
+            row.target.map_or("", |t| t.text),
+        );
+    }
+    let details: Vec<String> = report
+        .runs
+        .iter()
+        .flat_map(|run| {
+            run.outcomes.iter().filter_map(move |o| {
+                let detail = o.detail.as_deref().map(|d| format!("{}: {d}", o.workload));
+                let errors = o
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!("{}: {} errors, first: {e}", o.workload, o.errors));
+                let text: Vec<String> = detail.into_iter().chain(errors).collect();
+                (!text.is_empty()).then(|| format!("- {} {}", run.server, text.join("; ")))
+            })
+        })
+        .collect();
+    if !details.is_empty() {
+        let _ = writeln!(md, "\n{}", details.join("\n"));
+    }
+    md
+}
+
+fn figure(row: &Row, outcome: &Outcome) -> String {
+    let value = match row.unit {
+        "MiB" => format!("{:.1} MiB", outcome.value),
+        "s" => format!("{:.2} s", outcome.value),
+        unit => format!("{:.0} {unit}", outcome.value),
+    };
+    if outcome.errors > 0 {
+        format!("{value} ({} errors)", outcome.errors)
+    } else {
+        value
+    }
+}
+
+fn latency(p: Option<Percentiles>) -> String {
+    p.map_or_else(String::new, |p| {
+        format!("{:.2} / {:.2} / {:.2}", p.p50_ms, p.p99_ms, p.p999_ms)
+    })
+}
+
+/// Writes kv-<size>.md, .json and .png into `dir`; returns their paths.
+pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
+    let stem = format!("kv-{}", report.size.name());
+    let md = dir.join(format!("{stem}.md"));
+    let json = dir.join(format!("{stem}.json"));
+    let png = dir.join(format!("{stem}.png"));
+    std::fs::write(&md, markdown(report)).with_context(|| format!("writing {}", md.display()))?;
+    let raw = serde_json::to_string_pretty(report)?;
+    std::fs::write(&json, raw + "\n").with_context(|| format!("writing {}", json.display()))?;
+    chart(report, &png).with_context(|| format!("drawing {}", png.display()))?;
+    Ok(vec![md, json, png])
+}
+
+/// The font the chart's text is drawn with (Debian's fonts-dejavu-core).
+pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// A horizontal bar per row: raftmesh's advantage over etcd, with 1× and the target marked.
+fn chart(report: &Report, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    use plotters::style::{FontStyle, register_font};
+
+    let font = std::fs::read(FONT)
+        .with_context(|| format!("reading {FONT} (apt-get install fonts-dejavu-core)"))?;
+    register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow!("{FONT} is not a usable font"))?;
+
+    let rows = pairs(report);
+    let (width, left, right) = (1100i32, 380i32, 1020i32);
+    let (top, bar_height) = (80i32, 38i32);
+    let height = top + bar_height * rows.len() as i32 + 50;
+    let root = BitMapBackend::new(path, (width as u32, height as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let text = |size| ("sans-serif", size).into_font();
+    root.draw(&Text::new(
+        format!(
+            "raftmesh vs etcd 3-member clusters: advantage (× etcd, > 1 is better), {} size",
+            report.size.name()
+        ),
+        (20, 15),
+        text(20.0),
+    ))?;
+    root.draw(&Text::new(
+        format!("{}", report.machine),
+        (20, 42),
+        text(13.0).color(&RGBColor(90, 90, 90)),
+    ))?;
+
+    // A log scale, so 0.5× and 2× sit equally far from 1×; bars grow from the 1× line.
+    let marks = rows
+        .iter()
+        .flat_map(|(row, e, r)| [row.advantage(e, r), row.target.map_or(1.0, |t| t.advantage)]);
+    let (lo, hi) = marks
+        .filter(|a| a.is_finite() && *a > 0.0)
+        .fold((0.5f64, 2.0f64), |(lo, hi), a| (lo.min(a), hi.max(a)));
+    let (lo, hi) = ((lo / 1.3).ln(), (hi * 1.3).ln());
+    let x = |advantage: f64| {
+        let a = advantage.clamp(lo.exp(), hi.exp()).ln();
+        left + ((right - left) as f64 * (a - lo) / (hi - lo)) as i32
+    };
+    for (i, (row, etcd, raftmesh)) in rows.iter().enumerate() {
+        let y = top + bar_height * i as i32;
+        let advantage = row.advantage(etcd, raftmesh);
+        let color = match row.met(etcd, raftmesh) {
+            Some(false) => RGBColor(222, 120, 40),
+            _ => RGBColor(60, 140, 90),
+        };
+        root.draw(&Text::new(
+            row.title(&report.sizes),
+            (20, y + 10),
+            text(14.0),
+        ))?;
+        root.draw(&Rectangle::new(
+            [(x(1.0), y + 6), (x(advantage), y + bar_height - 6)],
+            color.filled(),
+        ))?;
+        root.draw(&Text::new(
+            format!("{advantage:.2}×"),
+            (x(advantage).max(x(1.0)) + 6, y + 10),
+            text(14.0),
+        ))?;
+        if let Some(target) = row.target {
+            let tx = x(target.advantage);
+            root.draw(&PathElement::new(
+                vec![(tx, y + 2), (tx, y + bar_height - 2)],
+                RED.stroke_width(3),
+            ))?;
+        }
+    }
+    let bottom = top + bar_height * rows.len() as i32;
+    root.draw(&PathElement::new(
+        vec![(x(1.0), top - 4), (x(1.0), bottom + 4)],
+        BLACK.stroke_width(1),
+    ))?;
+    root.draw(&Text::new(
+        "log scale; 1× = etcd; red tick = target; orange = target missed",
+        (left, bottom + 16),
+        text(13.0),
+    ))?;
+    root.present()?;
+    Ok(())
+}
