@@ -65,7 +65,23 @@ pub struct KvArgs {
     /// The etcd binary (Debian's etcd-server package installs /usr/bin/etcd).
     #[arg(long, default_value = localcluster::flavor::DEFAULT_ETCD_BIN)]
     pub etcd_bin: PathBuf,
+    /// Run only these workloads (comma-separated), e.g. to profile one: put-1, put-256,
+    /// get-linearizable, get-serializable, txn-cas, watch-fanout, leases, footprint.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(WORKLOADS))]
+    pub workloads: Vec<String>,
 }
+
+/// The names `--workloads` accepts, in run order.
+const WORKLOADS: [&str; 8] = [
+    "put-1",
+    "put-256",
+    "get-linearizable",
+    "get-serializable",
+    "txn-cas",
+    "watch-fanout",
+    "leases",
+    "footprint",
+];
 
 /// One server's outcomes, in workload order.
 #[derive(Debug, Clone, Serialize)]
@@ -106,7 +122,15 @@ pub async fn run(args: KvArgs, command: String) -> Result<()> {
     let mut runs = Vec::new();
     for (name, flavor) in servers {
         let version = machine::version_of(flavor.program());
-        let outcomes = run_server(name, flavor, sizes).await?;
+        let outcomes = run_server(name, flavor, sizes, &args.workloads).await?;
+        for outcome in outcomes.iter().filter(|o| o.errors > 0) {
+            eprintln!(
+                "[{name}] {}: {} errors, first: {}",
+                outcome.workload,
+                outcome.errors,
+                outcome.first_error.as_deref().unwrap_or("?")
+            );
+        }
         runs.push(ServerRun {
             server: name,
             version,
@@ -128,9 +152,15 @@ pub async fn run(args: KvArgs, command: String) -> Result<()> {
     Ok(())
 }
 
-async fn run_server(name: &'static str, flavor: Flavor, sizes: Sizes) -> Result<Vec<Outcome>> {
+async fn run_server(
+    name: &'static str,
+    flavor: Flavor,
+    sizes: Sizes,
+    only: &[String],
+) -> Result<Vec<Outcome>> {
     let progress = Progress::new(name);
     let mut outcomes = Vec::new();
+    let wanted = |workload: &str| only.is_empty() || only.iter().any(|w| w == workload);
 
     progress.say("starting a 3-member cluster");
     let cluster = Cluster::start(flavor.clone(), Spec::default()).await?;
@@ -141,58 +171,48 @@ async fn run_server(name: &'static str, flavor: Flavor, sizes: Sizes) -> Result<
         connections: 1,
         ops: sizes.put_one,
     };
-    outcomes.push(put(&target, "put-1", &leader, one).await?);
+    if wanted("put-1") {
+        outcomes.push(put(&target, "put-1", &leader, one).await?);
+    }
     let many = Load {
         clients: 256,
         connections: 16,
         ops: sizes.put_many,
     };
-    outcomes.push(put(&target, "put-256", &target.endpoints, many).await?);
+    if wanted("put-256") || wanted("get-linearizable") || wanted("get-serializable") {
+        // The gets read the keys this workload writes.
+        outcomes.push(put(&target, "put-256", &target.endpoints, many).await?);
+    }
     let readers = |ops| Load {
         clients: 16,
         connections: 16,
         ops,
     };
     let populated = sizes.put_many;
-    outcomes.push(
-        get(
-            &target,
-            "get-linearizable",
-            false,
-            populated,
-            readers(sizes.gets),
-        )
-        .await?,
-    );
-    outcomes.push(
-        get(
-            &target,
-            "get-serializable",
-            true,
-            populated,
-            readers(sizes.gets),
-        )
-        .await?,
-    );
-    outcomes.push(txn_cas(&target, readers(sizes.txns)).await?);
-    outcomes.push(watch_fanout(&target, sizes.watchers, sizes.watch_puts).await?);
-    outcomes.extend(leases(&target, sizes.leases, sizes.keepalive_secs).await?);
+    for (workload, serializable) in [("get-linearizable", false), ("get-serializable", true)] {
+        if wanted(workload) {
+            let load = readers(sizes.gets);
+            outcomes.push(get(&target, workload, serializable, populated, load).await?);
+        }
+    }
+    if wanted("txn-cas") {
+        outcomes.push(txn_cas(&target, readers(sizes.txns)).await?);
+    }
+    if wanted("watch-fanout") {
+        outcomes.push(watch_fanout(&target, sizes.watchers, sizes.watch_puts).await?);
+    }
+    if wanted("leases") {
+        outcomes.extend(leases(&target, sizes.leases, sizes.keepalive_secs).await?);
+    }
     drop(cluster);
+    if !wanted("footprint") {
+        return Ok(outcomes);
+    }
 
     progress.say("starting a fresh cluster for the footprint workloads");
     let mut cluster = Cluster::start(flavor, Spec::default()).await?;
     let target = connect_target(&cluster, progress.clone()).await?;
     outcomes.extend(footprint(&mut cluster, &target, sizes.footprint_keys).await?);
-    for outcome in &outcomes {
-        if outcome.errors > 0 {
-            progress.say(format_args!(
-                "{}: {} errors, first: {}",
-                outcome.workload,
-                outcome.errors,
-                outcome.first_error.as_deref().unwrap_or("?")
-            ));
-        }
-    }
     Ok(outcomes)
 }
 

@@ -12,7 +12,9 @@
 //! - [`peer`] and [`network`]: the Raft peer port, server and client side. A trust
 //!   boundary: never exposed to clients.
 //! - [`state_machine`]: applies committed entries; snapshots.
-//! - [`log_store`]: the Raft log on sled with group commit — the only module that knows sled.
+//! - [`log_store`]: the Raft log: entries in [`wal`] segments with group commit, vote and
+//!   purge/commit points in sled — the only module that knows sled.
+//! - [`wal`]: append-only segment files with CRCs; torn-tail recovery.
 //! - [`mvcc`]: the multi-version key space with etcd's semantics; pure and deterministic.
 //! - [`request`]: the KV requests and responses in domain form (what the log carries).
 //! - [`validate`]: checks run on a request before it is proposed.
@@ -38,3 +40,4 @@ pub mod request;
 pub mod server;
 pub mod state_machine;
 pub mod validate;
+pub mod wal;

@@ -1,13 +1,15 @@
-//! The Raft log, vote and committed index on sled: the only module that knows sled.
+//! The Raft log: entries in a write-ahead log ([`crate::wal`]), vote and purge/commit points
+//! in sled. The only module that knows sled.
 //!
-//! An append is acknowledged to Raft only after it is on disk. Appends write into sled's
-//! page cache and hand their completion callback to one flusher task; the flusher takes
-//! every callback waiting, flushes once, and completes them all (group commit). One
-//! `fdatasync` so covers every append that arrived while the previous one ran, which is what
-//! makes throughput grow with load instead of being capped by one fsync per entry.
+//! An append is acknowledged to Raft only after it is on disk. Appends write their records
+//! into the active WAL segment (the page cache) and hand their completion callback to one
+//! flusher thread; the flusher takes every callback waiting, runs one `fdatasync`, and
+//! completes them all (group commit). One sync so covers every append that arrived while the
+//! previous one ran, which is what makes throughput grow with load instead of being capped by
+//! one fsync per entry. Entries are bincode-encoded `openraft::Entry`s.
 //!
-//! Keys of the `log` tree are big-endian indexes, so sled's order is log order. Entries are
-//! bincode-encoded `openraft::Entry`s.
+//! The vote and the purge point are written to sled and flushed before the call returns; the
+//! committed index is written without a flush (losing it in a crash only means re-committing).
 
 #![expect(
     clippy::result_large_err,
@@ -17,13 +19,14 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
-use tokio::sync::mpsc;
 
 use crate::raft_types::{NodeId, TypeConfig};
+use crate::wal::Wal;
 
 type Entry = openraft::Entry<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -32,17 +35,17 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 
-/// Raft log storage on sled. Cheap to clone: clones share the database and the flusher.
+/// Raft log storage. Cheap to clone: clones share the log, the database and the flusher.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
-    /// Entries by big-endian index.
-    log: sled::Tree,
     /// Vote, committed log id and last purged log id.
+    db: sled::Db,
     meta: sled::Tree,
-    /// Completion callbacks of appends, waiting for the next group flush.
-    flushes: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
-    /// Number of appends so far and number of disk flushes, for metrics.
+    /// The entries. Held only for page-cache writes and reads, never across a sync.
+    wal: Arc<Mutex<Wal>>,
+    /// Completion callbacks of appends, waiting for the next group sync.
+    flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Number of appends so far and number of disk syncs, for metrics.
     stats: Arc<FlushStats>,
 }
 
@@ -51,44 +54,57 @@ pub struct LogStore {
 pub struct FlushStats {
     /// Append calls acknowledged.
     pub appends: std::sync::atomic::AtomicU64,
-    /// Disk flushes that acknowledged them.
+    /// Disk syncs that acknowledged them.
     pub flushes: std::sync::atomic::AtomicU64,
 }
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let wal = self.wal();
         f.debug_struct("LogStore")
-            .field("entries", &self.log.len())
+            .field("first", &wal.first())
+            .field("end", &wal.end())
             .finish_non_exhaustive()
     }
 }
 
 impl LogStore {
-    /// Opens (or creates) the log under `dir`. Must be called inside a tokio runtime: it
-    /// starts the flusher task.
-    pub fn open(dir: &Path) -> Result<Self, sled::Error> {
+    /// Opens (or creates) the log under `dir`: the WAL in `dir/wal`, the metadata in a sled
+    /// database in `dir`. Starts the flusher thread, which ends when the last clone is dropped.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
         let db = sled::Config::new()
             .path(dir)
             // Durability comes from our explicit flushes, not from a background timer.
             .flush_every_ms(None)
-            .open()?;
-        let log = db.open_tree("log")?;
-        let meta = db.open_tree("meta")?;
-        let (tx, rx) = mpsc::unbounded_channel();
+            .open()
+            .map_err(std::io::Error::other)?;
+        let meta = db.open_tree("meta").map_err(std::io::Error::other)?;
+        let mut wal = Wal::open(&dir.join("wal"))?;
+        if let Some(bytes) = meta.get(LAST_PURGED).map_err(std::io::Error::other)? {
+            let purged: LogId<NodeId> = bincode::deserialize(&bytes).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("purge point: {e}"))
+            })?;
+            wal.purge(purged.index)?;
+        }
+        let wal = Arc::new(Mutex::new(wal));
+        let (tx, rx) = mpsc::channel();
         let stats = Arc::new(FlushStats::default());
-        tokio::spawn(flusher(db.clone(), rx, stats.clone()));
+        let (flusher_wal, flusher_stats) = (wal.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("raft-log-sync".to_owned())
+            .spawn(move || flusher(&flusher_wal, &rx, &flusher_stats))?;
         Ok(Self {
             db,
-            log,
             meta,
+            wal,
             flushes: tx,
             stats,
         })
     }
 
-    /// Bytes the database occupies on disk.
+    /// Bytes the log and its metadata occupy on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.wal().bytes() + self.db.size_on_disk().unwrap_or(0)
     }
 
     /// Group-commit counters.
@@ -96,7 +112,12 @@ impl LogStore {
         self.stats.clone()
     }
 
-    async fn flush(&self) -> Result<(), sled::Error> {
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        // A panic while holding the lock leaves the WAL as it was after its last whole call.
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn flush_meta(&self) -> Result<(), sled::Error> {
         self.db.flush_async().await.map(|_| ())
     }
 
@@ -116,25 +137,36 @@ impl LogStore {
             .map_err(|e| AnyError::new(&e))?;
         Ok(())
     }
+
+    /// The entry at `index`, if the WAL holds it.
+    fn entry(wal: &Wal, index: u64) -> StorageResult<Option<Entry>> {
+        match wal.read(index) {
+            Ok(Some(bytes)) => decode_entry(&bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StorageIOError::read_log_at_index(index, AnyError::new(&e)).into()),
+        }
+    }
 }
 
-/// Completes append callbacks in groups: one flush for everything appended so far.
-async fn flusher(
-    db: sled::Db,
-    mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
-    stats: Arc<FlushStats>,
+/// Completes append callbacks in groups: one sync for everything appended so far.
+fn flusher(
+    wal: &Mutex<Wal>,
+    rx: &mpsc::Receiver<LogFlushed<TypeConfig>>,
+    stats: &FlushStats,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut waiting = Vec::new();
-    while rx.recv_many(&mut waiting, 4096).await > 0 {
-        let result = db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        // Every callback here was sent after its records were written; syncing the segment
+        // active now covers them (a closed segment was synced when it was closed).
+        let file = wal.lock().unwrap_or_else(|e| e.into_inner()).active_file();
+        let result = file.map_or(Ok(()), |f| f.sync_data());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "syncing the Raft log failed");
+        }
         stats.flushes.fetch_add(1, Relaxed);
         stats.appends.fetch_add(waiting.len() as u64, Relaxed);
-        for cb in waiting.drain(..) {
+        for cb in waiting {
             let r = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
@@ -142,10 +174,6 @@ async fn flusher(
             cb.log_io_completed(r);
         }
     }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 fn decode_entry(bytes: &[u8]) -> StorageResult<Entry> {
@@ -157,23 +185,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry>> {
+        let wal = self.wal();
+        let (Some(first), Some(end)) = (wal.first(), wal.end()) else {
+            return Ok(Vec::new());
+        };
         let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i + 1,
             Bound::Unbounded => 0,
-        };
-        let iter = match range.end_bound() {
-            Bound::Included(&i) => self.log.range(index_key(start)..=index_key(i)),
-            Bound::Excluded(&i) => self.log.range(index_key(start)..index_key(i)),
-            Bound::Unbounded => self.log.range(index_key(start)..),
-        };
-        let out: StorageResult<Vec<Entry>> = iter
-            .map(|kv| {
-                let (_, v) = kv.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
-                decode_entry(&v)
-            })
-            .collect();
-        out
+        }
+        .max(first);
+        let stop = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => end,
+        }
+        .min(end);
+        let mut out = Vec::with_capacity(stop.saturating_sub(start) as usize);
+        for index in start..stop {
+            out.extend(Self::entry(&wal, index)?);
+        }
+        Ok(out)
     }
 }
 
@@ -184,13 +216,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<LogId<NodeId>> = self
             .read_meta(LAST_PURGED)
             .map_err(StorageIOError::read_logs)?;
-        let last = self
-            .log
-            .last()
-            .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
-        let last_log_id = match last {
-            Some((_, v)) => Some(decode_entry(&v)?.log_id),
-            None => last_purged_log_id,
+        let last_entry = {
+            let wal = self.wal();
+            match wal.end() {
+                Some(end) => Self::entry(&wal, end - 1)?,
+                None => None,
+            }
+        };
+        // Entries at or below the purge point may linger in a partly purged segment; the log
+        // never ends before its purge point.
+        let last_log_id = match last_entry {
+            Some(entry) if Some(entry.log_id) > last_purged_log_id => Some(entry.log_id),
+            _ => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,
@@ -205,7 +242,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         self.write_meta(VOTE, vote)
             .map_err(StorageIOError::write_vote)?;
-        self.flush()
+        self.flush_meta()
             .await
             .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
         Ok(())
@@ -216,8 +253,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        // Not flushed on its own: it rides on the next log flush. A committed index that is
-        // lost in a crash is only an optimization lost (Raft recommits it).
+        // Not flushed on its own: a committed index lost in a crash is only an optimization
+        // lost (Raft recommits it).
         self.write_meta(COMMITTED, &committed)
             .map_err(StorageIOError::write_logs)?;
         Ok(())
@@ -235,47 +272,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
+        let mut first = None;
+        let mut encoded = Vec::new();
         for entry in entries {
+            first.get_or_insert(entry.log_id);
             let bytes = bincode::serialize(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, AnyError::new(&e)))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            encoded.push(bytes);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        // The flusher is gone only if the runtime is shutting down; then nothing is acked.
+        if let Some(first) = first {
+            self.wal()
+                .append(first.index, encoded.iter().map(Vec::as_slice))
+                .map_err(|e| StorageIOError::write_log_entry(first, AnyError::new(&e)))?;
+        }
+        // The flusher is gone only if the process is shutting down; then nothing is acked.
         let _ = self.flushes.send(callback);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(index_key(log_id.index)..) {
-            let (k, _) = kv.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        self.flush()
-            .await
+        self.wal()
+            .truncate(log_id.index)
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        // Record the purge point first: a crash between the two steps leaves extra entries,
-        // never a hole.
+        // Make the purge point durable first: a crash before the segments are gone leaves
+        // extra entries, never a hole.
         self.write_meta(LAST_PURGED, &log_id)
             .map_err(StorageIOError::write_logs)?;
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=index_key(log_id.index)) {
-            let (k, _) = kv.map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
+        self.flush_meta()
+            .await
+            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        self.wal()
+            .purge(log_id.index)
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         Ok(())
     }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api;
 use crate::log_store::LogStore;
@@ -108,7 +108,7 @@ pub enum ServerError {
         /// Its directory.
         path: PathBuf,
         /// Why.
-        source: sled::Error,
+        source: std::io::Error,
     },
     /// `--initial-cluster` is malformed.
     #[error(transparent)]
@@ -252,10 +252,7 @@ pub async fn run(
             .add_service(api::maintenance::Maintenance::new(n, m));
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming(l), stop)
-                .await
-            {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming(l), stop).await {
                 tracing::error!(error = %e, "client server failed");
             }
         });

@@ -236,6 +236,7 @@ fn main() -> ExitCode {
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("mesh-apiserver")
         .enable_all()
         .build()
         .expect("tokio runtime");
