@@ -18,7 +18,8 @@
 //! - [`mvcc`]: the multi-version key space with etcd's semantics; pure and deterministic.
 //! - [`request`]: the KV requests and responses in domain form (what the log carries).
 //! - [`validate`]: checks run on a request before it is proposed.
-//! - [`lessor`], [`read_index`]: the leader's lease deadlines and batched ReadIndex.
+//! - [`lessor`], [`read_index`], [`propose`]: the leader's lease deadlines, batched ReadIndex
+//!   and batched proposals.
 //! - [`membership`]: member and cluster ids; `--initial-cluster`.
 //! - [`metrics`]: Prometheus metrics and `/healthz`.
 //! - [`raft_types`]: the openraft type configuration, log command and reply.
@@ -34,6 +35,7 @@ pub mod mvcc;
 pub mod network;
 pub mod node;
 pub mod peer;
+pub mod propose;
 pub mod raft_types;
 pub mod read_index;
 pub mod request;

@@ -149,11 +149,7 @@ impl LogStore {
 }
 
 /// Completes append callbacks in groups: one sync for everything appended so far.
-fn flusher(
-    wal: &Mutex<Wal>,
-    rx: &mpsc::Receiver<LogFlushed<TypeConfig>>,
-    stats: &FlushStats,
-) {
+fn flusher(wal: &Mutex<Wal>, rx: &mpsc::Receiver<LogFlushed<TypeConfig>>, stats: &FlushStats) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());

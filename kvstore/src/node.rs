@@ -20,6 +20,7 @@ use crate::log_store::LogStore;
 use crate::membership::member_id;
 use crate::network::Peers;
 use crate::peer::{LeaseTtl, PeerRequest, PeerResponse};
+use crate::propose::Proposer;
 use crate::raft_types::{Command, Member, NodeId, Raft, Reply};
 use crate::read_index::ReadIndex;
 use crate::state_machine::{Published, Shared};
@@ -84,6 +85,7 @@ pub struct Node {
     lessor: Lessor,
     /// Leader-side ReadIndex batching.
     reads: ReadIndex,
+    proposer: Proposer,
     settings: NodeSettings,
 }
 
@@ -107,6 +109,7 @@ impl Node {
         settings: NodeSettings,
     ) -> Self {
         let reads = ReadIndex::spawn(raft.clone(), settings.request_timeout);
+        let proposer = Proposer::spawn(raft.clone(), settings.request_timeout);
         Self {
             id,
             raft,
@@ -115,6 +118,7 @@ impl Node {
             peers,
             lessor: Lessor::default(),
             reads,
+            proposer,
             settings,
         }
     }
@@ -239,15 +243,8 @@ impl Node {
     }
 
     async fn serve_as_leader(&self, req: PeerRequest) -> Result<PeerResponse, Error> {
-        let timeout = self.settings.request_timeout;
         match req {
-            PeerRequest::Propose(cmd) => {
-                let write = tokio::time::timeout(timeout, self.raft.client_write(cmd)).await;
-                match write.map_err(|_| Error::Timeout)? {
-                    Ok(resp) => Ok(PeerResponse::Reply(resp.data)),
-                    Err(e) => Err(write_error(e)),
-                }
-            }
+            PeerRequest::Propose(cmd) => self.proposer.propose(cmd).await.map(PeerResponse::Reply),
             PeerRequest::ReadIndex => self.reads.read_index().await.map(PeerResponse::ReadIndex),
             PeerRequest::LeaseKeepAlive { id } => {
                 let term = self.leading_term().ok_or(Error::NotLeader)?;
@@ -502,7 +499,7 @@ impl Node {
     }
 }
 
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
+pub(crate) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Error::NotLeader,
         RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {

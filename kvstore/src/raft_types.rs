@@ -71,6 +71,9 @@ pub enum Command {
         /// Its `--advertise-client-urls`.
         client_urls: Vec<String>,
     },
+    /// Commands proposed together by the leader (see `propose.rs`), applied in order as if
+    /// proposed one by one.
+    Batch(Vec<Command>),
 }
 
 /// What applying a log entry produced.
@@ -84,6 +87,8 @@ pub enum Outcome {
     Txn(TxnResponse),
     /// Any entry without a payload of its own (blank, membership, compact, lease, publish).
     Done,
+    /// One reply per command of a [`Command::Batch`], in order.
+    Batch(Vec<Reply>),
 }
 
 /// The result of applying one log entry, with the store revision right after it.

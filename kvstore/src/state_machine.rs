@@ -79,6 +79,9 @@ impl Data {
                 );
                 Ok(Outcome::Done)
             }
+            Command::Batch(cmds) => Ok(Outcome::Batch(
+                cmds.iter().map(|cmd| self.apply(cmd)).collect(),
+            )),
         };
         Reply {
             revision: self.mvcc.revision(),

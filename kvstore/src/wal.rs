@@ -84,9 +84,9 @@ impl Wal {
             let name = entry?.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(first) = name.strip_suffix(SUFFIX) {
-                let first = first.parse::<u64>().map_err(|_| {
-                    corrupt(format!("unexpected file {name} in {}", dir.display()))
-                })?;
+                let first = first
+                    .parse::<u64>()
+                    .map_err(|_| corrupt(format!("unexpected file {name} in {}", dir.display())))?;
                 firsts.push(first);
             }
         }

@@ -15,7 +15,11 @@ fn append_range(wal: &mut Wal, from: u64, to: u64) {
 fn assert_holds(wal: &Wal, from: u64, to: u64) {
     assert_eq!((wal.first(), wal.end()), (Some(from), Some(to)));
     for index in from..to {
-        assert_eq!(wal.read(index).unwrap(), Some(payload(index)), "index {index}");
+        assert_eq!(
+            wal.read(index).unwrap(),
+            Some(payload(index)),
+            "index {index}"
+        );
     }
     assert_eq!(wal.read(to).unwrap(), None);
     assert_eq!(wal.read(from - 1).unwrap(), None);
