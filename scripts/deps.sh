@@ -6,6 +6,8 @@ command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ]; then
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+  # mesh-bench draws its chart's text with DejaVu Sans.
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"

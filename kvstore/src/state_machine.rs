@@ -339,3 +339,52 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::PutRequest;
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
+            ..PutRequest::default()
+        })
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_as_separate_requests() {
+        let mut data = Data::default();
+        let start = data.mvcc.revision();
+        let Command::Put(mut second) = put("a", "2") else {
+            unreachable!()
+        };
+        second.prev_kv = true;
+        let Command::Put(mut missing) = put("b", "") else {
+            unreachable!()
+        };
+        missing.ignore_value = true;
+        let batch = Command::Batch(vec![
+            put("a", "1"),
+            Command::Put(second),
+            Command::Put(missing),
+            put("c", "3"),
+        ]);
+        let reply = data.apply(&batch);
+        assert_eq!(reply.revision, start + 3);
+        let Ok(Outcome::Batch(replies)) = reply.result else {
+            panic!("{reply:?}")
+        };
+        let revisions: Vec<i64> = replies.iter().map(|r| r.revision).collect();
+        // A failed request changes nothing and takes no revision.
+        assert_eq!(revisions, [start + 1, start + 2, start + 2, start + 3]);
+        match &replies[1].result {
+            Ok(Outcome::Put(p)) => {
+                assert_eq!(p.prev_kv.as_ref().unwrap().value.as_ref(), b"1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(replies[2].result, Err(crate::error::Error::KeyNotFound));
+    }
+}

@@ -1,0 +1,79 @@
+//! CI's smoke run of `mesh-bench kv`: every workload at a tiny size against etcd and raftmesh.
+//! It asserts that the run completes and its outputs are whole, never how fast anything was.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Every row `mesh-bench kv` reports, per server.
+const WORKLOADS: [&str; 11] = [
+    "put-1",
+    "put-256",
+    "get-linearizable",
+    "get-serializable",
+    "txn-cas",
+    "watch-fanout",
+    "lease-grant",
+    "lease-keepalive",
+    "rss",
+    "disk",
+    "restart",
+];
+
+#[test]
+fn kv_smoke_run_writes_a_complete_report() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_mesh-bench"));
+    let server = bench.with_file_name("mesh-apiserver");
+    assert!(
+        server.is_file(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        server.display()
+    );
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&bench)
+        .args(["kv", "--size", "smoke", "--out"])
+        .arg(out.path())
+        .arg("--raftmesh-bin")
+        .arg(&server)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "mesh-bench failed:\n{stderr}");
+
+    let json = std::fs::read_to_string(out.path().join("kv-smoke.json")).unwrap();
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        report["command"]
+            .as_str()
+            .unwrap()
+            .contains("kv --size smoke")
+    );
+    assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    let runs = report["runs"].as_array().unwrap();
+    let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, ["etcd", "raftmesh"]);
+    for run in runs {
+        let server = run["server"].as_str().unwrap();
+        let outcomes = run["outcomes"].as_array().unwrap();
+        let names: Vec<&str> = outcomes
+            .iter()
+            .map(|o| o["workload"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, WORKLOADS, "{server}");
+        for outcome in outcomes {
+            let name = outcome["workload"].as_str().unwrap();
+            assert_eq!(outcome["errors"], 0, "{server} {name}: {outcome}");
+            assert!(outcome["value"].as_f64().unwrap() > 0.0, "{server} {name}");
+        }
+    }
+
+    let md = std::fs::read_to_string(out.path().join("kv-smoke.md")).unwrap();
+    for title in ["put, 256 clients", "watch fan-out", "RSS after", "| met |"] {
+        assert!(md.contains(title), "{title} missing from:\n{md}");
+    }
+    let png = std::fs::read(out.path().join("kv-smoke.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+    // Progress was shown while it ran.
+    assert!(stderr.contains("[raftmesh] starting a 3-member cluster"));
+}
