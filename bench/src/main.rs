@@ -42,6 +42,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("mesh-bench")
         .enable_all()
         .build()
     {
