@@ -219,12 +219,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => None,
             }
         };
-        // Entries at or below the purge point may linger in a partly purged segment; the log
-        // never ends before its purge point.
-        let last_log_id = match last_entry {
-            Some(entry) if Some(entry.log_id) > last_purged_log_id => Some(entry.log_id),
-            _ => last_purged_log_id,
-        };
+        // The WAL hides purged entries, so any entry it holds is past the purge point.
+        let last_log_id = last_entry.map(|e| e.log_id).or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,

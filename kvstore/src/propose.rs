@@ -1,10 +1,9 @@
 //! Batched proposals on the leader: commands that arrive while earlier batches are being
 //! replicated go into the log together, as one entry.
 //!
-//! openraft 0.9 appends each `client_write` as its own entry and waits for that append's
-//! flush before moving on, so proposing one entry per request caps writes at one `fdatasync`
-//! per request (measured: exactly as many flushes as entries on the leader under 256
-//! concurrent clients). Here at most [`MAX_IN_FLIGHT`] batches are in Raft at once; whatever
+//! openraft 0.9 makes each `client_write` its own entry and its own log append, so proposing
+//! one entry per request cost one `fdatasync` per request (measured under 256 concurrent
+//! clients: exactly as many flushes as entries on the leader, and writes capped near 3,000/s). Here at most [`MAX_IN_FLIGHT`] batches are in Raft at once; whatever
 //! arrives meanwhile waits and is proposed as one [`Command::Batch`], so the batch grows with
 //! the load and one flush and one replication round carry many requests. An idle cluster
 //! proposes a lone command as itself, with no added latency.

@@ -211,13 +211,15 @@ impl Wal {
         segment
             .file
             .read_exact_at(&mut record, segment.offsets[i])?;
-        let payload = check_record(&record).ok_or_else(|| {
-            corrupt(format!(
+        if check_record(&record).is_none() {
+            return Err(corrupt(format!(
                 "record {index} in {} fails its check",
                 segment.path.display()
-            ))
-        })?;
-        Ok(Some(payload.to_vec()))
+            )));
+        }
+        // Keep the one buffer: drop the header in place.
+        record.drain(..HEADER);
+        Ok(Some(record))
     }
 
     /// Removes every entry from `index` on (a conflicting suffix); durable when it returns.
