@@ -20,7 +20,7 @@ use crate::log_store::LogStore;
 use crate::membership::member_id;
 use crate::network::Peers;
 use crate::peer::{LeaseTtl, PeerRequest, PeerResponse};
-use crate::propose::Proposer;
+use crate::propose::{Proposer, ToLeader, ToRaft};
 use crate::raft_types::{Command, Member, NodeId, Raft, Reply};
 use crate::read_index::ReadIndex;
 use crate::state_machine::{Published, Shared};
@@ -85,7 +85,10 @@ pub struct Node {
     lessor: Lessor,
     /// Leader-side ReadIndex batching.
     reads: ReadIndex,
+    /// Batches writes into the log while this member leads.
     proposer: Proposer,
+    /// Batches writes forwarded to the leader while this member follows.
+    forwarder: Proposer,
     settings: NodeSettings,
 }
 
@@ -109,7 +112,15 @@ impl Node {
         settings: NodeSettings,
     ) -> Self {
         let reads = ReadIndex::spawn(raft.clone(), settings.request_timeout);
-        let proposer = Proposer::spawn(raft.clone(), settings.request_timeout);
+        let proposer = Proposer::spawn(ToRaft {
+            raft: raft.clone(),
+            timeout: settings.request_timeout,
+        });
+        let forwarder = Proposer::spawn(ToLeader {
+            raft: raft.clone(),
+            peers: peers.clone(),
+            timeout: settings.request_timeout,
+        });
         Self {
             id,
             raft,
@@ -119,6 +130,7 @@ impl Node {
             lessor: Lessor::default(),
             reads,
             proposer,
+            forwarder,
             settings,
         }
     }
@@ -177,7 +189,14 @@ impl Node {
             let leader = metrics.borrow_and_update().current_leader;
             let outcome = match leader {
                 Some(l) if l == self.id => self.serve_as_leader(req.clone()).await,
-                Some(l) => self.forward(l, &req).await,
+                Some(l) => match &req {
+                    PeerRequest::Propose(cmd) => self
+                        .forwarder
+                        .propose(cmd.clone())
+                        .await
+                        .map(PeerResponse::Reply),
+                    _ => self.forward(l, &req).await,
+                },
                 None => Err(Error::NoLeader),
             };
             match outcome {
@@ -213,6 +232,7 @@ impl Node {
                 match req {
                     // A write may have reached the leader's log: do not send it again.
                     PeerRequest::Propose(_)
+                    | PeerRequest::ProposeBatch(_)
                     | PeerRequest::AddMember { .. }
                     | PeerRequest::RemoveMember { .. } => Err(Error::Timeout),
                     // Everything else is safe to repeat once the leadership settles.
@@ -245,6 +265,9 @@ impl Node {
     async fn serve_as_leader(&self, req: PeerRequest) -> Result<PeerResponse, Error> {
         match req {
             PeerRequest::Propose(cmd) => self.proposer.propose(cmd).await.map(PeerResponse::Reply),
+            PeerRequest::ProposeBatch(cmds) => {
+                Ok(PeerResponse::Replies(self.proposer.propose_all(cmds).await))
+            }
             PeerRequest::ReadIndex => self.reads.read_index().await.map(PeerResponse::ReadIndex),
             PeerRequest::LeaseKeepAlive { id } => {
                 let term = self.leading_term().ok_or(Error::NotLeader)?;

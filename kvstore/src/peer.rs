@@ -51,6 +51,8 @@ pub enum PeerRequest {
     },
     /// This member's view of the membership (any member; used by a joining member).
     Members,
+    /// Propose commands in this order (leader only); a follower's batch of forwarded writes.
+    ProposeBatch(Vec<Command>),
 }
 
 /// A lease's remaining time as the leader sees it.
@@ -81,6 +83,8 @@ pub enum PeerResponse {
     MemberRemoved,
     /// Answer to `Members`.
     Members(BTreeMap<NodeId, Member>),
+    /// Answer to `ProposeBatch`: one result per command, in order.
+    Replies(Vec<Result<Reply, Error>>),
 }
 
 /// The peer gRPC service.

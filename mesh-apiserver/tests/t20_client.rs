@@ -417,3 +417,87 @@ async fn bad_requests_get_etcd_errors_and_change_nothing() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Writes sent concurrently to a follower (which forwards them to the leader, in batches in
+/// raftmesh) each get their own answer: every accepted put returns the revision its key was
+/// written at, revisions are distinct and gapless, and the puts refused inside the same burst
+/// (an unknown lease) get etcd's error and write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
+    const WRITERS: usize = 64;
+    const ROUNDS: usize = 5;
+    const UNKNOWN_LEASE: i64 = 0x7fff_0000;
+    let cluster = Cluster::start(flavor(), Spec::with_members(3))
+        .await
+        .expect("cluster starts");
+    let leader = cluster.leader().await.unwrap();
+    let follower = (leader + 1) % 3;
+    let client = connect(&cluster.client_url(follower)).await.unwrap();
+    let mut observer = connect(&cluster.client_url(leader)).await.unwrap();
+    let start = current_revision(&mut observer).await.unwrap();
+
+    let mut accepted = Vec::new();
+    for round in 0..ROUNDS {
+        let barrier = Arc::new(Barrier::new(WRITERS));
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let mut client = client.clone();
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let key = format!("fwd/{round}/{i:02}");
+                    let options = (i % 2 == 1).then(|| PutOptions::new().with_lease(UNKNOWN_LEASE));
+                    barrier.wait().await;
+                    let result = client.put(key.clone(), format!("v{i}"), options).await;
+                    (key, result)
+                })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let (key, result) = task.await.unwrap();
+            if i % 2 == 1 {
+                let err = result.expect_err("a put with an unknown lease is refused");
+                assert_eq!(
+                    grpc_status(&err),
+                    Some((
+                        "NotFound".to_owned(),
+                        "etcdserver: requested lease not found".to_owned()
+                    )),
+                    "{key}: {err}"
+                );
+            } else {
+                let revision = result.unwrap().header().unwrap().revision();
+                accepted.push((key, format!("v{i}"), revision));
+            }
+        }
+    }
+
+    let mut revisions: Vec<i64> = accepted.iter().map(|(_, _, r)| *r).collect();
+    revisions.sort_unstable();
+    let expected: Vec<i64> = (start + 1..=start + accepted.len() as i64).collect();
+    assert_eq!(
+        revisions, expected,
+        "accepted puts get distinct, gapless revisions"
+    );
+    for (key, value, revision) in &accepted {
+        let got = observer.get(key.as_str(), None).await.unwrap();
+        let kv = &got.kvs()[0];
+        assert_eq!(kv.value_str().unwrap(), value, "{key}");
+        assert_eq!(
+            kv.mod_revision(),
+            *revision,
+            "{key} was written at the revision returned"
+        );
+    }
+    let all = observer
+        .get(
+            "fwd/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        all.count() as usize,
+        accepted.len(),
+        "refused puts wrote nothing"
+    );
+}
