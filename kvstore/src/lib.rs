@@ -12,7 +12,7 @@
 //! - [`peer`] and [`network`]: the Raft peer port, server and client side. A trust
 //!   boundary: never exposed to clients.
 //! - [`state_machine`]: applies committed entries; snapshots.
-//! - [`log_store`]: the Raft log: entries in [`wal`] segments with group commit, vote and
+//! - [`log_store`]: the Raft log: entries in [`wal`] segments, synced per append, vote and
 //!   purge/commit points in sled — the only module that knows sled.
 //! - [`wal`]: append-only segment files with CRCs; torn-tail recovery.
 //! - [`mvcc`]: the multi-version key space with etcd's semantics; pure and deterministic.

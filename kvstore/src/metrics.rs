@@ -217,7 +217,7 @@ impl Metrics {
         );
         counter(
             "raftmesh_log_flushes_total",
-            "Disk flushes of the log (group commits).",
+            "Disk syncs of the log.",
             stats.flushes.load(Relaxed),
         );
         counter(

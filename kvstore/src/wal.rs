@@ -11,9 +11,9 @@
 //! index order; a new segment starts once the active one exceeds [`SEGMENT_BYTES`].
 //!
 //! # Durability
-//! [`Wal::append`] only writes (to the page cache); [`Wal::sync`] makes every append before it
-//! durable, which is what lets the caller acknowledge many appends with one `fdatasync` (group
-//! commit). A full segment is synced before the next one is created, so `sync` only needs the
+//! [`Wal::append`] only writes (to the page cache); [`Wal::sync`] (or `fdatasync` on
+//! [`Wal::active_file`] without holding the log) makes every append before it durable. A full
+//! segment is synced before the next one is created, so `sync` only needs the
 //! active segment. On open, a torn or corrupt record at the end of the last segment (a crash
 //! during a write) is cut off; anything wrong before that is an error, never silently dropped.
 //!
