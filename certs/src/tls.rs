@@ -1,0 +1,430 @@
+//! rustls configurations from PEM files, with raftmesh's identity rules enforced at the
+//! handshake, reloaded when the files change.
+//!
+//! Every port is mutual TLS 1.3. A server refuses, during the handshake, a client that shows
+//! no certificate, one not issued by its trusted CA, an expired one, one without a raftmesh
+//! identity, and one whose identity the port does not accept ([`Accept`]): the peer port takes
+//! only the `apiserver` certificates of its own cluster. A client checks the server the same
+//! way: the chain, the host name of the URL, and that it is an `apiserver` of the cluster the
+//! client's own certificate belongs to.
+//!
+//! [`Reloading`] holds the current configuration. [`Reloading::reload`] re-reads the files and
+//! swaps in a new configuration when their bytes changed; new connections use it, open ones
+//! keep the one they were made with, so streams are never cut by a rotation. A change that
+//! does not load (a half-written key, a certificate of another cluster) is refused and the
+//! previous configuration stays.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+
+use crate::error::{Error, Result};
+use crate::identity::{Identity, Role};
+
+/// The three files of one TLS endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This side's certificate (PEM; the leaf first, then any intermediates).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA bundle that issued the other side's certificates (PEM).
+    pub ca: PathBuf,
+}
+
+/// Which identities the other side may have. The cluster is always this side's own cluster,
+/// read from its own certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// Any role of this cluster (the client port; authorization then decides per request).
+    AnyRole,
+    /// Only the `apiserver` members of this cluster (the peer port, and what clients expect
+    /// a server to be).
+    Members,
+}
+
+impl Accept {
+    fn check(self, cluster: &str, peer: &Identity) -> Result<()> {
+        let role_ok = match self {
+            Accept::AnyRole => true,
+            Accept::Members => peer.role == Role::Apiserver,
+        };
+        if peer.cluster == cluster && role_ok {
+            Ok(())
+        } else {
+            Err(Error::NotAccepted {
+                identity: peer.uri(),
+                expected: match self {
+                    Accept::AnyRole => format!("a certificate of cluster {cluster}"),
+                    Accept::Members => format!("an apiserver certificate of cluster {cluster}"),
+                },
+            })
+        }
+    }
+}
+
+/// The identity the other side of a TLS connection proved, if it showed a certificate.
+pub fn peer_identity(conn: &rustls::CommonState) -> Option<Identity> {
+    let leaf = conn.peer_certificates()?.first()?;
+    Identity::from_der(leaf).ok()
+}
+
+/// A TLS configuration kept current with its files.
+pub struct Reloading<C> {
+    files: TlsFiles,
+    accept: Accept,
+    build: fn(&Material, Accept) -> Result<C>,
+    current: RwLock<Loaded<C>>,
+    /// Serializes reloads, so two never race to install older bytes over newer ones.
+    reloading: Mutex<()>,
+}
+
+struct Loaded<C> {
+    material: Material,
+    config: Arc<C>,
+}
+
+impl<C> fmt::Debug for Reloading<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reloading")
+            .field("files", &self.files)
+            .field("accept", &self.accept)
+            .field("identity", &self.identity().uri())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server's configuration: its certificate, and which clients it accepts.
+pub type ServerTls = Reloading<ServerConfig>;
+/// A client's configuration: its certificate, and the servers it trusts.
+pub type ClientTls = Reloading<ClientConfig>;
+
+impl Reloading<ServerConfig> {
+    /// Loads a server configuration that requires a client certificate `accept`s.
+    pub fn server(files: TlsFiles, accept: Accept) -> Result<Self> {
+        Self::load(files, accept, server_config)
+    }
+}
+
+impl Reloading<ClientConfig> {
+    /// Loads a client configuration that presents `files.cert` and accepts only servers that
+    /// are `apiserver`s of its own cluster, for the host name it connects to.
+    pub fn client(files: TlsFiles) -> Result<Self> {
+        Self::load(files, Accept::Members, client_config)
+    }
+}
+
+impl<C> Reloading<C> {
+    fn load(
+        files: TlsFiles,
+        accept: Accept,
+        build: fn(&Material, Accept) -> Result<C>,
+    ) -> Result<Self> {
+        let material = Material::read(&files)?;
+        let config = Arc::new(build(&material, accept)?);
+        Ok(Self {
+            files,
+            accept,
+            build,
+            current: RwLock::new(Loaded { material, config }),
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// The configuration for the next connection.
+    pub fn config(&self) -> Arc<C> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config
+            .clone()
+    }
+
+    /// This side's own identity (from its current certificate).
+    pub fn identity(&self) -> Identity {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .material
+            .identity
+            .clone()
+    }
+
+    /// The files it loads from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// Re-reads the files; installs a new configuration if they changed. Returns whether it
+    /// did. On error the current configuration stays.
+    pub fn reload(&self) -> Result<bool> {
+        let _one = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let material = Material::read(&self.files)?;
+        let old_cluster = {
+            let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+            if current.material.bytes == material.bytes {
+                return Ok(false);
+            }
+            current.material.identity.cluster.clone()
+        };
+        if material.identity.cluster != old_cluster {
+            return Err(Error::Tls {
+                reason: format!(
+                    "{} belongs to cluster {}, not {old_cluster}; a member cannot change clusters",
+                    self.files.cert.display(),
+                    material.identity.cluster
+                ),
+            });
+        }
+        let config = Arc::new((self.build)(&material, self.accept)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Loaded { material, config };
+        Ok(true)
+    }
+}
+
+/// The parsed contents of the three files.
+struct Material {
+    /// Raw bytes of cert, key and CA, to notice changes.
+    bytes: [Vec<u8>; 3],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
+    identity: Identity,
+}
+
+impl Material {
+    fn read(files: &TlsFiles) -> Result<Self> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| Error::Io {
+                op: "reading",
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let (cert, key_pem, ca) = (read(&files.cert)?, read(&files.key)?, read(&files.ca)?);
+        let chain = certificates(&files.cert, &cert)?;
+        let identity = Identity::from_der(&chain[0]).map_err(|e| Error::BadPem {
+            path: files.cert.clone(),
+            reason: e.to_string(),
+        })?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| Error::BadPem {
+            path: files.key.clone(),
+            reason: format!("no private key: {e}"),
+        })?;
+        let mut roots = RootCertStore::empty();
+        for ca_cert in certificates(&files.ca, &ca)? {
+            roots.add(ca_cert).map_err(|e| Error::BadPem {
+                path: files.ca.clone(),
+                reason: format!("not a CA certificate: {e}"),
+            })?;
+        }
+        Ok(Self {
+            bytes: [cert, key_pem, ca],
+            chain,
+            key,
+            roots: Arc::new(roots),
+            identity,
+        })
+    }
+}
+
+fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::BadPem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::BadPem {
+            path: path.to_owned(),
+            reason: "no certificate".to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(e: impl fmt::Display) -> Error {
+    Error::Tls {
+        reason: e.to_string(),
+    }
+}
+
+fn server_config(m: &Material, accept: Accept) -> Result<ServerConfig> {
+    let provider = provider();
+    let chain_check =
+        WebPkiClientVerifier::builder_with_provider(m.roots.clone(), provider.clone())
+            .build()
+            .map_err(tls_error)?;
+    let verifier = Arc::new(ClientCheck {
+        chain: chain_check,
+        cluster: m.identity.cluster.clone(),
+        accept,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(m.chain.clone(), m.key.clone_key())
+        .map_err(tls_error)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+fn client_config(m: &Material, accept: Accept) -> Result<ClientConfig> {
+    let provider = provider();
+    let chain_check =
+        WebPkiServerVerifier::builder_with_provider(m.roots.clone(), provider.clone())
+            .build()
+            .map_err(tls_error)?;
+    let verifier = Arc::new(ServerCheck {
+        chain: chain_check,
+        cluster: m.identity.cluster.clone(),
+        accept,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(m.chain.clone(), m.key.clone_key())
+        .map_err(tls_error)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The identity check after the chain check, as a rustls error.
+fn check_identity(
+    leaf: &CertificateDer<'_>,
+    cluster: &str,
+    accept: Accept,
+) -> Result<(), rustls::Error> {
+    Identity::from_der(leaf)
+        .and_then(|id| accept.check(cluster, &id))
+        .map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })
+}
+
+/// A server's check of client certificates: webpki's chain and validity check, then the
+/// raftmesh identity.
+#[derive(Debug)]
+struct ClientCheck {
+    chain: Arc<dyn ClientCertVerifier>,
+    cluster: String,
+    accept: Accept,
+}
+
+impl ClientCertVerifier for ClientCheck {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_identity(end_entity, &self.cluster, self.accept)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// A client's check of the server: webpki's chain, validity and host name check, then that
+/// the server is a member of the client's cluster.
+#[derive(Debug)]
+struct ServerCheck {
+    chain: Arc<WebPkiServerVerifier>,
+    cluster: String,
+    accept: Accept,
+}
+
+impl ServerCertVerifier for ServerCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        check_identity(end_entity, &self.cluster, self.accept)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+//! `meshctl`: raftmesh's command-line tool.
+//!
+//! # Layout
+//! - `main.rs`: flags, dispatch and exit codes (64 for bad input, 1 for other failures).
+//! - [`pki`]: `meshctl pki init|issue`, a cluster's CA and role certificates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod pki;
+
+/// raftmesh's command-line tool.
+#[derive(Debug, Parser)]
+#[command(name = "meshctl", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a cluster's CA and issue role certificates.
+    #[command(subcommand)]
+    Pki(pki::Command),
+}
+
+/// Why a command failed, which decides the exit code.
+#[derive(Debug)]
+enum Failure {
+    /// The caller's input was refused (EX_USAGE, 64); nothing was changed.
+    BadInput(anyhow::Error),
+    /// Anything else (1).
+    Other(anyhow::Error),
+}
+
+impl Failure {
+    /// sysexits.h EX_USAGE.
+    const BAD_INPUT: u8 = 64;
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with success; anything else is a usage error.
+            let code = if e.use_stderr() {
+                Failure::BAD_INPUT
+            } else {
+                0
+            };
+            // Nothing sensible is left to do if the terminal is gone.
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Pki(command) => pki::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadInput(e)) => {
+            eprintln!("error: {}", message(&e));
+            ExitCode::from(Failure::BAD_INPUT)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {}", message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the line already has
+/// (the certs errors print their source themselves).
+fn message(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
