@@ -13,7 +13,9 @@ pub mod watch;
 
 use tonic::{Code, Status};
 
+use crate::auth::Operation;
 use crate::error::Error;
+use crate::node::Node;
 
 /// etcd's gRPC code for each error.
 pub fn status(e: Error) -> Status {
@@ -34,6 +36,12 @@ pub fn status(e: Error) -> Status {
         Error::PermissionDenied => Code::PermissionDenied,
     };
     Status::new(code, e.to_string())
+}
+
+/// Refuses `req` with etcd's `PermissionDenied` unless its caller may do `op`.
+pub(crate) fn allow<T>(node: &Node, req: &tonic::Request<T>, op: Operation) -> Result<(), Status> {
+    let caller = node.auth().caller(req.extensions());
+    node.auth().operation(&caller, op).map_err(status)
 }
 
 /// Whether the caller asked to be refused when this member knows no leader (etcd's

@@ -11,6 +11,8 @@
 //!   protobuf ↔ domain conversion, [`api::status`] every error → gRPC status mapping.
 //! - [`peer`] and [`network`]: the Raft peer port, server and client side. A trust
 //!   boundary: never exposed to clients.
+//! - [`tls`]: mutual TLS on both ports (handshakes, peer connector, certificate reload);
+//!   [`auth`]: what each certificate identity may do, checked on every request.
 //! - [`state_machine`]: applies committed entries; snapshots.
 //! - [`log_store`]: the Raft log: entries in [`wal`] segments, synced per append, vote and
 //!   purge/commit points in sled — the only module that knows sled.
@@ -26,6 +28,7 @@
 //! - [`error`]: etcd's errors, with etcd's exact strings.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod lessor;
 pub mod log_store;
@@ -41,5 +44,6 @@ pub mod read_index;
 pub mod request;
 pub mod server;
 pub mod state_machine;
+pub mod tls;
 pub mod validate;
 pub mod wal;

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::node::Node;
 use crate::state_machine::StateMachine;
+use crate::tls::HandshakeStats;
 
 /// Upper bounds of the RPC latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -40,6 +41,10 @@ pub struct Metrics {
     watchers: AtomicI64,
     events: AtomicU64,
     leader_changes: AtomicU64,
+    /// TLS handshakes on the client port.
+    pub client_handshakes: Arc<HandshakeStats>,
+    /// TLS handshakes on the peer port.
+    pub peer_handshakes: Arc<HandshakeStats>,
 }
 
 /// Records one RPC's latency when dropped.
@@ -74,6 +79,8 @@ impl Metrics {
             watchers: AtomicI64::new(0),
             events: AtomicU64::new(0),
             leader_changes: AtomicU64::new(0),
+            client_handshakes: Arc::default(),
+            peer_handshakes: Arc::default(),
         }
     }
 
@@ -225,6 +232,24 @@ impl Metrics {
             "Entries applied since start.",
             node.shared.applied_entries(),
         );
+
+        let name = "raftmesh_tls_handshakes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} TLS handshakes by port and outcome.\n# TYPE {name} counter"
+        );
+        for (port, stats) in [
+            ("client", &self.client_handshakes),
+            ("peer", &self.peer_handshakes),
+        ] {
+            for (result, n) in [("accepted", &stats.accepted), ("refused", &stats.refused)] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{port=\"{port}\",result=\"{result}\"}} {}",
+                    n.load(Relaxed)
+                );
+            }
+        }
 
         let rpcs = self.rpcs.lock().expect("metrics lock poisoned").clone();
         let name = "raftmesh_grpc_request_duration_seconds";

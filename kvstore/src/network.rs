@@ -1,7 +1,9 @@
 //! The client side of the peer port: openraft's network and the calls a member makes to the
 //! leader (forwarded writes, ReadIndex, lease renewal) or to any peer (discovery).
 //!
-//! Channels are created lazily and cached per peer URL; tonic reconnects on its own.
+//! Channels are created lazily and cached per peer URL; tonic reconnects on its own. With
+//! peer TLS configured, every connection is mutual TLS with the member's peer certificate and
+//! the other end must prove it is a member of the same cluster.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,16 +21,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use certs::tls::ClientTls;
+
 use crate::error::Error;
 use crate::peer::pb::Blob;
 use crate::peer::pb::peer_client::PeerClient;
 use crate::peer::{PeerRequest, PeerResponse};
 use crate::raft_types::{Member, NodeId, TypeConfig};
+use crate::tls::PeerConnector;
 
 /// Cached channels to peers, by URL.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Opens TLS connections; `None` for plaintext (`--insecure-plaintext`).
+    tls: Option<PeerConnector>,
 }
 
 /// A failure to reach a peer or to understand its answer.
@@ -54,6 +61,14 @@ pub enum PeerError {
 }
 
 impl Peers {
+    /// Channels that connect with `tls` (plaintext when `None`).
+    pub fn new(tls: Option<Arc<ClientTls>>) -> Self {
+        Self {
+            channels: Arc::default(),
+            tls: tls.map(PeerConnector::new),
+        }
+    }
+
     fn channel(&self, urls: &[String]) -> Result<(String, Channel), PeerError> {
         let url = urls
             .first()
@@ -62,14 +77,23 @@ impl Peers {
         if let Some(ch) = map.get(url) {
             return Ok((url.clone(), ch.clone()));
         }
-        let ch = Endpoint::from_shared(url.clone())
+        // With TLS our connector wraps every connection; tonic itself must see a plain http://
+        // URI, or it refuses an https:// one for lack of its own TLS settings.
+        let endpoint = match (&self.tls, url.strip_prefix("https://")) {
+            (Some(_), Some(rest)) => format!("http://{rest}"),
+            _ => url.clone(),
+        };
+        let ch = Endpoint::from_shared(endpoint)
             .map_err(|_| PeerError::NoUrl {
                 urls: urls.to_vec(),
             })?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .connect_lazy();
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        let ch = match &self.tls {
+            Some(connector) => ch.connect_with_connector_lazy(connector.clone()),
+            None => ch.connect_lazy(),
+        };
         map.insert(url.clone(), ch.clone());
         Ok((url.clone(), ch))
     }

@@ -14,6 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::sync::watch;
 
+use crate::auth::Authorizer;
 use crate::error::Error;
 use crate::lessor::{self, Lessor};
 use crate::log_store::LogStore;
@@ -67,6 +68,8 @@ pub struct NodeSettings {
     /// Shortest lease TTL granted, in seconds (etcd: 1.5 election timeouts, rounded up), so
     /// a lease cannot expire during a leader election.
     pub min_lease_ttl: i64,
+    /// What each caller may do.
+    pub auth: Authorizer,
 }
 
 /// A running member.
@@ -90,6 +93,13 @@ pub struct Node {
     /// Batches writes forwarded to the leader while this member follows.
     forwarder: Proposer,
     settings: NodeSettings,
+}
+
+impl Node {
+    /// What each caller may do; the services check every request against it.
+    pub fn auth(&self) -> &Authorizer {
+        &self.settings.auth
+    }
 }
 
 impl std::fmt::Debug for Node {

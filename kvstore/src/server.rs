@@ -13,13 +13,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use certs::tls::ServerTls;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
+use tonic::transport::server::Router;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api;
+use crate::auth::Authorizer;
 use crate::log_store::LogStore;
 use crate::membership::{InitialClusterError, parse_initial_cluster};
 use crate::metrics::{self, Metrics};
@@ -28,6 +31,7 @@ use crate::node::{Node, NodeSettings};
 use crate::peer::{PeerRequest, PeerResponse, PeerService};
 use crate::raft_types::{Member, NodeId, Raft};
 use crate::state_machine::StateMachine;
+use crate::tls::HandshakeStats;
 
 /// Whether this member founds a cluster or joins a running one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +82,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Interval of watch progress notifications.
     pub progress_notify_interval: Duration,
+    /// Mutual TLS on both ports; `None` serves plaintext with no authorization
+    /// (`--insecure-plaintext`).
+    pub tls: Option<MemberTls>,
 }
+
+pub use crate::tls::MemberTls;
 
 /// The sockets a member serves; bound by the caller so tests can use port 0.
 #[derive(Debug)]
@@ -163,7 +172,14 @@ pub async fn run(
         source,
     })?;
     let shared = sm.shared();
-    let peers = Peers::default();
+    let peers = Peers::new(config.tls.as_ref().map(|t| t.peer_client.clone()));
+    let auth = match &config.tls {
+        Some(tls) => Authorizer::new(&tls.cluster()),
+        None => {
+            tracing::warn!("serving plaintext without authorization (--insecure-plaintext)");
+            Authorizer::open()
+        }
+    };
 
     let (id, bootstrap) = identity(&config, &peers).await?;
     tracing::info!(
@@ -219,24 +235,20 @@ pub async fn run(
             cluster_token: config.initial_cluster_token.clone(),
             request_timeout: config.request_timeout,
             min_lease_ttl: (config.election_timeout.as_millis() * 3).div_ceil(2000) as i64,
+            auth,
         },
     ));
     let metrics = Arc::new(Metrics::new(snap_dir));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 
+    let tls = config.tls.clone();
     for l in listeners.peer {
-        let svc = PeerService::new(node.clone());
-        let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            let r = Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming(l), stop)
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "peer server failed");
-            }
-        });
+        let router = Server::builder().add_service(PeerService::new(node.clone()));
+        let tls = tls
+            .as_ref()
+            .map(|t| (t.peer_server.clone(), metrics.peer_handshakes.clone()));
+        tasks.spawn(serve(router, l, tls, "peer", stopped(stop_rx.clone())));
     }
     for l in listeners.client {
         let (n, m) = (node.clone(), metrics.clone());
@@ -250,12 +262,16 @@ pub async fn run(
             .add_service(api::lease::Lease::new(n.clone(), m.clone()))
             .add_service(api::cluster::Cluster::new(n.clone(), m.clone()))
             .add_service(api::maintenance::Maintenance::new(n, m));
-        let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming(l), stop).await {
-                tracing::error!(error = %e, "client server failed");
-            }
-        });
+        let tls = tls
+            .as_ref()
+            .map(|t| (t.client.clone(), metrics.client_handshakes.clone()));
+        tasks.spawn(serve(router, l, tls, "client", stopped(stop_rx.clone())));
+    }
+    if let Some(tls) = &tls {
+        tasks.spawn(crate::tls::reload_periodically(
+            tls.reloadable(),
+            stop_rx.clone(),
+        ));
     }
     for l in listeners.metrics {
         tasks.spawn(metrics::serve_http(
@@ -472,6 +488,34 @@ async fn compact_periodically(node: Arc<Node>, keep: Duration, mut stop: watch::
 /// Accepted connections with Nagle's algorithm off. (`Server::tcp_nodelay` applies only to
 /// listeners tonic binds itself; without this every small reply waits for the client's delayed
 /// ACK, about 40 ms.)
+/// Serves `router` on `listener`, over TLS when `tls` is given, until `stop`.
+async fn serve(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<(Arc<ServerTls>, Arc<HandshakeStats>)>,
+    port: &'static str,
+    stop: impl Future<Output = ()>,
+) {
+    let served = match tls {
+        Some((tls, stats)) => {
+            router
+                .serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, tls, port, stats),
+                    stop,
+                )
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), stop)
+                .await
+        }
+    };
+    if let Err(e) = served {
+        tracing::error!(port, error = %e, "server failed");
+    }
+}
+
 fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }

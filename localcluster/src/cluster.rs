@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use etcd_client::{Client, ConnectOptions, StatusResponse};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, StatusResponse, TlsOptions};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -64,6 +64,8 @@ pub struct Cluster {
     /// Holds every member's data dir and log; `None` only while dropping with
     /// `RAFTMESH_KEEP_LOGS`.
     dir: Option<TempDir>,
+    /// The admin certificate this cluster's own clients use, with TLS.
+    client_tls: Option<TlsOptions>,
 }
 
 /// One member: its fixed configuration and its current process.
@@ -216,6 +218,7 @@ impl Cluster {
                     data_dir: dir.path().join(format!("{name}.data")),
                     name,
                     ports: MemberPorts::pick(spec.metrics).context("picking free ports")?,
+                    tls: spec.tls.clone(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -224,6 +227,7 @@ impl Cluster {
             .map(|c| (c.name.clone(), c.peer_url()))
             .collect();
         let initial = initial_cluster(peers.iter().map(|(n, u)| (n.as_str(), u.as_str())));
+        let client_tls = spec.tls.as_deref().map(admin_tls).transpose()?;
         let mut cluster = Cluster {
             flavor,
             spec,
@@ -231,6 +235,7 @@ impl Cluster {
             members: Vec::new(),
             names_used: configs.len(),
             dir: Some(dir),
+            client_tls,
         };
         for config in configs {
             let boot = Bootstrap {
@@ -238,7 +243,7 @@ impl Cluster {
                 state: ClusterState::New,
                 token: &cluster.token,
             };
-            let args = config.args(boot, &cluster.spec);
+            let args = config.args(boot, &cluster.spec, &cluster.flavor);
             cluster.spawn_member(config, args)?;
         }
         Ok(cluster)
@@ -263,7 +268,7 @@ impl Cluster {
         let member = &self.members[i];
         let url = member.config.client_url();
         loop {
-            let last = match status_of(&url).await {
+            let last = match status_of(&url, self.client_tls.as_ref()).await {
                 Ok(status) if status.leader() != 0 => {
                     return status
                         .header()
@@ -347,12 +352,12 @@ impl Cluster {
     pub async fn client(&self) -> Result<Client> {
         let urls = self.client_urls();
         ensure!(!urls.is_empty(), "no member is running");
-        connect(&urls).await
+        connect(&urls, self.client_tls.as_ref()).await
     }
 
     /// A client for member `i` alone.
     pub async fn client_for(&self, i: usize) -> Result<Client> {
-        connect(&[self.client_url(i)]).await
+        connect(&[self.client_url(i)], self.client_tls.as_ref()).await
     }
 
     /// Index of the member that reports itself leader (its Status `leader` is its own id),
@@ -364,7 +369,8 @@ impl Cluster {
                 if !member.is_serving() {
                     continue;
                 }
-                if let Ok(status) = status_of(&member.config.client_url()).await
+                if let Ok(status) =
+                    status_of(&member.config.client_url(), self.client_tls.as_ref()).await
                     && status.leader() != 0
                     && Some(status.leader()) == status.header().map(|h| h.member_id())
                 {
@@ -383,7 +389,7 @@ impl Cluster {
         if let Some(id) = self.members[i].id {
             return Ok(id);
         }
-        let status = status_of(&self.client_url(i)).await?;
+        let status = status_of(&self.client_url(i), self.client_tls.as_ref()).await?;
         status
             .header()
             .map(|h| h.member_id())
@@ -466,6 +472,7 @@ impl Cluster {
                 data_dir: self.dir().join(format!("{name}.data")),
                 name,
                 ports: MemberPorts::pick(self.spec.metrics).context("picking free ports")?,
+                tls: self.spec.tls.clone(),
             };
             let mut client = self.client().await?;
             let peer_url = config.peer_url();
@@ -500,7 +507,7 @@ impl Cluster {
                 state: ClusterState::Existing,
                 token: &self.token,
             };
-            let args = config.args(boot, &self.spec);
+            let args = config.args(boot, &self.spec, &self.flavor);
             let i = self.spawn_member(config, args)?;
             match self.wait_serving(i, deadline).await {
                 Ok(id) => {
@@ -528,7 +535,7 @@ impl Cluster {
             .map(|j| self.client_url(j))
             .collect();
         ensure!(!others.is_empty(), "no other member is running");
-        let mut client = connect(&others).await?;
+        let mut client = connect(&others, self.client_tls.as_ref()).await?;
         member_remove(&mut client, id, Instant::now() + READY_TIMEOUT).await?;
         {
             let member = &self.members[i];
@@ -542,9 +549,34 @@ impl Cluster {
     }
 
     /// `ETCDCTL_API=3 etcdctl --endpoints=<every running, unpaused member>`, with every other
-    /// `ETCDCTL_*` variable removed from its environment.
+    /// `ETCDCTL_*` variable removed from its environment; with TLS, as the admin.
     pub fn etcdctl(&self) -> Command {
-        etcdctl(&self.client_urls())
+        let mut command = etcdctl(&self.client_urls());
+        self.tls_flags(&mut command, "admin-admin");
+        command
+    }
+
+    /// Like [`Cluster::etcdctl`] with TLS, presenting `<tls dir>/<cert>.crt` and `.key` (e.g.
+    /// `agent-node-1`) instead of the admin certificate.
+    pub fn etcdctl_as(&self, cert: &str) -> Command {
+        let mut command = etcdctl(&self.client_urls());
+        self.tls_flags(&mut command, cert);
+        command
+    }
+
+    fn tls_flags(&self, command: &mut Command, cert: &str) {
+        if let Some(dir) = &self.spec.tls {
+            command
+                .arg(format!("--cacert={}", dir.join("ca.crt").display()))
+                .arg(format!(
+                    "--cert={}",
+                    dir.join(format!("{cert}.crt")).display()
+                ))
+                .arg(format!(
+                    "--key={}",
+                    dir.join(format!("{cert}.key")).display()
+                ));
+        }
     }
 
     /// Like [`Cluster::etcdctl`], with endpoints written `host:port` rather than as URLs.
@@ -556,14 +588,22 @@ impl Cluster {
         let addrs: Vec<String> = self
             .client_urls()
             .iter()
-            .map(|u| u.trim_start_matches("http://").to_owned())
+            .map(|u| {
+                u.split_once("://")
+                    .map_or(u.as_str(), |(_, a)| a)
+                    .to_owned()
+            })
             .collect();
-        etcdctl(&addrs)
+        let mut command = etcdctl(&addrs);
+        self.tls_flags(&mut command, "admin-admin");
+        command
     }
 
-    /// `ETCDCTL_API=3 etcdctl --endpoints=<member i>`.
+    /// `ETCDCTL_API=3 etcdctl --endpoints=<member i>` (as the admin, with TLS).
     pub fn etcdctl_for(&self, i: usize) -> Command {
-        etcdctl(&[self.client_url(i)])
+        let mut command = etcdctl(&[self.client_url(i)]);
+        self.tls_flags(&mut command, "admin-admin");
+        command
     }
 
     /// The last `lines` lines of member `i`'s log.
@@ -659,17 +699,34 @@ fn etcdctl(urls: &[String]) -> Command {
     command
 }
 
-async fn connect(urls: &[String]) -> Result<Client> {
-    let options = ConnectOptions::new().with_connect_timeout(RPC_TIMEOUT);
+/// The TLS options of the cluster's own clients: the CA and the admin certificate in `dir`.
+fn admin_tls(dir: &Path) -> Result<TlsOptions> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    Ok(TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
+        .identity(Identity::from_pem(
+            read("admin-admin.crt")?,
+            read("admin-admin.key")?,
+        )))
+}
+
+async fn connect(urls: &[String], tls: Option<&TlsOptions>) -> Result<Client> {
+    let mut options = ConnectOptions::new().with_connect_timeout(RPC_TIMEOUT);
+    if let Some(tls) = tls {
+        options = options.with_tls(tls.clone());
+    }
     Client::connect(urls, Some(options))
         .await
         .with_context(|| format!("connecting to {}", urls.join(",")))
 }
 
 /// One Status call to `url`, bounded by [`RPC_TIMEOUT`].
-async fn status_of(url: &str) -> Result<StatusResponse> {
+async fn status_of(url: &str, tls: Option<&TlsOptions>) -> Result<StatusResponse> {
     let call = async {
-        let mut client = connect(&[url.to_owned()]).await?;
+        let mut client = connect(&[url.to_owned()], tls).await?;
         client.status().await.context("Status")
     };
     tokio::time::timeout(RPC_TIMEOUT, call)

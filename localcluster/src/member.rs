@@ -4,8 +4,8 @@ use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
 
-use crate::Spec;
 use crate::ports::pick_free_ports;
+use crate::{Flavor, Spec};
 
 /// `--initial-cluster-state`: whether a member bootstraps a new cluster or joins a running one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,8 @@ pub struct MemberConfig {
     pub ports: MemberPorts,
     /// `--data-dir`; created by the server itself (etcd insists on creating it 0700).
     pub data_dir: PathBuf,
+    /// The cluster's certificate directory ([`Spec::tls`]); `None` for plaintext.
+    pub tls: Option<PathBuf>,
 }
 
 /// The flags shared by every member started together.
@@ -73,23 +75,27 @@ pub struct Bootstrap<'a> {
 }
 
 impl MemberConfig {
-    /// `http://127.0.0.1:<client port>`.
+    /// `http(s)://127.0.0.1:<client port>` (https with TLS).
     pub fn client_url(&self) -> String {
-        url(self.ports.client)
+        url(self.scheme(), self.ports.client)
     }
 
-    /// `http://127.0.0.1:<peer port>`.
+    /// `http(s)://127.0.0.1:<peer port>` (https with TLS).
     pub fn peer_url(&self) -> String {
-        url(self.ports.peer)
+        url(self.scheme(), self.ports.peer)
     }
 
     /// `http://127.0.0.1:<metrics port>`, when it has one.
     pub fn metrics_url(&self) -> Option<String> {
-        self.ports.metrics.map(url)
+        self.ports.metrics.map(|port| url("http", port))
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// The command line (without the program) that starts this member.
-    pub fn args(&self, boot: Bootstrap<'_>, spec: &Spec) -> Vec<OsString> {
+    pub fn args(&self, boot: Bootstrap<'_>, spec: &Spec, flavor: &Flavor) -> Vec<OsString> {
         let client = self.client_url();
         let peer = self.peer_url();
         let mut args: Vec<OsString> = vec![
@@ -118,6 +124,26 @@ impl MemberConfig {
         if let Some(metrics) = self.metrics_url() {
             args.extend(["--listen-metrics-urls".into(), metrics.into()]);
         }
+        match &self.tls {
+            Some(dir) => {
+                let cert = dir.join(format!("apiserver-{}.crt", self.name));
+                let key = dir.join(format!("apiserver-{}.key", self.name));
+                let ca = dir.join("ca.crt");
+                for prefix in ["--", "--peer-"] {
+                    args.extend([
+                        format!("{prefix}cert-file").into(),
+                        cert.clone().into(),
+                        format!("{prefix}key-file").into(),
+                        key.clone().into(),
+                        format!("{prefix}trusted-ca-file").into(),
+                        ca.clone().into(),
+                        format!("{prefix}client-cert-auth").into(),
+                    ]);
+                }
+            }
+            None if !flavor.is_etcd() => args.push("--insecure-plaintext".into()),
+            None => {}
+        }
         args.extend(spec.extra_args.iter().map(OsString::from));
         args
     }
@@ -132,8 +158,8 @@ pub fn initial_cluster<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>
         .join(",")
 }
 
-fn url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
+fn url(scheme: &str, port: u16) -> String {
+    format!("{scheme}://127.0.0.1:{port}")
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! What cluster to start.
 
+use std::path::PathBuf;
+
 /// The shape of a cluster and the optional flags every member gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
@@ -11,6 +13,11 @@ pub struct Spec {
     pub extra_args: Vec<String>,
     /// Give every member `--listen-metrics-urls http://127.0.0.1:<free port>`.
     pub metrics: bool,
+    /// Serve mutual TLS with the certificates in this directory, laid out as
+    /// `meshctl pki init` writes them: `ca.crt`, `apiserver-<member>.crt`/`.key` for every
+    /// member (`n1`, `n2`, …), and `admin-admin.crt`/`.key`, which the cluster's own clients
+    /// and etcdctl use. `None`: plaintext (raftmesh gets `--insecure-plaintext`).
+    pub tls: Option<PathBuf>,
 }
 
 impl Spec {
@@ -21,6 +28,7 @@ impl Spec {
             snapshot_count: None,
             extra_args: Vec::new(),
             metrics: false,
+            tls: None,
         }
     }
 }

@@ -8,14 +8,22 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use certs::tls::TlsFiles;
 use clap::{Parser, ValueEnum};
-use kvstore::server::{AutoCompaction, ClusterState, Config, Listeners, run};
+use kvstore::server::{AutoCompaction, ClusterState, Config, Listeners, MemberTls, run};
 use tokio::net::TcpListener;
 
 /// Raft-replicated store speaking the etcd v3 API (KV, Watch, Lease, Cluster, Maintenance).
 ///
 /// Start three members with the same --initial-cluster and --initial-cluster-state new;
 /// then point etcdctl at any member's client URL. Flags mirror etcd's.
+///
+/// Both ports are mutual TLS 1.3 (https:// URLs): create the certificates with
+/// `meshctl pki init`, and pass --cert-file, --key-file, --trusted-ca-file and
+/// --client-cert-auth for the client port, and the --peer-* equivalents for the peer port.
+/// Each request is authorized by the role in the client's certificate (admin, agent, remote,
+/// apiserver). Certificate files are re-read when they change, without a restart.
+/// Plaintext (http:// URLs, no authorization) only with --insecure-plaintext.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
@@ -27,24 +35,24 @@ struct Args {
     #[arg(long, default_value = "default.mesh")]
     data_dir: PathBuf,
 
-    /// URLs to serve the etcd API on (comma-separated), e.g. http://127.0.0.1:2379.
-    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    /// URLs to serve the etcd API on (comma-separated), e.g. https://127.0.0.1:2379.
+    #[arg(long, default_value = "https://127.0.0.1:2379", value_delimiter = ',')]
     listen_client_urls: Vec<String>,
 
     /// Client URLs this member advertises to the cluster (shown by `member list`).
-    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    #[arg(long, default_value = "https://127.0.0.1:2379", value_delimiter = ',')]
     advertise_client_urls: Vec<String>,
 
     /// URLs to serve Raft peer traffic on. Never expose this port to clients.
-    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    #[arg(long, default_value = "https://127.0.0.1:2380", value_delimiter = ',')]
     listen_peer_urls: Vec<String>,
 
     /// Peer URLs of this member as the other members reach it.
-    #[arg(long, default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    #[arg(long, default_value = "https://127.0.0.1:2380", value_delimiter = ',')]
     initial_advertise_peer_urls: Vec<String>,
 
     /// The founding members: name=peer-url,... (ignored once the data dir has state).
-    #[arg(long, default_value = "default=http://127.0.0.1:2380")]
+    #[arg(long, default_value = "default=https://127.0.0.1:2380")]
     initial_cluster: String,
 
     /// `new` to found the cluster, `existing` to join one that added this member.
@@ -55,7 +63,8 @@ struct Args {
     #[arg(long, default_value = "raftmesh-cluster")]
     initial_cluster_token: String,
 
-    /// URLs to serve /metrics (Prometheus) and /healthz on (comma-separated).
+    /// URLs to serve /metrics (Prometheus) and /healthz on (comma-separated, http://; they
+    /// carry counters, never keys or values).
     #[arg(long, value_delimiter = ',')]
     listen_metrics_urls: Vec<String>,
 
@@ -83,6 +92,46 @@ struct Args {
     /// Interval of watch progress notifications, in seconds.
     #[arg(long, default_value_t = 600)]
     watch_progress_notify_interval: u64,
+
+    /// Client port certificate (PEM): an apiserver certificate of this cluster.
+    #[arg(long, help_heading = "TLS")]
+    cert_file: Option<PathBuf>,
+
+    /// Private key of --cert-file (PEM).
+    #[arg(long, help_heading = "TLS")]
+    key_file: Option<PathBuf>,
+
+    /// CA bundle that issued the client certificates to accept (PEM).
+    #[arg(long, help_heading = "TLS")]
+    trusted_ca_file: Option<PathBuf>,
+
+    /// Require a client certificate on the client port. Required with TLS: every request is
+    /// authorized by the certificate's role.
+    #[arg(long, help_heading = "TLS")]
+    client_cert_auth: bool,
+
+    /// Peer port certificate (PEM): an apiserver certificate of this cluster, also presented
+    /// to other members.
+    #[arg(long, help_heading = "TLS")]
+    peer_cert_file: Option<PathBuf>,
+
+    /// Private key of --peer-cert-file (PEM).
+    #[arg(long, help_heading = "TLS")]
+    peer_key_file: Option<PathBuf>,
+
+    /// CA bundle that issued the other members' certificates (PEM).
+    #[arg(long, help_heading = "TLS")]
+    peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Require a client certificate on the peer port. Required with TLS: only this cluster's
+    /// apiserver certificates are accepted.
+    #[arg(long, help_heading = "TLS")]
+    peer_client_cert_auth: bool,
+
+    /// Serve plaintext http:// on both ports with no authorization at all. For tests and
+    /// benchmarks on loopback only; never in production.
+    #[arg(long, help_heading = "TLS")]
+    insecure_plaintext: bool,
 
     /// Log filter (trace, debug, info, warn, error, or a tracing directive).
     #[arg(long, env = "RUST_LOG", default_value = "info,openraft=warn")]
@@ -112,16 +161,86 @@ enum LogFormat {
     Json,
 }
 
-/// `host:port` of an `http://host:port` URL.
-fn socket_addr(url: &str) -> anyhow::Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url}: only http:// URLs are served (TLS comes later)"))?;
+/// `host:port` of a `<scheme>://host:port` URL.
+fn socket_addr(url: &str, scheme: &str) -> anyhow::Result<String> {
+    let Some(rest) = url.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) else {
+        if scheme == "https" {
+            bail!(
+                "{url}: expected https://host:port (plaintext http:// only with --insecure-plaintext)"
+            );
+        }
+        bail!("{url}: expected {scheme}://host:port");
+    };
     let hostport = rest.trim_end_matches('/');
     if hostport.is_empty() || !hostport.contains(':') {
-        bail!("{url}: expected http://host:port");
+        bail!("{url}: expected {scheme}://host:port");
     }
     Ok(hostport.to_owned())
+}
+
+/// The URL scheme of the client and peer ports.
+fn scheme(args: &Args) -> &'static str {
+    if args.insecure_plaintext {
+        "http"
+    } else {
+        "https"
+    }
+}
+
+/// Loads the TLS files, or checks that none were given with --insecure-plaintext.
+fn tls(args: &Args) -> anyhow::Result<Option<MemberTls>> {
+    let files = [
+        ("--cert-file", &args.cert_file),
+        ("--key-file", &args.key_file),
+        ("--trusted-ca-file", &args.trusted_ca_file),
+        ("--peer-cert-file", &args.peer_cert_file),
+        ("--peer-key-file", &args.peer_key_file),
+        ("--peer-trusted-ca-file", &args.peer_trusted_ca_file),
+    ];
+    if args.insecure_plaintext {
+        let given: Vec<&str> = files
+            .iter()
+            .filter(|(_, f)| f.is_some())
+            .map(|(flag, _)| *flag)
+            .chain(args.client_cert_auth.then_some("--client-cert-auth"))
+            .chain(
+                args.peer_client_cert_auth
+                    .then_some("--peer-client-cert-auth"),
+            )
+            .collect();
+        if !given.is_empty() {
+            bail!(
+                "--insecure-plaintext serves no TLS, but {} given",
+                given.join(", ")
+            );
+        }
+        return Ok(None);
+    }
+    let missing: Vec<&str> = files
+        .iter()
+        .filter(|(_, f)| f.is_none())
+        .map(|(flag, _)| *flag)
+        .chain((!args.client_cert_auth).then_some("--client-cert-auth"))
+        .chain((!args.peer_client_cert_auth).then_some("--peer-client-cert-auth"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "TLS needs {} (create certificates with `meshctl pki init`; plaintext only with --insecure-plaintext)",
+            missing.join(", ")
+        );
+    }
+    let path = |f: &Option<PathBuf>| f.clone().expect("checked above");
+    let client = TlsFiles {
+        cert: path(&args.cert_file),
+        key: path(&args.key_file),
+        ca: path(&args.trusted_ca_file),
+    };
+    let peer = TlsFiles {
+        cert: path(&args.peer_cert_file),
+        key: path(&args.peer_key_file),
+        ca: path(&args.peer_trusted_ca_file),
+    };
+    Ok(Some(MemberTls::load(client, peer)?))
 }
 
 fn retention(mode: CompactionArg, value: &str) -> anyhow::Result<AutoCompaction> {
@@ -172,8 +291,13 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         .advertise_client_urls
         .iter()
         .chain(&args.initial_advertise_peer_urls)
+        .chain(&args.listen_client_urls)
+        .chain(&args.listen_peer_urls)
     {
-        socket_addr(url)?;
+        socket_addr(url, scheme(args))?;
+    }
+    for url in &args.listen_metrics_urls {
+        socket_addr(url, "http")?;
     }
     Ok(Config {
         name: args.name.clone(),
@@ -192,13 +316,14 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         auto_compaction: retention(args.auto_compaction_mode, &args.auto_compaction_retention)?,
         request_timeout: Duration::from_secs(5),
         progress_notify_interval: Duration::from_secs(args.watch_progress_notify_interval.max(1)),
+        tls: tls(args)?,
     })
 }
 
-async fn bind(urls: &[String], what: &str) -> anyhow::Result<Vec<TcpListener>> {
+async fn bind(urls: &[String], scheme: &str, what: &str) -> anyhow::Result<Vec<TcpListener>> {
     let mut out = Vec::new();
     for url in urls {
-        let addr = socket_addr(url)?;
+        let addr = socket_addr(url, scheme)?;
         let l = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {what} URL {url}"))?;
@@ -242,9 +367,9 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         let listeners = Listeners {
-            client: bind(&args.listen_client_urls, "client").await?,
-            peer: bind(&args.listen_peer_urls, "peer").await?,
-            metrics: bind(&args.listen_metrics_urls, "metrics").await?,
+            client: bind(&args.listen_client_urls, scheme(&args), "client").await?,
+            peer: bind(&args.listen_peer_urls, scheme(&args), "peer").await?,
+            metrics: bind(&args.listen_metrics_urls, "http", "metrics").await?,
         };
         tracing::info!(
             client = ?args.listen_client_urls,

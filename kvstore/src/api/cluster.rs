@@ -9,9 +9,10 @@ use etcd_client::proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{convert, status};
+use super::{allow, convert, status};
 
 // etcd's Cluster replies carry no revision: their headers are built with revision 0.
+use crate::auth::Operation;
 use crate::metrics::Metrics;
 use crate::node::{MemberInfo, Node};
 
@@ -50,6 +51,7 @@ impl PbClusterService for Cluster {
         req: Request<PbMemberAddRequest>,
     ) -> Result<Response<PbMemberAddResponse>, Status> {
         let _t = self.metrics.rpc("MemberAdd");
+        allow(&self.node, &req, Operation::Administer)?;
         let req = req.into_inner();
         if req.peer_ur_ls.is_empty() {
             return Err(Status::invalid_argument("etcdserver: peer URLs are empty"));
@@ -77,6 +79,7 @@ impl PbClusterService for Cluster {
         req: Request<PbMemberRemoveRequest>,
     ) -> Result<Response<PbMemberRemoveResponse>, Status> {
         let _t = self.metrics.rpc("MemberRemove");
+        allow(&self.node, &req, Operation::Administer)?;
         self.node
             .remove_member(req.into_inner().id)
             .await
@@ -89,16 +92,18 @@ impl PbClusterService for Cluster {
 
     async fn member_update(
         &self,
-        _req: Request<PbMemberUpdateRequest>,
+        req: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("MemberUpdate is not served"))
     }
 
     async fn member_list(
         &self,
-        _req: Request<PbMemberListRequest>,
+        req: Request<PbMemberListRequest>,
     ) -> Result<Response<PbMemberListResponse>, Status> {
         let _t = self.metrics.rpc("MemberList");
+        allow(&self.node, &req, Operation::ReadCluster)?;
         Ok(Response::new(PbMemberListResponse {
             header: convert::header(self.node.header(0)),
             members: self.members(),
@@ -107,8 +112,9 @@ impl PbClusterService for Cluster {
 
     async fn member_promote(
         &self,
-        _req: Request<PbMemberPromoteRequest>,
+        req: Request<PbMemberPromoteRequest>,
     ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("MemberPromote is not served"))
     }
 }

@@ -10,7 +10,8 @@ use etcd_client::proto::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{convert, status};
+use super::{allow, convert, status};
+use crate::auth::Operation;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -55,8 +56,13 @@ impl PbKvService for Kv {
         req: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
         let _t = self.metrics.rpc("Range");
+        let caller = self.node.auth().caller(req.extensions());
         let req = convert::range_request(req.into_inner());
         validate::range(&req).map_err(status)?;
+        self.node
+            .auth()
+            .read(&caller, &req.key, &req.range_end)
+            .map_err(status)?;
         if !req.serializable {
             self.node.linearize().await.map_err(status)?;
         }
@@ -82,10 +88,15 @@ impl PbKvService for Kv {
 
     async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
         let _t = self.metrics.rpc("Put");
+        let caller = self.node.auth().caller(req.extensions());
         let req = req.into_inner();
         Self::check_size(&req)?;
         let req = convert::put_request(req);
         validate::put(&req).map_err(status)?;
+        self.node
+            .auth()
+            .write(&caller, &req.key, b"")
+            .map_err(status)?;
         match self.write(Command::Put(req)).await? {
             (Outcome::Put(r), rev) => Ok(Response::new(convert::put_response(
                 r,
@@ -100,10 +111,15 @@ impl PbKvService for Kv {
         req: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
         let _t = self.metrics.rpc("DeleteRange");
+        let caller = self.node.auth().caller(req.extensions());
         let req = req.into_inner();
         Self::check_size(&req)?;
         let req = convert::delete_request(req);
         validate::delete_range(&req).map_err(status)?;
+        self.node
+            .auth()
+            .write(&caller, &req.key, &req.range_end)
+            .map_err(status)?;
         match self.write(Command::DeleteRange(req)).await? {
             (Outcome::DeleteRange(r), rev) => Ok(Response::new(convert::delete_response(
                 r,
@@ -115,10 +131,12 @@ impl PbKvService for Kv {
 
     async fn txn(&self, req: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
         let _t = self.metrics.rpc("Txn");
+        let caller = self.node.auth().caller(req.extensions());
         let req = req.into_inner();
         Self::check_size(&req)?;
         let req = convert::txn_request(req);
         validate::txn(&req).map_err(status)?;
+        self.node.auth().txn(&caller, &req).map_err(status)?;
         if req.is_read_only() {
             // A txn that cannot write is a read: ReadIndex, not a log entry (as etcd).
             self.node.linearize().await.map_err(status)?;
@@ -146,6 +164,7 @@ impl PbKvService for Kv {
         req: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
         let _t = self.metrics.rpc("Compact");
+        allow(&self.node, &req, Operation::Administer)?;
         let revision = req.into_inner().revision;
         let (_, rev) = self.write(Command::Compact { revision }).await?;
         Ok(Response::new(PbCompactionResponse {

@@ -16,7 +16,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, status};
+use super::{allow, convert, status};
+use crate::auth::Operation;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::mvcc::MAX_LEASE_TTL;
@@ -59,6 +60,7 @@ impl PbLeaseService for Lease {
         req: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let _t = self.metrics.rpc("LeaseGrant");
+        allow(&self.node, &req, Operation::UseLeases)?;
         let req = req.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(status(Error::LeaseTtlTooLarge));
@@ -94,7 +96,22 @@ impl PbLeaseService for Lease {
         req: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         let _t = self.metrics.rpc("LeaseRevoke");
+        let caller = self.node.auth().caller(req.extensions());
         let id = req.into_inner().id;
+        {
+            // Revoking deletes the attached keys: the caller must be allowed to delete each.
+            // Checked against this member's state; keys attached meanwhile by another caller
+            // are that caller's doing.
+            let data = self.node.shared.read();
+            let keys = data
+                .mvcc
+                .lease(id)
+                .map(|l| l.keys.iter().map(|k| k.as_ref()));
+            self.node
+                .auth()
+                .revoke(&caller, keys.into_iter().flatten())
+                .map_err(status)?;
+        }
         let reply = self
             .node
             .propose(Command::LeaseRevoke { id })
@@ -112,6 +129,7 @@ impl PbLeaseService for Lease {
         &self,
         req: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        allow(&self.node, &req, Operation::UseLeases)?;
         let mut requests = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
@@ -146,6 +164,7 @@ impl PbLeaseService for Lease {
         req: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
         let _t = self.metrics.rpc("LeaseTimeToLive");
+        allow(&self.node, &req, Operation::UseLeases)?;
         let req = req.into_inner();
         let ttl = self.node.lease_time_to_live(req.id).await.map_err(status)?;
         let header = convert::header(self.node.current_header());
@@ -175,9 +194,10 @@ impl PbLeaseService for Lease {
 
     async fn lease_leases(
         &self,
-        _req: Request<PbLeaseLeasesRequest>,
+        req: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
         let _t = self.metrics.rpc("LeaseLeases");
+        allow(&self.node, &req, Operation::UseLeases)?;
         self.node.linearize().await.map_err(status)?;
         let leases = self
             .node

@@ -12,7 +12,8 @@ use etcd_client::proto::{
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{allow, convert};
+use crate::auth::Operation;
 use crate::metrics::Metrics;
 use crate::node::Node;
 
@@ -39,9 +40,16 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Statu
 impl PbMaintenanceService for Maintenance {
     async fn alarm(
         &self,
-        _req: Request<PbAlarmRequest>,
+        req: Request<PbAlarmRequest>,
     ) -> Result<Response<PbAlarmResponse>, Status> {
         let _t = self.metrics.rpc("Alarm");
+        // GET reads; activating or deactivating an alarm administers.
+        let op = if req.get_ref().action == 0 {
+            Operation::ReadCluster
+        } else {
+            Operation::Administer
+        };
+        allow(&self.node, &req, op)?;
         // No alarms are raised (no space quota yet): GET answers none, as a healthy etcd.
         Ok(Response::new(PbAlarmResponse {
             header: convert::header(self.node.current_header()),
@@ -51,9 +59,10 @@ impl PbMaintenanceService for Maintenance {
 
     async fn status(
         &self,
-        _req: Request<PbStatusRequest>,
+        req: Request<PbStatusRequest>,
     ) -> Result<Response<PbStatusResponse>, Status> {
         let _t = self.metrics.rpc("Status");
+        allow(&self.node, &req, Operation::ReadCluster)?;
         let m = self.node.raft.metrics().borrow().clone();
         let is_learner = !m
             .membership_config
@@ -80,19 +89,22 @@ impl PbMaintenanceService for Maintenance {
 
     async fn defragment(
         &self,
-        _req: Request<PbDefragmentRequest>,
+        req: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("Defragment is not served"))
     }
 
-    async fn hash(&self, _req: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+    async fn hash(&self, req: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+        allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("Hash is not served"))
     }
 
     async fn hash_kv(
         &self,
-        _req: Request<PbHashKvRequest>,
+        req: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
+        allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("HashKV is not served"))
     }
 
@@ -100,22 +112,25 @@ impl PbMaintenanceService for Maintenance {
 
     async fn snapshot(
         &self,
-        _req: Request<PbSnapshotRequest>,
+        req: Request<PbSnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("Snapshot is not served"))
     }
 
     async fn move_leader(
         &self,
-        _req: Request<PbMoveLeaderRequest>,
+        req: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("MoveLeader is not served"))
     }
 
     async fn downgrade(
         &self,
-        _req: Request<PbDowngradeRequest>,
+        req: Request<PbDowngradeRequest>,
     ) -> Result<Response<PbDowngradeResponse>, Status> {
+        allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("Downgrade is not served"))
     }
 }

@@ -25,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, requires_leader, status};
+use crate::auth::Caller;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -75,8 +76,10 @@ impl PbWatchService for Watch {
         if requires_leader(&req) && self.node.leader().is_none() {
             return Err(status(Error::NoLeader));
         }
+        let caller = self.node.auth().caller(req.extensions());
         let (tx, rx) = mpsc::channel(64);
         let session = Session {
+            caller,
             node: self.node.clone(),
             metrics: self.metrics.clone(),
             tx,
@@ -102,6 +105,8 @@ struct Watcher {
 
 /// One client stream and its watchers.
 struct Session {
+    /// Who opened the stream; every watch it creates is checked against it.
+    caller: Caller,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
     tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
@@ -162,17 +167,24 @@ impl Session {
                     }
                     self.next_id
                 };
-                if self.watchers.contains_key(&id) || c.key.is_empty() {
-                    // etcd answers a duplicate id (or a create without a key) with a
-                    // canceled create.
+                let refused = if c.key.is_empty() {
+                    Some(Error::EmptyKey.to_string())
+                } else if self.watchers.contains_key(&id) {
+                    Some("etcdserver: duplicate watch id".to_owned())
+                } else {
+                    self.node
+                        .auth()
+                        .read(&self.caller, &c.key, &c.range_end)
+                        .err()
+                        .map(|e| e.to_string())
+                };
+                if let Some(reason) = refused {
+                    // etcd answers a create it refuses (no key, a duplicate id, a range the
+                    // caller may not read) with a canceled create.
                     let mut resp = self.response(id, current);
                     resp.created = true;
                     resp.canceled = true;
-                    resp.cancel_reason = if c.key.is_empty() {
-                        Error::EmptyKey.to_string()
-                    } else {
-                        "etcdserver: duplicate watch id".to_owned()
-                    };
+                    resp.cancel_reason = reason;
                     return self.send(resp).await;
                 }
                 let watcher = Watcher {
