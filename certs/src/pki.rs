@@ -462,6 +462,11 @@ fn check_is_ca(cert: &X509Certificate<'_>) -> Result<()> {
     }
 }
 
+/// The cluster a CA certificate (DER) belongs to, from its URI SAN.
+pub fn ca_cluster(der: &CertificateDer<'_>) -> Result<String> {
+    cert_cluster(&parse_x509(der)?)
+}
+
 /// The cluster in a CA certificate's one `spiffe://raftmesh/cluster/<cluster>` URI SAN.
 fn cert_cluster(cert: &X509Certificate<'_>) -> Result<String> {
     let sans = cert

@@ -175,19 +175,21 @@ impl<C> Reloading<C> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let material = Material::read(&self.files)?;
-        let old_cluster = {
+        let old = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             if current.material.bytes == material.bytes {
                 return Ok(false);
             }
-            current.material.identity.cluster.clone()
+            current.material.identity.clone()
         };
-        if material.identity.cluster != old_cluster {
+        if material.identity.cluster != old.cluster || material.identity.role != old.role {
             return Err(Error::Tls {
                 reason: format!(
-                    "{} belongs to cluster {}, not {old_cluster}; a member cannot change clusters",
+                    "{} is {}, but this side is a {} of cluster {}; it cannot change cluster or role",
                     self.files.cert.display(),
-                    material.identity.cluster
+                    material.identity,
+                    old.role,
+                    old.cluster
                 ),
             });
         }
@@ -228,6 +230,21 @@ impl Material {
         })?;
         let mut roots = RootCertStore::empty();
         for ca_cert in certificates(&files.ca, &ca)? {
+            // Only this cluster's CAs: a CA of another cluster in the bundle could otherwise
+            // issue certificates that claim this cluster.
+            let ca_of = crate::pki::ca_cluster(&ca_cert).map_err(|e| Error::BadPem {
+                path: files.ca.clone(),
+                reason: format!("not a raftmesh CA: {e}"),
+            })?;
+            if ca_of != identity.cluster {
+                return Err(Error::BadPem {
+                    path: files.ca.clone(),
+                    reason: format!(
+                        "holds the CA of cluster {ca_of}; only cluster {}'s CAs may be trusted here",
+                        identity.cluster
+                    ),
+                });
+            }
             roots.add(ca_cert).map_err(|e| Error::BadPem {
                 path: files.ca.clone(),
                 reason: format!("not a CA certificate: {e}"),

@@ -485,9 +485,6 @@ async fn compact_periodically(node: Arc<Node>, keep: Duration, mut stop: watch::
     }
 }
 
-/// Accepted connections with Nagle's algorithm off. (`Server::tcp_nodelay` applies only to
-/// listeners tonic binds itself; without this every small reply waits for the client's delayed
-/// ACK, about 40 ms.)
 /// Serves `router` on `listener`, over TLS when `tls` is given, until `stop`.
 async fn serve(
     router: Router,
@@ -516,6 +513,9 @@ async fn serve(
     }
 }
 
+/// Accepted connections with Nagle's algorithm off. (`Server::tcp_nodelay` applies only to
+/// listeners tonic binds itself; without this every small reply waits for the client's delayed
+/// ACK, about 40 ms.)
 fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -29,6 +29,9 @@ use tonic::transport::server::Connected;
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once per port; beyond this the port stops accepting until one
+/// ends, so half-open connections cannot exhaust file descriptors.
+const MAX_HANDSHAKES: usize = 256;
 /// How long a peer connection may take to open (TCP and TLS).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often certificate files are checked for changes.
@@ -116,8 +119,13 @@ pub fn incoming(
     stats: Arc<HandshakeStats>,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let slot = tokio::select! {
+                () = tx.closed() => return,
+                slot = handshakes.clone().acquire_owned() => slot.expect("never closed"),
+            };
             let accepted = tokio::select! {
                 () = tx.closed() => return,
                 accepted = listener.accept() => accepted,
@@ -151,6 +159,7 @@ pub fn incoming(
                         tracing::warn!(port, %remote, "TLS handshake timed out");
                     }
                 }
+                drop(slot);
             });
         }
     });

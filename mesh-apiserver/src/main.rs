@@ -299,6 +299,13 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     for url in &args.listen_metrics_urls {
         socket_addr(url, "http")?;
     }
+    for entry in args.initial_cluster.split(',') {
+        let (_, url) = entry
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster entry {entry:?}: expected name=url"))?;
+        socket_addr(url, scheme(args))
+            .with_context(|| format!("--initial-cluster entry {entry:?}"))?;
+    }
     Ok(Config {
         name: args.name.clone(),
         data_dir: args.data_dir.clone(),

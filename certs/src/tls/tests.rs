@@ -142,17 +142,25 @@ fn the_client_port_accepts_every_role_of_its_cluster() {
 #[test]
 fn the_peer_port_accepts_only_members_of_its_cluster() {
     let p = pki();
+    // A bundle holding another cluster's CA is refused: that CA could issue certificates
+    // claiming this cluster.
+    let both = files_with(
+        &p.dir,
+        "n1",
+        &p.apps,
+        Role::Apiserver,
+        "n1",
+        Validity::days_from_now(LEAF_DAYS),
+        &[&p.apps, &p.infra],
+    );
+    let err = ServerTls::server(both, Accept::Members).unwrap_err();
+    assert!(
+        err.to_string().contains("holds the CA of cluster infra"),
+        "{err}"
+    );
+
     let server = ServerTls::server(
-        // Trusting both CAs, so only the identity check can refuse the other cluster.
-        files_with(
-            &p.dir,
-            "n1",
-            &p.apps,
-            Role::Apiserver,
-            "n1",
-            Validity::days_from_now(LEAF_DAYS),
-            &[&p.apps, &p.infra],
-        ),
+        files(&p.dir, "n1", &p.apps, Role::Apiserver, "n1"),
         Accept::Members,
     )
     .unwrap();
@@ -163,17 +171,10 @@ fn the_peer_port_accepts_only_members_of_its_cluster() {
     let err = handshake(agent, server.config()).unwrap_err();
     assert!(format!("{err:?}").contains("NotAccepted"), "{err}");
 
-    let other = client(files_with(
-        &p.dir,
-        "infra-n1",
-        &p.infra,
-        Role::Apiserver,
-        "n1",
-        Validity::days_from_now(LEAF_DAYS),
-        &[&p.apps],
-    ));
+    // Another cluster's member: its CA is not trusted here.
+    let other = client(files(&p.dir, "infra-n1", &p.infra, Role::Apiserver, "n1"));
     let err = handshake(other, server.config()).unwrap_err();
-    assert!(format!("{err:?}").contains("NotAccepted"), "{err}");
+    assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err}");
 }
 
 #[test]
@@ -291,31 +292,14 @@ fn clients_accept_only_member_servers_of_their_own_cluster() {
     let err = handshake(c.clone(), impostor.config()).unwrap_err();
     assert!(err.to_string().contains("server authentication"), "{err}");
 
-    // A member of another cluster, even when the client trusts that CA too.
-    let both = client(files_with(
-        &p.dir,
-        "admin2",
-        &p.apps,
-        Role::Admin,
-        "ops",
-        Validity::days_from_now(LEAF_DAYS),
-        &[&p.apps, &p.infra],
-    ));
+    // A member of another cluster: its CA is not trusted by the client.
     let infra = ServerTls::server(
-        files_with(
-            &p.dir,
-            "infra-n1",
-            &p.infra,
-            Role::Apiserver,
-            "n1",
-            Validity::days_from_now(LEAF_DAYS),
-            &[&p.apps],
-        ),
+        files(&p.dir, "infra-n1", &p.infra, Role::Apiserver, "n1"),
         Accept::AnyRole,
     )
     .unwrap();
-    let err = handshake(both, infra.config()).unwrap_err();
-    assert!(format!("{err:?}").contains("NotAccepted"), "{err}");
+    let err = handshake(c, infra.config()).unwrap_err();
+    assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err}");
 }
 
 #[test]
@@ -358,9 +342,26 @@ fn reload_installs_changed_files_and_keeps_the_old_config_on_bad_ones() {
         .unwrap();
     write_pem(&files.cert, &infra.cert_pem).unwrap();
     write_pem(&files.key, &infra.key_pem).unwrap();
-    let err = server.reload().unwrap_err();
-    assert!(err.to_string().contains("cannot change clusters"), "{err}");
+    assert!(server.reload().is_err());
     assert_eq!(server.identity().cluster, "apps");
+
+    // A certificate of the same cluster with another role: refused.
+    let admin = p
+        .apps
+        .issue(&LeafSpec {
+            identity: Identity::new("apps", Role::Admin, "n1").unwrap(),
+            sans: vec!["localhost".to_owned()],
+            validity: Validity::days_from_now(LEAF_DAYS),
+        })
+        .unwrap();
+    write_pem(&files.cert, &admin.cert_pem).unwrap();
+    write_pem(&files.key, &admin.key_pem).unwrap();
+    let err = server.reload().unwrap_err();
+    assert!(
+        err.to_string().contains("cannot change cluster or role"),
+        "{err}"
+    );
+    assert_eq!(server.identity().role, Role::Apiserver);
 }
 
 fn files_clone_for_admin(p: &Pki) -> TlsFiles {

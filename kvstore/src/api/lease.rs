@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{allow, convert, status};
-use crate::auth::Operation;
+use crate::auth::{Caller, Operation};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::mvcc::MAX_LEASE_TTL;
@@ -98,10 +98,11 @@ impl PbLeaseService for Lease {
         let _t = self.metrics.rpc("LeaseRevoke");
         let caller = self.node.auth().caller(req.extensions());
         let id = req.into_inner().id;
-        {
+        if caller != Caller::Unrestricted {
             // Revoking deletes the attached keys: the caller must be allowed to delete each.
-            // Checked against this member's state; keys attached meanwhile by another caller
-            // are that caller's doing.
+            // Checked on state that reflects every write acknowledged before this request; a
+            // key attached after the check and before the revoke applies is not checked.
+            self.node.linearize().await.map_err(status)?;
             let data = self.node.shared.read();
             let keys = data
                 .mvcc
@@ -165,6 +166,7 @@ impl PbLeaseService for Lease {
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
         let _t = self.metrics.rpc("LeaseTimeToLive");
         allow(&self.node, &req, Operation::UseLeases)?;
+        let caller = self.node.auth().caller(req.extensions());
         let req = req.into_inner();
         let ttl = self.node.lease_time_to_live(req.id).await.map_err(status)?;
         let header = convert::header(self.node.current_header());
@@ -182,8 +184,13 @@ impl PbLeaseService for Lease {
                 id: req.id,
                 ttl: t.remaining,
                 granted_ttl: t.granted,
+                // Only the attached keys the caller may read.
                 keys: if req.keys {
-                    t.keys.into_iter().map(Vec::from).collect()
+                    t.keys
+                        .into_iter()
+                        .filter(|k| self.node.auth().read(&caller, k, b"").is_ok())
+                        .map(Vec::from)
+                        .collect()
                 } else {
                     vec![]
                 },

@@ -167,24 +167,26 @@ impl Session {
                     }
                     self.next_id
                 };
-                let refused = if c.key.is_empty() {
-                    Some(Error::EmptyKey.to_string())
-                } else if self.watchers.contains_key(&id) {
-                    Some("etcdserver: duplicate watch id".to_owned())
-                } else {
-                    self.node
-                        .auth()
-                        .read(&self.caller, &c.key, &c.range_end)
-                        .err()
-                        .map(|e| e.to_string())
-                };
-                if let Some(reason) = refused {
-                    // etcd answers a create it refuses (no key, a duplicate id, a range the
-                    // caller may not read) with a canceled create.
+                if let Err(e) = self.node.auth().read(&self.caller, &c.key, &c.range_end) {
+                    // As etcd: a canceled create with the request's own id and the gRPC
+                    // error's full text as the reason.
+                    let mut resp = self.response(c.watch_id, current);
+                    resp.created = true;
+                    resp.canceled = true;
+                    resp.cancel_reason = format!("rpc error: code = PermissionDenied desc = {e}");
+                    return self.send(resp).await;
+                }
+                if self.watchers.contains_key(&id) || c.key.is_empty() {
+                    // etcd answers a duplicate id (or a create without a key) with a
+                    // canceled create.
                     let mut resp = self.response(id, current);
                     resp.created = true;
                     resp.canceled = true;
-                    resp.cancel_reason = reason;
+                    resp.cancel_reason = if c.key.is_empty() {
+                        Error::EmptyKey.to_string()
+                    } else {
+                        "etcdserver: duplicate watch id".to_owned()
+                    };
                     return self.send(resp).await;
                 }
                 let watcher = Watcher {
