@@ -17,6 +17,9 @@
 //! cluster. With `--insecure-plaintext` there are no certificates and every caller may do
 //! everything ([`Authorizer::open`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use certs::{Identity, Role};
 
 use crate::error::Error;
@@ -50,6 +53,8 @@ pub enum Operation {
 pub struct Authorizer {
     /// Plaintext mode: no certificates, no rules.
     open: bool,
+    /// Requests refused so far, for metrics.
+    denied: Arc<AtomicU64>,
     /// This cluster's name, as in its certificates.
     cluster: String,
     /// What remotes may read: `mesh/v1/<cluster>/`.
@@ -64,6 +69,7 @@ impl Authorizer {
     pub fn new(cluster: &str) -> Self {
         Self {
             open: false,
+            denied: Arc::default(),
             cluster: cluster.to_owned(),
             export: format!("mesh/v1/{cluster}/").into_bytes(),
         }
@@ -73,6 +79,7 @@ impl Authorizer {
     pub fn open() -> Self {
         Self {
             open: true,
+            denied: Arc::default(),
             cluster: String::new(),
             export: Vec::new(),
         }
@@ -98,9 +105,23 @@ impl Authorizer {
         &self.cluster
     }
 
+    /// Requests refused so far.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Relaxed)
+    }
+
+    fn allow(&self, allowed: bool) -> Result<(), Error> {
+        if allowed {
+            Ok(())
+        } else {
+            self.denied.fetch_add(1, Relaxed);
+            Err(Error::PermissionDenied)
+        }
+    }
+
     /// May `caller` read `key..range_end` (etcd's range encoding)?
     pub fn read(&self, caller: &Caller, key: &[u8], range_end: &[u8]) -> Result<(), Error> {
-        allow(match identity(caller)? {
+        self.allow(match identity(caller)? {
             None => true,
             Some(id) => match id.role {
                 Role::Admin | Role::Apiserver => true,
@@ -112,7 +133,7 @@ impl Authorizer {
 
     /// May `caller` write (put or delete) `key..range_end`?
     pub fn write(&self, caller: &Caller, key: &[u8], range_end: &[u8]) -> Result<(), Error> {
-        allow(match identity(caller)? {
+        self.allow(match identity(caller)? {
             None => true,
             Some(id) => match id.role {
                 Role::Admin | Role::Apiserver => true,
@@ -153,7 +174,7 @@ impl Authorizer {
 
     /// May `caller` do `op`?
     pub fn operation(&self, caller: &Caller, op: Operation) -> Result<(), Error> {
-        allow(match identity(caller)? {
+        self.allow(match identity(caller)? {
             None => true,
             Some(id) => match (id.role, op) {
                 (Role::Admin | Role::Apiserver, _) => true,
@@ -170,14 +191,6 @@ fn identity(caller: &Caller) -> Result<Option<&Identity>, Error> {
         Caller::Unrestricted => Ok(None),
         Caller::Certified(id) => Ok(Some(id)),
         Caller::Unknown => Err(Error::PermissionDenied),
-    }
-}
-
-fn allow(allowed: bool) -> Result<(), Error> {
-    if allowed {
-        Ok(())
-    } else {
-        Err(Error::PermissionDenied)
     }
 }
 

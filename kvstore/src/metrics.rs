@@ -228,6 +228,11 @@ impl Metrics {
             stats.flushes.load(Relaxed),
         );
         counter(
+            "raftmesh_permission_denied_total",
+            "Requests refused by authorization.",
+            node.auth().denied(),
+        );
+        counter(
             "raftmesh_raft_entries_applied_total",
             "Entries applied since start.",
             node.shared.applied_entries(),
