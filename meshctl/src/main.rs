@@ -3,11 +3,13 @@
 //! # Layout
 //! - `main.rs`: flags, dispatch and exit codes (64 for bad input, 1 for other failures).
 //! - [`pki`]: `meshctl pki init|issue`, a cluster's CA and role certificates.
+//! - [`get`]: `meshctl get`, records read from an API server, decoded for people.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod get;
 mod pki;
 
 /// raftmesh's command-line tool.
@@ -23,6 +25,8 @@ enum Command {
     /// Make a cluster's CA and issue role certificates.
     #[command(subcommand)]
     Pki(pki::Command),
+    /// Print the records at a key or under a prefix, decoded (YAML or JSON).
+    Get(get::GetArgs),
 }
 
 /// Why a command failed, which decides the exit code.
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Pki(command) => pki::run(command),
+        Command::Get(args) => get::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

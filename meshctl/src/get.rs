@@ -1,0 +1,176 @@
+//! `meshctl get`: read keys from a cluster's API server and print the records for people.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, ValueEnum};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use mesh_api::Record;
+use serde_json::{Value, json};
+
+use crate::Failure;
+
+/// Print the records at a key (or under a prefix), decoded.
+///
+/// Connection flags default to etcdctl's environment variables, so a shell set up for
+/// etcdctl (as `scripts/run-cluster` prints) works as is.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The key, e.g. mesh/v1/apps/services/default/web; with --prefix, a prefix such as
+    /// mesh/v1/apps/.
+    key: String,
+
+    /// Every key starting with KEY.
+    #[arg(long)]
+    prefix: bool,
+
+    /// API server endpoints (host:port or URLs, comma-separated).
+    #[arg(
+        long,
+        env = "ETCDCTL_ENDPOINTS",
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+
+    /// CA bundle of the cluster (PEM).
+    #[arg(long, env = "ETCDCTL_CACERT")]
+    cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM).
+    #[arg(long, env = "ETCDCTL_CERT")]
+    cert: Option<PathBuf>,
+
+    /// Its key (PEM).
+    #[arg(long, env = "ETCDCTL_KEY")]
+    key_file: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Yaml)]
+    output: Output,
+}
+
+/// How records are printed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    /// A YAML list.
+    Yaml,
+    /// A JSON array.
+    Json,
+}
+
+/// Runs `meshctl get`.
+pub fn run(args: GetArgs) -> Result<(), Failure> {
+    let tls = tls(&args).map_err(Failure::BadInput)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(e.into()))?;
+    let entries = runtime
+        .block_on(fetch(&args, tls))
+        .map_err(Failure::Other)?;
+    if entries.is_empty() && !args.prefix {
+        return Err(Failure::Other(anyhow!("no key {}", args.key)));
+    }
+    let out = match args.output {
+        Output::Json => {
+            serde_json::to_string_pretty(&entries).map_err(|e| Failure::Other(e.into()))?
+        }
+        Output::Yaml => serde_yaml::to_string(&entries).map_err(|e| Failure::Other(e.into()))?,
+    };
+    println!("{}", out.trim_end());
+    Ok(())
+}
+
+fn tls(args: &GetArgs) -> anyhow::Result<Option<TlsOptions>> {
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    match (&args.cacert, &args.cert, &args.key_file) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(read(ca)?))
+                .identity(Identity::from_pem(read(cert)?, read(key)?)),
+        )),
+        _ => Err(anyhow!(
+            "give all of --cacert, --cert and --key-file, or none (plaintext)"
+        )),
+    }
+}
+
+async fn fetch(args: &GetArgs, tls: Option<TlsOptions>) -> anyhow::Result<Vec<Value>> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoints: Vec<String> = args
+        .endpoints
+        .iter()
+        .map(|e| {
+            if e.contains("://") {
+                e.clone()
+            } else {
+                format!("{scheme}://{e}")
+            }
+        })
+        .collect();
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(10));
+    if let Some(tls) = tls {
+        options = options.with_tls(tls);
+    }
+    let mut client = Client::connect(&endpoints, Some(options))
+        .await
+        .with_context(|| format!("connecting to {}", endpoints.join(",")))?;
+    let get = args.prefix.then(|| GetOptions::new().with_prefix());
+    let resp = client
+        .get(args.key.as_str(), get)
+        .await
+        .context("reading")?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .map(|kv| entry(kv.key(), kv.value(), kv.mod_revision()))
+        .collect())
+}
+
+/// One key as printed: the decoded record, or why it is not one (with the raw value).
+fn entry(key: &[u8], value: &[u8], revision: i64) -> Value {
+    let key = String::from_utf8_lossy(key).into_owned();
+    match Record::decode_at(&key, value) {
+        Ok((_, record)) => {
+            json!({ "key": key, "modRevision": revision, "record": record.to_json() })
+        }
+        Err(e) => json!({
+            "key": key,
+            "modRevision": revision,
+            "error": e.to_string(),
+            "value": String::from_utf8_lossy(value),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_api::records::IdentityRecord;
+
+    use super::*;
+
+    #[test]
+    fn records_are_decoded_and_other_values_explained() {
+        let rec = Record::Identity(IdentityRecord {
+            schema: mesh_api::SCHEMA,
+            labels: vec!["app=web".into()],
+        });
+        let ok = entry(b"mesh/v1/apps/identities/65792", &rec.encode(), 7);
+        assert_eq!(ok["record"]["labels"][0], "app=web");
+        assert_eq!(ok["modRevision"], 7);
+        let other = entry(b"hello", b"world", 3);
+        assert_eq!(other["value"], "world");
+        assert!(
+            other["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a raftmesh key"),
+            "{other}"
+        );
+    }
+}
