@@ -1,0 +1,11 @@
+//! Kubernetes objects → the records of `mesh-api` (DESIGN.md, "Key layout", "Identities",
+//! "Global services").
+//!
+//! Both sources of objects, the live API and a directory of manifests, produce the same
+//! [`objects::Objects`], and [`convert::desired`] turns them into the records the cluster
+//! should publish. Objects that cannot be published (a Service without a selector and no
+//! slices, a pod IP outside its node's pod CIDRs, …) are reported as [`convert::Problem`]s
+//! and skipped; they never stop the rest.
+
+pub mod convert;
+pub mod objects;

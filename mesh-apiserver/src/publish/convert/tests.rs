@@ -1,0 +1,74 @@
+use super::*;
+
+#[test]
+fn identities_carry_the_cluster_id_in_the_high_bits() {
+    assert_eq!(identity(7, 256), 0x0007_0100);
+    assert_eq!(identity(65535, 1), 0xffff_0001);
+}
+
+#[test]
+fn cidrs_contain_what_they_should() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(cidr_contains("10.1.2.0/24", ip("10.1.2.255")));
+    assert!(!cidr_contains("10.1.2.0/24", ip("10.1.3.0")));
+    assert!(cidr_contains("0.0.0.0/0", ip("1.2.3.4")));
+    assert!(cidr_contains("fd00:1::/64", ip("fd00:1::5")));
+    assert!(!cidr_contains("fd00:1::/64", ip("fd00:2::5")));
+    assert!(!cidr_contains("10.1.2.0/24", ip("fd00::1")));
+    assert!(!cidr_contains("10.1.2.0/33", ip("10.1.2.1")));
+    assert!(!cidr_contains("garbage", ip("10.1.2.1")));
+}
+
+#[test]
+fn tables_index_from_one_and_zero_means_none() {
+    let mut t = Vec::new();
+    assert_eq!(index_of(&mut t, Some("a")), 1);
+    assert_eq!(index_of(&mut t, Some("b")), 2);
+    assert_eq!(index_of(&mut t, Some("a")), 1);
+    assert_eq!(index_of(&mut t, None), 0);
+    assert_eq!(index_of(&mut t, Some("")), 0);
+    assert_eq!(t, ["a", "b"]);
+}
+
+#[test]
+fn large_slices_are_split_into_keys_of_at_most_100() {
+    let mut objects = Objects::default();
+    let endpoints: String = (0..250)
+        .map(|i| format!("  - addresses: [\"10.1.{}.{}\"]\n", i / 200, i % 200 + 1))
+        .collect();
+    objects
+        .add_yaml(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: big, namespace: default}}\nspec: {{selector: {{app: big}}, clusterIP: 10.96.0.5}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: big-abc\n  namespace: default\n  labels: {{kubernetes.io/service-name: big}}\naddressType: IPv4\nendpoints:\n{endpoints}"
+        ))
+        .unwrap();
+    let d = desired(
+        &Settings {
+            cluster: "apps".into(),
+            cluster_id: 1,
+        },
+        &objects,
+    );
+    let sizes: Vec<(String, usize)> = d
+        .records
+        .iter()
+        .filter_map(|(k, r)| match r {
+            Record::Endpoints(e) => Some((k.to_string(), e.endpoints.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("mesh/v1/apps/endpoints/default/big/big-abc".to_owned(), 100),
+            (
+                "mesh/v1/apps/endpoints/default/big/big-abc.1".to_owned(),
+                100
+            ),
+            (
+                "mesh/v1/apps/endpoints/default/big/big-abc.2".to_owned(),
+                50
+            ),
+        ]
+    );
+    assert!(d.problems.is_empty(), "{:?}", d.problems);
+}
