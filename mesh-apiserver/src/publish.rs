@@ -5,7 +5,9 @@
 //! [`objects::Objects`], and [`convert::desired`] turns them into the records the cluster
 //! should publish. Objects that cannot be published (a Service without a selector and no
 //! slices, a pod IP outside its node's pod CIDRs, …) are reported as [`convert::Problem`]s
-//! and skipped; they never stop the rest.
+//! and skipped; they never stop the rest. [`store`] writes records by diff and allocates
+//! identities.
 
 pub mod convert;
 pub mod objects;
+pub mod store;
