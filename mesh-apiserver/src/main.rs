@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use certs::tls::TlsFiles;
 use clap::{Parser, ValueEnum};
 use kvstore::server::{AutoCompaction, ClusterState, Config, Listeners, MemberTls, run};
+use mesh_apiserver::publish::controller::{self, PublisherConfig};
+use mesh_apiserver::publish::convert::Settings;
 use tokio::net::TcpListener;
 
 /// Raft-replicated store speaking the etcd v3 API (KV, Watch, Lease, Cluster, Maintenance).
@@ -132,6 +134,21 @@ struct Args {
     /// benchmarks on loopback only; never in production.
     #[arg(long, help_heading = "TLS")]
     insecure_plaintext: bool,
+
+    /// This cluster's name in the mesh (a DNS-1123 name). With TLS it must be the cluster of
+    /// the certificates.
+    #[arg(long, help_heading = "Publishing")]
+    cluster_name: Option<String>,
+
+    /// This cluster's id in the mesh, 1..=65535 (the high 16 bits of its identities).
+    #[arg(long, help_heading = "Publishing")]
+    cluster_id: Option<u16>,
+
+    /// Publish the Nodes, Pods, Services, EndpointSlices and MeshPolicies in the YAML files of
+    /// this directory (as `kubectl get -o yaml` prints them); re-read when they change. Needs
+    /// --cluster-name and --cluster-id.
+    #[arg(long, help_heading = "Publishing")]
+    manifests_dir: Option<PathBuf>,
 
     /// Log filter (trace, debug, info, warn, error, or a tracing directive).
     #[arg(long, env = "RUST_LOG", default_value = "info,openraft=warn")]
@@ -276,6 +293,52 @@ fn retention(mode: CompactionArg, value: &str) -> anyhow::Result<AutoCompaction>
     })
 }
 
+/// The publisher's configuration, when --manifests-dir is given.
+fn publisher(args: &Args, config: &Config) -> anyhow::Result<Option<PublisherConfig>> {
+    let Some(dir) = &args.manifests_dir else {
+        if args.cluster_name.is_some() || args.cluster_id.is_some() {
+            bail!("--cluster-name and --cluster-id are used with --manifests-dir");
+        }
+        return Ok(None);
+    };
+    let (Some(cluster), Some(id)) = (&args.cluster_name, args.cluster_id) else {
+        bail!("--manifests-dir needs --cluster-name and --cluster-id");
+    };
+    certs::identity::check_name("--cluster-name", cluster)?;
+    if id == 0 {
+        bail!("--cluster-id must be 1..=65535");
+    }
+    if !dir.is_dir() {
+        bail!("--manifests-dir {}: not a directory", dir.display());
+    }
+    if let Some(tls) = &config.tls
+        && tls.cluster() != *cluster
+    {
+        bail!(
+            "--cluster-name {cluster} but the certificates are for cluster {}",
+            tls.cluster()
+        );
+    }
+    let client_url = config
+        .advertise_client_urls
+        .first()
+        .context("--advertise-client-urls is empty")?
+        .clone();
+    let tls = match (&args.trusted_ca_file, &args.cert_file, &args.key_file) {
+        (Some(ca), Some(cert), Some(key)) => Some((ca.clone(), cert.clone(), key.clone())),
+        _ => None,
+    };
+    Ok(Some(PublisherConfig {
+        settings: Settings {
+            cluster: cluster.clone(),
+            cluster_id: id,
+        },
+        manifests_dir: dir.clone(),
+        client_url,
+        tls,
+    }))
+}
+
 fn config(args: &Args) -> anyhow::Result<Config> {
     if args.heartbeat_interval == 0 || args.election_timeout < 5 * args.heartbeat_interval {
         bail!(
@@ -360,7 +423,10 @@ fn main() -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    let config = match config(&args) {
+    let (config, publisher) = match config(&args).and_then(|c| {
+        let p = publisher(&args, &c)?;
+        Ok((c, p))
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mesh-apiserver: invalid configuration: {e:#}");
@@ -384,6 +450,14 @@ fn main() -> ExitCode {
             metrics = ?args.listen_metrics_urls,
             "listening"
         );
+        if let Some(publisher) = publisher {
+            tracing::info!(
+                dir = %publisher.manifests_dir.display(),
+                cluster = %publisher.settings.cluster,
+                "publishing the manifests while this member leads"
+            );
+            tokio::spawn(controller::run(publisher));
+        }
         run(config, listeners, shutdown_signal()).await?;
         anyhow::Ok(())
     });

@@ -8,6 +8,7 @@
 //! and skipped; they never stop the rest. [`store`] writes records by diff and allocates
 //! identities.
 
+pub mod controller;
 pub mod convert;
 pub mod objects;
 pub mod store;

@@ -1,0 +1,308 @@
+//! The publishing loop: while this member leads, make the store hold exactly the records
+//! the cluster's objects call for.
+//!
+//! Every member runs it; only the one whose own Status names it leader acts, so a new leader
+//! takes over within one interval. Correctness does not rest on that: every write is a
+//! guarded Txn ([`super::store`]), so a deposed leader that still writes changes nothing.
+//!
+//! A pass reads the manifests, computes the desired records, allocates identities, then
+//! reconciles nodes, services, endpoints, policies, the ipcache and the cluster record, and
+//! finally the `synced/<kind>` markers, so a marker never precedes its records. A pass runs
+//! when the manifests change, when this member becomes leader, and every [`RESYNC`] (repairing
+//! anything written by hand). Identities are never deleted here (no garbage collection yet).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use mesh_api::keys::{Kind, kind_prefix};
+use mesh_api::records::{ClusterRecord, SyncedRecord};
+use mesh_api::{Key, Record, SCHEMA};
+
+use super::convert::{Problem, Settings, desired, identity_records};
+use super::objects::Objects;
+use super::store::{Changes, StoreError, allocate, reconcile};
+
+/// How often leadership and the manifests are checked.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+/// A full pass at least this often, even when nothing seems to have changed.
+pub const RESYNC: Duration = Duration::from_secs(60);
+
+/// How the publisher reaches its own member.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Cluster name and id.
+    pub settings: Settings,
+    /// `--manifests-dir`.
+    pub manifests_dir: PathBuf,
+    /// This member's client URL.
+    pub client_url: String,
+    /// CA, certificate and key to connect with (the member's own client-port files); `None`
+    /// in plaintext mode.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+/// Why a pass did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// A manifest did not read; nothing was written.
+    #[error("{}: {reason}", path.display())]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    /// Writes of records.
+    pub records: Changes,
+    /// Writes of markers.
+    pub markers: Changes,
+    /// Objects skipped.
+    pub problems: Vec<Problem>,
+    /// Identities the workloads use.
+    pub identities: usize,
+}
+
+/// Publishes until the process ends.
+pub async fn run(config: PublisherConfig) {
+    let mut client: Option<Client> = None;
+    // What the last successful pass saw, and when it ran; `None` after losing leadership, so
+    // the next leadership starts with a full pass.
+    let mut last: Option<(Fingerprint, Instant)> = None;
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    loop {
+        tokio::time::sleep(INTERVAL).await;
+        if client.is_none() {
+            match connect(&config).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "publisher cannot reach its member yet");
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected above");
+        match leads(c).await {
+            Ok(true) => {}
+            Ok(false) => {
+                last = None;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "publisher: status failed; reconnecting");
+                client = None;
+                continue;
+            }
+        }
+        let fingerprint = match fingerprint(&config.manifests_dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(dir = %config.manifests_dir.display(), error = %e, "cannot list the manifests");
+                continue;
+            }
+        };
+        if let Some((seen, at)) = &last
+            && *seen == fingerprint
+            && at.elapsed() < RESYNC
+        {
+            continue;
+        }
+        let started = Instant::now();
+        match pass(c, &config).await {
+            Ok(report) => {
+                for p in &report.problems {
+                    if reported.insert(p.to_string()) {
+                        tracing::warn!(reason = p.reason(), "skipped: {p}");
+                    }
+                }
+                reported.retain(|r| report.problems.iter().any(|p| p.to_string() == *r));
+                let r = &report.records;
+                if r.puts + r.deletes + report.markers.puts + report.markers.deletes > 0 {
+                    tracing::info!(
+                        puts = r.puts,
+                        deletes = r.deletes,
+                        markers = report.markers.puts,
+                        identities = report.identities,
+                        skipped = report.problems.len(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "published"
+                    );
+                } else {
+                    tracing::debug!("published: already in sync");
+                }
+                last = Some((fingerprint, Instant::now()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "publishing failed; retrying");
+                if matches!(e, PassError::Store(StoreError::Client(_))) {
+                    client = None;
+                }
+            }
+        }
+    }
+}
+
+async fn connect(
+    config: &PublisherConfig,
+) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10));
+    if let Some((ca, cert, key)) = &config.tls {
+        options = options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
+                .identity(Identity::from_pem(
+                    std::fs::read(cert)?,
+                    std::fs::read(key)?,
+                )),
+        );
+    }
+    Ok(Client::connect([config.client_url.as_str()], Some(options)).await?)
+}
+
+/// Whether the member this client talks to is the leader.
+async fn leads(client: &mut Client) -> Result<bool, etcd_client::Error> {
+    let status = client.status().await?;
+    Ok(status
+        .header()
+        .is_some_and(|h| h.member_id() == status.leader()))
+}
+
+/// One pass: read, convert, allocate, reconcile, mark.
+pub async fn pass(client: &mut Client, config: &PublisherConfig) -> Result<PassReport, PassError> {
+    let objects = read_manifests(&config.manifests_dir)?;
+    let settings = &config.settings;
+    let c = &settings.cluster;
+    let d = desired(settings, &objects);
+    let ids = allocate(client, c, settings.cluster_id, &d.label_sets()).await?;
+
+    let mut records: BTreeMap<Key, Record> = d.records.clone();
+    records.extend(
+        identity_records(c, &d.workloads, &ids)
+            .into_iter()
+            .filter(|(k, _)| k.kind() == Some(Kind::IpCache)),
+    );
+    records.insert(
+        Key::Cluster { cluster: c.clone() },
+        Record::Cluster(cluster_record(settings, &d.records)),
+    );
+    let wanted: BTreeMap<Vec<u8>, Vec<u8>> = records
+        .iter()
+        .map(|(k, r)| (k.to_string().into_bytes(), r.encode()))
+        .collect();
+    let prefixes: Vec<String> = [
+        Kind::Cluster,
+        Kind::Node,
+        Kind::Service,
+        Kind::Endpoints,
+        Kind::Policy,
+        Kind::IpCache,
+    ]
+    .into_iter()
+    .map(|k| kind_prefix(c, k))
+    .collect();
+    let changes = reconcile(client, &prefixes, &wanted).await?;
+
+    let markers: BTreeMap<Vec<u8>, Vec<u8>> = Kind::SYNCED
+        .into_iter()
+        .map(|kind| {
+            let key = Key::Synced {
+                cluster: c.clone(),
+                kind,
+            }
+            .to_string()
+            .into_bytes();
+            (
+                key,
+                Record::Synced(SyncedRecord { schema: SCHEMA }).encode(),
+            )
+        })
+        .collect();
+    let marked = reconcile(client, &[kind_prefix(c, Kind::Synced)], &markers).await?;
+    Ok(PassReport {
+        records: changes,
+        markers: marked,
+        identities: ids.len(),
+        problems: d.problems,
+    })
+}
+
+/// The cluster record: name, id, and the pod CIDRs of its nodes. (API endpoints, service
+/// CIDRs and the CA fingerprint come with `meshctl connect`.)
+fn cluster_record(settings: &Settings, records: &BTreeMap<Key, Record>) -> ClusterRecord {
+    let pod_cidrs: BTreeSet<String> = records
+        .values()
+        .filter_map(|r| match r {
+            Record::Node(n) => Some(n.pod_cidrs.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    ClusterRecord {
+        schema: SCHEMA,
+        name: settings.cluster.clone(),
+        id: u32::from(settings.cluster_id),
+        pod_cidrs: pod_cidrs.into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// Names, sizes and modification times of the manifest files: cheap to take every interval.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if yaml && !hidden && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn fingerprint(dir: &Path) -> std::io::Result<Fingerprint> {
+    manifest_files(dir)?
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p)?;
+            Ok((p, m.len(), m.modified().ok()))
+        })
+        .collect()
+}
+
+/// Every object in the directory's `*.yaml`/`*.yml` files. One unreadable file fails the
+/// whole read, so a half-written file never makes its objects look deleted.
+pub fn read_manifests(dir: &Path) -> Result<Objects, PassError> {
+    let mut objects = Objects::default();
+    let files = manifest_files(dir).map_err(|e| PassError::Manifest {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    })?;
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|e| PassError::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        objects.add_yaml(&text).map_err(|e| PassError::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(objects)
+}
