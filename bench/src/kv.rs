@@ -7,7 +7,7 @@
 //! workloads and another for the footprint ones.
 
 mod load;
-mod workloads;
+pub(crate) mod workloads;
 
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`kv`]: `mesh-bench kv`, the store against etcd (workloads, load driver).
+//! - [`publish`]: `mesh-bench publish`, publishing a cluster's objects as records.
 //! - [`report`]: the markdown table, the raw JSON and the PNG chart.
 //! - [`machine`]: cores, CPU, kernel, versions.
 //! - [`stats`]: latency samples and percentiles.
@@ -14,6 +15,7 @@
 mod kv;
 mod machine;
 mod progress;
+mod publish;
 mod report;
 mod stats;
 
@@ -36,6 +38,9 @@ enum Command {
     /// by the same etcd-API client code (puts, gets, CAS txns, watch fan-out, leases, memory,
     /// disk and restart time). Needs etcd (Debian's etcd-server) and a mesh-apiserver binary.
     Kv(kv::KvArgs),
+    /// Publishing a synthetic cluster (default 1,000 services, 10,000 pods) from
+    /// --manifests-dir: initial sync time, writes, keys, bytes in the store, disk and memory.
+    Publish(publish::PublishArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Kv(args) => kv::run(args, command).await,
+            Command::Publish(args) => publish::run(args, command).await,
         }
     });
     match result {

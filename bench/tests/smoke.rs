@@ -77,3 +77,46 @@ fn kv_smoke_run_writes_a_complete_report() {
     // Progress was shown while it ran.
     assert!(stderr.contains("[raftmesh] starting a 3-member cluster"));
 }
+
+/// `mesh-bench publish` at a tiny size: it completes, and its JSON counts every key the
+/// synthetic cluster calls for (nodes, services, slices, identities, ipcache, the cluster
+/// record and six markers).
+#[test]
+fn publish_smoke_run_publishes_every_record() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_mesh-bench"));
+    let server = bench.with_file_name("mesh-apiserver");
+    assert!(
+        server.is_file(),
+        "{} is missing: build the workspace",
+        server.display()
+    );
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&bench)
+        .args([
+            "publish",
+            "--services",
+            "10",
+            "--pods",
+            "50",
+            "--nodes",
+            "2",
+            "--out",
+        ])
+        .arg(out.path())
+        .arg("--raftmesh-bin")
+        .arg(&server)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let raw: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("publish-10x50.json")).unwrap(),
+    )
+    .unwrap();
+    // 2 nodes + 10 services + 10 slices + 10 identities + 50 ipcache + cluster + 6 markers.
+    assert_eq!(raw["keys"], 2 + 10 + 10 + 10 + 50 + 1 + 6);
+    assert!(out.path().join("publish-10x50.md").is_file());
+}

@@ -12,3 +12,4 @@ pub mod controller;
 pub mod convert;
 pub mod objects;
 pub mod store;
+pub mod synthetic;

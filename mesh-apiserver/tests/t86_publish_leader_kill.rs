@@ -8,7 +8,6 @@
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::ensure;
@@ -17,6 +16,7 @@ use localcluster::{Cluster, Spec};
 use mesh_api::Record;
 use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::objects::Objects;
+use mesh_apiserver::publish::synthetic::Shape;
 use tokio::time::Instant;
 use util::{connect, eventually, flavor};
 
@@ -24,49 +24,12 @@ const SERVICES: usize = 1_000;
 const PODS: usize = 10_000;
 const NODES: usize = 10;
 
-/// 10 nodes, 1,000 services each with a 10-endpoint slice, 10,000 pods in 1,000 label sets.
-fn manifests() -> String {
-    let mut y = String::new();
-    for n in 0..NODES {
-        let _ = write!(
-            y,
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{n}}}\nspec: {{podCIDR: 10.{n}.0.0/16}}\nstatus: {{addresses: [{{type: InternalIP, address: 172.18.0.{}}}]}}\n",
-            n + 2
-        );
-    }
-    let ip = |j: usize| format!("10.{}.{}.{}", j % NODES, (j / NODES) / 250, (j / NODES) % 250 + 1);
-    for s in 0..SERVICES {
-        let _ = write!(
-            y,
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: shop}}\nspec: {{selector: {{app: svc-{s}}}, clusterIP: 10.96.{}.{}, ports: [{{port: 80}}]}}\n",
-            s / 250,
-            s % 250 + 1
-        );
-        let _ = write!(
-            y,
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-{s}-abcde, namespace: shop, labels: {{kubernetes.io/service-name: svc-{s}}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints:\n"
-        );
-        for k in 0..PODS / SERVICES {
-            let j = k * SERVICES + s;
-            let _ = writeln!(y, "- {{addresses: [{}], conditions: {{ready: true}}, nodeName: node-{}}}", ip(j), j % NODES);
-        }
-    }
-    for j in 0..PODS {
-        let _ = write!(
-            y,
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p-{j}, namespace: shop, labels: {{app: svc-{}}}}}\nspec: {{nodeName: node-{}}}\nstatus: {{phase: Running, hostIP: 172.18.0.{}, podIP: {}}}\n",
-            j % SERVICES,
-            j % NODES,
-            j % NODES + 2,
-            ip(j)
-        );
-    }
-    y
-}
-
 async fn count(client: &mut Client, prefix: &str) -> anyhow::Result<usize> {
     let r = client
-        .get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await?;
     Ok(r.count() as usize)
 }
@@ -77,16 +40,36 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
         eprintln!("publishing is raftmesh's; nothing to check against etcd");
         return;
     }
-    let yaml = manifests();
+    let shape = Shape {
+        nodes: NODES,
+        services: SERVICES,
+        pods: PODS,
+    };
+    let yaml = shape.manifests();
     let mut objects = Objects::default();
-    assert_eq!(objects.add_yaml(&yaml).unwrap(), NODES + 2 * SERVICES + PODS);
-    let settings = Settings { cluster: "apps".into(), cluster_id: 7 };
+    assert_eq!(objects.add_yaml(&yaml).unwrap(), shape.objects());
+    let settings = Settings {
+        cluster: "apps".into(),
+        cluster_id: 7,
+    };
     let want = desired(&settings, &objects);
-    assert!(want.problems.is_empty(), "{:?}", &want.problems[..want.problems.len().min(3)]);
+    assert!(
+        want.problems.is_empty(),
+        "{:?}",
+        &want.problems[..want.problems.len().min(3)]
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let mut spec = Spec::with_members(3);
-    spec.extra_args = ["--cluster-name", "apps", "--cluster-id", "7", "--manifests-dir"].map(String::from).to_vec();
+    spec.extra_args = [
+        "--cluster-name",
+        "apps",
+        "--cluster-id",
+        "7",
+        "--manifests-dir",
+    ]
+    .map(String::from)
+    .to_vec();
     spec.extra_args.push(dir.path().display().to_string());
     let mut cluster = Cluster::start(flavor(), spec).await.unwrap();
     let leader = cluster.leader().await.unwrap();
@@ -100,7 +83,10 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
     let at_kill = loop {
         let written = count(&mut client, "mesh/v1/apps/").await.unwrap();
         let markers = count(&mut client, "mesh/v1/apps/synced/").await.unwrap();
-        assert_eq!(markers, 0, "the initial sync finished before it could be interrupted ({written} keys)");
+        assert_eq!(
+            markers, 0,
+            "the initial sync finished before it could be interrupted ({written} keys)"
+        );
         if written > 0 {
             cluster.kill(leader);
             break written;
@@ -110,34 +96,66 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
     };
     eprintln!("killed the leader with {at_kill} keys written");
 
-    eventually("the new leader completes the sync", Duration::from_secs(180), async || {
-        let markers = count(&mut client, "mesh/v1/apps/synced/").await?;
-        ensure!(markers == 6, "{markers} markers");
-        Ok(())
-    })
+    eventually(
+        "the new leader completes the sync",
+        Duration::from_secs(180),
+        async || {
+            let markers = count(&mut client, "mesh/v1/apps/synced/").await?;
+            ensure!(markers == 6, "{markers} markers");
+            Ok(())
+        },
+    )
     .await;
 
-    let all = client.get("mesh/v1/apps/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let all = client
+        .get("mesh/v1/apps/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     let mut identities: BTreeMap<Vec<String>, Vec<u32>> = BTreeMap::new();
     let mut others = BTreeSet::new();
     for kv in all.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         match Record::decode_at(&key, kv.value()).unwrap() {
-            (mesh_api::Key::Identity { id, .. }, Record::Identity(r)) => identities.entry(r.labels).or_default().push(id),
+            (mesh_api::Key::Identity { id, .. }, Record::Identity(r)) => {
+                identities.entry(r.labels).or_default().push(id)
+            }
             _ => {
                 others.insert(key);
             }
         }
     }
     assert_eq!(identities.len(), SERVICES, "one identity per label set");
-    let duplicated: Vec<_> = identities.iter().filter(|(_, ids)| ids.len() != 1).collect();
-    assert!(duplicated.is_empty(), "label sets with several ids: {duplicated:?}");
-    assert_eq!(identities.keys().cloned().collect::<BTreeSet<_>>(), want.label_sets());
+    let duplicated: Vec<_> = identities
+        .iter()
+        .filter(|(_, ids)| ids.len() != 1)
+        .collect();
+    assert!(
+        duplicated.is_empty(),
+        "label sets with several ids: {duplicated:?}"
+    );
+    assert_eq!(
+        identities.keys().cloned().collect::<BTreeSet<_>>(),
+        want.label_sets()
+    );
 
     let mut expected: BTreeSet<String> = want.records.keys().map(ToString::to_string).collect();
-    expected.extend(want.workloads.iter().map(|w| format!("mesh/v1/apps/ipcache/{}", w.ip)));
+    expected.extend(
+        want.workloads
+            .iter()
+            .map(|w| format!("mesh/v1/apps/ipcache/{}", w.ip)),
+    );
     expected.insert("mesh/v1/apps/cluster".into());
-    expected.extend(["nodes", "identities", "ipcache", "services", "endpoints", "policies"].map(|k| format!("mesh/v1/apps/synced/{k}")));
+    expected.extend(
+        [
+            "nodes",
+            "identities",
+            "ipcache",
+            "services",
+            "endpoints",
+            "policies",
+        ]
+        .map(|k| format!("mesh/v1/apps/synced/{k}")),
+    );
     assert_eq!(others.len(), expected.len());
     assert_eq!(others, expected, "a key is missing or left behind");
 }

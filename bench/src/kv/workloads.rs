@@ -489,7 +489,7 @@ pub async fn footprint(
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Resident set size of a process, from `/proc/<pid>/status`.
-fn rss_bytes(pid: u32) -> Result<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
@@ -501,7 +501,7 @@ fn rss_bytes(pid: u32) -> Result<u64> {
 
 /// Bytes allocated on disk under `dir` (what `du` counts: preallocated and sparse files count
 /// by their blocks).
-fn allocated_bytes(dir: &std::path::Path) -> Result<u64> {
+pub(crate) fn allocated_bytes(dir: &std::path::Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
