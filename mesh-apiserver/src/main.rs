@@ -11,8 +11,9 @@ use anyhow::{Context, bail};
 use certs::tls::TlsFiles;
 use clap::{Parser, ValueEnum};
 use kvstore::server::{AutoCompaction, ClusterState, Config, Listeners, MemberTls, run};
-use mesh_apiserver::publish::controller::{self, PublisherConfig};
+use mesh_apiserver::publish::controller::{self, PublisherConfig, Source};
 use mesh_apiserver::publish::convert::Settings;
+use mesh_apiserver::publish::live::LiveSource;
 use tokio::net::TcpListener;
 
 /// Raft-replicated store speaking the etcd v3 API (KV, Watch, Lease, Cluster, Maintenance).
@@ -147,8 +148,14 @@ struct Args {
     /// Publish the Nodes, Pods, Services, EndpointSlices and MeshPolicies in the YAML files of
     /// this directory (as `kubectl get -o yaml` prints them); re-read when they change. Needs
     /// --cluster-name and --cluster-id.
-    #[arg(long, help_heading = "Publishing")]
+    #[arg(long, help_heading = "Publishing", conflicts_with = "kubernetes")]
     manifests_dir: Option<PathBuf>,
+
+    /// Publish the objects of the live Kubernetes API (in-cluster service account, else
+    /// KUBECONFIG or ~/.kube/config), watched continuously. Needs --cluster-name and
+    /// --cluster-id.
+    #[arg(long, help_heading = "Publishing")]
+    kubernetes: bool,
 
     /// Log filter (trace, debug, info, warn, error, or a tracing directive).
     #[arg(long, env = "RUST_LOG", default_value = "info,openraft=warn")]
@@ -293,23 +300,42 @@ fn retention(mode: CompactionArg, value: &str) -> anyhow::Result<AutoCompaction>
     })
 }
 
-/// The publisher's configuration, when --manifests-dir is given.
-fn publisher(args: &Args, config: &Config) -> anyhow::Result<Option<PublisherConfig>> {
-    let Some(dir) = &args.manifests_dir else {
-        if args.cluster_name.is_some() || args.cluster_id.is_some() {
-            bail!("--cluster-name and --cluster-id are used with --manifests-dir");
+/// Where the publisher takes objects from, before the runtime exists.
+#[derive(Debug)]
+enum SourceArg {
+    Manifests(PathBuf),
+    Kubernetes,
+}
+
+/// The publisher's configuration (without its source), when --manifests-dir or --kubernetes
+/// is given.
+fn publisher(
+    args: &Args,
+    config: &Config,
+) -> anyhow::Result<Option<(PublisherSettings, SourceArg)>> {
+    let source = match (&args.manifests_dir, args.kubernetes) {
+        (Some(dir), _) => {
+            if !dir.is_dir() {
+                bail!("--manifests-dir {}: not a directory", dir.display());
+            }
+            SourceArg::Manifests(dir.clone())
         }
-        return Ok(None);
+        (None, true) => SourceArg::Kubernetes,
+        (None, false) => {
+            if args.cluster_name.is_some() || args.cluster_id.is_some() {
+                bail!(
+                    "--cluster-name and --cluster-id are used with --manifests-dir or --kubernetes"
+                );
+            }
+            return Ok(None);
+        }
     };
     let (Some(cluster), Some(id)) = (&args.cluster_name, args.cluster_id) else {
-        bail!("--manifests-dir needs --cluster-name and --cluster-id");
+        bail!("publishing needs --cluster-name and --cluster-id");
     };
     certs::identity::check_name("--cluster-name", cluster)?;
     if id == 0 {
         bail!("--cluster-id must be 1..=65535");
-    }
-    if !dir.is_dir() {
-        bail!("--manifests-dir {}: not a directory", dir.display());
     }
     if let Some(tls) = &config.tls
         && tls.cluster() != *cluster
@@ -328,15 +354,45 @@ fn publisher(args: &Args, config: &Config) -> anyhow::Result<Option<PublisherCon
         (Some(ca), Some(cert), Some(key)) => Some((ca.clone(), cert.clone(), key.clone())),
         _ => None,
     };
-    Ok(Some(PublisherConfig {
+    let settings = PublisherSettings {
         settings: Settings {
             cluster: cluster.clone(),
             cluster_id: id,
         },
-        manifests_dir: dir.clone(),
         client_url,
         tls,
-    }))
+    };
+    Ok(Some((settings, source)))
+}
+
+/// [`PublisherConfig`] without its source.
+#[derive(Debug)]
+struct PublisherSettings {
+    settings: Settings,
+    client_url: String,
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+/// Starts the source (the live API needs the runtime) and completes the configuration.
+async fn start_publisher(
+    p: PublisherSettings,
+    source: SourceArg,
+) -> anyhow::Result<PublisherConfig> {
+    let source = match source {
+        SourceArg::Manifests(dir) => Source::Manifests(dir),
+        SourceArg::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (--kubernetes)")?;
+            Source::Live(LiveSource::start(client))
+        }
+    };
+    Ok(PublisherConfig {
+        settings: p.settings,
+        source,
+        client_url: p.client_url,
+        tls: p.tls,
+    })
 }
 
 fn config(args: &Args) -> anyhow::Result<Config> {
@@ -450,13 +506,13 @@ fn main() -> ExitCode {
             metrics = ?args.listen_metrics_urls,
             "listening"
         );
-        if let Some(publisher) = publisher {
+        if let Some((settings, source)) = publisher {
             tracing::info!(
-                dir = %publisher.manifests_dir.display(),
-                cluster = %publisher.settings.cluster,
-                "publishing the manifests while this member leads"
+                source = ?source,
+                cluster = %settings.settings.cluster,
+                "publishing the cluster's objects while this member leads"
             );
-            tokio::spawn(controller::run(publisher));
+            tokio::spawn(controller::run(start_publisher(settings, source).await?));
         }
         run(config, listeners, shutdown_signal()).await?;
         anyhow::Ok(())

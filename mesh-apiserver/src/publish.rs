@@ -10,6 +10,7 @@
 
 pub mod controller;
 pub mod convert;
+pub mod live;
 pub mod objects;
 pub mod store;
 pub mod synthetic;

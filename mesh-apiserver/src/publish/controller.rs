@@ -21,6 +21,7 @@ use mesh_api::records::{ClusterRecord, SyncedRecord};
 use mesh_api::{Key, Record, SCHEMA};
 
 use super::convert::{Problem, Settings, desired, identity_records};
+use super::live::LiveSource;
 use super::objects::Objects;
 use super::store::{Changes, StoreError, allocate, reconcile};
 
@@ -29,13 +30,48 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 /// A full pass at least this often, even when nothing seems to have changed.
 pub const RESYNC: Duration = Duration::from_secs(60);
 
+/// Where the objects come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `--manifests-dir`: the YAML files of a directory.
+    Manifests(PathBuf),
+    /// `--kubernetes`: the live API.
+    Live(LiveSource),
+}
+
+/// What a source looked like, to notice changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Version {
+    Files(Fingerprint),
+    Generation(u64),
+}
+
+impl Source {
+    /// The source's current version; `None` while it is not ready to be published (the live
+    /// API before every kind is listed).
+    fn version(&self) -> std::io::Result<Option<Version>> {
+        Ok(match self {
+            Source::Manifests(dir) => Some(Version::Files(fingerprint(dir)?)),
+            Source::Live(live) => live.ready().then(|| Version::Generation(live.generation())),
+        })
+    }
+
+    /// Every object, now.
+    pub fn objects(&self) -> Result<Objects, PassError> {
+        match self {
+            Source::Manifests(dir) => read_manifests(dir),
+            Source::Live(live) => Ok(live.objects()),
+        }
+    }
+}
+
 /// How the publisher reaches its own member.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
     /// Cluster name and id.
     pub settings: Settings,
-    /// `--manifests-dir`.
-    pub manifests_dir: PathBuf,
+    /// The objects.
+    pub source: Source,
     /// This member's client URL.
     pub client_url: String,
     /// CA, certificate and key to connect with (the member's own client-port files); `None`
@@ -77,7 +113,7 @@ pub async fn run(config: PublisherConfig) {
     let mut client: Option<Client> = None;
     // What the last successful pass saw, and when it ran; `None` after losing leadership, so
     // the next leadership starts with a full pass.
-    let mut last: Option<(Fingerprint, Instant)> = None;
+    let mut last: Option<(Version, Instant)> = None;
     let mut reported: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::time::sleep(INTERVAL).await;
@@ -103,10 +139,14 @@ pub async fn run(config: PublisherConfig) {
                 continue;
             }
         }
-        let fingerprint = match fingerprint(&config.manifests_dir) {
-            Ok(f) => f,
+        let fingerprint = match config.source.version() {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                tracing::debug!("publisher: the source is not ready yet");
+                continue;
+            }
             Err(e) => {
-                tracing::warn!(dir = %config.manifests_dir.display(), error = %e, "cannot list the manifests");
+                tracing::warn!(error = %e, "cannot list the manifests");
                 continue;
             }
         };
@@ -180,7 +220,7 @@ async fn leads(client: &mut Client) -> Result<bool, etcd_client::Error> {
 
 /// One pass: read, convert, allocate, reconcile, mark.
 pub async fn pass(client: &mut Client, config: &PublisherConfig) -> Result<PassReport, PassError> {
-    let objects = read_manifests(&config.manifests_dir)?;
+    let objects = config.source.objects()?;
     let settings = &config.settings;
     let c = &settings.cluster;
     let d = desired(settings, &objects);
