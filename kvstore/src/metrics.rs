@@ -32,9 +32,22 @@ struct Histogram {
     sum: f64,
 }
 
+/// Metrics of components outside the store (e.g. the publisher), appended to `/metrics`: a
+/// function returning text in the exposition format.
+#[derive(Clone)]
+pub struct ExtraMetrics(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics")
+    }
+}
+
 /// The member's metrics.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Appended to the store's own metrics.
+    pub extra: Option<ExtraMetrics>,
     /// Where the snapshot file lives, for the database size.
     snap_dir: PathBuf,
     rpcs: Mutex<BTreeMap<&'static str, Histogram>>,
@@ -74,6 +87,7 @@ impl Metrics {
     /// Metrics of a member whose snapshot file is in `snap_dir`.
     pub fn new(snap_dir: PathBuf) -> Self {
         Self {
+            extra: None,
             snap_dir,
             rpcs: Mutex::default(),
             watchers: AtomicI64::new(0),
@@ -276,6 +290,9 @@ impl Metrics {
             );
             let _ = writeln!(out, "{name}_sum{{method=\"{method}\"}} {}", h.sum);
             let _ = writeln!(out, "{name}_count{{method=\"{method}\"}} {}", h.count);
+        }
+        if let Some(extra) = &self.extra {
+            out.push_str(&(extra.0)());
         }
         out
     }

@@ -85,6 +85,8 @@ pub struct Config {
     /// Mutual TLS on both ports; `None` serves plaintext with no authorization
     /// (`--insecure-plaintext`).
     pub tls: Option<MemberTls>,
+    /// More metrics to serve on `/metrics`.
+    pub extra_metrics: Option<crate::metrics::ExtraMetrics>,
 }
 
 pub use crate::tls::MemberTls;
@@ -238,7 +240,9 @@ pub async fn run(
             auth,
         },
     ));
-    let metrics = Arc::new(Metrics::new(snap_dir));
+    let mut metrics = Metrics::new(snap_dir);
+    metrics.extra = config.extra_metrics.clone();
+    let metrics = Arc::new(metrics);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 

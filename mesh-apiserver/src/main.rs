@@ -5,13 +5,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use certs::tls::TlsFiles;
 use clap::{Parser, ValueEnum};
+use kvstore::metrics::ExtraMetrics;
 use kvstore::server::{AutoCompaction, ClusterState, Config, Listeners, MemberTls, run};
-use mesh_apiserver::publish::controller::{self, PublisherConfig, Source};
+use mesh_apiserver::publish::controller::{self, PublisherConfig, PublisherStats, Source};
 use mesh_apiserver::publish::convert::Settings;
 use mesh_apiserver::publish::live::LiveSource;
 use tokio::net::TcpListener;
@@ -355,6 +357,7 @@ fn publisher(
         _ => None,
     };
     let settings = PublisherSettings {
+        stats: Arc::default(),
         settings: Settings {
             cluster: cluster.clone(),
             cluster_id: id,
@@ -368,6 +371,7 @@ fn publisher(
 /// [`PublisherConfig`] without its source.
 #[derive(Debug)]
 struct PublisherSettings {
+    stats: Arc<PublisherStats>,
     settings: Settings,
     client_url: String,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
@@ -388,6 +392,7 @@ async fn start_publisher(
         }
     };
     Ok(PublisherConfig {
+        stats: p.stats,
         settings: p.settings,
         source,
         client_url: p.client_url,
@@ -443,6 +448,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         request_timeout: Duration::from_secs(5),
         progress_notify_interval: Duration::from_secs(args.watch_progress_notify_interval.max(1)),
         tls: tls(args)?,
+        extra_metrics: None,
     })
 }
 
@@ -479,8 +485,12 @@ fn main() -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    let (config, publisher) = match config(&args).and_then(|c| {
+    let (config, publisher) = match config(&args).and_then(|mut c| {
         let p = publisher(&args, &c)?;
+        if let Some((settings, _)) = &p {
+            let stats = settings.stats.clone();
+            c.extra_metrics = Some(ExtraMetrics(Arc::new(move || stats.render())));
+        }
         Ok((c, p))
     }) {
         Ok(c) => c,

@@ -54,6 +54,7 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/publish/manifests.yaml");
     std::fs::copy(&fixture, manifests.path().join("cluster.yaml")).unwrap();
     let mut spec = Spec::with_members(3);
+    spec.metrics = true;
     spec.extra_args = [
         "--cluster-name",
         "apps",
@@ -115,6 +116,32 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
             vec!["10.1.1.0/24".to_owned(), "10.1.2.0/24".to_owned()]
         )
     );
+
+    // The skipped objects are counted by the member that published.
+    let skipped = eventually("the leader reports what it skipped", PATIENCE, async || {
+        let mut sum = [0.0; 4];
+        for i in 0..3 {
+            let text = metrics(&cluster, i).await?;
+            for (slot, series) in [
+                "raftmesh_publish_leading ",
+                "raftmesh_publish_skipped_objects{reason=\"orphan_slice\"} ",
+                "raftmesh_publish_skipped_objects{reason=\"pod_ip_outside_node\"} ",
+                "raftmesh_publish_skipped_objects{reason=\"service_without_backends\"} ",
+            ]
+            .iter()
+            .enumerate()
+            {
+                sum[slot] += text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(series))
+                    .map_or(0.0, |v| v.trim().parse().unwrap());
+            }
+        }
+        ensure!(sum[0] == 1.0, "{} members lead the publishing", sum[0]);
+        Ok(sum)
+    })
+    .await;
+    assert_eq!(skipped[1..], [1.0, 1.0, 1.0]);
 
     // Add a manifest.
     std::fs::write(manifests.path().join("cart.yaml"), CART).unwrap();
@@ -188,4 +215,21 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
         before + 1,
         "the restart rewrote records"
     );
+}
+
+async fn metrics(cluster: &Cluster, i: usize) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = cluster
+        .metrics_url(i)
+        .context("no metrics URL")?
+        .trim_start_matches("http://")
+        .to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
+    tcp.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await?;
+    Ok(body)
 }

@@ -83,6 +83,7 @@ async fn the_live_source_publishes_into_a_store() {
         .await
         .unwrap();
     let config = PublisherConfig {
+        stats: Default::default(),
         settings: Settings {
             cluster: "live".into(),
             cluster_id: 1,

@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -65,9 +67,118 @@ impl Source {
     }
 }
 
+/// The publisher's counters, served on `/metrics`.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    leading: AtomicBool,
+    passes: AtomicU64,
+    failures: AtomicU64,
+    puts: AtomicU64,
+    deletes: AtomicU64,
+    conflicts: AtomicU64,
+    identities: AtomicU64,
+    last_pass_ms: AtomicU64,
+    /// Objects the last pass skipped, by reason.
+    skipped: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl PublisherStats {
+    fn record(&self, report: &PassReport, took: Duration) {
+        self.passes.fetch_add(1, Relaxed);
+        for c in [&report.records, &report.markers] {
+            self.puts.fetch_add(c.puts as u64, Relaxed);
+            self.deletes.fetch_add(c.deletes as u64, Relaxed);
+            self.conflicts.fetch_add(c.conflicts as u64, Relaxed);
+        }
+        self.identities.store(report.identities as u64, Relaxed);
+        self.last_pass_ms.store(took.as_millis() as u64, Relaxed);
+        let mut skipped = self
+            .skipped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        skipped.clear();
+        for p in &report.problems {
+            *skipped.entry(p.reason()).or_default() += 1;
+        }
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        };
+        line(
+            "raftmesh_publish_leading",
+            "gauge",
+            "1 while this member's publisher acts (it leads).",
+            u64::from(self.leading.load(Relaxed)),
+        );
+        line(
+            "raftmesh_publish_passes_total",
+            "counter",
+            "Publishing passes completed.",
+            self.passes.load(Relaxed),
+        );
+        line(
+            "raftmesh_publish_failures_total",
+            "counter",
+            "Publishing passes that failed.",
+            self.failures.load(Relaxed),
+        );
+        line(
+            "raftmesh_publish_puts_total",
+            "counter",
+            "Records written.",
+            self.puts.load(Relaxed),
+        );
+        line(
+            "raftmesh_publish_deletes_total",
+            "counter",
+            "Records deleted.",
+            self.deletes.load(Relaxed),
+        );
+        line(
+            "raftmesh_publish_conflicts_total",
+            "counter",
+            "Txns redone because the store changed under them.",
+            self.conflicts.load(Relaxed),
+        );
+        line(
+            "raftmesh_publish_identities",
+            "gauge",
+            "Identities the workloads use.",
+            self.identities.load(Relaxed),
+        );
+        line(
+            "raftmesh_publish_last_pass_milliseconds",
+            "gauge",
+            "Duration of the last pass.",
+            self.last_pass_ms.load(Relaxed),
+        );
+        let name = "raftmesh_publish_skipped_objects";
+        out.push_str(&format!(
+            "# HELP {name} Objects the last pass skipped, by reason.\n# TYPE {name} gauge\n"
+        ));
+        for (reason, n) in self
+            .skipped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            out.push_str(&format!("{name}{{reason=\"{reason}\"}} {n}\n"));
+        }
+        out
+    }
+}
+
 /// How the publisher reaches its own member.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
+    /// Counters for `/metrics`.
+    pub stats: Arc<PublisherStats>,
     /// Cluster name and id.
     pub settings: Settings,
     /// The objects.
@@ -128,8 +239,9 @@ pub async fn run(config: PublisherConfig) {
         }
         let c = client.as_mut().expect("connected above");
         match leads(c).await {
-            Ok(true) => {}
+            Ok(true) => config.stats.leading.store(true, Relaxed),
             Ok(false) => {
+                config.stats.leading.store(false, Relaxed);
                 last = None;
                 continue;
             }
@@ -159,6 +271,7 @@ pub async fn run(config: PublisherConfig) {
         let started = Instant::now();
         match pass(c, &config).await {
             Ok(report) => {
+                config.stats.record(&report, started.elapsed());
                 for p in &report.problems {
                     if reported.insert(p.to_string()) {
                         tracing::warn!(reason = p.reason(), "skipped: {p}");
@@ -182,6 +295,7 @@ pub async fn run(config: PublisherConfig) {
                 last = Some((fingerprint, Instant::now()));
             }
             Err(e) => {
+                config.stats.failures.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, "publishing failed; retrying");
                 if matches!(e, PassError::Store(StoreError::Client(_))) {
                     client = None;
