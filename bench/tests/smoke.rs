@@ -116,7 +116,8 @@ fn publish_smoke_run_publishes_every_record() {
         &std::fs::read_to_string(out.path().join("publish-10x50.json")).unwrap(),
     )
     .unwrap();
-    // 2 nodes + 10 services + 10 slices + 10 identities + 50 ipcache + cluster + 6 markers.
-    assert_eq!(raw["keys"], 2 + 10 + 10 + 10 + 50 + 1 + 6);
+    // 2 nodes + 10 services + 10 slices + 10 identities + 8 reserved ones + 50 ipcache +
+    // the cluster record + 6 markers.
+    assert_eq!(raw["keys"], 2 + 10 + 10 + 10 + 8 + 50 + 1 + 6);
     assert!(out.path().join("publish-10x50.md").is_file());
 }

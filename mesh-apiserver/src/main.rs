@@ -159,6 +159,11 @@ struct Args {
     #[arg(long, help_heading = "Publishing")]
     kubernetes: bool,
 
+    /// Seconds an identity stays after its last workload went away, so peers that cached it
+    /// stop using it first.
+    #[arg(long, help_heading = "Publishing", default_value_t = 900)]
+    identity_gc_grace: u64,
+
     /// Log filter (trace, debug, info, warn, error, or a tracing directive).
     #[arg(long, env = "RUST_LOG", default_value = "info,openraft=warn")]
     log_level: String,
@@ -357,6 +362,7 @@ fn publisher(
         _ => None,
     };
     let settings = PublisherSettings {
+        identity_gc_grace: Duration::from_secs(args.identity_gc_grace),
         stats: Arc::default(),
         settings: Settings {
             cluster: cluster.clone(),
@@ -371,6 +377,7 @@ fn publisher(
 /// [`PublisherConfig`] without its source.
 #[derive(Debug)]
 struct PublisherSettings {
+    identity_gc_grace: Duration,
     stats: Arc<PublisherStats>,
     settings: Settings,
     client_url: String,
@@ -392,6 +399,7 @@ async fn start_publisher(
         }
     };
     Ok(PublisherConfig {
+        identity_gc_grace: p.identity_gc_grace,
         stats: p.stats,
         settings: p.settings,
         source,

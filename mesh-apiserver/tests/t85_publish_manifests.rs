@@ -103,7 +103,11 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
         .cloned()
         .collect();
     assert_eq!(rest, golden);
-    assert_eq!(identities, 2);
+    assert_eq!(
+        identities,
+        2 + 8,
+        "two label sets and the eight reserved identities"
+    );
     assert!(published.contains("mesh/v1/apps/cluster"));
     let Record::Cluster(c) = record(&mut client, "mesh/v1/apps/cluster").await.unwrap() else {
         panic!("not a cluster record");

@@ -83,6 +83,7 @@ async fn the_live_source_publishes_into_a_store() {
         .await
         .unwrap();
     let config = PublisherConfig {
+        identity_gc_grace: Duration::from_secs(900),
         stats: Default::default(),
         settings: Settings {
             cluster: "live".into(),
@@ -93,7 +94,9 @@ async fn the_live_source_publishes_into_a_store() {
         tls: None,
     };
     let mut client = cluster.client_for(0).await.unwrap();
-    let report = pass(&mut client, &config).await.unwrap();
+    let report = pass(&mut client, &config, &mut Default::default())
+        .await
+        .unwrap();
     assert!(report.records.puts >= node_count);
     let nodes = client
         .get(

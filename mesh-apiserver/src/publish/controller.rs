@@ -9,7 +9,13 @@
 //! reconciles nodes, services, endpoints, policies, the ipcache and the cluster record, and
 //! finally the `synced/<kind>` markers, so a marker never precedes its records. A pass runs
 //! when the manifests change, when this member becomes leader, and every [`RESYNC`] (repairing
-//! anything written by hand). Identities are never deleted here (no garbage collection yet).
+//! anything written by hand).
+//!
+//! Identities: the reserved ones (local ids 1..=8) are always present; an allocated identity
+//! no workload uses any more is deleted once it has stayed unused for the grace period
+//! (`--identity-gc-grace`), so peers that still hold it have time to stop using it. The clock
+//! starts when this member's publisher first sees it unused, so a new leader waits a whole
+//! grace period again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,10 +28,14 @@ use mesh_api::keys::{Kind, kind_prefix};
 use mesh_api::records::{ClusterRecord, SyncedRecord};
 use mesh_api::{Key, Record, SCHEMA};
 
-use super::convert::{Problem, Settings, desired, identity_records};
+use super::convert::{
+    FIRST_LOCAL_ID, Problem, Settings, desired, identity_records, reserved_identities,
+};
 use super::live::LiveSource;
 use super::objects::Objects;
-use super::store::{Changes, StoreError, allocate, reconcile};
+use super::store::{
+    Changes, Slots, StoreError, allocate, delete_unchanged, ensure, read_identities, reconcile,
+};
 
 /// How often leadership and the manifests are checked.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -85,7 +95,7 @@ pub struct PublisherStats {
 impl PublisherStats {
     fn record(&self, report: &PassReport, took: Duration) {
         self.passes.fetch_add(1, Relaxed);
-        for c in [&report.records, &report.markers] {
+        for c in [&report.records, &report.markers, &report.identity_writes] {
             self.puts.fetch_add(c.puts as u64, Relaxed);
             self.deletes.fetch_add(c.deletes as u64, Relaxed);
             self.conflicts.fetch_add(c.conflicts as u64, Relaxed);
@@ -179,6 +189,8 @@ impl PublisherStats {
 pub struct PublisherConfig {
     /// Counters for `/metrics`.
     pub stats: Arc<PublisherStats>,
+    /// How long an identity stays after its last workload went away.
+    pub identity_gc_grace: Duration,
     /// Cluster name and id.
     pub settings: Settings,
     /// The objects.
@@ -213,6 +225,8 @@ pub struct PassReport {
     pub records: Changes,
     /// Writes of markers.
     pub markers: Changes,
+    /// Reserved identities written and unused identities deleted.
+    pub identity_writes: Changes,
     /// Objects skipped.
     pub problems: Vec<Problem>,
     /// Identities the workloads use.
@@ -226,6 +240,7 @@ pub async fn run(config: PublisherConfig) {
     // the next leadership starts with a full pass.
     let mut last: Option<(Version, Instant)> = None;
     let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut gc = IdentityGc::default();
     loop {
         tokio::time::sleep(INTERVAL).await;
         if client.is_none() {
@@ -243,6 +258,7 @@ pub async fn run(config: PublisherConfig) {
             Ok(false) => {
                 config.stats.leading.store(false, Relaxed);
                 last = None;
+                gc = IdentityGc::default();
                 continue;
             }
             Err(e) => {
@@ -265,11 +281,12 @@ pub async fn run(config: PublisherConfig) {
         if let Some((seen, at)) = &last
             && *seen == fingerprint
             && at.elapsed() < RESYNC
+            && !gc.due(config.identity_gc_grace)
         {
             continue;
         }
         let started = Instant::now();
-        match pass(c, &config).await {
+        match pass(c, &config, &mut gc).await {
             Ok(report) => {
                 config.stats.record(&report, started.elapsed());
                 for p in &report.problems {
@@ -279,7 +296,14 @@ pub async fn run(config: PublisherConfig) {
                 }
                 reported.retain(|r| report.problems.iter().any(|p| p.to_string() == *r));
                 let r = &report.records;
-                if r.puts + r.deletes + report.markers.puts + report.markers.deletes > 0 {
+                if r.puts
+                    + r.deletes
+                    + report.markers.puts
+                    + report.markers.deletes
+                    + report.identity_writes.puts
+                    + report.identity_writes.deletes
+                    > 0
+                {
                     tracing::info!(
                         puts = r.puts,
                         deletes = r.deletes,
@@ -332,13 +356,62 @@ async fn leads(client: &mut Client) -> Result<bool, etcd_client::Error> {
         .is_some_and(|h| h.member_id() == status.leader()))
 }
 
-/// One pass: read, convert, allocate, reconcile, mark.
-pub async fn pass(client: &mut Client, config: &PublisherConfig) -> Result<PassReport, PassError> {
+/// Allocated identities no workload uses, and since when (as this publisher saw it).
+#[derive(Debug, Default)]
+pub struct IdentityGc {
+    unused_since: BTreeMap<u32, Instant>,
+}
+
+impl IdentityGc {
+    /// Whether an unused identity's grace period has run out, so a pass is due.
+    fn due(&self, grace: Duration) -> bool {
+        self.unused_since
+            .values()
+            .any(|since| since.elapsed() >= grace)
+    }
+
+    /// Notes which stored identities are unused and returns those unused for `grace`.
+    fn expired(
+        &mut self,
+        stored: &Slots,
+        used: &BTreeSet<Vec<String>>,
+        grace: Duration,
+    ) -> Vec<(u32, i64)> {
+        let now = Instant::now();
+        let unused: BTreeMap<u32, i64> = stored
+            .iter()
+            .filter(|(id, (labels, _))| *id & 0xffff >= FIRST_LOCAL_ID && !used.contains(labels))
+            .map(|(id, (_, rev))| (*id, *rev))
+            .collect();
+        self.unused_since.retain(|id, _| unused.contains_key(id));
+        let mut expired = Vec::new();
+        for (id, rev) in unused {
+            let since = *self.unused_since.entry(id).or_insert(now);
+            if now.duration_since(since) >= grace {
+                expired.push((id, rev));
+            }
+        }
+        expired
+    }
+}
+
+/// One pass: read, convert, allocate, reconcile, mark, collect unused identities.
+pub async fn pass(
+    client: &mut Client,
+    config: &PublisherConfig,
+    gc: &mut IdentityGc,
+) -> Result<PassReport, PassError> {
     let objects = config.source.objects()?;
     let settings = &config.settings;
     let c = &settings.cluster;
     let d = desired(settings, &objects);
-    let ids = allocate(client, c, settings.cluster_id, &d.label_sets()).await?;
+    let reserved: BTreeMap<Vec<u8>, Vec<u8>> = reserved_identities(settings)
+        .iter()
+        .map(|(k, r)| (k.to_string().into_bytes(), r.encode()))
+        .collect();
+    let mut identity_writes = ensure(client, &kind_prefix(c, Kind::Identity), &reserved).await?;
+    let label_sets = d.label_sets();
+    let ids = allocate(client, c, settings.cluster_id, &label_sets).await?;
 
     let mut records: BTreeMap<Key, Record> = d.records.clone();
     records.extend(
@@ -383,9 +456,36 @@ pub async fn pass(client: &mut Client, config: &PublisherConfig) -> Result<PassR
         })
         .collect();
     let marked = reconcile(client, &[kind_prefix(c, Kind::Synced)], &markers).await?;
+
+    let (stored, _) = read_identities(client, c).await?;
+    let expired: Vec<(Vec<u8>, i64)> = gc
+        .expired(&stored, &label_sets, config.identity_gc_grace)
+        .into_iter()
+        .map(|(id, rev)| {
+            (
+                Key::Identity {
+                    cluster: c.clone(),
+                    id,
+                }
+                .to_string()
+                .into_bytes(),
+                rev,
+            )
+        })
+        .collect();
+    let collected = delete_unchanged(client, &expired).await?;
+    identity_writes.deletes += collected.deletes;
+    identity_writes.conflicts += collected.conflicts;
+    if collected.deletes > 0 {
+        tracing::info!(
+            identities = collected.deletes,
+            "deleted identities unused for the grace period"
+        );
+    }
     Ok(PassReport {
         records: changes,
         markers: marked,
+        identity_writes,
         identities: ids.len(),
         problems: d.problems,
     })

@@ -49,6 +49,39 @@ const IGNORED_POD_LABELS: [&str; 7] = [
     "controller-uid",
 ];
 
+/// The reserved identities every cluster has (local ids 1..=8, as Cilium numbers them), with
+/// the one label each stands for. They carry the cluster id like every identity, so a remote
+/// cluster's `host` never matches a local rule for `host`.
+pub const RESERVED: [(u16, &str); 8] = [
+    (1, "reserved:host"),
+    (2, "reserved:world"),
+    (3, "reserved:unmanaged"),
+    (4, "reserved:health"),
+    (5, "reserved:init"),
+    (6, "reserved:remote-node"),
+    (7, "reserved:kube-apiserver"),
+    (8, "reserved:ingress"),
+];
+
+/// The reserved identities' records for `cluster`.
+pub fn reserved_identities(settings: &Settings) -> BTreeMap<Key, Record> {
+    RESERVED
+        .iter()
+        .map(|(local, label)| {
+            (
+                Key::Identity {
+                    cluster: settings.cluster.clone(),
+                    id: identity(settings.cluster_id, *local),
+                },
+                Record::Identity(IdentityRecord {
+                    schema: SCHEMA,
+                    labels: vec![(*label).to_owned()],
+                }),
+            )
+        })
+        .collect()
+}
+
 /// Which cluster the records are for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {

@@ -70,6 +70,45 @@ pub async fn reconcile(
     prefixes: &[String],
     desired: &BTreeMap<Vec<u8>, Vec<u8>>,
 ) -> Result<Changes, StoreError> {
+    write_diff(client, prefixes, desired, true).await
+}
+
+/// Like [`reconcile`], but never deletes: keys under `prefix` that `desired` does not name
+/// stay.
+pub async fn ensure(
+    client: &mut Client,
+    prefix: &str,
+    desired: &BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<Changes, StoreError> {
+    write_diff(client, &[prefix.to_owned()], desired, false).await
+}
+
+/// Deletes each key whose mod revision is still the one given (one Txn each, so one changed
+/// key does not keep the others); a key changed since is kept.
+pub async fn delete_unchanged(
+    client: &mut Client,
+    keys: &[(Vec<u8>, i64)],
+) -> Result<Changes, StoreError> {
+    let mut changes = Changes::default();
+    for (key, rev) in keys {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)])
+            .and_then([TxnOp::delete(key.clone(), None)]);
+        if client.txn(txn).await?.succeeded() {
+            changes.deletes += 1;
+        } else {
+            changes.conflicts += 1;
+        }
+    }
+    Ok(changes)
+}
+
+async fn write_diff(
+    client: &mut Client,
+    prefixes: &[String],
+    desired: &BTreeMap<Vec<u8>, Vec<u8>>,
+    delete_missing: bool,
+) -> Result<Changes, StoreError> {
     let mut changes = Changes::default();
     for _ in 0..ATTEMPTS {
         let mut current = Current::new();
@@ -109,7 +148,7 @@ pub async fn reconcile(
             }
         }
         for (key, (_, rev)) in &current {
-            if !desired.contains_key(key) {
+            if delete_missing && !desired.contains_key(key) {
                 push(
                     Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
                     TxnOp::delete(key.clone(), None),
@@ -154,9 +193,13 @@ pub async fn identities(
 }
 
 /// id → (labels, mod revision), and the revision of the read.
-type Slots = BTreeMap<u32, (Vec<String>, i64)>;
+pub type Slots = BTreeMap<u32, (Vec<String>, i64)>;
 
-async fn read_identities(client: &mut Client, cluster: &str) -> Result<(Slots, i64), StoreError> {
+/// The stored identities of `cluster`: id → (labels, mod revision), and the read's revision.
+pub async fn read_identities(
+    client: &mut Client,
+    cluster: &str,
+) -> Result<(Slots, i64), StoreError> {
     let prefix = kind_prefix(cluster, Kind::Identity);
     let resp = client
         .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))

@@ -1,0 +1,116 @@
+//! Identities (issue 5): every cluster has its reserved identities, carrying its cluster id;
+//! an identity no workload uses is kept for the grace period, then deleted, and the others
+//! stay.
+//!
+//! raftmesh only.
+
+#[path = "support/util.rs"]
+mod util;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::ensure;
+use etcd_client::{Client, GetOptions};
+use localcluster::{Cluster, Spec};
+use mesh_api::{Key, Record};
+use util::{connect, eventually, flavor};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn pod(name: &str, app: &str, ip: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\nspec: {{nodeName: node-a}}\nstatus: {{phase: Running, hostIP: 172.18.0.2, podIP: {ip}}}\n"
+    )
+}
+
+/// Stored identities: labels → id.
+async fn identities(client: &mut Client) -> anyhow::Result<BTreeMap<Vec<String>, u32>> {
+    let resp = client
+        .get(
+            "mesh/v1/apps/identities/",
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let mut out = BTreeMap::new();
+    for kv in resp.kvs() {
+        if let (Key::Identity { id, .. }, Record::Identity(r)) =
+            Record::decode_at(&String::from_utf8_lossy(kv.key()), kv.value())?
+        {
+            out.insert(r.labels, id);
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_identities_stay_and_unused_ones_go_after_the_grace_period() {
+    if flavor().is_etcd() {
+        eprintln!("publishing is raftmesh's; nothing to check against etcd");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node =
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nspec: {podCIDR: 10.1.1.0/24}\n";
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        format!("{node}{}", pod("a-1", "a", "10.1.1.10")),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.yaml"), pod("b-1", "b", "10.1.1.11")).unwrap();
+    let mut spec = Spec::with_members(3);
+    spec.extra_args = [
+        "--cluster-name",
+        "apps",
+        "--cluster-id",
+        "7",
+        "--identity-gc-grace",
+        "3",
+        "--manifests-dir",
+    ]
+    .map(String::from)
+    .to_vec();
+    spec.extra_args.push(dir.path().display().to_string());
+    let cluster = Cluster::start(flavor(), spec).await.unwrap();
+    let mut client = connect(&cluster.client_url(0)).await.unwrap();
+
+    let b_labels = vec![
+        "app=b".to_owned(),
+        "io.kubernetes.pod.namespace=shop".to_owned(),
+    ];
+    let first = eventually("both workloads have identities", PATIENCE, async || {
+        let ids = identities(&mut client).await?;
+        ensure!(ids.len() == 10, "{} identities", ids.len());
+        Ok(ids)
+    })
+    .await;
+    assert_eq!(first[&vec!["reserved:host".to_owned()]], 7 << 16 | 1);
+    assert_eq!(first[&vec!["reserved:remote-node".to_owned()]], 7 << 16 | 6);
+
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+    eventually("b's ipcache entry goes at once", PATIENCE, async || {
+        let resp = client.get("mesh/v1/apps/ipcache/10.1.1.11", None).await?;
+        ensure!(resp.kvs().is_empty());
+        Ok(())
+    })
+    .await;
+    assert_eq!(
+        identities(&mut client).await.unwrap().get(&b_labels),
+        first.get(&b_labels),
+        "b's identity outlives its last pod by the grace period"
+    );
+
+    let after = eventually(
+        "b's identity goes after the grace period",
+        PATIENCE,
+        async || {
+            let ids = identities(&mut client).await?;
+            ensure!(!ids.contains_key(&b_labels));
+            Ok(ids)
+        },
+    )
+    .await;
+    let mut expected = first.clone();
+    expected.remove(&b_labels);
+    assert_eq!(after, expected, "only b's identity went");
+}
