@@ -1,6 +1,6 @@
 //! Identities (issue 5): every cluster has its reserved identities, carrying its cluster id;
 //! an identity no workload uses is kept for the grace period, then deleted, and the others
-//! stay.
+//! stay; a connected cluster that claims the same cluster id is reported.
 //!
 //! raftmesh only.
 
@@ -59,6 +59,7 @@ async fn reserved_identities_stay_and_unused_ones_go_after_the_grace_period() {
     .unwrap();
     std::fs::write(dir.path().join("b.yaml"), pod("b-1", "b", "10.1.1.11")).unwrap();
     let mut spec = Spec::with_members(3);
+    spec.metrics = true;
     spec.extra_args = [
         "--cluster-name",
         "apps",
@@ -113,4 +114,60 @@ async fn reserved_identities_stay_and_unused_ones_go_after_the_grace_period() {
     let mut expected = first.clone();
     expected.remove(&b_labels);
     assert_eq!(after, expected, "only b's identity went");
+
+    // A connected cluster claiming the same cluster id is reported (and changes nothing here).
+    client
+        .put("mesh/config/remotes/infra", "connection", None)
+        .await
+        .unwrap();
+    let infra = Record::Cluster(mesh_api::records::ClusterRecord {
+        schema: mesh_api::SCHEMA,
+        name: "infra".into(),
+        id: 7,
+        ..Default::default()
+    });
+    client
+        .put("mesh/v1/infra/cluster", infra.encode(), None)
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("c.yaml"), pod("c-1", "c", "10.1.1.12")).unwrap();
+    eventually(
+        "the duplicate cluster id is reported",
+        PATIENCE,
+        async || {
+            let mut reported = 0.0;
+            for i in 0..3 {
+                reported += scrape(&cluster, i)
+                    .await?
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix(
+                            "raftmesh_publish_skipped_objects{reason=\"duplicate_cluster_id\"} ",
+                        )
+                    })
+                    .map_or(0.0, |v| v.trim().parse().unwrap());
+            }
+            ensure!(reported == 1.0, "reported {reported} times");
+            Ok(())
+        },
+    )
+    .await;
+}
+
+async fn scrape(cluster: &Cluster, i: usize) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = cluster
+        .metrics_url(i)
+        .context("no metrics URL")?
+        .trim_start_matches("http://")
+        .to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
+    tcp.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await?;
+    Ok(body)
 }

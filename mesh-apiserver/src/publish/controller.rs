@@ -482,13 +482,55 @@ pub async fn pass(
             "deleted identities unused for the grace period"
         );
     }
+    let mut problems = d.problems;
+    problems.extend(duplicate_ids(client, settings).await?);
     Ok(PassReport {
         records: changes,
         markers: marked,
         identity_writes,
         identities: ids.len(),
-        problems: d.problems,
+        problems,
     })
+}
+
+/// Connected clusters (`mesh/config/remotes/<c>`) whose mirrored cluster record claims this
+/// cluster's id. Reported, never fatal: this cluster's records are its own either way.
+async fn duplicate_ids(
+    client: &mut Client,
+    settings: &Settings,
+) -> Result<Vec<Problem>, StoreError> {
+    let remotes = client
+        .get(
+            mesh_api::keys::CONFIG_REMOTES,
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await?;
+    let mut problems = Vec::new();
+    for kv in remotes.kvs() {
+        let Ok(Key::RemoteConfig { cluster }) = String::from_utf8_lossy(kv.key()).parse::<Key>()
+        else {
+            continue;
+        };
+        if cluster == settings.cluster {
+            continue;
+        }
+        let key = Key::Cluster {
+            cluster: cluster.clone(),
+        }
+        .to_string();
+        let resp = client.get(key.as_str(), None).await?;
+        if let Some(kv) = resp.kvs().first()
+            && let Ok((_, Record::Cluster(r))) = Record::decode_at(&key, kv.value())
+            && r.id == u32::from(settings.cluster_id)
+        {
+            problems.push(Problem::DuplicateClusterId { cluster, id: r.id });
+        }
+    }
+    Ok(problems)
 }
 
 /// The cluster record: name, id, and the pod CIDRs of its nodes. (API endpoints, service

@@ -137,6 +137,13 @@ pub enum Problem {
         /// The node.
         node: String,
     },
+    /// A connected cluster whose cluster record claims this cluster's id.
+    DuplicateClusterId {
+        /// The other cluster.
+        cluster: String,
+        /// The id both claim.
+        id: u32,
+    },
     /// An annotation with a value it cannot have.
     BadAnnotation {
         /// `namespace/name` of the Service.
@@ -159,6 +166,7 @@ impl Problem {
             Problem::BadAddress { .. } => "bad_address",
             Problem::PodIpOutsideNode { .. } => "pod_ip_outside_node",
             Problem::BadAnnotation { .. } => "bad_annotation",
+            Problem::DuplicateClusterId { .. } => "duplicate_cluster_id",
         }
     }
 }
@@ -188,6 +196,10 @@ impl fmt::Display for Problem {
                 annotation,
                 value,
             } => write!(f, "Service {service}: {annotation}={value:?} is not valid"),
+            Problem::DuplicateClusterId { cluster, id } => write!(
+                f,
+                "connected cluster {cluster} also has cluster id {id}: identities of the two would collide"
+            ),
         }
     }
 }
