@@ -289,24 +289,7 @@ async fn a_txn_with_one_denied_op_and_a_watch_on_a_denied_range_are_refused() {
     // Compares, blank line, success ops, blank line, failure ops (etcdctl's txn input).
     let txn =
         "\nput mesh/v1/apps/nodekeys/node-1 mine\nput mesh/v1/apps/nodekeys/node-2 theirs\n\n\n";
-    let mut command = tokio::process::Command::from(c.etcdctl_as("agent-node-1"));
-    command
-        .args(["--dial-timeout=2s", "--command-timeout=5s", "txn"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(txn.as_bytes())
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = txn_as(&c, "agent-node-1", txn).await;
     assert!(!out.status.success(), "the mixed txn succeeded");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(DENIED),
@@ -323,24 +306,12 @@ async fn a_txn_with_one_denied_op_and_a_watch_on_a_denied_range_are_refused() {
     );
 
     // The same txn without the denied op is fine.
-    let mut command = tokio::process::Command::from(c.etcdctl_as("agent-node-1"));
-    command
-        .args(["--dial-timeout=2s", "--command-timeout=5s", "txn"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"\nput mesh/v1/apps/nodekeys/node-1 mine\n\n\n")
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = txn_as(
+        &c,
+        "agent-node-1",
+        "\nput mesh/v1/apps/nodekeys/node-1 mine\n\n\n",
+    )
+    .await;
     assert!(out.status.success(), "{out:?}");
 
     for (cert, prefix) in [
@@ -357,6 +328,25 @@ async fn a_txn_with_one_denied_op_and_a_watch_on_a_denied_range_are_refused() {
             "{cert}: {err}"
         );
     }
+}
+
+/// Runs `etcdctl txn` as `cert` with `input` on stdin (compares, a blank line, success ops, a
+/// blank line, failure ops).
+async fn txn_as(c: &Cluster, cert: &str, input: &str) -> std::process::Output {
+    let mut command = tokio::process::Command::from(c.etcdctl_as(cert));
+    command
+        .args(["--dial-timeout=2s", "--command-timeout=5s", "txn"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("etcdctl txn finishes")
+        .unwrap()
 }
 
 /// A TLS 1.3 client that presents `cert` (or nothing) and trusts `ca`, without any identity

@@ -14,9 +14,12 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use etcd_client::{Client, GetOptions};
-use localcluster::{Cluster, Spec};
+use localcluster::Cluster;
 use mesh_api::{Key, Record};
-use util::{connect, current_revision, eventually, flavor, restart_together};
+use util::{
+    connect, current_revision, eventually, flavor, metric, publishing_spec, restart_together,
+    scrape_metrics,
+};
 
 /// Bound on the publisher noticing a change (it polls every second).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -53,18 +56,8 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/publish/manifests.yaml");
     std::fs::copy(&fixture, manifests.path().join("cluster.yaml")).unwrap();
-    let mut spec = Spec::with_members(3);
+    let mut spec = publishing_spec(manifests.path(), &[]);
     spec.metrics = true;
-    spec.extra_args = [
-        "--cluster-name",
-        "apps",
-        "--cluster-id",
-        "7",
-        "--manifests-dir",
-    ]
-    .map(String::from)
-    .to_vec();
-    spec.extra_args.push(manifests.path().display().to_string());
     let mut cluster = Cluster::start(flavor(), spec).await.unwrap();
     let mut client = connect(&cluster.client_url(0)).await.unwrap();
 
@@ -125,20 +118,17 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
     let skipped = eventually("the leader reports what it skipped", PATIENCE, async || {
         let mut sum = [0.0; 4];
         for i in 0..3 {
-            let text = metrics(&cluster, i).await?;
+            let text = scrape_metrics(&cluster, i).await?;
             for (slot, series) in [
-                "raftmesh_publish_leading ",
-                "raftmesh_publish_skipped_objects{reason=\"orphan_slice\"} ",
-                "raftmesh_publish_skipped_objects{reason=\"pod_ip_outside_node\"} ",
-                "raftmesh_publish_skipped_objects{reason=\"service_without_backends\"} ",
+                "raftmesh_publish_leading",
+                "raftmesh_publish_skipped_objects{reason=\"orphan_slice\"}",
+                "raftmesh_publish_skipped_objects{reason=\"pod_ip_outside_node\"}",
+                "raftmesh_publish_skipped_objects{reason=\"service_without_backends\"}",
             ]
             .iter()
             .enumerate()
             {
-                sum[slot] += text
-                    .lines()
-                    .find_map(|l| l.strip_prefix(series))
-                    .map_or(0.0, |v| v.trim().parse().unwrap());
+                sum[slot] += metric(&text, series);
             }
         }
         ensure!(sum[0] == 1.0, "{} members lead the publishing", sum[0]);
@@ -219,21 +209,4 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
         before + 1,
         "the restart rewrote records"
     );
-}
-
-async fn metrics(cluster: &Cluster, i: usize) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = cluster
-        .metrics_url(i)
-        .context("no metrics URL")?
-        .trim_start_matches("http://")
-        .to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
-    tcp.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await?;
-    Ok(body)
 }

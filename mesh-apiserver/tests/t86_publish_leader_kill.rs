@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use etcd_client::{Client, GetOptions};
-use localcluster::{Cluster, Spec};
+use localcluster::Cluster;
 use mesh_api::Record;
 use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::objects::Objects;
 use mesh_apiserver::publish::synthetic::Shape;
 use tokio::time::Instant;
-use util::{connect, eventually, flavor};
+use util::{connect, eventually, flavor, publishing_spec};
 
 const SERVICES: usize = 1_000;
 const PODS: usize = 10_000;
@@ -60,18 +60,9 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::with_members(3);
-    spec.extra_args = [
-        "--cluster-name",
-        "apps",
-        "--cluster-id",
-        "7",
-        "--manifests-dir",
-    ]
-    .map(String::from)
-    .to_vec();
-    spec.extra_args.push(dir.path().display().to_string());
-    let mut cluster = Cluster::start(flavor(), spec).await.unwrap();
+    let mut cluster = Cluster::start(flavor(), publishing_spec(dir.path(), &[]))
+        .await
+        .unwrap();
     let leader = cluster.leader().await.unwrap();
     let survivor = (leader + 1) % 3;
     let mut client = connect(&cluster.client_url(survivor)).await.unwrap();

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use etcd_client::{Client, GetOptions};
-use localcluster::{Cluster, Spec};
+use localcluster::Cluster;
 use mesh_api::{Key, Record};
-use util::{connect, eventually, flavor};
+use util::{connect, eventually, flavor, metric, publishing_spec, scrape_metrics};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -58,20 +58,8 @@ async fn reserved_identities_stay_and_unused_ones_go_after_the_grace_period() {
     )
     .unwrap();
     std::fs::write(dir.path().join("b.yaml"), pod("b-1", "b", "10.1.1.11")).unwrap();
-    let mut spec = Spec::with_members(3);
+    let mut spec = publishing_spec(dir.path(), &["--identity-gc-grace", "3"]);
     spec.metrics = true;
-    spec.extra_args = [
-        "--cluster-name",
-        "apps",
-        "--cluster-id",
-        "7",
-        "--identity-gc-grace",
-        "3",
-        "--manifests-dir",
-    ]
-    .map(String::from)
-    .to_vec();
-    spec.extra_args.push(dir.path().display().to_string());
     let cluster = Cluster::start(flavor(), spec).await.unwrap();
     let mut client = connect(&cluster.client_url(0)).await.unwrap();
 
@@ -137,37 +125,15 @@ async fn reserved_identities_stay_and_unused_ones_go_after_the_grace_period() {
         async || {
             let mut reported = 0.0;
             for i in 0..3 {
-                reported += scrape(&cluster, i)
-                    .await?
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix(
-                            "raftmesh_publish_skipped_objects{reason=\"duplicate_cluster_id\"} ",
-                        )
-                    })
-                    .map_or(0.0, |v| v.trim().parse().unwrap());
+                let text = scrape_metrics(&cluster, i).await?;
+                reported += metric(
+                    &text,
+                    "raftmesh_publish_skipped_objects{reason=\"duplicate_cluster_id\"}",
+                );
             }
             ensure!(reported == 1.0, "reported {reported} times");
             Ok(())
         },
     )
     .await;
-}
-
-async fn scrape(cluster: &Cluster, i: usize) -> anyhow::Result<String> {
-    use anyhow::Context;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = cluster
-        .metrics_url(i)
-        .context("no metrics URL")?
-        .trim_start_matches("http://")
-        .to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
-    tcp.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await?;
-    Ok(body)
 }

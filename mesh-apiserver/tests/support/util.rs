@@ -344,3 +344,39 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
 }
+
+/// A 3-member spec whose members publish the manifests in `dir` as cluster `apps`, id 7.
+pub fn publishing_spec(dir: &std::path::Path, extra: &[&str]) -> localcluster::Spec {
+    let mut spec = localcluster::Spec::with_members(3);
+    spec.extra_args = ["--cluster-name", "apps", "--cluster-id", "7"]
+        .iter()
+        .chain(extra)
+        .map(|s| (*s).to_owned())
+        .collect();
+    spec.extra_args.push("--manifests-dir".to_owned());
+    spec.extra_args.push(dir.display().to_string());
+    spec
+}
+
+/// Member `i`'s `/metrics` text (the cluster must have been started with metrics).
+pub async fn scrape_metrics(cluster: &Cluster, i: usize) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = cluster
+        .metrics_url(i)
+        .context("the cluster has no metrics URLs")?;
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await?;
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+/// The value of `series` (name and labels, exactly as exposed) in a `/metrics` text; 0 when
+/// absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN))
+}
