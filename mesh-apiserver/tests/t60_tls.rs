@@ -554,9 +554,12 @@ async fn rotated_files_are_used_without_a_restart_and_open_watches_keep_deliveri
     }
     let pki = Pki::new();
     let c = tls_cluster(&pki).await;
+    // From the next revision on, so the first put is delivered however long the watch takes
+    // to be created.
+    let from = (revision(&c).await + 1).to_string();
     let mut watch = tokio::process::Command::from(c.etcdctl_as("admin-admin"));
     watch
-        .args(["watch", "rot/", "--prefix"])
+        .args(["watch", "rot/", "--prefix", "--rev", from.as_str()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
