@@ -160,16 +160,19 @@ impl Authorizer {
         Ok(())
     }
 
-    /// May `caller` revoke a lease with these keys attached (revoking deletes them)?
-    pub fn revoke<'a>(
-        &self,
-        caller: &Caller,
-        attached: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<(), Error> {
+    /// What `caller` may revoke: `Ok(None)` any lease; `Ok(Some(keys))` only a lease whose
+    /// attached keys are all among `keys` (revoking deletes them), checked when the revoke
+    /// applies.
+    pub fn revocable(&self, caller: &Caller) -> Result<Option<Vec<Vec<u8>>>, Error> {
         self.operation(caller, Operation::UseLeases)?;
-        attached
-            .into_iter()
-            .try_for_each(|key| self.write(caller, key, b""))
+        Ok(match identity(caller)? {
+            None => None,
+            Some(id) => match id.role {
+                Role::Admin | Role::Apiserver => None,
+                Role::Agent => Some(vec![own_node_key(id)]),
+                Role::Remote => Some(Vec::new()),
+            },
+        })
     }
 
     /// May `caller` do `op`?

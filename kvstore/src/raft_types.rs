@@ -74,6 +74,15 @@ pub enum Command {
     /// Commands proposed together by the leader (see `propose.rs`), applied in order as if
     /// proposed one by one.
     Batch(Vec<Command>),
+    /// LeaseRevoke by a caller who may delete only `keys`: refused with PermissionDenied,
+    /// changing nothing, if the lease holds any other key when it applies. Checked at apply
+    /// time so a key attached after the request was authorized is still covered.
+    LeaseRevokeIfOnly {
+        /// Lease id.
+        id: i64,
+        /// The keys the caller may delete.
+        keys: Vec<bytes::Bytes>,
+    },
 }
 
 /// What applying a log entry produced.

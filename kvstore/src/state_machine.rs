@@ -65,6 +65,17 @@ impl Data {
                 self.mvcc.lease_grant(*id, *ttl).map(|()| Outcome::Done)
             }
             Command::LeaseRevoke { id } => self.mvcc.lease_revoke(*id).map(|()| Outcome::Done),
+            Command::LeaseRevokeIfOnly { id, keys } => {
+                let foreign = self
+                    .mvcc
+                    .lease(*id)
+                    .is_some_and(|l| l.keys.iter().any(|k| !keys.contains(k)));
+                if foreign {
+                    Err(crate::error::Error::PermissionDenied)
+                } else {
+                    self.mvcc.lease_revoke(*id).map(|()| Outcome::Done)
+                }
+            }
             Command::PublishMember {
                 id,
                 name,
@@ -386,5 +397,42 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(replies[2].result, Err(crate::error::Error::KeyNotFound));
+    }
+
+    fn put_leased(key: &str, lease: i64) -> Command {
+        Command::Put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            lease,
+            ..PutRequest::default()
+        })
+    }
+
+    #[test]
+    fn a_revoke_limited_to_some_keys_is_refused_when_the_lease_holds_others() {
+        let mut data = Data::default();
+        let own: bytes::Bytes = b"mesh/v1/apps/nodekeys/n1".to_vec().into();
+        data.apply(&Command::LeaseGrant { id: 7, ttl: 60 });
+        data.apply(&put_leased("mesh/v1/apps/nodekeys/n1", 7));
+        data.apply(&put_leased("mesh/config/x", 7));
+        let before = data.mvcc.revision();
+        let limited = Command::LeaseRevokeIfOnly {
+            id: 7,
+            keys: vec![own.clone()],
+        };
+        let refused = data.apply(&limited);
+        assert_eq!(refused.result, Err(crate::error::Error::PermissionDenied));
+        assert_eq!(
+            data.mvcc.revision(),
+            before,
+            "a refused revoke changes nothing"
+        );
+        assert!(data.mvcc.lease(7).is_some());
+
+        data.apply(&Command::DeleteRange(crate::request::DeleteRangeRequest {
+            key: b"mesh/config/x".to_vec().into(),
+            ..Default::default()
+        }));
+        assert!(data.apply(&limited).result.is_ok());
+        assert!(data.mvcc.lease(7).is_none());
     }
 }

@@ -268,6 +268,53 @@ async fn each_role_gets_what_the_trust_model_gives_it() {
         .await,
         "svc\n"
     );
+
+    // Revoking a lease deletes its keys: an agent may revoke only a lease holding nothing but
+    // its own key.
+    let admin_lease = lease_id(&ok(&c, admin, &["lease", "grant", "600"]).await);
+    ok(
+        &c,
+        admin,
+        &["put", "--lease", &admin_lease, "mesh/config/leased", "x"],
+    )
+    .await;
+    denied(&c, agent, &["lease", "revoke", &admin_lease]).await;
+    let own_lease = lease_id(&ok(&c, agent, &["lease", "grant", "600"]).await);
+    ok(
+        &c,
+        agent,
+        &[
+            "put",
+            "--lease",
+            &own_lease,
+            "mesh/v1/apps/nodekeys/node-1",
+            "leased",
+        ],
+    )
+    .await;
+    ok(&c, agent, &["lease", "revoke", &own_lease]).await;
+    assert_eq!(
+        ok(&c, admin, &["get", "mesh/v1/apps/nodekeys/node-1"]).await,
+        ""
+    );
+    assert_eq!(
+        ok(
+            &c,
+            admin,
+            &["get", "mesh/config/leased", "--print-value-only"]
+        )
+        .await,
+        "x\n"
+    );
+}
+
+/// The id in etcdctl's "lease <hex id> granted with TTL(…)".
+fn lease_id(granted: &str) -> String {
+    granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease <id> granted")
+        .to_owned()
 }
 
 async fn revision(c: &Cluster) -> i64 {

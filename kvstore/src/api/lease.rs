@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{allow, convert, status};
-use crate::auth::{Caller, Operation};
+use crate::auth::Operation;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::mvcc::MAX_LEASE_TTL;
@@ -98,26 +98,16 @@ impl PbLeaseService for Lease {
         let _t = self.metrics.rpc("LeaseRevoke");
         let caller = self.node.auth().caller(req.extensions());
         let id = req.into_inner().id;
-        if caller != Caller::Unrestricted {
-            // Revoking deletes the attached keys: the caller must be allowed to delete each.
-            // Checked on state that reflects every write acknowledged before this request; a
-            // key attached after the check and before the revoke applies is not checked.
-            self.node.linearize().await.map_err(status)?;
-            let data = self.node.shared.read();
-            let keys = data
-                .mvcc
-                .lease(id)
-                .map(|l| l.keys.iter().map(|k| k.as_ref()));
-            self.node
-                .auth()
-                .revoke(&caller, keys.into_iter().flatten())
-                .map_err(status)?;
-        }
-        let reply = self
-            .node
-            .propose(Command::LeaseRevoke { id })
-            .await
-            .map_err(status)?;
+        // Revoking deletes the attached keys: a caller who may not delete them all gets a
+        // revoke the state machine refuses if the lease holds any other key when it applies.
+        let cmd = match self.node.auth().revocable(&caller).map_err(status)? {
+            None => Command::LeaseRevoke { id },
+            Some(keys) => Command::LeaseRevokeIfOnly {
+                id,
+                keys: keys.into_iter().map(bytes::Bytes::from).collect(),
+            },
+        };
+        let reply = self.node.propose(cmd).await.map_err(status)?;
         reply.result.map_err(status)?;
         Ok(Response::new(PbLeaseRevokeResponse {
             header: convert::header(self.node.header(reply.revision)),
