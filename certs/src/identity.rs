@@ -94,27 +94,7 @@ impl Identity {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::BadCertificate {
             reason: e.to_string(),
         })?;
-        let sans = cert
-            .subject_alternative_name()
-            .map_err(|e| Error::BadCertificate {
-                reason: e.to_string(),
-            })?;
-        let mut found = Vec::new();
-        for name in sans.iter().flat_map(|ext| &ext.value.general_names) {
-            if let GeneralName::URI(uri) = name
-                && uri.starts_with("spiffe://raftmesh/")
-            {
-                found.push(*uri);
-            }
-        }
-        match found.as_slice() {
-            [uri] => uri.parse(),
-            [] => Err(Error::NoIdentity),
-            _ => Err(Error::BadIdentity {
-                uri: found.join(", "),
-                reason: "more than one raftmesh URI SAN".to_owned(),
-            }),
-        }
+        raftmesh_uri(&cert)?.parse()
     }
 }
 
@@ -143,6 +123,32 @@ impl FromStr for Identity {
             .parse::<Role>()
             .map_err(|_| bad(&format!("unknown role {role:?}")))?;
         Identity::new(cluster, role, name).map_err(|e| bad(&e.to_string()))
+    }
+}
+
+/// The certificate's one `spiffe://raftmesh/…` URI SAN (leaf identities and CA cluster names
+/// both live there).
+pub(crate) fn raftmesh_uri<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, Error> {
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| Error::BadCertificate {
+            reason: e.to_string(),
+        })?;
+    let found: Vec<&str> = sans
+        .iter()
+        .flat_map(|ext| &ext.value.general_names)
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://raftmesh/") => Some(*uri),
+            _ => None,
+        })
+        .collect();
+    match found.as_slice() {
+        [uri] => Ok(uri),
+        [] => Err(Error::NoIdentity),
+        _ => Err(Error::BadIdentity {
+            uri: found.join(", "),
+            reason: "more than one raftmesh URI SAN".to_owned(),
+        }),
     }
 }
 

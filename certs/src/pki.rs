@@ -23,7 +23,6 @@ use rcgen::{
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use time::OffsetDateTime;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::{Error, Result};
@@ -469,29 +468,7 @@ pub fn ca_cluster(der: &CertificateDer<'_>) -> Result<String> {
 
 /// The cluster in a CA certificate's one `spiffe://raftmesh/cluster/<cluster>` URI SAN.
 fn cert_cluster(cert: &X509Certificate<'_>) -> Result<String> {
-    let sans = cert
-        .subject_alternative_name()
-        .map_err(|e| Error::BadCertificate {
-            reason: e.to_string(),
-        })?;
-    let uris: Vec<&str> = sans
-        .iter()
-        .flat_map(|ext| &ext.value.general_names)
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with("spiffe://raftmesh/") => Some(*uri),
-            _ => None,
-        })
-        .collect();
-    let uri = match uris.as_slice() {
-        [uri] => *uri,
-        [] => return Err(Error::NoIdentity),
-        _ => {
-            return Err(Error::BadIdentity {
-                uri: uris.join(", "),
-                reason: "more than one raftmesh URI SAN".to_owned(),
-            });
-        }
-    };
+    let uri = identity::raftmesh_uri(cert)?;
     let bad = |reason: &str| Error::BadIdentity {
         uri: uri.to_owned(),
         reason: reason.to_owned(),

@@ -182,12 +182,7 @@ impl Node {
 
     /// Peer URLs of `id`, from the membership this member applied.
     fn peer_urls(&self, id: NodeId) -> Option<Vec<String>> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.peer_urls.clone())
+        peer_urls(&self.raft, id)
     }
 
     /// Runs `req` on the leader: here if this member leads, else forwarded. Retries while
@@ -530,6 +525,16 @@ impl Node {
     pub fn member_names(&self) -> BTreeMap<NodeId, String> {
         self.members().into_iter().map(|m| (m.id, m.name)).collect()
     }
+}
+
+/// Peer URLs of member `id`, from the membership `raft` applied.
+pub(crate) fn peer_urls(raft: &Raft, id: NodeId) -> Option<Vec<String>> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.peer_urls.clone())
 }
 
 pub(crate) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {

@@ -205,25 +205,21 @@ impl std::fmt::Debug for ToLeader {
 impl Sink for ToLeader {
     async fn commit(&self, mut cmds: Vec<Command>) -> Vec<Result<Reply, Error>> {
         let n = cmds.len();
-        let (leader, urls) = {
+        let (me, current) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            let leader = m.current_leader.filter(|l| *l != m.id);
-            let urls = leader.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|node| node.peer_urls.clone())
-            });
-            let none = if m.current_leader == Some(m.id) {
+            (m.id, m.current_leader)
+        };
+        let leader = current.filter(|l| *l != me);
+        let Some((leader, urls)) =
+            leader.and_then(|l| crate::node::peer_urls(&self.raft, l).map(|urls| (l, urls)))
+        else {
+            let none = if current == Some(me) {
                 Error::NotLeader
             } else {
                 Error::NoLeader
             };
-            match (leader, urls) {
-                (Some(l), Some(urls)) => (l, urls),
-                _ => return vec![Err(none); n],
-            }
+            return vec![Err(none); n];
         };
         let req = if n == 1 {
             PeerRequest::Propose(cmds.pop().expect("one"))

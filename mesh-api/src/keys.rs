@@ -365,14 +365,19 @@ impl FromStr for Key {
     }
 }
 
-/// A name segment: a DNS-1123 subdomain, as Kubernetes names are.
-fn name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
+/// Whether `s` can be a name segment of a key (cluster, node, namespace, object name): a
+/// DNS-1123 subdomain, as Kubernetes names are.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
         && s.len() <= 253
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !s.starts_with(['-', '.'])
-        && !s.ends_with(['-', '.']);
+        && !s.ends_with(['-', '.'])
+}
+
+fn name(s: &str) -> Result<String, String> {
+    let ok = is_name(s);
     if ok {
         Ok(s.to_owned())
     } else {

@@ -10,6 +10,9 @@
 //! raftmesh only: etcd has no certificate roles (with `RAFTMESH_TEST_SERVER=etcd` these tests
 //! return at once).
 
+#[path = "support/util.rs"]
+mod util;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,13 +20,14 @@ use std::time::{Duration, SystemTime};
 
 use certs::pki::{CA_DAYS, CertificateAuthority, LEAF_DAYS, LeafSpec, Validity, write_pem};
 use certs::{Identity, Role};
-use localcluster::{Cluster, Flavor, Spec};
+use localcluster::{Cluster, Spec};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use util::{flavor, metric, scrape_metrics};
 
 /// Bound on one etcdctl run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,10 +35,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 const PATIENCE: Duration = Duration::from_secs(15);
 /// etcd's refusal.
 const DENIED: &str = "etcdserver: permission denied";
-
-fn flavor() -> Flavor {
-    Flavor::from_env(env!("CARGO_BIN_EXE_mesh-apiserver"))
-}
 
 /// The certificates of one test: cluster `apps` (CA, members n1–n3, admin, agent node-1,
 /// remote infra) and the certificates the server must refuse.
@@ -251,6 +251,14 @@ async fn each_role_gets_what_the_trust_model_gives_it() {
         before,
         "refused requests changed the store"
     );
+    // 12 refusals so far (6 by the agent, 6 by the remote), each counted once by the member
+    // that made it.
+    let mut refused = 0.0;
+    for i in 0..3 {
+        let text = scrape_metrics(&c, i).await.unwrap();
+        refused += metric(&text, "raftmesh_permission_denied_total");
+    }
+    assert_eq!(refused, 12.0, "refusals counted");
     assert_eq!(
         ok(&c, admin, &["get", "mesh/v1/apps/nodekeys/node-2"]).await,
         ""
@@ -536,16 +544,16 @@ async fn handshakes_without_an_acceptable_certificate_are_refused() {
         "etcdctl without a certificate was served"
     );
 
-    let metrics = metrics(&c, 0).await;
+    let metrics = scrape_metrics(&c, 0).await.unwrap();
     assert!(
-        counter(
+        metric(
             &metrics,
             "raftmesh_tls_handshakes_total{port=\"client\",result=\"refused\"}"
         ) >= 4.0,
         "{metrics}"
     );
     assert!(
-        counter(
+        metric(
             &metrics,
             "raftmesh_tls_handshakes_total{port=\"peer\",result=\"refused\"}"
         ) >= 3.0,
@@ -565,30 +573,6 @@ fn localcluster_etcdctl_plain(c: &Cluster, ca: &Path) -> Command {
         .arg(format!("--endpoints={}", c.client_urls().join(",")))
         .arg(format!("--cacert={}", ca.display()));
     command
-}
-
-async fn metrics(c: &Cluster, i: usize) -> String {
-    let addr = c
-        .metrics_url(i)
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_owned();
-    let mut tcp = TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.unwrap();
-    body
-}
-
-fn counter(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("no {series} in metrics"))
 }
 
 /// Acceptance 4: new certificate files are used for new connections within seconds, with no

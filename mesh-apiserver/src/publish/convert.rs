@@ -411,7 +411,7 @@ fn named(
 }
 
 fn valid_name(s: &str) -> bool {
-    format!("mesh/v1/x/nodes/{s}").parse::<Key>().is_ok()
+    mesh_api::keys::is_name(s)
 }
 
 fn node_record(node: &Node, problems: &mut Vec<Problem>) -> Option<(String, NodeRecord)> {
