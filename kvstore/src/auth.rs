@@ -32,7 +32,7 @@ pub enum Caller {
     /// Plaintext mode: no identity, no restrictions.
     Unrestricted,
     /// The identity of the caller's client certificate.
-    Certified(Identity),
+    Certified(Arc<Identity>),
     /// TLS mode, but the connection carries no identity (never expected; refused).
     Unknown,
 }
@@ -95,7 +95,7 @@ impl Authorizer {
         match extensions.get::<ConnInfo>() {
             Some(ConnInfo {
                 identity: Some(id), ..
-            }) => Caller::Certified(id.clone()),
+            }) => Caller::Certified(Arc::clone(id)),
             _ => Caller::Unknown,
         }
     }

@@ -52,7 +52,8 @@ pub struct ConnInfo {
     /// The client's address.
     pub remote: SocketAddr,
     /// The identity its certificate proved.
-    pub identity: Option<Identity>,
+    /// Shared by every request of the connection, so authorizing one clones no strings.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// A server-side TLS connection, as tonic serves it.
@@ -146,7 +147,7 @@ pub fn incoming(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         stats.accepted.fetch_add(1, Relaxed);
-                        let identity = peer_identity(stream.get_ref().1);
+                        let identity = peer_identity(stream.get_ref().1).map(Arc::new);
                         let info = ConnInfo { remote, identity };
                         let _ = tx.send(Ok(TlsConn { stream, info })).await;
                     }

@@ -4,7 +4,7 @@ use crate::request::{
 };
 
 fn who(role: Role, name: &str) -> Caller {
-    Caller::Certified(Identity::new("apps", role, name).unwrap())
+    Caller::Certified(Identity::new("apps", role, name).unwrap().into())
 }
 
 fn auth() -> Authorizer {
