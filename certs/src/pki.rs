@@ -273,6 +273,24 @@ pub fn parse_cert_pem(pem: &str) -> Result<CertificateDer<'static>> {
     })
 }
 
+/// SHA-256 of the first certificate in `pem` (its DER), lowercase hex: how a cluster record
+/// names its CA.
+pub fn fingerprint_pem(pem: &str) -> Result<String> {
+    let der = parse_cert_pem(pem)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The identity and the end of validity of the first certificate in `pem`.
+pub fn leaf_info(pem: &str) -> Result<(Identity, SystemTime)> {
+    let der = parse_cert_pem(pem)?;
+    let cert = parse_x509(&der)?;
+    let identity = Identity::from_der(&der)?;
+    let secs = cert.validity().not_after.timestamp();
+    let not_after = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Ok((identity, not_after))
+}
+
 /// Writes `contents` to `path` with mode 0600, atomically: a reader sees the old file or the
 /// new one, never a part (servers reload certificates while they are rewritten). Creates
 /// missing parent directories with mode 0700.

@@ -329,6 +329,169 @@ fn client_config(m: &Material, accept: Accept) -> Result<ClientConfig> {
     Ok(config)
 }
 
+/// PEM material of a connection to another cluster, as `mesh/config/remotes/<c>` holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteMaterial<'a> {
+    /// The remote cluster.
+    pub cluster: &'a str,
+    /// Its CA bundle: only CAs of `cluster`.
+    pub ca_pem: &'a str,
+    /// A `remote` certificate issued by `cluster`'s CA for the reading cluster.
+    pub cert_pem: &'a str,
+    /// Its private key.
+    pub key_pem: &'a str,
+}
+
+impl fmt::Debug for RemoteMaterial<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteMaterial")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client configuration for reading another cluster's exports (the remote mirror). It
+/// presents `m.cert_pem`, which must be a `remote` certificate of `m.cluster`; trusts only
+/// `m.ca_pem`, which must hold only CAs of `m.cluster`; and accepts only a server that is an
+/// `apiserver` of `m.cluster` (TLS 1.3). The host name is not checked: remote clusters are
+/// reached through load balancer names and NodePort addresses that are not in the members'
+/// certificates, and the identity check is what matters.
+pub fn remote_client(m: &RemoteMaterial<'_>) -> Result<ClientConfig> {
+    let bad = |what: &str, reason: String| Error::Tls {
+        reason: format!("remote {}: {what}: {reason}", m.cluster),
+    };
+    let chain = CertificateDer::pem_slice_iter(m.cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad("client certificate", e.to_string()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| bad("client certificate", "no certificate".to_owned()))?;
+    let identity =
+        Identity::from_der(leaf).map_err(|e| bad("client certificate", e.to_string()))?;
+    if identity.cluster != m.cluster || identity.role != Role::Remote {
+        return Err(bad(
+            "client certificate",
+            format!(
+                "is {identity}, not a remote certificate of cluster {}",
+                m.cluster
+            ),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(m.key_pem.as_bytes())
+        .map_err(|e| bad("client key", e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    let cas = CertificateDer::pem_slice_iter(m.ca_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad("CA", e.to_string()))?;
+    if cas.is_empty() {
+        return Err(bad("CA", "no certificate".to_owned()));
+    }
+    for ca in cas {
+        let of = crate::pki::ca_cluster(&ca).map_err(|e| bad("CA", e.to_string()))?;
+        if of != m.cluster {
+            return Err(bad("CA", format!("is the CA of cluster {of}")));
+        }
+        roots
+            .add(ca)
+            .map_err(|e| bad("CA", format!("not a CA certificate: {e}")))?;
+    }
+    let provider = provider();
+    let verifier = Arc::new(RemoteServerCheck {
+        roots,
+        cluster: m.cluster.to_owned(),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| bad("client key", e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A mirror's check of a remote cluster's server: the chain to that cluster's CA and the
+/// validity period, then that it is an `apiserver` of that cluster; no host name.
+#[derive(Debug)]
+struct RemoteServerCheck {
+    roots: RootCertStore,
+    cluster: String,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for RemoteServerCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        check_identity(end_entity, &self.cluster, Accept::Members)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The configuration allows TLS 1.3 only.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Checks that `cert_pem` chains to a CA in `ca_pem` and is valid now (used to tell whether an
+/// issued certificate is still good before issuing another).
+pub fn verify_issued_by(cert_pem: &str, ca_pem: &str) -> Result<()> {
+    let bad = |reason: String| Error::Tls { reason };
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let ca = ca.map_err(|e| bad(e.to_string()))?;
+        roots.add(ca).map_err(|e| bad(e.to_string()))?;
+    }
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| bad("no certificate".to_owned()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(tls_error)?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(tls_error)?;
+    Ok(())
+}
+
 /// The identity check after the chain check, as a rustls error.
 fn check_identity(
     leaf: &CertificateDer<'_>,

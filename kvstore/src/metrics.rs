@@ -1,19 +1,24 @@
-//! Prometheus metrics and the `/metrics` + `/healthz` endpoint of `--listen-metrics-urls`.
+//! The store's Prometheus metrics, registered in the process's one registry
+//! ([`Metrics::register`]); the process serves them (mesh-apiserver's `/metrics`).
 //!
-//! A handful of counters and histograms rendered in the text exposition format; the HTTP
-//! side is a minimal HTTP/1.1 responder (one request per connection), enough for scrapers
-//! and probes, with no framework behind it.
+//! Counters that the request paths bump (RPC latencies, watch events, TLS handshakes) are
+//! prometheus-client metrics the paths hold. Values that already live in the member's state
+//! (term, revision, keys, log counters, bytes on disk) are read when scraped, by
+//! [`StoreCollector`], so nothing is kept twice.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use openraft::ServerState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::node::Node;
@@ -25,35 +30,33 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The labels of an RPC latency.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
 }
 
-/// Metrics of components outside the store (e.g. the publisher), appended to `/metrics`: a
-/// function returning text in the exposition format.
-#[derive(Clone)]
-pub struct ExtraMetrics(pub Arc<dyn Fn() -> String + Send + Sync>);
+/// The labels of a TLS handshake outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandshakeLabels {
+    port: &'static str,
+    result: &'static str,
+}
 
-impl std::fmt::Debug for ExtraMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ExtraMetrics")
-    }
+fn rpc_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// The member's metrics.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Appended to the store's own metrics.
-    pub extra: Option<ExtraMetrics>,
     /// Where the snapshot file lives, for the database size.
     snap_dir: PathBuf,
-    rpcs: Mutex<BTreeMap<&'static str, Histogram>>,
-    watchers: AtomicI64,
-    events: AtomicU64,
-    leader_changes: AtomicU64,
+    rpcs: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    watchers: Gauge,
+    events: Counter,
+    leader_changes: Counter,
+    handshakes: Family<HandshakeLabels, Counter>,
     /// TLS handshakes on the client port.
     pub client_handshakes: Arc<HandshakeStats>,
     /// TLS handshakes on the peer port.
@@ -70,32 +73,70 @@ pub struct RpcTimer<'a> {
 
 impl Drop for RpcTimer<'_> {
     fn drop(&mut self) {
-        let secs = self.start.elapsed().as_secs_f64();
-        let mut rpcs = self.metrics.rpcs.lock().expect("metrics lock poisoned");
-        let h = rpcs.entry(self.method).or_default();
-        h.count += 1;
-        h.sum += secs;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
+        self.metrics
+            .rpcs
+            .get_or_create(&MethodLabels {
+                method: self.method,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
     }
 }
 
 impl Metrics {
     /// Metrics of a member whose snapshot file is in `snap_dir`.
     pub fn new(snap_dir: PathBuf) -> Self {
+        let handshakes: Family<HandshakeLabels, Counter> = Family::default();
+        let stats = |port| {
+            let outcome = |result| {
+                handshakes
+                    .get_or_create(&HandshakeLabels { port, result })
+                    .clone()
+            };
+            Arc::new(HandshakeStats {
+                accepted: outcome("accepted"),
+                refused: outcome("refused"),
+            })
+        };
         Self {
-            extra: None,
+            client_handshakes: stats("client"),
+            peer_handshakes: stats("peer"),
             snap_dir,
-            rpcs: Mutex::default(),
-            watchers: AtomicI64::new(0),
-            events: AtomicU64::new(0),
-            leader_changes: AtomicU64::new(0),
-            client_handshakes: Arc::default(),
-            peer_handshakes: Arc::default(),
+            rpcs: Family::new_with_constructor(rpc_histogram),
+            watchers: Gauge::default(),
+            events: Counter::default(),
+            leader_changes: Counter::default(),
+            handshakes,
         }
+    }
+
+    /// Registers every metric of the member running `node` in `registry` (whose prefix the
+    /// process chooses: `raftmesh`).
+    pub fn register(&self, registry: &mut Registry, node: Arc<Node>) {
+        registry.register(
+            "grpc_request_duration_seconds",
+            "Latency of etcd API calls.",
+            self.rpcs.clone(),
+        );
+        registry.register("watchers", "Open watchers.", self.watchers.clone());
+        registry.register(
+            "watch_events_sent",
+            "Events sent to watchers.",
+            self.events.clone(),
+        );
+        registry.register(
+            "raft_leader_changes",
+            "Leader changes seen by this member.",
+            self.leader_changes.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes by port and outcome.",
+            self.handshakes.clone(),
+        );
+        registry.register_collector(Box::new(StoreCollector {
+            node,
+            snap_dir: self.snap_dir.clone(),
+        }));
     }
 
     /// Times one call of `method`.
@@ -109,22 +150,22 @@ impl Metrics {
 
     /// `n` watchers were created.
     pub fn watchers_added(&self, n: usize) {
-        self.watchers.fetch_add(n as i64, Relaxed);
+        self.watchers.inc_by(n as i64);
     }
 
     /// `n` watchers ended.
     pub fn watchers_removed(&self, n: usize) {
-        self.watchers.fetch_sub(n as i64, Relaxed);
+        self.watchers.dec_by(n as i64);
     }
 
     /// `n` events were sent to watchers.
     pub fn events_sent(&self, n: usize) {
-        self.events.fetch_add(n as u64, Relaxed);
+        self.events.inc_by(n as u64);
     }
 
     /// Bytes on disk: the log database and the snapshot file.
     pub fn db_size(&self, node: &Node) -> u64 {
-        node.log.size_on_disk() + StateMachine::snapshot_size(&self.snap_dir)
+        db_size(node, &self.snap_dir)
     }
 
     /// Counts leader changes as this member sees them, until shutdown.
@@ -143,16 +184,29 @@ impl Metrics {
             let now = m.borrow().current_leader;
             if now != leader {
                 if now.is_some() {
-                    self.leader_changes.fetch_add(1, Relaxed);
+                    self.leader_changes.inc();
                     tracing::info!(leader = ?now.map(|l| format!("{l:x}")), "leader changed");
                 }
                 leader = now;
             }
         }
     }
+}
 
-    /// The metrics in Prometheus' text format.
-    pub fn render(&self, node: &Node) -> String {
+fn db_size(node: &Node, snap_dir: &std::path::Path) -> u64 {
+    node.log.size_on_disk() + StateMachine::snapshot_size(snap_dir)
+}
+
+/// Reads, at each scrape, the values the member's state already holds.
+#[derive(Debug)]
+struct StoreCollector {
+    node: Arc<Node>,
+    snap_dir: PathBuf,
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let node = &self.node;
         let m = node.raft.metrics().borrow().clone();
         let (revision, compacted, keys, leases) = {
             let d = node.shared.read();
@@ -164,210 +218,73 @@ impl Metrics {
             )
         };
         let stats = node.log.stats();
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, v: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            "raftmesh_raft_term",
-            "Current Raft term.",
-            m.current_term as f64,
-        );
-        gauge(
-            "raftmesh_raft_is_leader",
-            "1 if this member leads.",
-            f64::from(u8::from(m.state == ServerState::Leader)),
-        );
-        gauge(
-            "raftmesh_raft_has_leader",
-            "1 if this member knows a leader.",
-            f64::from(u8::from(m.current_leader.is_some())),
-        );
-        gauge(
-            "raftmesh_raft_applied_index",
-            "Last log index applied.",
-            m.last_applied.map_or(0, |l| l.index) as f64,
-        );
-        gauge(
-            "raftmesh_raft_last_log_index",
-            "Last log index appended.",
-            m.last_log_index.unwrap_or(0) as f64,
-        );
-        gauge(
-            "raftmesh_mvcc_revision",
-            "Current store revision.",
-            revision as f64,
-        );
-        gauge(
-            "raftmesh_mvcc_compacted_revision",
-            "Compacted revision.",
-            compacted as f64,
-        );
-        gauge("raftmesh_mvcc_keys", "Live keys.", keys as f64);
-        gauge("raftmesh_leases", "Live leases.", leases as f64);
-        gauge(
-            "raftmesh_watchers",
-            "Open watchers.",
-            self.watchers.load(Relaxed) as f64,
-        );
-        gauge(
-            "raftmesh_db_size_bytes",
-            "Bytes on disk (log and snapshot).",
-            self.db_size(node) as f64,
-        );
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        counter(
-            "raftmesh_raft_leader_changes_total",
-            "Leader changes seen by this member.",
-            self.leader_changes.load(Relaxed),
-        );
-        counter(
-            "raftmesh_watch_events_sent_total",
-            "Events sent to watchers.",
-            self.events.load(Relaxed),
-        );
-        counter(
-            "raftmesh_log_appends_total",
-            "Log appends acknowledged.",
-            stats.appends.load(Relaxed),
-        );
-        counter(
-            "raftmesh_log_flushes_total",
-            "Disk syncs of the log.",
-            stats.flushes.load(Relaxed),
-        );
-        counter(
-            "raftmesh_permission_denied_total",
-            "Requests refused by authorization.",
-            node.auth().denied(),
-        );
-        counter(
-            "raftmesh_raft_entries_applied_total",
-            "Entries applied since start.",
-            node.shared.applied_entries(),
-        );
-
-        let name = "raftmesh_tls_handshakes_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} TLS handshakes by port and outcome.\n# TYPE {name} counter"
-        );
-        for (port, stats) in [
-            ("client", &self.client_handshakes),
-            ("peer", &self.peer_handshakes),
-        ] {
-            for (result, n) in [("accepted", &stats.accepted), ("refused", &stats.refused)] {
-                let _ = writeln!(
-                    out,
-                    "{name}{{port=\"{port}\",result=\"{result}\"}} {}",
-                    n.load(Relaxed)
-                );
-            }
+        let gauges: [(&str, &str, i64); 10] = [
+            ("raft_term", "Current Raft term.", m.current_term as i64),
+            (
+                "raft_is_leader",
+                "1 if this member leads.",
+                i64::from(m.state == ServerState::Leader),
+            ),
+            (
+                "raft_has_leader",
+                "1 if this member knows a leader.",
+                i64::from(m.current_leader.is_some()),
+            ),
+            (
+                "raft_applied_index",
+                "Last log index applied.",
+                m.last_applied.map_or(0, |l| l.index) as i64,
+            ),
+            (
+                "raft_last_log_index",
+                "Last log index appended.",
+                m.last_log_index.unwrap_or(0) as i64,
+            ),
+            ("mvcc_revision", "Current store revision.", revision),
+            ("mvcc_compacted_revision", "Compacted revision.", compacted),
+            ("mvcc_keys", "Live keys.", keys as i64),
+            ("leases", "Live leases.", leases as i64),
+            (
+                "db_size_bytes",
+                "Bytes on disk (log and snapshot).",
+                db_size(node, &self.snap_dir) as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
-
-        let rpcs = self.rpcs.lock().expect("metrics lock poisoned").clone();
-        let name = "raftmesh_grpc_request_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Latency of etcd API calls.\n# TYPE {name} histogram"
-        );
-        for (method, h) in rpcs {
-            for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{method=\"{method}\",le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{method=\"{method}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(out, "{name}_sum{{method=\"{method}\"}} {}", h.sum);
-            let _ = writeln!(out, "{name}_count{{method=\"{method}\"}} {}", h.count);
+        let counters: [(&str, &str, u64); 4] = [
+            (
+                "log_appends",
+                "Log appends acknowledged.",
+                stats.appends.load(Relaxed),
+            ),
+            (
+                "log_flushes",
+                "Disk syncs of the log.",
+                stats.flushes.load(Relaxed),
+            ),
+            (
+                "permission_denied",
+                "Requests refused by authorization.",
+                node.auth().denied(),
+            ),
+            (
+                "raft_entries_applied",
+                "Entries applied since start.",
+                node.shared.applied_entries(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
         }
-        if let Some(extra) = &self.extra {
-            out.push_str(&(extra.0)());
-        }
-        out
-    }
-}
-
-/// Serves `/metrics` and `/healthz` on `listener` until shutdown. `/healthz` is 200 while
-/// the member knows a leader, 503 otherwise.
-pub async fn serve_http(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    node: Arc<Node>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let metrics = metrics.clone();
-        let node = node.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // Read the request head (bounded in size and time).
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while len < buf.len() {
-                    let n = stream.read(&mut buf[len..]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    len += n;
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (code, body, ctype) = match path {
-                "/metrics" => ("200 OK", metrics.render(&node), "text/plain; version=0.0.4"),
-                "/healthz" | "/health" => {
-                    if node.leader().is_some() {
-                        (
-                            "200 OK",
-                            "{\"health\":\"true\"}\n".to_owned(),
-                            "application/json",
-                        )
-                    } else {
-                        (
-                            "503 Service Unavailable",
-                            "{\"health\":\"false\",\"reason\":\"no leader\"}\n".to_owned(),
-                            "application/json",
-                        )
-                    }
-                }
-                _ => ("404 Not Found", "not found\n".to_owned(), "text/plain"),
-            };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+        Ok(())
     }
 }

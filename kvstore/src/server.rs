@@ -1,5 +1,6 @@
-//! A member, assembled: storage, Raft, the peer port, the client port, metrics, and the
-//! leader's background work. [`run`] serves until the shutdown future completes.
+//! A member, assembled: storage, Raft, the peer port, the client port, its metrics, and the
+//! leader's background work. [`Member::start`] serves until [`Member::stop`]; the process
+//! around it (mesh-apiserver) owns the metrics registry, the controllers and the shutdown.
 //!
 //! Identity: a member's id is fixed the first time it starts and written to
 //! `<data-dir>/member_id`. With `--initial-cluster-state new` it is derived from
@@ -25,11 +26,11 @@ use crate::api;
 use crate::auth::Authorizer;
 use crate::log_store::LogStore;
 use crate::membership::{InitialClusterError, parse_initial_cluster};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::network::{Network, Peers};
 use crate::node::{Node, NodeSettings};
 use crate::peer::{PeerRequest, PeerResponse, PeerService};
-use crate::raft_types::{Member, NodeId, Raft};
+use crate::raft_types::{Member as RaftMember, NodeId, Raft};
 use crate::state_machine::StateMachine;
 use crate::tls::HandshakeStats;
 
@@ -85,8 +86,6 @@ pub struct Config {
     /// Mutual TLS on both ports; `None` serves plaintext with no authorization
     /// (`--insecure-plaintext`).
     pub tls: Option<MemberTls>,
-    /// More metrics to serve on `/metrics`.
-    pub extra_metrics: Option<crate::metrics::ExtraMetrics>,
 }
 
 pub use crate::tls::MemberTls;
@@ -98,8 +97,6 @@ pub struct Listeners {
     pub client: Vec<TcpListener>,
     /// Raft peers. Never expose to clients.
     pub peer: Vec<TcpListener>,
-    /// `/metrics` and `/healthz`.
-    pub metrics: Vec<TcpListener>,
 }
 
 /// Why a member could not start or stopped.
@@ -152,198 +149,240 @@ pub enum ServerError {
 
 const MEMBER_ID_FILE: &str = "member_id";
 
-/// Starts a member and serves until `shutdown` completes, then stops it gracefully.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
-    let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
-        path: dir.clone(),
-        source,
-    })?;
-    let log_dir = dir.join("raft");
-    let snap_dir = dir.join("snap");
-    let log = LogStore::open(&log_dir).map_err(|source| ServerError::Log {
-        path: log_dir.clone(),
-        source,
-    })?;
-    let sm = StateMachine::open(&snap_dir).map_err(|source| ServerError::DataDir {
-        path: snap_dir.clone(),
-        source,
-    })?;
-    let shared = sm.shared();
-    let peers = Peers::new(config.tls.as_ref().map(|t| t.peer_client.clone()));
-    let auth = match &config.tls {
-        Some(tls) => Authorizer::new(&tls.cluster()),
-        None => {
-            tracing::warn!("serving plaintext without authorization (--insecure-plaintext)");
-            Authorizer::open()
-        }
-    };
+/// A started member: serving its ports and running the leader's background work until
+/// [`Member::stop`].
+#[derive(Debug)]
+pub struct Member {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+    /// Set to stop every task below.
+    stop_tx: watch::Sender<bool>,
+    /// The servers and background loops, all ending when `stop_tx` is set.
+    tasks: tokio::task::JoinSet<()>,
+    /// Whether this member leads, kept current by a task in `tasks`.
+    leading: watch::Receiver<bool>,
+}
 
-    let (id, bootstrap) = identity(&config, &peers).await?;
-    tracing::info!(
-        name = %config.name,
-        id = format!("{id:x}"),
-        bootstrap = bootstrap.is_some(),
-        "starting member"
-    );
-
-    let raft_config = openraft::Config {
-        cluster_name: config.initial_cluster_token.clone(),
-        heartbeat_interval: millis(config.heartbeat_interval),
-        election_timeout_min: millis(config.election_timeout),
-        election_timeout_max: millis(config.election_timeout) * 2,
-        install_snapshot_timeout: 5_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
-        ..Default::default()
-    }
-    .validate()?;
-    let raft = Raft::new(
-        id,
-        Arc::new(raft_config),
-        Network::new(peers.clone()),
-        log.clone(),
-        sm,
-    )
-    .await
-    .map_err(|e| ServerError::Raft(e.to_string()))?;
-
-    if let Some(members) = bootstrap {
-        // Every founding member initializes with the same membership; whichever log wins
-        // the first election, they agree. A member whose log already has entries refuses,
-        // which is fine.
-        if let Err(e) = raft.initialize(members).await {
-            tracing::info!(error = %e, "not initializing: cluster already initialized");
-        }
-        write_member_id(dir, id).map_err(|source| ServerError::DataDir {
+impl Member {
+    /// Opens the data dir, starts Raft (founding or joining the cluster) and serves the
+    /// listeners.
+    pub async fn start(config: Config, listeners: Listeners) -> Result<Member, ServerError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
             path: dir.clone(),
             source,
         })?;
-    }
-
-    let node = Arc::new(Node::new(
-        id,
-        raft.clone(),
-        shared,
-        log,
-        peers,
-        NodeSettings {
-            name: config.name.clone(),
-            client_urls: config.advertise_client_urls.clone(),
-            cluster_token: config.initial_cluster_token.clone(),
-            request_timeout: config.request_timeout,
-            min_lease_ttl: (config.election_timeout.as_millis() * 3).div_ceil(2000) as i64,
-            auth,
-        },
-    ));
-    let mut metrics = Metrics::new(snap_dir);
-    metrics.extra = config.extra_metrics.clone();
-    let metrics = Arc::new(metrics);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-
-    let tls = config.tls.clone();
-    for l in listeners.peer {
-        let router = Server::builder().add_service(PeerService::new(node.clone()));
-        let tls = tls
-            .as_ref()
-            .map(|t| (t.peer_server.clone(), metrics.peer_handshakes.clone()));
-        tasks.spawn(serve(router, l, tls, "peer", stopped(stop_rx.clone())));
-    }
-    for l in listeners.client {
-        let (n, m) = (node.clone(), metrics.clone());
-        let router = Server::builder()
-            .add_service(api::kv::Kv::new(n.clone(), m.clone()))
-            .add_service(api::watch::Watch::new(
-                n.clone(),
-                m.clone(),
-                config.progress_notify_interval,
-            ))
-            .add_service(api::lease::Lease::new(n.clone(), m.clone()))
-            .add_service(api::cluster::Cluster::new(n.clone(), m.clone()))
-            .add_service(api::maintenance::Maintenance::new(n, m));
-        let tls = tls
-            .as_ref()
-            .map(|t| (t.client.clone(), metrics.client_handshakes.clone()));
-        tasks.spawn(serve(router, l, tls, "client", stopped(stop_rx.clone())));
-    }
-    if let Some(tls) = &tls {
-        tasks.spawn(crate::tls::reload_periodically(
-            tls.reloadable(),
-            stop_rx.clone(),
-        ));
-    }
-    for l in listeners.metrics {
-        tasks.spawn(metrics::serve_http(
-            l,
-            metrics.clone(),
-            node.clone(),
-            stop_rx.clone(),
-        ));
-    }
-    tasks.spawn(metrics.clone().track_leader(node.clone(), stop_rx.clone()));
-    {
-        let n = node.clone();
-        let stop = stop_rx.clone();
-        tasks.spawn(async move { n.expire_leases(stop).await });
-    }
-    {
-        let n = node.clone();
-        let stop = stop_rx.clone();
-        tasks.spawn(async move { n.publish_until_done(stop).await });
-    }
-    match config.auto_compaction {
-        AutoCompaction::Off => {}
-        AutoCompaction::Revision(keep) => {
-            let n = node.clone();
-            let stop = stop_rx.clone();
-            tasks.spawn(async move {
-                n.compact_by_revision(keep, Duration::from_secs(60), stop)
-                    .await
-            });
-        }
-        AutoCompaction::Periodic(keep) => {
-            let n = node.clone();
-            let stop = stop_rx.clone();
-            tasks.spawn(compact_periodically(n, keep, stop));
-        }
-    }
-
-    let mut fatal = raft.metrics();
-    let outcome = tokio::select! {
-        () = shutdown => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
-        () = async {
-            while fatal.changed().await.is_ok() {
-                if fatal.borrow().running_state.is_err() {
-                    return;
-                }
+        let log_dir = dir.join("raft");
+        let snap_dir = dir.join("snap");
+        let log = LogStore::open(&log_dir).map_err(|source| ServerError::Log {
+            path: log_dir.clone(),
+            source,
+        })?;
+        let sm = StateMachine::open(&snap_dir).map_err(|source| ServerError::DataDir {
+            path: snap_dir.clone(),
+            source,
+        })?;
+        let shared = sm.shared();
+        let peers = Peers::new(config.tls.as_ref().map(|t| t.peer_client.clone()));
+        let auth = match &config.tls {
+            Some(tls) => Authorizer::new(&tls.cluster()),
+            None => {
+                tracing::warn!("serving plaintext without authorization (--insecure-plaintext)");
+                Authorizer::open()
             }
-        } => {
-            let state = fatal.borrow().running_state.clone();
-            tracing::error!(?state, "raft stopped; shutting down");
-            Err(ServerError::Raft(format!("{state:?}")))
+        };
+
+        let (id, bootstrap) = identity(&config, &peers).await?;
+        tracing::info!(
+            name = %config.name,
+            id = format!("{id:x}"),
+            bootstrap = bootstrap.is_some(),
+            "starting member"
+        );
+
+        let raft_config = openraft::Config {
+            cluster_name: config.initial_cluster_token.clone(),
+            heartbeat_interval: millis(config.heartbeat_interval),
+            election_timeout_min: millis(config.election_timeout),
+            election_timeout_max: millis(config.election_timeout) * 2,
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
+            ..Default::default()
         }
-    };
-    let _ = stop_tx.send(true);
-    // Open watch and keep-alive streams do not end by themselves: give in-flight unary
-    // calls a moment, then stop waiting.
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.abort_all();
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft shutdown");
+        .validate()?;
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config),
+            Network::new(peers.clone()),
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+        if let Some(members) = bootstrap {
+            // Every founding member initializes with the same membership; whichever log wins
+            // the first election, they agree. A member whose log already has entries refuses,
+            // which is fine.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "not initializing: cluster already initialized");
+            }
+            write_member_id(dir, id).map_err(|source| ServerError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+
+        let node = Arc::new(Node::new(
+            id,
+            raft.clone(),
+            shared,
+            log,
+            peers,
+            NodeSettings {
+                name: config.name.clone(),
+                client_urls: config.advertise_client_urls.clone(),
+                cluster_token: config.initial_cluster_token.clone(),
+                request_timeout: config.request_timeout,
+                min_lease_ttl: (config.election_timeout.as_millis() * 3).div_ceil(2000) as i64,
+                auth,
+            },
+        ));
+        let metrics = Arc::new(Metrics::new(snap_dir));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+
+        let tls = config.tls.clone();
+        for l in listeners.peer {
+            let router = Server::builder().add_service(PeerService::new(node.clone()));
+            let tls = tls
+                .as_ref()
+                .map(|t| (t.peer_server.clone(), metrics.peer_handshakes.clone()));
+            tasks.spawn(serve(router, l, tls, "peer", stopped(stop_rx.clone())));
+        }
+        for l in listeners.client {
+            let (n, m) = (node.clone(), metrics.clone());
+            let router = Server::builder()
+                .add_service(api::kv::Kv::new(n.clone(), m.clone()))
+                .add_service(api::watch::Watch::new(
+                    n.clone(),
+                    m.clone(),
+                    config.progress_notify_interval,
+                ))
+                .add_service(api::lease::Lease::new(n.clone(), m.clone()))
+                .add_service(api::cluster::Cluster::new(n.clone(), m.clone()))
+                .add_service(api::maintenance::Maintenance::new(n, m));
+            let tls = tls
+                .as_ref()
+                .map(|t| (t.client.clone(), metrics.client_handshakes.clone()));
+            tasks.spawn(serve(router, l, tls, "client", stopped(stop_rx.clone())));
+        }
+        if let Some(tls) = &tls {
+            tasks.spawn(crate::tls::reload_periodically(
+                tls.reloadable(),
+                stop_rx.clone(),
+            ));
+        }
+        tasks.spawn(metrics.clone().track_leader(node.clone(), stop_rx.clone()));
+        let (leading_tx, leading) = watch::channel(false);
+        tasks.spawn(track_leading(node.clone(), leading_tx, stop_rx.clone()));
+        {
+            let n = node.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(async move { n.expire_leases(stop).await });
+        }
+        {
+            let n = node.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(async move { n.publish_until_done(stop).await });
+        }
+        match config.auto_compaction {
+            AutoCompaction::Off => {}
+            AutoCompaction::Revision(keep) => {
+                let n = node.clone();
+                let stop = stop_rx.clone();
+                tasks.spawn(async move {
+                    n.compact_by_revision(keep, Duration::from_secs(60), stop)
+                        .await
+                });
+            }
+            AutoCompaction::Periodic(keep) => {
+                let n = node.clone();
+                let stop = stop_rx.clone();
+                tasks.spawn(compact_periodically(n, keep, stop));
+            }
+        }
+        Ok(Member {
+            node,
+            metrics,
+            stop_tx,
+            tasks,
+            leading,
+        })
     }
-    tracing::info!("stopped");
-    outcome
+
+    /// The running member's operations and state.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Registers the store's metrics in the process's registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry, self.node.clone());
+    }
+
+    /// `true` while this member is the Raft leader.
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
+    }
+
+    /// Completes if Raft stops with an error (storage broken, a bug): the member cannot go
+    /// on and must be stopped. Never completes otherwise.
+    pub async fn failed(&self) -> ServerError {
+        let mut raft = self.node.raft.metrics();
+        loop {
+            if let Err(e) = &raft.borrow_and_update().running_state {
+                return ServerError::Raft(e.to_string());
+            }
+            if raft.changed().await.is_err() {
+                return ServerError::Raft("raft stopped".to_owned());
+            }
+        }
+    }
+
+    /// Stops serving: ends the servers and loops (open watch and keep-alive streams do not
+    /// end by themselves, so in-flight calls get a moment, then are cut), then Raft.
+    pub async fn stop(mut self) {
+        let _ = self.stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+        if let Err(e) = self.node.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Keeps `leading` equal to "this member is the Raft leader" until shutdown.
+async fn track_leading(
+    node: Arc<Node>,
+    leading: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut m = node.raft.metrics();
+    loop {
+        let now = m.borrow_and_update().state == openraft::ServerState::Leader;
+        leading.send_if_modified(|was| std::mem::replace(was, now) != now);
+        tokio::select! {
+            r = m.changed() => if r.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    leading.send_replace(false);
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -380,7 +419,7 @@ fn write_member_id(dir: &Path, id: NodeId) -> std::io::Result<()> {
 async fn identity(
     config: &Config,
     peers: &Peers,
-) -> Result<(NodeId, Option<BTreeMap<NodeId, Member>>), ServerError> {
+) -> Result<(NodeId, Option<BTreeMap<NodeId, RaftMember>>), ServerError> {
     let dir = &config.data_dir;
     let io = |source| ServerError::DataDir {
         path: dir.clone(),
@@ -418,7 +457,7 @@ async fn identity(
 
 /// Asks the other members for the membership and finds the entry with these peer URLs.
 async fn discover_id(
-    members: &BTreeMap<NodeId, Member>,
+    members: &BTreeMap<NodeId, RaftMember>,
     mine: &[String],
     peers: &Peers,
 ) -> Result<NodeId, ServerError> {

@@ -11,13 +11,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use certs::Identity;
 use certs::tls::{ClientTls, ServerTls, peer_identity};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -41,9 +41,9 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct HandshakeStats {
     /// Connections that completed the handshake.
-    pub accepted: AtomicU64,
+    pub accepted: Counter,
     /// Connections refused or dropped during the handshake.
-    pub refused: AtomicU64,
+    pub refused: Counter,
 }
 
 /// What tonic attaches to every request of a TLS connection.
@@ -146,17 +146,17 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        stats.accepted.fetch_add(1, Relaxed);
+                        stats.accepted.inc();
                         let identity = peer_identity(stream.get_ref().1).map(Arc::new);
                         let info = ConnInfo { remote, identity };
                         let _ = tx.send(Ok(TlsConn { stream, info })).await;
                     }
                     Ok(Err(e)) => {
-                        stats.refused.fetch_add(1, Relaxed);
+                        stats.refused.inc();
                         tracing::warn!(port, %remote, error = %e, "TLS handshake refused");
                     }
                     Err(_) => {
-                        stats.refused.fetch_add(1, Relaxed);
+                        stats.refused.inc();
                         tracing::warn!(port, %remote, "TLS handshake timed out");
                     }
                 }

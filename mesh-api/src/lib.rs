@@ -6,6 +6,9 @@
 //! # Layout
 //! - [`keys`]: [`Key`], every key of the layout, built and parsed; prefixes.
 //! - [`records`]: the value types, one per kind of key, each with a schema version.
+//! - [`cidr`]: IP prefixes (pod and service CIDRs): parsing, containment, overlap.
+//! - [`remote`]: the records of remote-cluster connections (`mesh/config/remotes/`,
+//!   `mesh/status/remotes/`).
 //! - [`codec`]: encoding (protobuf) and decoding checked against the key's kind, and the
 //!   human-readable form meshctl prints.
 //!
@@ -20,9 +23,11 @@
 //! endpoints, and protobuf with zstd about 0.3 KiB; compression is left for when slices are
 //! shown to dominate the store.
 
+pub mod cidr;
 pub mod codec;
 pub mod keys;
 pub mod records;
+pub mod remote;
 
 pub use codec::{DecodeError, Record};
 pub use keys::{Key, KeyError, Kind};

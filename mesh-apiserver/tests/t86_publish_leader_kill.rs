@@ -59,7 +59,10 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
         &want.problems[..want.problems.len().min(3)]
     );
 
+    // The manifests are there from the start: the first leader's first pass is the initial
+    // sync (a publisher starts as soon as its member leads).
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), &yaml).unwrap();
     let mut cluster = Cluster::start(flavor(), publishing_spec(dir.path(), &[]))
         .await
         .unwrap();
@@ -67,7 +70,6 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
     let survivor = (leader + 1) % 3;
     let mut client = connect(&cluster.client_url(survivor)).await.unwrap();
 
-    std::fs::write(dir.path().join("cluster.yaml"), &yaml).unwrap();
     // Kill the leader once the sync has written a good part but not its markers (which come
     // last), i.e. in the middle of it.
     let deadline = Instant::now() + Duration::from_secs(120);

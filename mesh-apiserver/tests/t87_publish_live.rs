@@ -84,17 +84,15 @@ async fn the_live_source_publishes_into_a_store() {
         .unwrap();
     let config = PublisherConfig {
         identity_gc_grace: Duration::from_secs(900),
-        stats: Default::default(),
         settings: Settings {
             cluster: "live".into(),
             cluster_id: 1,
         },
+        record: Default::default(),
         source: Source::Live(live),
-        client_url: cluster.client_url(0),
-        tls: None,
     };
     let mut client = cluster.client_for(0).await.unwrap();
-    let report = pass(&mut client, &config, &mut Default::default())
+    let report = pass(&mut client, &config, &[], &mut Default::default())
         .await
         .unwrap();
     assert!(report.records.puts >= node_count);

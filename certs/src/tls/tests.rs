@@ -72,7 +72,16 @@ fn handshake(
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
 ) -> Result<Identity, rustls::Error> {
-    let name = ServerName::try_from("localhost").unwrap();
+    handshake_to("localhost", client, server)
+}
+
+/// [`handshake`] with the client connecting to host name `host`.
+fn handshake_to(
+    host: &str,
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+) -> Result<Identity, rustls::Error> {
+    let name = ServerName::try_from(host.to_owned()).unwrap();
     let mut c = ClientConnection::new(client, name).unwrap();
     let mut s = ServerConnection::new(server).unwrap();
     for _ in 0..20 {
@@ -366,4 +375,110 @@ fn reload_installs_changed_files_and_keeps_the_old_config_on_bad_ones() {
 
 fn files_clone_for_admin(p: &Pki) -> TlsFiles {
     files(&p.dir, "admin", &p.apps, Role::Admin, "ops")
+}
+
+/// What `meshctl connect` writes into `apps` for reading `infra`: a remote certificate issued
+/// by infra's CA for apps, and infra's CA.
+fn remote_material(p: &Pki, role: Role) -> (String, String, String) {
+    let issued = p
+        .infra
+        .issue(&LeafSpec {
+            identity: Identity::new("infra", role, "apps").unwrap(),
+            sans: Vec::new(),
+            validity: Validity::days_from_now(LEAF_DAYS),
+        })
+        .unwrap();
+    (
+        p.infra.cert_pem().to_owned(),
+        issued.cert_pem,
+        issued.key_pem,
+    )
+}
+
+#[test]
+fn a_remote_client_accepts_only_the_remotes_members_under_any_host_name() {
+    let p = pki();
+    let (ca_pem, cert_pem, key_pem) = remote_material(&p, Role::Remote);
+    let m = RemoteMaterial {
+        cluster: "infra",
+        ca_pem: &ca_pem,
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    };
+    let c = Arc::new(remote_client(&m).unwrap());
+    let infra = ServerTls::server(
+        files(&p.dir, "infra-n1", &p.infra, Role::Apiserver, "n1"),
+        Accept::AnyRole,
+    )
+    .unwrap();
+    // A load balancer name that is not in the member's certificate: accepted, and the
+    // server sees infra's remote identity for apps.
+    let seen = handshake_to("lb.infra.example.com", c.clone(), infra.config()).unwrap();
+    assert_eq!(seen, Identity::new("infra", Role::Remote, "apps").unwrap());
+
+    // Not a member of infra (an admin certificate is not even valid for serving): refused.
+    let impostor = ServerTls::server(
+        files(&p.dir, "infra-admin", &p.infra, Role::Admin, "ops"),
+        Accept::AnyRole,
+    )
+    .unwrap();
+    let err = handshake(c.clone(), impostor.config()).unwrap_err();
+    assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err}");
+
+    // A member of another cluster: its CA is not trusted.
+    let apps = ServerTls::server(
+        files(&p.dir, "apps-n1", &p.apps, Role::Apiserver, "n1"),
+        Accept::AnyRole,
+    )
+    .unwrap();
+    let err = handshake(c, apps.config()).unwrap_err();
+    assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err}");
+}
+
+#[test]
+fn remote_material_of_the_wrong_role_or_cluster_is_refused() {
+    let p = pki();
+    let (ca_pem, cert_pem, key_pem) = remote_material(&p, Role::Admin);
+    let err = remote_client(&RemoteMaterial {
+        cluster: "infra",
+        ca_pem: &ca_pem,
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("not a remote certificate"),
+        "{err}"
+    );
+
+    let (_, cert_pem, key_pem) = remote_material(&p, Role::Remote);
+    let err = remote_client(&RemoteMaterial {
+        cluster: "infra",
+        ca_pem: p.apps.cert_pem(),
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("CA of cluster apps"), "{err}");
+
+    let err = remote_client(&RemoteMaterial {
+        cluster: "edge",
+        ca_pem: p.infra.cert_pem(),
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not a remote certificate of cluster edge"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_issued_by_tells_the_issuing_ca() {
+    let p = pki();
+    let (_, cert_pem, _) = remote_material(&p, Role::Remote);
+    verify_issued_by(&cert_pem, p.infra.cert_pem()).unwrap();
+    assert!(verify_issued_by(&cert_pem, p.apps.cert_pem()).is_err());
 }

@@ -1,9 +1,10 @@
 //! The publishing loop: while this member leads, make the store hold exactly the records
 //! the cluster's objects call for.
 //!
-//! Every member runs it; only the one whose own Status names it leader acts, so a new leader
-//! takes over within one interval. Correctness does not rest on that: every write is a
-//! guarded Txn ([`super::store`]), so a deposed leader that still writes changes nothing.
+//! It is a leader-gated [`Controller`]: it runs on the member that leads and stops when that
+//! member stops leading, so a new leader takes over as soon as it is elected. Correctness does
+//! not rest on that: every write is a guarded Txn ([`super::store`]), so a deposed leader that
+//! still writes changes nothing.
 //!
 //! A pass reads the manifests, computes the desired records, allocates identities, then
 //! reconciles nodes, services, endpoints, policies, the ipcache and the cluster record, and
@@ -19,20 +20,28 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::Client;
+use futures::future::BoxFuture;
+use kvstore::node::MemberInfo;
 use mesh_api::keys::{Kind, kind_prefix};
 use mesh_api::records::{ClusterRecord, SyncedRecord};
 use mesh_api::{Key, Record, SCHEMA};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use super::convert::{
     FIRST_LOCAL_ID, Problem, Settings, desired, identity_records, reserved_identities,
 };
 use super::live::LiveSource;
 use super::objects::Objects;
+use crate::controller::{Context, Controller};
+
 use super::store::{
     Changes, Slots, StoreError, allocate, delete_unchanged, ensure, read_identities, reconcile,
 };
@@ -41,6 +50,9 @@ use super::store::{
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// A full pass at least this often, even when nothing seems to have changed.
 pub const RESYNC: Duration = Duration::from_secs(60);
+/// How long a new leader waits for every member's client URLs before it publishes the
+/// cluster record with the URLs it knows (a member that never started publishes none).
+pub const MEMBERS_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Where the objects come from.
 #[derive(Debug, Clone)]
@@ -77,129 +89,154 @@ impl Source {
     }
 }
 
-/// The publisher's counters, served on `/metrics`.
+/// The publisher's metrics.
 #[derive(Debug, Default)]
-pub struct PublisherStats {
-    leading: AtomicBool,
-    passes: AtomicU64,
-    failures: AtomicU64,
-    puts: AtomicU64,
-    deletes: AtomicU64,
-    conflicts: AtomicU64,
-    identities: AtomicU64,
-    last_pass_ms: AtomicU64,
+pub struct PublisherMetrics {
+    leading: Gauge,
+    passes: Counter,
+    failures: Counter,
+    puts: Counter,
+    deletes: Counter,
+    conflicts: Counter,
+    identities: Gauge,
+    last_pass_ms: Gauge,
     /// Objects the last pass skipped, by reason.
-    skipped: Mutex<BTreeMap<&'static str, u64>>,
+    skipped: Family<ReasonLabels, Gauge>,
 }
 
-impl PublisherStats {
+/// Why objects were skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+impl PublisherMetrics {
+    /// Registers them in the process's registry.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry;
+        r.register(
+            "publish_leading",
+            "1 while this member's publisher acts (it leads).",
+            self.leading.clone(),
+        );
+        r.register(
+            "publish_passes",
+            "Publishing passes completed.",
+            self.passes.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Publishing passes that failed.",
+            self.failures.clone(),
+        );
+        r.register("publish_puts", "Records written.", self.puts.clone());
+        r.register("publish_deletes", "Records deleted.", self.deletes.clone());
+        r.register(
+            "publish_conflicts",
+            "Txns redone because the store changed under them.",
+            self.conflicts.clone(),
+        );
+        r.register(
+            "publish_identities",
+            "Identities the workloads use.",
+            self.identities.clone(),
+        );
+        r.register(
+            "publish_last_pass_milliseconds",
+            "Duration of the last pass.",
+            self.last_pass_ms.clone(),
+        );
+        r.register(
+            "publish_skipped_objects",
+            "Objects the last pass skipped, by reason.",
+            self.skipped.clone(),
+        );
+    }
+
     fn record(&self, report: &PassReport, took: Duration) {
-        self.passes.fetch_add(1, Relaxed);
+        self.passes.inc();
         for c in [&report.records, &report.markers, &report.identity_writes] {
-            self.puts.fetch_add(c.puts as u64, Relaxed);
-            self.deletes.fetch_add(c.deletes as u64, Relaxed);
-            self.conflicts.fetch_add(c.conflicts as u64, Relaxed);
+            self.puts.inc_by(c.puts as u64);
+            self.deletes.inc_by(c.deletes as u64);
+            self.conflicts.inc_by(c.conflicts as u64);
         }
-        self.identities.store(report.identities as u64, Relaxed);
-        self.last_pass_ms.store(took.as_millis() as u64, Relaxed);
-        let mut skipped = self
-            .skipped
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        skipped.clear();
+        self.identities.set(report.identities as i64);
+        self.last_pass_ms.set(took.as_millis() as i64);
+        let mut skipped: BTreeMap<&'static str, i64> = BTreeMap::new();
         for p in &report.problems {
             *skipped.entry(p.reason()).or_default() += 1;
         }
-    }
-
-    /// The counters in Prometheus' text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            ));
-        };
-        line(
-            "raftmesh_publish_leading",
-            "gauge",
-            "1 while this member's publisher acts (it leads).",
-            u64::from(self.leading.load(Relaxed)),
-        );
-        line(
-            "raftmesh_publish_passes_total",
-            "counter",
-            "Publishing passes completed.",
-            self.passes.load(Relaxed),
-        );
-        line(
-            "raftmesh_publish_failures_total",
-            "counter",
-            "Publishing passes that failed.",
-            self.failures.load(Relaxed),
-        );
-        line(
-            "raftmesh_publish_puts_total",
-            "counter",
-            "Records written.",
-            self.puts.load(Relaxed),
-        );
-        line(
-            "raftmesh_publish_deletes_total",
-            "counter",
-            "Records deleted.",
-            self.deletes.load(Relaxed),
-        );
-        line(
-            "raftmesh_publish_conflicts_total",
-            "counter",
-            "Txns redone because the store changed under them.",
-            self.conflicts.load(Relaxed),
-        );
-        line(
-            "raftmesh_publish_identities",
-            "gauge",
-            "Identities the workloads use.",
-            self.identities.load(Relaxed),
-        );
-        line(
-            "raftmesh_publish_last_pass_milliseconds",
-            "gauge",
-            "Duration of the last pass.",
-            self.last_pass_ms.load(Relaxed),
-        );
-        let name = "raftmesh_publish_skipped_objects";
-        out.push_str(&format!(
-            "# HELP {name} Objects the last pass skipped, by reason.\n# TYPE {name} gauge\n"
-        ));
-        for (reason, n) in self
-            .skipped
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
-            out.push_str(&format!("{name}{{reason=\"{reason}\"}} {n}\n"));
+        self.skipped.clear();
+        for (reason, n) in skipped {
+            self.skipped.get_or_create(&ReasonLabels { reason }).set(n);
         }
-        out
     }
 }
 
-/// How the publisher reaches its own member.
+/// What the publisher publishes, and from where.
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    /// Counters for `/metrics`.
-    pub stats: Arc<PublisherStats>,
     /// How long an identity stays after its last workload went away.
     pub identity_gc_grace: Duration,
     /// Cluster name and id.
     pub settings: Settings,
+    /// The cluster record's fields that come from flags.
+    pub record: RecordSettings,
     /// The objects.
     pub source: Source,
-    /// This member's client URL.
-    pub client_url: String,
-    /// CA, certificate and key to connect with (the member's own client-port files); `None`
-    /// in plaintext mode.
-    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+/// The cluster record's fields that do not come from objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordSettings {
+    /// `--pod-cidr`, published with the Nodes' pod CIDRs.
+    pub pod_cidrs: Vec<String>,
+    /// `--service-cidr`.
+    pub service_cidrs: Vec<String>,
+    /// `--advertise-remote-urls`; empty: every member's client URLs.
+    pub remote_urls: Vec<String>,
+    /// SHA-256 of the cluster's CA, hex.
+    pub ca_fingerprint: String,
+}
+
+/// The publishing controller: while its member leads, keeps `mesh/v1/<c>/` equal to what
+/// the source's objects call for.
+#[derive(Debug)]
+pub struct Publisher {
+    config: PublisherConfig,
+    metrics: PublisherMetrics,
+}
+
+impl Publisher {
+    /// A publisher of `config`.
+    pub fn new(config: PublisherConfig) -> Self {
+        Self {
+            config,
+            metrics: PublisherMetrics::default(),
+        }
+    }
+
+    /// Registers its metrics.
+    pub fn register(&self, registry: &mut Registry) {
+        self.metrics.register(registry);
+    }
+}
+
+impl Controller for Publisher {
+    fn name(&self) -> &'static str {
+        "publisher"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a Context, term: CancellationToken) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.metrics.leading.set(1);
+            tokio::select! {
+                () = term.cancelled() => {}
+                () = self.publish(ctx) => {}
+            }
+            self.metrics.leading.set(0);
+        })
+    }
 }
 
 /// Why a pass did not complete.
@@ -233,127 +270,121 @@ pub struct PassReport {
     pub identities: usize,
 }
 
-/// Publishes until the process ends.
-pub async fn run(config: PublisherConfig) {
-    let mut client: Option<Client> = None;
-    // What the last successful pass saw, and when it ran; `None` after losing leadership, so
-    // the next leadership starts with a full pass.
-    let mut last: Option<(Version, Instant)> = None;
-    let mut reported: BTreeSet<String> = BTreeSet::new();
-    let mut gc = IdentityGc::default();
-    loop {
-        tokio::time::sleep(INTERVAL).await;
-        if client.is_none() {
-            match connect(&config).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "publisher cannot reach its member yet");
-                    continue;
-                }
+impl Publisher {
+    /// Publishes for as long as it is polled (the supervisor stops it when leadership ends).
+    async fn publish(&self, ctx: &Context) {
+        let config = &self.config;
+        let mut client: Option<Client> = None;
+        // What the last successful pass saw, and when it ran.
+        let mut last: Option<((Version, Vec<String>), Instant)> = None;
+        let mut reported: BTreeSet<String> = BTreeSet::new();
+        let mut gc = IdentityGc::default();
+        let mut first = true;
+        let leading = Instant::now();
+        loop {
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(INTERVAL).await;
             }
-        }
-        let c = client.as_mut().expect("connected above");
-        match leads(c).await {
-            Ok(true) => config.stats.leading.store(true, Relaxed),
-            Ok(false) => {
-                config.stats.leading.store(false, Relaxed);
-                last = None;
-                gc = IdentityGc::default();
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "publisher: status failed; reconnecting");
-                client = None;
-                continue;
-            }
-        }
-        let fingerprint = match config.source.version() {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                tracing::debug!("publisher: the source is not ready yet");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the manifests");
-                continue;
-            }
-        };
-        if let Some((seen, at)) = &last
-            && *seen == fingerprint
-            && at.elapsed() < RESYNC
-            && !gc.due(config.identity_gc_grace)
-        {
-            continue;
-        }
-        let started = Instant::now();
-        match pass(c, &config, &mut gc).await {
-            Ok(report) => {
-                config.stats.record(&report, started.elapsed());
-                for p in &report.problems {
-                    if reported.insert(p.to_string()) {
-                        tracing::warn!(reason = p.reason(), "skipped: {p}");
+            if client.is_none() {
+                match ctx.local.connect().await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publisher cannot reach its member yet");
+                        continue;
                     }
                 }
-                reported.retain(|r| report.problems.iter().any(|p| p.to_string() == *r));
-                let r = &report.records;
-                if r.puts
-                    + r.deletes
-                    + report.markers.puts
-                    + report.markers.deletes
-                    + report.identity_writes.puts
-                    + report.identity_writes.deletes
-                    > 0
-                {
-                    tracing::info!(
-                        puts = r.puts,
-                        deletes = r.deletes,
-                        markers = report.markers.puts,
-                        identities = report.identities,
-                        skipped = report.problems.len(),
-                        ms = started.elapsed().as_millis() as u64,
-                        "published"
-                    );
-                } else {
-                    tracing::debug!("published: already in sync");
-                }
-                last = Some((fingerprint, Instant::now()));
             }
-            Err(e) => {
-                config.stats.failures.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "publishing failed; retrying");
-                if matches!(e, PassError::Store(StoreError::Client(_))) {
-                    client = None;
+            let c = client.as_mut().expect("connected above");
+            let fingerprint = match config.source.version() {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    tracing::debug!("publisher: the source is not ready yet");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the manifests");
+                    continue;
+                }
+            };
+            let waited = leading.elapsed() > MEMBERS_PATIENCE;
+            let Some(endpoints) = api_endpoints(&config.record, &ctx.node.members(), waited) else {
+                tracing::debug!("publisher: waiting for every member's client URLs");
+                continue;
+            };
+            let version = (fingerprint, endpoints.clone());
+            if let Some((seen, at)) = &last
+                && *seen == version
+                && at.elapsed() < RESYNC
+                && !gc.due(config.identity_gc_grace)
+            {
+                continue;
+            }
+            let started = Instant::now();
+            match pass(c, config, &endpoints, &mut gc).await {
+                Ok(report) => {
+                    self.metrics.record(&report, started.elapsed());
+                    for p in &report.problems {
+                        if reported.insert(p.to_string()) {
+                            tracing::warn!(reason = p.reason(), "skipped: {p}");
+                        }
+                    }
+                    reported.retain(|r| report.problems.iter().any(|p| p.to_string() == *r));
+                    let r = &report.records;
+                    if r.puts
+                        + r.deletes
+                        + report.markers.puts
+                        + report.markers.deletes
+                        + report.identity_writes.puts
+                        + report.identity_writes.deletes
+                        > 0
+                    {
+                        tracing::info!(
+                            puts = r.puts,
+                            deletes = r.deletes,
+                            markers = report.markers.puts,
+                            identities = report.identities,
+                            skipped = report.problems.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "published"
+                        );
+                    } else {
+                        tracing::debug!("published: already in sync");
+                    }
+                    last = Some((version, Instant::now()));
+                }
+                Err(e) => {
+                    self.metrics.failures.inc();
+                    tracing::error!(error = %e, "publishing failed; retrying");
+                    if matches!(e, PassError::Store(StoreError::Client(_))) {
+                        client = None;
+                    }
                 }
             }
         }
     }
 }
 
-async fn connect(
-    config: &PublisherConfig,
-) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(10));
-    if let Some((ca, cert, key)) = &config.tls {
-        options = options.with_tls(
-            TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
-                .identity(Identity::from_pem(
-                    std::fs::read(cert)?,
-                    std::fs::read(key)?,
-                )),
-        );
+/// Where other clusters reach this one: `--advertise-remote-urls`, else every member's
+/// advertised client URLs (sorted, so every leader publishes the same list). `None` while a
+/// member's URLs are not known yet (a new leader still applying the log, a member that has
+/// not started yet) unless `waited`: publishing then would write a short list and rewrite it
+/// moments later.
+pub fn api_endpoints(
+    record: &RecordSettings,
+    members: &[MemberInfo],
+    waited: bool,
+) -> Option<Vec<String>> {
+    if !record.remote_urls.is_empty() {
+        return Some(record.remote_urls.clone());
     }
-    Ok(Client::connect([config.client_url.as_str()], Some(options)).await?)
-}
-
-/// Whether the member this client talks to is the leader.
-async fn leads(client: &mut Client) -> Result<bool, etcd_client::Error> {
-    let status = client.status().await?;
-    Ok(status
-        .header()
-        .is_some_and(|h| h.member_id() == status.leader()))
+    if !waited && (members.is_empty() || members.iter().any(|m| m.client_urls.is_empty())) {
+        return None;
+    }
+    let urls: BTreeSet<String> = members
+        .iter()
+        .flat_map(|m| m.client_urls.iter().cloned())
+        .collect();
+    Some(urls.into_iter().collect())
 }
 
 /// Allocated identities no workload uses, and since when (as this publisher saw it).
@@ -399,6 +430,7 @@ impl IdentityGc {
 pub async fn pass(
     client: &mut Client,
     config: &PublisherConfig,
+    api_endpoints: &[String],
     gc: &mut IdentityGc,
 ) -> Result<PassReport, PassError> {
     let objects = config.source.objects()?;
@@ -421,7 +453,12 @@ pub async fn pass(
     );
     records.insert(
         Key::Cluster { cluster: c.clone() },
-        Record::Cluster(cluster_record(settings, &d.records)),
+        Record::Cluster(cluster_record(
+            settings,
+            &config.record,
+            api_endpoints,
+            &d.records,
+        )),
     );
     let wanted: BTreeMap<Vec<u8>, Vec<u8>> = records
         .iter()
@@ -533,9 +570,14 @@ async fn duplicate_ids(
     Ok(problems)
 }
 
-/// The cluster record: name, id, and the pod CIDRs of its nodes. (API endpoints, service
-/// CIDRs and the CA fingerprint come with `meshctl connect`.)
-fn cluster_record(settings: &Settings, records: &BTreeMap<Key, Record>) -> ClusterRecord {
+/// The cluster record: name, id, the pod CIDRs of `--pod-cidr` and of its nodes, the service
+/// CIDRs, where other clusters reach it, and its CA's fingerprint.
+fn cluster_record(
+    settings: &Settings,
+    flags: &RecordSettings,
+    api_endpoints: &[String],
+    records: &BTreeMap<Key, Record>,
+) -> ClusterRecord {
     let pod_cidrs: BTreeSet<String> = records
         .values()
         .filter_map(|r| match r {
@@ -543,13 +585,16 @@ fn cluster_record(settings: &Settings, records: &BTreeMap<Key, Record>) -> Clust
             _ => None,
         })
         .flatten()
+        .chain(flags.pod_cidrs.iter().cloned())
         .collect();
     ClusterRecord {
         schema: SCHEMA,
         name: settings.cluster.clone(),
         id: u32::from(settings.cluster_id),
         pod_cidrs: pod_cidrs.into_iter().collect(),
-        ..Default::default()
+        service_cidrs: flags.service_cidrs.clone(),
+        api_endpoints: api_endpoints.to_vec(),
+        ca_fingerprint: flags.ca_fingerprint.clone(),
     }
 }
 

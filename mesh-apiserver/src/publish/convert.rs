@@ -698,23 +698,8 @@ fn workloads(pod: &Pod, node_cidrs: &BTreeMap<String, Vec<String>>, d: &mut Desi
 
 /// Whether `cidr` (`a.b.c.d/n` or IPv6) contains `ip`; false for a CIDR that does not parse.
 fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
-    let Some((net, bits)) = cidr.split_once('/') else {
-        return false;
-    };
-    let (Ok(net), Ok(bits)) = (net.parse::<IpAddr>(), bits.parse::<u32>()) else {
-        return false;
-    };
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(i)) if bits <= 32 => {
-            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-            u32::from(n) & mask == u32::from(i) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(i)) if bits <= 128 => {
-            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-            u128::from(n) & mask == u128::from(i) & mask
-        }
-        _ => false,
-    }
+    cidr.parse::<mesh_api::cidr::Cidr>()
+        .is_ok_and(|c| c.contains(ip))
 }
 
 #[cfg(test)]

@@ -1,0 +1,688 @@
+//! The command line ([`Flags`], etcd's flag names plus raftmesh's own) and the configuration it
+//! is validated into once, before anything starts ([`Config::validate`]). A configuration that
+//! does not validate changes nothing; the binary exits with status 64.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use certs::tls::TlsFiles;
+use clap::{Parser, ValueEnum};
+use kvstore::server::{AutoCompaction, ClusterState, MemberTls};
+use mesh_api::cidr::Cidr;
+
+/// Raft-replicated store speaking the etcd v3 API (KV, Watch, Lease, Cluster, Maintenance).
+///
+/// Start three members with the same --initial-cluster and --initial-cluster-state new;
+/// then point etcdctl at any member's client URL. Flags mirror etcd's.
+///
+/// Both ports are mutual TLS 1.3 (https:// URLs): create the certificates with
+/// `meshctl pki init`, and pass --cert-file, --key-file, --trusted-ca-file and
+/// --client-cert-auth for the client port, and the --peer-* equivalents for the peer port.
+/// Each request is authorized by the role in the client's certificate (admin, agent, remote,
+/// apiserver). Certificate files are re-read when they change, without a restart.
+/// Plaintext (http:// URLs, no authorization) only with --insecure-plaintext.
+///
+/// The leader also publishes the cluster's Kubernetes objects (--manifests-dir or
+/// --kubernetes) and mirrors every connected remote cluster (`meshctl connect`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mesh-apiserver", version, about, long_about)]
+pub struct Flags {
+    /// Human-readable name of this member; must match its entry in --initial-cluster.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+
+    /// Directory for the Raft log, snapshots and the member id.
+    #[arg(long, default_value = "default.mesh")]
+    pub data_dir: PathBuf,
+
+    /// URLs to serve the etcd API on (comma-separated), e.g. https://127.0.0.1:2379.
+    #[arg(long, default_value = "https://127.0.0.1:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+
+    /// Client URLs this member advertises to the cluster (shown by `member list`).
+    #[arg(long, default_value = "https://127.0.0.1:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+
+    /// URLs to serve Raft peer traffic on. Never expose this port to clients.
+    #[arg(long, default_value = "https://127.0.0.1:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+
+    /// Peer URLs of this member as the other members reach it.
+    #[arg(long, default_value = "https://127.0.0.1:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+
+    /// The founding members: name=peer-url,... (ignored once the data dir has state).
+    #[arg(long, default_value = "default=https://127.0.0.1:2380")]
+    pub initial_cluster: String,
+
+    /// `new` to found the cluster, `existing` to join one that added this member.
+    #[arg(long, value_enum, default_value_t = StateArg::New)]
+    pub initial_cluster_state: StateArg,
+
+    /// Token that makes member and cluster ids unique to this cluster.
+    #[arg(long, default_value = "raftmesh-cluster")]
+    pub initial_cluster_token: String,
+
+    /// URLs to serve /metrics (Prometheus) and /healthz on (comma-separated, http://; they
+    /// carry counters, never keys or values).
+    #[arg(long, value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+
+    /// Committed log entries between snapshots (the log before a snapshot is purged).
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Raft election timeout, in milliseconds (randomized up to twice this).
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// `revision`: keep --auto-compaction-retention revisions; `periodic`: keep that much
+    /// time (e.g. 1h, 30m, or hours as a number); `off`: compact only on request.
+    #[arg(long, value_enum, default_value_t = CompactionArg::Revision)]
+    pub auto_compaction_mode: CompactionArg,
+
+    /// What auto-compaction keeps: a revision count, or a duration in periodic mode.
+    #[arg(long, default_value = "100000")]
+    pub auto_compaction_retention: String,
+
+    /// Interval of watch progress notifications, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub watch_progress_notify_interval: u64,
+
+    /// Client port certificate (PEM): an apiserver certificate of this cluster.
+    #[arg(long, help_heading = "TLS")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key of --cert-file (PEM).
+    #[arg(long, help_heading = "TLS")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA bundle that issued the client certificates to accept (PEM).
+    #[arg(long, help_heading = "TLS")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Require a client certificate on the client port. Required with TLS: every request is
+    /// authorized by the certificate's role.
+    #[arg(long, help_heading = "TLS")]
+    pub client_cert_auth: bool,
+
+    /// Peer port certificate (PEM): an apiserver certificate of this cluster, also presented
+    /// to other members.
+    #[arg(long, help_heading = "TLS")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Private key of --peer-cert-file (PEM).
+    #[arg(long, help_heading = "TLS")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// CA bundle that issued the other members' certificates (PEM).
+    #[arg(long, help_heading = "TLS")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Require a client certificate on the peer port. Required with TLS: only this cluster's
+    /// apiserver certificates are accepted.
+    #[arg(long, help_heading = "TLS")]
+    pub peer_client_cert_auth: bool,
+
+    /// Serve plaintext http:// on both ports with no authorization at all. For tests and
+    /// benchmarks on loopback only; never in production.
+    #[arg(long, help_heading = "TLS")]
+    pub insecure_plaintext: bool,
+
+    /// This cluster's name in the mesh (a DNS-1123 name). With TLS it must be the cluster of
+    /// the certificates.
+    #[arg(long, help_heading = "Publishing")]
+    pub cluster_name: Option<String>,
+
+    /// This cluster's id in the mesh, 1..=65535 (the high 16 bits of its identities).
+    #[arg(long, help_heading = "Publishing")]
+    pub cluster_id: Option<u16>,
+
+    /// Publish the Nodes, Pods, Services, EndpointSlices and MeshPolicies in the YAML files of
+    /// this directory (as `kubectl get -o yaml` prints them); re-read when they change. Needs
+    /// --cluster-name and --cluster-id.
+    #[arg(long, help_heading = "Publishing", conflicts_with = "kubernetes")]
+    pub manifests_dir: Option<PathBuf>,
+
+    /// Publish the objects of the live Kubernetes API (in-cluster service account, else
+    /// KUBECONFIG or ~/.kube/config), watched continuously. Needs --cluster-name and
+    /// --cluster-id.
+    #[arg(long, help_heading = "Publishing")]
+    pub kubernetes: bool,
+
+    /// Seconds an identity stays after its last workload went away, so peers that cached it
+    /// stop using it first.
+    #[arg(long, help_heading = "Publishing", default_value_t = 900)]
+    pub identity_gc_grace: u64,
+
+    /// The cluster's pod CIDRs (comma-separated), published in its cluster record together
+    /// with the Nodes' pod CIDRs. For CNIs whose Nodes carry none (the AWS VPC CNI): other
+    /// clusters mirror only pod addresses inside the published CIDRs.
+    #[arg(long, help_heading = "Publishing", value_delimiter = ',')]
+    pub pod_cidr: Vec<String>,
+
+    /// The cluster's service CIDRs (comma-separated), published in its cluster record.
+    #[arg(long, help_heading = "Publishing", value_delimiter = ',')]
+    pub service_cidr: Vec<String>,
+
+    /// Where other clusters reach this cluster's API server (comma-separated https:// URLs: a
+    /// load balancer name, NodePort addresses), published in the cluster record for `meshctl
+    /// connect`. Give every member the same value. Default: every member's
+    /// --advertise-client-urls.
+    #[arg(long, help_heading = "Remote clusters", value_delimiter = ',')]
+    pub advertise_remote_urls: Vec<String>,
+
+    /// How long a disconnected remote's mirrored records stay after its connection was
+    /// removed (`meshctl disconnect`), e.g. 180s, 3m, 1h.
+    #[arg(long, help_heading = "Remote clusters", default_value = "3m")]
+    pub disconnect_grace: String,
+
+    /// Most keys mirrored from one remote cluster; a remote above it stops being mirrored
+    /// (its status says so), so no remote can fill this store.
+    #[arg(long, help_heading = "Remote clusters", default_value_t = 500_000)]
+    pub remote_max_keys: u64,
+
+    /// Most bytes (keys and values) mirrored from one remote cluster, in MiB.
+    #[arg(long, help_heading = "Remote clusters", default_value_t = 256)]
+    pub remote_max_mib: u64,
+
+    /// Log filter (trace, debug, info, warn, error, or a tracing directive).
+    #[arg(long, env = "RUST_LOG", default_value = "info,openraft=warn")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateArg {
+    /// Found the cluster.
+    New,
+    /// Join a running cluster that added this member.
+    Existing,
+}
+
+/// `--auto-compaction-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompactionArg {
+    /// Keep a number of revisions.
+    Revision,
+    /// Keep a duration of history.
+    Periodic,
+    /// Compact only on request.
+    Off,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that cannot be used; nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value is refused.
+    #[error("{flag} {value:?}: {reason}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// Flags that do not go together, or one that needs another.
+    #[error("{0}")]
+    Combination(&'static str),
+    /// The TLS files do not load or do not fit together.
+    #[error(transparent)]
+    Tls(#[from] kvstore::tls::TlsError),
+    /// Certificates of one cluster, a name of another.
+    #[error("--cluster-name {flag} but the certificates are for cluster {certs}")]
+    ClusterMismatch {
+        /// `--cluster-name`.
+        flag: String,
+        /// The certificates' cluster.
+        certs: String,
+    },
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Where the publisher takes objects from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// `--manifests-dir`.
+    Manifests(PathBuf),
+    /// `--kubernetes` (connected when the server starts).
+    Kubernetes,
+}
+
+/// This cluster's place in the mesh: what its cluster record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `--cluster-name`.
+    pub name: String,
+    /// `--cluster-id`.
+    pub id: u16,
+    /// `--pod-cidr`.
+    pub pod_cidrs: Vec<Cidr>,
+    /// `--service-cidr`.
+    pub service_cidrs: Vec<Cidr>,
+    /// `--advertise-remote-urls`; empty: every member's client URLs.
+    pub remote_urls: Vec<String>,
+    /// SHA-256 of this cluster's CA certificate (DER), hex; empty in plaintext mode.
+    pub ca_fingerprint: String,
+}
+
+/// The publisher's settings (`--manifests-dir` or `--kubernetes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherSettings {
+    /// Where objects come from.
+    pub source: SourceConfig,
+    /// `--identity-gc-grace`.
+    pub identity_gc_grace: Duration,
+}
+
+/// The remote mirror's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorSettings {
+    /// `--disconnect-grace`.
+    pub disconnect_grace: Duration,
+    /// `--remote-max-keys`.
+    pub max_keys: u64,
+    /// `--remote-max-mib`, in bytes.
+    pub max_bytes: u64,
+}
+
+/// A validated configuration: everything [`crate::run`] needs besides the sockets.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The store member.
+    pub member: kvstore::server::Config,
+    /// `host:port` of every client, peer and metrics URL to listen on.
+    pub listen_client: Vec<String>,
+    /// See `listen_client`.
+    pub listen_peer: Vec<String>,
+    /// See `listen_client`.
+    pub listen_metrics: Vec<String>,
+    /// Name, id and cluster record fields, with `--cluster-name`.
+    pub cluster: Option<ClusterConfig>,
+    /// With `--manifests-dir` or `--kubernetes`.
+    pub publisher: Option<PublisherSettings>,
+    /// Mirroring connected remotes.
+    pub mirror: MirrorSettings,
+    /// CA, certificate and key the controllers use to reach this member (its client-port
+    /// files); `None` in plaintext mode.
+    pub local_tls: Option<(PathBuf, PathBuf, PathBuf)>,
+}
+
+impl Config {
+    /// Checks every flag and loads the TLS files.
+    pub fn validate(flags: &Flags) -> Result<Config, ConfigError> {
+        let scheme = if flags.insecure_plaintext {
+            "http"
+        } else {
+            "https"
+        };
+        if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
+            return Err(invalid(
+                "--election-timeout",
+                &flags.election_timeout.to_string(),
+                format!(
+                    "must be at least 5 × --heartbeat-interval ({}ms)",
+                    flags.heartbeat_interval
+                ),
+            ));
+        }
+        if flags.snapshot_count == 0 {
+            return Err(invalid("--snapshot-count", "0", "must be > 0"));
+        }
+        let addrs = |flag, urls: &[String], scheme| -> Result<Vec<String>, ConfigError> {
+            urls.iter()
+                .map(|u| socket_addr(u, scheme).map_err(|r| invalid(flag, u, r)))
+                .collect()
+        };
+        addrs(
+            "--advertise-client-urls",
+            &flags.advertise_client_urls,
+            scheme,
+        )?;
+        addrs(
+            "--initial-advertise-peer-urls",
+            &flags.initial_advertise_peer_urls,
+            scheme,
+        )?;
+        let listen_client = addrs("--listen-client-urls", &flags.listen_client_urls, scheme)?;
+        let listen_peer = addrs("--listen-peer-urls", &flags.listen_peer_urls, scheme)?;
+        let listen_metrics = addrs("--listen-metrics-urls", &flags.listen_metrics_urls, "http")?;
+        for entry in flags.initial_cluster.split(',') {
+            let Some((_, url)) = entry.split_once('=') else {
+                return Err(invalid("--initial-cluster", entry, "expected name=url"));
+            };
+            socket_addr(url, scheme).map_err(|r| invalid("--initial-cluster", entry, r))?;
+        }
+        let tls = tls(flags)?;
+        let cluster = cluster(flags, tls.as_ref())?;
+        let publisher = publisher(flags)?;
+        let disconnect_grace = parse_duration(&flags.disconnect_grace, 1.0)
+            .map_err(|r| invalid("--disconnect-grace", &flags.disconnect_grace, r))?;
+        if flags.remote_max_keys == 0 || flags.remote_max_mib == 0 {
+            return Err(ConfigError::Combination(
+                "--remote-max-keys and --remote-max-mib must be > 0",
+            ));
+        }
+        let member = kvstore::server::Config {
+            name: flags.name.clone(),
+            data_dir: flags.data_dir.clone(),
+            advertise_client_urls: flags.advertise_client_urls.clone(),
+            initial_advertise_peer_urls: flags.initial_advertise_peer_urls.clone(),
+            initial_cluster: flags.initial_cluster.clone(),
+            initial_cluster_state: match flags.initial_cluster_state {
+                StateArg::New => ClusterState::New,
+                StateArg::Existing => ClusterState::Existing,
+            },
+            initial_cluster_token: flags.initial_cluster_token.clone(),
+            snapshot_count: flags.snapshot_count,
+            heartbeat_interval: Duration::from_millis(flags.heartbeat_interval),
+            election_timeout: Duration::from_millis(flags.election_timeout),
+            auto_compaction: retention(
+                flags.auto_compaction_mode,
+                &flags.auto_compaction_retention,
+            )?,
+            request_timeout: Duration::from_secs(5),
+            progress_notify_interval: Duration::from_secs(
+                flags.watch_progress_notify_interval.max(1),
+            ),
+            tls,
+        };
+        let local_tls = match (&flags.trusted_ca_file, &flags.cert_file, &flags.key_file) {
+            (Some(ca), Some(cert), Some(key)) if !flags.insecure_plaintext => {
+                Some((ca.clone(), cert.clone(), key.clone()))
+            }
+            _ => None,
+        };
+        Ok(Config {
+            member,
+            listen_client,
+            listen_peer,
+            listen_metrics,
+            cluster,
+            publisher,
+            mirror: MirrorSettings {
+                disconnect_grace,
+                max_keys: flags.remote_max_keys,
+                max_bytes: flags.remote_max_mib.saturating_mul(1 << 20),
+            },
+            local_tls,
+        })
+    }
+
+    /// This cluster's name: `--cluster-name`, else the certificates' cluster.
+    pub fn cluster_name(&self) -> Option<String> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.name.clone())
+            .or_else(|| self.member.tls.as_ref().map(MemberTls::cluster))
+    }
+}
+
+/// `host:port` of a `<scheme>://host:port` URL, or why not.
+fn socket_addr(url: &str, scheme: &str) -> Result<String, String> {
+    let Some(rest) = url.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) else {
+        return Err(if scheme == "https" {
+            "expected https://host:port (plaintext http:// only with --insecure-plaintext)"
+                .to_owned()
+        } else {
+            format!("expected {scheme}://host:port")
+        });
+    };
+    let hostport = rest.trim_end_matches('/');
+    let port_ok = hostport
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(format!("expected {scheme}://host:port"));
+    }
+    Ok(hostport.to_owned())
+}
+
+/// Whether `addr` (`host:port`) is an address to bind rather than a name to resolve.
+pub fn is_socket_addr(addr: &str) -> bool {
+    addr.parse::<SocketAddr>().is_ok()
+}
+
+/// Loads the TLS files, or checks that none were given with --insecure-plaintext.
+fn tls(flags: &Flags) -> Result<Option<MemberTls>, ConfigError> {
+    let files = [
+        ("--cert-file", &flags.cert_file),
+        ("--key-file", &flags.key_file),
+        ("--trusted-ca-file", &flags.trusted_ca_file),
+        ("--peer-cert-file", &flags.peer_cert_file),
+        ("--peer-key-file", &flags.peer_key_file),
+        ("--peer-trusted-ca-file", &flags.peer_trusted_ca_file),
+    ];
+    let switches = [
+        ("--client-cert-auth", flags.client_cert_auth),
+        ("--peer-client-cert-auth", flags.peer_client_cert_auth),
+    ];
+    if flags.insecure_plaintext {
+        let given: Vec<&str> = files
+            .iter()
+            .filter(|(_, f)| f.is_some())
+            .map(|(flag, _)| *flag)
+            .chain(switches.iter().filter(|(_, on)| *on).map(|(flag, _)| *flag))
+            .collect();
+        if !given.is_empty() {
+            return Err(invalid(
+                "--insecure-plaintext",
+                "true",
+                format!("serves no TLS, but {} given", given.join(", ")),
+            ));
+        }
+        return Ok(None);
+    }
+    let missing: Vec<&str> = files
+        .iter()
+        .filter(|(_, f)| f.is_none())
+        .map(|(flag, _)| *flag)
+        .chain(
+            switches
+                .iter()
+                .filter(|(_, on)| !*on)
+                .map(|(flag, _)| *flag),
+        )
+        .collect();
+    if !missing.is_empty() {
+        return Err(invalid(
+            "TLS",
+            "",
+            format!(
+                "needs {} (create certificates with `meshctl pki init`; plaintext only with --insecure-plaintext)",
+                missing.join(", ")
+            ),
+        ));
+    }
+    let path = |f: &Option<PathBuf>| f.clone().expect("checked above");
+    let client = TlsFiles {
+        cert: path(&flags.cert_file),
+        key: path(&flags.key_file),
+        ca: path(&flags.trusted_ca_file),
+    };
+    let peer = TlsFiles {
+        cert: path(&flags.peer_cert_file),
+        key: path(&flags.peer_key_file),
+        ca: path(&flags.peer_trusted_ca_file),
+    };
+    Ok(Some(MemberTls::load(client, peer)?))
+}
+
+/// `--cluster-name`, `--cluster-id` and the cluster record's fields.
+fn cluster(flags: &Flags, tls: Option<&MemberTls>) -> Result<Option<ClusterConfig>, ConfigError> {
+    let cidrs = |flag, texts: &[String]| -> Result<Vec<Cidr>, ConfigError> {
+        texts
+            .iter()
+            .map(|t| t.parse::<Cidr>().map_err(|e| invalid(flag, t, e.reason)))
+            .collect()
+    };
+    let pod_cidrs = cidrs("--pod-cidr", &flags.pod_cidr)?;
+    let service_cidrs = cidrs("--service-cidr", &flags.service_cidr)?;
+    for url in &flags.advertise_remote_urls {
+        socket_addr(url, "https").map_err(|r| invalid("--advertise-remote-urls", url, r))?;
+    }
+    let (name, id) = match (&flags.cluster_name, flags.cluster_id) {
+        (Some(name), Some(id)) => (name, id),
+        (None, None) => {
+            if !(pod_cidrs.is_empty()
+                && service_cidrs.is_empty()
+                && flags.advertise_remote_urls.is_empty())
+            {
+                return Err(ConfigError::Combination(
+                    "--pod-cidr, --service-cidr and --advertise-remote-urls describe the cluster record: they need --cluster-name and --cluster-id",
+                ));
+            }
+            return Ok(None);
+        }
+        _ => {
+            return Err(ConfigError::Combination(
+                "--cluster-name and --cluster-id go together",
+            ));
+        }
+    };
+    certs::identity::check_name("--cluster-name", name)
+        .map_err(|e| invalid("--cluster-name", name, e.to_string()))?;
+    if id == 0 {
+        return Err(invalid("--cluster-id", "0", "must be 1..=65535"));
+    }
+    let mut ca_fingerprint = String::new();
+    if let Some(tls) = tls {
+        if tls.cluster() != *name {
+            return Err(ConfigError::ClusterMismatch {
+                flag: name.clone(),
+                certs: tls.cluster(),
+            });
+        }
+        let ca = &tls.client.files().ca;
+        let pem = std::fs::read_to_string(ca).map_err(|e| {
+            invalid(
+                "--trusted-ca-file",
+                &ca.display().to_string(),
+                e.to_string(),
+            )
+        })?;
+        ca_fingerprint = certs::pki::fingerprint_pem(&pem).map_err(|e| {
+            invalid(
+                "--trusted-ca-file",
+                &ca.display().to_string(),
+                e.to_string(),
+            )
+        })?;
+    }
+    Ok(Some(ClusterConfig {
+        name: name.clone(),
+        id,
+        pod_cidrs,
+        service_cidrs,
+        remote_urls: flags.advertise_remote_urls.clone(),
+        ca_fingerprint,
+    }))
+}
+
+/// The publisher's source, when one is given (it needs `--cluster-name` and `--cluster-id`).
+fn publisher(flags: &Flags) -> Result<Option<PublisherSettings>, ConfigError> {
+    let source = match (&flags.manifests_dir, flags.kubernetes) {
+        (Some(dir), _) => {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "--manifests-dir",
+                    &dir.display().to_string(),
+                    "not a directory",
+                ));
+            }
+            SourceConfig::Manifests(dir.clone())
+        }
+        (None, true) => SourceConfig::Kubernetes,
+        (None, false) => {
+            if flags.cluster_name.is_some() || flags.cluster_id.is_some() {
+                return Err(ConfigError::Combination(
+                    "--cluster-name and --cluster-id are used with --manifests-dir or --kubernetes",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    if flags.cluster_name.is_none() || flags.cluster_id.is_none() {
+        return Err(ConfigError::Combination(
+            "publishing needs --cluster-name and --cluster-id",
+        ));
+    }
+    Ok(Some(PublisherSettings {
+        source,
+        identity_gc_grace: Duration::from_secs(flags.identity_gc_grace),
+    }))
+}
+
+/// A duration as `90s`, `30m`, `1.5h`, or a bare number of `unit` seconds.
+fn parse_duration(value: &str, unit: f64) -> Result<Duration, String> {
+    let (number, scale) = if let Some(h) = value.strip_suffix('h') {
+        (h, 3600.0)
+    } else if let Some(m) = value.strip_suffix('m') {
+        (m, 60.0)
+    } else if let Some(s) = value.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (value, unit)
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| "not a duration (e.g. 90s, 30m, 1h)".to_owned())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err("not a duration (e.g. 90s, 30m, 1h)".to_owned());
+    }
+    Ok(Duration::from_secs_f64(n * scale))
+}
+
+fn retention(mode: CompactionArg, value: &str) -> Result<AutoCompaction, ConfigError> {
+    Ok(match mode {
+        CompactionArg::Off => AutoCompaction::Off,
+        CompactionArg::Revision => {
+            let n: i64 = value.parse().map_err(|_| {
+                invalid("--auto-compaction-retention", value, "not a revision count")
+            })?;
+            if n <= 0 {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Revision(n)
+            }
+        }
+        CompactionArg::Periodic => {
+            let keep = parse_duration(value, 3600.0)
+                .map_err(|r| invalid("--auto-compaction-retention", value, r))?;
+            if keep.is_zero() {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Periodic(keep)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+use super::*;
+
+fn flags(args: &[&str]) -> Flags {
+    let mut all = vec!["mesh-apiserver", "--insecure-plaintext"];
+    all.extend(args);
+    let mut f = Flags::try_parse_from(all).unwrap();
+    // The defaults are https:// URLs; these tests run plaintext.
+    for urls in [
+        &mut f.listen_client_urls,
+        &mut f.advertise_client_urls,
+        &mut f.listen_peer_urls,
+        &mut f.initial_advertise_peer_urls,
+    ] {
+        for u in urls.iter_mut() {
+            *u = u.replace("https://", "http://");
+        }
+    }
+    f.initial_cluster = f.initial_cluster.replace("https://", "http://");
+    f
+}
+
+fn error(args: &[&str]) -> String {
+    Config::validate(&flags(args)).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_validate() {
+    let c = Config::validate(&flags(&[])).unwrap();
+    assert_eq!(c.listen_client, ["127.0.0.1:2379"]);
+    assert!(c.cluster.is_none() && c.publisher.is_none() && c.local_tls.is_none());
+    assert_eq!(c.mirror.disconnect_grace, Duration::from_secs(180));
+    assert_eq!(c.mirror.max_bytes, 256 << 20);
+}
+
+#[test]
+fn the_cluster_record_flags_are_checked_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let c = Config::validate(&flags(&[
+        "--cluster-name",
+        "apps",
+        "--cluster-id",
+        "1",
+        "--manifests-dir",
+        d,
+        "--pod-cidr",
+        "10.1.0.0/16,fd00:1::/64",
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--advertise-remote-urls",
+        "https://lb.apps.example.com:2379",
+    ]))
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.name, "apps");
+    assert_eq!(cluster.pod_cidrs.len(), 2);
+    assert_eq!(cluster.service_cidrs[0].to_string(), "10.96.0.0/12");
+    assert_eq!(cluster.remote_urls, ["https://lb.apps.example.com:2379"]);
+    assert!(cluster.ca_fingerprint.is_empty(), "plaintext: no CA");
+}
+
+#[test]
+fn bad_values_name_the_flag() {
+    let e = error(&[
+        "--pod-cidr",
+        "10.1.0.1/16",
+        "--cluster-name",
+        "a",
+        "--cluster-id",
+        "1",
+    ]);
+    assert!(e.contains("--pod-cidr") && e.contains("host bits"), "{e}");
+    let e = error(&[
+        "--advertise-remote-urls",
+        "lb:2379",
+        "--cluster-name",
+        "a",
+        "--cluster-id",
+        "1",
+    ]);
+    assert!(e.contains("--advertise-remote-urls"), "{e}");
+    let e = error(&["--pod-cidr", "10.1.0.0/16"]);
+    assert!(e.contains("need --cluster-name"), "{e}");
+    let e = error(&["--disconnect-grace", "soon"]);
+    assert!(e.contains("--disconnect-grace"), "{e}");
+    let e = error(&["--cluster-name", "apps"]);
+    assert!(e.contains("go together"), "{e}");
+    let e = error(&["--election-timeout", "100"]);
+    assert!(e.contains("--election-timeout"), "{e}");
+    let e = error(&["--remote-max-keys", "0"]);
+    assert!(e.contains("--remote-max-keys"), "{e}");
+}
+
+#[test]
+fn tls_is_required_unless_plaintext_is_asked_for() {
+    let f = Flags::try_parse_from(["mesh-apiserver"]).unwrap();
+    let e = Config::validate(&f).unwrap_err().to_string();
+    assert!(
+        e.contains("--cert-file") && e.contains("meshctl pki init"),
+        "{e}"
+    );
+    let e = error(&["--cert-file", "/x"]);
+    assert!(e.contains("serves no TLS"), "{e}");
+}
+
+#[test]
+fn durations_take_units() {
+    assert_eq!(parse_duration("90s", 1.0).unwrap(), Duration::from_secs(90));
+    assert_eq!(parse_duration("3m", 1.0).unwrap(), Duration::from_secs(180));
+    assert_eq!(
+        parse_duration("1.5h", 1.0).unwrap(),
+        Duration::from_secs(5400)
+    );
+    assert_eq!(
+        parse_duration("2", 3600.0).unwrap(),
+        Duration::from_secs(7200)
+    );
+    assert!(parse_duration("-1s", 1.0).is_err());
+    assert!(parse_duration("", 1.0).is_err());
+}

@@ -1,0 +1,638 @@
+//! The remote mirror: while this member leads, every connected remote cluster's records
+//! (`mesh/v1/<c>/` on that cluster) are mirrored under the same keys here, so agents only ever
+//! read their own cluster. See DESIGN.md, "Remote clusters (mirroring)".
+//!
+//! [`Mirror`] is a leader-gated controller. Every second it reads the connections
+//! (`mesh/config/remotes/<c>`, written by `meshctl connect`) and the statuses
+//! (`mesh/status/remotes/<c>`), and keeps one task per connection running ([`session`] does
+//! the mirroring). A connection whose configuration changed is restarted; one that was
+//! removed (`meshctl disconnect`) is stopped, its status says since when, and its records and
+//! status are deleted once `--disconnect-grace` has passed (the time is in the replicated
+//! status, so a new leader continues the countdown instead of restarting it).
+//!
+//! Nothing a remote sends is trusted: records are validated ([`validate`]) before they are
+//! written, and each remote has a key and byte budget. Mirroring never blocks local writes: it
+//! is a client of this member like any other, writing in batches.
+//!
+//! # Layout
+//! - [`session`]: one remote's list, watch and guarded writes.
+//! - [`validate`]: what a remote may make this cluster store.
+//! - [`connect`]: resolving and reaching a remote's API server over mutual TLS.
+
+pub mod connect;
+pub mod session;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use futures::future::BoxFuture;
+use mesh_api::cidr::Cidr;
+use mesh_api::keys::{CONFIG_REMOTES, STATUS_REMOTES, cluster_prefix};
+use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
+use mesh_api::{Key, SCHEMA};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use prost::Message as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::connect::Resolver;
+use self::session::{Session, SessionError, now_ms};
+use self::validate::Validator;
+use crate::config::MirrorSettings;
+use crate::controller::{Context, Controller, LOCAL_TIMEOUT};
+
+/// How often the connections are read.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// First and longest pause before reconnecting to a remote that failed.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(15));
+/// Pause before trying again a remote that is over budget or misconfigured.
+const LONG_PAUSE: Duration = Duration::from_secs(30);
+/// Certificates closer than this to expiry are warned about.
+pub const CERT_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// What the mirror needs besides its context.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Grace, budgets.
+    pub settings: MirrorSettings,
+    /// This cluster's name, when known: a connection to it is refused, and its own records
+    /// are never deleted.
+    pub cluster: Option<String>,
+}
+
+/// What the metrics show of one running remote, shared by its task and the collector.
+#[derive(Debug, Default)]
+pub struct RemoteState {
+    /// A watch on the remote works.
+    pub connected: AtomicBool,
+    /// When the mirror last knew it was current, Unix ms (0: never).
+    pub current_at_ms: AtomicI64,
+    /// Keys mirrored.
+    pub keys: AtomicU64,
+    /// Bytes mirrored.
+    pub bytes: AtomicU64,
+    /// When the remote client certificate expires, Unix ms.
+    pub cert_not_after_ms: AtomicI64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectLabels {
+    cluster: String,
+    reason: &'static str,
+}
+
+/// The mirror's counters, by remote cluster.
+#[derive(Debug, Default)]
+pub struct MirrorMetrics {
+    writes: Family<ClusterLabels, Counter>,
+    resyncs: Family<ClusterLabels, Counter>,
+    resync_writes: Family<ClusterLabels, Counter>,
+    rejected: Family<RejectLabels, Counter>,
+}
+
+impl MirrorMetrics {
+    fn labels(cluster: &str) -> ClusterLabels {
+        ClusterLabels {
+            cluster: cluster.to_owned(),
+        }
+    }
+
+    /// Txns written for `cluster`.
+    pub fn writes(&self, cluster: &str) -> Counter {
+        self.writes.get_or_create(&Self::labels(cluster)).clone()
+    }
+
+    /// Re-lists of `cluster`.
+    pub fn resyncs(&self, cluster: &str) -> Counter {
+        self.resyncs.get_or_create(&Self::labels(cluster)).clone()
+    }
+
+    /// Keys written by re-lists of `cluster`.
+    pub fn resync_writes(&self, cluster: &str) -> Counter {
+        self.resync_writes
+            .get_or_create(&Self::labels(cluster))
+            .clone()
+    }
+
+    /// Records of `cluster` refused for `reason`.
+    pub fn rejected(&self, cluster: &str, reason: &'static str) -> Counter {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                cluster: cluster.to_owned(),
+                reason,
+            })
+            .clone()
+    }
+}
+
+/// The running remotes, read at each scrape.
+type Live = Arc<Mutex<BTreeMap<String, Arc<RemoteState>>>>;
+
+/// Connected, freshness, keys and certificate expiry of the remotes this member mirrors
+/// (only the leader mirrors, so other members show none).
+#[derive(Debug)]
+struct LiveCollector {
+    live: Live,
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = now_ms();
+        type Read = fn(&RemoteState, i64) -> Option<f64>;
+        let gauges: [(&str, &str, Read); 5] = [
+            (
+                "remote_connected",
+                "1 while the mirror of the remote cluster holds a working watch.",
+                |s, _| Some(f64::from(u8::from(s.connected.load(Relaxed)))),
+            ),
+            (
+                "remote_freshness_seconds",
+                "Seconds since the mirror last knew the remote's records were current.",
+                |s, now| {
+                    let at = s.current_at_ms.load(Relaxed);
+                    (at > 0).then(|| (now - at).max(0) as f64 / 1000.0)
+                },
+            ),
+            (
+                "remote_keys",
+                "Keys mirrored from the remote cluster.",
+                |s, _| Some(s.keys.load(Relaxed) as f64),
+            ),
+            (
+                "remote_bytes",
+                "Key and value bytes mirrored from the remote cluster.",
+                |s, _| Some(s.bytes.load(Relaxed) as f64),
+            ),
+            (
+                "remote_cert_expiry_timestamp_seconds",
+                "When the client certificate for the remote cluster expires (Unix time).",
+                |s, _| {
+                    let at = s.cert_not_after_ms.load(Relaxed);
+                    (at > 0).then(|| at as f64 / 1000.0)
+                },
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let values: Vec<(String, f64)> = live
+                .iter()
+                .filter_map(|(c, s)| read(s, now).map(|v| (c.clone(), v)))
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (cluster, v) in values {
+                let labels = ClusterLabels { cluster };
+                let gauge = ConstGauge::new(v);
+                gauge.encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The mirroring controller.
+#[derive(Debug)]
+pub struct Mirror {
+    config: MirrorConfig,
+    metrics: Arc<MirrorMetrics>,
+    live: Live,
+}
+
+impl Mirror {
+    /// A mirror with `config`.
+    pub fn new(config: MirrorConfig) -> Self {
+        Self {
+            config,
+            metrics: Arc::default(),
+            live: Arc::default(),
+        }
+    }
+
+    /// Registers its metrics.
+    pub fn register(&self, registry: &mut Registry) {
+        let m = &self.metrics;
+        registry.register(
+            "remote_writes",
+            "Txns the mirror wrote for a remote cluster.",
+            m.writes.clone(),
+        );
+        registry.register(
+            "remote_resyncs",
+            "Re-lists of a remote cluster that had compacted past the mirrored revision.",
+            m.resyncs.clone(),
+        );
+        registry.register(
+            "remote_resync_writes",
+            "Keys written or deleted by re-lists.",
+            m.resync_writes.clone(),
+        );
+        registry.register(
+            "remote_rejected_records",
+            "Records of a remote cluster not mirrored, by reason.",
+            m.rejected.clone(),
+        );
+        registry.register_collector(Box::new(LiveCollector {
+            live: self.live.clone(),
+        }));
+    }
+}
+
+impl Controller for Mirror {
+    fn name(&self) -> &'static str {
+        "mirror"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a Context, term: CancellationToken) -> BoxFuture<'a, ()> {
+        Box::pin(self.supervise(ctx, term))
+    }
+}
+
+/// A running remote task.
+struct Running {
+    /// The configuration it runs with, as stored.
+    value: Vec<u8>,
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Mirror {
+    async fn supervise(&self, ctx: &Context, term: CancellationToken) {
+        let resolver = Resolver::system();
+        let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        let mut client: Option<Client> = None;
+        loop {
+            if client.is_none() {
+                match ctx.local.connect().await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => tracing::debug!(error = %e, "mirror cannot reach its member yet"),
+                }
+            }
+            if let Some(c) = client.as_mut()
+                && let Err(e) = self.reconcile(c, ctx, &resolver, &mut running, &term).await
+            {
+                tracing::warn!(error = %e, "mirror: reading the connections failed");
+                client = None;
+            }
+            tokio::select! {
+                () = term.cancelled() => break,
+                () = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+        }
+        for r in running.values() {
+            r.stop.cancel();
+        }
+        for (_, r) in running {
+            let _ = r.handle.await;
+        }
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    async fn reconcile(
+        &self,
+        client: &mut Client,
+        ctx: &Context,
+        resolver: &Resolver,
+        running: &mut BTreeMap<String, Running>,
+        term: &CancellationToken,
+    ) -> Result<(), etcd_client::Error> {
+        let configs: BTreeMap<String, Vec<u8>> = client
+            .get(CONFIG_REMOTES, Some(GetOptions::new().with_prefix()))
+            .await?
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                match key.parse::<Key>() {
+                    Ok(Key::RemoteConfig { cluster }) => Some((cluster, kv.value().to_vec())),
+                    _ => {
+                        tracing::warn!(key = %key, "ignoring a key under mesh/config/remotes/ that names no cluster");
+                        None
+                    }
+                }
+            })
+            .collect();
+
+        // Stop tasks whose connection went or changed.
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(c, r)| configs.get(*c) != Some(&r.value) || r.handle.is_finished())
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in stale {
+            let r = running.remove(&c).expect("listed above");
+            r.stop.cancel();
+            let _ = r.handle.await;
+            self.live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&c);
+            if configs.contains_key(&c) {
+                tracing::info!(cluster = %c, "connection changed: restarting its mirror");
+            } else {
+                tracing::info!(cluster = %c, "connection removed: mirror stopped");
+            }
+        }
+        // Start tasks for new connections.
+        for (c, value) in &configs {
+            if running.contains_key(c) {
+                continue;
+            }
+            let state = Arc::new(RemoteState::default());
+            self.live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(c.clone(), state.clone());
+            let stop = term.child_token();
+            let task = RemoteTask {
+                cluster: c.clone(),
+                value: value.clone(),
+                own: self.config.cluster.clone(),
+                settings: self.config.settings,
+                state,
+                metrics: self.metrics.clone(),
+                ctx: ctx.clone(),
+                resolver: resolver.clone(),
+            };
+            let handle = tokio::spawn(task.run(stop.clone()));
+            running.insert(
+                c.clone(),
+                Running {
+                    value: value.clone(),
+                    stop,
+                    handle,
+                },
+            );
+        }
+        // Connections removed: count the grace down, then delete.
+        let statuses = client
+            .get(STATUS_REMOTES, Some(GetOptions::new().with_prefix()))
+            .await?;
+        for kv in statuses.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Ok(Key::RemoteStatus { cluster }) = key.parse::<Key>() else {
+                continue;
+            };
+            if configs.contains_key(&cluster) || running.contains_key(&cluster) {
+                continue;
+            }
+            if self.config.cluster.as_deref() == Some(cluster.as_str()) {
+                continue;
+            }
+            let mut status = RemoteStatusRecord::decode_checked(kv.value()).unwrap_or_default();
+            let now = now_ms();
+            let guard = Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision());
+            if status.removed_at_ms == 0 {
+                status.schema = SCHEMA;
+                status.removed_at_ms = now;
+                status.connected = false;
+                status.error = "disconnected: the connection was removed".to_owned();
+                let txn = Txn::new().when([guard]).and_then([TxnOp::put(
+                    key.clone(),
+                    status.encode_to_vec(),
+                    None,
+                )]);
+                tokio::time::timeout(LOCAL_TIMEOUT, client.txn(txn))
+                    .await
+                    .map_err(|_| etcd_client::Error::InvalidArgs("timed out".to_owned()))??;
+                tracing::info!(
+                    cluster = %cluster,
+                    grace = ?self.config.settings.disconnect_grace,
+                    "connection removed: its records go after the disconnect grace"
+                );
+            } else if Duration::from_millis((now - status.removed_at_ms).max(0) as u64)
+                >= self.config.settings.disconnect_grace
+            {
+                let prefix = cluster_prefix(&cluster);
+                let txn = Txn::new().when([guard]).and_then([
+                    TxnOp::delete(
+                        prefix.clone(),
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    ),
+                    TxnOp::delete(key.clone(), None),
+                ]);
+                let resp = client.txn(txn).await?;
+                if resp.succeeded() {
+                    tracing::info!(cluster = %cluster, "disconnect grace over: deleted the remote's records and status");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One remote's mirroring, for as long as its connection is unchanged.
+struct RemoteTask {
+    cluster: String,
+    value: Vec<u8>,
+    own: Option<String>,
+    settings: MirrorSettings,
+    state: Arc<RemoteState>,
+    metrics: Arc<MirrorMetrics>,
+    ctx: Context,
+    resolver: Resolver,
+}
+
+/// Why a connection cannot be used as configured.
+fn check_config(cluster: &str, own: Option<&str>, value: &[u8]) -> Result<Prepared, String> {
+    let config = RemoteConfigRecord::decode_checked(value).map_err(|e| e.to_string())?;
+    if config.cluster != cluster {
+        return Err(format!(
+            "the connection record names cluster {:?}, not {cluster:?}",
+            config.cluster
+        ));
+    }
+    if own == Some(cluster) {
+        return Err("this is this cluster itself; it is never mirrored".to_owned());
+    }
+    if config.id == 0 || config.id > u32::from(u16::MAX) {
+        return Err(format!("cluster id {} is not 1..=65535", config.id));
+    }
+    let pod_cidrs = config
+        .pod_cidrs
+        .iter()
+        .map(|c| c.parse::<Cidr>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if config.endpoints.is_empty() {
+        return Err("no endpoints".to_owned());
+    }
+    for e in &config.endpoints {
+        connect::host_port(e).map_err(|e| e.to_string())?;
+    }
+    let tls = certs::tls::remote_client(&certs::tls::RemoteMaterial {
+        cluster,
+        ca_pem: &config.ca_pem,
+        cert_pem: &config.cert_pem,
+        key_pem: &config.key_pem,
+    })
+    .map_err(|e| e.to_string())?;
+    let not_after = certs::pki::leaf_info(&config.cert_pem)
+        .map(|(_, t)| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        })
+        .unwrap_or(0);
+    Ok(Prepared {
+        validator: Validator::new(cluster, config.id, pod_cidrs),
+        tls: Arc::new(tls),
+        endpoints: config.endpoints,
+        cert_not_after_ms: not_after,
+    })
+}
+
+/// A connection checked and ready to dial.
+struct Prepared {
+    validator: Validator,
+    tls: Arc<rustls::ClientConfig>,
+    endpoints: Vec<String>,
+    cert_not_after_ms: i64,
+}
+
+impl RemoteTask {
+    async fn run(self, stop: CancellationToken) {
+        let cluster = self.cluster.as_str();
+        let prepared = match check_config(cluster, self.own.as_deref(), &self.value) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(cluster, error = %e, "cannot mirror: bad connection record (fix it with meshctl connect)");
+                // Shown in the status when one exists to write to; the task then waits for
+                // the record to change (which restarts it).
+                self.note_bad_config(&e, &stop).await;
+                stop.cancelled().await;
+                return;
+            }
+        };
+        self.state
+            .cert_not_after_ms
+            .store(prepared.cert_not_after_ms, Relaxed);
+        let left = prepared.cert_not_after_ms - now_ms();
+        if left < CERT_WARNING.as_millis() as i64 {
+            tracing::warn!(
+                cluster,
+                days = left / 86_400_000,
+                "the remote client certificate expires soon: renew it with `meshctl connect --renew`"
+            );
+        }
+        let mut backoff = BACKOFF.0;
+        while !stop.is_cancelled() {
+            let pause = match self.session(&prepared, &stop).await {
+                Ok(()) | Err(SessionError::Stopped) => return,
+                Err(SessionError::Fenced) => {
+                    tracing::info!(cluster, "another mirror wrote the status; reloading");
+                    BACKOFF.0
+                }
+                Err(e @ SessionError::OverBudget { .. }) => {
+                    tracing::error!(cluster, error = %e, "not mirrored");
+                    LONG_PAUSE
+                }
+                Err(e) => {
+                    tracing::warn!(cluster, error = %e, retry_in = ?backoff, "mirror interrupted");
+                    let b = backoff;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    b
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One session: load the local state, connect, mirror until something breaks.
+    async fn session(
+        &self,
+        prepared: &Prepared,
+        stop: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let local = self
+            .ctx
+            .local
+            .connect_for_streams()
+            .await
+            .map_err(|e| SessionError::Local(e.to_string()))?;
+        let mut session = Session::load(
+            &self.cluster,
+            &prepared.validator,
+            self.settings,
+            &self.state,
+            &self.metrics,
+            local,
+        )
+        .await?;
+        let connected = tokio::select! {
+            () = stop.cancelled() => return Err(SessionError::Stopped),
+            c = connect::connect(&prepared.endpoints, prepared.tls.clone(), &self.resolver) => c,
+        };
+        let result = match connected {
+            Ok((mut remote, endpoint)) => {
+                session.connected_to(&endpoint, prepared.cert_not_after_ms);
+                session.mirror(&mut remote, stop).await
+            }
+            Err(e) => Err(SessionError::Remote(e.to_string())),
+        };
+        match &result {
+            Err(SessionError::Stopped | SessionError::Fenced | SessionError::Local(_)) | Ok(()) => {
+            }
+            Err(e) => session.disconnected(e).await,
+        }
+        result
+    }
+
+    async fn note_bad_config(&self, error: &str, stop: &CancellationToken) {
+        let Ok(mut client) = self.ctx.local.connect().await else {
+            return;
+        };
+        let key = Key::RemoteStatus {
+            cluster: self.cluster.clone(),
+        }
+        .to_string();
+        if self.own.as_deref() == Some(self.cluster.as_str()) || stop.is_cancelled() {
+            return;
+        }
+        let Ok(resp) = client.get(key.as_str(), None).await else {
+            return;
+        };
+        let (mut status, rev) = match resp.kvs().first() {
+            Some(kv) => (
+                RemoteStatusRecord::decode_checked(kv.value()).unwrap_or_default(),
+                kv.mod_revision(),
+            ),
+            None => (RemoteStatusRecord::default(), 0),
+        };
+        let message = format!("bad connection record: {error}");
+        if status.error == message && !status.connected {
+            return;
+        }
+        status.schema = SCHEMA;
+        status.connected = false;
+        status.error = message;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::put(key, status.encode_to_vec(), None)]);
+        let _ = client.txn(txn).await;
+    }
+}

@@ -1,0 +1,731 @@
+//! Mirroring one remote cluster: list, then watch, `mesh/v1/<c>/` on the remote, and apply
+//! what changed to the same keys here.
+//!
+//! # Exactly once, across crashes and leader changes
+//! Every local write is one Txn that also rewrites `mesh/status/remotes/<c>`, whose record
+//! holds the remote position the data reached, and that is guarded by a compare on the status
+//! key's mod revision as this mirror last wrote or read it. So the position can never
+//! disagree with the data, and a second mirror (a deposed leader's, a restarted one) that
+//! races this one fails its compare, reloads and resumes from what the winner wrote: no change
+//! is applied twice or skipped.
+//!
+//! A position is `(revision, partial)`: every remote event up to `revision`, plus the first
+//! `partial` events of `revision + 1` (one remote revision can hold more changes than one
+//! local Txn may carry, so it is applied in parts). A restart watches from `revision + 1` and
+//! skips the `partial` events it already applied.
+//!
+//! # Lists
+//! With no position yet, after an interrupted list (`list_revision` set), or when the remote
+//! compacted past the position, the remote prefix is listed at one revision and the local
+//! prefix is made equal to it by difference (mark and sweep): changed and new keys are put,
+//! keys gone from the remote are deleted, and the remote's `synced/` markers come last, so an
+//! agent never takes a partial list for a complete one. Nothing is flushed and refilled.
+//!
+//! # Freshness
+//! The mirror asks the remote for watch progress every [`PROGRESS_EVERY`]; an answer (or an
+//! event) means it is current. After [`SILENCE`] without any answer the remote counts as
+//! disconnected. The time it was last current is kept in the status record, written with
+//! every batch, on every change of state, and otherwise at most every [`STATUS_EVERY`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use mesh_api::Kind;
+use mesh_api::SCHEMA;
+use mesh_api::keys::{Key, prefix_end};
+use mesh_api::remote::RemoteStatusRecord;
+use prost::Message as _;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::validate::{Rejection, Validator};
+use super::{MirrorMetrics, RemoteState};
+use crate::config::MirrorSettings;
+
+/// How often the mirror asks the remote for watch progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long the remote may stay silent (no event, no progress answer) before it counts as
+/// disconnected.
+pub const SILENCE: Duration = Duration::from_secs(3);
+/// A status with only a newer freshness or position is written at most this often.
+pub const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// Most operations of one local Txn besides the status put: etcd's `--max-txn-ops` (128)
+/// minus one.
+pub const MAX_OPS: usize = 127;
+/// Most key and value bytes of one local Txn, well under the 1.5 MiB request limit.
+pub const MAX_BYTES: usize = 1 << 20;
+/// Keys read per Range when listing a prefix.
+const PAGE: i64 = 500;
+/// Largest response accepted from a Range or a watch (a page of large values).
+const MAX_MESSAGE: usize = 256 << 20;
+/// Bound on one unary request (the clients carry no deadline, since they also watch).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The remote failed or went silent; it is disconnected until a new session connects.
+    #[error("remote: {0}")]
+    Remote(String),
+    /// The remote no longer has the history after the mirrored revision (compacted, or
+    /// rebuilt): the next step is a list.
+    #[error("remote: compacted past the mirrored revision: {0}")]
+    Compacted(String),
+    /// This cluster's own store failed.
+    #[error("local store: {0}")]
+    Local(String),
+    /// Another writer changed the status under this mirror (a new leader's mirror): reload.
+    #[error("the status changed under this mirror (another mirror is writing); reloading")]
+    Fenced,
+    /// The remote holds more than this cluster mirrors for one remote.
+    #[error(
+        "over budget: the remote exports {keys} keys and {bytes} bytes (limits {max_keys} keys, {max_bytes} bytes); not mirrored"
+    )]
+    OverBudget {
+        /// Keys it would take.
+        keys: u64,
+        /// Bytes it would take.
+        bytes: u64,
+        /// `--remote-max-keys`.
+        max_keys: u64,
+        /// `--remote-max-mib` in bytes.
+        max_bytes: u64,
+    },
+    /// The term ended.
+    #[error("stopped")]
+    Stopped,
+}
+
+fn remote_err(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Remote(e.to_string())
+}
+
+fn local_err(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Local(e.to_string())
+}
+
+/// Runs `call` with a deadline.
+async fn bounded<T, E: std::fmt::Display>(
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where the mirror is in the remote's history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// Every event up to this revision is applied.
+    pub revision: i64,
+    /// So are the first `partial` events of `revision + 1`.
+    pub partial: u32,
+}
+
+impl Position {
+    /// One more event, at `rev`, is applied (events come in revision order).
+    pub fn advance(&mut self, rev: i64) {
+        if rev == self.revision + 1 {
+            self.partial += 1;
+        } else if rev > self.revision + 1 {
+            self.revision = rev - 1;
+            self.partial = 1;
+        }
+    }
+
+    /// Every event up to `rev` is applied.
+    pub fn complete(&mut self, rev: i64) {
+        if rev >= self.revision + i64::from(self.partial > 0) {
+            self.revision = self.revision.max(rev);
+            self.partial = 0;
+        }
+    }
+}
+
+/// Changes waiting to be written in one Txn: the last wanted state of each key (`None`: absent).
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Operations waiting.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Whether adding `key` with `value` would take the batch past a limit (an empty batch
+    /// takes anything).
+    pub fn would_overflow(&self, key: &[u8], value: Option<&[u8]>) -> bool {
+        if self.ops.is_empty() || self.ops.contains_key(key) {
+            return false;
+        }
+        self.ops.len() + 1 > MAX_OPS
+            || self.bytes + key.len() + value.map_or(0, <[u8]>::len) > MAX_BYTES
+    }
+
+    /// Wants `key` to hold `value` (or be absent), given which keys exist (`present`).
+    pub fn set(&mut self, key: &[u8], value: Option<Vec<u8>>, present: impl Fn(&[u8]) -> bool) {
+        if let Some(Some(old)) = self.ops.get(key) {
+            self.bytes -= key.len() + old.len();
+        } else if let Some(None) = self.ops.get(key) {
+            self.bytes -= key.len();
+        }
+        match value {
+            Some(v) => {
+                self.bytes += key.len() + v.len();
+                self.ops.insert(key.to_vec(), Some(v));
+            }
+            None if present(key) => {
+                self.bytes += key.len();
+                self.ops.insert(key.to_vec(), None);
+            }
+            // Absent before the batch and absent after it: nothing to write.
+            None => {
+                self.ops.remove(key);
+            }
+        }
+    }
+
+    fn take(&mut self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.ops)
+    }
+}
+
+/// The local side of one remote's mirror: the status record and what is mirrored.
+pub struct Session<'a> {
+    /// The remote's name.
+    cluster: &'a str,
+    validator: &'a Validator,
+    settings: MirrorSettings,
+    state: &'a RemoteState,
+    metrics: &'a MirrorMetrics,
+    local: Client,
+    status_key: String,
+    /// The status as it should be written next.
+    status: RemoteStatusRecord,
+    /// The status as last written or read (what a heartbeat compares against).
+    written: RemoteStatusRecord,
+    /// When `written` was written.
+    written_at: Instant,
+    /// The status key's mod revision as last written or read: every Txn compares it.
+    status_rev: i64,
+    /// Mirrored keys and their key + value bytes.
+    index: BTreeMap<Vec<u8>, u64>,
+    /// The next position to write.
+    pos: Position,
+    /// When a rejection was last logged (a hostile remote must not flood the log).
+    logged_rejection: Option<Instant>,
+}
+
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("cluster", &self.cluster)
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Session<'a> {
+    /// Loads the status and the index of what is mirrored from the local store.
+    pub async fn load(
+        cluster: &'a str,
+        validator: &'a Validator,
+        settings: MirrorSettings,
+        state: &'a RemoteState,
+        metrics: &'a MirrorMetrics,
+        mut local: Client,
+    ) -> Result<Session<'a>, SessionError> {
+        let status_key = Key::RemoteStatus {
+            cluster: cluster.to_owned(),
+        }
+        .to_string();
+        let resp = bounded(local.get(status_key.as_str(), None))
+            .await
+            .map_err(local_err)?;
+        let (written, status_rev) = match resp.kvs().first() {
+            Some(kv) => (
+                // An unreadable status (written by hand, a newer schema) starts over: a list
+                // makes the data right whatever it holds.
+                RemoteStatusRecord::decode_checked(kv.value()).unwrap_or_default(),
+                kv.mod_revision(),
+            ),
+            None => (RemoteStatusRecord::default(), 0),
+        };
+        let (_, kvs) = read_all(&mut local, validator.prefix(), None)
+            .await
+            .map_err(local_err)?;
+        let index: BTreeMap<Vec<u8>, u64> = kvs
+            .into_iter()
+            .map(|(k, v)| {
+                let n = (k.len() + v.len()) as u64;
+                (k, n)
+            })
+            .collect();
+        let mut status = written.clone();
+        status.schema = SCHEMA;
+        // The connection exists again (a disconnect within the grace period was undone).
+        status.removed_at_ms = 0;
+        let pos = Position {
+            revision: status.remote_revision,
+            partial: status.partial_events,
+        };
+        let mut session = Session {
+            cluster,
+            validator,
+            settings,
+            state,
+            metrics,
+            local,
+            status_key,
+            status,
+            written,
+            written_at: Instant::now(),
+            status_rev,
+            index,
+            pos,
+            logged_rejection: None,
+        };
+        session.count_index();
+        state
+            .current_at_ms
+            .store(session.status.current_at_ms, Relaxed);
+        Ok(session)
+    }
+
+    fn count_index(&mut self) {
+        self.status.keys = self.index.len() as u64;
+        self.status.bytes = self.index.values().sum();
+        self.state.keys.store(self.status.keys, Relaxed);
+        self.state.bytes.store(self.status.bytes, Relaxed);
+    }
+
+    /// Records that the remote cannot be reached (or mirrored) and why; writes it when it is
+    /// news.
+    pub async fn disconnected(&mut self, error: &SessionError) {
+        self.state.connected.store(false, Relaxed);
+        self.status.connected = false;
+        self.status.error = error.to_string();
+        self.status.over_budget = matches!(error, SessionError::OverBudget { .. });
+        if let Err(e) = self.write_status(false).await {
+            tracing::debug!(cluster = self.cluster, error = %e, "status not written");
+        }
+    }
+
+    /// Notes the certificate's expiry and the endpoint reached.
+    pub fn connected_to(&mut self, endpoint: &str, cert_not_after_ms: i64) {
+        self.status.endpoint = endpoint.to_owned();
+        self.status.cert_not_after_ms = cert_not_after_ms;
+    }
+
+    /// Mirrors from `remote` until an error or the end of `term`: a list first if there is
+    /// no position to resume from, then the watch, listing again whenever the remote
+    /// compacted past the position.
+    pub async fn mirror(
+        &mut self,
+        remote: &mut Client,
+        term: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut resync = false;
+        loop {
+            if self.status.list_revision != 0 || self.pos.revision == 0 || resync {
+                self.list(remote, resync).await?;
+            }
+            match self.watch(remote, term).await {
+                Err(SessionError::Compacted(e)) => {
+                    tracing::info!(cluster = self.cluster, reason = %e, "resyncing: listing the remote again");
+                    resync = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Lists the remote prefix at one revision and makes the local prefix equal to it.
+    async fn list(&mut self, remote: &mut Client, resync: bool) -> Result<(), SessionError> {
+        let started = Instant::now();
+        let (revision, kvs) = read_all(remote, self.validator.prefix(), None)
+            .await
+            .map_err(remote_err)?;
+        self.mark_current();
+        let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for (k, v) in kvs {
+            match self.validator.check(&k, &v) {
+                Ok(()) => {
+                    wanted.insert(k, v);
+                }
+                Err(r) => self.rejected(&r),
+            }
+        }
+        let keys = wanted.len() as u64;
+        let bytes: u64 = wanted.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        self.check_budget(keys, bytes)?;
+        let (_, here) = read_all(&mut self.local, self.validator.prefix(), None)
+            .await
+            .map_err(local_err)?;
+        let here: BTreeMap<Vec<u8>, Vec<u8>> = here.into_iter().collect();
+
+        // Records first, deletions next, markers last.
+        let marker = |k: &[u8]| {
+            std::str::from_utf8(k)
+                .ok()
+                .and_then(|k| k.parse::<Key>().ok())
+                .is_some_and(|k| k.kind() == Some(Kind::Synced))
+        };
+        let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for (k, v) in wanted.iter().filter(|(k, _)| !marker(k)) {
+            if here.get(k) != Some(v) {
+                ops.push((k.clone(), Some(v.clone())));
+            }
+        }
+        for k in here.keys().filter(|k| !wanted.contains_key(*k)) {
+            ops.push((k.clone(), None));
+        }
+        for (k, v) in wanted.iter().filter(|(k, _)| marker(k)) {
+            if here.get(k) != Some(v) {
+                ops.push((k.clone(), Some(v.clone())));
+            }
+        }
+        let writes = ops.len();
+        self.status.list_revision = revision;
+        let mut batch = Batch::default();
+        let mut txns = 0;
+        for (k, v) in ops {
+            if batch.would_overflow(&k, v.as_deref()) {
+                self.flush(&mut batch).await?;
+                txns += 1;
+            }
+            let index = &self.index;
+            batch.set(&k, v, |k| index.contains_key(k));
+        }
+        // The last Txn (possibly with no data) moves the position to the listed revision.
+        self.status.list_revision = 0;
+        self.pos = Position {
+            revision,
+            partial: 0,
+        };
+        if resync {
+            self.status.resyncs += 1;
+            self.metrics.resyncs(self.cluster).inc();
+            self.metrics
+                .resync_writes(self.cluster)
+                .inc_by(writes as u64);
+        }
+        self.flush_always(&mut batch).await?;
+        txns += 1;
+        tracing::info!(
+            cluster = self.cluster,
+            revision,
+            keys,
+            writes,
+            txns,
+            resync,
+            ms = started.elapsed().as_millis() as u64,
+            "listed the remote"
+        );
+        Ok(())
+    }
+
+    fn check_budget(&self, keys: u64, bytes: u64) -> Result<(), SessionError> {
+        if keys > self.settings.max_keys || bytes > self.settings.max_bytes {
+            return Err(SessionError::OverBudget {
+                keys,
+                bytes,
+                max_keys: self.settings.max_keys,
+                max_bytes: self.settings.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Watches the remote from the position until an error or the end of `term`.
+    async fn watch(
+        &mut self,
+        remote: &mut Client,
+        term: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let start = self.pos.revision + 1;
+        let mut skip = self.pos.partial;
+        let options = WatchOptions::new().with_prefix().with_start_revision(start);
+        let mut stream = bounded(
+            remote
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE)
+                .watch(self.validator.prefix(), Some(options)),
+        )
+        .await
+        .map_err(remote_err)?;
+        let mut ask = tokio::time::interval(PROGRESS_EVERY);
+        ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_answer = Instant::now();
+        let mut batch = Batch::default();
+        loop {
+            let message = tokio::select! {
+                () = term.cancelled() => return Err(SessionError::Stopped),
+                _ = ask.tick() => {
+                    if last_answer.elapsed() > SILENCE {
+                        return Err(SessionError::Remote(format!(
+                            "no answer from the remote for {:?}", last_answer.elapsed()
+                        )));
+                    }
+                    stream.request_progress().await.map_err(remote_err)?;
+                    self.write_status(false).await?;
+                    continue;
+                }
+                m = stream.message() => m,
+            };
+            let Some(resp) = message.map_err(remote_err)? else {
+                return Err(SessionError::Remote(
+                    "the remote ended the watch".to_owned(),
+                ));
+            };
+            last_answer = Instant::now();
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    return Err(SessionError::Compacted(format!(
+                        "compacted to {}, mirrored to {}",
+                        resp.compact_revision(),
+                        self.pos.revision
+                    )));
+                }
+                return Err(SessionError::Remote(format!(
+                    "the remote canceled the watch: {}",
+                    resp.cancel_reason()
+                )));
+            }
+            self.mark_current();
+            if resp.created() {
+                if !self.status.connected {
+                    self.state.connected.store(true, Relaxed);
+                    self.status.connected = true;
+                    self.status.error.clear();
+                    self.status.over_budget = false;
+                    self.write_status(true).await?;
+                    tracing::info!(cluster = self.cluster, from = start, "watching the remote");
+                }
+                continue;
+            }
+            if resp.events().is_empty() {
+                // A progress answer: every event up to its revision has been sent (and, since
+                // events are handled as they come, applied).
+                let progress = resp.header().map_or(0, |h| h.revision());
+                if progress < self.pos.revision {
+                    return Err(SessionError::Compacted(format!(
+                        "the remote is at revision {progress}, behind the mirrored {} (was it rebuilt?)",
+                        self.pos.revision
+                    )));
+                }
+                self.pos.complete(progress);
+                continue;
+            }
+            let mut last = self.pos.revision;
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let rev = kv.mod_revision();
+                last = rev;
+                if skip > 0 && rev == start {
+                    skip -= 1;
+                    self.pos.advance(rev);
+                    continue;
+                }
+                let value = match event.event_type() {
+                    EventType::Put => match self.validator.check(kv.key(), kv.value()) {
+                        Ok(()) => Some(kv.value().to_vec()),
+                        Err(r) => {
+                            self.rejected(&r);
+                            None
+                        }
+                    },
+                    EventType::Delete => None,
+                };
+                if batch.would_overflow(kv.key(), value.as_deref()) {
+                    self.flush(&mut batch).await?;
+                }
+                let index = &self.index;
+                batch.set(kv.key(), value, |k| index.contains_key(k));
+                self.pos.advance(rev);
+            }
+            // A response holds whole revisions.
+            self.pos.complete(last);
+            skip = 0;
+            self.flush(&mut batch).await?;
+        }
+    }
+
+    fn mark_current(&mut self) {
+        let now = now_ms();
+        self.status.current_at_ms = now;
+        self.state.current_at_ms.store(now, Relaxed);
+    }
+
+    fn rejected(&mut self, r: &Rejection) {
+        self.status.rejected += 1;
+        self.metrics.rejected(self.cluster, r.reason()).inc();
+        let quiet = self
+            .logged_rejection
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if !quiet {
+            self.logged_rejection = Some(Instant::now());
+            tracing::warn!(
+                cluster = self.cluster,
+                reason = r.reason(),
+                "not mirrored: {r}"
+            );
+        }
+    }
+
+    /// Writes `batch` with the status, if it holds anything.
+    async fn flush(&mut self, batch: &mut Batch) -> Result<(), SessionError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.flush_always(batch).await
+    }
+
+    /// Writes `batch` (possibly empty) and the status in one guarded Txn.
+    async fn flush_always(&mut self, batch: &mut Batch) -> Result<(), SessionError> {
+        let ops = batch.take();
+        let mut keys = self.index.len() as u64;
+        let mut bytes: u64 = self.status.bytes;
+        for (k, v) in &ops {
+            let old = self.index.get(k);
+            bytes -= old.copied().unwrap_or(0);
+            keys -= u64::from(old.is_some());
+            if let Some(v) = v {
+                bytes += (k.len() + v.len()) as u64;
+                keys += 1;
+            }
+        }
+        self.check_budget(keys, bytes)?;
+        let mut txn_ops: Vec<TxnOp> = ops
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => TxnOp::put(k.clone(), v.clone(), None),
+                None => TxnOp::delete(k.clone(), None),
+            })
+            .collect();
+        self.status.remote_revision = self.pos.revision;
+        self.status.partial_events = self.pos.partial;
+        self.status.keys = keys;
+        self.status.bytes = bytes;
+        txn_ops.push(TxnOp::put(
+            self.status_key.clone(),
+            self.status.encode_to_vec(),
+            None,
+        ));
+        self.commit(txn_ops).await?;
+        for (k, v) in ops {
+            match v {
+                Some(v) => {
+                    let n = (k.len() + v.len()) as u64;
+                    self.index.insert(k, n);
+                }
+                None => {
+                    self.index.remove(&k);
+                }
+            }
+        }
+        self.count_index();
+        self.metrics.writes(self.cluster).inc();
+        Ok(())
+    }
+
+    /// Writes the status alone: at once if something people act on changed (`force`, the
+    /// connection, the error, the budget, the endpoint, a list in progress), else when only
+    /// the freshness or position moved and [`STATUS_EVERY`] has passed.
+    pub async fn write_status(&mut self, force: bool) -> Result<(), SessionError> {
+        self.status.remote_revision = self.pos.revision;
+        self.status.partial_events = self.pos.partial;
+        let (s, w) = (&self.status, &self.written);
+        let news = force
+            || s.connected != w.connected
+            || s.error != w.error
+            || s.over_budget != w.over_budget
+            || s.endpoint != w.endpoint
+            || s.list_revision != w.list_revision
+            || s.removed_at_ms != w.removed_at_ms
+            || s.cert_not_after_ms != w.cert_not_after_ms;
+        let moved = s != w;
+        if !(news || (moved && self.written_at.elapsed() >= STATUS_EVERY)) {
+            return Ok(());
+        }
+        let put = TxnOp::put(self.status_key.clone(), self.status.encode_to_vec(), None);
+        self.commit(vec![put]).await
+    }
+
+    /// One Txn guarded by the status key's mod revision.
+    async fn commit(&mut self, ops: Vec<TxnOp>) -> Result<(), SessionError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.status_key.clone(),
+                CompareOp::Equal,
+                self.status_rev,
+            )])
+            .and_then(ops);
+        let resp = bounded(self.local.txn(txn)).await.map_err(local_err)?;
+        if !resp.succeeded() {
+            return Err(SessionError::Fenced);
+        }
+        self.status_rev = resp.header().map_or(0, |h| h.revision());
+        self.written = self.status.clone();
+        self.written_at = Instant::now();
+        Ok(())
+    }
+}
+
+/// Every key and value under `prefix` at one revision (the first page's, unless given),
+/// read in pages; returns the revision too.
+pub async fn read_all(
+    client: &mut Client,
+    prefix: &str,
+    revision: Option<i64>,
+) -> Result<(i64, Vec<(Vec<u8>, Vec<u8>)>), String> {
+    let end = prefix_end(prefix);
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut at = revision.unwrap_or(0);
+    let mut out = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if at > 0 {
+            options = options.with_revision(at);
+        }
+        let resp = bounded(kv.get(from.clone(), Some(options))).await?;
+        if at == 0 {
+            at = resp.header().map_or(0, |h| h.revision());
+        }
+        let kvs = resp.kvs();
+        for kv in kvs {
+            out.push((kv.key().to_vec(), kv.value().to_vec()));
+        }
+        match kvs.last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok((at, out)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

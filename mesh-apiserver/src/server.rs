@@ -1,0 +1,185 @@
+//! The composition root: one mesh API server process, assembled from a validated [`Config`]
+//! and bound sockets, served until the shutdown future completes.
+//!
+//! It owns what the parts share: the one metrics registry, the one shutdown signal (a
+//! cancellation token every loop watches), and the list of leader-gated controllers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvstore::server::{Member, ServerError};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SourceConfig};
+use crate::controller::{self, Context, Controller, LocalClient};
+use crate::http;
+use crate::mirror::{Mirror, MirrorConfig};
+use crate::publish::controller::{Publisher, PublisherConfig, RecordSettings, Source};
+use crate::publish::convert::Settings;
+use crate::publish::live::LiveSource;
+
+/// The sockets a server serves, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The etcd API.
+    pub client: Vec<TcpListener>,
+    /// Raft peers. Never expose to clients.
+    pub peer: Vec<TcpListener>,
+    /// `/metrics` and `/healthz`.
+    pub metrics: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every `--listen-*-urls` address of `config`.
+    pub async fn bind(config: &Config) -> Result<Listeners, Error> {
+        async fn bind_all(addrs: &[String]) -> Result<Vec<TcpListener>, Error> {
+            let mut out = Vec::new();
+            for addr in addrs {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                out.push(l);
+            }
+            Ok(out)
+        }
+        Ok(Listeners {
+            client: bind_all(&config.listen_client).await?,
+            peer: bind_all(&config.listen_peer).await?,
+            metrics: bind_all(&config.listen_metrics).await?,
+        })
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// `host:port`.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store member failed.
+    #[error(transparent)]
+    Member(#[from] ServerError),
+    /// `--kubernetes`: the API could not be reached.
+    #[error("connecting to the Kubernetes API (--kubernetes): {0}")]
+    Kubernetes(#[from] kube::Error),
+}
+
+/// How long the controllers and metrics servers get to stop before the member stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` completes (or the store fails), then stops everything in order:
+/// controllers and metrics first, the member last.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let cluster_name = config.cluster_name();
+    let member = Member::start(
+        config.member.clone(),
+        kvstore::server::Listeners {
+            client: listeners.client,
+            peer: listeners.peer,
+        },
+    )
+    .await?;
+    let mut registry = Registry::with_prefix("raftmesh");
+    member.register_metrics(&mut registry);
+
+    let mut controllers: Vec<Arc<dyn Controller>> = Vec::new();
+    if let (Some(p), Some(c)) = (&config.publisher, &config.cluster) {
+        let source = match &p.source {
+            SourceConfig::Manifests(dir) => Source::Manifests(dir.clone()),
+            SourceConfig::Kubernetes => {
+                Source::Live(LiveSource::start(kube::Client::try_default().await?))
+            }
+        };
+        tracing::info!(source = ?p.source, cluster = %c.name, "publishing the cluster's objects while this member leads");
+        let publisher = Publisher::new(PublisherConfig {
+            identity_gc_grace: p.identity_gc_grace,
+            settings: Settings {
+                cluster: c.name.clone(),
+                cluster_id: c.id,
+            },
+            record: RecordSettings {
+                pod_cidrs: c.pod_cidrs.iter().map(ToString::to_string).collect(),
+                service_cidrs: c.service_cidrs.iter().map(ToString::to_string).collect(),
+                remote_urls: c.remote_urls.clone(),
+                ca_fingerprint: c.ca_fingerprint.clone(),
+            },
+            source,
+        });
+        publisher.register(&mut registry);
+        controllers.push(Arc::new(publisher));
+    }
+    let mirror = Mirror::new(MirrorConfig {
+        settings: config.mirror,
+        cluster: cluster_name.clone(),
+    });
+    mirror.register(&mut registry);
+    controllers.push(Arc::new(mirror));
+
+    let registry = Arc::new(registry);
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    for l in listeners.metrics {
+        tasks.spawn(http::serve(
+            l,
+            registry.clone(),
+            member.node().clone(),
+            stop.clone(),
+        ));
+    }
+    let local = LocalClient {
+        url: config
+            .member
+            .advertise_client_urls
+            .first()
+            .cloned()
+            .unwrap_or_default(),
+        tls: config.local_tls.clone(),
+    };
+    let ctx = Context {
+        cluster: cluster_name,
+        local,
+        node: member.node().clone(),
+    };
+    tasks.spawn(controller::supervise(
+        controllers,
+        ctx,
+        member.leading(),
+        stop.clone(),
+    ));
+
+    let outcome = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        e = member.failed() => {
+            tracing::error!(error = %e, "the store failed; shutting down");
+            Err(Error::Member(e))
+        }
+    };
+    stop.cancel();
+    if tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+    }
+    member.stop().await;
+    outcome
+}
