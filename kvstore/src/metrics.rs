@@ -114,23 +114,23 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry, node: Arc<Node>) {
         registry.register(
             "grpc_request_duration_seconds",
-            "Latency of etcd API calls.",
+            "Latency of etcd API calls",
             self.rpcs.clone(),
         );
-        registry.register("watchers", "Open watchers.", self.watchers.clone());
+        registry.register("watchers", "Open watchers", self.watchers.clone());
         registry.register(
             "watch_events_sent",
-            "Events sent to watchers.",
+            "Events sent to watchers",
             self.events.clone(),
         );
         registry.register(
             "raft_leader_changes",
-            "Leader changes seen by this member.",
+            "Leader changes seen by this member",
             self.leader_changes.clone(),
         );
         registry.register(
             "tls_handshakes",
-            "TLS handshakes by port and outcome.",
+            "TLS handshakes by port and outcome",
             self.handshakes.clone(),
         );
         registry.register_collector(Box::new(StoreCollector {

@@ -9,6 +9,7 @@
 //! - [`cidr`]: IP prefixes (pod and service CIDRs): parsing, containment, overlap.
 //! - [`remote`]: the records of remote-cluster connections (`mesh/config/remotes/`,
 //!   `mesh/status/remotes/`).
+//! - [`endpoint`]: API server endpoints (`https://host:port`).
 //! - [`codec`]: encoding (protobuf) and decoding checked against the key's kind, and the
 //!   human-readable form meshctl prints.
 //!
@@ -25,6 +26,7 @@
 
 pub mod cidr;
 pub mod codec;
+pub mod endpoint;
 pub mod keys;
 pub mod records;
 pub mod remote;

@@ -95,6 +95,10 @@ pub struct RemoteStatusRecord {
     /// cluster id, addresses outside the pod CIDRs).
     #[prost(uint64, tag = "15")]
     pub rejected: u64,
+    /// The remote store's etcd cluster id as its responses carry it: a different one means
+    /// the remote was rebuilt, and its revisions start over.
+    #[prost(uint64, tag = "16")]
+    pub remote_cluster_id: u64,
 }
 
 /// A value that is not the record its key calls for.

@@ -234,22 +234,22 @@ impl Mirror {
         let m = &self.metrics;
         registry.register(
             "remote_writes",
-            "Txns the mirror wrote for a remote cluster.",
+            "Txns the mirror wrote for a remote cluster",
             m.writes.clone(),
         );
         registry.register(
             "remote_resyncs",
-            "Re-lists of a remote cluster that had compacted past the mirrored revision.",
+            "Re-lists of a remote cluster that had compacted past the mirrored revision",
             m.resyncs.clone(),
         );
         registry.register(
             "remote_resync_writes",
-            "Keys written or deleted by re-lists.",
+            "Keys written or deleted by re-lists",
             m.resync_writes.clone(),
         );
         registry.register(
             "remote_rejected_records",
-            "Records of a remote cluster not mirrored, by reason.",
+            "Records of a remote cluster not mirrored, by reason",
             m.rejected.clone(),
         );
         registry.register_collector(Box::new(LiveCollector {
@@ -480,7 +480,7 @@ fn check_config(cluster: &str, own: Option<&str>, value: &[u8]) -> Result<Prepar
         return Err("no endpoints".to_owned());
     }
     for e in &config.endpoints {
-        connect::host_port(e).map_err(|e| e.to_string())?;
+        mesh_api::endpoint::host_port(e).map_err(|e| e.to_string())?;
     }
     let tls = certs::tls::remote_client(&certs::tls::RemoteMaterial {
         cluster,

@@ -74,8 +74,14 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
     // last), i.e. in the middle of it.
     let deadline = Instant::now() + Duration::from_secs(120);
     let at_kill = loop {
-        let written = count(&mut client, "mesh/v1/apps/").await.unwrap();
-        let markers = count(&mut client, "mesh/v1/apps/synced/").await.unwrap();
+        assert!(Instant::now() < deadline, "the initial sync did not start");
+        // A read may time out while the sync loads the machine: just read again.
+        let (Ok(written), Ok(markers)) = (
+            count(&mut client, "mesh/v1/apps/").await,
+            count(&mut client, "mesh/v1/apps/synced/").await,
+        ) else {
+            continue;
+        };
         assert_eq!(
             markers, 0,
             "the initial sync finished before it could be interrupted ({written} keys)"
@@ -85,7 +91,6 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
             cluster.kill(leader);
             break written;
         }
-        assert!(Instant::now() < deadline, "the initial sync did not start");
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     eprintln!("killed the leader with {at_kill} keys written");

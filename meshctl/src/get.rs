@@ -7,14 +7,18 @@ use anyhow::{Context, anyhow};
 use clap::{Args, ValueEnum};
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use mesh_api::Record;
+use mesh_api::keys::Key;
+use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
 use serde_json::{Value, json};
 
 use crate::Failure;
+use crate::context::ConfigFile;
 
 /// Print the records at a key (or under a prefix), decoded.
 ///
-/// Connection flags default to etcdctl's environment variables, so a shell set up for
-/// etcdctl (as `scripts/run-cluster` prints) works as is.
+/// The cluster is `--context`'s; without it, the connection flags (which default to
+/// etcdctl's environment variables, so a shell set up for etcdctl works as is), and without
+/// those the current context.
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// The key, e.g. mesh/v1/apps/services/default/web; with --prefix, a prefix such as
@@ -25,13 +29,13 @@ pub struct GetArgs {
     #[arg(long)]
     prefix: bool,
 
-    /// API server endpoints (host:port or URLs, comma-separated).
-    #[arg(
-        long,
-        env = "ETCDCTL_ENDPOINTS",
-        default_value = "127.0.0.1:2379",
-        value_delimiter = ','
-    )]
+    /// The cluster's context (see meshctl config).
+    #[arg(long, conflicts_with_all = ["endpoints", "cacert", "cert", "key_file"])]
+    context: Option<String>,
+
+    /// API server endpoints (host:port or URLs, comma-separated) [default: the current
+    /// context's, else 127.0.0.1:2379].
+    #[arg(long, env = "ETCDCTL_ENDPOINTS", value_delimiter = ',')]
     endpoints: Vec<String>,
 
     /// CA bundle of the cluster (PEM).
@@ -61,7 +65,23 @@ pub enum Output {
 }
 
 /// Runs `meshctl get`.
-pub fn run(args: GetArgs) -> Result<(), Failure> {
+pub fn run(mut args: GetArgs) -> Result<(), Failure> {
+    let flags_given = !args.endpoints.is_empty() || args.cacert.is_some();
+    if args.context.is_some() || !flags_given {
+        let (_, file) = ConfigFile::load().map_err(Failure::BadInput)?;
+        if args.context.is_some() || file.current_context.is_some() {
+            let ctx = file
+                .resolve(args.context.as_deref())
+                .map_err(Failure::BadInput)?;
+            args.endpoints = ctx.endpoints;
+            if let Some((ca, cert, key)) = ctx.tls {
+                (args.cacert, args.cert, args.key_file) = (Some(ca), Some(cert), Some(key));
+            }
+        }
+    }
+    if args.endpoints.is_empty() {
+        args.endpoints = vec!["127.0.0.1:2379".to_owned()];
+    }
     let tls = tls(&args).map_err(Failure::BadInput)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -135,6 +155,32 @@ async fn fetch(args: &GetArgs, tls: Option<TlsOptions>) -> anyhow::Result<Vec<Va
 /// One key as printed: the decoded record, or why it is not one (with the raw value).
 fn entry(key: &[u8], value: &[u8], revision: i64) -> Value {
     let key = String::from_utf8_lossy(key).into_owned();
+    let remote = match key.parse::<Key>() {
+        Ok(Key::RemoteConfig { .. }) => {
+            Some(RemoteConfigRecord::decode_checked(value).map(|r| r.to_json()))
+        }
+        Ok(Key::RemoteStatus { .. }) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            Some(RemoteStatusRecord::decode_checked(value).map(|r| r.to_json(now)))
+        }
+        _ => None,
+    };
+    match remote {
+        Some(Ok(record)) => {
+            return json!({ "key": key, "modRevision": revision, "record": record });
+        }
+        Some(Err(e)) => {
+            return json!({
+                "key": key,
+                "modRevision": revision,
+                "error": e.to_string(),
+                "value": String::from_utf8_lossy(value),
+            });
+        }
+        None => {}
+    }
     match Record::decode_at(&key, value) {
         Ok((_, record)) => {
             json!({ "key": key, "modRevision": revision, "record": record.to_json() })

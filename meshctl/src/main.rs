@@ -4,13 +4,24 @@
 //! - `main.rs`: flags, dispatch and exit codes (64 for bad input, 1 for other failures).
 //! - [`pki`]: `meshctl pki init|issue`, a cluster's CA and role certificates.
 //! - [`get`]: `meshctl get`, records read from an API server, decoded for people.
+//! - [`config`]: `meshctl config`, contexts ([`context`] resolves them to clients).
+//! - [`connect`]: `meshctl connect|disconnect`, joining clusters.
+//! - [`status`]: `meshctl status`, members and remote mirrors.
+//! - [`services`]: `meshctl services`, global services and their backends per cluster.
+//! - [`output`]: `-o table|json|yaml`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config;
+mod connect;
+mod context;
 mod get;
+mod output;
 mod pki;
+mod services;
+mod status;
 
 /// raftmesh's command-line tool.
 #[derive(Debug, Parser)]
@@ -27,6 +38,17 @@ enum Command {
     Pki(pki::Command),
     /// Print the records at a key or under a prefix, decoded (YAML or JSON).
     Get(get::GetArgs),
+    /// Manage contexts: named clusters with their endpoints and credentials.
+    #[command(subcommand)]
+    Config(config::Command),
+    /// Connect clusters, so each mirrors the other's records.
+    Connect(connect::ConnectArgs),
+    /// Disconnect clusters.
+    Disconnect(connect::DisconnectArgs),
+    /// Show a cluster's members and how its mirrors of remote clusters are doing.
+    Status(status::StatusArgs),
+    /// Show the global services and their backends in every cluster.
+    Services(services::ServicesArgs),
 }
 
 /// Why a command failed, which decides the exit code.
@@ -61,6 +83,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pki(command) => pki::run(command),
         Command::Get(args) => get::run(args),
+        Command::Config(command) => config::run(command),
+        Command::Connect(args) => connect::run_connect(args),
+        Command::Disconnect(args) => connect::run_disconnect(args),
+        Command::Status(args) => status::run(args),
+        Command::Services(args) => services::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

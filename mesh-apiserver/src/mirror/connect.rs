@@ -30,33 +30,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// An endpoint is not `https://host:port`.
-    #[error("endpoint {endpoint:?}: expected https://host:port")]
-    BadEndpoint {
-        /// The endpoint.
-        endpoint: String,
-    },
+    #[error(transparent)]
+    BadEndpoint(#[from] mesh_api::endpoint::EndpointError),
     /// No endpoint worked; what each attempt said.
     #[error("no endpoint reachable: {}", attempts.join("; "))]
     Unreachable {
         /// `endpoint (address): error` per attempt.
         attempts: Vec<String>,
     },
-}
-
-/// `(host, port)` of `https://host:port[/]`.
-pub fn host_port(endpoint: &str) -> Result<(String, u16), ConnectError> {
-    let bad = || ConnectError::BadEndpoint {
-        endpoint: endpoint.to_owned(),
-    };
-    let rest = endpoint.strip_prefix("https://").ok_or_else(bad)?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok((host.to_owned(), port))
 }
 
 /// Resolves host names (from the system's DNS configuration and hosts file).
@@ -117,7 +98,7 @@ pub async fn connect(
 ) -> Result<(Client, String), ConnectError> {
     let mut attempts = Vec::new();
     for endpoint in endpoints {
-        let (host, port) = host_port(endpoint)?;
+        let (host, port) = mesh_api::endpoint::host_port(endpoint)?;
         let ips = match resolver.lookup(&host).await {
             Ok(ips) => ips,
             Err(e) => {
@@ -207,27 +188,6 @@ impl tower_service::Service<Uri> for RemoteConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_must_be_https_host_port() {
-        assert_eq!(
-            host_port("https://lb.example.com:2379").unwrap(),
-            ("lb.example.com".to_owned(), 2379)
-        );
-        assert_eq!(
-            host_port("https://[fd00::1]:2379/").unwrap(),
-            ("fd00::1".to_owned(), 2379)
-        );
-        for bad in [
-            "http://10.0.0.1:2379",
-            "https://10.0.0.1",
-            "https://:2379",
-            "https://10.0.0.1:0",
-            "10.0.0.1:2379",
-        ] {
-            assert!(host_port(bad).is_err(), "{bad}");
-        }
-    }
 
     #[tokio::test]
     async fn ip_addresses_need_no_dns_and_localhost_resolves_from_the_hosts_file() {

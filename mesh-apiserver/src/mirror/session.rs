@@ -15,8 +15,9 @@
 //! skips the `partial` events it already applied.
 //!
 //! # Lists
-//! With no position yet, after an interrupted list (`list_revision` set), or when the remote
-//! compacted past the position, the remote prefix is listed at one revision and the local
+//! With no position yet, after an interrupted list (`list_revision` set), when the remote
+//! compacted past the position, or when the remote store is another one (a rebuilt remote:
+//! another etcd cluster id in its responses, its revisions started over), the remote prefix is listed at one revision and the local
 //! prefix is made equal to it by difference (mark and sweep): changed and new keys are put,
 //! keys gone from the remote are deleted, and the remote's `synced/` markers come last, so an
 //! agent never takes a partial list for a complete one. Nothing is flushed and refilled.
@@ -271,7 +272,7 @@ impl<'a> Session<'a> {
             ),
             None => (RemoteStatusRecord::default(), 0),
         };
-        let (_, kvs) = read_all(&mut local, validator.prefix(), None)
+        let (_, _, kvs) = read_all(&mut local, validator.prefix(), None)
             .await
             .map_err(local_err)?;
         let index: BTreeMap<Vec<u8>, u64> = kvs
@@ -363,9 +364,11 @@ impl<'a> Session<'a> {
     /// Lists the remote prefix at one revision and makes the local prefix equal to it.
     async fn list(&mut self, remote: &mut Client, resync: bool) -> Result<(), SessionError> {
         let started = Instant::now();
-        let (revision, kvs) = read_all(remote, self.validator.prefix(), None)
+        let (revision, cluster_id, kvs) = read_all(remote, self.validator.prefix(), None)
             .await
             .map_err(remote_err)?;
+        // A list starts over wherever the position was: this store is the one from now on.
+        self.status.remote_cluster_id = cluster_id;
         self.mark_current();
         let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for (k, v) in kvs {
@@ -379,7 +382,7 @@ impl<'a> Session<'a> {
         let keys = wanted.len() as u64;
         let bytes: u64 = wanted.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         self.check_budget(keys, bytes)?;
-        let (_, here) = read_all(&mut self.local, self.validator.prefix(), None)
+        let (_, _, here) = read_all(&mut self.local, self.validator.prefix(), None)
             .await
             .map_err(local_err)?;
         let here: BTreeMap<Vec<u8>, Vec<u8>> = here.into_iter().collect();
@@ -499,6 +502,7 @@ impl<'a> Session<'a> {
                 ));
             };
             last_answer = Instant::now();
+            self.same_remote(resp.header().map_or(0, |h| h.cluster_id()))?;
             if resp.canceled() {
                 if resp.compact_revision() > 0 {
                     return Err(SessionError::Compacted(format!(
@@ -526,14 +530,9 @@ impl<'a> Session<'a> {
             }
             if resp.events().is_empty() {
                 // A progress answer: every event up to its revision has been sent (and, since
-                // events are handled as they come, applied).
+                // events are handled as they come, applied). A member that lags behind the one
+                // read before answers with an older revision, which moves nothing.
                 let progress = resp.header().map_or(0, |h| h.revision());
-                if progress < self.pos.revision {
-                    return Err(SessionError::Compacted(format!(
-                        "the remote is at revision {progress}, behind the mirrored {} (was it rebuilt?)",
-                        self.pos.revision
-                    )));
-                }
                 self.pos.complete(progress);
                 continue;
             }
@@ -568,6 +567,24 @@ impl<'a> Session<'a> {
             self.pos.complete(last);
             skip = 0;
             self.flush(&mut batch).await?;
+            self.write_status(false).await?;
+        }
+    }
+
+    /// Checks that responses come from the remote store the position belongs to: a rebuilt
+    /// remote (a new etcd cluster id) starts its revisions over, so the position means
+    /// nothing there and only a list is right.
+    fn same_remote(&mut self, cluster_id: u64) -> Result<(), SessionError> {
+        match self.status.remote_cluster_id {
+            _ if cluster_id == 0 => Ok(()),
+            0 => {
+                self.status.remote_cluster_id = cluster_id;
+                Ok(())
+            }
+            known if known == cluster_id => Ok(()),
+            known => Err(SessionError::Compacted(format!(
+                "the remote's store is another one (cluster id {cluster_id:x}, was {known:x}): rebuilt?"
+            ))),
         }
     }
 
@@ -650,8 +667,9 @@ impl<'a> Session<'a> {
     }
 
     /// Writes the status alone: at once if something people act on changed (`force`, the
-    /// connection, the error, the budget, the endpoint, a list in progress), else when only
-    /// the freshness or position moved and [`STATUS_EVERY`] has passed.
+    /// connection, the error, the budget, the endpoint, a list in progress, a rejected
+    /// record), else when only the freshness or position moved and [`STATUS_EVERY`] has
+    /// passed.
     pub async fn write_status(&mut self, force: bool) -> Result<(), SessionError> {
         self.status.remote_revision = self.pos.revision;
         self.status.partial_events = self.pos.partial;
@@ -663,7 +681,8 @@ impl<'a> Session<'a> {
             || s.endpoint != w.endpoint
             || s.list_revision != w.list_revision
             || s.removed_at_ms != w.removed_at_ms
-            || s.cert_not_after_ms != w.cert_not_after_ms;
+            || s.cert_not_after_ms != w.cert_not_after_ms
+            || s.rejected != w.rejected;
         let moved = s != w;
         if !(news || (moved && self.written_at.elapsed() >= STATUS_EVERY)) {
             return Ok(());
@@ -693,16 +712,17 @@ impl<'a> Session<'a> {
 }
 
 /// Every key and value under `prefix` at one revision (the first page's, unless given),
-/// read in pages; returns the revision too.
+/// read in pages; returns the revision and the store's etcd cluster id too.
 pub async fn read_all(
     client: &mut Client,
     prefix: &str,
     revision: Option<i64>,
-) -> Result<(i64, Vec<(Vec<u8>, Vec<u8>)>), String> {
+) -> Result<(i64, u64, Vec<(Vec<u8>, Vec<u8>)>), String> {
     let end = prefix_end(prefix);
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let mut from = prefix.as_bytes().to_vec();
     let mut at = revision.unwrap_or(0);
+    let mut cluster_id = 0;
     let mut out = Vec::new();
     loop {
         let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
@@ -710,8 +730,11 @@ pub async fn read_all(
             options = options.with_revision(at);
         }
         let resp = bounded(kv.get(from.clone(), Some(options))).await?;
-        if at == 0 {
-            at = resp.header().map_or(0, |h| h.revision());
+        if let Some(h) = resp.header() {
+            if at == 0 {
+                at = h.revision();
+            }
+            cluster_id = h.cluster_id();
         }
         let kvs = resp.kvs();
         for kv in kvs {
@@ -722,7 +745,7 @@ pub async fn read_all(
                 from = last.key().to_vec();
                 from.push(0);
             }
-            _ => return Ok((at, out)),
+            _ => return Ok((at, cluster_id, out)),
         }
     }
 }

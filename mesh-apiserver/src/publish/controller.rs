@@ -116,39 +116,39 @@ impl PublisherMetrics {
         let r = registry;
         r.register(
             "publish_leading",
-            "1 while this member's publisher acts (it leads).",
+            "1 while this member's publisher acts (it leads)",
             self.leading.clone(),
         );
         r.register(
             "publish_passes",
-            "Publishing passes completed.",
+            "Publishing passes completed",
             self.passes.clone(),
         );
         r.register(
             "publish_failures",
-            "Publishing passes that failed.",
+            "Publishing passes that failed",
             self.failures.clone(),
         );
-        r.register("publish_puts", "Records written.", self.puts.clone());
-        r.register("publish_deletes", "Records deleted.", self.deletes.clone());
+        r.register("publish_puts", "Records written", self.puts.clone());
+        r.register("publish_deletes", "Records deleted", self.deletes.clone());
         r.register(
             "publish_conflicts",
-            "Txns redone because the store changed under them.",
+            "Txns redone because the store changed under them",
             self.conflicts.clone(),
         );
         r.register(
             "publish_identities",
-            "Identities the workloads use.",
+            "Identities the workloads use",
             self.identities.clone(),
         );
         r.register(
             "publish_last_pass_milliseconds",
-            "Duration of the last pass.",
+            "Duration of the last pass",
             self.last_pass_ms.clone(),
         );
         r.register(
             "publish_skipped_objects",
-            "Objects the last pass skipped, by reason.",
+            "Objects the last pass skipped, by reason",
             self.skipped.clone(),
         );
     }

@@ -1,0 +1,301 @@
+//! `meshctl status`: a cluster's members and, for every remote it mirrors, whether the mirror
+//! is connected and how fresh its copy is.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use etcd_client::{Client, GetOptions};
+use mesh_api::keys::{CONFIG_REMOTES, Key, STATUS_REMOTES};
+use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
+use serde_json::{Value, json};
+
+use crate::Failure;
+use crate::context::{ClusterContext, ConfigFile};
+use crate::output::{Output, print, render};
+
+/// Bound on one request.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Remote certificates expiring sooner than this are warned about.
+const CERT_WARNING_DAYS: i64 = 30;
+
+/// Show a cluster's members (leader, revision, health) and its remote clusters (connected,
+/// freshness age, remote revision, keys mirrored, last error).
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The cluster's context (default: the current context).
+    #[arg(long)]
+    context: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Wait until every member is healthy and every remote connected and current; exit 1 if
+    /// that does not happen within --timeout.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+/// Runs `meshctl status`.
+pub fn run(args: StatusArgs) -> Result<(), Failure> {
+    let (_, file) = ConfigFile::load().map_err(Failure::BadInput)?;
+    let ctx = file
+        .resolve(args.context.as_deref())
+        .map_err(Failure::BadInput)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(e.into()))?;
+    let status = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+        loop {
+            let attempt = status(&ctx).await;
+            let done = match &attempt {
+                Ok(s) => !args.wait || settled(s),
+                Err(_) => !args.wait,
+            };
+            if done {
+                return attempt;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = match &attempt {
+                    Ok(s) => unsettled(s),
+                    Err(e) => format!("{e:#}"),
+                };
+                return Err(anyhow::anyhow!(
+                    "not settled after {}s: {why}",
+                    args.timeout
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let status = status.map_err(Failure::Other)?;
+    print(args.output, &status, || table(&status)).map_err(Failure::Other)
+}
+
+/// Every member healthy, every remote connected and current.
+fn settled(s: &Value) -> bool {
+    unsettled(s).is_empty()
+}
+
+/// What is not settled yet, for the timeout message; empty when settled.
+fn unsettled(s: &Value) -> String {
+    let mut out = Vec::new();
+    for m in s["members"].as_array().into_iter().flatten() {
+        if m["healthy"] != true {
+            out.push(format!(
+                "member {} unhealthy",
+                m["name"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    for r in s["remotes"].as_array().into_iter().flatten() {
+        if r["connected"] != true || r["listing"] == true || r["configured"] != true {
+            out.push(format!(
+                "remote {} not connected ({})",
+                r["cluster"].as_str().unwrap_or("?"),
+                r["error"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out.join("; ")
+}
+
+/// The status as JSON (the table is made from it).
+async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
+    let mut client = ctx.client(TIMEOUT).await?;
+    let list = client.member_list().await.context("listing members")?;
+    let mut members = Vec::new();
+    for m in list.members() {
+        let url = m.client_urls().first().cloned().unwrap_or_default();
+        let mut row = json!({
+            "name": m.name(),
+            "id": format!("{:x}", m.id()),
+            "clientURLs": m.client_urls(),
+            "healthy": false,
+        });
+        match member_status(ctx, &url).await {
+            Ok(s) => {
+                row["healthy"] = json!(s.leader() != 0);
+                row["leader"] = json!(s.leader() == m.id());
+                row["revision"] = json!(s.header().map_or(0, |h| h.revision()));
+                row["raftIndex"] = json!(s.raft_index());
+                row["raftTerm"] = json!(s.raft_term());
+                row["dbSize"] = json!(s.db_size());
+            }
+            Err(e) => row["error"] = json!(format!("{e:#}")),
+        }
+        members.push(row);
+    }
+    let remotes = remotes(&mut client).await?;
+    Ok(json!({
+        "context": ctx.name,
+        "cluster": ctx.cluster().ok(),
+        "members": members,
+        "remotes": remotes,
+    }))
+}
+
+async fn member_status(
+    ctx: &ClusterContext,
+    url: &str,
+) -> anyhow::Result<etcd_client::StatusResponse> {
+    if url.is_empty() {
+        anyhow::bail!("no client URL published yet");
+    }
+    let mut c = ctx.member_client(url, TIMEOUT).await?;
+    Ok(c.status().await?)
+}
+
+/// Every configured remote and every remote with a status (a removed one still has its
+/// status until the disconnect grace is over).
+async fn remotes(client: &mut Client) -> anyhow::Result<Vec<Value>> {
+    let now = now_ms();
+    let mut out: std::collections::BTreeMap<String, Value> = Default::default();
+    let configs = client
+        .get(CONFIG_REMOTES, Some(GetOptions::new().with_prefix()))
+        .await
+        .context("reading mesh/config/remotes/")?;
+    for kv in configs.kvs() {
+        let Ok(Key::RemoteConfig { cluster }) = String::from_utf8_lossy(kv.key()).parse::<Key>()
+        else {
+            continue;
+        };
+        let mut row = json!({ "cluster": cluster, "configured": true, "connected": false });
+        match RemoteConfigRecord::decode_checked(kv.value()) {
+            Ok(c) => {
+                row["endpoints"] = json!(c.endpoints);
+                if let Ok((_, not_after)) = certs::pki::leaf_info(&c.cert_pem) {
+                    let ms = not_after
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    let days = (ms - now) / 86_400_000;
+                    row["certExpiresInDays"] = json!(days);
+                    if days < CERT_WARNING_DAYS {
+                        row["warning"] = json!(format!(
+                            "the remote certificate expires in {days} days: meshctl connect --renew"
+                        ));
+                    }
+                }
+            }
+            Err(e) => row["error"] = json!(format!("unreadable connection record: {e}")),
+        }
+        out.insert(cluster, row);
+    }
+    let statuses = client
+        .get(STATUS_REMOTES, Some(GetOptions::new().with_prefix()))
+        .await
+        .context("reading mesh/status/remotes/")?;
+    for kv in statuses.kvs() {
+        let Ok(Key::RemoteStatus { cluster }) = String::from_utf8_lossy(kv.key()).parse::<Key>()
+        else {
+            continue;
+        };
+        let row = out
+            .entry(cluster.clone())
+            .or_insert_with(|| json!({ "cluster": cluster, "configured": false }));
+        match RemoteStatusRecord::decode_checked(kv.value()) {
+            Ok(s) => {
+                let fields = s.to_json(now);
+                for (k, v) in fields.as_object().into_iter().flatten() {
+                    if k == "schema" || (k == "error" && v == "" && row.get("error").is_some()) {
+                        continue;
+                    }
+                    row[k] = v.clone();
+                }
+            }
+            Err(e) => row["error"] = json!(format!("unreadable status: {e}")),
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn table(s: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![vec![
+        "MEMBER".to_owned(),
+        "ID".to_owned(),
+        "ENDPOINT".to_owned(),
+        "LEADER".to_owned(),
+        "REVISION".to_owned(),
+        "HEALTH".to_owned(),
+    ]];
+    for m in s["members"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(&m["name"]),
+            text(&m["id"]),
+            m["clientURLs"][0].as_str().unwrap_or("-").to_owned(),
+            if m["leader"] == true { "*" } else { "" }.to_owned(),
+            text(&m["revision"]),
+            if m["healthy"] == true {
+                "ok".to_owned()
+            } else {
+                format!("unhealthy: {}", text(&m["error"]))
+            },
+        ]);
+    }
+    let members = render(&rows);
+    let remotes = s["remotes"].as_array().cloned().unwrap_or_default();
+    if remotes.is_empty() {
+        return format!("{members}\nno remote clusters (meshctl connect)\n");
+    }
+    let mut rows = vec![
+        [
+            "REMOTE",
+            "CONNECTED",
+            "FRESHNESS",
+            "REMOTE-REVISION",
+            "KEYS",
+            "CERT-DAYS",
+            "ERROR",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for r in &remotes {
+        let connected = match (r["configured"] == true, r["connected"] == true) {
+            (false, _) => "removed".to_owned(),
+            (true, true) if r["listing"] == true => "listing".to_owned(),
+            (true, true) => "yes".to_owned(),
+            (true, false) => "no".to_owned(),
+        };
+        let age = r["freshnessAgeSeconds"]
+            .as_f64()
+            .map_or("never".to_owned(), |a| format!("{a:.1}s"));
+        let mut error = text(&r["error"]);
+        if let Some(w) = r["warning"].as_str() {
+            error = if error == "-" || error.is_empty() {
+                w.to_owned()
+            } else {
+                format!("{error}; {w}")
+            };
+        }
+        rows.push(vec![
+            text(&r["cluster"]),
+            connected,
+            age,
+            text(&r["remoteRevision"]),
+            text(&r["keys"]),
+            text(&r["certExpiresInDays"]),
+            if error.is_empty() {
+                "-".to_owned()
+            } else {
+                error
+            },
+        ]);
+    }
+    format!("{members}\n{}", render(&rows))
+}
