@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`kv`]: `mesh-bench kv`, the store against etcd (workloads, load driver).
 //! - [`publish`]: `mesh-bench publish`, publishing a cluster's objects as records.
+//! - [`mirror`]: `mesh-bench mirror`, one cluster's records reaching another (against etcd's
+//!   make-mirror).
 //! - [`report`]: the markdown table, the raw JSON and the PNG chart.
 //! - [`machine`]: cores, CPU, kernel, versions.
 //! - [`stats`]: latency samples and percentiles.
@@ -14,6 +16,7 @@
 
 mod kv;
 mod machine;
+mod mirror;
 mod progress;
 mod publish;
 mod report;
@@ -41,6 +44,11 @@ enum Command {
     /// Publishing a synthetic cluster (default 1,000 services, 10,000 pods) from
     /// --manifests-dir: initial sync time, writes, keys, bytes in the store, disk and memory.
     Publish(publish::PublishArgs),
+    /// Mirroring between two connected clusters (cluster A publishes 1,000 services, 10,000
+    /// pods): initial mirror time and writes, propagation of single changes (p50/p99/max under
+    /// background churn), and the writes a restart costs; against etcd's `etcdctl
+    /// make-mirror` on the same data. Needs meshctl next to mesh-bench, and etcd for the anchor.
+    Mirror(mirror::MirrorArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +69,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Kv(args) => kv::run(args, command).await,
             Command::Publish(args) => publish::run(args, command).await,
+            Command::Mirror(args) => mirror::run(args, command).await,
         }
     });
     match result {

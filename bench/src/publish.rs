@@ -42,13 +42,13 @@ pub struct PublishArgs {
 
 /// The keys a complete publish of `yaml` holds: the records, one identity per label set, the
 /// eight reserved identities, one ipcache entry per pod, the cluster record and six markers.
-fn expected_keys(yaml: &str) -> Result<i64> {
+pub fn expected_keys(yaml: &str, cluster: &str, cluster_id: u16) -> Result<i64> {
     let mut objects = Objects::default();
     objects.add_yaml(yaml)?;
     let d = desired(
         &Settings {
-            cluster: "bench".into(),
-            cluster_id: 9,
+            cluster: cluster.into(),
+            cluster_id,
         },
         &objects,
     );
@@ -122,7 +122,7 @@ pub async fn run(args: PublishArgs, command: String) -> Result<()> {
         .header()
         .context("header")?
         .revision();
-    let want = expected_keys(&yaml)?;
+    let want = expected_keys(&yaml, "bench", 9)?;
     eprintln!(
         "[raftmesh] publishing {} objects ({} bytes of YAML, {want} keys)",
         shape.objects(),

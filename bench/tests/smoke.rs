@@ -121,3 +121,51 @@ fn publish_smoke_run_publishes_every_record() {
     assert_eq!(raw["keys"], 2 + 10 + 10 + 10 + 8 + 50 + 1 + 6);
     assert!(out.path().join("publish-10x50.md").is_file());
 }
+
+#[test]
+fn mirror_smoke_run_writes_a_complete_report() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_mesh-bench"));
+    for bin in ["mesh-apiserver", "meshctl"] {
+        assert!(
+            bench.with_file_name(bin).is_file(),
+            "{bin} is missing: build the workspace (cargo build --workspace)"
+        );
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&bench)
+        .args([
+            "mirror",
+            "--services",
+            "10",
+            "--pods",
+            "50",
+            "--nodes",
+            "2",
+            "--changes",
+            "20",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let raw: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("mirror-10x50.json")).unwrap(),
+    )
+    .unwrap();
+    let runs = raw["runs"].as_array().unwrap();
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["raftmesh", "etcd make-mirror"]);
+    for r in runs {
+        // The same data set on both sides, every change timed.
+        assert_eq!(r["keys"], 2 + 10 + 10 + 10 + 8 + 50 + 1 + 6, "{r}");
+        assert_eq!(r["changes"], 20, "{r}");
+        assert!(r["propagation_ms"]["p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(runs[0]["restarts"].as_array().unwrap().len(), 2);
+    assert!(out.path().join("mirror-10x50.md").is_file());
+}

@@ -268,6 +268,27 @@ impl Controller for Mirror {
     }
 }
 
+/// Signals `changed` whenever a key under `mesh/config/remotes/` changes, until aborted.
+async fn watch_connections(ctx: Context, changed: Arc<tokio::sync::Notify>) {
+    loop {
+        if let Ok(mut client) = ctx.local.connect_for_streams().await
+            && let Ok(mut stream) = client
+                .watch(
+                    CONFIG_REMOTES,
+                    Some(etcd_client::WatchOptions::new().with_prefix()),
+                )
+                .await
+        {
+            while let Ok(Some(resp)) = stream.message().await {
+                if !resp.events().is_empty() {
+                    changed.notify_one();
+                }
+            }
+        }
+        tokio::time::sleep(RECONCILE_EVERY).await;
+    }
+}
+
 /// A running remote task.
 struct Running {
     /// The configuration it runs with, as stored.
@@ -281,6 +302,9 @@ impl Mirror {
         let resolver = Resolver::system();
         let mut running: BTreeMap<String, Running> = BTreeMap::new();
         let mut client: Option<Client> = None;
+        // A connection made or removed is acted on at once, not at the next tick.
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(watch_connections(ctx.clone(), changed.clone()));
         loop {
             if client.is_none() {
                 match ctx.local.connect().await {
@@ -297,8 +321,10 @@ impl Mirror {
             tokio::select! {
                 () = term.cancelled() => break,
                 () = tokio::time::sleep(RECONCILE_EVERY) => {}
+                () = changed.notified() => {}
             }
         }
+        watcher.abort();
         for r in running.values() {
             r.stop.cancel();
         }

@@ -91,6 +91,8 @@ pub struct ClusterSpec<'a> {
     /// Its pod CIDR (`--pod-cidr`); its nodes' pod CIDRs lie inside it.
     pub pod_cidr: &'a str,
     pub members: usize,
+    /// More mesh-apiserver flags.
+    pub extra: Vec<&'a str>,
 }
 
 impl<'a> ClusterSpec<'a> {
@@ -102,6 +104,7 @@ impl<'a> ClusterSpec<'a> {
             id,
             pod_cidr,
             members: 3,
+            extra: Vec::new(),
         }
     }
 }
@@ -171,6 +174,8 @@ impl Mesh {
             "--disconnect-grace".into(),
             format!("{GRACE_SECS}s"),
         ];
+        s.extra_args
+            .extend(spec.extra.iter().map(|a| (*a).to_owned()));
         let cluster = Cluster::start(Flavor::Raftmesh(server()), s).await.unwrap();
         let endpoints = cluster.client_urls().join(",");
         self.meshctl_ok(&[

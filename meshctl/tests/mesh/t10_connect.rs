@@ -125,6 +125,27 @@ async fn three_clusters_mirror_each_other_exactly() {
     let out = mesh.meshctl_ok(&["connect", "--context", "infra", "--destination", "apps"]);
     assert!(out.starts_with("already connected"), "{out}");
     assert_eq!(connection_records(&mesh).await, before);
+    // --renew issues new certificates (new connection records), and the mirrors go on.
+    let out = mesh.meshctl_ok(&[
+        "connect",
+        "--context",
+        "edge",
+        "--destination",
+        "infra",
+        "--renew",
+        "--wait",
+    ]);
+    assert!(
+        out.starts_with("connected edge ⇄ infra (2 connection record(s) written"),
+        "{out}"
+    );
+    let renewed = connection_records(&mesh).await;
+    for key in [
+        ("edge".to_owned(), "mesh/config/remotes/infra".to_owned()),
+        ("infra".to_owned(), "mesh/config/remotes/edge".to_owned()),
+    ] {
+        assert!(renewed[&key] > before[&key], "{key:?} not rewritten");
+    }
     // Conflicts are refused before anything is written.
     let mut apps_again = ClusterSpec::new("apps", 9, "10.9.0.0/16");
     apps_again.context = "apps-again";

@@ -305,7 +305,12 @@ async fn a_remote_compacted_while_disconnected_costs_one_resync_of_the_differenc
         .revision();
     infra.compact(now, None).await.unwrap();
 
-    apps.put(key, original, None).await.unwrap();
+    // Back, by host name this time (resolved from the hosts file).
+    let mut restored = RemoteConfigRecord::decode_checked(&original).unwrap();
+    for e in &mut restored.endpoints {
+        *e = e.replace("127.0.0.1", "localhost");
+    }
+    apps.put(key, restored.encode_to_vec(), None).await.unwrap();
     let got = converged(
         &mesh.get("infra").cluster,
         &mesh.get("apps").cluster,
@@ -318,6 +323,7 @@ async fn a_remote_compacted_while_disconnected_costs_one_resync_of_the_differenc
     );
     let (s, _) = status(&mesh.get("apps").cluster, "infra").await.unwrap();
     assert_eq!(s.resyncs, 1, "{s:?}");
+    assert!(s.endpoint.starts_with("https://localhost:"), "{s:?}");
     let writes = metric_sum(
         &mesh.get("apps").cluster,
         "raftmesh_remote_resync_writes_total{cluster=\"infra\"}",
@@ -379,6 +385,11 @@ async fn a_frozen_remote_is_served_stale_with_a_growing_age_and_caught_up_by_a_d
         .await
         .unwrap();
     assert!(age >= first.1 + 1.5, "freshness age {} then {age}", first.1);
+    // `meshctl status --wait` gives up and says why.
+    let out = mesh.meshctl(&["status", "--context", "apps", "--wait", "--timeout", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("remote infra not connected"), "{stderr}");
 
     let infra = &mut mesh.get_mut("infra").cluster;
     for i in 0..infra.len() {
@@ -402,4 +413,92 @@ async fn a_frozen_remote_is_served_stale_with_a_growing_age_and_caught_up_by_a_d
     assert!(got.contains_key("mesh/v1/infra/nodekeys/after"));
     let (s, _) = status(&mesh.get("apps").cluster, "infra").await.unwrap();
     assert!(s.connected && s.resyncs == 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_prefix_on_a_busy_remote_keeps_up_with_its_compaction() {
+    let mut mesh = connected_pair().await;
+    // Infra is busy outside its exported prefix, then compacts; the mirror's position moved
+    // with the progress answers, so a restarted mirror resumes without a re-list.
+    let mut infra = mesh.get("infra").cluster.client().await.unwrap();
+    for i in 0..200 {
+        infra
+            .put(format!("busy/{}", i % 10), format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let busy = infra
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let apps = &mesh.get("apps").cluster;
+    eventually(
+        "the mirror's stored position passes the busy writes",
+        PATIENCE,
+        async || {
+            let (s, _) = status(apps, "infra").await?;
+            ensure!(
+                s.remote_revision >= busy,
+                "at {} of {busy}",
+                s.remote_revision
+            );
+            Ok(())
+        },
+    )
+    .await;
+    infra.compact(busy, None).await.unwrap();
+    // Every member of apps restarts: the mirror starts from the stored position.
+    let apps = &mut mesh.get_mut("apps").cluster;
+    for i in 0..apps.len() {
+        apps.kill(i);
+    }
+    for i in 0..apps.len() {
+        apps.restart(i).await.unwrap();
+    }
+    infra
+        .put("mesh/v1/infra/nodekeys/late", node_key("late"), None)
+        .await
+        .unwrap();
+    let got = converged(
+        &mesh.get("infra").cluster,
+        &mesh.get("apps").cluster,
+        "infra",
+    )
+    .await;
+    assert!(got.contains_key("mesh/v1/infra/nodekeys/late"));
+    let (s, _) = status(&mesh.get("apps").cluster, "infra").await.unwrap();
+    assert_eq!(s.resyncs, 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_over_budget_is_not_mirrored_and_says_so() {
+    let mut mesh = Mesh::new();
+    let mut apps = ClusterSpec::new("apps", 1, "10.1.0.0/16");
+    apps.members = 1;
+    apps.extra = vec!["--remote-max-keys", "10"];
+    mesh.start(apps).await;
+    let mut infra = ClusterSpec::new("infra", 2, "10.2.0.0/16");
+    infra.members = 1;
+    mesh.start(infra).await;
+    mesh.meshctl_ok(&["connect", "--context", "apps", "--destination", "infra"]);
+    let apps = &mesh.get("apps").cluster;
+    let s = eventually("apps reports infra over budget", PATIENCE, async || {
+        let (s, _) = status(apps, "infra").await?;
+        ensure!(s.over_budget, "{s:?}");
+        Ok(s)
+    })
+    .await;
+    assert!(!s.connected && s.error.contains("limits 10 keys"), "{s:?}");
+    let mut c = apps.client().await.unwrap();
+    assert!(snapshot(&mut c, "mesh/v1/infra/").await.unwrap().is_empty());
+    // The other direction is within budget.
+    converged(
+        &mesh.get("apps").cluster,
+        &mesh.get("infra").cluster,
+        "apps",
+    )
+    .await;
 }
