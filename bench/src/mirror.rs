@@ -694,13 +694,11 @@ fn report(
         "churn_per_second": args.churn,
         "runs": raw,
     });
-    std::fs::create_dir_all(&args.out)?;
-    let name = format!("mirror-{}x{}", shape.services, shape.pods);
-    let md_path = args.out.join(format!("{name}.md"));
-    let json_path = args.out.join(format!("{name}.json"));
-    std::fs::write(&md_path, &md)?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&raw)? + "\n")?;
-    println!("{md}");
-    eprintln!("wrote {}\nwrote {}", md_path.display(), json_path.display());
+    crate::report::write_table(
+        &args.out,
+        &format!("mirror-{}x{}", shape.services, shape.pods),
+        &md,
+        &raw,
+    )?;
     Ok(())
 }

@@ -341,3 +341,16 @@ fn chart(report: &Report, path: &Path) -> Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// Writes `<dir>/<name>.md` and `<dir>/<name>.json`, prints the markdown and says where they
+/// went (the single-table benchmarks: publish, mirror).
+pub fn write_table(dir: &Path, name: &str, md: &str, raw: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let md_path = dir.join(format!("{name}.md"));
+    let json_path = dir.join(format!("{name}.json"));
+    std::fs::write(&md_path, md)?;
+    std::fs::write(&json_path, serde_json::to_string_pretty(raw)? + "\n")?;
+    println!("{md}");
+    eprintln!("wrote {}\nwrote {}", md_path.display(), json_path.display());
+    Ok(())
+}

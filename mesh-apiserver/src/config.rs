@@ -2,7 +2,6 @@
 //! is validated into once, before anything starts ([`Config::validate`]). A configuration that
 //! does not validate changes nothing; the binary exits with status 64.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -464,11 +463,6 @@ fn socket_addr(url: &str, scheme: &str) -> Result<String, String> {
     Ok(hostport.to_owned())
 }
 
-/// Whether `addr` (`host:port`) is an address to bind rather than a name to resolve.
-pub fn is_socket_addr(addr: &str) -> bool {
-    addr.parse::<SocketAddr>().is_ok()
-}
-
 /// Loads the TLS files, or checks that none were given with --insecure-plaintext.
 fn tls(flags: &Flags) -> Result<Option<MemberTls>, ConfigError> {
     let files = [
@@ -545,7 +539,8 @@ fn cluster(flags: &Flags, tls: Option<&MemberTls>) -> Result<Option<ClusterConfi
     let pod_cidrs = cidrs("--pod-cidr", &flags.pod_cidr)?;
     let service_cidrs = cidrs("--service-cidr", &flags.service_cidr)?;
     for url in &flags.advertise_remote_urls {
-        socket_addr(url, "https").map_err(|r| invalid("--advertise-remote-urls", url, r))?;
+        mesh_api::endpoint::host_port(url)
+            .map_err(|e| invalid("--advertise-remote-urls", url, e.to_string()))?;
     }
     let (name, id) = match (&flags.cluster_name, flags.cluster_id) {
         (Some(name), Some(id)) => (name, id),

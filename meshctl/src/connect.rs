@@ -24,20 +24,15 @@ use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
 use mesh_api::{Record, SCHEMA};
 use prost::Message as _;
 
-use crate::Failure;
 use crate::context::{ClusterContext, ConfigFile};
+use crate::{Failure, runtime};
 
 /// Bound on one request.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Certificates closer than this to expiry are reissued by a plain `connect`.
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
-/// Connect clusters: each mirrors the other's records.
-///
-/// Reads both clusters' cluster records (`mesh/v1/<c>/cluster`), refuses equal names or ids
-/// and overlapping pod CIDRs, issues each side a `remote` certificate signed by the other
-/// cluster's CA (both contexts need a PKI directory with its CA key), and writes
-/// `mesh/config/remotes/<other>` in both clusters. Running it again changes nothing.
+/// Flags of `meshctl connect`.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// The context of one side (default: the current context).
@@ -67,8 +62,7 @@ pub struct ConnectArgs {
     timeout: u64,
 }
 
-/// Disconnect clusters: each stops mirroring the other; the mirrored records go after the
-/// API servers' --disconnect-grace.
+/// Flags of `meshctl disconnect`.
 #[derive(Debug, Args)]
 pub struct DisconnectArgs {
     /// The context of one side (default: the current context).
@@ -113,13 +107,6 @@ impl Plan {
     fn changes(&self) -> bool {
         self.current.as_ref() != Some(&self.wanted)
     }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other(e.into()))
 }
 
 /// Runs `meshctl connect`.

@@ -83,10 +83,7 @@ pub fn run(mut args: GetArgs) -> Result<(), Failure> {
         args.endpoints = vec!["127.0.0.1:2379".to_owned()];
     }
     let tls = tls(&args).map_err(Failure::BadInput)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other(e.into()))?;
+    let runtime = crate::runtime()?;
     let entries = runtime
         .block_on(fetch(&args, tls))
         .map_err(Failure::Other)?;

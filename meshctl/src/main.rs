@@ -42,8 +42,17 @@ enum Command {
     #[command(subcommand)]
     Config(config::Command),
     /// Connect clusters, so each mirrors the other's records.
+    ///
+    /// Reads both clusters' cluster records (mesh/v1/<c>/cluster), refuses equal names or ids
+    /// and overlapping pod CIDRs (also with every cluster either side already mirrors), issues
+    /// each side a `remote` certificate signed by the other cluster's CA (both contexts need a
+    /// PKI directory with its CA key), and writes mesh/config/remotes/<other> in both clusters.
+    /// Nothing is written unless every check passes. Running it again changes nothing.
     Connect(connect::ConnectArgs),
-    /// Disconnect clusters.
+    /// Disconnect clusters: each stops mirroring the other.
+    ///
+    /// Removes both connection records; the mirrored records are deleted after the API
+    /// servers' --disconnect-grace (a reconnect within it resumes where the mirror was).
     Disconnect(connect::DisconnectArgs),
     /// Show a cluster's members and how its mirrors of remote clusters are doing.
     Status(status::StatusArgs),
@@ -100,6 +109,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime a command's requests run on (one thread: meshctl waits on one thing at a time).
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Other(e.into()))
 }
 
 /// The error and its causes on one line, skipping a cause whose text the line already has

@@ -35,10 +35,7 @@ pub fn run(args: ServicesArgs) -> Result<(), Failure> {
     let ctx = file
         .resolve(args.context.as_deref())
         .map_err(Failure::BadInput)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other(e.into()))?;
+    let runtime = crate::runtime()?;
     let value = runtime
         .block_on(async {
             let own = ctx.cluster().ok();

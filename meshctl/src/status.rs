@@ -44,10 +44,7 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
     let ctx = file
         .resolve(args.context.as_deref())
         .map_err(Failure::BadInput)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Other(e.into()))?;
+    let runtime = crate::runtime()?;
     let status = runtime.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
         loop {

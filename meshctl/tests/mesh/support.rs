@@ -341,6 +341,17 @@ pub async fn status(cluster: &Cluster, remote: &str) -> Result<(RemoteStatusReco
     ))
 }
 
+/// The store's current revision.
+pub async fn revision(client: &mut Client) -> i64 {
+    client
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
 /// A node key record whose public key is `key`.
 pub fn node_key(key: &str) -> Vec<u8> {
     Record::NodeKey(NodeKeyRecord {

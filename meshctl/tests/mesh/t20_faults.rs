@@ -15,7 +15,8 @@ use prost::Message as _;
 use tokio::task::JoinHandle;
 
 use crate::support::{
-    ClusterSpec, Mesh, PATIENCE, converged, eventually, metric_sum, node_key, snapshot, status,
+    ClusterSpec, Mesh, PATIENCE, converged, eventually, metric_sum, node_key, revision, snapshot,
+    status,
 };
 
 /// apps and infra, connected both ways and converged.
@@ -155,10 +156,7 @@ async fn outage(mesh: &mut Mesh, ctx: &str, i: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_killed_during_churn_lose_and_repeat_nothing() {
     let mut mesh = connected_pair().await;
-    let apps_rev = {
-        let mut c = mesh.get("apps").cluster.client().await.unwrap();
-        c.get("x", None).await.unwrap().header().unwrap().revision()
-    };
+    let apps_rev = revision(&mut mesh.get("apps").cluster.client().await.unwrap()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let watch = record_events(
         mesh.get("apps").cluster.client().await.unwrap(),
@@ -296,13 +294,7 @@ async fn a_remote_compacted_while_disconnected_costs_one_resync_of_the_differenc
             .await
             .unwrap();
     }
-    let now = infra
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let now = revision(&mut infra).await;
     infra.compact(now, None).await.unwrap();
 
     // Back, by host name this time (resolved from the hosts file).
@@ -427,13 +419,7 @@ async fn a_quiet_prefix_on_a_busy_remote_keeps_up_with_its_compaction() {
             .await
             .unwrap();
     }
-    let busy = infra
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let busy = revision(&mut infra).await;
     let apps = &mesh.get("apps").cluster;
     eventually(
         "the mirror's stored position passes the busy writes",
