@@ -268,6 +268,27 @@ impl Controller for Mirror {
     }
 }
 
+/// Aborts a task when dropped, also when the future holding it is aborted.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long a stopped remote task may take to return before it is aborted.
+const TASK_STOP: Duration = Duration::from_secs(10);
+
+/// Stops a remote task: cancels it, waits for it a while, then aborts it.
+async fn stop_task(r: Running) {
+    r.stop.cancel();
+    let mut handle = r.handle;
+    if tokio::time::timeout(TASK_STOP, &mut handle).await.is_err() {
+        handle.abort();
+    }
+}
+
 /// Signals `changed` whenever a key under `mesh/config/remotes/` changes, until aborted.
 async fn watch_connections(ctx: Context, changed: Arc<tokio::sync::Notify>) {
     loop {
@@ -304,7 +325,10 @@ impl Mirror {
         let mut client: Option<Client> = None;
         // A connection made or removed is acted on at once, not at the next tick.
         let changed = Arc::new(tokio::sync::Notify::new());
-        let watcher = tokio::spawn(watch_connections(ctx.clone(), changed.clone()));
+        let _watcher = AbortOnDrop(tokio::spawn(watch_connections(
+            ctx.clone(),
+            changed.clone(),
+        )));
         loop {
             if client.is_none() {
                 match ctx.local.connect().await {
@@ -324,12 +348,11 @@ impl Mirror {
                 () = changed.notified() => {}
             }
         }
-        watcher.abort();
         for r in running.values() {
             r.stop.cancel();
         }
         for (_, r) in running {
-            let _ = r.handle.await;
+            stop_task(r).await;
         }
         self.live
             .lock()
@@ -370,8 +393,7 @@ impl Mirror {
             .collect();
         for c in stale {
             let r = running.remove(&c).expect("listed above");
-            r.stop.cancel();
-            let _ = r.handle.await;
+            stop_task(r).await;
             self.live
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -430,13 +452,21 @@ impl Mirror {
             }
             let mut status = RemoteStatusRecord::decode_checked(kv.value()).unwrap_or_default();
             let now = now_ms();
-            let guard = Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision());
+            // Both writes below hold only if nobody reconnected meanwhile.
+            let config_key = Key::RemoteConfig {
+                cluster: cluster.clone(),
+            }
+            .to_string();
+            let guard = [
+                Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                Compare::version(config_key, CompareOp::Equal, 0),
+            ];
             if status.removed_at_ms == 0 {
                 status.schema = SCHEMA;
                 status.removed_at_ms = now;
                 status.connected = false;
                 status.error = "disconnected: the connection was removed".to_owned();
-                let txn = Txn::new().when([guard]).and_then([TxnOp::put(
+                let txn = Txn::new().when(guard).and_then([TxnOp::put(
                     key.clone(),
                     status.encode_to_vec(),
                     None,
@@ -453,7 +483,7 @@ impl Mirror {
                 >= self.config.settings.disconnect_grace
             {
                 let prefix = cluster_prefix(&cluster);
-                let txn = Txn::new().when([guard]).and_then([
+                let txn = Txn::new().when(guard).and_then([
                     TxnOp::delete(
                         prefix.clone(),
                         Some(etcd_client::DeleteOptions::new().with_prefix()),
@@ -616,7 +646,11 @@ impl RemoteTask {
         let result = match connected {
             Ok((mut remote, endpoint)) => {
                 session.connected_to(&endpoint, prepared.cert_not_after_ms);
-                session.mirror(&mut remote, stop).await
+                // A list does not look at `stop` (it may read a large remote): race it.
+                tokio::select! {
+                    () = stop.cancelled() => Err(SessionError::Stopped),
+                    r = session.mirror(&mut remote, stop) => r,
+                }
             }
             Err(e) => Err(SessionError::Remote(e.to_string())),
         };

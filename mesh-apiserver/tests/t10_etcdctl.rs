@@ -801,10 +801,19 @@ async fn member_list_add_remove() {
     let mut c = cluster().await;
     ok(&c, &["put", "before", "add"]).await;
 
-    // Members are listed by id.
+    // Members are listed by id. A member publishes its name and client URLs once it runs,
+    // so on a loaded machine one may still be listed unstarted right after the start.
     let mut members = Vec::new();
     for i in 0..3 {
         members.push(started_member(&c, i).await);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while ok(&c, &["member", "list"]).await.contains("unstarted") {
+        assert!(
+            Instant::now() < deadline,
+            "members never published themselves"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
         ok(&c, &["member", "list"]).await,

@@ -172,11 +172,17 @@ async fn connect_all(
         let ctx = file.resolve(Some(name)).map_err(Failure::BadInput)?;
         sides.insert(name.clone(), load_side(ctx).await?);
     }
-    // Every check of every pair before any write.
+    // Every check of every pair before any write; a side's other destinations in this
+    // command count as known to it, so two of them cannot clash with each other either.
+    let mut planned: BTreeMap<&str, Vec<ClusterRecord>> = BTreeMap::new();
+    for (a, b) in pairs {
+        planned.entry(a).or_default().push(sides[b].record.clone());
+        planned.entry(b).or_default().push(sides[a].record.clone());
+    }
     let mut plans = Vec::new();
     for (a, b) in pairs {
         let (sa, sb) = (&sides[a], &sides[b]);
-        check_pair(sa, sb).map_err(Failure::BadInput)?;
+        check_pair(sa, sb, &planned).map_err(Failure::BadInput)?;
         let endpoints = if args.destination_endpoint.is_empty() {
             sb.record.api_endpoints.clone()
         } else {
@@ -305,8 +311,13 @@ async fn load_side(ctx: ClusterContext) -> Result<Side, Failure> {
     })
 }
 
-/// Refuses pairs that cannot share a mesh.
-fn check_pair(a: &Side, b: &Side) -> anyhow::Result<()> {
+/// Refuses pairs that cannot share a mesh: against what each side knows (its own record, the
+/// clusters it mirrors, and those this command connects it to).
+fn check_pair(
+    a: &Side,
+    b: &Side,
+    planned: &BTreeMap<&str, Vec<ClusterRecord>>,
+) -> anyhow::Result<()> {
     if a.cluster == b.cluster {
         bail!(
             "contexts {:?} and {:?} are both cluster {}: a cluster cannot mirror itself",
@@ -316,8 +327,13 @@ fn check_pair(a: &Side, b: &Side) -> anyhow::Result<()> {
         );
     }
     for (here, other) in [(a, b), (b, a)] {
+        let known: Vec<&ClusterRecord> = here
+            .known
+            .iter()
+            .chain(planned.get(here.ctx.name.as_str()).into_iter().flatten())
+            .collect();
         // The same name already known there must be the same cluster.
-        if let Some(k) = here.known.iter().find(|k| k.name == other.cluster)
+        if let Some(k) = known.iter().find(|k| k.name == other.cluster)
             && (k.id != other.record.id || k.ca_fingerprint != other.record.ca_fingerprint)
         {
             bail!(
@@ -330,7 +346,7 @@ fn check_pair(a: &Side, b: &Side) -> anyhow::Result<()> {
                 short(&other.record.ca_fingerprint)
             );
         }
-        for k in here.known.iter().filter(|k| k.name != other.cluster) {
+        for k in known.iter().filter(|k| k.name != other.cluster) {
             if k.id == other.record.id {
                 let where_ = if k.name == here.cluster {
                     String::new()

@@ -24,7 +24,10 @@
 //!
 //! # Freshness
 //! The mirror asks the remote for watch progress every [`PROGRESS_EVERY`]; an answer (or an
-//! event) means it is current. After [`SILENCE`] without any answer the remote counts as
+//! event) means it is current. The position also moves with progress answers, which relies on
+//! the remote answering only once every event up to the answer's revision was sent, as
+//! raftmesh's API server does (etcd 3.4 answers at once, ahead of a watcher still catching
+//! up, so an etcd remote is not supported). After [`SILENCE`] without any answer the remote counts as
 //! disconnected. The time it was last current is kept in the status record, written with
 //! every batch, on every change of state, and otherwise at most every [`STATUS_EVERY`].
 
@@ -61,6 +64,8 @@ pub const MAX_BYTES: usize = 1 << 20;
 const PAGE: i64 = 500;
 /// Largest response accepted from a Range or a watch (a page of large values).
 const MAX_MESSAGE: usize = 256 << 20;
+/// A remote that needs another re-list sooner than this after the last one is backed off.
+const RELIST_AFTER: Duration = Duration::from_secs(30);
 /// Bound on one unary request (the clients carry no deadline, since they also watch).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -154,6 +159,34 @@ impl Position {
     }
 }
 
+/// The events of a resumed watch's first revision that were applied before it stopped (the
+/// position's `partial`): they are skipped, and not counted again.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume {
+    revision: i64,
+    left: u32,
+}
+
+impl Resume {
+    /// Resuming at `pos`: the watch starts at `pos.revision + 1`.
+    pub fn at(pos: Position) -> Self {
+        Self {
+            revision: pos.revision + 1,
+            left: pos.partial,
+        }
+    }
+
+    /// Whether the event at `rev` was applied before.
+    pub fn applied_before(&mut self, rev: i64) -> bool {
+        if self.left > 0 && rev == self.revision {
+            self.left -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Changes waiting to be written in one Txn: the last wanted state of each key (`None`: absent).
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -175,11 +208,15 @@ impl Batch {
     /// Whether adding `key` with `value` would take the batch past a limit (an empty batch
     /// takes anything).
     pub fn would_overflow(&self, key: &[u8], value: Option<&[u8]>) -> bool {
-        if self.ops.is_empty() || self.ops.contains_key(key) {
+        if self.ops.is_empty() {
             return false;
         }
-        self.ops.len() + 1 > MAX_OPS
-            || self.bytes + key.len() + value.map_or(0, <[u8]>::len) > MAX_BYTES
+        let replaced = match self.ops.get(key) {
+            Some(old) => key.len() + old.as_ref().map_or(0, Vec::len),
+            None if self.ops.len() + 1 > MAX_OPS => return true,
+            None => 0,
+        };
+        self.bytes - replaced + key.len() + value.map_or(0, <[u8]>::len) > MAX_BYTES
     }
 
     /// Wants `key` to hold `value` (or be absent), given which keys exist (`present`).
@@ -272,7 +309,7 @@ impl<'a> Session<'a> {
             ),
             None => (RemoteStatusRecord::default(), 0),
         };
-        let (_, _, kvs) = read_all(&mut local, validator.prefix(), None)
+        let (_, _, kvs) = read_all(&mut local, validator.prefix(), None, None)
             .await
             .map_err(local_err)?;
         let index: BTreeMap<Vec<u8>, u64> = kvs
@@ -324,9 +361,23 @@ impl<'a> Session<'a> {
     /// news.
     pub async fn disconnected(&mut self, error: &SessionError) {
         self.state.connected.store(false, Relaxed);
-        self.status.connected = false;
-        self.status.error = error.to_string();
-        self.status.over_budget = matches!(error, SessionError::OverBudget { .. });
+        // Only what was committed: the session may have stopped in the middle of a batch (its
+        // position then runs ahead of the data) or of a list.
+        let mut status = self.written.clone();
+        status.schema = SCHEMA;
+        status.connected = false;
+        status.error = error.to_string();
+        status.over_budget = matches!(error, SessionError::OverBudget { .. });
+        status.removed_at_ms = 0;
+        status.current_at_ms = self.status.current_at_ms;
+        status.endpoint = std::mem::take(&mut self.status.endpoint);
+        status.cert_not_after_ms = self.status.cert_not_after_ms;
+        status.rejected = self.status.rejected;
+        self.pos = Position {
+            revision: status.remote_revision,
+            partial: status.partial_events,
+        };
+        self.status = status;
         if let Err(e) = self.write_status(false).await {
             tracing::debug!(cluster = self.cluster, error = %e, "status not written");
         }
@@ -347,11 +398,22 @@ impl<'a> Session<'a> {
         term: &CancellationToken,
     ) -> Result<(), SessionError> {
         let mut resync = false;
+        let mut listed: Option<Instant> = None;
         loop {
             if self.status.list_revision != 0 || self.pos.revision == 0 || resync {
                 self.list(remote, resync).await?;
+                listed = Some(Instant::now());
             }
             match self.watch(remote, term).await {
+                Err(SessionError::Compacted(e))
+                    if listed.is_some_and(|at| at.elapsed() < RELIST_AFTER) =>
+                {
+                    // Just listed, and compacted (or rebuilt) again: back off instead of
+                    // reading the whole remote in a loop.
+                    return Err(SessionError::Remote(format!(
+                        "compacted again right after a re-list: {e}"
+                    )));
+                }
                 Err(SessionError::Compacted(e)) => {
                     tracing::info!(cluster = self.cluster, reason = %e, "resyncing: listing the remote again");
                     resync = true;
@@ -364,11 +426,18 @@ impl<'a> Session<'a> {
     /// Lists the remote prefix at one revision and makes the local prefix equal to it.
     async fn list(&mut self, remote: &mut Client, resync: bool) -> Result<(), SessionError> {
         let started = Instant::now();
-        let (revision, cluster_id, kvs) = read_all(remote, self.validator.prefix(), None)
+        let budget = Some((self.settings.max_keys, self.settings.max_bytes));
+        let (revision, cluster_id, kvs) = read_all(remote, self.validator.prefix(), None, budget)
             .await
-            .map_err(remote_err)?;
-        // A list starts over wherever the position was: this store is the one from now on.
-        self.status.remote_cluster_id = cluster_id;
+            .map_err(|e| match e {
+                ReadError::OverBudget { keys, bytes } => SessionError::OverBudget {
+                    keys,
+                    bytes,
+                    max_keys: self.settings.max_keys,
+                    max_bytes: self.settings.max_bytes,
+                },
+                e => remote_err(e),
+            })?;
         self.mark_current();
         let mut wanted: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for (k, v) in kvs {
@@ -382,9 +451,11 @@ impl<'a> Session<'a> {
         let keys = wanted.len() as u64;
         let bytes: u64 = wanted.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         self.check_budget(keys, bytes)?;
-        let (_, _, here) = read_all(&mut self.local, self.validator.prefix(), None)
+        let (_, _, here) = read_all(&mut self.local, self.validator.prefix(), None, None)
             .await
             .map_err(local_err)?;
+        // A list starts over wherever the position was: this store is the one from now on.
+        self.status.remote_cluster_id = cluster_id;
         let here: BTreeMap<Vec<u8>, Vec<u8>> = here.into_iter().collect();
 
         // Records first, deletions next, markers last.
@@ -414,7 +485,9 @@ impl<'a> Session<'a> {
         let mut txns = 0;
         for (k, v) in ops {
             if batch.would_overflow(&k, v.as_deref()) {
-                self.flush(&mut batch).await?;
+                // Puts come before deletions, so the keys held on the way can exceed the
+                // budget even though the listed state (checked above) does not.
+                self.flush_unchecked(&mut batch).await?;
                 txns += 1;
             }
             let index = &self.index;
@@ -433,7 +506,7 @@ impl<'a> Session<'a> {
                 .resync_writes(self.cluster)
                 .inc_by(writes as u64);
         }
-        self.flush_always(&mut batch).await?;
+        self.commit_batch(&mut batch, false).await?;
         txns += 1;
         tracing::info!(
             cluster = self.cluster,
@@ -467,7 +540,7 @@ impl<'a> Session<'a> {
         term: &CancellationToken,
     ) -> Result<(), SessionError> {
         let start = self.pos.revision + 1;
-        let mut skip = self.pos.partial;
+        let mut resume = Resume::at(self.pos);
         let options = WatchOptions::new().with_prefix().with_start_revision(start);
         let mut stream = bounded(
             remote
@@ -518,8 +591,8 @@ impl<'a> Session<'a> {
             }
             self.mark_current();
             if resp.created() {
+                self.state.connected.store(true, Relaxed);
                 if !self.status.connected {
-                    self.state.connected.store(true, Relaxed);
                     self.status.connected = true;
                     self.status.error.clear();
                     self.status.over_budget = false;
@@ -541,9 +614,7 @@ impl<'a> Session<'a> {
                 let Some(kv) = event.kv() else { continue };
                 let rev = kv.mod_revision();
                 last = rev;
-                if skip > 0 && rev == start {
-                    skip -= 1;
-                    self.pos.advance(rev);
+                if resume.applied_before(rev) {
                     continue;
                 }
                 let value = match event.event_type() {
@@ -565,9 +636,10 @@ impl<'a> Session<'a> {
             }
             // A response holds whole revisions.
             self.pos.complete(last);
-            skip = 0;
             self.flush(&mut batch).await?;
             self.write_status(false).await?;
+            // Silence counts from here: slow local writes are not the remote's.
+            last_answer = Instant::now();
         }
     }
 
@@ -610,16 +682,24 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Writes `batch` with the status, if it holds anything.
+    /// Writes `batch` with the status, if it holds anything; refuses to go over the budget.
     async fn flush(&mut self, batch: &mut Batch) -> Result<(), SessionError> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.flush_always(batch).await
+        self.commit_batch(batch, true).await
+    }
+
+    /// [`Session::flush`] without the budget check (the steps of a checked list).
+    async fn flush_unchecked(&mut self, batch: &mut Batch) -> Result<(), SessionError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.commit_batch(batch, false).await
     }
 
     /// Writes `batch` (possibly empty) and the status in one guarded Txn.
-    async fn flush_always(&mut self, batch: &mut Batch) -> Result<(), SessionError> {
+    async fn commit_batch(&mut self, batch: &mut Batch, budget: bool) -> Result<(), SessionError> {
         let ops = batch.take();
         let mut keys = self.index.len() as u64;
         let mut bytes: u64 = self.status.bytes;
@@ -632,7 +712,9 @@ impl<'a> Session<'a> {
                 keys += 1;
             }
         }
-        self.check_budget(keys, bytes)?;
+        if budget {
+            self.check_budget(keys, bytes)?;
+        }
         let mut txn_ops: Vec<TxnOp> = ops
             .iter()
             .map(|(k, v)| match v {
@@ -667,9 +749,9 @@ impl<'a> Session<'a> {
     }
 
     /// Writes the status alone: at once if something people act on changed (`force`, the
-    /// connection, the error, the budget, the endpoint, a list in progress, a rejected
-    /// record), else when only the freshness or position moved and [`STATUS_EVERY`] has
-    /// passed.
+    /// connection, the error, the budget, the endpoint, a list in progress), else when only
+    /// the freshness, the position or the rejected count moved and [`STATUS_EVERY`] has passed
+    /// (a remote sending junk must not turn into a local write per response).
     pub async fn write_status(&mut self, force: bool) -> Result<(), SessionError> {
         self.status.remote_revision = self.pos.revision;
         self.status.partial_events = self.pos.partial;
@@ -681,8 +763,7 @@ impl<'a> Session<'a> {
             || s.endpoint != w.endpoint
             || s.list_revision != w.list_revision
             || s.removed_at_ms != w.removed_at_ms
-            || s.cert_not_after_ms != w.cert_not_after_ms
-            || s.rejected != w.rejected;
+            || s.cert_not_after_ms != w.cert_not_after_ms;
         let moved = s != w;
         if !(news || (moved && self.written_at.elapsed() >= STATUS_EVERY)) {
             return Ok(());
@@ -711,25 +792,49 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Why [`read_all`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A request failed.
+    #[error("{0}")]
+    Request(String),
+    /// More than the budget: reading stopped there.
+    #[error("over budget after {keys} keys and {bytes} bytes")]
+    OverBudget {
+        /// Keys read.
+        keys: u64,
+        /// Bytes read.
+        bytes: u64,
+    },
+    /// The server returned keys out of order (a broken or hostile server).
+    #[error("the server returned keys out of order")]
+    OutOfOrder,
+}
+
 /// Every key and value under `prefix` at one revision (the first page's, unless given),
-/// read in pages; returns the revision and the store's etcd cluster id too.
+/// read in pages, stopping once more than `budget` (keys, bytes) were read; returns the
+/// revision and the store's etcd cluster id too.
 pub async fn read_all(
     client: &mut Client,
     prefix: &str,
     revision: Option<i64>,
-) -> Result<(i64, u64, Vec<(Vec<u8>, Vec<u8>)>), String> {
+    budget: Option<(u64, u64)>,
+) -> Result<(i64, u64, Vec<(Vec<u8>, Vec<u8>)>), ReadError> {
     let end = prefix_end(prefix);
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let mut from = prefix.as_bytes().to_vec();
     let mut at = revision.unwrap_or(0);
     let mut cluster_id = 0;
     let mut out = Vec::new();
+    let mut bytes = 0u64;
     loop {
         let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
         if at > 0 {
             options = options.with_revision(at);
         }
-        let resp = bounded(kv.get(from.clone(), Some(options))).await?;
+        let resp = bounded(kv.get(from.clone(), Some(options)))
+            .await
+            .map_err(ReadError::Request)?;
         if let Some(h) = resp.header() {
             if at == 0 {
                 at = h.revision();
@@ -738,7 +843,20 @@ pub async fn read_all(
         }
         let kvs = resp.kvs();
         for kv in kvs {
+            // Strictly increasing and inside the range, or a server could keep us reading.
+            if kv.key() < from.as_slice() || kv.key() >= end.as_slice() {
+                return Err(ReadError::OutOfOrder);
+            }
+            bytes += (kv.key().len() + kv.value().len()) as u64;
             out.push((kv.key().to_vec(), kv.value().to_vec()));
+        }
+        if let Some((max_keys, max_bytes)) = budget
+            && (out.len() as u64 > max_keys || bytes > max_bytes)
+        {
+            return Err(ReadError::OverBudget {
+                keys: out.len() as u64,
+                bytes,
+            });
         }
         match kvs.last() {
             Some(last) if resp.more() => {

@@ -13,9 +13,21 @@ use mesh_api::codec::DecodeError;
 use mesh_api::keys::cluster_prefix;
 use mesh_api::{Key, Record};
 
+/// The largest record mirrored (key and value): mesh records are a few KiB (a slice of 100
+/// endpoints is 1.9 KiB), and a batch of the largest must stay under the request limit.
+pub const MAX_RECORD_BYTES: usize = 512 << 10;
+
 /// Why a remote record is not mirrored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// Larger than [`MAX_RECORD_BYTES`].
+    #[error("{key:?}: {bytes} bytes, more than a record may have ({MAX_RECORD_BYTES})")]
+    TooLarge {
+        /// The key, lossily as text.
+        key: String,
+        /// Key and value bytes.
+        bytes: usize,
+    },
     /// The key is outside the remote's prefix or does not follow the layout.
     #[error("{key:?}: {reason}")]
     Layout {
@@ -76,6 +88,7 @@ impl Rejection {
     /// A short reason, for a metric label.
     pub fn reason(&self) -> &'static str {
         match self {
+            Rejection::TooLarge { .. } => "too-large",
             Rejection::Layout { .. } => "layout",
             Rejection::Value { .. } => "value",
             Rejection::ForeignIdentity { .. } => "foreign-identity",
@@ -116,6 +129,12 @@ impl Validator {
             key: String::from_utf8_lossy(key).into_owned(),
             reason: reason.to_owned(),
         };
+        if key.len() + value.len() > MAX_RECORD_BYTES {
+            return Err(Rejection::TooLarge {
+                key: String::from_utf8_lossy(&key[..key.len().min(200)]).into_owned(),
+                bytes: key.len() + value.len(),
+            });
+        }
         let text = std::str::from_utf8(key).map_err(|_| layout("not UTF-8"))?;
         if !text.starts_with(&self.prefix) {
             return Err(layout(&format!("outside {}", self.prefix)));

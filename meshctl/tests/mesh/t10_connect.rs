@@ -258,8 +258,18 @@ async fn three_clusters_mirror_each_other_exactly() {
             },
         )
         .await;
-        let (s, _) = status(&mesh.get(mirror).cluster, "infra").await.unwrap();
-        assert_eq!(s.rejected, 3, "{mirror}: {s:?}");
+        // The status counts them with its next write (at most 5 s: rejections are not news).
+        let mirror_cluster = &mesh.get(mirror).cluster;
+        eventually(
+            "the status counts the rejected records",
+            PATIENCE,
+            async || {
+                let (s, _) = status(mirror_cluster, "infra").await?;
+                ensure!(s.rejected == 3, "{s:?}");
+                Ok(())
+            },
+        )
+        .await;
         let counted = metric_sum(
             &mesh.get(mirror).cluster,
             "raftmesh_remote_rejected_records_total{cluster=\"infra\",reason=\"foreign-identity\"}",

@@ -60,6 +60,36 @@ fn positions_count_events_within_a_revision_and_complete_whole_ones() {
 }
 
 #[test]
+fn a_resumed_revision_skips_what_was_applied_without_counting_it_again() {
+    // 2 events of revision 11 were applied before the mirror stopped.
+    let mut pos = Position {
+        revision: 10,
+        partial: 2,
+    };
+    let mut resume = Resume::at(pos);
+    let mut applied = 0;
+    for rev in [11, 11, 11, 11, 12] {
+        if resume.applied_before(rev) {
+            continue;
+        }
+        applied += 1;
+        pos.advance(rev);
+        if rev == 11 {
+            // A flush here stores exactly the events of 11 applied so far.
+            assert_eq!(pos.partial, 2 + applied);
+        }
+    }
+    assert_eq!(applied, 3);
+    assert_eq!(
+        pos,
+        Position {
+            revision: 11,
+            partial: 1
+        }
+    );
+}
+
+#[test]
 fn a_batch_keeps_the_last_state_of_each_key_and_drops_no_ops() {
     let present = |k: &[u8]| k == b"old";
     let mut b = Batch::default();
@@ -89,8 +119,16 @@ fn a_batch_overflows_at_the_op_and_byte_limits_but_always_takes_one() {
     );
     b.set(b"k", Some(big), |_| false);
     assert!(b.would_overflow(b"k2", Some(b"v")));
-    // The same key again replaces its op instead of adding one.
+    // The same key again replaces its op instead of adding one, and its old bytes.
     assert!(!b.would_overflow(b"k", Some(b"v")));
+
+    let mut b = Batch::default();
+    b.set(b"a", Some(vec![0; 10]), |_| false);
+    b.set(b"b", Some(vec![0; MAX_BYTES / 2]), |_| false);
+    assert!(
+        b.would_overflow(b"a", Some(&vec![0; MAX_BYTES / 2 + 10])),
+        "a value replaced by a larger one still counts"
+    );
 
     let mut b = Batch::default();
     for i in 0..MAX_OPS {

@@ -144,3 +144,12 @@ fn a_cluster_record_claiming_another_name_or_id_is_rejected() {
         assert_eq!(e.reason(), "foreign-cluster", "{e}");
     }
 }
+
+#[test]
+fn oversized_records_are_rejected_before_anything_else() {
+    let big = vec![b'x'; MAX_RECORD_BYTES];
+    let e = infra()
+        .check(b"mesh/v1/infra/services/default/web", &big)
+        .unwrap_err();
+    assert_eq!(e.reason(), "too-large", "{e}");
+}
