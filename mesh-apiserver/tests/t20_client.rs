@@ -319,6 +319,21 @@ async fn send_bad(client: &mut Client, case: usize) -> Result<etcd_client::Error
         7 => client.lease_revoke(0x7eed_dead_beef).await.map(drop),
         // etcd's MaxLeaseTTL is 9,000,000,000 s.
         8 => client.lease_grant(9_000_000_001, None).await.map(drop),
+        9 => {
+            // 128 txns of 128 txns of 6 puts (98,304 puts, under the size limit): nested txns
+            // share the op budget, so etcd refuses it before looking at a single key.
+            let leaf: Vec<TxnOp> = ["a", "b", "c", "d", "e", "f"]
+                .iter()
+                .map(|k| TxnOp::put(format!("bad/{k}"), "", None))
+                .collect();
+            let middle: Vec<TxnOp> = (0..128)
+                .map(|_| TxnOp::txn(Txn::new().and_then(leaf.clone())))
+                .collect();
+            let top: Vec<TxnOp> = (0..128)
+                .map(|_| TxnOp::txn(Txn::new().and_then(middle.clone())))
+                .collect();
+            client.txn(Txn::new().and_then(top)).await.map(drop)
+        }
         _ => unreachable!("no bad request {case}"),
     };
     match result {
@@ -327,7 +342,7 @@ async fn send_bad(client: &mut Client, case: usize) -> Result<etcd_client::Error
     }
 }
 
-const BAD_REQUESTS: [BadRequest; 9] = [
+const BAD_REQUESTS: [BadRequest; 10] = [
     BadRequest {
         what: "put with an empty key",
         code: "InvalidArgument",
@@ -372,6 +387,11 @@ const BAD_REQUESTS: [BadRequest; 9] = [
         what: "lease grant with a TTL over 9e9 s",
         code: "OutOfRange",
         message: "etcdserver: too large lease TTL",
+    },
+    BadRequest {
+        what: "txn nesting 128 txns of 128 txns of 6 puts",
+        code: "InvalidArgument",
+        message: "etcdserver: too many operations in txn request",
     },
 ];
 

@@ -376,6 +376,20 @@ async fn a_txn_with_one_denied_op_and_a_watch_on_a_denied_range_are_refused() {
         ""
     );
 
+    // A caller is authorized before its txn's keys are checked against each other (that check
+    // costs more): a remote's txn putting one key twice is refused as denied, not as a
+    // duplicate key (etcd checks the keys first; the order is raftmesh's on purpose).
+    let out = txn_as(
+        &c,
+        "remote-infra",
+        "\nput mesh/v1/apps/x a\nput mesh/v1/apps/x b\n\n\n",
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(DENIED),
+        "{out:?}"
+    );
+
     // The same txn without the denied op is fine.
     let out = txn_as(
         &c,

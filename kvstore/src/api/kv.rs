@@ -135,8 +135,11 @@ impl PbKvService for Kv {
         let req = req.into_inner();
         Self::check_size(&req)?;
         let req = convert::txn_request(req);
+        // The shape first (bounded by the op budget, as etcd orders it), then who may do it,
+        // and only then the O(n log n) duplicate-key checks.
         validate::txn(&req).map_err(status)?;
         self.node.auth().txn(&caller, &req).map_err(status)?;
+        validate::txn_keys(&req).map_err(status)?;
         if req.is_read_only() {
             // A txn that cannot write is a read: ReadIndex, not a log entry (as etcd).
             self.node.linearize().await.map_err(status)?;
