@@ -86,6 +86,44 @@ pub struct Config {
     /// Mutual TLS on both ports; `None` serves plaintext with no authorization
     /// (`--insecure-plaintext`).
     pub tls: Option<MemberTls>,
+    /// HTTP/2 limits and keepalive on both ports.
+    pub limits: ConnectionLimits,
+}
+
+/// What one HTTP/2 connection may do, and how dead ones are found, on both ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `--max-concurrent-streams`: streams (calls, watches) open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// `--grpc-keepalive-interval`: idle time before the server pings a client.
+    pub keepalive_interval: Duration,
+    /// `--grpc-keepalive-timeout`: how long a ping may go unanswered before the connection is
+    /// closed.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 1000,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Resets a client may cause (its own, and errors it makes the server reset) before the
+/// connection is closed: the HTTP/2 "rapid reset" flood.
+const MAX_RESET_STREAMS: usize = 64;
+
+/// A server with the connection limits set.
+fn builder(limits: &ConnectionLimits) -> Server {
+    Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_pending_accept_reset_streams(Some(MAX_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_RESET_STREAMS))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
 }
 
 pub use crate::tls::MemberTls;
@@ -255,7 +293,7 @@ impl Member {
 
         let tls = config.tls.clone();
         for l in listeners.peer {
-            let router = Server::builder().add_service(PeerService::new(node.clone()));
+            let router = builder(&config.limits).add_service(PeerService::new(node.clone()));
             let tls = tls
                 .as_ref()
                 .map(|t| (t.peer_server.clone(), metrics.peer_handshakes.clone()));
@@ -263,7 +301,7 @@ impl Member {
         }
         for l in listeners.client {
             let (n, m) = (node.clone(), metrics.clone());
-            let router = Server::builder()
+            let router = builder(&config.limits)
                 .add_service(api::kv::Kv::new(n.clone(), m.clone()))
                 .add_service(api::watch::Watch::new(
                     n.clone(),
@@ -560,5 +598,7 @@ async fn serve(
 /// listeners tonic binds itself; without this every small reply waits for the client's delayed
 /// ACK, about 40 ms.)
 fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(crate::tls::TCP_KEEPALIVE))
 }

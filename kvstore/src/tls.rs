@@ -3,14 +3,16 @@
 //! tonic channels), and reloading certificates while serving.
 //!
 //! The handshake runs in its own task per connection with a deadline, so a client that sends
-//! garbage, speaks plaintext or stalls is dropped without holding up anyone else. Rejections
-//! are logged with the reason rustls gives and counted.
+//! garbage, speaks plaintext or stalls is dropped without holding up anyone else; the port
+//! never stops accepting, and when too many handshakes are in progress the oldest are closed
+//! (see [`incoming`]). Rejections are logged with the reason rustls gives and counted.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,10 +30,16 @@ use tonic::transport::Uri;
 use tonic::transport::server::Connected;
 
 /// How long a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once per port; beyond this the port stops accepting until one
-/// ends, so half-open connections cannot exhaust file descriptors.
-const MAX_HANDSHAKES: usize = 256;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once per port. A new connection beyond it closes the oldest one
+/// in progress, so the port always accepts, and connections that never send a ClientHello
+/// cannot lock real clients out (or exhaust file descriptors).
+const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes in progress at once from one source address; a new one beyond it closes that
+/// address's oldest (so clients behind one NAT address still get in).
+const MAX_HANDSHAKES_PER_SOURCE: usize = 64;
+/// TCP keepalive on accepted connections: idle time before the first probe.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// How long a peer connection may take to open (TCP and TLS).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often certificate files are checked for changes.
@@ -111,8 +119,76 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// The handshakes in progress on one port, oldest first, so a new connection can close the
+/// oldest when a limit is reached.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Handshakes by arrival (ids increase), with their source and the signal that ends them.
+    by_age: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
+    /// Handshakes in progress per source address.
+    per_source: HashMap<IpAddr, usize>,
+    next: u64,
+}
+
+impl Pending {
+    /// Registers a new handshake from `source`, closing the oldest ones over the limits first;
+    /// returns its id and the signal that closes it. Returns how many were closed, for stats.
+    fn admit(&mut self, source: IpAddr) -> (u64, oneshot::Receiver<()>, usize) {
+        let mut closed = 0;
+        if self.per_source.get(&source).copied().unwrap_or(0) >= MAX_HANDSHAKES_PER_SOURCE {
+            let oldest = self
+                .by_age
+                .iter()
+                .find(|(_, (ip, _))| *ip == source)
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.close(id);
+                closed += 1;
+            }
+        }
+        if self.by_age.len() >= MAX_HANDSHAKES
+            && let Some(&id) = self.by_age.keys().next()
+        {
+            self.close(id);
+            closed += 1;
+        }
+        let id = self.next;
+        self.next += 1;
+        let (tx, rx) = oneshot::channel();
+        self.by_age.insert(id, (source, tx));
+        *self.per_source.entry(source).or_default() += 1;
+        (id, rx, closed)
+    }
+
+    /// Ends handshake `id` (its task sees the signal, or has finished already).
+    fn close(&mut self, id: u64) {
+        if let Some((source, tx)) = self.by_age.remove(&id) {
+            let _ = tx.send(());
+            if let Some(n) = self.per_source.get_mut(&source) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&source);
+                }
+            }
+        }
+    }
+}
+
+/// Turns on TCP keepalive, so connections whose peer vanished are dropped.
+pub fn keepalive(tcp: &TcpStream) {
+    let sock = socket2::SockRef::from(tcp);
+    let _ = sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE)
+            .with_interval(Duration::from_secs(10)),
+    );
+}
+
 /// Accepts connections on `listener` and yields those that complete a handshake with the
 /// current configuration of `tls`. Ends when the returned stream is dropped.
+///
+/// The port never stops accepting: handshakes run in their own tasks with a deadline, and
+/// when too many are in progress (in all, or from one source address) the oldest is closed.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
@@ -120,13 +196,9 @@ pub fn incoming(
     stats: Arc<HandshakeStats>,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     tokio::spawn(async move {
         loop {
-            let slot = tokio::select! {
-                () = tx.closed() => return,
-                slot = handshakes.clone().acquire_owned() => slot.expect("never closed"),
-            };
             let accepted = tokio::select! {
                 () = tx.closed() => return,
                 accepted = listener.accept() => accepted,
@@ -141,26 +213,45 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
+            keepalive(&tcp);
+            let (id, evicted, closed) = pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .admit(remote.ip());
+            for _ in 0..closed {
+                stats.refused.inc();
+            }
             let acceptor = TlsAcceptor::from(tls.config());
-            let (tx, stats) = (tx.clone(), stats.clone());
+            let (tx, stats, pending) = (tx.clone(), stats.clone(), pending.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
+                let outcome = tokio::select! {
+                    r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => Some(r),
+                    // Closed to make room (counted by the acceptor).
+                    _ = evicted => None,
+                };
+                pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .close(id);
+                match outcome {
+                    Some(Ok(Ok(stream))) => {
                         stats.accepted.inc();
                         let identity = peer_identity(stream.get_ref().1).map(Arc::new);
                         let info = ConnInfo { remote, identity };
                         let _ = tx.send(Ok(TlsConn { stream, info })).await;
                     }
-                    Ok(Err(e)) => {
+                    Some(Ok(Err(e))) => {
                         stats.refused.inc();
                         tracing::warn!(port, %remote, error = %e, "TLS handshake refused");
                     }
-                    Err(_) => {
+                    Some(Err(_)) => {
                         stats.refused.inc();
                         tracing::warn!(port, %remote, "TLS handshake timed out");
                     }
+                    None => {
+                        tracing::debug!(port, %remote, "TLS handshake closed to make room for newer ones");
+                    }
                 }
-                drop(slot);
             });
         }
     });

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use certs::tls::TlsFiles;
 use clap::{Parser, ValueEnum};
-use kvstore::server::{AutoCompaction, ClusterState, MemberTls};
+use kvstore::server::{AutoCompaction, ClusterState, ConnectionLimits, MemberTls};
 use mesh_api::cidr::Cidr;
 
 /// Raft-replicated store speaking the etcd v3 API (KV, Watch, Lease, Cluster, Maintenance).
@@ -92,6 +92,19 @@ pub struct Flags {
     /// Interval of watch progress notifications, in seconds.
     #[arg(long, default_value_t = 600)]
     pub watch_progress_notify_interval: u64,
+
+    /// Streams (calls and watches) one client connection may have open at once, on both ports.
+    #[arg(long, default_value_t = 1000)]
+    pub max_concurrent_streams: u32,
+
+    /// Idle time after which the server pings a client connection (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s")]
+    pub grpc_keepalive_interval: String,
+
+    /// How long a ping may go unanswered before the connection is closed (dead clients and
+    /// their watches go), e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    pub grpc_keepalive_timeout: String,
 
     /// Client port certificate (PEM): an apiserver certificate of this cluster.
     #[arg(long, help_heading = "TLS")]
@@ -411,6 +424,7 @@ impl Config {
                 flags.watch_progress_notify_interval.max(1),
             ),
             tls,
+            limits: limits(flags)?,
         };
         let local_tls = match (&flags.trusted_ca_file, &flags.cert_file, &flags.key_file) {
             (Some(ca), Some(cert), Some(key)) if !flags.insecure_plaintext => {
@@ -441,6 +455,29 @@ impl Config {
             .map(|c| c.name.clone())
             .or_else(|| self.member.tls.as_ref().map(MemberTls::cluster))
     }
+}
+
+/// `--max-concurrent-streams` and the keepalive flags.
+fn limits(flags: &Flags) -> Result<ConnectionLimits, ConfigError> {
+    if flags.max_concurrent_streams == 0 {
+        return Err(invalid("--max-concurrent-streams", "0", "must be > 0"));
+    }
+    let duration = |flag, value: &str| {
+        parse_duration(value, 1.0)
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be longer than 0".to_owned())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|r| invalid(flag, value, r))
+    };
+    Ok(ConnectionLimits {
+        max_concurrent_streams: flags.max_concurrent_streams,
+        keepalive_interval: duration("--grpc-keepalive-interval", &flags.grpc_keepalive_interval)?,
+        keepalive_timeout: duration("--grpc-keepalive-timeout", &flags.grpc_keepalive_timeout)?,
+    })
 }
 
 /// `host:port` of a `<scheme>://host:port` URL, or why not.

@@ -763,3 +763,36 @@ async fn garbage_and_plaintext_on_tls_ports_harm_nobody() {
         "serving\n"
     );
 }
+
+/// Issue 11, defect 1: connections that never send a ClientHello cannot lock real clients out
+/// of the client port (they used to hold every handshake slot, and the port stopped
+/// accepting, for 10 s each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_lock_clients_out() {
+    if skip_for_etcd() {
+        return;
+    }
+    let pki = Pki::new();
+    let c = tls_cluster(&pki).await;
+    let addr = c.client_url(0).trim_start_matches("https://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // A real client, with etcdctl's 2 s dial timeout, while all 300 are still open.
+    let out = run(c.etcdctl_for(0), &["put", "after-the-flood", "v"]).await;
+    assert_eq!(out.as_deref(), Ok("OK\n"), "locked out by idle connections");
+    // The oldest idle ones were closed to make room.
+    let mut closed = 0;
+    for mut tcp in idle {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(10), tcp.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 200,
+        "only {closed} of 300 idle connections were closed"
+    );
+}

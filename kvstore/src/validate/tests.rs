@@ -46,7 +46,10 @@ fn duplicate_keys() {
         Err(Error::DuplicateKey)
     );
     // Different branches never both run.
-    assert_eq!(super::txn_keys(&txn(vec![put("a")], vec![put("a")])), Ok(()));
+    assert_eq!(
+        super::txn_keys(&txn(vec![put("a")], vec![put("a")])),
+        Ok(())
+    );
     // A nested txn's two branches may write the same key, but not one the parent writes.
     let nested = RequestOp::Txn(txn(vec![put("n")], vec![put("n")]));
     assert_eq!(super::txn_keys(&txn(vec![nested.clone()], vec![])), Ok(()));
