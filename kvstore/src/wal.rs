@@ -14,8 +14,11 @@
 //! [`Wal::append`] only writes (to the page cache); [`Wal::sync`] (or `fdatasync` on
 //! [`Wal::active_file`] without holding the log) makes every append before it durable. A full
 //! segment is synced before the next one is created, so `sync` only needs the
-//! active segment. On open, a torn or corrupt record at the end of the last segment (a crash
-//! during a write) is cut off; anything wrong before that is an error, never silently dropped.
+//! active segment. On open, a write that never completed at the end of the last segment (a
+//! crash before its sync: a cut-short record, a bad checksum with nothing valid after it, a
+//! zero-filled tail; a length of 0 always ends the data) is cut off. Damage with a valid
+//! record after it, or in any segment but the last, is an error that leaves the files as they
+//! are: acknowledged entries are never dropped.
 //!
 //! This module is synchronous and knows nothing of openraft beyond indexes; the caller encodes
 //! entries.
@@ -310,29 +313,66 @@ fn recover(path: &Path, first: u64, last: bool) -> io::Result<Segment> {
     let bytes = fs::read(path)?;
     let mut offsets = Vec::new();
     let mut at = 0usize;
-    while at < bytes.len() {
-        let Some(len) = record_len(&bytes[at..]) else {
-            break;
-        };
-        if check_record(&bytes[at..at + len]).is_none() {
-            break;
+    let damage = loop {
+        if at == bytes.len() {
+            break None;
         }
-        offsets.push(at as u64);
-        at += len;
-    }
-    if at < bytes.len() {
-        if !last {
-            return Err(corrupt(format!(
-                "{} is damaged at byte {at} of {}",
+        let rest = &bytes[at..];
+        // A zero length ends the data: a zero-filled tail, never a record.
+        if rest.len() >= 4 && rest[..4] == [0; 4] {
+            break Some(Damage::ZeroLength);
+        }
+        match (
+            record_len(rest),
+            record_len(rest).and_then(|n| check_record(&rest[..n])),
+        ) {
+            (Some(len), Some(_)) => {
+                offsets.push(at as u64);
+                at += len;
+            }
+            (Some(len), None) => break Some(Damage::Crc { next: at + len }),
+            (None, _) => break Some(Damage::Header),
+        }
+    };
+    if let Some(damage) = damage {
+        let damaged = |what: &str| {
+            corrupt(format!(
+                "{} is damaged at byte {at} of {} ({what}); the data is left as it is",
                 path.display(),
                 bytes.len()
-            )));
+            ))
+        };
+        if !last {
+            return Err(damaged("not the last segment"));
         }
+        match damage {
+            Damage::ZeroLength if bytes[at..].iter().any(|b| *b != 0) => {
+                return Err(damaged("a zero length followed by data"));
+            }
+            Damage::ZeroLength => {}
+            Damage::Crc { next } if valid_record_at(&bytes, next) => {
+                return Err(damaged(
+                    "a record fails its checksum and valid records follow it",
+                ));
+            }
+            // The header holds, so the record's end is known and nothing valid follows it.
+            Damage::Crc { .. } => {}
+            // The header itself is cut short or wrong: look for a record past it.
+            Damage::Header => {
+                if let Some(found) = valid_record_within(&bytes, at + 1, SCAN_BYTES) {
+                    return Err(damaged(&format!(
+                        "a damaged record, and a valid one at byte {found} after it"
+                    )));
+                }
+            }
+        }
+        // What is left is a write that never completed (a crash before its sync): it was
+        // never acknowledged, so it is cut off.
         tracing::warn!(
             segment = %path.display(),
             valid_bytes = at,
             dropped_bytes = bytes.len() - at,
-            "cutting a torn record off the end of the log"
+            "cutting a torn write off the end of the log"
         );
         file.set_len(at as u64)?;
         file.sync_all()?;
@@ -344,6 +384,39 @@ fn recover(path: &Path, first: u64, last: bool) -> io::Result<Segment> {
         offsets,
         len: at as u64,
     })
+}
+
+/// What stopped recovery at a byte of the last segment.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    /// Four zero bytes where a record's length belongs.
+    ZeroLength,
+    /// A whole record whose payload fails its checksum; the next record would start at `next`.
+    Crc {
+        /// Where the next record would start.
+        next: usize,
+    },
+    /// A header that is cut short or claims more bytes than follow.
+    Header,
+}
+
+/// How far past a damaged record a valid one is looked for: a record is at most the request
+/// limit plus its encoding, so one that follows damage starts within this.
+const SCAN_BYTES: usize = 4 << 20;
+
+/// Whether a valid, non-empty record starts at `at`.
+fn valid_record_at(bytes: &[u8], at: usize) -> bool {
+    let Some(rest) = bytes.get(at..) else {
+        return false;
+    };
+    rest.get(..4).is_some_and(|l| l != [0; 4])
+        && record_len(rest).is_some_and(|n| check_record(&rest[..n]).is_some())
+}
+
+/// The first offset in `from..from + limit` where a valid, non-empty record starts.
+fn valid_record_within(bytes: &[u8], from: usize, limit: usize) -> Option<usize> {
+    let end = bytes.len().min(from.saturating_add(limit));
+    (from..end).find(|at| valid_record_at(bytes, *at))
 }
 
 /// Length of the whole record at the start of `bytes`, if its header fits and claims a

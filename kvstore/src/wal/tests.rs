@@ -183,3 +183,86 @@ fn a_purge_inside_the_active_segment_hides_its_entries() {
     wal.purge(5).unwrap();
     assert_holds(&wal, 6, 8);
 }
+
+/// The last segment of `dir`.
+fn last_segment(dir: &Path) -> PathBuf {
+    dir.join(segment_files(dir).last().unwrap())
+}
+
+#[test]
+fn a_zero_filled_tail_ends_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path()).unwrap();
+    append_range(&mut wal, 1, 4);
+    wal.sync().unwrap();
+    drop(wal);
+    // A file system that preallocated (or a crash that left zeroed blocks) after the data.
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(last_segment(dir.path()))
+        .unwrap();
+    file.write_all(&[0u8; 4096]).unwrap();
+    drop(file);
+    let mut wal = Wal::open(dir.path()).unwrap();
+    assert_holds(&wal, 1, 4);
+    // And the log goes on from there.
+    append_range(&mut wal, 4, 6);
+    drop(wal);
+    assert_holds(&Wal::open(dir.path()).unwrap(), 1, 6);
+}
+
+#[test]
+fn damage_before_valid_records_of_the_last_segment_is_an_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path()).unwrap();
+    append_range(&mut wal, 1, 6);
+    wal.sync().unwrap();
+    drop(wal);
+    let segment = last_segment(dir.path());
+    let mut bytes = fs::read(&segment).unwrap();
+    // Flip a payload byte of entry 2 (entries 3..=5 stay valid after it).
+    let at = HEADER + payload(1).len() + HEADER + 3;
+    bytes[at] ^= 0xff;
+    fs::write(&segment, &bytes).unwrap();
+    let err = Wal::open(dir.path()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("valid records follow"), "{err}");
+    assert_eq!(
+        fs::read(&segment).unwrap(),
+        bytes,
+        "the segment was changed"
+    );
+
+    // A damaged header with a valid record after it: also refused.
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[at] ^= 0xff;
+    let header = HEADER + payload(1).len();
+    bytes[header..header + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    fs::write(&segment, &bytes).unwrap();
+    let err = Wal::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("a valid one at byte"), "{err}");
+    assert_eq!(
+        fs::read(&segment).unwrap(),
+        bytes,
+        "the segment was changed"
+    );
+}
+
+#[test]
+fn a_zero_length_followed_by_data_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = Wal::open(dir.path()).unwrap();
+    append_range(&mut wal, 1, 3);
+    drop(wal);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(last_segment(dir.path()))
+        .unwrap();
+    file.write_all(&[0, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(file);
+    let err = Wal::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("zero length followed by data"),
+        "{err}"
+    );
+}
