@@ -14,6 +14,7 @@
 //! - [`tls`]: mutual TLS on both ports (handshakes, peer connector, certificate reload);
 //!   [`auth`]: what each certificate identity may do, checked on every request.
 //! - [`state_machine`]: applies committed entries; snapshots.
+//! - [`snapshot_file`]: the snapshot file: checksummed, one writer, never an older one.
 //! - [`log_store`]: the Raft log: entries in [`wal`] segments, synced per append, vote and
 //!   purge/commit points in sled — the only module that knows sled.
 //! - [`wal`]: append-only segment files with CRCs; torn-tail recovery.
@@ -43,6 +44,7 @@ pub mod raft_types;
 pub mod read_index;
 pub mod request;
 pub mod server;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod tls;
 pub mod validate;

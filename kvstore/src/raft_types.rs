@@ -85,6 +85,9 @@ pub enum Command {
     },
 }
 
+/// What a snapshot is of: its last log id and membership.
+pub type Meta = openraft::SnapshotMeta<NodeId, Member>;
+
 /// What applying a log entry produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {

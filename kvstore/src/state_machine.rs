@@ -7,14 +7,14 @@
 //! covers, so a crash at any step leaves either the old snapshot with its log or the new one.
 
 use std::collections::BTreeMap;
-use std::io::{Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::io::Cursor;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    AnyError, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StorageIOError,
     StoredMembership,
 };
 use serde::{Deserialize, Serialize};
@@ -22,12 +22,10 @@ use tokio::sync::watch;
 
 use crate::membership::cluster_id_of;
 use crate::mvcc::Mvcc;
-use crate::raft_types::{Command, Member, NodeId, Outcome, Reply, TypeConfig};
+use crate::raft_types::{Command, Member, Meta, NodeId, Outcome, Reply, TypeConfig};
+use crate::snapshot_file::SnapshotFile;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
-type Meta = SnapshotMeta<NodeId, Member>;
-
-const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 /// What a member published about itself (etcd's member attributes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +137,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct StateMachine {
     shared: Arc<Shared>,
-    dir: PathBuf,
+    file: Arc<SnapshotFile>,
     /// Snapshots built by this process, to give each a unique id.
     built: Arc<AtomicU64>,
 }
@@ -147,8 +145,8 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine under `dir`, loading the last snapshot if there is one.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let data = match read_snapshot_file(dir)? {
+        let (file, found) = SnapshotFile::open(dir)?;
+        let data = match found {
             Some((_, bytes)) => decode_data(&bytes)?,
             None => Data::default(),
         };
@@ -159,7 +157,7 @@ impl StateMachine {
                 revision,
                 applied: AtomicU64::new(0),
             }),
-            dir: dir.to_owned(),
+            file: Arc::new(file),
             built: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -169,36 +167,14 @@ impl StateMachine {
         self.shared.clone()
     }
 
-    /// Bytes of the snapshot file, for `dbSize`.
+    /// Bytes of the snapshot file in `dir`, for `dbSize`.
     pub fn snapshot_size(dir: &Path) -> u64 {
-        std::fs::metadata(dir.join(SNAPSHOT_FILE)).map_or(0, |m| m.len())
+        std::fs::metadata(dir.join(crate::snapshot_file::FILE)).map_or(0, |m| m.len())
     }
 }
 
 fn decode_data(bytes: &[u8]) -> std::io::Result<Data> {
     bincode::deserialize(bytes).map_err(std::io::Error::other)
-}
-
-fn read_snapshot_file(dir: &Path) -> std::io::Result<Option<(Meta, Vec<u8>)>> {
-    let bytes = match std::fs::read(dir.join(SNAPSHOT_FILE)) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let (meta, data): (Meta, Vec<u8>) =
-        bincode::deserialize(&bytes).map_err(std::io::Error::other)?;
-    Ok(Some((meta, data)))
-}
-
-/// Writes the snapshot durably: temp file, fsync, rename, fsync of the directory.
-fn write_snapshot_file(dir: &Path, meta: &Meta, data: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let bytes = bincode::serialize(&(meta, data)).map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 fn io_snapshot_err(meta: Option<&Meta>, e: std::io::Error) -> StorageError<NodeId> {
@@ -209,7 +185,7 @@ fn io_snapshot_err(meta: Option<&Meta>, e: std::io::Error) -> StorageError<NodeI
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    dir: PathBuf,
+    file: Arc<SnapshotFile>,
     built: Arc<AtomicU64>,
 }
 
@@ -222,12 +198,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: data.last_membership.clone(),
             snapshot_id: format!("{}-{}", data.last_applied.map_or(0, |l| l.index), n),
         };
-        let dir = self.dir.clone();
+        let file = self.file.clone();
         let meta2 = meta.clone();
         // Serializing and fsyncing a large state takes a while: keep it off the runtime.
         let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             let bytes = bincode::serialize(&data).map_err(std::io::Error::other)?;
-            write_snapshot_file(&dir, &meta2, &bytes)?;
+            file.write(&meta2, &bytes)?;
             Ok(bytes)
         })
         .await
@@ -301,7 +277,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             shared: self.shared.clone(),
-            dir: self.dir.clone(),
+            file: self.file.clone(),
             built: self.built.clone(),
         }
     }
@@ -324,10 +300,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         data.last_applied = meta.last_log_id;
         data.last_membership = meta.last_membership.clone();
-        let dir = self.dir.clone();
+        let file = self.file.clone();
         let meta2 = meta.clone();
         let bytes2 = bytes.clone();
-        tokio::task::spawn_blocking(move || write_snapshot_file(&dir, &meta2, &bytes2))
+        tokio::task::spawn_blocking(move || file.write(&meta2, &bytes2))
             .await
             .map_err(|e| io_snapshot_err(Some(meta), std::io::Error::other(e)))?
             .map_err(|e| io_snapshot_err(Some(meta), e))?;
@@ -337,8 +313,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let dir = self.dir.clone();
-        let found = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
+        let file = self.file.clone();
+        let found = tokio::task::spawn_blocking(move || file.read())
             .await
             .map_err(|e| io_snapshot_err(None, std::io::Error::other(e)))?
             .map_err(|e| {
@@ -434,5 +410,69 @@ mod tests {
         }));
         assert!(data.apply(&limited).result.is_ok());
         assert!(data.mvcc.lease(7).is_none());
+    }
+
+    /// A snapshot of a state holding `key` = `value`, as of log index `index`.
+    fn snapshot_of(index: u64, key: &str, value: &str) -> (Meta, Vec<u8>) {
+        let mut data = Data::default();
+        data.apply(&put(key, value));
+        let meta = Meta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("test-{index}"),
+        };
+        (meta, bincode::serialize(&data).unwrap())
+    }
+
+    fn value_of(sm: &StateMachine, key: &str) -> String {
+        let data = sm.shared.read();
+        let r = data
+            .mvcc
+            .range(&crate::request::RangeRequest {
+                key: key.as_bytes().to_vec().into(),
+                ..Default::default()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&r.kvs[0].value).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let (new_meta, new) = snapshot_of(200, "k", "new");
+        let (old_meta, old) = snapshot_of(100, "k", "old");
+        sm.install_snapshot(&new_meta, Box::new(Cursor::new(new)))
+            .await
+            .unwrap();
+        // A slower, older one (a build racing an install) arrives last.
+        sm.install_snapshot(&old_meta, Box::new(Cursor::new(old)))
+            .await
+            .unwrap();
+        drop(sm);
+        let sm = StateMachine::open(dir.path()).unwrap();
+        assert_eq!(value_of(&sm, "k"), "new");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_snapshot_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let (meta, bytes) = snapshot_of(10, "k", "vvvvvvvvvvvvvvvv");
+        sm.install_snapshot(&meta, Box::new(Cursor::new(bytes)))
+            .await
+            .unwrap();
+        drop(sm);
+        // One bit flipped inside the value.
+        let path = dir.path().join(crate::snapshot_file::FILE);
+        let mut file = std::fs::read(&path).unwrap();
+        let at = file
+            .windows(16)
+            .position(|w| w == b"vvvvvvvvvvvvvvvv")
+            .unwrap();
+        file[at + 3] ^= 1;
+        std::fs::write(&path, &file).unwrap();
+        let err = StateMachine::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
     }
 }
