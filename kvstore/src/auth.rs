@@ -4,7 +4,7 @@
 //! | role | reads | writes | leases | members, compaction, maintenance |
 //! |---|---|---|---|---|
 //! | `admin`, `apiserver` | all | all | all | all |
-//! | `agent` (node `n`) | `mesh/v1/`, `mesh/status/` | `mesh/v1/<c>/nodekeys/<n>` only | grant, keep alive, look up; revoke when every attached key is its own | list members, status |
+//! | `agent` (node `n`) | `mesh/v1/`, `mesh/status/` | `mesh/v1/<c>/nodekeys/<n>` only | grant; keep alive, attach to and revoke only leases it granted (revoke: when every attached key is its own); look up | list members, status |
 //! | `remote` | `mesh/v1/<this cluster>/` | nothing | nothing | nothing |
 //!
 //! A range is allowed only when all of it lies inside an allowed prefix (a range running to
@@ -25,6 +25,15 @@ use certs::{Identity, Role};
 use crate::error::Error;
 use crate::request::{RequestOp, TxnRequest};
 use crate::tls::ConnInfo;
+
+/// What a caller limited to its own leases may do with leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseLimits {
+    /// Its identity, recorded on the leases it grants.
+    pub owner: String,
+    /// The keys it may delete by revoking a lease.
+    pub keys: Vec<Vec<u8>>,
+}
 
 /// Who is asking.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,19 +169,30 @@ impl Authorizer {
         Ok(())
     }
 
-    /// What `caller` may revoke: `Ok(None)` any lease; `Ok(Some(keys))` only a lease whose
-    /// attached keys are all among `keys` (revoking deletes them), checked when the revoke
-    /// applies.
-    pub fn revocable(&self, caller: &Caller) -> Result<Option<Vec<Vec<u8>>>, Error> {
+    /// The limits on `caller`'s leases: `Ok(None)` when it may use any lease; `Ok(Some(_))`
+    /// when it may keep alive, revoke and attach keys to only the leases it granted, and revoke
+    /// only those holding keys it may delete. Refused for callers that may not use leases.
+    pub fn lease_limits(&self, caller: &Caller) -> Result<Option<LeaseLimits>, Error> {
         self.operation(caller, Operation::UseLeases)?;
         Ok(match identity(caller)? {
             None => None,
             Some(id) => match id.role {
                 Role::Admin | Role::Apiserver => None,
-                Role::Agent => Some(vec![own_node_key(id)]),
-                Role::Remote => Some(Vec::new()),
+                Role::Agent | Role::Remote => Some(LeaseLimits {
+                    owner: id.uri(),
+                    keys: match id.role {
+                        Role::Agent => vec![own_node_key(id)],
+                        _ => Vec::new(),
+                    },
+                }),
             },
         })
+    }
+
+    /// Refuses (and counts) a caller using a lease it does not own.
+    pub fn lease_denied(&self) -> Error {
+        self.denied.fetch_add(1, Relaxed);
+        Error::PermissionDenied
     }
 
     /// May `caller` do `op`?

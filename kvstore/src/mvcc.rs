@@ -58,6 +58,11 @@ pub struct Lease {
     pub ttl: i64,
     /// Keys attached to the lease.
     pub keys: BTreeSet<Bytes>,
+    /// Who granted it, when that was a caller limited to its own leases (an agent's
+    /// identity); `None` for admins and members. Kept beside the key space in snapshots
+    /// ([`Mvcc::lease_owners`]), so snapshots of the earlier format still read.
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 /// The key space with its history.
@@ -507,8 +512,25 @@ impl Mvcc {
         Ok(())
     }
 
-    /// Grants a lease. Granting does not change the revision.
-    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<()> {
+    /// The owner of every owned lease, for snapshots.
+    pub fn lease_owners(&self) -> BTreeMap<i64, String> {
+        self.leases
+            .iter()
+            .filter_map(|(id, l)| l.owner.clone().map(|o| (*id, o)))
+            .collect()
+    }
+
+    /// Restores lease owners read from a snapshot.
+    pub fn set_lease_owners(&mut self, owners: BTreeMap<i64, String>) {
+        for (id, owner) in owners {
+            if let Some(l) = self.leases.get_mut(&id) {
+                l.owner = Some(owner);
+            }
+        }
+    }
+
+    /// Grants a lease, owned by `owner` when given. Granting does not change the revision.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64, owner: Option<String>) -> Result<()> {
         if ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }
@@ -523,6 +545,7 @@ impl Mvcc {
             Lease {
                 ttl,
                 keys: BTreeSet::new(),
+                owner,
             },
         );
         Ok(())

@@ -83,6 +83,34 @@ pub enum Command {
         /// The keys the caller may delete.
         keys: Vec<bytes::Bytes>,
     },
+    /// LeaseGrant by a caller limited to its own leases (an agent): the lease records it.
+    LeaseGrantOwned {
+        /// Lease id, > 0.
+        id: i64,
+        /// TTL in seconds.
+        ttl: i64,
+        /// The caller's identity.
+        owner: String,
+    },
+    /// LeaseRevoke by a caller limited to its own leases: refused with PermissionDenied,
+    /// changing nothing, unless `owner` granted the lease and it holds only `keys`.
+    LeaseRevokeOwned {
+        /// Lease id.
+        id: i64,
+        /// The caller's identity.
+        owner: String,
+        /// The keys the caller may delete.
+        keys: Vec<bytes::Bytes>,
+    },
+    /// A write by a caller limited to its own leases: refused with PermissionDenied, changing
+    /// nothing, if it would attach a key to a lease `owner` did not grant (checked when it
+    /// applies, so a lease re-granted meanwhile cannot be borrowed).
+    As {
+        /// The caller's identity.
+        owner: String,
+        /// The write (a put or a txn).
+        cmd: Box<Command>,
+    },
 }
 
 /// What a snapshot is of: its last log id and membership.

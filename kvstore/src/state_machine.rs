@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::membership::cluster_id_of;
 use crate::mvcc::Mvcc;
 use crate::raft_types::{Command, Member, Meta, NodeId, Outcome, Reply, TypeConfig};
+use crate::request::RequestOp;
 use crate::snapshot_file::SnapshotFile;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -59,8 +60,37 @@ impl Data {
             Command::DeleteRange(r) => self.mvcc.delete_range(r).map(Outcome::DeleteRange),
             Command::Txn(r) => self.mvcc.txn(r).map(Outcome::Txn),
             Command::Compact { revision } => self.mvcc.compact(*revision).map(|()| Outcome::Done),
-            Command::LeaseGrant { id, ttl } => {
-                self.mvcc.lease_grant(*id, *ttl).map(|()| Outcome::Done)
+            Command::LeaseGrant { id, ttl } => self
+                .mvcc
+                .lease_grant(*id, *ttl, None)
+                .map(|()| Outcome::Done),
+            Command::LeaseGrantOwned { id, ttl, owner } => self
+                .mvcc
+                .lease_grant(*id, *ttl, Some(owner.clone()))
+                .map(|()| Outcome::Done),
+            Command::LeaseRevokeOwned { id, owner, keys } => {
+                let refused = self.mvcc.lease(*id).is_some_and(|l| {
+                    l.owner.as_ref() != Some(owner) || l.keys.iter().any(|k| !keys.contains(k))
+                });
+                if refused {
+                    Err(crate::error::Error::PermissionDenied)
+                } else {
+                    self.mvcc.lease_revoke(*id).map(|()| Outcome::Done)
+                }
+            }
+            Command::As { owner, cmd } => {
+                let mut leases = Vec::new();
+                attached_leases(cmd, &mut leases);
+                let borrowed = leases.iter().any(|id| {
+                    self.mvcc
+                        .lease(*id)
+                        .is_some_and(|l| l.owner.as_ref() != Some(owner))
+                });
+                if borrowed {
+                    Err(crate::error::Error::PermissionDenied)
+                } else {
+                    return self.apply(cmd);
+                }
             }
             Command::LeaseRevoke { id } => self.mvcc.lease_revoke(*id).map(|()| Outcome::Done),
             Command::LeaseRevokeIfOnly { id, keys } => {
@@ -97,6 +127,51 @@ impl Data {
             result,
         }
     }
+}
+
+/// The leases a write would attach keys to (both branches of a txn, nested ones included).
+pub(crate) fn attached_leases(cmd: &Command, out: &mut Vec<i64>) {
+    fn walk(list: &[RequestOp], out: &mut Vec<i64>) {
+        for op in list {
+            match op {
+                RequestOp::Put(p) if p.lease != 0 => out.push(p.lease),
+                RequestOp::Txn(t) => {
+                    walk(&t.success, out);
+                    walk(&t.failure, out);
+                }
+                _ => {}
+            }
+        }
+    }
+    match cmd {
+        Command::Put(p) if p.lease != 0 => out.push(p.lease),
+        Command::Txn(t) => {
+            walk(&t.success, out);
+            walk(&t.failure, out);
+        }
+        _ => {}
+    }
+}
+
+/// The state machine's state as a snapshot holds it: the data, then the lease owners (which
+/// [`Data`]'s own encoding leaves out, so snapshots of the earlier format still read).
+pub fn encode_data(data: &Data) -> std::io::Result<Vec<u8>> {
+    let mut bytes = bincode::serialize(data).map_err(std::io::Error::other)?;
+    bincode::serialize_into(&mut bytes, &data.mvcc.lease_owners())
+        .map_err(std::io::Error::other)?;
+    Ok(bytes)
+}
+
+/// The state of a snapshot: see [`encode_data`].
+pub fn decode_data(bytes: &[u8]) -> std::io::Result<Data> {
+    let mut cursor = Cursor::new(bytes);
+    let mut data: Data = bincode::deserialize_from(&mut cursor).map_err(std::io::Error::other)?;
+    if (cursor.position() as usize) < bytes.len() {
+        let owners: BTreeMap<i64, String> =
+            bincode::deserialize_from(&mut cursor).map_err(std::io::Error::other)?;
+        data.mvcc.set_lease_owners(owners);
+    }
+    Ok(data)
 }
 
 /// The state shared between the Raft state machine and the API: readers take the lock
@@ -173,10 +248,6 @@ impl StateMachine {
     }
 }
 
-fn decode_data(bytes: &[u8]) -> std::io::Result<Data> {
-    bincode::deserialize(bytes).map_err(std::io::Error::other)
-}
-
 fn io_snapshot_err(meta: Option<&Meta>, e: std::io::Error) -> StorageError<NodeId> {
     StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::new(&e)).into()
 }
@@ -202,7 +273,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let meta2 = meta.clone();
         // Serializing and fsyncing a large state takes a while: keep it off the runtime.
         let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let bytes = bincode::serialize(&data).map_err(std::io::Error::other)?;
+            let bytes = encode_data(&data)?;
             file.write(&meta2, &bytes)?;
             Ok(bytes)
         })
@@ -410,6 +481,74 @@ mod tests {
         }));
         assert!(data.apply(&limited).result.is_ok());
         assert!(data.mvcc.lease(7).is_none());
+    }
+
+    #[test]
+    fn a_limited_caller_uses_only_the_leases_it_granted_and_owners_survive_snapshots() {
+        let mut data = Data::default();
+        let a = "spiffe://raftmesh/cluster/apps/agent/node-1".to_owned();
+        let b = "spiffe://raftmesh/cluster/apps/agent/node-2".to_owned();
+        let grant = |id, owner: &String| Command::LeaseGrantOwned {
+            id,
+            ttl: 60,
+            owner: owner.clone(),
+        };
+        data.apply(&grant(1, &a));
+        data.apply(&grant(2, &a));
+        data.apply(&Command::LeaseGrant { id: 3, ttl: 60 });
+        let as_b = |cmd| Command::As {
+            owner: b.clone(),
+            cmd: Box::new(cmd),
+        };
+        let nested = Command::Txn(crate::request::TxnRequest {
+            failure: vec![RequestOp::Txn(crate::request::TxnRequest {
+                success: vec![RequestOp::Put(PutRequest {
+                    key: b"k".to_vec().into(),
+                    lease: 1,
+                    ..PutRequest::default()
+                })],
+                ..Default::default()
+            })],
+            ..Default::default()
+        });
+        let before = data.mvcc.revision();
+        let denied = Err(crate::error::Error::PermissionDenied);
+        for cmd in [
+            as_b(put_leased("k", 1)),
+            as_b(put_leased("k", 3)),
+            as_b(nested),
+            Command::LeaseRevokeOwned {
+                id: 2,
+                owner: b.clone(),
+                keys: Vec::new(),
+            },
+        ] {
+            assert_eq!(data.apply(&cmd).result, denied, "{cmd:?}");
+        }
+        assert_eq!(data.mvcc.revision(), before, "refusals change nothing");
+        assert!(data.mvcc.lease(2).is_some());
+
+        // The owners are in the snapshot; a snapshot of the earlier format still reads.
+        let back = decode_data(&encode_data(&data).unwrap()).unwrap();
+        assert_eq!(back.mvcc.lease_owners(), data.mvcc.lease_owners());
+        assert_eq!(back.mvcc.lease(1).unwrap().owner.as_ref(), Some(&a));
+        let old = decode_data(&bincode::serialize(&data).unwrap()).unwrap();
+        assert!(old.mvcc.lease_owners().is_empty());
+        let mut data = back;
+
+        let as_a = Command::As {
+            owner: a.clone(),
+            cmd: Box::new(put_leased("k", 1)),
+        };
+        assert!(data.apply(&as_a).result.is_ok());
+        let revoke = |id| Command::LeaseRevokeOwned {
+            id,
+            owner: a.clone(),
+            keys: vec![b"k".to_vec().into()],
+        };
+        assert!(data.apply(&revoke(2)).result.is_ok());
+        assert!(data.apply(&revoke(1)).result.is_ok());
+        assert!(data.mvcc.lease(1).is_none());
     }
 
     /// A snapshot of a state holding `key` = `value`, as of log index `index`.

@@ -36,8 +36,8 @@ const PATIENCE: Duration = Duration::from_secs(15);
 /// etcd's refusal.
 const DENIED: &str = "etcdserver: permission denied";
 
-/// The certificates of one test: cluster `apps` (CA, members n1–n3, admin, agent node-1,
-/// remote infra) and the certificates the server must refuse.
+/// The certificates of one test: cluster `apps` (CA, members n1–n3, admin, agents node-1 and
+/// node-2, remote infra) and the certificates the server must refuse.
 struct Pki {
     _tmp: TempDir,
     dir: PathBuf,
@@ -66,6 +66,7 @@ impl Pki {
         }
         pki.issue(&pki.apps, Role::Admin, "admin", "admin-admin");
         pki.issue(&pki.apps, Role::Agent, "node-1", "agent-node-1");
+        pki.issue(&pki.apps, Role::Agent, "node-2", "agent-node-2");
         pki.issue(&pki.apps, Role::Remote, "infra", "remote-infra");
         pki
     }
@@ -330,6 +331,84 @@ async fn each_role_gets_what_the_trust_model_gives_it() {
         .await,
         "x\n"
     );
+}
+
+/// Defect 7 of issue 11: an agent keeps alive, revokes and attaches keys only to the leases it
+/// granted; another agent's (or an admin's) lease is refused and left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_uses_only_the_leases_it_granted() {
+    if skip_for_etcd() {
+        return;
+    }
+    let pki = Pki::new();
+    let c = tls_cluster(&pki).await;
+    let (admin, a, b) = ("admin-admin", "agent-node-1", "agent-node-2");
+    let a_lease = lease_id(&ok(&c, a, &["lease", "grant", "600"]).await);
+    let a_empty = lease_id(&ok(&c, a, &["lease", "grant", "600"]).await);
+    let admin_lease = lease_id(&ok(&c, admin, &["lease", "grant", "600"]).await);
+    ok(
+        &c,
+        a,
+        &[
+            "put",
+            "--lease",
+            &a_lease,
+            "mesh/v1/apps/nodekeys/node-1",
+            "a",
+        ],
+    )
+    .await;
+    let before = revision(&c).await;
+
+    // Node 2 may not keep node 1's lease alive, revoke it (empty or not), or hang its own key
+    // on it or on an admin's lease (alone or inside a txn).
+    denied(&c, b, &["lease", "keep-alive", "--once", &a_lease]).await;
+    denied(&c, b, &["lease", "revoke", &a_lease]).await;
+    denied(&c, b, &["lease", "revoke", &a_empty]).await;
+    for lease in [&a_lease, &a_empty, &admin_lease] {
+        denied(
+            &c,
+            b,
+            &["put", "--lease", lease, "mesh/v1/apps/nodekeys/node-2", "b"],
+        )
+        .await;
+    }
+    let txn = format!("\n\nput --lease={a_empty} mesh/v1/apps/nodekeys/node-2 b\n\n");
+    let out = txn_as(&c, b, &txn).await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(DENIED),
+        "txn attaching to another agent's lease: {out:?}"
+    );
+
+    // Nothing changed: no revision, node 1's key still on its lease, both leases alive.
+    assert_eq!(revision(&c).await, before);
+    let leases = ok(&c, admin, &["lease", "list"]).await;
+    for lease in [&a_lease, &a_empty, &admin_lease] {
+        assert!(leases.contains(lease.as_str()), "{lease} gone: {leases}");
+    }
+    let attached = ok(&c, admin, &["lease", "timetolive", &a_lease, "--keys"]).await;
+    assert!(
+        attached.contains("mesh/v1/apps/nodekeys/node-1"),
+        "{attached}"
+    );
+
+    // Its own leases still work for node 1, and node 2 with a lease of its own.
+    ok(&c, a, &["lease", "keep-alive", "--once", &a_lease]).await;
+    ok(&c, a, &["lease", "revoke", &a_empty]).await;
+    let b_lease = lease_id(&ok(&c, b, &["lease", "grant", "600"]).await);
+    ok(
+        &c,
+        b,
+        &[
+            "put",
+            "--lease",
+            &b_lease,
+            "mesh/v1/apps/nodekeys/node-2",
+            "b",
+        ],
+    )
+    .await;
+    ok(&c, b, &["lease", "keep-alive", "--once", &b_lease]).await;
 }
 
 /// The id in etcdctl's "lease <hex id> granted with TTL(…)".

@@ -11,7 +11,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::{allow, convert, status};
-use crate::auth::Operation;
+use crate::auth::{Caller, Operation};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -38,6 +38,26 @@ impl Kv {
             return Err(status(Error::RequestTooLarge));
         }
         Ok(())
+    }
+
+    /// `cmd` as the state machine applies it for `caller`: a write attaching keys to leases by
+    /// a caller limited to its own leases is wrapped, so the state machine checks the leases'
+    /// owner when it applies.
+    fn as_caller(&self, caller: &Caller, cmd: Command) -> Result<Command, Status> {
+        let mut leases = Vec::new();
+        crate::state_machine::attached_leases(&cmd, &mut leases);
+        if leases.is_empty() {
+            return Ok(cmd);
+        }
+        Ok(
+            match self.node.auth().lease_limits(caller).map_err(status)? {
+                None => cmd,
+                Some(l) => Command::As {
+                    owner: l.owner,
+                    cmd: Box::new(cmd),
+                },
+            },
+        )
     }
 
     async fn write(&self, cmd: Command) -> Result<(Outcome, i64), Status> {
@@ -97,7 +117,8 @@ impl PbKvService for Kv {
             .auth()
             .write(&caller, &req.key, b"")
             .map_err(status)?;
-        match self.write(Command::Put(req)).await? {
+        let cmd = self.as_caller(&caller, Command::Put(req))?;
+        match self.write(cmd).await? {
             (Outcome::Put(r), rev) => Ok(Response::new(convert::put_response(
                 r,
                 self.node.header(rev),
@@ -153,7 +174,8 @@ impl PbKvService for Kv {
                 self.node.header(revision),
             )));
         }
-        match self.write(Command::Txn(req)).await? {
+        let cmd = self.as_caller(&caller, Command::Txn(req))?;
+        match self.write(cmd).await? {
             (Outcome::Txn(r), rev) => Ok(Response::new(convert::txn_response(
                 r,
                 self.node.header(rev),

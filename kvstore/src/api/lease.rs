@@ -51,6 +51,21 @@ fn new_lease_id() -> i64 {
     (h.finish() >> 1).max(1) as i64
 }
 
+/// Whether `owner` granted lease `id` (an unknown lease passes: keeping it alive answers TTL 0).
+async fn owns(node: &Node, owner: &str, id: i64) -> Result<(), Error> {
+    node.linearize().await?;
+    let foreign = node
+        .shared
+        .read()
+        .mvcc
+        .lease(id)
+        .is_some_and(|l| l.owner.as_deref() != Some(owner));
+    if foreign {
+        return Err(node.auth().lease_denied());
+    }
+    Ok(())
+}
+
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<PbLeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -60,7 +75,8 @@ impl PbLeaseService for Lease {
         req: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let _t = self.metrics.rpc("LeaseGrant");
-        allow(&self.node, &req, Operation::UseLeases)?;
+        let caller = self.node.auth().caller(req.extensions());
+        let limits = self.node.auth().lease_limits(&caller).map_err(status)?;
         let req = req.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(status(Error::LeaseTtlTooLarge));
@@ -70,11 +86,15 @@ impl PbLeaseService for Lease {
         let chosen = req.id == 0;
         for _ in 0..3 {
             let id = if chosen { new_lease_id() } else { req.id };
-            let reply = self
-                .node
-                .propose(Command::LeaseGrant { id, ttl })
-                .await
-                .map_err(status)?;
+            let cmd = match &limits {
+                None => Command::LeaseGrant { id, ttl },
+                Some(l) => Command::LeaseGrantOwned {
+                    id,
+                    ttl,
+                    owner: l.owner.clone(),
+                },
+            };
+            let reply = self.node.propose(cmd).await.map_err(status)?;
             match reply.result {
                 Err(Error::LeaseExist) if chosen => continue,
                 Err(e) => return Err(status(e)),
@@ -98,13 +118,14 @@ impl PbLeaseService for Lease {
         let _t = self.metrics.rpc("LeaseRevoke");
         let caller = self.node.auth().caller(req.extensions());
         let id = req.into_inner().id;
-        // Revoking deletes the attached keys: a caller who may not delete them all gets a
-        // revoke the state machine refuses if the lease holds any other key when it applies.
-        let cmd = match self.node.auth().revocable(&caller).map_err(status)? {
+        // A limited caller revokes only its own leases, and only those holding keys it may
+        // delete (revoking deletes them): checked when the revoke applies.
+        let cmd = match self.node.auth().lease_limits(&caller).map_err(status)? {
             None => Command::LeaseRevoke { id },
-            Some(keys) => Command::LeaseRevokeIfOnly {
+            Some(l) => Command::LeaseRevokeOwned {
                 id,
-                keys: keys.into_iter().map(bytes::Bytes::from).collect(),
+                owner: l.owner,
+                keys: l.keys.into_iter().map(bytes::Bytes::from).collect(),
             },
         };
         let reply = self.node.propose(cmd).await.map_err(status)?;
@@ -120,7 +141,8 @@ impl PbLeaseService for Lease {
         &self,
         req: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        allow(&self.node, &req, Operation::UseLeases)?;
+        let caller = self.node.auth().caller(req.extensions());
+        let limits = self.node.auth().lease_limits(&caller).map_err(status)?;
         let mut requests = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
@@ -128,6 +150,14 @@ impl PbLeaseService for Lease {
         tokio::spawn(async move {
             while let Some(Ok(req)) = requests.next().await {
                 let _t = metrics.rpc("LeaseKeepAlive");
+                // A limited caller keeps alive only its own leases (owners never change, so
+                // the current state decides).
+                if let Some(l) = &limits
+                    && let Err(e) = owns(&node, &l.owner, req.id).await
+                {
+                    let _ = tx.send(Err(status(e))).await;
+                    return;
+                }
                 let ttl = match node.lease_keep_alive(req.id).await {
                     Ok(ttl) => ttl,
                     // etcd answers an unknown lease with TTL 0 on the stream.

@@ -38,7 +38,7 @@ fn admin_apiserver_and_plaintext_may_do_everything() {
         a.write(&caller, b"mesh/config/remotes/x", b"").unwrap();
         a.write(&caller, b"a", b"\0").unwrap();
         a.operation(&caller, Operation::Administer).unwrap();
-        assert_eq!(a.revocable(&caller), Ok(None));
+        assert_eq!(a.lease_limits(&caller), Ok(None));
     }
 }
 
@@ -89,8 +89,11 @@ fn agents_read_the_mesh_and_write_only_their_node_key() {
         Err(Error::PermissionDenied)
     );
     assert_eq!(
-        a.revocable(&agent),
-        Ok(Some(vec![b"mesh/v1/apps/nodekeys/node-1".to_vec()]))
+        a.lease_limits(&agent),
+        Ok(Some(crate::auth::LeaseLimits {
+            owner: "spiffe://raftmesh/cluster/apps/agent/node-1".into(),
+            keys: vec![b"mesh/v1/apps/nodekeys/node-1".to_vec()],
+        }))
     );
 }
 

@@ -305,10 +305,10 @@ fn ignore_value_and_lease_need_the_key() {
 #[test]
 fn lease_revoke_deletes_attached_keys_in_one_revision() {
     let mut m = Mvcc::new();
-    m.lease_grant(7, 60).unwrap();
-    assert_eq!(m.lease_grant(7, 60), Err(Error::LeaseExist));
+    m.lease_grant(7, 60, None).unwrap();
+    assert_eq!(m.lease_grant(7, 60, None), Err(Error::LeaseExist));
     assert_eq!(
-        m.lease_grant(8, MAX_LEASE_TTL + 1),
+        m.lease_grant(8, MAX_LEASE_TTL + 1, None),
         Err(Error::LeaseTtlTooLarge)
     );
     for k in ["a", "b"] {
@@ -371,7 +371,7 @@ fn events_replay_history_with_prev_kv() {
 fn snapshot_roundtrip_is_exact() {
     let mut m = Mvcc::new();
     put(&mut m, "a", "1");
-    m.lease_grant(3, 10).unwrap();
+    m.lease_grant(3, 10, None).unwrap();
     put(&mut m, "a", "2");
     let bytes = bincode::serialize(&m).unwrap();
     let back: Mvcc = bincode::deserialize(&bytes).unwrap();
