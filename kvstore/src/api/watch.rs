@@ -123,18 +123,26 @@ impl Session {
         let mut revisions = self.node.shared.subscribe();
         let mut progress = tokio::time::interval(progress_interval);
         progress.reset();
+        // A client that closes its send side still gets events, as from etcd, until it
+        // cancels (it cannot any more) or goes away.
+        let mut half_closed = false;
         loop {
             let step = tokio::select! {
-                req = requests.next() => match req {
+                req = requests.next(), if !half_closed => match req {
                     Some(Ok(req)) => self.handle(req).await,
-                    // Client closed or broke the stream: nothing more to do.
-                    Some(Err(_)) | None => Err(Closed),
+                    None => {
+                        half_closed = true;
+                        Ok(())
+                    }
+                    // The stream broke: the client is gone.
+                    Some(Err(_)) => Err(Closed),
                 },
                 changed = revisions.changed() => match changed {
                     Ok(()) => self.catch_up().await,
                     Err(_) => Err(Closed),
                 },
                 _ = progress.tick() => self.notify_progress().await,
+                () = self.tx.closed() => Err(Closed),
             };
             if step.is_err() {
                 break;
@@ -234,62 +242,77 @@ impl Session {
 
     /// Sends every watcher the events it is owed up to the current revision; returns the
     /// revision everything was sent up to.
+    ///
+    /// The store is read one watcher's step at a time (at most [`MAX_EVENTS_PER_MESSAGE`]
+    /// revisions) and never while sending, so many far-behind watchers do not hold off the
+    /// member's reads and writes; a watcher served later in a pass reads the revisions that
+    /// landed meanwhile.
     async fn catch_up_to_current(&mut self) -> Result<i64, Closed> {
         loop {
-            let mut batches = Vec::new();
-            let mut canceled = Vec::new();
-            let current;
-            {
-                let data = self.node.shared.read();
-                current = data.mvcc.revision();
-                let compacted = data.mvcc.compacted();
-                for (&id, w) in &mut self.watchers {
-                    if w.next > current {
-                        continue;
-                    }
-                    if w.next < compacted {
-                        canceled.push((id, compacted));
-                        continue;
-                    }
-                    let to = revision_limit(w.next, current);
-                    let events = data
-                        .mvcc
-                        .events(&w.range, w.next, to, w.prev_kv)
-                        .expect("watcher position checked against the compacted revision");
-                    w.next = to + 1;
-                    let events: Vec<_> = events
-                        .into_iter()
-                        .filter(|e| match e.kind {
-                            EventKind::Put => !w.no_put,
-                            EventKind::Delete => !w.no_delete,
-                        })
-                        .map(convert::event)
-                        .collect();
-                    if !events.is_empty() {
-                        batches.push((id, to, events));
-                    }
-                }
+            let target = self.node.shared.read().mvcc.revision();
+            let behind: Vec<i64> = self
+                .watchers
+                .iter()
+                .filter(|(_, w)| w.next <= target)
+                .map(|(id, _)| *id)
+                .collect();
+            if behind.is_empty() {
+                return Ok(target);
             }
-            for (id, compacted) in canceled {
-                self.watchers.remove(&id);
-                self.metrics.watchers_removed(1);
-                let mut resp = self.response(id, current);
-                resp.canceled = true;
-                resp.compact_revision = compacted;
-                resp.cancel_reason = Error::Compacted.to_string();
-                self.send(resp).await?;
-            }
-            let more = self.watchers.values().any(|w| w.next <= current);
-            for (id, to, events) in batches {
-                self.metrics.events_sent(events.len());
-                let mut resp = self.response(id, to);
-                resp.events = events;
-                self.send(resp).await?;
-            }
-            if !more {
-                return Ok(current);
+            for id in behind {
+                self.step(id).await?;
             }
         }
+    }
+
+    /// Sends watcher `id` its next message, or cancels it if compaction passed it.
+    async fn step(&mut self, id: i64) -> Result<(), Closed> {
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return Ok(());
+        };
+        let (current, compacted, events, to) = {
+            let data = self.node.shared.read();
+            let current = data.mvcc.revision();
+            let compacted = data.mvcc.compacted();
+            if w.next > current {
+                return Ok(());
+            }
+            if w.next < compacted {
+                (current, Some(compacted), Vec::new(), current)
+            } else {
+                let to = revision_limit(w.next, current);
+                let events = data
+                    .mvcc
+                    .events(&w.range, w.next, to, w.prev_kv)
+                    .expect("watcher position checked against the compacted revision");
+                (current, None, events, to)
+            }
+        };
+        if let Some(compacted) = compacted {
+            self.watchers.remove(&id);
+            self.metrics.watchers_removed(1);
+            let mut resp = self.response(id, current);
+            resp.canceled = true;
+            resp.compact_revision = compacted;
+            resp.cancel_reason = Error::Compacted.to_string();
+            return self.send(resp).await;
+        }
+        w.next = to + 1;
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|e| match e.kind {
+                EventKind::Put => !w.no_put,
+                EventKind::Delete => !w.no_delete,
+            })
+            .map(convert::event)
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.metrics.events_sent(events.len());
+        let mut resp = self.response(id, to);
+        resp.events = events;
+        self.send(resp).await
     }
 
     async fn notify_progress(&mut self) -> Result<(), Closed> {
