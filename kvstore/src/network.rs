@@ -60,6 +60,28 @@ pub enum PeerError {
     Codec(#[from] bincode::Error),
 }
 
+impl PeerError {
+    /// Whether the request certainly never reached the peer: it has no address, or no
+    /// connection to it could be made (refused, unreachable, handshake failed). A forwarded
+    /// write failing so may be sent again; one failing otherwise may have been appended.
+    pub fn never_sent(&self) -> bool {
+        match self {
+            PeerError::NoUrl { .. } => true,
+            PeerError::Rpc { status, .. } => {
+                let mut source = std::error::Error::source(status);
+                while let Some(e) = source {
+                    if e.is::<tonic::ConnectError>() {
+                        return true;
+                    }
+                    source = e.source();
+                }
+                false
+            }
+            PeerError::Codec(_) => false,
+        }
+    }
+}
+
 impl Peers {
     /// Channels that connect with `tls` (plaintext when `None`).
     pub fn new(tls: Option<Arc<ClientTls>>) -> Self {

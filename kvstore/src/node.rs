@@ -232,6 +232,11 @@ impl Node {
             .await
         {
             Ok(answer) => answer,
+            Err(e) if e.never_sent() => {
+                tracing::debug!(leader, error = %e, "cannot reach the leader; waiting for one");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(Error::NoLeader)
+            }
             Err(e) => {
                 tracing::debug!(leader, error = %e, "forward to leader failed");
                 match req {

@@ -183,10 +183,10 @@ impl ToRaft {
 
 /// A follower's sink: a batch is forwarded to the leader as one peer call.
 ///
-/// When this member has no leader, or leads itself, every command fails with
-/// [`Error::NoLeader`] or [`Error::NotLeader`] and the caller retries. A call that fails in
-/// transit fails every command with [`Error::Timeout`]: it may have reached the leader's log,
-/// so it is never sent again.
+/// When this member has no leader, or leads itself, or cannot connect to the leader, every
+/// command fails with [`Error::NoLeader`] or [`Error::NotLeader`] and the caller retries until
+/// its deadline. A call that fails in transit fails every command with [`Error::Timeout`]: it
+/// may have reached the leader's log, so it is never sent again.
 pub struct ToLeader {
     /// This member's Raft, for the current leader and its address.
     pub raft: Raft,
@@ -235,6 +235,11 @@ impl Sink for ToLeader {
             }
             // Refused whole before anything was appended (e.g. it no longer leads).
             Ok(Err(e)) => vec![Err(e); n],
+            // The leader is gone (killed, restarting): the writes wait for the next one.
+            Err(e) if e.never_sent() => {
+                tracing::debug!(leader, error = %e, "cannot reach the leader; waiting for one");
+                vec![Err(Error::NoLeader); n]
+            }
             Err(e) => {
                 tracing::debug!(leader, error = %e, "forwarding writes to the leader failed");
                 vec![Err(Error::Timeout); n]

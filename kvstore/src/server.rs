@@ -238,11 +238,13 @@ impl Member {
             "starting member"
         );
 
+        let (election_timeout_min, election_timeout_max) =
+            election_timeouts(config.heartbeat_interval, config.election_timeout);
         let raft_config = openraft::Config {
             cluster_name: config.initial_cluster_token.clone(),
             heartbeat_interval: millis(config.heartbeat_interval),
-            election_timeout_min: millis(config.election_timeout),
-            election_timeout_max: millis(config.election_timeout) * 2,
+            election_timeout_min,
+            election_timeout_max,
             install_snapshot_timeout: 5_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
@@ -429,6 +431,19 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// openraft's election timeouts for etcd's `--election-timeout` `e`: a follower that has not
+/// heard from its leader for a random time in [`e`, 2`e`) stands for election, as in etcd.
+///
+/// openraft waits its leader lease (`election_timeout_max`) and then the member's random
+/// timeout in [min, max) (a follower that heard from a leader within the lease also refuses
+/// to vote, like etcd's CheckQuorum). So max = `e` and min as small as openraft allows: one
+/// heartbeat, or a tenth of `e`, whichever is longer.
+fn election_timeouts(heartbeat: Duration, e: Duration) -> (u64, u64) {
+    let max = millis(e);
+    let min = (millis(heartbeat) + 1).max(max / 10);
+    (min, max)
 }
 
 fn millis(d: Duration) -> u64 {
