@@ -34,6 +34,7 @@ pub fn status(e: Error) -> Status {
             Code::Unavailable
         }
         Error::PermissionDenied => Code::PermissionDenied,
+        Error::NoSpace | Error::TooManyLeases => Code::ResourceExhausted,
     };
     Status::new(code, e.to_string())
 }

@@ -75,4 +75,11 @@ pub enum Error {
     /// The membership change was refused by Raft (e.g. another change is in progress).
     #[error("etcdserver: unhealthy cluster")]
     MembershipRejected,
+    /// The storage quota is used up (a NOSPACE alarm is raised): writes that would grow the
+    /// store are refused until an operator compacts and disarms.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The member holds `--max-leases` leases already.
+    #[error("etcdserver: too many leases")]
+    TooManyLeases,
 }

@@ -23,6 +23,10 @@ use crate::request::{
 /// etcd's largest lease TTL, in seconds.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
+/// What one stored version costs beyond its key and value, for [`Mvcc::bytes`]: its four
+/// numbers, the history slot and the change-index entry.
+pub const VERSION_OVERHEAD: u64 = 64;
+
 /// One version of a key. A version of 0 marks a deletion (a tombstone).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Version {
@@ -79,6 +83,9 @@ pub struct Mvcc {
     changes: BTreeMap<i64, Vec<Bytes>>,
     /// Live leases by id.
     leases: BTreeMap<i64, Lease>,
+    /// What the stored versions take, by [`Mvcc::bytes`]' count; not serialized (recounted).
+    #[serde(skip)]
+    bytes: u64,
 }
 
 impl Default for Mvcc {
@@ -89,8 +96,14 @@ impl Default for Mvcc {
             keys: BTreeMap::new(),
             changes: BTreeMap::new(),
             leases: BTreeMap::new(),
+            bytes: 0,
         }
     }
+}
+
+/// What `key`'s version `v` counts for in [`Mvcc::bytes`].
+fn cost(key: &[u8], v: &Version) -> u64 {
+    (key.len() + v.value.len()) as u64 + VERSION_OVERHEAD
 }
 
 /// Which branch each txn in a request takes, decided before any of its operations run (as
@@ -115,6 +128,21 @@ impl Mvcc {
     /// The compacted revision (0 when never compacted).
     pub fn compacted(&self) -> i64 {
         self.compacted
+    }
+
+    /// The size the storage quota counts: every stored version (live, overwritten or deleted,
+    /// until compaction drops it) at its key's and value's length plus [`VERSION_OVERHEAD`].
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Recounts [`Mvcc::bytes`] (after deserializing, which does not carry it).
+    pub fn recount(&mut self) {
+        self.bytes = self
+            .keys
+            .iter()
+            .flat_map(|(k, h)| h.iter().map(move |v| cost(k, v)))
+            .sum();
     }
 
     /// Number of live keys.
@@ -465,15 +493,20 @@ impl Mvcc {
 
     fn push_version(&mut self, key: Bytes, v: Version) {
         let rev = v.mod_revision;
+        let added = cost(&key, &v);
         let history = self.keys.entry(key.clone()).or_default();
         match history.last_mut() {
             // One change per key per revision: a second write in the same revision replaces.
-            Some(last) if last.mod_revision == rev => *last = v,
+            Some(last) if last.mod_revision == rev => {
+                self.bytes -= cost(&key, last);
+                *last = v;
+            }
             _ => {
                 history.push(v);
                 self.changes.entry(rev).or_default().push(key);
             }
         }
+        self.bytes += added;
     }
 
     fn detach(&mut self, lease: i64, key: &[u8]) {
@@ -494,7 +527,8 @@ impl Mvcc {
             return Err(Error::FutureRev);
         }
         self.compacted = revision;
-        self.keys.retain(|_, history| {
+        let mut freed = 0;
+        self.keys.retain(|key, history| {
             // Keep the version visible at `revision` and everything after it; a tombstone
             // older than `revision` has nothing left to hide.
             let at = history.partition_point(|v| v.mod_revision <= revision);
@@ -505,9 +539,13 @@ impl Mvcc {
             {
                 keep_from += 1;
             }
-            history.drain(..keep_from);
+            freed += history
+                .drain(..keep_from)
+                .map(|v| cost(key, &v))
+                .sum::<u64>();
             !history.is_empty()
         });
+        self.bytes -= freed;
         self.changes = self.changes.split_off(&revision);
         Ok(())
     }
@@ -568,6 +606,11 @@ impl Mvcc {
             self.revision = rev;
         }
         Ok(())
+    }
+
+    /// Number of live leases.
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
     }
 
     /// A live lease.

@@ -68,6 +68,8 @@ pub struct NodeSettings {
     /// Shortest lease TTL granted, in seconds (etcd: 1.5 election timeouts, rounded up), so
     /// a lease cannot expire during a leader election.
     pub min_lease_ttl: i64,
+    /// The storage quota and the bounds on leases and watchers.
+    pub store_limits: crate::server::StoreLimits,
     /// What each caller may do.
     pub auth: Authorizer,
 }
@@ -161,6 +163,56 @@ impl Node {
     pub fn current_header(&self) -> Header {
         let rev = self.shared.read().mvcc.revision();
         self.header(rev)
+    }
+
+    /// The storage quota and the bounds on leases and watchers.
+    pub fn store_limits(&self) -> &crate::server::StoreLimits {
+        &self.settings.store_limits
+    }
+
+    /// Admits a write that would store `cost` more bytes ([`crate::mvcc::Mvcc::bytes`]), as
+    /// etcd's quota does: refused with [`Error::NoSpace`] while the NOSPACE alarm is raised,
+    /// and when it would pass the quota, which raises the alarm for the whole cluster.
+    pub async fn admit(&self, cost: u64) -> Result<(), Error> {
+        let (used, raised) = {
+            let data = self.shared.read();
+            (data.mvcc.bytes(), data.out_of_space())
+        };
+        if raised {
+            return Err(Error::NoSpace);
+        }
+        let quota = self.settings.store_limits.quota_bytes;
+        if used.saturating_add(cost) > quota {
+            tracing::warn!(used, cost, quota, "storage quota used up: raising NOSPACE");
+            self.propose(Command::Alarm {
+                activate: true,
+                member: self.id,
+                alarm: crate::state_machine::ALARM_NOSPACE,
+            })
+            .await?;
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Builds a snapshot of everything this member applied, so the log it covers is purged
+    /// (etcd's defrag: the disk back); waits for it up to the request timeout.
+    pub async fn compact_disk(&self) -> Result<(), Error> {
+        let applied = self.raft.metrics().borrow().last_applied;
+        if applied.is_none() || self.raft.metrics().borrow().snapshot >= applied {
+            return Ok(());
+        }
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|_| Error::Unhealthy)?;
+        self.raft
+            .wait(Some(self.settings.request_timeout * 6))
+            .metrics(|m| m.snapshot >= applied, "snapshot for defragment")
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Timeout)
     }
 
     /// Shortest lease TTL granted, in seconds.

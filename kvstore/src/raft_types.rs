@@ -111,6 +111,16 @@ pub enum Command {
         /// The write (a put or a txn).
         cmd: Box<Command>,
     },
+    /// Raises or clears an alarm (etcd's Alarm ACTIVATE/DEACTIVATE). While a NOSPACE alarm
+    /// is raised, every write that would grow the store is refused.
+    Alarm {
+        /// Raise (true) or clear.
+        activate: bool,
+        /// The member the alarm is for.
+        member: NodeId,
+        /// etcd's `AlarmType` (1 NOSPACE, 2 CORRUPT).
+        alarm: i32,
+    },
 }
 
 /// What a snapshot is of: its last log id and membership.
@@ -129,6 +139,8 @@ pub enum Outcome {
     Done,
     /// One reply per command of a [`Command::Batch`], in order.
     Batch(Vec<Reply>),
+    /// The alarms an [`Command::Alarm`] changed, as (member, alarm type).
+    Alarms(Vec<(NodeId, i32)>),
 }
 
 /// The result of applying one log entry, with the store revision right after it.

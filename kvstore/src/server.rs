@@ -88,6 +88,31 @@ pub struct Config {
     pub tls: Option<MemberTls>,
     /// HTTP/2 limits and keepalive on both ports.
     pub limits: ConnectionLimits,
+    /// The storage quota and the bounds on leases and watchers.
+    pub store_limits: StoreLimits,
+}
+
+/// How much the store holds before it refuses more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// `--quota-backend-bytes`: past this ([`crate::mvcc::Mvcc::bytes`]), writes raise the
+    /// NOSPACE alarm and fail until an operator frees space and disarms it.
+    pub quota_bytes: u64,
+    /// `--max-leases`: live leases; a grant past it fails.
+    pub max_leases: usize,
+    /// `--max-watchers-per-stream`: watchers on one watch stream; a create past it is
+    /// canceled.
+    pub max_watchers_per_stream: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            quota_bytes: 2 << 30,
+            max_leases: 100_000,
+            max_watchers_per_stream: 10_000,
+        }
+    }
 }
 
 /// What one HTTP/2 connection may do, and how dead ones are found, on both ports.
@@ -286,6 +311,7 @@ impl Member {
                 cluster_token: config.initial_cluster_token.clone(),
                 request_timeout: config.request_timeout,
                 min_lease_ttl: (config.election_timeout.as_millis() * 3).div_ceil(2000) as i64,
+                store_limits: config.store_limits,
                 auth,
             },
         ));

@@ -6,7 +6,7 @@
 //! written to a temporary file, fsynced and renamed before openraft may purge the log it
 //! covers, so a crash at any step leaves either the old snapshot with its log or the new one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,10 +51,28 @@ pub struct Data {
     pub cluster_id: u64,
     /// Attributes each member published.
     pub published: BTreeMap<NodeId, Published>,
+    /// Raised alarms, as (member, etcd `AlarmType`). Kept beside the rest in snapshots (see
+    /// [`encode_data`]), so snapshots of the earlier format still read.
+    #[serde(skip)]
+    pub alarms: BTreeSet<(NodeId, i32)>,
 }
 
+/// etcd's `AlarmType` NOSPACE.
+pub const ALARM_NOSPACE: i32 = 1;
+
 impl Data {
+    /// Whether the store is out of space: a NOSPACE alarm is raised.
+    pub fn out_of_space(&self) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
+    }
+
     fn apply(&mut self, cmd: &Command) -> Reply {
+        if self.out_of_space() && grows(cmd) {
+            return Reply {
+                revision: self.mvcc.revision(),
+                result: Err(crate::error::Error::NoSpace),
+            };
+        }
         let result = match cmd {
             Command::Put(r) => self.mvcc.put(r).map(Outcome::Put),
             Command::DeleteRange(r) => self.mvcc.delete_range(r).map(Outcome::DeleteRange),
@@ -118,6 +136,22 @@ impl Data {
                 );
                 Ok(Outcome::Done)
             }
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => {
+                let changed = if *activate {
+                    self.alarms.insert((*member, *alarm))
+                } else {
+                    self.alarms.remove(&(*member, *alarm))
+                };
+                Ok(Outcome::Alarms(if changed {
+                    vec![(*member, *alarm)]
+                } else {
+                    Vec::new()
+                }))
+            }
             Command::Batch(cmds) => Ok(Outcome::Batch(
                 cmds.iter().map(|cmd| self.apply(cmd)).collect(),
             )),
@@ -126,6 +160,25 @@ impl Data {
             revision: self.mvcc.revision(),
             result,
         }
+    }
+}
+
+/// Whether `cmd` may grow the store, so is refused while it is out of space (etcd's capped
+/// applier): a put, a txn with a put in either branch at any depth, a lease grant. Deletes,
+/// compaction and revokes free space and pass.
+fn grows(cmd: &Command) -> bool {
+    fn puts(list: &[RequestOp]) -> bool {
+        list.iter().any(|op| match op {
+            RequestOp::Put(_) => true,
+            RequestOp::Txn(t) => puts(&t.success) || puts(&t.failure),
+            _ => false,
+        })
+    }
+    match cmd {
+        Command::Put(_) | Command::LeaseGrant { .. } | Command::LeaseGrantOwned { .. } => true,
+        Command::Txn(t) => puts(&t.success) || puts(&t.failure),
+        Command::As { cmd, .. } => grows(cmd),
+        _ => false,
     }
 }
 
@@ -153,12 +206,14 @@ pub(crate) fn attached_leases(cmd: &Command, out: &mut Vec<i64>) {
     }
 }
 
-/// The state machine's state as a snapshot holds it: the data, then the lease owners (which
-/// [`Data`]'s own encoding leaves out, so snapshots of the earlier format still read).
+/// The state machine's state as a snapshot holds it: the data, then the lease owners, then
+/// the alarms (which [`Data`]'s own encoding leaves out, so snapshots of the earlier formats
+/// still read).
 pub fn encode_data(data: &Data) -> std::io::Result<Vec<u8>> {
     let mut bytes = bincode::serialize(data).map_err(std::io::Error::other)?;
     bincode::serialize_into(&mut bytes, &data.mvcc.lease_owners())
         .map_err(std::io::Error::other)?;
+    bincode::serialize_into(&mut bytes, &data.alarms).map_err(std::io::Error::other)?;
     Ok(bytes)
 }
 
@@ -171,6 +226,10 @@ pub fn decode_data(bytes: &[u8]) -> std::io::Result<Data> {
             bincode::deserialize_from(&mut cursor).map_err(std::io::Error::other)?;
         data.mvcc.set_lease_owners(owners);
     }
+    if (cursor.position() as usize) < bytes.len() {
+        data.alarms = bincode::deserialize_from(&mut cursor).map_err(std::io::Error::other)?;
+    }
+    data.mvcc.recount();
     Ok(data)
 }
 
@@ -528,8 +587,20 @@ mod tests {
         assert_eq!(data.mvcc.revision(), before, "refusals change nothing");
         assert!(data.mvcc.lease(2).is_some());
 
-        // The owners are in the snapshot; a snapshot of the earlier format still reads.
-        let back = decode_data(&encode_data(&data).unwrap()).unwrap();
+        // The owners and alarms are in the snapshot; one of the earlier format still reads.
+        data.apply(&Command::Alarm {
+            activate: true,
+            member: 9,
+            alarm: ALARM_NOSPACE,
+        });
+        let mut back = decode_data(&encode_data(&data).unwrap()).unwrap();
+        assert_eq!(back.alarms, data.alarms);
+        assert_eq!(
+            back.apply(&put_leased("k", 1)).result,
+            Err(crate::error::Error::NoSpace),
+            "out of space, a put is refused"
+        );
+        back.alarms.clear();
         assert_eq!(back.mvcc.lease_owners(), data.mvcc.lease_owners());
         assert_eq!(back.mvcc.lease(1).unwrap().owner.as_ref(), Some(&a));
         let old = decode_data(&bincode::serialize(&data).unwrap()).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use certs::tls::TlsFiles;
 use clap::{Parser, ValueEnum};
-use kvstore::server::{AutoCompaction, ClusterState, ConnectionLimits, MemberTls};
+use kvstore::server::{AutoCompaction, ClusterState, ConnectionLimits, MemberTls, StoreLimits};
 use mesh_api::cidr::Cidr;
 
 /// Raft-replicated store speaking the etcd v3 API (KV, Watch, Lease, Cluster, Maintenance).
@@ -105,6 +105,22 @@ pub struct Flags {
     /// their watches go), e.g. 10s.
     #[arg(long, default_value = "10s")]
     pub grpc_keepalive_timeout: String,
+
+    /// Storage quota in bytes (0: the default, 2 GiB). Counted as every stored version —
+    /// live, overwritten or deleted until compaction drops it — at its key's and value's length
+    /// plus 64 bytes. A write that would pass it raises the NOSPACE alarm: writes then fail
+    /// with "etcdserver: mvcc: database space exceeded" until space is freed (delete, compact)
+    /// and the alarm is disarmed (`etcdctl alarm disarm`); reads and deletes still work.
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+
+    /// Live leases the cluster holds at most; a grant past it fails.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_leases: usize,
+
+    /// Watchers one watch stream may hold; a create past it is canceled.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_watchers_per_stream: usize,
 
     /// Client port certificate (PEM): an apiserver certificate of this cluster.
     #[arg(long, help_heading = "TLS")]
@@ -425,6 +441,7 @@ impl Config {
             ),
             tls,
             limits: limits(flags)?,
+            store_limits: store_limits(flags)?,
         };
         let local_tls = match (&flags.trusted_ca_file, &flags.cert_file, &flags.key_file) {
             (Some(ca), Some(cert), Some(key)) if !flags.insecure_plaintext => {
@@ -477,6 +494,27 @@ fn limits(flags: &Flags) -> Result<ConnectionLimits, ConfigError> {
         max_concurrent_streams: flags.max_concurrent_streams,
         keepalive_interval: duration("--grpc-keepalive-interval", &flags.grpc_keepalive_interval)?,
         keepalive_timeout: duration("--grpc-keepalive-timeout", &flags.grpc_keepalive_timeout)?,
+    })
+}
+
+/// `--quota-backend-bytes`, `--max-leases`, `--max-watchers-per-stream`.
+fn store_limits(flags: &Flags) -> Result<StoreLimits, ConfigError> {
+    let default = StoreLimits::default();
+    for (flag, value) in [
+        ("--max-leases", flags.max_leases),
+        ("--max-watchers-per-stream", flags.max_watchers_per_stream),
+    ] {
+        if value == 0 {
+            return Err(invalid(flag, "0", "must be > 0"));
+        }
+    }
+    Ok(StoreLimits {
+        quota_bytes: match flags.quota_backend_bytes {
+            0 => default.quota_bytes,
+            n => n,
+        },
+        max_leases: flags.max_leases,
+        max_watchers_per_stream: flags.max_watchers_per_stream,
     })
 }
 

@@ -117,6 +117,7 @@ impl PbKvService for Kv {
             .auth()
             .write(&caller, &req.key, b"")
             .map_err(status)?;
+        self.node.admit(put_cost(&req)).await.map_err(status)?;
         let cmd = self.as_caller(&caller, Command::Put(req))?;
         match self.write(cmd).await? {
             (Outcome::Put(r), rev) => Ok(Response::new(convert::put_response(
@@ -174,6 +175,10 @@ impl PbKvService for Kv {
                 self.node.header(revision),
             )));
         }
+        let cost = txn_cost(&req);
+        if cost > 0 {
+            self.node.admit(cost).await.map_err(status)?;
+        }
         let cmd = self.as_caller(&caller, Command::Txn(req))?;
         match self.write(cmd).await? {
             (Outcome::Txn(r), rev) => Ok(Response::new(convert::txn_response(
@@ -201,4 +206,23 @@ impl PbKvService for Kv {
 fn mismatch(outcome: &Outcome) -> Status {
     tracing::error!(?outcome, "state machine answered a different request");
     status(Error::Unhealthy)
+}
+
+/// What a put adds to the store's counted size.
+fn put_cost(req: &crate::request::PutRequest) -> u64 {
+    (req.key.len() + req.value.len()) as u64 + crate::mvcc::VERSION_OVERHEAD
+}
+
+/// What a txn may add: its costlier branch, nested txns included (as etcd's quota counts).
+fn txn_cost(req: &crate::request::TxnRequest) -> u64 {
+    fn branch(ops: &[crate::request::RequestOp]) -> u64 {
+        ops.iter()
+            .map(|op| match op {
+                crate::request::RequestOp::Put(p) => put_cost(p),
+                crate::request::RequestOp::Txn(t) => txn_cost(t),
+                _ => 0,
+            })
+            .sum()
+    }
+    branch(&req.success).max(branch(&req.failure))
 }

@@ -81,6 +81,14 @@ impl PbLeaseService for Lease {
         if req.ttl > MAX_LEASE_TTL {
             return Err(status(Error::LeaseTtlTooLarge));
         }
+        let leases = self.node.shared.read().mvcc.lease_count();
+        if leases >= self.node.store_limits().max_leases {
+            return Err(status(Error::TooManyLeases));
+        }
+        self.node
+            .admit(crate::mvcc::VERSION_OVERHEAD)
+            .await
+            .map_err(status)?;
         // Shorter leases are lengthened, as etcd does, so they survive an election.
         let ttl = req.ttl.max(self.node.min_lease_ttl());
         let chosen = req.id == 0;

@@ -1,21 +1,22 @@
-//! etcd's Maintenance service: Status and Alarm, which `etcdctl endpoint status/health` use.
+//! etcd's Maintenance service: Status and Alarm (which `etcdctl endpoint status/health` use).
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use etcd_client::proto::{
-    PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
-    PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse,
-    PbMaintenanceServer, PbMaintenanceService, PbMoveLeaderRequest, PbMoveLeaderResponse,
-    PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
+    PbAlarmMember, PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse,
+    PbDowngradeRequest, PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest,
+    PbHashResponse, PbMaintenanceServer, PbMaintenanceService, PbMoveLeaderRequest,
+    PbMoveLeaderResponse, PbSnapshotRequest, PbSnapshotResponse, PbStatusRequest, PbStatusResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{allow, convert};
+use super::{allow, convert, status};
 use crate::auth::Operation;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::raft_types::{Command, Outcome};
 
 /// The etcd API version this server implements, as Status reports it.
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -50,10 +51,50 @@ impl PbMaintenanceService for Maintenance {
             Operation::Administer
         };
         allow(&self.node, &req, op)?;
-        // No alarms are raised (no space quota yet): GET answers none, as a healthy etcd.
+        let req = req.into_inner();
+        let listed = |alarms: Vec<(u64, i32)>| {
+            alarms
+                .into_iter()
+                .map(|(member_id, alarm)| PbAlarmMember { member_id, alarm })
+                .collect()
+        };
+        let alarms = match req.action {
+            // GET: every raised alarm of the type asked for (all for NONE), as etcd.
+            0 => {
+                self.node.linearize().await.map_err(status)?;
+                let data = self.node.shared.read();
+                data.alarms
+                    .iter()
+                    .filter(|(_, a)| req.alarm == 0 || *a == req.alarm)
+                    .copied()
+                    .collect()
+            }
+            action @ (1 | 2) => {
+                if req.alarm == 0 {
+                    return Err(Status::invalid_argument("etcdserver: no alarm type given"));
+                }
+                let cmd = Command::Alarm {
+                    activate: action == 1,
+                    member: req.member_id,
+                    alarm: req.alarm,
+                };
+                match self.node.propose(cmd).await.map_err(status)?.result {
+                    Ok(Outcome::Alarms(changed)) => changed,
+                    Ok(other) => {
+                        return Err(Status::internal(format!("unexpected outcome {other:?}")));
+                    }
+                    Err(e) => return Err(status(e)),
+                }
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "etcdserver: unknown alarm action {other}"
+                )));
+            }
+        };
         Ok(Response::new(PbAlarmResponse {
             header: convert::header(self.node.current_header()),
-            alarms: vec![],
+            alarms: listed(alarms),
         }))
     }
 
@@ -70,6 +111,15 @@ impl PbMaintenanceService for Maintenance {
             .voter_ids()
             .any(|v| v == self.node.id);
         let db_size = self.metrics.db_size(&self.node) as i64;
+        // etcd lists the raised alarms as the status's errors.
+        let alarms = self
+            .node
+            .shared
+            .read()
+            .alarms
+            .iter()
+            .map(|(member, alarm)| format!("memberID:{member} alarm:{} ", alarm_name(*alarm)))
+            .collect();
         Ok(Response::new(PbStatusResponse {
             header: convert::header(self.node.current_header()),
             version: ETCD_API_VERSION.to_owned(),
@@ -78,11 +128,11 @@ impl PbMaintenanceService for Maintenance {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
-            errors: vec![],
+            errors: alarms,
             db_size_in_use: db_size,
             is_learner,
             storage_version: String::new(),
-            db_size_quota: 0,
+            db_size_quota: i64::try_from(self.node.store_limits().quota_bytes).unwrap_or(i64::MAX),
             downgrade_info: None,
         }))
     }
@@ -91,8 +141,14 @@ impl PbMaintenanceService for Maintenance {
         &self,
         req: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        let _t = self.metrics.rpc("Defragment");
         allow(&self.node, &req, Operation::Administer)?;
-        Err(Status::unimplemented("Defragment is not served"))
+        // Nothing here fragments; what an operator wants from defrag is the disk back. A
+        // snapshot of the current state lets this member drop the log it covers.
+        self.node.compact_disk().await.map_err(status)?;
+        Ok(Response::new(PbDefragmentResponse {
+            header: convert::header(self.node.current_header()),
+        }))
     }
 
     async fn hash(&self, req: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
@@ -132,5 +188,14 @@ impl PbMaintenanceService for Maintenance {
     ) -> Result<Response<PbDowngradeResponse>, Status> {
         allow(&self.node, &req, Operation::Administer)?;
         Err(Status::unimplemented("Downgrade is not served"))
+    }
+}
+
+/// etcd's name of an `AlarmType`.
+fn alarm_name(alarm: i32) -> &'static str {
+    match alarm {
+        1 => "NOSPACE",
+        2 => "CORRUPT",
+        _ => "NONE",
     }
 }

@@ -35,6 +35,8 @@ use crate::request::{EventKind, KeyRange};
 const FILTER_NOPUT: i32 = 0;
 /// `WatchCreateRequest.FilterType.NODELETE`.
 const FILTER_NODELETE: i32 = 1;
+/// Why a create past `--max-watchers-per-stream` is canceled.
+const TOO_MANY_WATCHERS: &str = "etcdserver: too many watchers on this stream";
 /// Most events in one message (a revision is never split; a large one may exceed this).
 const MAX_EVENTS_PER_MESSAGE: usize = 1000;
 
@@ -182,6 +184,13 @@ impl Session {
                     resp.created = true;
                     resp.canceled = true;
                     resp.cancel_reason = format!("rpc error: code = PermissionDenied desc = {e}");
+                    return self.send(resp).await;
+                }
+                if self.watchers.len() >= self.node.store_limits().max_watchers_per_stream {
+                    let mut resp = self.response(id, current);
+                    resp.created = true;
+                    resp.canceled = true;
+                    resp.cancel_reason = TOO_MANY_WATCHERS.to_owned();
                     return self.send(resp).await;
                 }
                 if self.watchers.contains_key(&id) || c.key.is_empty() {

@@ -374,6 +374,46 @@ fn snapshot_roundtrip_is_exact() {
     m.lease_grant(3, 10, None).unwrap();
     put(&mut m, "a", "2");
     let bytes = bincode::serialize(&m).unwrap();
-    let back: Mvcc = bincode::deserialize(&bytes).unwrap();
+    let mut back: Mvcc = bincode::deserialize(&bytes).unwrap();
+    back.recount();
     assert_eq!(back, m);
+}
+
+#[test]
+fn bytes_count_every_stored_version_until_compaction() {
+    let mut m = Mvcc::new();
+    let each = |k: &str, v: &str| (k.len() + v.len()) as u64 + VERSION_OVERHEAD;
+    put(&mut m, "a", "1");
+    put(&mut m, "a", "22");
+    put(&mut m, "b", "333");
+    assert_eq!(
+        m.bytes(),
+        each("a", "1") + each("a", "22") + each("b", "333")
+    );
+    m.delete_range(&DeleteRangeRequest {
+        key: Bytes::from_static(b"b"),
+        ..Default::default()
+    })
+    .unwrap();
+    let tombstone = each("b", "");
+    assert_eq!(
+        m.bytes(),
+        each("a", "1") + each("a", "22") + each("b", "333") + tombstone
+    );
+    // A txn stores one version per key it writes.
+    m.txn(&TxnRequest {
+        success: vec![put_op("c", "x"), put_op("d", "yy")],
+        ..Default::default()
+    })
+    .unwrap();
+    let live = each("a", "22") + each("c", "x") + each("d", "yy");
+    m.compact(m.revision()).unwrap();
+    assert_eq!(
+        m.bytes(),
+        live,
+        "compaction frees overwritten and deleted versions"
+    );
+    let mut copy = m.clone();
+    copy.recount();
+    assert_eq!(copy.bytes(), m.bytes());
 }
