@@ -35,6 +35,8 @@ pub fn status(e: Error) -> Status {
         }
         Error::PermissionDenied => Code::PermissionDenied,
         Error::NoSpace | Error::TooManyLeases => Code::ResourceExhausted,
+        Error::BadLeaderTransferee => Code::FailedPrecondition,
+        Error::LeaderTransferTimeout => Code::Unavailable,
     };
     Status::new(code, e.to_string())
 }

@@ -82,4 +82,10 @@ pub enum Error {
     /// The member holds `--max-leases` leases already.
     #[error("etcdserver: too many leases")]
     TooManyLeases,
+    /// MoveLeader named a member that cannot lead (not a voter, or the leader itself).
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// The leadership did not move in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 }

@@ -14,6 +14,7 @@
 //! - [`tls`]: mutual TLS on both ports (handshakes, peer connector, certificate reload);
 //!   [`auth`]: what each certificate identity may do, checked on every request.
 //! - [`state_machine`]: applies committed entries; snapshots.
+//! - [`backup`]: backups (`etcdctl snapshot save`) and restoring a new cluster from one.
 //! - [`snapshot_file`]: the snapshot file: checksummed, one writer, never an older one.
 //! - [`log_store`]: the Raft log: entries in [`wal`] segments, synced per append, vote and
 //!   purge/commit points in sled — the only module that knows sled.
@@ -30,6 +31,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod error;
 pub mod lessor;
 pub mod log_store;

@@ -608,6 +608,26 @@ impl Mvcc {
         Ok(())
     }
 
+    /// etcd's HashKV: a CRC-32 over every stored version with a revision at or below
+    /// `revision` (0: the current one), in key then revision order — equal on every member
+    /// that applied the same log — with the compacted revision it starts from.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64)> {
+        let revision = self.read_revision(revision, self.revision)?;
+        let mut h = crc32fast::Hasher::new();
+        for (key, history) in &self.keys {
+            for v in history.iter().take_while(|v| v.mod_revision <= revision) {
+                h.update(&(key.len() as u64).to_le_bytes());
+                h.update(key);
+                for n in [v.mod_revision, v.create_revision, v.version, v.lease] {
+                    h.update(&n.to_le_bytes());
+                }
+                h.update(&(v.value.len() as u64).to_le_bytes());
+                h.update(&v.value);
+            }
+        }
+        Ok((h.finalize(), self.compacted))
+    }
+
     /// Number of live leases.
     pub fn lease_count(&self) -> usize {
         self.leases.len()

@@ -195,6 +195,69 @@ impl Node {
         Ok(())
     }
 
+    /// etcd's MoveLeader, on the leader: has `target` (a voter whose log is complete) stand
+    /// for election and waits until it leads. openraft 0.9 has no leadership transfer; the
+    /// target's higher term makes this member step down, and the target's complete log wins
+    /// it the votes. Retried while the request timeout allows if another member won.
+    pub async fn move_leader(&self, target: NodeId) -> Result<(), Error> {
+        let deadline = Instant::now() + self.settings.request_timeout * 2;
+        if self.leading_term().is_none() {
+            return Err(Error::NotLeader);
+        }
+        let voter = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == target);
+        if target == self.id || !voter {
+            return Err(Error::BadLeaderTransferee);
+        }
+        let urls = self.peer_urls(target).ok_or(Error::BadLeaderTransferee)?;
+        let mut metrics = self.raft.metrics();
+        loop {
+            // The target must hold every entry, or the others refuse it their votes.
+            let last = self.raft.metrics().borrow().last_log_index;
+            let caught_up = self
+                .raft
+                .metrics()
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned())
+                .flatten()
+                .map(|l| l.index)
+                >= last;
+            if (caught_up || self.leading_term().is_none())
+                && let Err(e) = self
+                    .peers
+                    .call(&urls, &PeerRequest::Campaign, self.settings.request_timeout)
+                    .await
+            {
+                tracing::warn!(target, error = %e, "asking the transferee to campaign failed");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.min(self.settings.request_timeout / 5);
+            let _ = tokio::time::timeout(wait, async {
+                while metrics.changed().await.is_ok() {
+                    if metrics.borrow().current_leader == Some(target) {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if self.raft.metrics().borrow().current_leader == Some(target) {
+                tracing::info!(target, "leadership moved");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::LeaderTransferTimeout);
+            }
+        }
+    }
+
     /// Builds a snapshot of everything this member applied, so the log it covers is purged
     /// (etcd's defrag: the disk back); waits for it up to the request timeout.
     pub async fn compact_disk(&self) -> Result<(), Error> {
@@ -310,6 +373,15 @@ impl Node {
     /// Serves a call that arrived over the peer port.
     pub async fn serve_peer_call(&self, req: PeerRequest) -> Result<PeerResponse, Error> {
         match req {
+            PeerRequest::Campaign => {
+                tracing::info!("campaigning: the leader is moving its leadership here");
+                self.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|_| Error::Unhealthy)?;
+                Ok(PeerResponse::Done)
+            }
             PeerRequest::Members => Ok(PeerResponse::Members(
                 self.raft
                     .metrics()
@@ -349,7 +421,9 @@ impl Node {
                 self.add_member_as_leader(peer_urls, learner).await
             }
             PeerRequest::RemoveMember { id } => self.remove_member_as_leader(id).await,
-            PeerRequest::Members => unreachable!("served by serve_peer_call"),
+            PeerRequest::Members | PeerRequest::Campaign => {
+                unreachable!("served by serve_peer_call")
+            }
         }
     }
 

@@ -53,6 +53,8 @@ pub enum PeerRequest {
     Members,
     /// Propose commands in this order (leader only); a follower's batch of forwarded writes.
     ProposeBatch(Vec<Command>),
+    /// Stand for election now (sent by the leader to the member leadership moves to).
+    Campaign,
 }
 
 /// A lease's remaining time as the leader sees it.
@@ -85,6 +87,8 @@ pub enum PeerResponse {
     Members(BTreeMap<NodeId, Member>),
     /// Answer to `ProposeBatch`: one result per command, in order.
     Replies(Vec<Result<Reply, Error>>),
+    /// Answer to `Campaign`: the election started.
+    Done,
 }
 
 /// The peer gRPC service.

@@ -90,6 +90,9 @@ pub struct Config {
     pub limits: ConnectionLimits,
     /// The storage quota and the bounds on leases and watchers.
     pub store_limits: StoreLimits,
+    /// `--restore-from`: found a new cluster from this backup (every founding member gets
+    /// the same file; the data dir must be new).
+    pub restore_from: Option<PathBuf>,
 }
 
 /// How much the store holds before it refuses more.
@@ -202,6 +205,14 @@ pub enum ServerError {
         /// `--initial-advertise-peer-urls`.
         urls: Vec<String>,
     },
+    /// `--restore-from` could not be honored; nothing was changed.
+    #[error("--restore-from {path}: {reason}")]
+    Restore {
+        /// The backup.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The Raft configuration is invalid.
     #[error("raft configuration: {0}")]
     RaftConfig(#[from] openraft::ConfigError),
@@ -237,6 +248,12 @@ impl Member {
         })?;
         let log_dir = dir.join("raft");
         let snap_dir = dir.join("snap");
+        if let Some(file) = &config.restore_from {
+            restore(&config, file, &log_dir, &snap_dir).map_err(|reason| ServerError::Restore {
+                path: file.clone(),
+                reason,
+            })?;
+        }
         let log = LogStore::open(&log_dir).map_err(|source| ServerError::Log {
             path: log_dir.clone(),
             source,
@@ -315,6 +332,9 @@ impl Member {
                 auth,
             },
         ));
+        if config.restore_from.is_some() {
+            tokio::spawn(settle_restored(node.clone()));
+        }
         let metrics = Arc::new(Metrics::new(snap_dir));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -470,6 +490,64 @@ fn election_timeouts(heartbeat: Duration, e: Duration) -> (u64, u64) {
     let max = millis(e);
     let min = (millis(heartbeat) + 1).max(max / 10);
     (min, max)
+}
+
+/// Seeds a new member's state machine with the backup at `file`: only into a data dir that
+/// holds no member yet, founding a new cluster.
+fn restore(config: &Config, file: &Path, log_dir: &Path, snap_dir: &Path) -> Result<(), String> {
+    if config.initial_cluster_state != ClusterState::New {
+        // A member joining a restored cluster gets the state from it (the same flags on
+        // every member of a StatefulSet must not stop it joining).
+        tracing::warn!(
+            file = %file.display(),
+            "--restore-from ignored: a joining member (--initial-cluster-state existing) takes \
+             its state from the cluster"
+        );
+        return Ok(());
+    }
+    let dir = &config.data_dir;
+    let has_member = dir.join(MEMBER_ID_FILE).exists()
+        || StateMachine::snapshot_size(snap_dir) > 0
+        || std::fs::read_dir(log_dir).is_ok_and(|mut d| d.next().is_some());
+    if has_member && snap_dir.join(crate::backup::SEED_FILE).exists() {
+        // A restart with the flag still set: this member was restored already.
+        tracing::info!(file = %file.display(), "restored before; --restore-from has no effect");
+        return Ok(());
+    }
+    if has_member {
+        return Err(format!(
+            "data dir {} already holds a member; restore into a new, empty data dir",
+            dir.display()
+        ));
+    }
+    let (revision, keys) = crate::backup::seed(file, snap_dir).map_err(|e| e.to_string())?;
+    tracing::info!(file = %file.display(), revision, keys, "restored a backup");
+    Ok(())
+}
+
+/// A restored member's seed is not in the log: once the first entry applies, snapshot and
+/// drop the log, so a member added later gets the state by snapshot, seed included.
+async fn settle_restored(node: Arc<Node>) {
+    let mut m = node.raft.metrics();
+    while m.borrow().last_applied.is_none() {
+        if m.changed().await.is_err() {
+            return;
+        }
+    }
+    if m.borrow().snapshot.is_some() {
+        return;
+    }
+    if let Err(e) = node.compact_disk().await {
+        tracing::warn!(error = %e, "could not snapshot the restored state");
+        return;
+    }
+    let Some(upto) = node.raft.metrics().borrow().snapshot.map(|l| l.index) else {
+        return;
+    };
+    match node.raft.trigger().purge_log(upto).await {
+        Ok(()) => tracing::info!(upto, "restored state snapshotted; log purged"),
+        Err(e) => tracing::warn!(error = %e, "could not purge the log after restoring"),
+    }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -66,7 +66,7 @@ impl Data {
         self.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
     }
 
-    fn apply(&mut self, cmd: &Command) -> Reply {
+    pub(crate) fn apply(&mut self, cmd: &Command) -> Reply {
         if self.out_of_space() && grows(cmd) {
             return Reply {
                 revision: self.mvcc.revision(),
@@ -280,9 +280,10 @@ impl StateMachine {
     /// Opens the state machine under `dir`, loading the last snapshot if there is one.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         let (file, found) = SnapshotFile::open(dir)?;
+        // Without a snapshot, the state before the first entry: a restored backup's, or empty.
         let data = match found {
             Some((_, bytes)) => decode_data(&bytes)?,
-            None => Data::default(),
+            None => crate::backup::read_seed(dir)?.unwrap_or_default(),
         };
         let (revision, _) = watch::channel(data.mvcc.revision());
         Ok(Self {

@@ -581,9 +581,10 @@ impl Cluster {
 
     /// Like [`Cluster::etcdctl`], with endpoints written `host:port` rather than as URLs.
     ///
-    /// etcdctl 3.4's `endpoint status/health` sends a URL endpoint verbatim as the HTTP/2
-    /// `:authority` (`http://127.0.0.1:2379`); Go's gRPC server tolerates that, but Rust's h2
-    /// (under tonic) resets the stream as malformed. `host:port` endpoints work with both.
+    /// etcdctl 3.4's per-member commands (`endpoint status`, `defrag`, …) send a URL
+    /// endpoint verbatim as the HTTP/2 `:authority` (`http://127.0.0.1:2379`), which stock h2
+    /// refuses (raftmesh's patched h2 accepts it, see vendor/h2); `host:port` endpoints are the
+    /// other form operators use, and tests use both.
     pub fn etcdctl_addrs(&self) -> Command {
         let addrs: Vec<String> = self
             .client_urls()

@@ -114,6 +114,14 @@ pub struct Flags {
     #[arg(long, default_value_t = 0)]
     pub quota_backend_bytes: u64,
 
+    /// Found a new cluster from a backup (`etcdctl snapshot save` of a raftmesh member):
+    /// every founding member gets the same file and a new, empty --data-dir, with
+    /// --initial-cluster-state new. Keys, their history since compaction, the revision and
+    /// leases come back; members, cluster id and alarms are the new cluster's. Ignored on a
+    /// restart of a member that was restored.
+    #[arg(long, value_name = "FILE")]
+    pub restore_from: Option<PathBuf>,
+
     /// Live leases the cluster holds at most; a grant past it fails.
     #[arg(long, default_value_t = 100_000)]
     pub max_leases: usize,
@@ -442,6 +450,7 @@ impl Config {
             tls,
             limits: limits(flags)?,
             store_limits: store_limits(flags)?,
+            restore_from: flags.restore_from.clone(),
         };
         let local_tls = match (&flags.trusted_ca_file, &flags.cert_file, &flags.key_file) {
             (Some(ca), Some(cert), Some(key)) if !flags.insecure_plaintext => {

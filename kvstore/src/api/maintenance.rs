@@ -21,6 +21,9 @@ use crate::raft_types::{Command, Outcome};
 /// The etcd API version this server implements, as Status reports it.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
+/// Bytes per message of a streamed backup.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
 /// The Maintenance service of one member.
 #[derive(Debug, Clone)]
 pub struct Maintenance {
@@ -152,16 +155,38 @@ impl PbMaintenanceService for Maintenance {
     }
 
     async fn hash(&self, req: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+        let _t = self.metrics.rpc("Hash");
         allow(&self.node, &req, Operation::Administer)?;
-        Err(Status::unimplemented("Hash is not served"))
+        let (hashed, current) = {
+            let data = self.node.shared.read();
+            (data.mvcc.hash_kv(0), data.mvcc.revision())
+        };
+        let (hash, _) = hashed.map_err(status)?;
+        Ok(Response::new(PbHashResponse {
+            header: convert::header(self.node.header(current)),
+            hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
         req: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
+        let _t = self.metrics.rpc("HashKV");
         allow(&self.node, &req, Operation::Administer)?;
-        Err(Status::unimplemented("HashKV is not served"))
+        // This member's own state, as etcd: comparing members is the point.
+        let asked = req.get_ref().revision;
+        let (hashed, current) = {
+            let data = self.node.shared.read();
+            (data.mvcc.hash_kv(asked), data.mvcc.revision())
+        };
+        let (hash, compact_revision) = hashed.map_err(status)?;
+        Ok(Response::new(PbHashKvResponse {
+            header: convert::header(self.node.header(current)),
+            hash,
+            compact_revision,
+            hash_revision: if asked > 0 { asked } else { current },
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -170,16 +195,50 @@ impl PbMaintenanceService for Maintenance {
         &self,
         req: Request<PbSnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        let _t = self.metrics.rpc("Snapshot");
         allow(&self.node, &req, Operation::Administer)?;
-        Err(Status::unimplemented("Snapshot is not served"))
+        // A consistent copy: every write acknowledged before the call, taken under the lock
+        // (values are shared, not copied), then encoded off the runtime.
+        self.node.linearize().await.map_err(status)?;
+        let (data, revision) = {
+            let data = self.node.shared.read();
+            let copy = crate::state_machine::Data {
+                mvcc: data.mvcc.clone(),
+                ..Default::default()
+            };
+            (copy, data.mvcc.revision())
+        };
+        let bytes = tokio::task::spawn_blocking(move || crate::backup::encode(&data))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(revision, bytes = bytes.len(), "streaming a backup");
+        let header = convert::header(self.node.header(revision));
+        // Chunks are cut as the client reads them, so the backup is in memory once.
+        let total = bytes.len();
+        let chunks = (0..total.div_ceil(SNAPSHOT_CHUNK)).map(move |i| {
+            let end = total.min((i + 1) * SNAPSHOT_CHUNK);
+            Ok(PbSnapshotResponse {
+                header,
+                remaining_bytes: (total - end) as u64,
+                blob: bytes[i * SNAPSHOT_CHUNK..end].to_vec(),
+                version: ETCD_API_VERSION.to_owned(),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn move_leader(
         &self,
         req: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        let _t = self.metrics.rpc("MoveLeader");
         allow(&self.node, &req, Operation::Administer)?;
-        Err(Status::unimplemented("MoveLeader is not served"))
+        let target = req.into_inner().target_id;
+        self.node.move_leader(target).await.map_err(status)?;
+        Ok(Response::new(PbMoveLeaderResponse {
+            header: convert::header(self.node.current_header()),
+        }))
     }
 
     async fn downgrade(
