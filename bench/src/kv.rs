@@ -19,7 +19,7 @@ use crate::machine::{self, Machine};
 use crate::progress::Progress;
 use crate::report::{self, Report};
 pub use workloads::{Outcome, Sizes};
-use workloads::{Target, footprint, get, leases, put, txn_cas, watch_fanout};
+use workloads::{Target, failover, footprint, get, leases, put, txn_cas, watch_fanout, watch_idle};
 
 use load::Load;
 
@@ -66,21 +66,25 @@ pub struct KvArgs {
     #[arg(long, default_value = localcluster::flavor::DEFAULT_ETCD_BIN)]
     pub etcd_bin: PathBuf,
     /// Run only these workloads (comma-separated), e.g. to profile one: put-1, put-256,
-    /// get-linearizable, get-serializable, txn-cas, watch-fanout, leases, footprint.
+    /// get-linearizable, get-serializable, get-shared, txn-cas, watch-fanout, watch-idle,
+    /// leases, footprint, failover.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(WORKLOADS))]
     pub workloads: Vec<String>,
 }
 
 /// The names `--workloads` accepts, in run order.
-const WORKLOADS: [&str; 8] = [
+const WORKLOADS: [&str; 11] = [
     "put-1",
     "put-256",
     "get-linearizable",
     "get-serializable",
+    "get-shared",
     "txn-cas",
     "watch-fanout",
+    "watch-idle",
     "leases",
     "footprint",
+    "failover",
 ];
 
 /// One server's outcomes, in workload order.
@@ -179,7 +183,11 @@ async fn run_server(
         connections: 16,
         ops: sizes.put_many,
     };
-    if wanted("put-256") || wanted("get-linearizable") || wanted("get-serializable") {
+    if wanted("put-256")
+        || wanted("get-linearizable")
+        || wanted("get-serializable")
+        || wanted("get-shared")
+    {
         // The gets read the keys this workload writes.
         outcomes.push(put(&target, "put-256", &target.endpoints, many).await?);
     }
@@ -195,24 +203,41 @@ async fn run_server(
             outcomes.push(get(&target, workload, serializable, populated, load).await?);
         }
     }
+    if wanted("get-shared") {
+        // Clients we do not control share connections: 16 clients on one.
+        let load = Load {
+            clients: 16,
+            connections: 1,
+            ops: sizes.gets,
+        };
+        outcomes.push(get(&target, "get-shared", false, populated, load).await?);
+    }
     if wanted("txn-cas") {
         outcomes.push(txn_cas(&target, readers(sizes.txns)).await?);
     }
     if wanted("watch-fanout") {
         outcomes.push(watch_fanout(&target, sizes.watchers, sizes.watch_puts).await?);
     }
+    if wanted("watch-idle") {
+        outcomes.push(watch_idle(&target, sizes.idle_watchers, sizes.idle_puts).await?);
+    }
     if wanted("leases") {
         outcomes.extend(leases(&target, sizes.leases, sizes.keepalive_secs).await?);
     }
     drop(cluster);
-    if !wanted("footprint") {
+    if !wanted("footprint") && !wanted("failover") {
         return Ok(outcomes);
     }
 
-    progress.say("starting a fresh cluster for the footprint workloads");
+    progress.say("starting a fresh cluster for the footprint and failover workloads");
     let mut cluster = Cluster::start(flavor, Spec::default()).await?;
     let target = connect_target(&cluster, progress.clone()).await?;
-    outcomes.extend(footprint(&mut cluster, &target, sizes.footprint_keys).await?);
+    if wanted("footprint") {
+        outcomes.extend(footprint(&mut cluster, &target, sizes.footprint_keys).await?);
+    }
+    if wanted("failover") {
+        outcomes.push(failover(&mut cluster, &target, sizes.failover_puts).await?);
+    }
     Ok(outcomes)
 }
 

@@ -58,6 +58,7 @@ pub const ROWS: &[Row] = &[
     ),
     row("get-linearizable", "ops/s", target(2.0, false, "≥ 2× etcd")),
     row("get-serializable", "ops/s", None),
+    row("get-shared", "ops/s", None),
     row("txn-cas", "ops/s", None),
     row(
         "watch-fanout",
@@ -69,6 +70,8 @@ pub const ROWS: &[Row] = &[
     lower("rss", "MiB", target(1.0, false, "≤ etcd")),
     lower("disk", "MiB", target(0.5, false, "≤ 2× etcd")),
     lower("restart", "s", None),
+    row("watch-idle", "ops/s", None),
+    lower("failover", "s", target(1.0, false, "≤ etcd")),
 ];
 
 const fn row(workload: &'static str, unit: &'static str, target: Option<Target>) -> Row {
@@ -97,6 +100,12 @@ impl Row {
             "put-256" => "put, 256 clients, 16 connections".to_owned(),
             "get-linearizable" => "get, linearizable, 16 clients".to_owned(),
             "get-serializable" => "get, serializable, 16 clients".to_owned(),
+            "get-shared" => "get, linearizable, 16 clients sharing 1 connection".to_owned(),
+            "watch-idle" => format!(
+                "put, 1 client, sequential, with {} idle watchers",
+                s.idle_watchers
+            ),
+            "failover" => "failover: leader killed, first write through a follower".to_owned(),
             "txn-cas" => "CAS txn, 16 clients".to_owned(),
             "watch-fanout" => format!(
                 "watch fan-out, {} watchers × {} puts",

@@ -22,6 +22,7 @@
 //! - [`mvcc`]: the multi-version key space with etcd's semantics; pure and deterministic.
 //! - [`request`]: the KV requests and responses in domain form (what the log carries).
 //! - [`validate`]: checks run on a request before it is proposed.
+//! - [`watch_hub`]: which watch streams a write concerns, so only those wake.
 //! - [`lessor`], [`read_index`], [`propose`]: the leader's lease deadlines, batched ReadIndex
 //!   and batched proposals.
 //! - [`membership`]: member and cluster ids; `--initial-cluster`.
@@ -51,3 +52,4 @@ pub mod state_machine;
 pub mod tls;
 pub mod validate;
 pub mod wal;
+pub mod watch_hub;

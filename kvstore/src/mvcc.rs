@@ -319,6 +319,11 @@ impl Mvcc {
         })
     }
 
+    /// The keys revision `rev` changed (empty once compacted away).
+    pub fn keys_changed_at(&self, rev: i64) -> &[Bytes] {
+        self.changes.get(&rev).map_or(&[], Vec::as_slice)
+    }
+
     fn changes_at(&self, rev: i64) -> usize {
         self.changes.get(&rev).map_or(0, Vec::len)
     }

@@ -25,6 +25,7 @@ use crate::mvcc::Mvcc;
 use crate::raft_types::{Command, Member, Meta, NodeId, Outcome, Reply, TypeConfig};
 use crate::request::RequestOp;
 use crate::snapshot_file::SnapshotFile;
+use crate::watch_hub::WatchHub;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -242,6 +243,8 @@ pub struct Shared {
     revision: watch::Sender<i64>,
     /// Entries applied since start, for metrics.
     applied: AtomicU64,
+    /// The watch streams and the keys they watch, told of writes under the write lock.
+    pub hub: Arc<WatchHub>,
 }
 
 impl Shared {
@@ -262,7 +265,11 @@ impl Shared {
 
     fn replace(&self, data: Data) {
         let rev = data.mvcc.revision();
-        *self.data.write().expect("state machine lock poisoned") = data;
+        let mut guard = self.data.write().expect("state machine lock poisoned");
+        *guard = data;
+        // Anything may have changed: every stream looks.
+        self.hub.changed_everything(rev);
+        drop(guard);
         self.revision.send_replace(rev);
     }
 }
@@ -291,6 +298,7 @@ impl StateMachine {
                 data: RwLock::new(data),
                 revision,
                 applied: AtomicU64::new(0),
+                hub: Arc::default(),
             }),
             file: Arc::new(file),
             built: Arc::new(AtomicU64::new(0)),
@@ -374,11 +382,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .data
                 .write()
                 .expect("state machine lock poisoned");
+            let mut changed = Vec::new();
             for entry in entries {
                 data.last_applied = Some(entry.log_id);
                 let reply = match &entry.payload {
                     EntryPayload::Blank => None,
-                    EntryPayload::Normal(cmd) => Some(data.apply(cmd)),
+                    EntryPayload::Normal(cmd) => {
+                        let before = data.mvcc.revision();
+                        let reply = data.apply(cmd);
+                        for rev in before + 1..=data.mvcc.revision() {
+                            changed.extend_from_slice(data.mvcc.keys_changed_at(rev));
+                        }
+                        Some(reply)
+                    }
                     EntryPayload::Membership(m) => {
                         if data.cluster_id == 0 {
                             data.cluster_id = cluster_id_of(m.voter_ids());
@@ -392,6 +408,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     result: Ok(Outcome::Done),
                 }));
             }
+            // Still under the write lock: whoever reads this revision sees who it concerned.
+            self.shared.hub.changed(data.mvcc.revision(), &changed);
             data.mvcc.revision()
         };
         self.shared

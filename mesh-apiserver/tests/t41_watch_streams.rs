@@ -144,3 +144,79 @@ fn record(seen: &mut BTreeMap<i64, Vec<i64>>, resp: &etcd_client::WatchResponse)
             .filter_map(|e| e.kv().map(|kv| kv.mod_revision())),
     );
 }
+
+/// Watchers on keys nobody writes stay quiet while other keys change and the history is
+/// compacted past their start, then get the next write to their keys: a watcher that is owed
+/// nothing is never canceled for compaction (as etcd's synced watchers), and one asked to
+/// start at a future revision starts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_watchers_survive_compaction_and_future_starts_hold() -> Result<()> {
+    let cluster = Cluster::start(flavor(), Spec::with_members(1)).await?;
+    let url = &cluster.client_url(0);
+    let mut watching = connect_stream(url).await?;
+    let mut writer = connect(url).await?;
+    let (mut sender, mut stream) = watching.watch("quiet/a", None).await?.split();
+    ensure!(next(&mut stream).await?.created(), "created");
+    let now = writer
+        .put("busy/0", "v", None)
+        .await?
+        .header()
+        .context("h")?
+        .revision();
+    // A second watcher asked to start 60 revisions ahead.
+    let future = now + 60;
+    sender
+        .watch(
+            "busy/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(future),
+            ),
+        )
+        .await?;
+    let created = next(&mut stream).await?;
+    ensure!(created.created(), "created: {created:?}");
+    let future_id = created.watch_id();
+    for i in 1..100 {
+        writer.put(format!("busy/{i}"), "v", None).await?;
+    }
+    let rev = writer
+        .put("busy/last", "v", None)
+        .await?
+        .header()
+        .context("h")?
+        .revision();
+    writer.compact(rev, None).await?;
+    let quiet_rev = writer
+        .put("quiet/a", "1", None)
+        .await?
+        .header()
+        .context("h")?
+        .revision();
+
+    // The future watcher's events start at its start revision; the quiet one gets its put.
+    let mut quiet_seen = None;
+    let mut first_future = None;
+    while quiet_seen.is_none() {
+        let resp = next(&mut stream).await?;
+        ensure!(!resp.canceled(), "a watcher was canceled: {resp:?}");
+        for e in resp.events() {
+            let kv = e.kv().context("kv")?;
+            if resp.watch_id() == future_id {
+                first_future.get_or_insert(kv.mod_revision());
+            } else {
+                quiet_seen = Some(kv.mod_revision());
+            }
+        }
+    }
+    ensure!(
+        quiet_seen == Some(quiet_rev),
+        "quiet watcher got {quiet_seen:?}"
+    );
+    ensure!(
+        first_future == Some(future),
+        "future watcher's first event at {first_future:?}, asked {future}"
+    );
+    Ok(())
+}

@@ -36,6 +36,9 @@ pub struct Sizes {
     pub leases: usize,
     pub keepalive_secs: u64,
     pub footprint_keys: usize,
+    pub idle_watchers: usize,
+    pub idle_puts: usize,
+    pub failover_puts: usize,
 }
 
 impl Sizes {
@@ -51,6 +54,9 @@ impl Sizes {
             leases: 1_000,
             keepalive_secs: 10,
             footprint_keys: 100_000,
+            idle_watchers: 1_000,
+            idle_puts: 2_000,
+            failover_puts: 200,
         }
     }
 
@@ -66,6 +72,9 @@ impl Sizes {
             leases: 50,
             keepalive_secs: 1,
             footprint_keys: 1_000,
+            idle_watchers: 50,
+            idle_puts: 100,
+            failover_puts: 20,
         }
     }
 }
@@ -318,6 +327,102 @@ pub async fn watch_fanout(target: &Target, watchers: usize, puts: usize) -> Resu
         seconds: elapsed.as_secs_f64(),
         latency: samples.summary(),
         detail: None,
+    })
+}
+
+/// Idle watchers: `watchers` watchers (each its own stream, over 10 connections) on keys
+/// nobody writes, then one client putting `puts` other keys sequentially to the leader: what
+/// idle watchers cost each write (compare put-1).
+pub async fn watch_idle(target: &Target, watchers: usize, puts: usize) -> Result<Outcome> {
+    let workload = "watch-idle";
+    let progress = target.progress.workload(workload);
+    let connections = load::connect(&target.endpoints, watchers.min(10)).await?;
+    let mut streams = Vec::with_capacity(watchers);
+    for w in 0..watchers {
+        let mut client = connections[w % connections.len()].clone();
+        let mut stream = client
+            .watch(format!("idle/{w:05}"), None)
+            .await
+            .with_context(|| format!("creating watcher {w}"))?;
+        let created = stream.message().await?.context("watch stream ended")?;
+        ensure!(created.created(), "first watch reply is not `created`");
+        streams.push(stream);
+    }
+    let load = Load {
+        clients: 1,
+        connections: 1,
+        ops: puts,
+    };
+    // To the leader, as put-1, so the two rows differ only by the watchers.
+    let leader = [target.leader.clone()];
+    let value = Arc::new(value());
+    let measured = load::run(&leader, load, &progress, move |mut client, _, n| {
+        let value = value.clone();
+        async move {
+            client.put(key(n), value.as_slice(), None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    drop(streams);
+    Ok(Outcome::throughput(workload, measured))
+}
+
+/// Failover: a client writing sequentially through a follower while the leader is killed
+/// (SIGKILL) after `puts` writes. The figure is the time from the kill to the first write
+/// acknowledged after it; writes that fail meanwhile are counted as errors.
+pub async fn failover(cluster: &mut Cluster, target: &Target, puts: usize) -> Result<Outcome> {
+    let workload = "failover";
+    let progress = target.progress.workload(workload);
+    let leader = cluster.leader().await?;
+    let follower = (leader + 1) % cluster.len();
+    let mut client = load::connect(&[cluster.client_url(follower)], 1)
+        .await?
+        .remove(0);
+    let value = value();
+    for n in 0..puts {
+        client
+            .put(format!("f{n:07}"), value.as_slice(), None)
+            .await?;
+    }
+    progress.say(format_args!(
+        "killing the leader, member {}",
+        cluster.member_config(leader).name
+    ));
+    cluster.kill(leader);
+    let killed = Instant::now();
+    let mut errors = 0;
+    let mut first_error = None;
+    for n in puts.. {
+        match client.put(format!("f{n:07}"), value.as_slice(), None).await {
+            Ok(_) => break,
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+        ensure!(
+            killed.elapsed() < Duration::from_secs(120),
+            "no write succeeded within 120 s of the kill"
+        );
+    }
+    let gap = killed.elapsed();
+    progress.say(format_args!(
+        "first write acknowledged {:.2} s after the kill ({errors} failed meanwhile)",
+        gap.as_secs_f64()
+    ));
+    cluster.restart(leader).await?;
+    Ok(Outcome {
+        workload,
+        value: gap.as_secs_f64(),
+        ops: 1,
+        errors,
+        first_error,
+        seconds: gap.as_secs_f64(),
+        latency: None,
+        detail: Some(format!(
+            "{errors} writes failed between the kill and the first acknowledged one"
+        )),
     })
 }
 

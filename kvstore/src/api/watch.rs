@@ -1,8 +1,8 @@
 //! etcd's Watch service.
 //!
 //! Watchers pull: each watcher remembers the next revision it owes its client, and whenever
-//! the store's revision moves, the stream reads the events of the revisions in between from
-//! the MVCC history. So events come in revision order, each exactly once, with no gap, all
+//! a write touches a range the stream watches (the [`crate::watch_hub`] wakes only those
+//! streams), the stream reads the events of the revisions in between from the MVCC history. So events come in revision order, each exactly once, with no gap, all
 //! events of one revision in one message; and a slow client only falls behind in the
 //! history (until compaction passes it, when it is canceled with `compact_revision`, as
 //! etcd does) instead of growing a queue in memory.
@@ -82,6 +82,7 @@ impl PbWatchService for Watch {
         let (tx, rx) = mpsc::channel(64);
         let session = Session {
             caller,
+            registration: self.node.shared.hub.register(),
             node: self.node.clone(),
             metrics: self.metrics.clone(),
             tx,
@@ -99,6 +100,9 @@ struct Watcher {
     range: KeyRange,
     /// The next revision this watcher owes its client.
     next: i64,
+    /// The revision when its range was registered with the hub: later revisions that
+    /// concern it raise the stream's `last_relevant`.
+    registered_at: i64,
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
@@ -109,6 +113,8 @@ struct Watcher {
 struct Session {
     /// Who opened the stream; every watch it creates is checked against it.
     caller: Caller,
+    /// The ranges this stream watches, so that only writes to them wake it.
+    registration: crate::watch_hub::Registration,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
     tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
@@ -122,7 +128,7 @@ struct Closed;
 
 impl Session {
     async fn run(mut self, mut requests: Streaming<PbWatchRequest>, progress_interval: Duration) {
-        let mut revisions = self.node.shared.subscribe();
+        let interest = self.registration.interest.clone();
         let mut progress = tokio::time::interval(progress_interval);
         progress.reset();
         // A client that closes its send side still gets events, as from etcd, until it
@@ -139,10 +145,7 @@ impl Session {
                     // The stream broke: the client is gone.
                     Some(Err(_)) => Err(Closed),
                 },
-                changed = revisions.changed() => match changed {
-                    Ok(()) => self.catch_up().await,
-                    Err(_) => Err(Closed),
-                },
+                () = interest.changed() => self.catch_up().await,
                 _ = progress.tick() => self.notify_progress().await,
                 () = self.tx.closed() => Err(Closed),
             };
@@ -206,13 +209,19 @@ impl Session {
                     };
                     return self.send(resp).await;
                 }
+                // Registered first, then the revision read: every later write to the range
+                // is seen by the hub.
+                let range = KeyRange::new(c.key, c.range_end);
+                self.registration.interest.add(id, range.clone());
+                let current = self.node.shared.read().mvcc.revision();
                 let watcher = Watcher {
-                    range: KeyRange::new(c.key, c.range_end),
+                    range,
                     next: if c.start_revision > 0 {
                         c.start_revision
                     } else {
                         current + 1
                     },
+                    registered_at: current,
                     prev_kv: c.prev_kv,
                     no_put: c.filters.contains(&FILTER_NOPUT),
                     no_delete: c.filters.contains(&FILTER_NODELETE),
@@ -227,6 +236,7 @@ impl Session {
             }
             Some(PbWatchRequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
+                    self.registration.interest.remove(c.watch_id);
                     self.metrics.watchers_removed(1);
                     let current = self.node.shared.read().mvcc.revision();
                     let mut resp = self.response(c.watch_id, current);
@@ -286,6 +296,14 @@ impl Session {
             if w.next > current {
                 return Ok(());
             }
+            // Read under the lock: no revision up to `current` since the watcher registered
+            // and past `last_relevant` touched its range, so it is owed nothing.
+            let last_relevant = self.registration.interest.last_relevant();
+            if w.next > w.registered_at && w.next > last_relevant {
+                // (A watcher asked to start in the future keeps its start.)
+                w.next = w.next.max(current + 1);
+                return Ok(());
+            }
             if w.next < compacted {
                 (current, Some(compacted), Vec::new(), current)
             } else {
@@ -299,6 +317,7 @@ impl Session {
         };
         if let Some(compacted) = compacted {
             self.watchers.remove(&id);
+            self.registration.interest.remove(id);
             self.metrics.watchers_removed(1);
             let mut resp = self.response(id, current);
             resp.canceled = true;
