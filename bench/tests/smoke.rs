@@ -7,18 +7,21 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Every row `mesh-bench kv` reports, per server.
-const WORKLOADS: [&str; 11] = [
+const WORKLOADS: [&str; 14] = [
     "put-1",
     "put-256",
     "get-linearizable",
     "get-serializable",
+    "get-shared",
     "txn-cas",
     "watch-fanout",
+    "watch-idle",
     "lease-grant",
     "lease-keepalive",
     "rss",
     "disk",
     "restart",
+    "failover",
 ];
 
 #[test]
@@ -63,7 +66,10 @@ fn kv_smoke_run_writes_a_complete_report() {
         assert_eq!(names, WORKLOADS, "{server}");
         for outcome in outcomes {
             let name = outcome["workload"].as_str().unwrap();
-            assert_eq!(outcome["errors"], 0, "{server} {name}: {outcome}");
+            // etcd 3.4 fails the write it had sent to the killed leader (measured, reported).
+            if (server, name) != ("etcd", "failover") {
+                assert_eq!(outcome["errors"], 0, "{server} {name}: {outcome}");
+            }
             assert!(outcome["value"].as_f64().unwrap() > 0.0, "{server} {name}");
         }
     }

@@ -892,10 +892,16 @@ async fn member_list_add_remove() {
     assert_eq!(added, 3);
     members.push(started_member(&c, added).await);
     members.sort_by_key(|m| m.id);
-    assert_eq!(
-        ok(&c, &["member", "list"]).await,
-        member_list_text(&members)
-    );
+    // A member serves before its name and client URLs are applied (etcd's "unstarted" until
+    // then): wait for them, then the list must be exact.
+    let expected = member_list_text(&members);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut listed = ok(&c, &["member", "list"]).await;
+    while listed != expected && listed.contains("unstarted") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        listed = ok(&c, &["member", "list"]).await;
+    }
+    assert_eq!(listed, expected);
     let out = etcdctl_with(c.etcdctl_for(added), &["get", "before"], None).await;
     assert_eq!((out.code, out.stdout.as_str()), (Some(0), "before\nadd\n"));
     ok(&c, &["put", "after", "add"]).await;
