@@ -174,10 +174,7 @@ impl Node {
     /// etcd's quota does: refused with [`Error::NoSpace`] while the NOSPACE alarm is raised,
     /// and when it would pass the quota, which raises the alarm for the whole cluster.
     pub async fn admit(&self, cost: u64) -> Result<(), Error> {
-        let (used, raised) = {
-            let data = self.shared.read();
-            (data.mvcc.bytes(), data.out_of_space())
-        };
+        let (used, raised) = self.shared.usage();
         if raised {
             return Err(Error::NoSpace);
         }

@@ -245,12 +245,28 @@ pub struct Shared {
     applied: AtomicU64,
     /// The watch streams and the keys they watch, told of writes under the write lock.
     pub hub: Arc<WatchHub>,
+    /// [`Mvcc::bytes`] and whether NOSPACE is raised, as of the last apply: the quota check
+    /// of every write reads these rather than taking the lock the applies need.
+    usage: (AtomicU64, std::sync::atomic::AtomicBool),
 }
 
 impl Shared {
     /// Read access to the state.
     pub fn read(&self) -> RwLockReadGuard<'_, Data> {
         self.data.read().expect("state machine lock poisoned")
+    }
+
+    /// The counted size and whether the store is out of space, as of the last apply.
+    pub fn usage(&self) -> (u64, bool) {
+        (
+            self.usage.0.load(Ordering::Relaxed),
+            self.usage.1.load(Ordering::Relaxed),
+        )
+    }
+
+    fn record_usage(&self, data: &Data) {
+        self.usage.0.store(data.mvcc.bytes(), Ordering::Relaxed);
+        self.usage.1.store(data.out_of_space(), Ordering::Relaxed);
     }
 
     /// Wakes when the revision changes.
@@ -267,6 +283,7 @@ impl Shared {
         let rev = data.mvcc.revision();
         let mut guard = self.data.write().expect("state machine lock poisoned");
         *guard = data;
+        self.record_usage(&guard);
         // Anything may have changed: every stream looks.
         self.hub.changed_everything(rev);
         drop(guard);
@@ -293,13 +310,17 @@ impl StateMachine {
             None => crate::backup::read_seed(dir)?.unwrap_or_default(),
         };
         let (revision, _) = watch::channel(data.mvcc.revision());
+        let shared = Shared {
+            data: RwLock::new(Data::default()),
+            revision,
+            applied: AtomicU64::new(0),
+            usage: Default::default(),
+            hub: Arc::default(),
+        };
+        shared.record_usage(&data);
+        *shared.data.write().expect("state machine lock poisoned") = data;
         Ok(Self {
-            shared: Arc::new(Shared {
-                data: RwLock::new(data),
-                revision,
-                applied: AtomicU64::new(0),
-                hub: Arc::default(),
-            }),
+            shared: Arc::new(shared),
             file: Arc::new(file),
             built: Arc::new(AtomicU64::new(0)),
         })
@@ -410,6 +431,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Still under the write lock: whoever reads this revision sees who it concerned.
             self.shared.hub.changed(data.mvcc.revision(), &changed);
+            self.shared.record_usage(&data);
             data.mvcc.revision()
         };
         self.shared
