@@ -67,6 +67,24 @@ impl Data {
         self.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
     }
 
+    /// A revoke by a limited caller: refused, changing nothing, if the lease holds a key
+    /// outside `keys` or (when `owner` is given) another caller granted it.
+    fn revoke_limited(
+        &mut self,
+        id: i64,
+        owner: Option<&String>,
+        keys: &[bytes::Bytes],
+    ) -> Result<Outcome, crate::error::Error> {
+        let refused = self.mvcc.lease(id).is_some_and(|l| {
+            owner.is_some_and(|o| l.owner.as_ref() != Some(o))
+                || l.keys.iter().any(|k| !keys.contains(k))
+        });
+        if refused {
+            return Err(crate::error::Error::PermissionDenied);
+        }
+        self.mvcc.lease_revoke(id).map(|()| Outcome::Done)
+    }
+
     pub(crate) fn apply(&mut self, cmd: &Command) -> Reply {
         if self.out_of_space() && grows(cmd) {
             return Reply {
@@ -88,14 +106,7 @@ impl Data {
                 .lease_grant(*id, *ttl, Some(owner.clone()))
                 .map(|()| Outcome::Done),
             Command::LeaseRevokeOwned { id, owner, keys } => {
-                let refused = self.mvcc.lease(*id).is_some_and(|l| {
-                    l.owner.as_ref() != Some(owner) || l.keys.iter().any(|k| !keys.contains(k))
-                });
-                if refused {
-                    Err(crate::error::Error::PermissionDenied)
-                } else {
-                    self.mvcc.lease_revoke(*id).map(|()| Outcome::Done)
-                }
+                self.revoke_limited(*id, Some(owner), keys)
             }
             Command::As { owner, cmd } => {
                 let mut leases = Vec::new();
@@ -112,17 +123,7 @@ impl Data {
                 }
             }
             Command::LeaseRevoke { id } => self.mvcc.lease_revoke(*id).map(|()| Outcome::Done),
-            Command::LeaseRevokeIfOnly { id, keys } => {
-                let foreign = self
-                    .mvcc
-                    .lease(*id)
-                    .is_some_and(|l| l.keys.iter().any(|k| !keys.contains(k)));
-                if foreign {
-                    Err(crate::error::Error::PermissionDenied)
-                } else {
-                    self.mvcc.lease_revoke(*id).map(|()| Outcome::Done)
-                }
-            }
+            Command::LeaseRevokeIfOnly { id, keys } => self.revoke_limited(*id, None, keys),
             Command::PublishMember {
                 id,
                 name,
