@@ -8,14 +8,12 @@
 #[path = "support/util.rs"]
 mod util;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use etcd_client::{Client, ConnectOptions};
 use localcluster::{Cluster, Spec};
-use tokio::process::Command;
-use util::{flavor, grpc_status};
+use util::{etcdctl_stdout as etcdctl, flavor, grpc_status};
 
 /// etcd's refusal while NOSPACE is raised.
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
@@ -23,20 +21,6 @@ const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 const QUOTA: u64 = 4 << 20;
 /// The value of every filling put.
 const VALUE: usize = 100 << 10;
-
-async fn etcdctl(mut command: std::process::Command, args: &[&str]) -> Result<String> {
-    command
-        .args(["--dial-timeout=2s", "--command-timeout=30s"])
-        .args(args)
-        .stdin(Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(60), Command::from(command).output())
-        .await
-        .context("etcdctl hangs")??;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "etcdctl {args:?}: {text}");
-    Ok(text)
-}
 
 async fn client(url: &str) -> Result<Client> {
     let options = ConnectOptions::new()

@@ -10,34 +10,14 @@
 mod util;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use etcd_client::{GetOptions, PutOptions};
 use localcluster::{Cluster, Spec};
 use serde_json::Value;
-use tokio::process::Command;
 use tokio::task::JoinSet;
-use util::{connect, eventually, flavor};
-
-/// Runs etcdctl; its stdout, or an error with everything it printed.
-async fn etcdctl(mut command: std::process::Command, args: &[&str]) -> Result<String> {
-    command
-        .args(["--dial-timeout=2s", "--command-timeout=30s"])
-        .args(args)
-        .stdin(Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(90), Command::from(command).output())
-        .await
-        .context("etcdctl hangs")??;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "etcdctl {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
+use util::{connect, etcdctl_stdout as etcdctl, eventually, flavor};
 
 async fn json(command: std::process::Command, args: &[&str]) -> Result<Value> {
     let mut with = args.to_vec();

@@ -380,3 +380,25 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN))
 }
+
+/// Runs etcdctl (2 s dial, 30 s command timeout); its stdout, or an error with everything it
+/// printed.
+pub async fn etcdctl_stdout(mut command: std::process::Command, args: &[&str]) -> Result<String> {
+    command
+        .args(["--dial-timeout=2s", "--command-timeout=30s"])
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::from(command).output(),
+    )
+    .await
+    .context("etcdctl hangs")??;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "etcdctl {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
