@@ -52,14 +52,23 @@ fn new_lease_id() -> i64 {
 }
 
 /// Whether `owner` granted lease `id` (an unknown lease passes: keeping it alive answers TTL 0).
+/// A lease's owner never changes, so a lease this member knows is decided at once; one it does
+/// not know yet is looked up again after a ReadIndex.
 async fn owns(node: &Node, owner: &str, id: i64) -> Result<(), Error> {
-    node.linearize().await?;
-    let foreign = node
-        .shared
-        .read()
-        .mvcc
-        .lease(id)
-        .is_some_and(|l| l.owner.as_deref() != Some(owner));
+    let foreign = |node: &Node| {
+        node.shared
+            .read()
+            .mvcc
+            .lease(id)
+            .map(|l| l.owner.as_deref() != Some(owner))
+    };
+    let foreign = match foreign(node) {
+        Some(f) => f,
+        None => {
+            node.linearize().await?;
+            foreign(node).unwrap_or(false)
+        }
+    };
     if foreign {
         return Err(node.auth().lease_denied());
     }
