@@ -4,7 +4,17 @@
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+# The node agent's eBPF programs are C, compiled by its build script.
+command -v clang >/dev/null 2>&1 || need_apt+=(clang)
+command -v llvm-objdump >/dev/null 2>&1 || need_apt+=(llvm)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
 if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ]; then
+  # Tests and benchmarks: the privileged datapath tests (namespaces, bpftool, curl for
+  # metrics) and etcd as the reference.
+  command -v bpftool >/dev/null 2>&1 || need_apt+=(bpftool)
+  command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
   # mesh-bench draws its chart's text with DejaVu Sans.
   [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)

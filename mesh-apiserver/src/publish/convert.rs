@@ -5,8 +5,11 @@
 //! - every Node (`nodes/<node>`);
 //! - every Service but ExternalName ones (`services/<ns>/<name>`), with the global, shared and
 //!   affinity annotations (`mesh.raftmesh.io/*`, or `service.cilium.io/*` when ours is absent);
-//! - the EndpointSlices of every shared Service, at most 100 endpoints a key
-//!   (`endpoints/<ns>/<service>/<slice>`, then `<slice>.1`, `<slice>.2`, … for larger slices);
+//! - the EndpointSlices of every shared or global Service, at most 100 endpoints a key
+//!   (`endpoints/<ns>/<service>/<slice>`, then `<slice>.1`, `<slice>.2`, … for larger slices).
+//!   A global Service with `shared: false` still publishes its slices: this cluster's node
+//!   agents balance its VIP over them; other clusters' agents ignore them (its record says
+//!   not shared);
 //! - every MeshPolicy (`policies/<ns>/<name>`);
 //! - for every pod with an IP: its identity's label set and its IP ([`Workload`]), which
 //!   become `identities/<id>` and `ipcache/<ip>` once ids are allocated ([`identity_records`]).
@@ -259,6 +262,7 @@ pub fn desired(settings: &Settings, objects: &Objects) -> Desired {
             sliced.insert((ns.clone(), svc));
         }
     }
+    // Services whose slices are published.
     let mut shared: BTreeSet<(String, String)> = BTreeSet::new();
     for svc in &objects.services {
         let Some((ns, name)) = named(&svc.metadata, "Service", &mut d.problems) else {
@@ -276,7 +280,7 @@ pub fn desired(settings: &Settings, objects: &Objects) -> Desired {
             continue;
         }
         let record = service_record(&ns, &name, svc, &mut d.problems);
-        if record.shared {
+        if record.shared || record.global {
             shared.insert((ns.clone(), name.clone()));
         }
         d.records.insert(

@@ -72,3 +72,44 @@ fn large_slices_are_split_into_keys_of_at_most_100() {
     );
     assert!(d.problems.is_empty(), "{:?}", d.problems);
 }
+
+#[test]
+fn slices_are_published_for_shared_or_global_services_only() {
+    let mut objects = Objects::default();
+    let service = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default, annotations: {{{annotations}}}}}\nspec: {{selector: {{app: {name}}}, clusterIP: 10.96.0.5}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-abc\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nendpoints:\n  - addresses: [\"10.1.0.1\"]\n---\n"
+        )
+    };
+    let yaml = [
+        service("plain", ""),
+        // Global but not shared: its own cluster's agents need its backends.
+        service(
+            "private",
+            "mesh.raftmesh.io/global: \"true\", mesh.raftmesh.io/shared: \"false\"",
+        ),
+        service("hidden", "mesh.raftmesh.io/shared: \"false\""),
+    ]
+    .concat();
+    objects.add_yaml(&yaml).unwrap();
+    let d = desired(
+        &Settings {
+            cluster: "apps".into(),
+            cluster_id: 1,
+        },
+        &objects,
+    );
+    let slices: Vec<String> = d
+        .records
+        .keys()
+        .filter(|k| matches!(k, Key::Endpoints { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        slices,
+        [
+            "mesh/v1/apps/endpoints/default/plain/plain-abc",
+            "mesh/v1/apps/endpoints/default/private/private-abc",
+        ]
+    );
+}

@@ -1,0 +1,245 @@
+/* Identity policy for traffic to pods, on tcx of the host side of each pod's veth.
+ *
+ * pol_to_pod (tcx egress of the host-side veth: packets going into the pod): the destination
+ * IP is looked up in the ipcache; if its identity is selected by a policy (pol_enforced), a new
+ * flow is allowed only when pol_rules holds (endpoint identity, source identity, port,
+ * protocol), with 0 as "any port" / "any protocol". The source identity comes from the same
+ * LPM-trie ipcache (pod IPs of every cluster, node IPs as their cluster's host / remote-node).
+ * A new TCP flow is a SYN without ACK; later TCP segments pass (they belong to a connection the
+ * policy admitted, or the endpoint answers them with a reset). UDP and ICMP have no handshake:
+ * replies to flows the endpoint started pass because pol_from_pod records those flows.
+ *
+ * pol_from_pod (tcx ingress of the same veth: packets leaving the pod) records the UDP and
+ * ICMP echo flows an enforced endpoint starts, in an LRU map.
+ *
+ * Both return TCX_NEXT when they do not drop, so a CNI's programs on the same hook still run. */
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include "common.h"
+
+#ifndef TCX_NEXT
+#define TCX_NEXT -1
+#endif
+#define BE16(x) __builtin_bswap16(x)
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+
+/* The start of an ICMP echo header (linux/icmp.h pulls in libc headers). */
+struct icmp_echo {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u16 id;
+	__u16 sequence;
+};
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 ip; /* network order */
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u16 cluster_id;
+	__u16 flags; /* for people: see IPCACHE_* in maps.rs */
+};
+
+struct policy_key {
+	__u32 endpoint;
+	__u32 peer;
+	__u16 port; /* host order; 0 = any */
+	__u8 proto; /* 0 = any */
+	__u8 pad;
+};
+
+struct flow_key {
+	__u32 pod_ip;
+	__u32 peer_ip;
+	__u16 pod_port;
+	__u16 peer_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1048576);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} pol_enforced SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1048576);
+	__type(key, struct policy_key);
+	__type(value, __u32);
+} pol_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, __u64);
+} pol_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, POL_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} pol_counters SEC(".maps");
+
+struct packet {
+	__u32 saddr, daddr;
+	__u16 sport, dport; /* host order; ICMP echo: the id in both */
+	__u8 proto;
+	__u8 tcp_syn_only;
+	__u8 icmp_type;
+};
+
+/* 0: parsed an IPv4 packet; -1: anything else. */
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
+{
+	if (skb->protocol != BE16(ETH_P_IP))
+		return -1;
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return -1;
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->proto = ip.protocol;
+	p->sport = p->dport = 0;
+	p->tcp_syn_only = 0;
+	p->icmp_type = 0;
+	if (BE16(ip.frag_off) & 0x1fff)
+		return 0; /* a later fragment: no ports */
+	__u32 l4 = ETH_HLEN + ip.ihl * 4;
+	if (ip.protocol == IPPROTO_TCP) {
+		struct tcphdr th;
+		if (bpf_skb_load_bytes(skb, l4, &th, sizeof(th)) < 0)
+			return -1;
+		p->sport = BE16(th.source);
+		p->dport = BE16(th.dest);
+		p->tcp_syn_only = th.syn && !th.ack;
+	} else if (ip.protocol == IPPROTO_UDP) {
+		struct udphdr uh;
+		if (bpf_skb_load_bytes(skb, l4, &uh, sizeof(uh)) < 0)
+			return -1;
+		p->sport = BE16(uh.source);
+		p->dport = BE16(uh.dest);
+	} else if (ip.protocol == IPPROTO_ICMP) {
+		struct icmp_echo ih;
+		if (bpf_skb_load_bytes(skb, l4, &ih, sizeof(ih)) < 0)
+			return -1;
+		p->icmp_type = ih.type;
+		if (ih.type == ICMP_ECHO || ih.type == ICMP_ECHOREPLY)
+			p->sport = p->dport = BE16(ih.id);
+	}
+	return 0;
+}
+
+static __always_inline struct ipcache_value *identity_of(__u32 ip)
+{
+	struct ipcache_key key = { .prefixlen = 32, .ip = ip };
+	return bpf_map_lookup_elem(&ipcache, &key);
+}
+
+static __always_inline int allowed(__u32 endpoint, __u32 peer, __u16 port, __u8 proto)
+{
+	struct policy_key key = { .endpoint = endpoint, .peer = peer, .port = port, .proto = proto };
+	if (bpf_map_lookup_elem(&pol_rules, &key))
+		return 1;
+	key.proto = 0;
+	if (bpf_map_lookup_elem(&pol_rules, &key))
+		return 1;
+	key.port = 0;
+	key.proto = proto;
+	if (bpf_map_lookup_elem(&pol_rules, &key))
+		return 1;
+	key.proto = 0;
+	return bpf_map_lookup_elem(&pol_rules, &key) != 0;
+}
+
+SEC("classifier")
+int pol_to_pod(struct __sk_buff *skb)
+{
+	struct packet p;
+	if (parse(skb, &p) < 0)
+		return TCX_NEXT;
+	struct ipcache_value *dst = identity_of(p.daddr);
+	if (!dst)
+		return TCX_NEXT;
+	__u32 endpoint = dst->identity;
+	if (!bpf_map_lookup_elem(&pol_enforced, &endpoint))
+		return TCX_NEXT; /* no policy selects it: allowed, as in Kubernetes */
+	if (p.proto == IPPROTO_TCP && !p.tcp_syn_only)
+		return TCX_NEXT;
+	if (p.proto != IPPROTO_TCP) {
+		struct flow_key flow = {
+			.pod_ip = p.daddr,
+			.peer_ip = p.saddr,
+			.pod_port = p.dport,
+			.peer_port = p.proto == IPPROTO_ICMP ? 0 : p.sport,
+			.proto = p.proto,
+		};
+		if (!(p.proto == IPPROTO_ICMP && p.icmp_type != ICMP_ECHOREPLY) &&
+		    bpf_map_lookup_elem(&pol_flows, &flow)) {
+			count(&pol_counters, POL_REPLY);
+			return TCX_NEXT;
+		}
+	}
+	struct ipcache_value *src = identity_of(p.saddr);
+	if (!src) {
+		count(&pol_counters, POL_UNKNOWN_IDENTITY);
+		return TC_ACT_SHOT;
+	}
+	__u16 port = p.proto == IPPROTO_ICMP ? 0 : p.dport;
+	if (!allowed(endpoint, src->identity, port, p.proto)) {
+		count(&pol_counters, POL_DENIED);
+		return TC_ACT_SHOT;
+	}
+	count(&pol_counters, POL_ALLOWED);
+	return TCX_NEXT;
+}
+
+SEC("classifier")
+int pol_from_pod(struct __sk_buff *skb)
+{
+	struct packet p;
+	if (parse(skb, &p) < 0 || p.proto == IPPROTO_TCP)
+		return TCX_NEXT;
+	if (p.proto == IPPROTO_ICMP && p.icmp_type != ICMP_ECHO)
+		return TCX_NEXT;
+	struct ipcache_value *src = identity_of(p.saddr);
+	if (!src)
+		return TCX_NEXT;
+	__u32 endpoint = src->identity;
+	if (!bpf_map_lookup_elem(&pol_enforced, &endpoint))
+		return TCX_NEXT;
+	struct flow_key flow = {
+		.pod_ip = p.saddr,
+		.peer_ip = p.daddr,
+		.pod_port = p.sport,
+		.peer_port = p.proto == IPPROTO_ICMP ? 0 : p.dport,
+		.proto = p.proto,
+	};
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&pol_flows, &flow, &now, BPF_ANY);
+	return TCX_NEXT;
+}
+
+char LICENSE[] SEC("license") = "GPL";

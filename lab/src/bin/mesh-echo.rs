@@ -1,0 +1,208 @@
+//! mesh-echo: the lab's workload and its client.
+//!
+//! `mesh-echo serve --name NAME [--tcp PORT]… [--udp PORT]…` answers every TCP connection and
+//! every UDP datagram with NAME (a TCP connection gets `NAME\n` and is closed).
+//!
+//! `mesh-echo probe (--tcp | --udp | --udp-connected) ADDR:PORT [--count N] [--interval-ms MS]
+//! [--timeout-ms MS] [--until FILE]` makes N attempts (or until FILE exists) and prints one
+//! JSON line per attempt — `{"ok":true,"reply":"NAME","peer":"ADDR:PORT"}` or
+//! `{"ok":false,"error":"…"}` — where `peer` is what getpeername (TCP, connected UDP) or
+//! recvfrom (UDP) said, so socket load balancing's address rewrites show. Exits 0 when every
+//! attempt succeeded, 1 otherwise.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage:\n  mesh-echo serve --name NAME [--tcp PORT]... [--udp PORT]...\n  mesh-echo probe (--tcp|--udp|--udp-connected) ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--until FILE]"
+    );
+    ExitCode::from(64)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("probe") => probe(&args[1..]),
+        _ => usage(),
+    }
+}
+
+fn serve(args: &[String]) -> ExitCode {
+    let mut name = None;
+    let mut tcp = Vec::new();
+    let mut udp = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = it.next();
+        match (a.as_str(), value) {
+            ("--name", Some(v)) => name = Some(v.clone()),
+            ("--tcp", Some(v)) => match v.parse::<u16>() {
+                Ok(p) => tcp.push(p),
+                Err(_) => return usage(),
+            },
+            ("--udp", Some(v)) => match v.parse::<u16>() {
+                Ok(p) => udp.push(p),
+                Err(_) => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let Some(name) = name else { return usage() };
+    let mut threads = Vec::new();
+    for port in tcp {
+        let listener = match TcpListener::bind(("0.0.0.0", port)) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mesh-echo: tcp {port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let name = name.clone();
+        threads.push(thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                let _ = conn.write_all(format!("{name}\n").as_bytes());
+            }
+        }));
+    }
+    for port in udp {
+        let socket = match UdpSocket::bind(("0.0.0.0", port)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("mesh-echo: udp {port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let name = name.clone();
+        threads.push(thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(name.as_bytes(), from);
+            }
+        }));
+    }
+    eprintln!("mesh-echo: serving as {name}");
+    for t in threads {
+        let _ = t.join();
+    }
+    ExitCode::SUCCESS
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Tcp,
+    Udp,
+    UdpConnected,
+}
+
+fn probe(args: &[String]) -> ExitCode {
+    let mut target: Option<(Mode, SocketAddr)> = None;
+    let mut count = 1u64;
+    let mut interval = Duration::ZERO;
+    let mut timeout = Duration::from_secs(2);
+    let mut until: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(v) = it.next() else { return usage() };
+        let mode = match a.as_str() {
+            "--tcp" => Some(Mode::Tcp),
+            "--udp" => Some(Mode::Udp),
+            "--udp-connected" => Some(Mode::UdpConnected),
+            _ => None,
+        };
+        if let Some(mode) = mode {
+            match v.parse() {
+                Ok(addr) => target = Some((mode, addr)),
+                Err(_) => return usage(),
+            }
+            continue;
+        }
+        let n: Option<u64> = v.parse().ok();
+        match (a.as_str(), n) {
+            ("--count", Some(n)) => count = n,
+            ("--interval-ms", Some(n)) => interval = Duration::from_millis(n),
+            ("--timeout-ms", Some(n)) => timeout = Duration::from_millis(n),
+            ("--until", _) => {
+                until = Some(PathBuf::from(v));
+                count = u64::MAX;
+            }
+            _ => return usage(),
+        }
+    }
+    let Some((mode, addr)) = target else {
+        return usage();
+    };
+    let mut failures = 0u64;
+    let mut attempts = 0u64;
+    while attempts < count {
+        if until.as_ref().is_some_and(|f| f.exists()) {
+            break;
+        }
+        attempts += 1;
+        let started = Instant::now();
+        let result = match mode {
+            Mode::Tcp => tcp_once(addr, timeout),
+            Mode::Udp => udp_once(addr, timeout, false),
+            Mode::UdpConnected => udp_once(addr, timeout, true),
+        };
+        let line = match result {
+            Ok((reply, peer)) => json!({
+                "ok": true,
+                "reply": reply,
+                "peer": peer.to_string(),
+                "micros": started.elapsed().as_micros() as u64,
+            }),
+            Err(e) => {
+                failures += 1;
+                json!({"ok": false, "error": e.to_string(), "micros": started.elapsed().as_micros() as u64})
+            }
+        };
+        println!("{line}");
+        if !interval.is_zero() {
+            thread::sleep(interval);
+        }
+    }
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn tcp_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    let mut conn = TcpStream::connect_timeout(&addr, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    let peer = conn.peer_addr()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok((reply.trim().to_owned(), peer))
+}
+
+fn udp_once(
+    addr: SocketAddr,
+    timeout: Duration,
+    connected: bool,
+) -> std::io::Result<(String, SocketAddr)> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 2048];
+    if connected {
+        socket.connect(addr)?;
+        socket.send(b"ping")?;
+        let n = socket.recv(&mut buf)?;
+        let peer = socket.peer_addr()?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), peer))
+    } else {
+        socket.send_to(b"ping", addr)?;
+        let (n, from) = socket.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    }
+}

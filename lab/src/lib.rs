@@ -1,0 +1,53 @@
+//! The lab: real clusters on one Linux box, out of network namespaces, veth pairs, cgroups and
+//! processes (DESIGN.md, "The lab"). This first part holds the building blocks the privileged
+//! tests share; each owns what it creates and removes it on drop, also when a test panics.
+//!
+//! # Layout
+//! - [`netns`]: network namespaces ([`netns::Netns`]), veth pairs and bridges, commands inside a
+//!   namespace.
+//! - [`cgroup`]: cgroup v2 directories ([`cgroup::Cgroup`]) and running a command inside one.
+//! - [`process`]: child processes killed on drop ([`process::Process`]).
+//! - The `mesh-echo` binary: the echo workload (`serve`) and its client (`probe`).
+//!
+//! Names are unique per process ([`unique`]), so tests and a developer's lab run side by side.
+
+pub mod cgroup;
+pub mod netns;
+pub mod process;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A short name unique on this host for this process: `<prefix><pid>x<n>` in base 36, short
+/// enough for interface names (15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{}", base36(std::process::id()), base36(n))
+}
+
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
+}
+
+/// Runs `program args`, failing with its stderr.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(program).args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

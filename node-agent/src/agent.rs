@@ -1,0 +1,438 @@
+//! The agent: installs (or adopts) the datapath, then keeps it equal to the store.
+//!
+//! Order at start: the programs and maps first (adopting pinned ones as they are, so traffic
+//! keeps flowing), then the applied tables read back from the maps, then the store. Until the
+//! first list arrives nothing is written, and a store that cannot be reached leaves the maps
+//! exactly as they were: the datapath never depends on the agent being up.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::datapath::{self, KernelMaps, Pins, Programs};
+use crate::desired::{Local, stale};
+use crate::metrics::{ClusterLabel, Metrics, Reason};
+use crate::reconcile::Reconciler;
+use crate::source::{self, Watch};
+use crate::state::{MeshState, Touched};
+
+/// How often pod interfaces, remote staleness and counters are looked at.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A fatal failure (the datapath cannot be installed or written).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Installing, reading or writing the datapath.
+    #[error(transparent)]
+    Datapath(#[from] datapath::Error),
+    /// The metrics listener.
+    #[error("listening for metrics on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state directory.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The links pinned under --bpffs attach another cgroup than --cgroup-root.
+    #[error(
+        "the programs pinned under {bpffs} are attached to {recorded}, not --cgroup-root {wanted}: run `node-agent --uninstall --bpffs {bpffs}` first"
+    )]
+    CgroupChanged {
+        /// Pin directory.
+        bpffs: String,
+        /// Cgroup recorded at attach time.
+        recorded: String,
+        /// Cgroup asked for now.
+        wanted: String,
+    },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Binds the metrics listener (before [`run`], so a bad address fails at start).
+pub async fn bind_metrics(config: &Config) -> Result<TcpListener, Error> {
+    TcpListener::bind(config.listen_metrics)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen_metrics,
+            source,
+        })
+}
+
+/// Runs the agent until `shutdown` completes. Leaves the datapath installed.
+pub async fn run(
+    config: Config,
+    metrics_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let pins = Pins::new(&config.bpffs);
+    check_cgroup_record(&config, &pins)?;
+    let (mut programs, mut kernel, report) = Programs::install(&pins, &config.cgroup_root)?;
+    record_cgroup(&config)?;
+    tracing::info!(
+        bpffs = %config.bpffs.display(),
+        cgroup = %config.cgroup_root.display(),
+        adopted = ?report.adopted,
+        attached = ?report.attached,
+        "datapath installed"
+    );
+    let (applied, strays) = kernel.read()?;
+    if !strays.is_empty() {
+        tracing::info!(
+            slots = strays.len(),
+            "removing backend slots beyond their service's count"
+        );
+        kernel.remove_strays(&strays)?;
+    }
+    tracing::info!(
+        frontends = applied.services.len(),
+        backends = applied.backends(),
+        ipcache = applied.ipcache.len(),
+        rules = applied.rules.len(),
+        "adopted the maps' contents"
+    );
+    let mut reconciler = Reconciler::adopt(applied);
+
+    let (metrics, registry) = Metrics::new();
+    metrics.tables(reconciler.applied());
+    if let Ok(c) = kernel.counters() {
+        metrics.counters(c);
+    }
+    let (healthy_tx, healthy_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        Arc::new(registry),
+        healthy_rx,
+        stop_rx,
+    ));
+
+    let local = Local {
+        cluster: config.cluster.clone(),
+        node: config.node.clone(),
+        stale_after_ms: config.remote_stale_after.as_millis() as i64,
+    };
+    let mut agent = Agent {
+        config: &config,
+        local,
+        kernel: &mut kernel,
+        programs: &mut programs,
+        reconciler: &mut reconciler,
+        metrics,
+        state: MeshState::default(),
+        stale: BTreeSet::new(),
+        interfaces: BTreeSet::new(),
+        healthy: healthy_tx,
+    };
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        r = agent.sync_forever() => r,
+        () = &mut shutdown => {
+            tracing::info!("stopping; the datapath stays installed");
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    result
+}
+
+struct Agent<'a> {
+    config: &'a Config,
+    local: Local,
+    kernel: &'a mut KernelMaps,
+    programs: &'a mut Programs,
+    reconciler: &'a mut Reconciler,
+    metrics: Metrics,
+    state: MeshState,
+    /// Remotes found stale at the last tick.
+    stale: BTreeSet<String>,
+    /// Pod interfaces (name, index) with the policy programs.
+    interfaces: BTreeSet<(String, u32)>,
+    healthy: watch::Sender<bool>,
+}
+
+impl Agent<'_> {
+    /// Lists and watches, reconnecting and listing again as needed. Returns only on a fatal
+    /// (datapath) error.
+    async fn sync_forever(&mut self) -> Result<(), Error> {
+        let mut backoff = Duration::from_millis(200);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Watches resume from these revisions after a broken stream; `None`: list first.
+        let mut resume: Option<[i64; 2]> = None;
+        loop {
+            match self.session(&mut resume, &mut tick).await {
+                Ok(never) => match never {},
+                Err(SessionError::Fatal(e)) => return Err(e),
+                Err(SessionError::Source(e)) => {
+                    self.metrics.connected.set(0);
+                    if matches!(e, source::Error::Compacted { .. }) {
+                        resume = None;
+                    }
+                    tracing::warn!("API server: {e}; retrying in {backoff:?} (maps unchanged)");
+                    let deadline = tokio::time::Instant::now() + backoff;
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(deadline) => break,
+                            _ = tick.tick() => self.tick()?,
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// One connection: (list and) watch until something breaks.
+    async fn session(
+        &mut self,
+        resume: &mut Option<[i64; 2]>,
+        tick: &mut tokio::time::Interval,
+    ) -> Result<std::convert::Infallible, SessionError> {
+        let mut client = source::connect(self.config).await?;
+        let revisions = match *resume {
+            Some(r) => r,
+            None => {
+                let started = Instant::now();
+                let (state, revision) = source::list(&mut client).await?;
+                self.metrics.lists.inc();
+                self.state = state;
+                self.stale = self.stale_now();
+                let writes = self.reconcile(&Touched::everything(), started)?;
+                let applied = self.reconciler.applied();
+                tracing::info!(
+                    revision,
+                    clusters = self.state.clusters.len(),
+                    frontends = applied.services.len(),
+                    backends = applied.backends(),
+                    ipcache = applied.ipcache.len(),
+                    rules = applied.rules.len(),
+                    writes,
+                    "listed the store and programmed the maps"
+                );
+                let _ = self.healthy.send(true);
+                [revision, revision]
+            }
+        };
+        let mut mesh = Watch::start(&mut client, source::PREFIXES[0], revisions[0]).await?;
+        let mut status = Watch::start(&mut client, source::PREFIXES[1], revisions[1]).await?;
+        *resume = Some([mesh.revision, status.revision]);
+        self.metrics.connected.set(1);
+        loop {
+            let changes = tokio::select! {
+                c = mesh.next() => c,
+                c = status.next() => c,
+                _ = tick.tick() => {
+                    self.tick()?;
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let changes = match changes {
+                Ok(c) => c,
+                Err(e) => {
+                    *resume = Some([mesh.revision, status.revision]);
+                    return Err(e.into());
+                }
+            };
+            let mut touched = Touched::default();
+            for (key, value) in &changes {
+                touched.merge(self.state.apply(key, value.as_deref()));
+            }
+            *resume = Some([mesh.revision, status.revision]);
+            self.metrics.revision.set(mesh.revision);
+            if !touched.is_empty() {
+                self.reconcile(&touched, started)?;
+            }
+        }
+    }
+
+    /// Remotes stale now.
+    fn stale_now(&self) -> BTreeSet<String> {
+        let now = now_ms();
+        self.state
+            .remotes
+            .keys()
+            .filter(|c| stale(&self.state, &self.local, c, now))
+            .cloned()
+            .collect()
+    }
+
+    fn reconcile(&mut self, touched: &Touched, started: Instant) -> Result<u64, Error> {
+        let writes = self.reconciler.reconcile(
+            &self.state,
+            &self.local,
+            now_ms(),
+            touched,
+            &mut *self.kernel,
+        )?;
+        self.metrics.writes.inc_by(writes.total());
+        self.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.tables(self.reconciler.applied());
+        let skipped = self.state.skipped;
+        for (reason, n) in [("ipv6", skipped.ipv6), ("undecodable", skipped.undecodable)] {
+            self.metrics
+                .skipped
+                .get_or_create(&Reason {
+                    reason: reason.to_owned(),
+                })
+                .set(n as i64);
+        }
+        if writes.total() > 0 {
+            tracing::debug!(?writes, "maps updated");
+        }
+        Ok(writes.total())
+    }
+
+    /// Once a second: pod interfaces, remote staleness, counters.
+    fn tick(&mut self) -> Result<(), Error> {
+        self.scan_interfaces()?;
+        let stale = self.stale_now();
+        if stale != self.stale {
+            for c in stale.symmetric_difference(&self.stale) {
+                let now_stale = stale.contains(c);
+                tracing::info!(
+                    remote = %c,
+                    stale = now_stale,
+                    "remote {}",
+                    if now_stale {
+                        "stale: its backends are now a last resort"
+                    } else {
+                        "fresh again"
+                    }
+                );
+            }
+            self.stale = stale;
+            if *self.healthy.borrow() {
+                let touched = Touched {
+                    all_services: true,
+                    ..Touched::default()
+                };
+                self.reconcile(&touched, Instant::now())?;
+            }
+        }
+        for c in self.state.remotes.keys() {
+            self.metrics
+                .remote_stale
+                .get_or_create(&ClusterLabel { cluster: c.clone() })
+                .set(i64::from(self.stale.contains(c)));
+        }
+        if let Ok(c) = self.kernel.counters() {
+            self.metrics.counters(c);
+        }
+        Ok(())
+    }
+
+    /// Attaches the policy programs to new pod interfaces and unpins links of gone ones.
+    fn scan_interfaces(&mut self) -> Result<(), Error> {
+        let present: BTreeSet<(String, u32)> = match nix::net::if_::if_nameindex() {
+            Ok(list) => list
+                .iter()
+                .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
+                .filter(|(name, _)| {
+                    self.config
+                        .pod_interface_prefixes
+                        .iter()
+                        .any(|p| name.starts_with(p.as_str()))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!("listing interfaces: {e}");
+                return Ok(());
+            }
+        };
+        for (name, index) in present.difference(&self.interfaces.clone()) {
+            match self.programs.attach_interface(name, *index) {
+                Ok(true) => tracing::info!(interface = %name, "policy programs attached"),
+                Ok(false) => {}
+                // The interface may have gone between the listing and the attach.
+                Err(e) => {
+                    tracing::warn!(interface = %name, "attaching policy programs: {e}");
+                    continue;
+                }
+            }
+            self.interfaces.insert((name.clone(), *index));
+        }
+        self.interfaces.retain(|i| present.contains(i));
+        for gone in self.programs.sweep_interfaces(&present)? {
+            tracing::info!(interface = %gone, "interface gone: its links unpinned");
+        }
+        self.metrics.interfaces.set(self.interfaces.len() as i64);
+        Ok(())
+    }
+}
+
+enum SessionError {
+    Fatal(Error),
+    Source(source::Error),
+}
+
+impl From<source::Error> for SessionError {
+    fn from(e: source::Error) -> Self {
+        SessionError::Source(e)
+    }
+}
+
+impl From<Error> for SessionError {
+    fn from(e: Error) -> Self {
+        SessionError::Fatal(e)
+    }
+}
+
+impl From<datapath::Error> for SessionError {
+    fn from(e: datapath::Error) -> Self {
+        SessionError::Fatal(e.into())
+    }
+}
+
+const CGROUP_RECORD: &str = "cgroup";
+
+/// Refuses to adopt links attached to another cgroup than the one configured.
+fn check_cgroup_record(config: &Config, pins: &Pins) -> Result<(), Error> {
+    let record = config.state_dir.join(CGROUP_RECORD);
+    let Ok(recorded) = std::fs::read_to_string(&record) else {
+        return Ok(());
+    };
+    let wanted = config.cgroup_root.display().to_string();
+    if pins.link(datapath::CGROUP_PROGRAMS[0]).exists() && recorded.trim() != wanted {
+        return Err(Error::CgroupChanged {
+            bpffs: pins.root().display().to_string(),
+            recorded: recorded.trim().to_owned(),
+            wanted,
+        });
+    }
+    Ok(())
+}
+
+fn record_cgroup(config: &Config) -> Result<(), Error> {
+    let err = |source| Error::StateDir {
+        path: config.state_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&config.state_dir).map_err(err)?;
+    std::fs::write(
+        config.state_dir.join(CGROUP_RECORD),
+        format!("{}\n", config.cgroup_root.display()),
+    )
+    .map_err(err)
+}

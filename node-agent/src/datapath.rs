@@ -1,0 +1,664 @@
+//! Loading, attaching and adopting the eBPF programs, and reading and writing their maps.
+//!
+//! Everything lives under one bpffs directory per node (`--bpffs`, default
+//! `/sys/fs/bpf/raftmesh/<node>`): `maps/<name>` and `links/<name>`. Links are pinned as well as
+//! maps, so the programs stay attached and keep balancing and enforcing while the agent is
+//! down. A starting agent loads the objects with every map pinned to its path (an existing
+//! pin is reused, so the maps keep their contents), adopts every link that is already pinned
+//! instead of attaching again, and attaches only what is missing.
+//!
+//! The cgroup programs attach in multi mode (`BPF_F_ALLOW_MULTI`), beside a CNI's own; the tc
+//! programs attach with tcx, which chains programs, and return `TCX_NEXT` unless they drop.
+//!
+//! Program upgrades: aya 0.14 cannot replace the program of a pinned cgroup link, and an
+//! adopted link keeps the program it was created with. A new program version is rolled out by
+//! `node-agent --uninstall` followed by a start (a short window without socket load balancing
+//! on that node: connections to VIPs then go to the CNI), or, without a window, by attaching
+//! the new program beside the old one under new link names before unpinning the old links —
+//! two connect programs in a chain are safe, as the second sees a backend address, not a VIP.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
+use aya::programs::{CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::maps::{
+    self, Backend, Frontend, IpInfo, Prefix, Rule, Tables, backend_key, backend_of, backend_value,
+    count_of, frontend_of, ipcache_value, ipinfo_of, rule_key, rule_of, slot_of, svc_key,
+    svc_value,
+};
+use crate::reconcile::Programmer;
+
+/// Aligns the bytes of an included object file (aya reads ELF headers in place).
+#[repr(C, align(8))]
+struct Aligned<B: ?Sized> {
+    bytes: B,
+}
+
+static SOCK_LB: &Aligned<[u8]> = &Aligned {
+    bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/sock_lb.bpf.o")),
+};
+static POLICY: &Aligned<[u8]> = &Aligned {
+    bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/policy.bpf.o")),
+};
+
+/// The cgroup programs, by their function name in `ebpf/sock_lb.bpf.c`.
+pub const CGROUP_PROGRAMS: [&str; 4] = [
+    "lb_connect4",
+    "lb_sendmsg4",
+    "lb_recvmsg4",
+    "lb_getpeername4",
+];
+/// The policy program on packets going into a pod (host-side veth egress).
+pub const TO_POD: &str = "pol_to_pod";
+/// The policy program on packets leaving a pod (host-side veth ingress).
+pub const FROM_POD: &str = "pol_from_pod";
+
+/// bpffs's magic number (statfs `f_type`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A datapath failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory operation.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The pin directory is not on a bpffs.
+    #[error(
+        "{path} is not on a bpf filesystem (mount one: mount -t bpf bpf /sys/fs/bpf), so pinned maps and links could not outlive the agent"
+    )]
+    NotBpffs {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Loading an object.
+    #[error("loading {object}: {reason}")]
+    Load {
+        /// Which object.
+        object: &'static str,
+        /// Why, with the causes.
+        reason: String,
+    },
+    /// Loading or attaching a program.
+    #[error("{op} {program}: {reason}")]
+    Program {
+        /// What was done.
+        op: &'static str,
+        /// Which program.
+        program: String,
+        /// Why, with the causes (aya's errors keep the system error one level down).
+        reason: String,
+    },
+    /// Pinning or opening a pinned link.
+    #[error("link {path}: {reason}")]
+    Link {
+        /// The pin.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A map operation.
+    #[error("map {map}: {reason}")]
+    Map {
+        /// Which map.
+        map: &'static str,
+        /// Why, with the causes.
+        reason: String,
+    },
+    /// The object lacks something this build expects (a build problem).
+    #[error("the eBPF object has no {0}")]
+    Missing(String),
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |e| Error::Map {
+        map,
+        reason: chain(&e),
+    }
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}
+
+/// The pin directory of one node's datapath.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    /// Pins under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Pins {
+        Pins { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A map's pin.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+
+    /// The link directory.
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// A link's pin.
+    pub fn link(&self, name: &str) -> PathBuf {
+        self.links().join(name)
+    }
+
+    /// Whether anything is pinned.
+    pub fn exists(&self) -> bool {
+        self.root.exists()
+    }
+
+    /// Creates the directories, refusing a directory that is not on bpffs.
+    fn create(&self) -> Result<()> {
+        for dir in [self.root.join("maps"), self.links()] {
+            fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        }
+        let stat = nix::sys::statfs::statfs(&self.root).map_err(|e| Error::Io {
+            op: "statfs",
+            path: self.root.clone(),
+            source: e.into(),
+        })?;
+        #[expect(
+            clippy::useless_conversion,
+            reason = "the type of f_type differs by target"
+        )]
+        if i64::from(stat.filesystem_type().0) != BPF_FS_MAGIC {
+            return Err(Error::NotBpffs {
+                path: self.root.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes every link pin (detaching the programs unless something else holds them) and
+    /// map pin, and the directories. Returns the pins removed.
+    pub fn uninstall(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for dir in [self.links(), self.root.join("maps")] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io("removing", &path))?;
+                removed.push(path);
+            }
+            fs::remove_dir(&dir).map_err(io("removing", &dir))?;
+        }
+        if self.root.exists() {
+            fs::remove_dir(&self.root).map_err(io("removing", &self.root))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// What [`Programs::install`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallReport {
+    /// Links found pinned and kept.
+    pub adopted: Vec<String>,
+    /// Links created.
+    pub attached: Vec<String>,
+}
+
+/// The loaded programs (kept so new pod interfaces can be attached).
+#[derive(Debug)]
+pub struct Programs {
+    pins: Pins,
+    _lb: Ebpf,
+    pol: Ebpf,
+}
+
+impl Programs {
+    /// Loads both objects with their maps pinned under `pins`, and attaches the socket
+    /// programs to `cgroup` unless their links are pinned already.
+    pub fn install(pins: &Pins, cgroup: &Path) -> Result<(Programs, KernelMaps, InstallReport)> {
+        pins.create()?;
+        let mut report = InstallReport::default();
+        let mut lb = load("sock_lb", &SOCK_LB.bytes, &maps::LB_MAPS, pins)?;
+        let mut pol = load("policy", &POLICY.bytes, &maps::POL_MAPS, pins)?;
+        let cgroup_dir = File::open(cgroup).map_err(io("opening cgroup", cgroup))?;
+        for name in CGROUP_PROGRAMS {
+            let program: &mut CgroupSockAddr = lb
+                .program_mut(name)
+                .ok_or_else(|| Error::Missing(format!("program {name}")))?
+                .try_into()
+                .map_err(program_err("typing", name))?;
+            program.load().map_err(program_err("loading", name))?;
+            let pin = pins.link(name);
+            if pin.exists() {
+                PinnedLink::from_pin(&pin).map_err(|e| Error::Link {
+                    path: pin.clone(),
+                    reason: e.to_string(),
+                })?;
+                report.adopted.push(name.to_owned());
+                continue;
+            }
+            // On kernels with BPF links (5.7+) every cgroup link is multi-attach already, and
+            // the kernel refuses flags with a link: `Single` asks for no flags.
+            let id = program
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(program_err("attaching", name))?;
+            let link = program.take_link(id).map_err(program_err("taking", name))?;
+            pin_link(link, &pin)?;
+            report.attached.push(name.to_owned());
+        }
+        for name in [TO_POD, FROM_POD] {
+            let program: &mut SchedClassifier = pol
+                .program_mut(name)
+                .ok_or_else(|| Error::Missing(format!("program {name}")))?
+                .try_into()
+                .map_err(program_err("typing", name))?;
+            program.load().map_err(program_err("loading", name))?;
+        }
+        let maps = KernelMaps::take(&mut lb, &mut pol)?;
+        Ok((
+            Programs {
+                pins: pins.clone(),
+                _lb: lb,
+                pol,
+            },
+            maps,
+            report,
+        ))
+    }
+
+    /// Attaches the policy programs to pod interface `name` (index `index`) unless pinned
+    /// links for it exist. Returns whether it attached.
+    pub fn attach_interface(&mut self, name: &str, index: u32) -> Result<bool> {
+        let mut attached = false;
+        for (program_name, direction, suffix) in [
+            (TO_POD, TcAttachType::Egress, "egress"),
+            (FROM_POD, TcAttachType::Ingress, "ingress"),
+        ] {
+            let pin = self.pins.link(&tc_link_name(name, index, suffix));
+            if pin.exists() {
+                continue;
+            }
+            let program: &mut SchedClassifier = self
+                .pol
+                .program_mut(program_name)
+                .ok_or_else(|| Error::Missing(format!("program {program_name}")))?
+                .try_into()
+                .map_err(program_err("typing", program_name))?;
+            let id = program.attach(name, direction).map_err(program_err(
+                "attaching",
+                &format!("{program_name} to {name}"),
+            ))?;
+            let link = program
+                .take_link(id)
+                .map_err(program_err("taking", program_name))?;
+            pin_link(link, &pin)?;
+            attached = true;
+        }
+        Ok(attached)
+    }
+
+    /// Unpins the tc links of interfaces that are gone (their links are defunct already).
+    /// Returns the interfaces swept.
+    pub fn sweep_interfaces(&self, present: &BTreeSet<(String, u32)>) -> Result<Vec<String>> {
+        let mut swept = Vec::new();
+        let dir = self.pins.links();
+        for entry in fs::read_dir(&dir).map_err(io("reading", &dir))?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some((name, index)) = parse_tc_link_name(&file) else {
+                continue;
+            };
+            if !present.contains(&(name.clone(), index)) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io("removing", &path))?;
+                swept.push(name);
+            }
+        }
+        swept.dedup();
+        Ok(swept)
+    }
+}
+
+/// The pin name of a tc link: `tc-<ifindex>-<ifname>-<egress|ingress>`.
+pub fn tc_link_name(ifname: &str, index: u32, direction: &str) -> String {
+    format!("tc-{index}-{ifname}-{direction}")
+}
+
+fn parse_tc_link_name(file: &str) -> Option<(String, u32)> {
+    let rest = file.strip_prefix("tc-")?;
+    let (index, rest) = rest.split_once('-')?;
+    let name = rest
+        .strip_suffix("-egress")
+        .or_else(|| rest.strip_suffix("-ingress"))?;
+    Some((name.to_owned(), index.parse().ok()?))
+}
+
+fn program_err(
+    op: &'static str,
+    program: &str,
+) -> impl FnOnce(aya::programs::ProgramError) -> Error {
+    let program = program.to_owned();
+    move |e| Error::Program {
+        op,
+        program,
+        reason: chain(&e),
+    }
+}
+
+fn pin_link<L>(link: L, pin: &Path) -> Result<()>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let fd_link = FdLink::try_from(link).map_err(|e| Error::Link {
+        path: pin.to_path_buf(),
+        reason: format!("not an fd link: {e}"),
+    })?;
+    fd_link.pin(pin).map_err(|e| Error::Link {
+        path: pin.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
+fn load(object: &'static str, bytes: &[u8], names: &[&'static str], pins: &Pins) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for name in names {
+        loader.map_pin_path(name, pins.map(name));
+    }
+    loader.load(bytes).map_err(|e| Error::Load {
+        object,
+        reason: chain(&e),
+    })
+}
+
+/// The programmable maps, opened.
+pub struct KernelMaps {
+    services: HashMap<MapData, [u8; 8], [u8; 8]>,
+    backends: HashMap<MapData, [u8; 12], [u8; 12]>,
+    ipcache: LpmTrie<MapData, [u8; 4], [u8; 8]>,
+    enforced: HashMap<MapData, u32, u32>,
+    rules: HashMap<MapData, [u8; 12], u32>,
+    lb_counters: PerCpuArray<MapData, u64>,
+    pol_counters: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelMaps").finish_non_exhaustive()
+    }
+}
+
+/// The counters, summed over CPUs, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// Load balancing ([`maps::LB_COUNTER_NAMES`]).
+    pub lb: Vec<(&'static str, u64)>,
+    /// Policy ([`maps::POL_COUNTER_NAMES`]).
+    pub policy: Vec<(&'static str, u64)>,
+}
+
+impl KernelMaps {
+    fn take(lb: &mut Ebpf, pol: &mut Ebpf) -> Result<KernelMaps> {
+        fn take(e: &mut Ebpf, name: &'static str) -> Result<Map> {
+            e.take_map(name)
+                .ok_or_else(|| Error::Missing(format!("map {name}")))
+        }
+        KernelMaps::from_maps(|name| {
+            if maps::LB_MAPS.contains(&name) {
+                take(lb, name)
+            } else {
+                take(pol, name)
+            }
+        })
+    }
+
+    /// Opens the pinned maps under `pins` (no program needed: `node-agent maps`, tests).
+    pub fn open(pins: &Pins) -> Result<KernelMaps> {
+        KernelMaps::from_maps(|name| {
+            let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
+            Map::from_map_data(data).map_err(map_err(name))
+        })
+    }
+
+    fn from_maps(mut get: impl FnMut(&'static str) -> Result<Map>) -> Result<KernelMaps> {
+        Ok(KernelMaps {
+            services: get(maps::LB_SERVICES)?
+                .try_into()
+                .map_err(map_err(maps::LB_SERVICES))?,
+            backends: get(maps::LB_BACKENDS)?
+                .try_into()
+                .map_err(map_err(maps::LB_BACKENDS))?,
+            ipcache: get(maps::IPCACHE)?
+                .try_into()
+                .map_err(map_err(maps::IPCACHE))?,
+            enforced: get(maps::POL_ENFORCED)?
+                .try_into()
+                .map_err(map_err(maps::POL_ENFORCED))?,
+            rules: get(maps::POL_RULES)?
+                .try_into()
+                .map_err(map_err(maps::POL_RULES))?,
+            lb_counters: get(maps::LB_COUNTERS)?
+                .try_into()
+                .map_err(map_err(maps::LB_COUNTERS))?,
+            pol_counters: get(maps::POL_COUNTERS)?
+                .try_into()
+                .map_err(map_err(maps::POL_COUNTERS))?,
+        })
+    }
+
+    /// What the maps hold, and the backend slots no count reaches (left by an agent that
+    /// died in the middle of a shrink; the program never reads them).
+    pub fn read(&self) -> Result<(Tables, Vec<(Frontend, u32)>)> {
+        let mut t = Tables::default();
+        for item in self.services.iter() {
+            let (k, v) = item.map_err(map_err(maps::LB_SERVICES))?;
+            let n = count_of(&v) as usize;
+            t.services.insert(frontend_of(&k), Vec::with_capacity(n));
+        }
+        let mut slots: std::collections::BTreeMap<Frontend, Vec<(u32, Backend)>> =
+            std::collections::BTreeMap::new();
+        for item in self.backends.iter() {
+            let (k, v) = item.map_err(map_err(maps::LB_BACKENDS))?;
+            let (f, slot) = slot_of(&k);
+            slots.entry(f).or_default().push((slot, backend_of(&v)));
+        }
+        let mut strays = Vec::new();
+        for (f, mut list) in slots {
+            list.sort_by_key(|(slot, _)| *slot);
+            let count = match self.services.get(&svc_key(&f), 0) {
+                Ok(v) => count_of(&v),
+                Err(_) => 0,
+            };
+            let mut backends = t.services.get_mut(&f);
+            for (slot, b) in list {
+                match backends {
+                    Some(ref mut v) if slot < count && slot as usize == v.len() => v.push(b),
+                    _ => strays.push((f, slot)),
+                }
+            }
+        }
+        for item in self.ipcache.iter() {
+            let (k, v) = item.map_err(map_err(maps::IPCACHE))?;
+            let bytes = k.data();
+            t.ipcache.insert(
+                Prefix {
+                    ip: bytes.into(),
+                    len: k.prefix_len() as u8,
+                },
+                ipinfo_of(&v),
+            );
+        }
+        for item in self.enforced.keys() {
+            t.enforced
+                .insert(item.map_err(map_err(maps::POL_ENFORCED))?);
+        }
+        for item in self.rules.keys() {
+            t.rules
+                .insert(rule_of(&item.map_err(map_err(maps::POL_RULES))?));
+        }
+        Ok((t, strays))
+    }
+
+    /// Deletes slots returned by [`KernelMaps::read`] as strays.
+    pub fn remove_strays(&mut self, strays: &[(Frontend, u32)]) -> Result<()> {
+        for (f, slot) in strays {
+            ignore_missing(self.backends.remove(&backend_key(f, *slot)))
+                .map_err(map_err(maps::LB_BACKENDS))?;
+        }
+        Ok(())
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        fn sum(
+            a: &PerCpuArray<MapData, u64>,
+            names: &[&'static str],
+            map: &'static str,
+        ) -> Result<Vec<(&'static str, u64)>> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let values = a.get(&(i as u32), 0).map_err(map_err(map))?;
+                    Ok((*name, values.iter().sum()))
+                })
+                .collect()
+        }
+        Ok(Counters {
+            lb: sum(
+                &self.lb_counters,
+                &maps::LB_COUNTER_NAMES,
+                maps::LB_COUNTERS,
+            )?,
+            policy: sum(
+                &self.pol_counters,
+                &maps::POL_COUNTER_NAMES,
+                maps::POL_COUNTERS,
+            )?,
+        })
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+impl Programmer for KernelMaps {
+    type Error = Error;
+
+    fn set_service(&mut self, f: &Frontend, old: &[Backend], new: &[Backend]) -> Result<()> {
+        let key = svc_key(f);
+        // Slots first, then the count when growing; the count first, then the slots beyond it
+        // when shrinking (see crate::maps, "Update order").
+        for (slot, b) in new.iter().enumerate() {
+            if old.get(slot) != Some(b) {
+                self.backends
+                    .insert(backend_key(f, slot as u32), backend_value(b), 0)
+                    .map_err(map_err(maps::LB_BACKENDS))?;
+            }
+        }
+        self.services
+            .insert(key, svc_value(new.len() as u32), 0)
+            .map_err(map_err(maps::LB_SERVICES))?;
+        for slot in new.len()..old.len() {
+            ignore_missing(self.backends.remove(&backend_key(f, slot as u32)))
+                .map_err(map_err(maps::LB_BACKENDS))?;
+        }
+        Ok(())
+    }
+
+    fn remove_service(&mut self, f: &Frontend, old: &[Backend]) -> Result<()> {
+        ignore_missing(self.services.remove(&svc_key(f))).map_err(map_err(maps::LB_SERVICES))?;
+        for slot in 0..old.len() {
+            ignore_missing(self.backends.remove(&backend_key(f, slot as u32)))
+                .map_err(map_err(maps::LB_BACKENDS))?;
+        }
+        Ok(())
+    }
+
+    fn set_ip(&mut self, prefix: &Prefix, info: &IpInfo) -> Result<()> {
+        let key = LpmKey::new(u32::from(prefix.len), prefix.ip.octets());
+        self.ipcache
+            .insert(&key, ipcache_value(info), 0)
+            .map_err(map_err(maps::IPCACHE))
+    }
+
+    fn remove_ip(&mut self, prefix: &Prefix) -> Result<()> {
+        let key = LpmKey::new(u32::from(prefix.len), prefix.ip.octets());
+        ignore_missing(self.ipcache.remove(&key)).map_err(map_err(maps::IPCACHE))
+    }
+
+    fn set_enforced(&mut self, identity: u32, on: bool) -> Result<()> {
+        if on {
+            self.enforced
+                .insert(identity, 1, 0)
+                .map_err(map_err(maps::POL_ENFORCED))
+        } else {
+            ignore_missing(self.enforced.remove(&identity)).map_err(map_err(maps::POL_ENFORCED))
+        }
+    }
+
+    fn set_rule(&mut self, rule: &Rule, on: bool) -> Result<()> {
+        if on {
+            self.rules
+                .insert(rule_key(rule), 1, 0)
+                .map_err(map_err(maps::POL_RULES))
+        } else {
+            ignore_missing(self.rules.remove(&rule_key(rule))).map_err(map_err(maps::POL_RULES))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tc_link_names_round_trip() {
+        let n = tc_link_name("lxc-a-b", 42, "egress");
+        assert_eq!(n, "tc-42-lxc-a-b-egress");
+        assert_eq!(parse_tc_link_name(&n), Some(("lxc-a-b".to_owned(), 42)));
+        assert_eq!(parse_tc_link_name("lb_connect4"), None);
+    }
+}

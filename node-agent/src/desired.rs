@@ -1,0 +1,358 @@
+//! The mesh's records → the datapath's tables. Pure: the same [`MeshState`], node and clock
+//! always give the same [`Tables`], which is what the golden tests check.
+//!
+//! # Global services
+//! Only services that this node's cluster has, with `global: true`, are programmed (the rest is
+//! the CNI's); their frontends are this cluster's IPv4 cluster IPs and TCP/UDP ports. Backends
+//! come from this cluster's slices (always, `shared` or not: `shared: false` only keeps them
+//! from other clusters) and from every other cluster whose service of the same namespace/name is
+//! global and shared. A backend's port is the slice port with the service port's name and
+//! protocol. Backends are chosen in tiers; the first non-empty tier is programmed:
+//!
+//! | affinity | tiers |
+//! |---|---|
+//! | none | ready local + ready fresh remote → ready stale remote → terminating-serving |
+//! | local | ready local → ready fresh remote → ready stale remote → terminating-serving |
+//! | remote | ready fresh remote → ready local → ready stale remote → terminating-serving |
+//!
+//! A remote is stale when its mirror has been disconnected longer than `stale_after`
+//! (`mesh/status/remotes/<c>`): its backends stay programmed but only as a last resort, so a
+//! partition does not black-hole a share of the connections. No tier with a backend leaves an
+//! empty slot list, which makes connects fail at once.
+//!
+//! # ipcache
+//! Pod IPs of every cluster → their identity; node IPs → their cluster's `remote-node`
+//! identity, or this cluster's `host` identity for this node.
+//!
+//! # Policy
+//! A policy of this cluster selects the identities of this cluster in its namespace whose
+//! labels match `endpointSelector`; selected identities accept only what a rule allows (plus
+//! this node's `host`, so kubelet probes keep working, as Cilium does by default). A rule's
+//! peers are the identities of the clusters it names (any cluster when none) whose labels
+//! match its selector; without a namespace label in the selector, peers must be in the
+//! policy's namespace. Reserved identities (`reserved:host`, `reserved:remote-node`, …) match
+//! only a selector that names that label, and they carry their cluster id, so one cluster's
+//! `remote-node` never matches another's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use mesh_api::records::{Affinity, PolicyRecord};
+
+use crate::maps::{
+    Backend, Frontend, IpInfo, PROTO_TCP, PROTO_UDP, Prefix, Rule, Tables, backend_flags,
+    ipcache_flags, protocol_number,
+};
+use crate::state::{ClusterState, MeshState, endpoint_flags};
+
+/// The label every identity carries for the pod's namespace.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// Local id of the `host` reserved identity.
+pub const HOST: u32 = 1;
+/// Local id of the `remote-node` reserved identity.
+pub const REMOTE_NODE: u32 = 6;
+
+/// Who is asking: the node the tables are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// This node's cluster.
+    pub cluster: String,
+    /// This node's name.
+    pub node: String,
+    /// A remote disconnected longer than this (ms) is stale.
+    pub stale_after_ms: i64,
+}
+
+/// The identity `local` of cluster `cluster_id`.
+pub fn identity(cluster_id: u16, local: u32) -> u32 {
+    u32::from(cluster_id) << 16 | local
+}
+
+/// Every table.
+pub fn tables(state: &MeshState, local: &Local, now_ms: i64) -> Tables {
+    let (enforced, rules) = policy(state, local);
+    Tables {
+        services: services(state, local, now_ms),
+        ipcache: ipcache(state, local),
+        enforced,
+        rules,
+    }
+}
+
+/// Every global service's frontends.
+pub fn services(state: &MeshState, local: &Local, now_ms: i64) -> BTreeMap<Frontend, Vec<Backend>> {
+    let mut out = BTreeMap::new();
+    if let Some(own) = state.clusters.get(&local.cluster) {
+        for name in own.services.keys() {
+            out.extend(service(state, local, name, now_ms));
+        }
+    }
+    out
+}
+
+/// Whether remote `cluster` is stale at `now_ms`.
+pub fn stale(state: &MeshState, local: &Local, cluster: &str, now_ms: i64) -> bool {
+    cluster != local.cluster
+        && state
+            .remotes
+            .get(cluster)
+            .is_some_and(|h| !h.connected && now_ms - h.current_at_ms > local.stale_after_ms)
+}
+
+/// The frontends of service `name` (`namespace/name`) with their backends, in slot order.
+pub fn service(
+    state: &MeshState,
+    local: &Local,
+    name: &str,
+    now_ms: i64,
+) -> BTreeMap<Frontend, Vec<Backend>> {
+    let mut out = BTreeMap::new();
+    let Some(own) = state.clusters.get(&local.cluster) else {
+        return out;
+    };
+    let Some(svc) = own.services.get(name).filter(|s| s.global) else {
+        return out;
+    };
+    // The clusters contributing backends: this one, and every remote sharing the service.
+    let contributing: Vec<(&ClusterState, u32)> = state
+        .clusters
+        .iter()
+        .filter_map(|(cname, c)| {
+            let is_local = *cname == local.cluster;
+            if !is_local {
+                c.services.get(name).filter(|s| s.global && s.shared)?;
+            }
+            let mut flags = 0;
+            if is_local {
+                flags |= backend_flags::LOCAL;
+            }
+            if stale(state, local, cname, now_ms) {
+                flags |= backend_flags::STALE;
+            }
+            Some((c, flags))
+        })
+        .collect();
+    for port in svc
+        .ports
+        .iter()
+        .filter(|p| matches!(p.proto, PROTO_TCP | PROTO_UDP))
+    {
+        let mut candidates: Vec<Backend> = Vec::new();
+        for (c, cluster_flags) in &contributing {
+            let cluster_id = c.id.unwrap_or(0);
+            for slice in c.slices_of(name) {
+                let Some(target) = slice
+                    .ports
+                    .iter()
+                    .find(|p| p.name == port.name && p.proto == port.proto)
+                else {
+                    continue;
+                };
+                for (ip, eflags) in &slice.endpoints {
+                    let ready = eflags & endpoint_flags::READY != 0;
+                    let draining = !ready
+                        && eflags & endpoint_flags::SERVING != 0
+                        && eflags & endpoint_flags::TERMINATING != 0;
+                    if !ready && !draining {
+                        continue;
+                    }
+                    let state_flag = if ready {
+                        backend_flags::READY
+                    } else {
+                        backend_flags::TERMINATING
+                    };
+                    candidates.push(Backend {
+                        ip: *ip,
+                        port: target.port,
+                        cluster_id,
+                        flags: cluster_flags | state_flag,
+                    });
+                }
+            }
+        }
+        let chosen = choose(candidates, svc.affinity);
+        for vip in &svc.vips {
+            out.insert(
+                Frontend {
+                    vip: *vip,
+                    port: port.port,
+                    proto: port.proto,
+                },
+                chosen.clone(),
+            );
+        }
+    }
+    out
+}
+
+/// The tier of a backend: lower is preferred (see the module docs' table).
+fn tier(b: &Backend, affinity: Affinity) -> u8 {
+    use backend_flags::{LOCAL, READY, STALE};
+    let local = b.flags & LOCAL != 0;
+    match (b.flags & READY != 0, b.flags & STALE != 0) {
+        (false, _) => 3,
+        (true, true) => 2,
+        (true, false) => match affinity {
+            Affinity::None => 0,
+            Affinity::Local => u8::from(!local),
+            Affinity::Remote => u8::from(local),
+        },
+    }
+}
+
+/// The backends of the best non-empty tier of `candidates`, sorted, each address and port
+/// once.
+fn choose(candidates: Vec<Backend>, affinity: Affinity) -> Vec<Backend> {
+    let Some(best) = candidates.iter().map(|b| tier(b, affinity)).min() else {
+        return Vec::new();
+    };
+    let mut picked: Vec<Backend> = candidates
+        .into_iter()
+        .filter(|b| tier(b, affinity) == best)
+        .collect();
+    picked.sort();
+    picked.dedup_by_key(|b| (b.ip, b.port));
+    picked
+}
+
+/// The whole ipcache.
+pub fn ipcache(state: &MeshState, local: &Local) -> BTreeMap<Prefix, IpInfo> {
+    let mut ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for c in state.clusters.values() {
+        ips.extend(c.ipcache.keys());
+        ips.extend(c.nodes.values().flat_map(|n| n.ips.iter()));
+    }
+    ips.into_iter()
+        .filter_map(|ip| Some((Prefix { ip, len: 32 }, ipcache_entry(state, local, ip)?)))
+        .collect()
+}
+
+/// What `ip` is: a node (this one: `host`; others: their cluster's `remote-node`) or a pod.
+/// Nodes first, this cluster before others, so a misconfigured remote cannot claim this
+/// cluster's addresses.
+pub fn ipcache_entry(state: &MeshState, local: &Local, ip: Ipv4Addr) -> Option<IpInfo> {
+    let own = state.clusters.get_key_value(local.cluster.as_str());
+    let ordered = own
+        .into_iter()
+        .chain(state.clusters.iter().filter(|(n, _)| **n != local.cluster));
+    let mut pod = None;
+    for (cname, c) in ordered {
+        let Some(cid) = c.id else { continue };
+        for (node, info) in &c.nodes {
+            if info.ips.contains(&ip) {
+                let this_node = *cname == local.cluster && *node == local.node;
+                return Some(IpInfo {
+                    identity: identity(cid, if this_node { HOST } else { REMOTE_NODE }),
+                    cluster_id: cid,
+                    flags: if this_node {
+                        ipcache_flags::HOST
+                    } else {
+                        ipcache_flags::NODE
+                    },
+                });
+            }
+        }
+        if pod.is_none()
+            && let Some(id) = c.ipcache.get(&ip)
+        {
+            pod = Some(IpInfo {
+                identity: *id,
+                cluster_id: cid,
+                flags: ipcache_flags::POD,
+            });
+        }
+    }
+    pod
+}
+
+/// The enforced identities and the allowed flows.
+pub fn policy(state: &MeshState, local: &Local) -> (BTreeSet<u32>, BTreeSet<Rule>) {
+    let mut enforced = BTreeSet::new();
+    let mut rules = BTreeSet::new();
+    let Some(own) = state.clusters.get(&local.cluster) else {
+        return (enforced, rules);
+    };
+    let Some(own_id) = own.id else {
+        return (enforced, rules);
+    };
+    for p in own.policies.values() {
+        let endpoints: Vec<u32> = own
+            .identities
+            .iter()
+            .filter(|(_, labels)| selects_endpoint(p, labels))
+            .map(|(id, _)| *id)
+            .collect();
+        enforced.extend(endpoints.iter().copied());
+        for e in &endpoints {
+            rules.insert(Rule {
+                endpoint: *e,
+                peer: identity(own_id, HOST),
+                port: 0,
+                proto: 0,
+            });
+        }
+        for rule in &p.ingress {
+            let ports: Vec<(u16, u8)> = if rule.ports.is_empty() {
+                vec![(0, 0)]
+            } else {
+                rule.ports
+                    .iter()
+                    .filter_map(|pp| {
+                        Some((u16::try_from(pp.port).ok()?, protocol_number(&pp.protocol)?))
+                    })
+                    .collect()
+            };
+            for (cname, c) in &state.clusters {
+                if !rule.from_clusters.is_empty() && !rule.from_clusters.contains(cname) {
+                    continue;
+                }
+                for (peer, labels) in &c.identities {
+                    if !selects_peer(&rule.from_labels, &p.namespace, labels) {
+                        continue;
+                    }
+                    for e in &endpoints {
+                        for (port, proto) in &ports {
+                            rules.insert(Rule {
+                                endpoint: *e,
+                                peer: *peer,
+                                port: *port,
+                                proto: *proto,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (enforced, rules)
+}
+
+fn is_reserved(labels: &[Box<str>]) -> bool {
+    labels.iter().any(|l| l.starts_with("reserved:"))
+}
+
+/// Whether `labels` has `key=value` (or the bare `key` when `value` is empty).
+fn has(labels: &[Box<str>], key: &str, value: &str) -> bool {
+    labels.iter().any(|l| {
+        l.strip_prefix(key).is_some_and(|rest| {
+            rest == format!("={value}") || (value.is_empty() && rest.is_empty())
+        })
+    })
+}
+
+fn selects_endpoint(p: &PolicyRecord, labels: &[Box<str>]) -> bool {
+    !is_reserved(labels)
+        && has(labels, NAMESPACE_LABEL, &p.namespace)
+        && p.endpoint_selector.iter().all(|(k, v)| has(labels, k, v))
+}
+
+fn selects_peer(selector: &BTreeMap<String, String>, namespace: &str, labels: &[Box<str>]) -> bool {
+    if is_reserved(labels) {
+        return !selector.is_empty() && selector.iter().all(|(k, v)| has(labels, k, v));
+    }
+    (selector.contains_key(NAMESPACE_LABEL) || has(labels, NAMESPACE_LABEL, namespace))
+        && selector.iter().all(|(k, v)| has(labels, k, v))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,393 @@
+//! Golden tests: records (local and mirrored remote) → the tables every node programs.
+
+use mesh_api::records::Affinity;
+
+use super::*;
+use crate::maps::protocol_name;
+use crate::testing::*;
+
+const NOW: i64 = 1_000_000;
+
+fn local() -> Local {
+    Local {
+        cluster: "apps".to_owned(),
+        node: "apps-1".to_owned(),
+        stale_after_ms: 30_000,
+    }
+}
+
+/// The services table, one line per slot: `vip:port/proto -> ip:port c<id> flags`.
+fn golden(services: &BTreeMap<Frontend, Vec<Backend>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (f, backends) in services {
+        let frontend = format!("{}:{}/{}", f.vip, f.port, protocol_name(f.proto));
+        if backends.is_empty() {
+            out.push(format!("{frontend} -> (none)"));
+        }
+        for b in backends {
+            let mut flags = Vec::new();
+            for (bit, name) in [
+                (backend_flags::READY, "ready"),
+                (backend_flags::TERMINATING, "terminating"),
+                (backend_flags::LOCAL, "local"),
+                (backend_flags::STALE, "stale"),
+            ] {
+                if b.flags & bit != 0 {
+                    flags.push(name);
+                }
+            }
+            out.push(format!(
+                "{frontend} -> {}:{} c{} {}",
+                b.ip,
+                b.port,
+                b.cluster_id,
+                flags.join(",")
+            ));
+        }
+    }
+    out
+}
+
+/// Three clusters with `demo/echo`: apps (this node's; not shared), infra (shared, target
+/// port 9090), web (global but not shared).
+fn three_clusters(affinity: Affinity) -> Mesh {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1).cluster("infra", 2).cluster("web", 3);
+    m.service("apps", "demo/echo", &["10.96.0.10"], true, false, affinity)
+        .slice(
+            "apps",
+            "demo/echo",
+            "a",
+            8080,
+            &[ready("10.1.0.11"), not_ready("10.1.0.12")],
+        )
+        .service(
+            "infra",
+            "demo/echo",
+            &["10.100.0.10"],
+            true,
+            true,
+            Affinity::None,
+        )
+        .slice("infra", "demo/echo", "x", 9090, &[ready("10.2.0.21")])
+        .slice("infra", "demo/echo", "x.1", 9090, &[ready("10.2.0.22")])
+        .service(
+            "web",
+            "demo/echo",
+            &["10.200.0.10"],
+            true,
+            false,
+            Affinity::None,
+        )
+        .slice("web", "demo/echo", "w", 8080, &[ready("10.3.0.31")]);
+    m
+}
+
+#[test]
+fn global_service_is_the_union_of_sharing_clusters() {
+    let m = three_clusters(Affinity::None);
+    assert_eq!(
+        golden(&services(&m.state, &local(), NOW)),
+        [
+            // 53/UDP sorts before 80/TCP.
+            "10.96.0.10:53/UDP -> 10.1.0.11:5353 c1 ready,local",
+            "10.96.0.10:53/UDP -> 10.2.0.21:5353 c2 ready",
+            "10.96.0.10:53/UDP -> 10.2.0.22:5353 c2 ready",
+            // This cluster's backends serve it although it is not shared; web's are not
+            // offered (shared: false); infra's use infra's target port.
+            "10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local",
+            "10.96.0.10:80/TCP -> 10.2.0.21:9090 c2 ready",
+            "10.96.0.10:80/TCP -> 10.2.0.22:9090 c2 ready",
+        ]
+    );
+}
+
+#[test]
+fn only_this_clusters_global_services_are_programmed() {
+    let mut m = three_clusters(Affinity::None);
+    // Not global here: the CNI's, even though other clusters export it.
+    m.service(
+        "apps",
+        "demo/echo",
+        &["10.96.0.10"],
+        false,
+        true,
+        Affinity::None,
+    );
+    // Global elsewhere only: no VIP on this cluster.
+    m.service(
+        "infra",
+        "demo/other",
+        &["10.100.0.11"],
+        true,
+        true,
+        Affinity::None,
+    );
+    assert_eq!(
+        golden(&services(&m.state, &local(), NOW)),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn affinity_prefers_its_side_while_any_is_ready() {
+    let m = three_clusters(Affinity::Local);
+    let tcp = |m: &Mesh| {
+        golden(&services(&m.state, &local(), NOW))
+            .into_iter()
+            .filter(|l| l.contains("/TCP"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tcp(&m),
+        ["10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local"]
+    );
+
+    let mut m = three_clusters(Affinity::Remote);
+    assert_eq!(
+        tcp(&m),
+        [
+            "10.96.0.10:80/TCP -> 10.2.0.21:9090 c2 ready",
+            "10.96.0.10:80/TCP -> 10.2.0.22:9090 c2 ready",
+        ]
+    );
+    // No remote backend ready: the local ones serve.
+    m.slice("infra", "demo/echo", "x", 9090, &[not_ready("10.2.0.21")])
+        .slice("infra", "demo/echo", "x.1", 9090, &[not_ready("10.2.0.22")]);
+    assert_eq!(
+        tcp(&m),
+        ["10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local"]
+    );
+}
+
+#[test]
+fn terminating_backends_serve_only_when_nothing_is_ready() {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1)
+        .service(
+            "apps",
+            "demo/echo",
+            &["10.96.0.10"],
+            true,
+            true,
+            Affinity::None,
+        )
+        .slice(
+            "apps",
+            "demo/echo",
+            "a",
+            8080,
+            &[ready("10.1.0.11"), draining("10.1.0.12")],
+        );
+    let tcp = |m: &Mesh| {
+        golden(&services(&m.state, &local(), NOW))
+            .into_iter()
+            .filter(|l| l.contains("/TCP"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tcp(&m),
+        ["10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local"]
+    );
+    m.slice(
+        "apps",
+        "demo/echo",
+        "a",
+        8080,
+        &[not_ready("10.1.0.11"), draining("10.1.0.12")],
+    );
+    assert_eq!(
+        tcp(&m),
+        ["10.96.0.10:80/TCP -> 10.1.0.12:8080 c1 terminating,local"]
+    );
+    // Nothing usable: an empty slot list, which refuses connects.
+    m.slice("apps", "demo/echo", "a", 8080, &[not_ready("10.1.0.11")]);
+    assert_eq!(tcp(&m), ["10.96.0.10:80/TCP -> (none)"]);
+}
+
+#[test]
+fn a_stale_remote_is_the_last_resort_before_terminating_backends() {
+    let mut m = three_clusters(Affinity::None);
+    // infra's mirror lost its watch 31 s ago (stale after 30 s).
+    m.remote_status("infra", false, NOW - 31_000);
+    let tcp = |m: &Mesh| {
+        golden(&services(&m.state, &local(), NOW))
+            .into_iter()
+            .filter(|l| l.contains("/TCP"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tcp(&m),
+        ["10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local"]
+    );
+    // Disconnected, but not for long: still fresh.
+    m.remote_status("infra", false, NOW - 5_000);
+    assert_eq!(tcp(&m).len(), 3);
+    // Stale, and no local backend ready (one draining): the stale remote's ready backends
+    // come before the terminating one.
+    m.remote_status("infra", false, NOW - 60_000);
+    m.slice("apps", "demo/echo", "a", 8080, &[draining("10.1.0.11")]);
+    assert_eq!(
+        tcp(&m),
+        [
+            "10.96.0.10:80/TCP -> 10.2.0.21:9090 c2 ready,stale",
+            "10.96.0.10:80/TCP -> 10.2.0.22:9090 c2 ready,stale",
+        ]
+    );
+}
+
+#[test]
+fn ipv6_is_skipped_and_counted() {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1)
+        .service(
+            "apps",
+            "demo/echo",
+            &["10.96.0.10", "fd00::10"],
+            true,
+            true,
+            Affinity::None,
+        )
+        .slice(
+            "apps",
+            "demo/echo",
+            "a",
+            8080,
+            &[ready("10.1.0.11"), ready("fd00:1::11")],
+        );
+    let lines = golden(&services(&m.state, &local(), NOW));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("10.96.0.10") && l.contains("10.1.0.11"))
+    );
+    assert_eq!(m.state.skipped.ipv6, 2);
+}
+
+#[test]
+fn ipcache_maps_pods_and_nodes_with_cluster_ids() {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1).cluster("infra", 2);
+    m.node("apps", "apps-1", "192.168.1.1")
+        .node("apps", "apps-2", "192.168.1.2")
+        .node("infra", "infra-1", "192.168.2.1")
+        .pod("apps", "10.1.0.11", 1 << 16 | 300)
+        .pod("infra", "10.2.0.21", 2 << 16 | 300);
+    let got: Vec<String> = ipcache(&m.state, &local())
+        .iter()
+        .map(|(p, i)| {
+            format!(
+                "{}/{} {}/{} c{}",
+                p.ip,
+                p.len,
+                i.identity >> 16,
+                i.identity & 0xffff,
+                i.cluster_id
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "10.1.0.11/32 1/300 c1",
+            "10.2.0.21/32 2/300 c2",
+            // This node: host (1); the others: their own cluster's remote-node (6).
+            "192.168.1.1/32 1/1 c1",
+            "192.168.1.2/32 1/6 c1",
+            "192.168.2.1/32 2/6 c2",
+        ]
+    );
+}
+
+fn policy_mesh() -> Mesh {
+    let ns = "io.kubernetes.pod.namespace=demo";
+    let mut m = Mesh::default();
+    m.cluster("apps", 1).cluster("infra", 2);
+    m.identity("apps", 1 << 16 | 6, &["reserved:remote-node"])
+        .identity("infra", 2 << 16 | 6, &["reserved:remote-node"])
+        .identity("apps", 1 << 16 | 300, &["app=db", ns])
+        .identity("apps", 1 << 16 | 301, &["app=api", ns])
+        .identity(
+            "apps",
+            1 << 16 | 302,
+            &["app=api", "io.kubernetes.pod.namespace=other"],
+        )
+        .identity("infra", 2 << 16 | 300, &["app=api", ns])
+        .identity("infra", 2 << 16 | 301, &["app=batch", ns])
+        // infra has a policy too: it selects infra's endpoints, not this cluster's.
+        .policy("infra", "demo/db", &[("app", "batch")], vec![]);
+    m
+}
+
+fn rules_text(rules: &BTreeSet<Rule>) -> Vec<String> {
+    let id = |i: u32| format!("{}/{}", i >> 16, i & 0xffff);
+    rules
+        .iter()
+        .map(|r| {
+            format!(
+                "{} <- {} {}/{}",
+                id(r.endpoint),
+                id(r.peer),
+                r.port,
+                protocol_name(r.proto)
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn policy_rules_follow_cluster_and_label_selectors() {
+    let mut m = policy_mesh();
+    m.policy(
+        "apps",
+        "demo/db",
+        &[("app", "db")],
+        vec![
+            // app=api from any cluster, in the policy's namespace: apps' and infra's.
+            rule(&[], &[("app", "api")], &[(5432, "TCP")]),
+            // Anything in infra (but reserved identities) in this namespace, any port.
+            rule(&["infra"], &[], &[]),
+            // infra's nodes (a reserved identity, named): not apps' remote-node.
+            rule(&["infra"], &[("reserved:remote-node", "")], &[(9100, "")]),
+        ],
+    );
+    let (enforced, rules) = policy(&m.state, &local());
+    assert_eq!(enforced, BTreeSet::from([1 << 16 | 300]));
+    assert_eq!(
+        rules_text(&rules),
+        [
+            "1/300 <- 1/1 0/any", // this node's host, always (kubelet probes)
+            "1/300 <- 1/301 5432/TCP",
+            "1/300 <- 2/6 9100/any",
+            "1/300 <- 2/300 0/any",
+            "1/300 <- 2/300 5432/TCP",
+            "1/300 <- 2/301 0/any",
+        ]
+    );
+}
+
+#[test]
+fn a_policy_without_rules_denies_all_but_the_host() {
+    let mut m = policy_mesh();
+    m.policy("apps", "demo/db", &[("app", "db")], vec![]);
+    let (enforced, rules) = policy(&m.state, &local());
+    assert_eq!(enforced, BTreeSet::from([1 << 16 | 300]));
+    assert_eq!(rules_text(&rules), ["1/300 <- 1/1 0/any"]);
+    // A namespace label in the peer selector lifts the same-namespace default.
+    m.policy(
+        "apps",
+        "demo/db",
+        &[("app", "db")],
+        vec![rule(
+            &["apps"],
+            &[("io.kubernetes.pod.namespace", "other")],
+            &[(5432, "TCP")],
+        )],
+    );
+    let (_, rules) = policy(&m.state, &local());
+    assert_eq!(
+        rules_text(&rules),
+        ["1/300 <- 1/1 0/any", "1/300 <- 1/302 5432/TCP"]
+    );
+}

@@ -1,0 +1,36 @@
+//! raftmesh's node agent: turns the mesh's records into the node's datapath.
+//!
+//! The agent watches its own cluster's API server (`mesh/v1/`, which holds this cluster's
+//! records and every connected remote's mirrored ones, and `mesh/status/remotes/`), and
+//! programs eBPF maps: socket load balancing for global services (cgroup connect4, sendmsg4,
+//! recvmsg4, getpeername4) and identity policy on traffic to pods (tcx on the pod veths). Maps
+//! and links are pinned, so the datapath keeps working while the agent restarts, and a
+//! restarted agent adopts them and writes only the difference. See DESIGN.md, "Datapath".
+//!
+//! # Layout
+//! - [`config`]: flags and their validation.
+//! - [`state`]: the mesh's records, kept compact ([`state::MeshState`]).
+//! - [`desired`]: records → tables, pure (golden-tested).
+//! - [`maps`]: the maps' names and the byte layout of keys and values (an ABI with
+//!   `ebpf/*.bpf.c`), and the decoded [`maps::Tables`].
+//! - [`reconcile`]: desired vs applied → writes, never removing on a partial view.
+//! - [`datapath`]: loading, attaching, adopting and uninstalling with aya; the maps as a
+//!   [`reconcile::Programmer`].
+//! - [`source`]: list and watch of the API server.
+//! - [`agent`]: the loop tying them together ([`agent::run`]).
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`show`]: `node-agent maps`.
+
+pub mod agent;
+pub mod config;
+pub mod datapath;
+pub mod desired;
+pub mod maps;
+pub mod metrics;
+pub mod reconcile;
+pub mod show;
+pub mod source;
+pub mod state;
+
+#[cfg(test)]
+mod testing;

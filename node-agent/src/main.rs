@@ -1,0 +1,154 @@
+//! node-agent: raftmesh's per-node agent. Parses flags, sets up logging, validates (exit 64 on
+//! bad configuration) and calls [`node_agent::agent::run`]; `maps` and `--uninstall` work on
+//! the pinned datapath without a running agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use node_agent::config::{Config, Flags, default_bpffs};
+use node_agent::datapath::Pins;
+
+/// raftmesh's node agent: programs global services and cross-cluster policy into eBPF maps,
+/// from the cluster's mesh API server. With no subcommand it runs the agent.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Remove the datapath (links, maps, pins) from --bpffs (or the default of --node) and exit.
+    #[arg(long)]
+    uninstall: bool,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the pinned maps decoded (services, backends, ipcache, policy, counters).
+    Maps {
+        /// The pin directory [default: /sys/fs/bpf/raftmesh/<--node>].
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
+        /// The node whose default pin directory to read.
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn pin_dir(bpffs: Option<PathBuf>, node: Option<&str>) -> Result<PathBuf, String> {
+    match (bpffs, node) {
+        (Some(p), _) => Ok(p),
+        (None, Some(n)) => Ok(default_bpffs(n)),
+        (None, None) => Err("give --bpffs PATH or --node NAME".to_owned()),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Maps {
+        bpffs,
+        node,
+        output,
+    }) = cli.command
+    {
+        let dir = match pin_dir(bpffs, node.as_deref()) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("node-agent maps: {e}");
+                return ExitCode::from(64);
+            }
+        };
+        return match node_agent::show::read(&Pins::new(&dir)) {
+            Ok((tables, counters)) => {
+                match output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&node_agent::show::to_json(
+                            &tables, &counters
+                        ))
+                        .expect("json")
+                    ),
+                    Output::Table => print!("{}", node_agent::show::to_table(&tables, &counters)),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("node-agent maps: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if cli.uninstall {
+        let dir = match pin_dir(cli.flags.bpffs.clone(), cli.flags.node.as_deref()) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("node-agent --uninstall: {e}");
+                return ExitCode::from(64);
+            }
+        };
+        return match Pins::new(&dir).uninstall() {
+            Ok(removed) => {
+                println!(
+                    "removed {} pins under {} (links detached, maps freed)",
+                    removed.len(),
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("node-agent --uninstall: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.flags.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::validate(&cli.flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("node-agent: invalid configuration: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        let listener = node_agent::agent::bind_metrics(&config).await?;
+        node_agent::agent::run(config, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("node-agent: {e}");
+            eprintln!("node-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The eBPF maps: their names, the byte layout of every key and value (an ABI with
+//! `ebpf/*.bpf.c`), and [`Tables`], the decoded contents the agent computes and compares.
+//!
+//! Keys and values cross into the kernel as byte arrays, encoded and decoded here field by
+//! field, so no `unsafe` `Pod` implementation is needed and the layout is in one place. IPv4
+//! addresses and service ports are in network order (as the socket hooks see them); policy
+//! ports, identities and counters in host order (as the programs compute them).
+//!
+//! # Update order
+//! A connect reads a service's slot count, then one slot. The writer keeps that safe without
+//! locks: a service grows by writing the new slots before the count, and shrinks by writing
+//! the count before deleting the slots beyond it; a slot that still vanishes between the two
+//! lookups (a shrink racing the read) falls back to slot 0, which exists while the count is
+//! non-zero. See [`crate::reconcile`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+/// Socket load balancing: frontend → slot count.
+pub const LB_SERVICES: &str = "lb_services";
+/// Socket load balancing: (frontend, slot) → backend.
+pub const LB_BACKENDS: &str = "lb_backends";
+/// Socket load balancing: (socket cookie, backend) → frontend, for replies and getpeername.
+pub const LB_REVNAT: &str = "lb_revnat";
+/// Socket load balancing counters.
+pub const LB_COUNTERS: &str = "lb_counters";
+/// IP prefix → identity (LPM trie).
+pub const IPCACHE: &str = "ipcache";
+/// Identities some policy selects.
+pub const POL_ENFORCED: &str = "pol_enforced";
+/// (endpoint identity, peer identity, port, protocol) allowed.
+pub const POL_RULES: &str = "pol_rules";
+/// Flows enforced endpoints started (UDP, ICMP echo), so their replies pass.
+pub const POL_FLOWS: &str = "pol_flows";
+/// Policy counters.
+pub const POL_COUNTERS: &str = "pol_counters";
+
+/// Maps of the socket load-balancing object.
+pub const LB_MAPS: [&str; 4] = [LB_SERVICES, LB_BACKENDS, LB_REVNAT, LB_COUNTERS];
+/// Maps of the policy object.
+pub const POL_MAPS: [&str; 5] = [IPCACHE, POL_ENFORCED, POL_RULES, POL_FLOWS, POL_COUNTERS];
+
+/// Load-balancing counters, by slot (`enum lb_counter`).
+pub const LB_COUNTER_NAMES: [&str; 4] = ["redirected", "no_backend", "slot_missing", "reversed"];
+/// Policy counters, by slot (`enum pol_counter`).
+pub const POL_COUNTER_NAMES: [&str; 4] = ["allowed", "policy_denied", "unknown_identity", "reply"];
+
+/// TCP.
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+/// SCTP (policy only: the socket hooks balance TCP and UDP).
+pub const PROTO_SCTP: u8 = 132;
+/// ICMP (policy only).
+pub const PROTO_ICMP: u8 = 1;
+
+/// The protocol number of a Kubernetes protocol name; 0 for empty (any).
+pub fn protocol_number(name: &str) -> Option<u8> {
+    match name {
+        "" => Some(0),
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        "SCTP" => Some(PROTO_SCTP),
+        _ => None,
+    }
+}
+
+/// The name of a protocol number, for people.
+pub fn protocol_name(proto: u8) -> &'static str {
+    match proto {
+        0 => "any",
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        PROTO_SCTP => "SCTP",
+        PROTO_ICMP => "ICMP",
+        _ => "other",
+    }
+}
+
+/// A service frontend: VIP, port and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Frontend {
+    /// The cluster IP.
+    pub vip: Ipv4Addr,
+    /// The service port.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+}
+
+/// Backend flags, for people and metrics (the program does not read them).
+pub mod backend_flags {
+    /// Ready.
+    pub const READY: u32 = 1;
+    /// Terminating but serving: used only while no backend is ready.
+    pub const TERMINATING: u32 = 2;
+    /// In this node's cluster.
+    pub const LOCAL: u32 = 4;
+    /// In a remote disconnected longer than `--remote-stale-after`.
+    pub const STALE: u32 = 8;
+}
+
+/// One backend slot's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Backend {
+    /// Pod IP.
+    pub ip: Ipv4Addr,
+    /// Target port.
+    pub port: u16,
+    /// The cluster it is in.
+    pub cluster_id: u16,
+    /// [`backend_flags`].
+    pub flags: u32,
+}
+
+/// An ipcache prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Prefix {
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+/// ipcache flags, for people.
+pub mod ipcache_flags {
+    /// A pod.
+    pub const POD: u16 = 1;
+    /// This node.
+    pub const HOST: u16 = 2;
+    /// Another node (of any cluster).
+    pub const NODE: u16 = 4;
+}
+
+/// What an ipcache prefix is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct IpInfo {
+    /// `cluster_id << 16 | local_id`.
+    pub identity: u32,
+    /// The owning cluster.
+    pub cluster_id: u16,
+    /// [`ipcache_flags`].
+    pub flags: u16,
+}
+
+/// One allowed (endpoint, peer, port, protocol); 0 port or protocol means any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Rule {
+    /// The selected endpoint's identity.
+    pub endpoint: u32,
+    /// The peer's identity.
+    pub peer: u32,
+    /// Destination port, 0 for any.
+    pub port: u16,
+    /// Protocol number, 0 for any.
+    pub proto: u8,
+}
+
+/// The decoded contents of the programmable maps (not the LRU and counter maps): what the
+/// agent computes as desired and reads back as applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tables {
+    /// Frontends and their slots, in slot order. An empty list refuses connections.
+    pub services: BTreeMap<Frontend, Vec<Backend>>,
+    /// ipcache.
+    pub ipcache: BTreeMap<Prefix, IpInfo>,
+    /// Identities some policy selects.
+    pub enforced: BTreeSet<u32>,
+    /// Allowed flows to enforced identities.
+    pub rules: BTreeSet<Rule>,
+}
+
+impl Tables {
+    /// Number of backend slots.
+    pub fn backends(&self) -> usize {
+        self.services.values().map(Vec::len).sum()
+    }
+}
+
+/// `struct svc_key`.
+pub fn svc_key(f: &Frontend) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[0..4].copy_from_slice(&f.vip.octets());
+    k[4..6].copy_from_slice(&f.port.to_be_bytes());
+    k[6] = f.proto;
+    k
+}
+
+/// Decodes `struct svc_key`.
+pub fn frontend_of(k: &[u8; 8]) -> Frontend {
+    Frontend {
+        vip: Ipv4Addr::new(k[0], k[1], k[2], k[3]),
+        port: u16::from_be_bytes([k[4], k[5]]),
+        proto: k[6],
+    }
+}
+
+/// `struct svc_value`.
+pub fn svc_value(count: u32) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    v[0..4].copy_from_slice(&count.to_ne_bytes());
+    v
+}
+
+/// The slot count of a `struct svc_value`.
+pub fn count_of(v: &[u8; 8]) -> u32 {
+    u32::from_ne_bytes([v[0], v[1], v[2], v[3]])
+}
+
+/// `struct backend_key`.
+pub fn backend_key(f: &Frontend, slot: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[0..8].copy_from_slice(&svc_key(f));
+    k[8..12].copy_from_slice(&slot.to_ne_bytes());
+    k
+}
+
+/// Decodes `struct backend_key`.
+pub fn slot_of(k: &[u8; 12]) -> (Frontend, u32) {
+    let mut f = [0u8; 8];
+    f.copy_from_slice(&k[0..8]);
+    (
+        frontend_of(&f),
+        u32::from_ne_bytes([k[8], k[9], k[10], k[11]]),
+    )
+}
+
+/// `struct backend_value`.
+pub fn backend_value(b: &Backend) -> [u8; 12] {
+    let mut v = [0u8; 12];
+    v[0..4].copy_from_slice(&b.ip.octets());
+    v[4..6].copy_from_slice(&b.port.to_be_bytes());
+    v[6..8].copy_from_slice(&b.cluster_id.to_ne_bytes());
+    v[8..12].copy_from_slice(&b.flags.to_ne_bytes());
+    v
+}
+
+/// Decodes `struct backend_value`.
+pub fn backend_of(v: &[u8; 12]) -> Backend {
+    Backend {
+        ip: Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+        port: u16::from_be_bytes([v[4], v[5]]),
+        cluster_id: u16::from_ne_bytes([v[6], v[7]]),
+        flags: u32::from_ne_bytes([v[8], v[9], v[10], v[11]]),
+    }
+}
+
+/// `struct ipcache_value`.
+pub fn ipcache_value(i: &IpInfo) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    v[0..4].copy_from_slice(&i.identity.to_ne_bytes());
+    v[4..6].copy_from_slice(&i.cluster_id.to_ne_bytes());
+    v[6..8].copy_from_slice(&i.flags.to_ne_bytes());
+    v
+}
+
+/// Decodes `struct ipcache_value`.
+pub fn ipinfo_of(v: &[u8; 8]) -> IpInfo {
+    IpInfo {
+        identity: u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+        cluster_id: u16::from_ne_bytes([v[4], v[5]]),
+        flags: u16::from_ne_bytes([v[6], v[7]]),
+    }
+}
+
+/// `struct policy_key`.
+pub fn rule_key(r: &Rule) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[0..4].copy_from_slice(&r.endpoint.to_ne_bytes());
+    k[4..8].copy_from_slice(&r.peer.to_ne_bytes());
+    k[8..10].copy_from_slice(&r.port.to_ne_bytes());
+    k[10] = r.proto;
+    k
+}
+
+/// Decodes `struct policy_key`.
+pub fn rule_of(k: &[u8; 12]) -> Rule {
+    Rule {
+        endpoint: u32::from_ne_bytes([k[0], k[1], k[2], k[3]]),
+        peer: u32::from_ne_bytes([k[4], k[5], k[6], k[7]]),
+        port: u16::from_ne_bytes([k[8], k[9]]),
+        proto: k[10],
+    }
+}
+
+#[cfg(test)]
+mod tests;

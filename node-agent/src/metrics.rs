@@ -1,0 +1,251 @@
+//! The agent's Prometheus metrics (one registry) and the HTTP endpoint serving them.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::datapath::Counters;
+use crate::maps::Tables;
+
+/// A `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why.
+    pub reason: String,
+}
+
+/// A `result` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// What happened.
+    pub result: String,
+}
+
+/// A `cluster` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    /// The cluster.
+    pub cluster: String,
+}
+
+/// Every metric.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Frontends programmed.
+    pub frontends: Gauge,
+    /// Backend slots programmed.
+    pub backends: Gauge,
+    /// ipcache entries.
+    pub ipcache: Gauge,
+    /// Identities enforced.
+    pub enforced: Gauge,
+    /// Policy rules.
+    pub rules: Gauge,
+    /// Packets dropped by policy, by reason (`policy_denied`, `unknown_identity`).
+    pub drops: Family<Reason, Counter>,
+    /// Socket load-balancing decisions (`redirected`, `no_backend`, …).
+    pub lb: Family<Outcome, Counter>,
+    /// Map writes by reconciles.
+    pub writes: Counter,
+    /// Seconds from receiving a change to its maps being written.
+    pub reconcile_seconds: Histogram,
+    /// Records skipped (`ipv6`, `undecodable`).
+    pub skipped: Family<Reason, Gauge>,
+    /// Full lists of the store (start, reconnect after compaction).
+    pub lists: Counter,
+    /// The store revision applied.
+    pub revision: Gauge,
+    /// 1 while the remote is stale (its backends are a last resort).
+    pub remote_stale: Family<ClusterLabel, Gauge>,
+    /// 1 while connected to the API server.
+    pub connected: Gauge,
+    /// Pod interfaces with the policy programs attached.
+    pub interfaces: Gauge,
+    /// Counter values last read from the maps, to turn them into increments.
+    last: Arc<std::sync::Mutex<Counters>>,
+}
+
+impl Metrics {
+    /// The metrics, registered in a new registry.
+    pub fn new() -> (Metrics, Registry) {
+        let m = Metrics {
+            frontends: Gauge::default(),
+            backends: Gauge::default(),
+            ipcache: Gauge::default(),
+            enforced: Gauge::default(),
+            rules: Gauge::default(),
+            drops: Family::default(),
+            lb: Family::default(),
+            writes: Counter::default(),
+            reconcile_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
+            ]),
+            skipped: Family::default(),
+            lists: Counter::default(),
+            revision: Gauge::default(),
+            remote_stale: Family::default(),
+            connected: Gauge::default(),
+            interfaces: Gauge::default(),
+            last: Arc::default(),
+        };
+        let mut r = Registry::with_prefix("raftmesh_agent");
+        r.register(
+            "frontends",
+            "Service frontends programmed",
+            m.frontends.clone(),
+        );
+        r.register("backends", "Backend slots programmed", m.backends.clone());
+        r.register("ipcache_entries", "ipcache entries", m.ipcache.clone());
+        r.register(
+            "enforced_identities",
+            "Identities selected by a policy",
+            m.enforced.clone(),
+        );
+        r.register(
+            "policy_rules",
+            "Allowed (endpoint, peer, port, protocol) entries",
+            m.rules.clone(),
+        );
+        r.register(
+            "drops",
+            "Packets dropped by policy, by reason",
+            m.drops.clone(),
+        );
+        r.register(
+            "lb",
+            "Socket load-balancing decisions, by result",
+            m.lb.clone(),
+        );
+        r.register(
+            "map_writes",
+            "Map entries written by reconciles",
+            m.writes.clone(),
+        );
+        r.register(
+            "reconcile_seconds",
+            "From a change received to its maps written",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "skipped_records",
+            "Records not programmed, by reason",
+            m.skipped.clone(),
+        );
+        r.register("lists", "Full lists of the store", m.lists.clone());
+        r.register(
+            "store_revision",
+            "Store revision applied",
+            m.revision.clone(),
+        );
+        r.register(
+            "remote_stale",
+            "1 while a remote is stale (disconnected longer than --remote-stale-after)",
+            m.remote_stale.clone(),
+        );
+        r.register(
+            "connected",
+            "1 while connected to the API server",
+            m.connected.clone(),
+        );
+        r.register(
+            "pod_interfaces",
+            "Pod interfaces with the policy programs attached",
+            m.interfaces.clone(),
+        );
+        (m, r)
+    }
+
+    /// Sets the table gauges.
+    pub fn tables(&self, t: &Tables) {
+        self.frontends.set(t.services.len() as i64);
+        self.backends.set(t.backends() as i64);
+        self.ipcache.set(t.ipcache.len() as i64);
+        self.enforced.set(t.enforced.len() as i64);
+        self.rules.set(t.rules.len() as i64);
+    }
+
+    /// Adds what the datapath counted since the last call. The first call after a start only
+    /// records the values (the maps outlive the agent; their history is not this process's).
+    pub fn counters(&self, now: Counters) {
+        let mut last = self.last.lock().expect("metrics lock");
+        if !last.lb.is_empty() {
+            for ((name, n), (_, before)) in now.lb.iter().zip(&last.lb) {
+                self.lb
+                    .get_or_create(&Outcome {
+                        result: (*name).to_owned(),
+                    })
+                    .inc_by(n.saturating_sub(*before));
+            }
+            for ((name, n), (_, before)) in now.policy.iter().zip(&last.policy) {
+                if matches!(*name, "policy_denied" | "unknown_identity") {
+                    self.drops
+                        .get_or_create(&Reason {
+                            reason: (*name).to_owned(),
+                        })
+                        .inc_by(n.saturating_sub(*before));
+                }
+            }
+        }
+        *last = now;
+    }
+}
+
+/// Serves `GET /metrics` and `GET /healthz` until `shutdown` changes.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    healthy: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (mut conn, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("metrics: accept: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let registry = registry.clone();
+        let healthy = *healthy.borrow();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match conn.read(&mut buf).await {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/metrics" => {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => ("200 OK", body),
+                        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                    }
+                }
+                "/healthz" if healthy => ("200 OK", "ok\n".to_owned()),
+                "/healthz" => (
+                    "503 Service Unavailable",
+                    "not yet programmed from the store\n".to_owned(),
+                ),
+                _ => ("404 Not Found", "try /metrics or /healthz\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+        });
+    }
+}

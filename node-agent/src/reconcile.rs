@@ -1,0 +1,324 @@
+//! Desired tables → map writes, by diff against what is applied.
+//!
+//! The applied tables start as what the pinned maps hold (a restarted agent reads them back),
+//! so a restart writes only what changed while the agent was down and never clears a map.
+//! After that the reconciler keeps its own copy, and each change recomputes only what it
+//! touched ([`Touched`]): one service, some addresses, or the policy tables.
+//!
+//! # Partial views
+//! Nothing is removed on the word of a cluster whose view is incomplete (its `synced/` markers
+//! are not all there yet, or, for this node's own cluster, nothing of it is known at all —
+//! a wiped or restored store): entries of such a cluster that are applied but not desired are
+//! kept. A remote whose every key is gone (drained after `meshctl disconnect`) is a complete,
+//! empty view, and its entries go.
+//!
+//! # Slot order
+//! A service keeps each remaining backend in its slot; a removed backend's slot takes a new
+//! backend or, failing that, the last one, so a change rewrites as few slots as it can. The
+//! kernel writer orders the writes so a concurrent connect always finds a backend
+//! ([`crate::maps`], "Update order").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use crate::desired::{self, Local};
+use crate::maps::{Backend, Frontend, IpInfo, Prefix, Rule, Tables};
+use crate::state::{MeshState, Touched};
+
+/// Where the tables are written: the pinned maps, or a fake in tests.
+pub trait Programmer {
+    /// The error of a write.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Sets `frontend`'s slots from `old` (what is applied) to `new`.
+    fn set_service(
+        &mut self,
+        frontend: &Frontend,
+        old: &[Backend],
+        new: &[Backend],
+    ) -> Result<(), Self::Error>;
+    /// Removes `frontend` and its `old` slots.
+    fn remove_service(&mut self, frontend: &Frontend, old: &[Backend]) -> Result<(), Self::Error>;
+    /// Sets an ipcache entry.
+    fn set_ip(&mut self, prefix: &Prefix, info: &IpInfo) -> Result<(), Self::Error>;
+    /// Removes an ipcache entry.
+    fn remove_ip(&mut self, prefix: &Prefix) -> Result<(), Self::Error>;
+    /// Marks an identity enforced (`true`) or not.
+    fn set_enforced(&mut self, identity: u32, on: bool) -> Result<(), Self::Error>;
+    /// Adds (`true`) or removes a rule.
+    fn set_rule(&mut self, rule: &Rule, on: bool) -> Result<(), Self::Error>;
+}
+
+/// Writes done by one reconcile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// Frontends set or removed.
+    pub services: u64,
+    /// ipcache entries set or removed.
+    pub ips: u64,
+    /// Enforced identities and rules added or removed.
+    pub policy: u64,
+}
+
+impl Writes {
+    /// Total.
+    pub fn total(&self) -> u64 {
+        self.services + self.ips + self.policy
+    }
+}
+
+/// The applied tables and the diffing.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    applied: Tables,
+    /// Which service each applied frontend came from, so a service's change or removal
+    /// finds its old frontends without a full recompute. Complete after the first full
+    /// reconcile; frontends read back from the maps have no owner until then.
+    owners: BTreeMap<String, BTreeSet<Frontend>>,
+}
+
+impl Reconciler {
+    /// Starts from what the maps hold.
+    pub fn adopt(applied: Tables) -> Reconciler {
+        Reconciler {
+            applied,
+            owners: BTreeMap::new(),
+        }
+    }
+
+    /// What is applied.
+    pub fn applied(&self) -> &Tables {
+        &self.applied
+    }
+
+    /// Brings the maps to the state's tables for what `touched` names.
+    pub fn reconcile<P: Programmer>(
+        &mut self,
+        state: &MeshState,
+        local: &Local,
+        now_ms: i64,
+        touched: &Touched,
+        out: &mut P,
+    ) -> Result<Writes, P::Error> {
+        let keep = Keep::new(state, local);
+        let mut writes = Writes::default();
+        if touched.all_services {
+            let mut desired_all = BTreeMap::new();
+            let mut owners: BTreeMap<String, BTreeSet<Frontend>> = BTreeMap::new();
+            if let Some(own) = state.clusters.get(&local.cluster) {
+                for name in own.services.keys() {
+                    let frontends = desired::service(state, local, name, now_ms);
+                    if !frontends.is_empty() {
+                        owners.insert(name.clone(), frontends.keys().copied().collect());
+                    }
+                    desired_all.extend(frontends);
+                }
+            }
+            let applied: Vec<Frontend> = self.applied.services.keys().copied().collect();
+            let frontends: BTreeSet<Frontend> = applied
+                .into_iter()
+                .chain(desired_all.keys().copied())
+                .collect();
+            for f in frontends {
+                writes.services += self.service(&f, desired_all.get(&f), &keep, out)?;
+            }
+            self.owners = owners;
+        } else {
+            for name in &touched.services {
+                let desired_one = desired::service(state, local, name, now_ms);
+                let old = self.owners.remove(name).unwrap_or_default();
+                let frontends: BTreeSet<Frontend> =
+                    old.into_iter().chain(desired_one.keys().copied()).collect();
+                for f in &frontends {
+                    writes.services += self.service(f, desired_one.get(f), &keep, out)?;
+                }
+                let owned: BTreeSet<Frontend> = frontends
+                    .into_iter()
+                    .filter(|f| self.applied.services.contains_key(f))
+                    .collect();
+                if !owned.is_empty() {
+                    self.owners.insert(name.clone(), owned);
+                }
+            }
+        }
+
+        let ips: BTreeSet<Ipv4Addr> = if touched.all_ips {
+            let mut all: BTreeSet<Ipv4Addr> = self.applied.ipcache.keys().map(|p| p.ip).collect();
+            all.extend(desired::ipcache(state, local).keys().map(|p| p.ip));
+            all
+        } else {
+            touched.ips.clone()
+        };
+        for ip in ips {
+            let prefix = Prefix { ip, len: 32 };
+            let want = desired::ipcache_entry(state, local, ip);
+            let have = self.applied.ipcache.get(&prefix).copied();
+            match (have, want) {
+                (h, Some(w)) if h != Some(w) => {
+                    out.set_ip(&prefix, &w)?;
+                    self.applied.ipcache.insert(prefix, w);
+                    writes.ips += 1;
+                }
+                (Some(h), None) if !keep.cluster(h.cluster_id) => {
+                    out.remove_ip(&prefix)?;
+                    self.applied.ipcache.remove(&prefix);
+                    writes.ips += 1;
+                }
+                _ => {}
+            }
+        }
+
+        if touched.policy {
+            let (enforced, rules) = desired::policy(state, local);
+            // Allow before enforcing, and stop enforcing before removing rules, so a change
+            // never drops what both the old and the new policy allow.
+            for r in rules.difference(&self.applied.rules.clone()) {
+                out.set_rule(r, true)?;
+                self.applied.rules.insert(*r);
+                writes.policy += 1;
+            }
+            for e in enforced.difference(&self.applied.enforced.clone()) {
+                out.set_enforced(*e, true)?;
+                self.applied.enforced.insert(*e);
+                writes.policy += 1;
+            }
+            for e in self.applied.enforced.clone().difference(&enforced) {
+                if !keep.own {
+                    out.set_enforced(*e, false)?;
+                    self.applied.enforced.remove(e);
+                    writes.policy += 1;
+                }
+            }
+            for r in self.applied.rules.clone().difference(&rules) {
+                if !keep.cluster((r.peer >> 16) as u16) {
+                    out.set_rule(r, false)?;
+                    self.applied.rules.remove(r);
+                    writes.policy += 1;
+                }
+            }
+        }
+        Ok(writes)
+    }
+
+    /// Brings one frontend to `want`; returns 1 if it wrote.
+    fn service<P: Programmer>(
+        &mut self,
+        f: &Frontend,
+        want: Option<&Vec<Backend>>,
+        keep: &Keep,
+        out: &mut P,
+    ) -> Result<u64, P::Error> {
+        let have = self.applied.services.get(f);
+        let mut wanted: Vec<Backend> = want.cloned().unwrap_or_default();
+        if let Some(have) = have {
+            // Backends of clusters with a partial view stay until that view is complete.
+            for b in have {
+                if keep.cluster(b.cluster_id) && !wanted.iter().any(|w| same(w, b)) {
+                    wanted.push(*b);
+                }
+            }
+        }
+        match (have, want) {
+            // This cluster's own view is partial: its frontends stay as they are.
+            (Some(_), None) if keep.own => Ok(0),
+            (Some(have), None) if wanted.is_empty() => {
+                out.remove_service(f, have)?;
+                self.applied.services.remove(f);
+                Ok(1)
+            }
+            (have, _) => {
+                let old: &[Backend] = have.map(Vec::as_slice).unwrap_or(&[]);
+                let new = arrange(old, &wanted);
+                if have.is_some_and(|h| *h == new) {
+                    return Ok(0);
+                }
+                out.set_service(f, old, &new)?;
+                self.applied.services.insert(*f, new);
+                Ok(1)
+            }
+        }
+    }
+}
+
+/// Which applied entries a partial view protects.
+struct Keep {
+    /// This node's own cluster has no complete view.
+    own: bool,
+    /// Ids of clusters with a partial view.
+    partial: BTreeSet<u16>,
+    /// Some partial cluster has no known id: every id not of a complete cluster is kept.
+    unknown_partial: bool,
+    complete: BTreeSet<u16>,
+}
+
+impl Keep {
+    fn new(state: &MeshState, local: &Local) -> Keep {
+        let mut keep = Keep {
+            own: !state
+                .clusters
+                .get(&local.cluster)
+                .is_some_and(|c| c.complete()),
+            partial: BTreeSet::new(),
+            unknown_partial: false,
+            complete: BTreeSet::new(),
+        };
+        for c in state.clusters.values() {
+            match (c.complete(), c.id) {
+                (true, Some(id)) => {
+                    keep.complete.insert(id);
+                }
+                (false, Some(id)) => {
+                    keep.partial.insert(id);
+                }
+                (false, None) | (true, None) => keep.unknown_partial = true,
+            }
+        }
+        keep
+    }
+
+    /// Whether entries of cluster `id` that are no longer desired must stay. While this
+    /// node's own cluster is partial (a wiped or restoring store) nothing is trusted to be
+    /// gone, of any cluster.
+    fn cluster(&self, id: u16) -> bool {
+        self.own
+            || self.partial.contains(&id)
+            || (self.unknown_partial && !self.complete.contains(&id))
+    }
+}
+
+fn same(a: &Backend, b: &Backend) -> bool {
+    a.ip == b.ip && a.port == b.port
+}
+
+/// `wanted` in slot order, keeping every backend that stays in the slot it has in `old`.
+pub fn arrange(old: &[Backend], wanted: &[Backend]) -> Vec<Backend> {
+    let mut slots: Vec<Option<Backend>> = old
+        .iter()
+        .map(|o| wanted.iter().find(|w| same(w, o)).copied())
+        .collect();
+    let mut fresh = wanted
+        .iter()
+        .filter(|w| !old.iter().any(|o| same(o, w)))
+        .copied();
+    for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        *slot = fresh.next();
+    }
+    slots.extend(fresh.map(Some));
+    // Fill the remaining holes with the last backends.
+    let mut out: Vec<Option<Backend>> = slots;
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_none() {
+            while out.last().is_some_and(Option::is_none) {
+                out.pop();
+            }
+            if i < out.len() {
+                out.swap_remove(i);
+            }
+        }
+        i += 1;
+    }
+    out.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,422 @@
+//! What the agent knows of the mesh: every cluster's records under `mesh/v1/` (its own and
+//! every mirrored remote's) and the remotes' status, kept compact.
+//!
+//! Records are decoded once, as they arrive, into the few fields the datapath needs (IPv4
+//! addresses as 4 bytes, an endpoint as address + flags), never kept as protobuf or JSON, so
+//! the agent's memory grows by tens of bytes per remote endpoint (measured by
+//! `mesh-bench agent`). Every change returns what it touched ([`Touched`]) so the reconcile
+//! recomputes only that.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use mesh_api::records::{Affinity, PolicyRecord};
+use mesh_api::remote::RemoteStatusRecord;
+use mesh_api::{Key, Kind, Record};
+
+use crate::maps::protocol_number;
+
+/// A port of a service or an endpoint slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Port name (service and slice ports match by name).
+    pub name: Box<str>,
+    /// Number.
+    pub port: u16,
+    /// Protocol number.
+    pub proto: u8,
+}
+
+/// A service, as the datapath needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// IPv4 cluster IPs.
+    pub vips: Vec<Ipv4Addr>,
+    /// Ports.
+    pub ports: Vec<PortSpec>,
+    /// `global`.
+    pub global: bool,
+    /// `shared`.
+    pub shared: bool,
+    /// Backend preference.
+    pub affinity: Affinity,
+}
+
+/// Endpoint flags in [`Slice::endpoints`].
+pub mod endpoint_flags {
+    /// Ready.
+    pub const READY: u8 = 1;
+    /// Serving.
+    pub const SERVING: u8 = 2;
+    /// Terminating.
+    pub const TERMINATING: u8 = 4;
+}
+
+/// One endpoint slice: at most 100 endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slice {
+    /// Ports every endpoint serves.
+    pub ports: Vec<PortSpec>,
+    /// IPv4 address and [`endpoint_flags`].
+    pub endpoints: Vec<(Ipv4Addr, u8)>,
+}
+
+/// A node's addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// InternalIPs then ExternalIPs (IPv4).
+    pub ips: Vec<Ipv4Addr>,
+}
+
+/// One cluster's records.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    /// From the cluster record.
+    pub id: Option<u16>,
+    /// Kinds whose `synced/` marker is present.
+    pub synced: BTreeSet<Kind>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Services by `namespace/name`.
+    pub services: BTreeMap<String, Service>,
+    /// Slices by `namespace/service/slice`.
+    pub slices: BTreeMap<String, Slice>,
+    /// Identity → sorted labels.
+    pub identities: BTreeMap<u32, Vec<Box<str>>>,
+    /// Pod IP → identity.
+    pub ipcache: BTreeMap<Ipv4Addr, u32>,
+    /// Policies by `namespace/name` (few; kept whole).
+    pub policies: BTreeMap<String, PolicyRecord>,
+}
+
+impl ClusterState {
+    /// Whether every kind's initial sync is complete: only then may the agent remove what
+    /// this cluster's records no longer hold.
+    pub fn complete(&self) -> bool {
+        self.id.is_some() && Kind::SYNCED.iter().all(|k| self.synced.contains(k))
+    }
+
+    /// No record at all.
+    pub fn is_empty(&self) -> bool {
+        self.id.is_none()
+            && self.synced.is_empty()
+            && self.nodes.is_empty()
+            && self.services.is_empty()
+            && self.slices.is_empty()
+            && self.identities.is_empty()
+            && self.ipcache.is_empty()
+            && self.policies.is_empty()
+    }
+
+    /// The slices of `ns/name`.
+    pub fn slices_of<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Slice> + 'a {
+        let from = format!("{service}/");
+        let to = format!("{service}0"); // '0' follows '/'
+        self.slices.range(from..to).map(|(_, s)| s)
+    }
+}
+
+/// How a remote's mirror is doing, from `mesh/status/remotes/<c>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteHealth {
+    /// The mirror holds a working watch.
+    pub connected: bool,
+    /// When it last knew it was current (Unix ms).
+    pub current_at_ms: i64,
+}
+
+/// What a change touched, for the reconcile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Services (`namespace/name`) to recompute.
+    pub services: BTreeSet<String>,
+    /// ipcache addresses to recompute.
+    pub ips: BTreeSet<Ipv4Addr>,
+    /// Every service (a cluster's id, completeness or staleness changed).
+    pub all_services: bool,
+    /// The whole ipcache (a cluster's id changed).
+    pub all_ips: bool,
+    /// Policies (a policy or an identity changed).
+    pub policy: bool,
+}
+
+impl Touched {
+    /// Adds `other`.
+    pub fn merge(&mut self, other: Touched) {
+        self.services.extend(other.services);
+        self.ips.extend(other.ips);
+        self.all_services |= other.all_services;
+        self.all_ips |= other.all_ips;
+        self.policy |= other.policy;
+    }
+
+    /// Everything.
+    pub fn everything() -> Touched {
+        Touched {
+            all_services: true,
+            all_ips: true,
+            policy: true,
+            ..Touched::default()
+        }
+    }
+
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        *self == Touched::default()
+    }
+}
+
+/// Records the agent could not use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// IPv6 addresses (cluster IPs, endpoints, pods, nodes): IPv4 only for now.
+    pub ipv6: u64,
+    /// Values that did not decode (or keys outside the layout).
+    pub undecodable: u64,
+}
+
+/// The mesh as the agent sees it.
+#[derive(Debug, Clone, Default)]
+pub struct MeshState {
+    /// By cluster name.
+    pub clusters: BTreeMap<String, ClusterState>,
+    /// Remote mirrors' health by cluster name.
+    pub remotes: BTreeMap<String, RemoteHealth>,
+    /// What was skipped, cumulative.
+    pub skipped: Skipped,
+}
+
+impl MeshState {
+    /// Applies a put (`Some(value)`) or delete (`None`) of `key`.
+    pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> Touched {
+        let mut touched = Touched::default();
+        let parsed: Key = match key.parse() {
+            Ok(k) => k,
+            Err(_) => {
+                self.skipped.undecodable += 1;
+                return touched;
+            }
+        };
+        if let Key::RemoteStatus { cluster } = &parsed {
+            let health = value
+                .and_then(|v| RemoteStatusRecord::decode_checked(v).ok())
+                .map(|s| RemoteHealth {
+                    connected: s.connected,
+                    current_at_ms: s.current_at_ms,
+                });
+            let before = self.remotes.get(cluster).copied();
+            match health {
+                Some(h) => self.remotes.insert(cluster.clone(), h),
+                None => self.remotes.remove(cluster),
+            };
+            // Staleness is evaluated against the clock by the reconcile; a change of
+            // `connected` matters at once.
+            if before.map(|h| h.connected) != health.map(|h| h.connected) {
+                touched.all_services = true;
+            }
+            return touched;
+        }
+        let Some(kind) = parsed.kind() else {
+            return touched;
+        };
+        let record = match value.map(|v| Record::decode(kind, v)) {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(_)) => {
+                // A record this build cannot read is treated as absent: keeping an older
+                // decoded value would program state the store no longer holds.
+                self.skipped.undecodable += 1;
+                None
+            }
+        };
+        if record.is_none() && !self.clusters.contains_key(parsed.cluster()) {
+            return touched;
+        }
+        let skipped = &mut self.skipped;
+        let parsed_cluster = parsed.cluster().to_owned();
+        let c = self.clusters.entry(parsed_cluster.clone()).or_default();
+        let was_complete = c.complete();
+        match (parsed, record) {
+            (Key::Cluster { .. }, r) => {
+                let id = match r {
+                    Some(Record::Cluster(r)) => u16::try_from(r.id).ok(),
+                    _ => None,
+                };
+                if c.id != id {
+                    c.id = id;
+                    touched.all_services = true;
+                    touched.all_ips = true;
+                    touched.policy = true;
+                }
+            }
+            (Key::Node { node, .. }, r) => {
+                let old = c.nodes.remove(&node);
+                touched
+                    .ips
+                    .extend(old.iter().flat_map(|n| n.ips.iter().copied()));
+                if let Some(Record::Node(r)) = r {
+                    let ips: Vec<Ipv4Addr> = r
+                        .internal_ips
+                        .iter()
+                        .chain(&r.external_ips)
+                        .filter_map(|s| v4(s.parse().ok()?, skipped))
+                        .collect();
+                    touched.ips.extend(ips.iter().copied());
+                    c.nodes.insert(node, NodeInfo { ips });
+                }
+            }
+            (Key::NodeKey { .. }, _) => {} // WireGuard's, not the datapath's.
+            (Key::Identity { id, .. }, r) => {
+                match r {
+                    Some(Record::Identity(r)) => {
+                        c.identities
+                            .insert(id, r.labels.into_iter().map(Into::into).collect());
+                    }
+                    _ => {
+                        c.identities.remove(&id);
+                    }
+                }
+                touched.policy = true;
+            }
+            (Key::IpCache { ip, .. }, r) => {
+                // A pod changing identity changes which rules apply to it only through the
+                // ipcache, so the policy tables need no recompute.
+                if let Some(ip) = v4(ip, skipped) {
+                    match r {
+                        Some(Record::IpCache(r)) => c.ipcache.insert(ip, r.identity),
+                        _ => c.ipcache.remove(&ip),
+                    };
+                    touched.ips.insert(ip);
+                }
+            }
+            (
+                Key::Service {
+                    namespace, name, ..
+                },
+                r,
+            ) => {
+                let full = format!("{namespace}/{name}");
+                match r {
+                    Some(Record::Service(r)) => {
+                        let vips = r
+                            .cluster_ips
+                            .iter()
+                            .filter_map(|s| v4(s.parse().ok()?, skipped))
+                            .collect();
+                        let service = Service {
+                            vips,
+                            ports: ports(r.ports.iter().map(|p| (&p.name, p.port, &p.protocol))),
+                            global: r.global,
+                            shared: r.shared,
+                            affinity: Affinity::try_from(r.affinity).unwrap_or(Affinity::None),
+                        };
+                        c.services.insert(full.clone(), service);
+                    }
+                    _ => {
+                        c.services.remove(&full);
+                    }
+                }
+                touched.services.insert(full);
+            }
+            (
+                Key::Endpoints {
+                    namespace,
+                    service,
+                    slice,
+                    ..
+                },
+                r,
+            ) => {
+                let full = format!("{namespace}/{service}/{slice}");
+                match r {
+                    Some(Record::Endpoints(r)) => {
+                        let mut endpoints = Vec::with_capacity(r.endpoints.len());
+                        for e in &r.endpoints {
+                            let flags = (u8::from(e.ready) * endpoint_flags::READY)
+                                | (u8::from(e.serving) * endpoint_flags::SERVING)
+                                | (u8::from(e.terminating) * endpoint_flags::TERMINATING);
+                            for a in &e.addresses {
+                                match <[u8; 4]>::try_from(a.as_slice()) {
+                                    Ok(b) => endpoints.push((Ipv4Addr::from(b), flags)),
+                                    Err(_) => skipped.ipv6 += 1,
+                                }
+                            }
+                        }
+                        endpoints.shrink_to_fit();
+                        let slice = Slice {
+                            ports: ports(r.ports.iter().map(|p| (&p.name, p.port, &p.protocol))),
+                            endpoints,
+                        };
+                        c.slices.insert(full, slice);
+                    }
+                    _ => {
+                        c.slices.remove(&full);
+                    }
+                }
+                touched.services.insert(format!("{namespace}/{service}"));
+            }
+            (
+                Key::Policy {
+                    namespace, name, ..
+                },
+                r,
+            ) => {
+                let full = format!("{namespace}/{name}");
+                match r {
+                    Some(Record::Policy(r)) => c.policies.insert(full, r),
+                    _ => c.policies.remove(&full),
+                };
+                touched.policy = true;
+            }
+            (Key::Synced { kind, .. }, r) => {
+                if r.is_some() {
+                    c.synced.insert(kind);
+                } else {
+                    c.synced.remove(&kind);
+                }
+            }
+            (Key::RemoteConfig { .. } | Key::RemoteStatus { .. }, _) => {}
+        }
+        if c.complete() != was_complete {
+            touched.merge(Touched::everything());
+        }
+        if c.is_empty() {
+            // Every key of the cluster is gone (a drained remote): a complete, empty view.
+            self.clusters.remove(parsed_cluster.as_str());
+            touched.merge(Touched::everything());
+        }
+        touched
+    }
+
+    /// Cluster name → id, for clusters whose record is known.
+    pub fn cluster_ids(&self) -> BTreeMap<&str, u16> {
+        self.clusters
+            .iter()
+            .filter_map(|(name, c)| Some((name.as_str(), c.id?)))
+            .collect()
+    }
+}
+
+fn v4(ip: IpAddr, skipped: &mut Skipped) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => {
+            skipped.ipv6 += 1;
+            None
+        }
+    }
+}
+
+fn ports<'a>(it: impl Iterator<Item = (&'a String, u32, &'a String)>) -> Vec<PortSpec> {
+    it.filter_map(|(name, port, proto)| {
+        Some(PortSpec {
+            name: name.as_str().into(),
+            port: u16::try_from(port).ok()?,
+            proto: protocol_number(proto)?,
+        })
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,452 @@
+//! One node of a cluster out of network namespaces, for the datapath tests.
+//!
+//! ```text
+//!  node netns ─ br0 10.244.0.1/16 ─┬─ lxc…0 ══ pod netns (eth0 10.244.x.y)
+//!  (mesh-apiserver on 127.0.0.1,    ├─ lxc…1 ══ pod netns
+//!   node-agent, curl for metrics)   └─ …
+//! ```
+//! Pods are all on one bridge; which cluster a pod belongs to is only what the records say.
+//! Clients run in a pod's netns and in the test's cgroup (the agent's `--cgroup-root`), so the
+//! socket programs see their connects. Everything — namespaces, cgroup, pins, processes — is
+//! owned by [`Node`] and removed on drop, also when the test panics.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lab::cgroup::Cgroup;
+use lab::netns::{self, Netns};
+use lab::process::Process;
+use mesh_api::records::*;
+use mesh_api::{Key, Kind, Record, SCHEMA};
+use node_agent::datapath::{KernelMaps, Pins};
+use node_agent::maps::Tables;
+use serde_json::Value;
+
+/// The cgroup v2 mount here (`/sys/fs/cgroup` on Talos and systemd hosts).
+pub fn cgroup2_root() -> PathBuf {
+    for p in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        if Path::new(p).join("cgroup.procs").exists()
+            && lab::run("stat", &["-f", "-c", "%T", p]).is_ok_and(|t| t.trim() == "cgroup2fs")
+        {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("no cgroup v2 mount found");
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
+pub fn ensure_bpffs() {
+    let t = lab::run("stat", &["-f", "-c", "%T", "/sys/fs/bpf"]).unwrap_or_default();
+    if t.trim() != "bpf_fs" {
+        lab::run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]).expect("mount bpffs");
+    }
+}
+
+/// Waits until `f` returns `Some`, for at most `patience`.
+pub fn eventually<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A binary built next to this test's `node-agent`.
+pub fn sibling(name: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_node-agent")).with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo build --workspace) first",
+        bin.display()
+    );
+    bin
+}
+
+/// A pod: its namespace and address.
+#[derive(Debug)]
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+}
+
+/// The node: its namespaces, API server, agent and pods.
+#[derive(Debug)]
+pub struct Node {
+    pub id: String,
+    // Drop order: processes, then pods and the node namespace, then the cgroup and pins.
+    pub workloads: Vec<Process>,
+    pub agent: Option<Process>,
+    #[expect(
+        dead_code,
+        reason = "owned for its drop: the server stops with the node"
+    )]
+    pub apiserver: Process,
+    pub pods: BTreeMap<String, Pod>,
+    pub ns: Netns,
+    pub cgroup: Cgroup,
+    pub pins: PinsGuard,
+    pub dir: tempfile::TempDir,
+}
+
+/// Removes the pin directory on drop (as `node-agent --uninstall` does).
+#[derive(Debug)]
+pub struct PinsGuard(pub Pins);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        let _ = self.0.uninstall();
+    }
+}
+
+pub const CLUSTER: &str = "apps";
+pub const CLUSTER_ID: u32 = 1;
+pub const METRICS: &str = "127.0.0.1:9964";
+
+impl Node {
+    /// A node with an API server and pods `name → ip` (10.244.0.0/16), no agent yet.
+    pub fn new(pods: &[(&str, &str)]) -> Node {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "the datapath tests need root (CI runs as root)"
+        );
+        ensure_bpffs();
+        let id = lab::unique("rm");
+        let mut dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-"))
+            .tempdir()
+            .expect("tempdir");
+        if std::env::var_os("RAFTMESH_KEEP_LOGS").is_some() {
+            eprintln!("logs kept in {}", dir.path().display());
+            dir.disable_cleanup(true);
+        }
+        let pins = PinsGuard(Pins::new(PathBuf::from("/sys/fs/bpf").join(&id)));
+        let cgroup = Cgroup::new(&cgroup2_root(), &id).expect("cgroup");
+        let ns = Netns::new(&format!("{id}-node")).expect("node netns");
+        netns::bridge(&ns, "br0", "10.244.0.1/16").expect("bridge");
+        let mut pod_map = BTreeMap::new();
+        for (i, (name, ip)) in pods.iter().enumerate() {
+            let pod_ns = Netns::new(&format!("{id}-{name}")).expect("pod netns");
+            let host_if = format!("lxc{id}{i}");
+            netns::pod_link(
+                &ns,
+                &host_if,
+                Some("br0"),
+                &pod_ns,
+                &format!("{ip}/16"),
+                "10.244.0.1",
+            )
+            .expect("pod link");
+            pod_map.insert(
+                (*name).to_owned(),
+                Pod {
+                    ns: pod_ns,
+                    ip: ip.parse().expect("ip"),
+                },
+            );
+        }
+        let data = dir.path().join("store");
+        let mut cmd = ns.command(sibling("mesh-apiserver"));
+        cmd.args(["--name", "n1", "--data-dir"]).arg(&data).args([
+            "--listen-client-urls",
+            "http://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:2380",
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "t",
+            "--insecure-plaintext",
+        ]);
+        let apiserver =
+            Process::spawn(cmd, Some(&dir.path().join("apiserver.log"))).expect("apiserver");
+        let node = Node {
+            id,
+            workloads: Vec::new(),
+            agent: None,
+            apiserver,
+            pods: pod_map,
+            ns,
+            cgroup,
+            pins,
+            dir,
+        };
+        eventually("the API server", Duration::from_secs(30), || {
+            node.store(|mut c| async move { c.put("ready", "1", None).await.map(|_| ()) })
+                .ok()
+        });
+        node
+    }
+
+    /// Runs `op` with a client of the node's API server, on a thread inside the node's
+    /// network namespace.
+    pub fn store<F, Fut>(&self, op: F) -> Result<(), etcd_client::Error>
+    where
+        F: FnOnce(etcd_client::Client) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<(), etcd_client::Error>>,
+    {
+        let path = self.ns.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let file = std::fs::File::open(&path).expect("open netns");
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let options = etcd_client::ConnectOptions::new()
+                        .with_connect_timeout(Duration::from_secs(2))
+                        .with_timeout(Duration::from_secs(5));
+                    let client =
+                        etcd_client::Client::connect(["http://127.0.0.1:2379"], Some(options))
+                            .await?;
+                    op(client).await
+                })
+            })
+            .join()
+            .expect("store thread")
+        })
+    }
+
+    /// Writes records (`None`: delete) in one transaction.
+    pub fn write(&self, records: Vec<(Key, Option<Record>)>) {
+        self.store(move |mut c| async move {
+            let ops: Vec<etcd_client::TxnOp> = records
+                .into_iter()
+                .map(|(k, r)| match r {
+                    Some(r) => etcd_client::TxnOp::put(k.to_string(), r.encode(), None),
+                    None => etcd_client::TxnOp::delete(k.to_string(), None),
+                })
+                .collect();
+            c.txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .map(|_| ())
+        })
+        .expect("write records");
+    }
+
+    /// The agent's command line.
+    pub fn agent_command(&self) -> Command {
+        let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_node-agent"));
+        cmd.args(["--node", "n1", "--cluster", CLUSTER])
+            .args([
+                "--endpoints",
+                "http://127.0.0.1:2379",
+                "--insecure-plaintext",
+            ])
+            .arg("--cgroup-root")
+            .arg(self.cgroup.path())
+            .arg("--bpffs")
+            .arg(self.pins.0.root())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("agent"))
+            .args(["--listen-metrics", METRICS])
+            .args(["--remote-stale-after", "2s"])
+            .args(["--pod-interface-prefix", &format!("lxc{}", self.id)])
+            .args(["--log-level", "info,node_agent=debug"]);
+        cmd
+    }
+
+    /// Starts the agent.
+    pub fn start_agent(&mut self) {
+        let p = Process::spawn(self.agent_command(), Some(&self.log("agent"))).expect("agent");
+        self.agent = Some(p);
+    }
+
+    /// Where `what`'s output goes.
+    pub fn log(&self, what: &str) -> PathBuf {
+        self.dir.path().join(format!("{what}.log"))
+    }
+
+    /// What the pinned maps hold now.
+    pub fn tables(&self) -> Option<Tables> {
+        KernelMaps::open(&self.pins.0)
+            .ok()?
+            .read()
+            .ok()
+            .map(|(t, _)| t)
+    }
+
+    /// Waits until the maps satisfy `f`.
+    pub fn wait_maps(&self, what: &str, f: impl Fn(&Tables) -> bool) -> Tables {
+        eventually(what, Duration::from_secs(30), || {
+            self.tables().filter(|t| f(t))
+        })
+    }
+
+    /// Starts `mesh-echo serve --name <pod> --tcp 8080 --udp 5353` in each pod named.
+    pub fn serve(&mut self, pods: &[&str]) {
+        for name in pods {
+            let pod = &self.pods[*name];
+            let mut cmd = pod.ns.command(sibling("mesh-echo"));
+            cmd.args(["serve", "--name", name, "--tcp", "8080", "--udp", "5353"]);
+            let p = Process::spawn(cmd, Some(&self.log(&format!("echo-{name}")))).expect("echo");
+            self.workloads.push(p);
+        }
+    }
+
+    /// A `mesh-echo probe` command run from `pod`, inside the agent's cgroup.
+    pub fn probe_command(&self, pod: &str, args: &[&str]) -> Command {
+        let mut inner = self.pods[pod].ns.command(sibling("mesh-echo"));
+        inner.arg("probe").args(args);
+        self.cgroup.wrap(&inner)
+    }
+
+    /// Runs a probe from `pod` and returns its JSON lines.
+    pub fn probe(&self, pod: &str, args: &[&str]) -> Vec<Value> {
+        let out = self.probe_command(pod, args).output().expect("probe");
+        parse_lines(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// The agent's metrics, fetched with curl inside the node's namespace.
+    pub fn metrics(&self) -> String {
+        let out = self
+            .ns
+            .command("curl")
+            .args(["-sf", &format!("http://{METRICS}/metrics")])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+pub fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The value of metric `name` (with its labels as written), or 0.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+// Records.
+
+pub fn cluster(name: &str, id: u32) -> (Key, Option<Record>) {
+    (
+        Key::Cluster {
+            cluster: name.to_owned(),
+        },
+        Some(Record::Cluster(ClusterRecord {
+            schema: SCHEMA,
+            name: name.to_owned(),
+            id,
+            ..Default::default()
+        })),
+    )
+}
+
+pub fn synced(cluster: &str) -> Vec<(Key, Option<Record>)> {
+    Kind::SYNCED
+        .iter()
+        .map(|k| {
+            (
+                Key::Synced {
+                    cluster: cluster.to_owned(),
+                    kind: *k,
+                },
+                Some(Record::Synced(SyncedRecord { schema: SCHEMA })),
+            )
+        })
+        .collect()
+}
+
+/// `demo/echo`, global, with ports `tcp` 80 and `udp` 53.
+pub fn service(cluster: &str, vip: &str, shared: bool) -> (Key, Option<Record>) {
+    (
+        Key::Service {
+            cluster: cluster.to_owned(),
+            namespace: "demo".to_owned(),
+            name: "echo".to_owned(),
+        },
+        Some(Record::Service(ServiceRecord {
+            schema: SCHEMA,
+            namespace: "demo".to_owned(),
+            name: "echo".to_owned(),
+            cluster_ips: vec![vip.to_owned()],
+            ports: vec![port("tcp", 80, "TCP"), port("udp", 53, "UDP")],
+            global: true,
+            shared,
+            affinity: Affinity::None as i32,
+        })),
+    )
+}
+
+pub fn port(name: &str, port: u32, protocol: &str) -> Port {
+    Port {
+        name: name.to_owned(),
+        port,
+        protocol: protocol.to_owned(),
+    }
+}
+
+/// A slice of `demo/echo` in `cluster`: `(ip, ready)`, ports `tcp` 8080 and `udp` 5353.
+pub fn slice(cluster: &str, name: &str, endpoints: &[(Ipv4Addr, bool)]) -> (Key, Option<Record>) {
+    (
+        Key::Endpoints {
+            cluster: cluster.to_owned(),
+            namespace: "demo".to_owned(),
+            service: "echo".to_owned(),
+            slice: name.to_owned(),
+        },
+        Some(Record::Endpoints(EndpointsRecord {
+            schema: SCHEMA,
+            ports: vec![port("tcp", 8080, "TCP"), port("udp", 5353, "UDP")],
+            endpoints: endpoints
+                .iter()
+                .map(|(ip, ready)| Endpoint {
+                    addresses: vec![ip.octets().to_vec()],
+                    ready: *ready,
+                    serving: *ready,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })),
+    )
+}
+
+pub fn identity(cluster: &str, id: u32, labels: &[&str]) -> (Key, Option<Record>) {
+    let mut labels: Vec<String> = labels.iter().map(|s| (*s).to_owned()).collect();
+    labels.sort();
+    (
+        Key::Identity {
+            cluster: cluster.to_owned(),
+            id,
+        },
+        Some(Record::Identity(IdentityRecord {
+            schema: SCHEMA,
+            labels,
+        })),
+    )
+}
+
+pub fn ipcache(cluster: &str, ip: Ipv4Addr, identity: u32) -> (Key, Option<Record>) {
+    (
+        Key::IpCache {
+            cluster: cluster.to_owned(),
+            ip: ip.into(),
+        },
+        Some(Record::IpCache(IpCacheRecord {
+            schema: SCHEMA,
+            identity,
+            node_ip: "10.244.0.1".to_owned(),
+            pod: String::new(),
+        })),
+    )
+}

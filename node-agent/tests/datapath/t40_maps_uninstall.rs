@@ -1,0 +1,128 @@
+//! Acceptance 5: `node-agent maps -o json` shows the programmed state; `--uninstall` leaves no
+//! pin, link or map (checked with bpftool).
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn bpftool_id(kind: &str, pin: &std::path::Path) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", kind, "show", "pinned"])
+        .arg(pin)
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("bpftool {kind} show pinned {}: {out:?}", pin.display()));
+    v["id"].as_u64().expect("id")
+}
+
+fn exists(kind: &str, id: u64) -> bool {
+    Command::new("bpftool")
+        .args([kind, "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool")
+        .status
+        .success()
+}
+
+#[test]
+fn maps_shows_the_state_and_uninstall_leaves_nothing() {
+    let mut node = Node::new(&[("b1", "10.244.1.11"), ("b2", "10.244.1.12")]);
+    let ip = |p: &str| node.pods[p].ip;
+    let (b1, b2) = (ip("b1"), ip("b2"));
+    let mut records = vec![cluster(CLUSTER, CLUSTER_ID)];
+    records.extend(synced(CLUSTER));
+    records.push(service(CLUSTER, "10.96.0.10", true));
+    records.push(slice(CLUSTER, "echo-a", &[(b1, true), (b2, true)]));
+    records.push(identity(CLUSTER, 1 << 16 | 300, &["app=echo"]));
+    records.push(ipcache(CLUSTER, b1, 1 << 16 | 300));
+    node.write(records);
+    node.start_agent();
+    node.wait_maps("programmed", |t| t.backends() == 4 && t.ipcache.len() == 1);
+    eventually("tc links pinned", Duration::from_secs(10), || {
+        std::fs::read_dir(node.pins.0.links())
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("tc-"))
+            .map(|e| e.path())
+    });
+
+    let bin = env!("CARGO_BIN_EXE_node-agent");
+    let out = Command::new(bin)
+        .args(["maps", "-o", "json", "--bpffs"])
+        .arg(node.pins.0.root())
+        .output()
+        .expect("node-agent maps");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let services = v["services"].as_array().expect("services");
+    let tcp = services
+        .iter()
+        .find(|s| s["frontend"] == "10.96.0.10:80" && s["protocol"] == "TCP")
+        .expect("the TCP frontend");
+    let mut backends: Vec<&str> = tcp["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["address"].as_str().expect("address"))
+        .collect();
+    backends.sort();
+    assert_eq!(backends, ["10.244.1.11:8080", "10.244.1.12:8080"]);
+    assert_eq!(
+        tcp["backends"][0]["flags"],
+        serde_json::json!(["ready", "local"])
+    );
+    assert!(
+        services
+            .iter()
+            .any(|s| s["frontend"] == "10.96.0.10:53" && s["protocol"] == "UDP")
+    );
+    assert_eq!(v["ipcache"][0]["prefix"], "10.244.1.11/32");
+    assert_eq!(v["ipcache"][0]["identity"], 1 << 16 | 300);
+    let table = Command::new(bin)
+        .args(["maps", "--bpffs"])
+        .arg(node.pins.0.root())
+        .output()
+        .expect("node-agent maps");
+    assert!(String::from_utf8_lossy(&table.stdout).contains("10.96.0.10:80"));
+
+    // What exists before, by id, as the kernel (bpftool) sees it.
+    let pins = &node.pins.0;
+    let maps: Vec<u64> = ["lb_services", "lb_backends", "ipcache", "pol_rules"]
+        .iter()
+        .map(|m| bpftool_id("map", &pins.map(m)))
+        .collect();
+    let mut links = vec![bpftool_id("link", &pins.link("lb_connect4"))];
+    for e in std::fs::read_dir(pins.links()).expect("links").flatten() {
+        if e.file_name().to_string_lossy().starts_with("tc-") {
+            links.push(bpftool_id("link", &e.path()));
+        }
+    }
+    assert!(maps.iter().chain(&links).all(|id| *id > 0));
+
+    assert!(
+        node.agent.as_mut().expect("agent").terminate(),
+        "agent exits 0 on SIGTERM"
+    );
+    let out = Command::new(bin)
+        .args(["--uninstall", "--bpffs"])
+        .arg(pins.root())
+        .output()
+        .expect("node-agent --uninstall");
+    assert!(out.status.success(), "{out:?}");
+    assert!(!pins.root().exists(), "pin directory left behind");
+    eventually("maps and links freed", Duration::from_secs(10), || {
+        (!maps.iter().any(|id| exists("map", *id)) && !links.iter().any(|id| exists("link", *id)))
+            .then_some(())
+    });
+    let cg = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(node.cgroup.path())
+        .output()
+        .expect("bpftool cgroup show");
+    assert!(
+        !String::from_utf8_lossy(&cg.stdout).contains("lb_"),
+        "programs still attached: {cg:?}"
+    );
+}
