@@ -6,3 +6,4 @@ mod t10_load_balancing;
 mod t20_policy;
 mod t30_restart;
 mod t40_maps_uninstall;
+mod t50_coexist;
