@@ -14,6 +14,7 @@ if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ]; then
   command -v bpftool >/dev/null 2>&1 || need_apt+=(bpftool)
   command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
   command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
   # mesh-bench draws its chart's text with DejaVu Sans.

@@ -5,6 +5,10 @@
 //! writes both to `bench/results/` with the command and the machine's facts.
 //!
 //! # Layout
+//! - [`datapath`]: `mesh-bench datapath`, connect() to a VIP through socket load balancing
+//!   against the backend directly and kube-proxy-style iptables rules.
+//! - [`agent`]: `mesh-bench agent`, the node agent's initial programming, memory per remote
+//!   endpoint and store-change-to-map latency.
 //! - [`kv`]: `mesh-bench kv`, the store against etcd (workloads, load driver).
 //! - [`publish`]: `mesh-bench publish`, publishing a cluster's objects as records.
 //! - [`mirror`]: `mesh-bench mirror`, one cluster's records reaching another (against etcd's
@@ -14,6 +18,8 @@
 //! - [`stats`]: latency samples and percentiles.
 //! - [`progress`]: progress lines on stderr.
 
+mod agent;
+mod datapath;
 mod kv;
 mod machine;
 mod mirror;
@@ -49,6 +55,12 @@ enum Command {
     /// background churn), and the writes a restart costs; against etcd's `etcdctl
     /// make-mirror` on the same data. Needs meshctl next to mesh-bench, and etcd for the anchor.
     Mirror(mirror::MirrorArgs),
+    /// connect() to a service VIP with 10 to 100,000 services programmed: socket load
+    /// balancing against the backend directly and kube-proxy-style iptables DNAT (root).
+    Datapath(datapath::DatapathArgs),
+    /// The node agent with 100,000 remote endpoints: initial programming, bytes per endpoint,
+    /// store change → map latency (root).
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +82,8 @@ fn main() -> ExitCode {
             Command::Kv(args) => kv::run(args, command).await,
             Command::Publish(args) => publish::run(args, command).await,
             Command::Mirror(args) => mirror::run(args, command).await,
+            Command::Datapath(args) => datapath::run(args, command).await,
+            Command::Agent(args) => agent::run(args, command).await,
         }
     });
     match result {

@@ -39,6 +39,26 @@ fn base36(mut n: u32) -> String {
     String::from_utf8(out).expect("ascii")
 }
 
+/// The cgroup v2 mount: `/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup` on Talos
+/// and systemd hosts.
+pub fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {
+    for p in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        if run("stat", &["-f", "-c", "%T", p]).is_ok_and(|t| t.trim() == "cgroup2fs") {
+            return Ok(p.into());
+        }
+    }
+    anyhow::bail!("no cgroup v2 mount at /sys/fs/cgroup/unified or /sys/fs/cgroup")
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    let t = run("stat", &["-f", "-c", "%T", "/sys/fs/bpf"]).unwrap_or_default();
+    if t.trim() != "bpf_fs" {
+        run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?;
+    }
+    Ok(())
+}
+
 /// Runs `program args`, failing with its stderr.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new(program).args(args).output()?;

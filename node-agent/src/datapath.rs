@@ -534,6 +534,14 @@ impl KernelMaps {
         Ok((t, strays))
     }
 
+    /// The slot count of `frontend`, if it is programmed (one lookup).
+    pub fn slot_count(&self, frontend: &Frontend) -> Option<u32> {
+        self.services
+            .get(&svc_key(frontend), 0)
+            .ok()
+            .map(|v| count_of(&v))
+    }
+
     /// Deletes slots returned by [`KernelMaps::read`] as strays.
     pub fn remove_strays(&mut self, strays: &[(Frontend, u32)]) -> Result<()> {
         for (f, slot) in strays {

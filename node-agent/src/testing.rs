@@ -8,7 +8,17 @@ use mesh_api::remote::RemoteStatusRecord;
 use mesh_api::{Key, Kind, Record, SCHEMA};
 use prost::Message;
 
+use crate::desired::Local;
 use crate::state::{MeshState, Touched};
+
+/// A node `apps-1` of cluster `apps`; remotes are stale after 30 s.
+pub fn local() -> Local {
+    Local {
+        cluster: "apps".to_owned(),
+        node: "apps-1".to_owned(),
+        stale_after_ms: 30_000,
+    }
+}
 
 /// A mesh under construction.
 #[derive(Debug, Default)]
@@ -47,8 +57,8 @@ impl Mesh {
         self.state.apply(&key.to_string(), None)
     }
 
-    /// A cluster record and every synced marker.
-    pub fn cluster(&mut self, name: &str, id: u32) -> &mut Self {
+    /// A cluster record alone (no synced marker: a partial view).
+    pub fn cluster_record(&mut self, name: &str, id: u32) -> Touched {
         self.put(
             Key::Cluster {
                 cluster: name.to_owned(),
@@ -59,7 +69,12 @@ impl Mesh {
                 id,
                 ..Default::default()
             }),
-        );
+        )
+    }
+
+    /// A cluster record and every synced marker.
+    pub fn cluster(&mut self, name: &str, id: u32) -> &mut Self {
+        self.cluster_record(name, id);
         for kind in Kind::SYNCED {
             self.put(
                 Key::Synced {

@@ -1,16 +1,18 @@
 //! mesh-echo: the lab's workload and its client.
 //!
 //! `mesh-echo serve --name NAME [--tcp PORT]… [--udp PORT]…` answers every TCP connection and
-//! every UDP datagram with NAME (a TCP connection gets `NAME\n` and is closed).
+//! every UDP datagram with NAME (a TCP connection gets `NAME\n`; the client closes it).
 //!
 //! `mesh-echo probe (--tcp | --udp | --udp-connected) ADDR:PORT [--count N] [--interval-ms MS]
 //! [--timeout-ms MS] [--until FILE]` makes N attempts (or until FILE exists) and prints one
 //! JSON line per attempt — `{"ok":true,"reply":"NAME","peer":"ADDR:PORT"}` or
 //! `{"ok":false,"error":"…"}` — where `peer` is what getpeername (TCP, connected UDP) or
-//! recvfrom (UDP) said, so socket load balancing's address rewrites show. Exits 0 when every
-//! attempt succeeded, 1 otherwise.
+//! recvfrom (UDP) said, so socket load balancing's address rewrites show. `--connect-only`
+//! (TCP) closes right after connect; `--summary` prints one line at the end instead:
+//! `{"attempts":N,"failures":F,"p50_us":…,"p90_us":…,"p99_us":…,"per_second":…}`. Exits 0
+//! when every attempt succeeded, 1 otherwise.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +23,7 @@ use serde_json::json;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  mesh-echo serve --name NAME [--tcp PORT]... [--udp PORT]...\n  mesh-echo probe (--tcp|--udp|--udp-connected) ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--until FILE]"
+        "usage:\n  mesh-echo serve --name NAME [--tcp PORT]... [--udp PORT]...\n  mesh-echo probe (--tcp|--udp|--udp-connected) ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--until FILE] [--connect-only] [--summary]"
     );
     ExitCode::from(64)
 }
@@ -68,8 +70,17 @@ fn serve(args: &[String]) -> ExitCode {
         let name = name.clone();
         threads.push(thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let mut conn = conn;
-                let _ = conn.write_all(format!("{name}\n").as_bytes());
+                let name = name.clone();
+                // The client closes first (after the reply line), so the TIME_WAIT state stays
+                // on its side: a server closing first would collect one per connection and
+                // stall clients that reuse a port within a minute.
+                thread::spawn(move || {
+                    let mut conn = conn;
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = conn.write_all(format!("{name}\n").as_bytes());
+                    let mut sink = [0u8; 256];
+                    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                });
             }
         }));
     }
@@ -109,8 +120,21 @@ fn probe(args: &[String]) -> ExitCode {
     let mut interval = Duration::ZERO;
     let mut timeout = Duration::from_secs(2);
     let mut until: Option<PathBuf> = None;
+    let mut connect_only = false;
+    let mut summary = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        match a.as_str() {
+            "--connect-only" => {
+                connect_only = true;
+                continue;
+            }
+            "--summary" => {
+                summary = true;
+                continue;
+            }
+            _ => {}
+        }
         let Some(v) = it.next() else { return usage() };
         let mode = match a.as_str() {
             "--tcp" => Some(Mode::Tcp),
@@ -142,6 +166,8 @@ fn probe(args: &[String]) -> ExitCode {
     };
     let mut failures = 0u64;
     let mut attempts = 0u64;
+    let mut micros: Vec<u64> = Vec::new();
+    let began = Instant::now();
     while attempts < count {
         if until.as_ref().is_some_and(|f| f.exists()) {
             break;
@@ -149,26 +175,50 @@ fn probe(args: &[String]) -> ExitCode {
         attempts += 1;
         let started = Instant::now();
         let result = match mode {
+            Mode::Tcp if connect_only => TcpStream::connect_timeout(&addr, timeout)
+                .and_then(|c| Ok((String::new(), c.peer_addr()?))),
             Mode::Tcp => tcp_once(addr, timeout),
             Mode::Udp => udp_once(addr, timeout, false),
             Mode::UdpConnected => udp_once(addr, timeout, true),
         };
+        let took = started.elapsed().as_micros() as u64;
         let line = match result {
-            Ok((reply, peer)) => json!({
-                "ok": true,
-                "reply": reply,
-                "peer": peer.to_string(),
-                "micros": started.elapsed().as_micros() as u64,
-            }),
+            Ok((reply, peer)) => {
+                micros.push(took);
+                json!({"ok": true, "reply": reply, "peer": peer.to_string(), "micros": took})
+            }
             Err(e) => {
                 failures += 1;
-                json!({"ok": false, "error": e.to_string(), "micros": started.elapsed().as_micros() as u64})
+                json!({"ok": false, "error": e.to_string(), "micros": took})
             }
         };
-        println!("{line}");
+        if !summary {
+            println!("{line}");
+        }
         if !interval.is_zero() {
             thread::sleep(interval);
         }
+    }
+    if summary {
+        let elapsed = began.elapsed().as_secs_f64();
+        micros.sort_unstable();
+        let pct = |p: f64| {
+            micros
+                .get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "{}",
+            json!({
+                "attempts": attempts,
+                "failures": failures,
+                "p50_us": pct(0.50),
+                "p90_us": pct(0.90),
+                "p99_us": pct(0.99),
+                "per_second": attempts as f64 / elapsed,
+            })
+        );
     }
     if failures == 0 {
         ExitCode::SUCCESS
@@ -182,7 +232,13 @@ fn tcp_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<(String, Soc
     conn.set_read_timeout(Some(timeout))?;
     let peer = conn.peer_addr()?;
     let mut reply = String::new();
-    conn.read_to_string(&mut reply)?;
+    BufReader::new(&mut conn).read_line(&mut reply)?;
+    if !reply.ends_with('\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection closed before a reply line",
+        ));
+    }
     Ok((reply.trim().to_owned(), peer))
 }
 

@@ -8,14 +8,6 @@ use crate::testing::*;
 
 const NOW: i64 = 1_000_000;
 
-fn local() -> Local {
-    Local {
-        cluster: "apps".to_owned(),
-        node: "apps-1".to_owned(),
-        stale_after_ms: 30_000,
-    }
-}
-
 /// The services table, one line per slot: `vip:port/proto -> ip:port c<id> flags`.
 fn golden(services: &BTreeMap<Frontend, Vec<Backend>>) -> Vec<String> {
     let mut out = Vec::new();
@@ -46,6 +38,14 @@ fn golden(services: &BTreeMap<Frontend, Vec<Backend>>) -> Vec<String> {
         }
     }
     out
+}
+
+/// The TCP lines of [`golden`].
+fn tcp(m: &Mesh) -> Vec<String> {
+    golden(&services(&m.state, &local(), NOW))
+        .into_iter()
+        .filter(|l| l.contains("/TCP"))
+        .collect()
 }
 
 /// Three clusters with `demo/echo`: apps (this node's; not shared), infra (shared, target
@@ -132,12 +132,6 @@ fn only_this_clusters_global_services_are_programmed() {
 #[test]
 fn affinity_prefers_its_side_while_any_is_ready() {
     let m = three_clusters(Affinity::Local);
-    let tcp = |m: &Mesh| {
-        golden(&services(&m.state, &local(), NOW))
-            .into_iter()
-            .filter(|l| l.contains("/TCP"))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
         tcp(&m),
         ["10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local"]
@@ -179,12 +173,6 @@ fn terminating_backends_serve_only_when_nothing_is_ready() {
             8080,
             &[ready("10.1.0.11"), draining("10.1.0.12")],
         );
-    let tcp = |m: &Mesh| {
-        golden(&services(&m.state, &local(), NOW))
-            .into_iter()
-            .filter(|l| l.contains("/TCP"))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
         tcp(&m),
         ["10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local"]
@@ -210,12 +198,6 @@ fn a_stale_remote_is_the_last_resort_before_terminating_backends() {
     let mut m = three_clusters(Affinity::None);
     // infra's mirror lost its watch 31 s ago (stale after 30 s).
     m.remote_status("infra", false, NOW - 31_000);
-    let tcp = |m: &Mesh| {
-        golden(&services(&m.state, &local(), NOW))
-            .into_iter()
-            .filter(|l| l.contains("/TCP"))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
         tcp(&m),
         ["10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local"]

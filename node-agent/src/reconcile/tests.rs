@@ -65,14 +65,6 @@ impl Programmer for Fake {
     }
 }
 
-fn local() -> Local {
-    Local {
-        cluster: "apps".to_owned(),
-        node: "apps-1".to_owned(),
-        stale_after_ms: 30_000,
-    }
-}
-
 fn mesh() -> Mesh {
     let mut m = Mesh::default();
     m.cluster("apps", 1).cluster("infra", 2);
@@ -101,6 +93,22 @@ fn mesh() -> Mesh {
     )
     .slice("infra", "demo/echo", "x", 8080, &[ready("10.2.0.21")])
     .pod("infra", "10.2.0.21", 2 << 16 | 300);
+    m
+}
+
+/// apps alone, `demo/echo` with one ready backend.
+fn apps_with_one_backend() -> Mesh {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1)
+        .service(
+            "apps",
+            "demo/echo",
+            &["10.96.0.10"],
+            true,
+            true,
+            Affinity::None,
+        )
+        .slice("apps", "demo/echo", "a", 8080, &[ready("10.1.0.11")]);
     m
 }
 
@@ -217,29 +225,8 @@ fn a_partial_view_removes_nothing_it_does_not_cover() {
     assert_eq!(fake.tables, full, "{:?}", fake.writes);
 
     // infra relisting (its markers not all back): its backend and pod stay; apps' change applies.
-    let mut partial = Mesh::default();
-    partial.cluster("apps", 1);
-    partial
-        .service(
-            "apps",
-            "demo/echo",
-            &["10.96.0.10"],
-            true,
-            true,
-            Affinity::None,
-        )
-        .slice("apps", "demo/echo", "a", 8080, &[ready("10.1.0.11")]);
-    partial.put(
-        mesh_api::Key::Cluster {
-            cluster: "infra".into(),
-        },
-        mesh_api::Record::Cluster(mesh_api::records::ClusterRecord {
-            schema: mesh_api::SCHEMA,
-            name: "infra".into(),
-            id: 2,
-            ..Default::default()
-        }),
-    );
+    let mut partial = apps_with_one_backend();
+    partial.cluster_record("infra", 2);
     let mut r = Reconciler::adopt(full.clone());
     let mut fake = Fake {
         tables: full.clone(),
@@ -269,18 +256,7 @@ fn a_partial_view_removes_nothing_it_does_not_cover() {
     assert_eq!(fake.tables.ipcache.len(), 1, "infra's pod kept");
 
     // infra drained (every key gone): a complete, empty view; its entries go.
-    let mut drained = Mesh::default();
-    drained.cluster("apps", 1);
-    drained
-        .service(
-            "apps",
-            "demo/echo",
-            &["10.96.0.10"],
-            true,
-            true,
-            Affinity::None,
-        )
-        .slice("apps", "demo/echo", "a", 8080, &[ready("10.1.0.11")]);
+    let drained = apps_with_one_backend();
     r.reconcile(
         &drained.state,
         &local(),

@@ -6,17 +6,7 @@ use crate::testing::*;
 #[test]
 fn changes_report_what_they_touch() {
     let mut m = Mesh::default();
-    let t = m.put(
-        mesh_api::Key::Cluster {
-            cluster: "apps".to_owned(),
-        },
-        mesh_api::Record::Cluster(mesh_api::records::ClusterRecord {
-            schema: mesh_api::SCHEMA,
-            name: "apps".to_owned(),
-            id: 1,
-            ..Default::default()
-        }),
-    );
+    let t = m.cluster_record("apps", 1);
     assert!(t.all_services && t.all_ips && t.policy);
     m.cluster("apps", 1);
     assert!(m.state.clusters["apps"].complete());

@@ -7,3 +7,4 @@ mod t20_policy;
 mod t30_restart;
 mod t40_maps_uninstall;
 mod t50_coexist;
+mod t60_reconnect;

@@ -25,26 +25,6 @@ use node_agent::datapath::{KernelMaps, Pins};
 use node_agent::maps::Tables;
 use serde_json::Value;
 
-/// The cgroup v2 mount here (`/sys/fs/cgroup` on Talos and systemd hosts).
-pub fn cgroup2_root() -> PathBuf {
-    for p in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-        if Path::new(p).join("cgroup.procs").exists()
-            && lab::run("stat", &["-f", "-c", "%T", p]).is_ok_and(|t| t.trim() == "cgroup2fs")
-        {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("no cgroup v2 mount found");
-}
-
-/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
-pub fn ensure_bpffs() {
-    let t = lab::run("stat", &["-f", "-c", "%T", "/sys/fs/bpf"]).unwrap_or_default();
-    if t.trim() != "bpf_fs" {
-        lab::run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]).expect("mount bpffs");
-    }
-}
-
 /// Waits until `f` returns `Some`, for at most `patience`.
 pub fn eventually<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + patience;
@@ -68,6 +48,32 @@ pub fn sibling(name: &str) -> PathBuf {
     bin
 }
 
+/// The API server of the node: one member, plaintext, in the node's namespace. Clients use
+/// 127.0.0.1:2379; the agent uses 127.0.0.2:2379, so a test can cut the agent off alone.
+fn apiserver_command(ns: &Netns, dir: &Path) -> Command {
+    let mut cmd = ns.command(sibling("mesh-apiserver"));
+    cmd.args(["--name", "n1", "--data-dir"])
+        .arg(dir.join("store"))
+        .args([
+            "--listen-client-urls",
+            "http://127.0.0.1:2379,http://127.0.0.2:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:2380",
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "t",
+            "--insecure-plaintext",
+        ]);
+    cmd
+}
+
 /// A pod: its namespace and address.
 #[derive(Debug)]
 pub struct Pod {
@@ -82,10 +88,6 @@ pub struct Node {
     // Drop order: processes, then pods and the node namespace, then the cgroup and pins.
     pub workloads: Vec<Process>,
     pub agent: Option<Process>,
-    #[expect(
-        dead_code,
-        reason = "owned for its drop: the server stops with the node"
-    )]
     pub apiserver: Process,
     pub pods: BTreeMap<String, Pod>,
     pub ns: Netns,
@@ -115,7 +117,7 @@ impl Node {
             nix::unistd::Uid::effective().is_root(),
             "the datapath tests need root (CI runs as root)"
         );
-        ensure_bpffs();
+        lab::ensure_bpffs().expect("bpffs");
         let id = lab::unique("rm");
         let mut dir = tempfile::Builder::new()
             .prefix(&format!("{id}-"))
@@ -126,7 +128,7 @@ impl Node {
             dir.disable_cleanup(true);
         }
         let pins = PinsGuard(Pins::new(PathBuf::from("/sys/fs/bpf").join(&id)));
-        let cgroup = Cgroup::new(&cgroup2_root(), &id).expect("cgroup");
+        let cgroup = Cgroup::new(&lab::cgroup2_root().expect("cgroup2"), &id).expect("cgroup");
         let ns = Netns::new(&format!("{id}-node")).expect("node netns");
         netns::bridge(&ns, "br0", "10.244.0.1/16").expect("bridge");
         let mut pod_map = BTreeMap::new();
@@ -150,27 +152,11 @@ impl Node {
                 },
             );
         }
-        let data = dir.path().join("store");
-        let mut cmd = ns.command(sibling("mesh-apiserver"));
-        cmd.args(["--name", "n1", "--data-dir"]).arg(&data).args([
-            "--listen-client-urls",
-            "http://127.0.0.1:2379",
-            "--advertise-client-urls",
-            "http://127.0.0.1:2379",
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "n1=http://127.0.0.1:2380",
-            "--initial-cluster-state",
-            "new",
-            "--initial-cluster-token",
-            "t",
-            "--insecure-plaintext",
-        ]);
-        let apiserver =
-            Process::spawn(cmd, Some(&dir.path().join("apiserver.log"))).expect("apiserver");
+        let apiserver = Process::spawn(
+            apiserver_command(&ns, dir.path()),
+            Some(&dir.path().join("apiserver.log")),
+        )
+        .expect("apiserver");
         let node = Node {
             id,
             workloads: Vec::new(),
@@ -187,6 +173,24 @@ impl Node {
                 .ok()
         });
         node
+    }
+
+    /// kill -9 of the API server.
+    pub fn kill_apiserver(&mut self) {
+        self.apiserver.kill();
+    }
+
+    /// Starts the API server again on its data.
+    pub fn restart_apiserver(&mut self) {
+        self.apiserver = Process::spawn(
+            apiserver_command(&self.ns, self.dir.path()),
+            Some(&self.log("apiserver")),
+        )
+        .expect("apiserver");
+        eventually("the API server", Duration::from_secs(30), || {
+            self.store(|mut c| async move { c.put("ready", "1", None).await.map(|_| ()) })
+                .ok()
+        });
     }
 
     /// Runs `op` with a client of the node's API server, on a thread inside the node's
@@ -243,7 +247,7 @@ impl Node {
         cmd.args(["--node", "n1", "--cluster", CLUSTER])
             .args([
                 "--endpoints",
-                "http://127.0.0.1:2379",
+                "http://127.0.0.2:2379",
                 "--insecure-plaintext",
             ])
             .arg("--cgroup-root")
@@ -320,6 +324,14 @@ impl Node {
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// The distinct replies (backend names) of probe lines.
+pub fn replies(lines: &[Value]) -> std::collections::BTreeSet<String> {
+    lines
+        .iter()
+        .filter_map(|l| l["reply"].as_str().map(str::to_owned))
+        .collect()
 }
 
 pub fn parse_lines(text: &str) -> Vec<Value> {

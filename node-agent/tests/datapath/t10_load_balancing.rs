@@ -4,13 +4,6 @@ use std::collections::BTreeSet;
 
 use crate::support::*;
 
-fn replies(lines: &[serde_json::Value]) -> BTreeSet<String> {
-    lines
-        .iter()
-        .filter_map(|l| l["reply"].as_str().map(str::to_owned))
-        .collect()
-}
-
 #[test]
 fn global_service_balances_over_every_ready_backend() {
     let mut node = Node::new(&[

@@ -16,13 +16,6 @@ impl Drop for Foreign {
     }
 }
 
-fn replies(lines: &[serde_json::Value]) -> BTreeSet<String> {
-    lines
-        .iter()
-        .filter_map(|l| l["reply"].as_str().map(str::to_owned))
-        .collect()
-}
-
 #[test]
 fn a_foreign_connect4_program_keeps_working_beside_ours() {
     let mut node = Node::new(&[
