@@ -21,7 +21,8 @@ use crate::reconcile::Reconciler;
 use crate::source::{self, Watch};
 use crate::state::{MeshState, Touched};
 
-/// How often pod interfaces, remote staleness and counters are looked at.
+/// How often remote staleness and counters are looked at, and pod interfaces scanned (they are
+/// also scanned on every link change netlink reports).
 const TICK: Duration = Duration::from_secs(1);
 
 /// A fatal failure (the datapath cannot be installed or written).
@@ -173,13 +174,21 @@ impl Agent<'_> {
     /// Lists and watches, reconnecting and listing again as needed. Returns only on a fatal
     /// (datapath) error.
     async fn sync_forever(&mut self) -> Result<(), Error> {
+        let links = match LinkEvents::open() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("no link events ({e}): new pod interfaces are found once a second");
+                None
+            }
+        };
+        let links = links.as_ref();
         let mut backoff = Duration::from_millis(200);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Watches resume from these revisions after a broken stream; `None`: list first.
         let mut resume: Option<[i64; 2]> = None;
         loop {
-            match self.session(&mut resume, &mut tick).await {
+            match self.session(&mut resume, &mut tick, links).await {
                 Ok(never) => match never {},
                 Err(SessionError::Fatal(e)) => return Err(e),
                 Err(SessionError::Source(e)) => {
@@ -193,6 +202,7 @@ impl Agent<'_> {
                         tokio::select! {
                             () = tokio::time::sleep_until(deadline) => break,
                             _ = tick.tick() => self.tick()?,
+                            () = LinkEvents::next(links) => self.scan_interfaces()?,
                         }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -206,6 +216,7 @@ impl Agent<'_> {
         &mut self,
         resume: &mut Option<[i64; 2]>,
         tick: &mut tokio::time::Interval,
+        links: Option<&LinkEvents>,
     ) -> Result<std::convert::Infallible, SessionError> {
         let mut client = source::connect(self.config).await?;
         let revisions = match *resume {
@@ -242,6 +253,10 @@ impl Agent<'_> {
                 c = status.next() => c,
                 _ = tick.tick() => {
                     self.tick()?;
+                    continue;
+                }
+                () = LinkEvents::next(links) => {
+                    self.scan_interfaces()?;
                     continue;
                 }
             };
@@ -379,6 +394,61 @@ impl Agent<'_> {
         }
         self.metrics.interfaces.set(self.interfaces.len() as i64);
         Ok(())
+    }
+}
+
+/// A netlink socket subscribed to link changes, so a new pod interface gets the policy
+/// programs as soon as it appears instead of at the next tick (during which its pod would
+/// accept anything).
+struct LinkEvents {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl LinkEvents {
+    /// `RTMGRP_LINK`.
+    const GROUP: u32 = 1;
+
+    fn open() -> std::io::Result<LinkEvents> {
+        use nix::sys::socket::{
+            AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, socket,
+        };
+        use std::os::fd::AsRawFd;
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, Self::GROUP))?;
+        #[expect(
+            deprecated,
+            reason = "register is the unsafe replacement; AsyncFd owns this OwnedFd, so it stays open while registered"
+        )]
+        let fd = tokio::io::unix::AsyncFd::new(fd)?;
+        Ok(LinkEvents { fd })
+    }
+
+    /// Completes after one or more link changes (never, without a socket).
+    async fn next(links: Option<&LinkEvents>) {
+        use std::os::fd::AsRawFd;
+        let Some(links) = links else {
+            return std::future::pending().await;
+        };
+        let Ok(mut guard) = links.fd.readable().await else {
+            return std::future::pending().await;
+        };
+        let mut buf = [0u8; 8192];
+        // The messages only say "something changed": drain them; the scan reads the links.
+        while let Ok(n) = nix::sys::socket::recv(
+            links.fd.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            if n == 0 {
+                break;
+            }
+        }
+        guard.clear_ready();
     }
 }
 
