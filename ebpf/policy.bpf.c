@@ -6,8 +6,11 @@
  * protocol), with 0 as "any port" / "any protocol". The source identity comes from the same
  * LPM-trie ipcache (pod IPs of every cluster, node IPs as their cluster's host / remote-node).
  * A new TCP flow is a SYN without ACK; later TCP segments pass (they belong to a connection the
- * policy admitted, or the endpoint answers them with a reset). UDP and ICMP have no handshake:
- * replies to flows the endpoint started pass because pol_from_pod records those flows.
+ * policy admitted, or the endpoint answers them with a reset). UDP and ICMP echo have no
+ * handshake: replies to flows the endpoint started pass because pol_from_pod records those
+ * flows. ICMP errors (unreachable, time exceeded, parameter problem) pass: path MTU discovery
+ * needs them. Later fragments pass (the first one decided), except TCP fragments overlapping
+ * the header; an IPv4 packet whose transport header cannot be read is dropped.
  *
  * pol_from_pod (tcx ingress of the same veth: packets leaving the pod) records the UDP and
  * ICMP echo flows an enforced endpoint starts, in an LRU map.
@@ -26,7 +29,10 @@
 #endif
 #define BE16(x) __builtin_bswap16(x)
 #define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
 
 /* The start of an ICMP echo header (linux/icmp.h pulls in libc headers). */
 struct icmp_echo {
@@ -109,42 +115,52 @@ struct packet {
 	__u8 proto;
 	__u8 tcp_syn_only;
 	__u8 icmp_type;
+	__u8 later_fragment; /* not the first fragment: no L4 header */
+	__u16 frag_offset;   /* in 8-byte units */
 };
 
-/* 0: parsed an IPv4 packet; -1: anything else. */
+#define NOT_IPV4 -1
+#define MALFORMED -2
+
+/* 0: parsed an IPv4 packet; NOT_IPV4: not ours to judge; MALFORMED: IPv4 whose transport
+ * header cannot be read (a truncated first fragment, say) — dropped when it goes to an
+ * enforced endpoint, never judged as "established". */
 static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 {
 	if (skb->protocol != BE16(ETH_P_IP))
-		return -1;
+		return NOT_IPV4;
 	struct iphdr ip;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
-		return -1;
+		return NOT_IPV4;
 	p->saddr = ip.saddr;
 	p->daddr = ip.daddr;
 	p->proto = ip.protocol;
 	p->sport = p->dport = 0;
 	p->tcp_syn_only = 0;
 	p->icmp_type = 0;
-	if (BE16(ip.frag_off) & 0x1fff)
-		return 0; /* a later fragment: no ports */
+	p->frag_offset = BE16(ip.frag_off) & 0x1fff;
+	p->later_fragment = p->frag_offset != 0;
+	if (p->later_fragment)
+		return 0;
 	__u32 l4 = ETH_HLEN + ip.ihl * 4;
 	if (ip.protocol == IPPROTO_TCP) {
 		struct tcphdr th;
 		if (bpf_skb_load_bytes(skb, l4, &th, sizeof(th)) < 0)
-			return -1;
+			return MALFORMED;
 		p->sport = BE16(th.source);
 		p->dport = BE16(th.dest);
 		p->tcp_syn_only = th.syn && !th.ack;
-	} else if (ip.protocol == IPPROTO_UDP) {
+	} else if (ip.protocol == IPPROTO_UDP || ip.protocol == IPPROTO_SCTP) {
+		/* Both start with the source and destination ports. */
 		struct udphdr uh;
 		if (bpf_skb_load_bytes(skb, l4, &uh, sizeof(uh)) < 0)
-			return -1;
+			return MALFORMED;
 		p->sport = BE16(uh.source);
 		p->dport = BE16(uh.dest);
 	} else if (ip.protocol == IPPROTO_ICMP) {
 		struct icmp_echo ih;
 		if (bpf_skb_load_bytes(skb, l4, &ih, sizeof(ih)) < 0)
-			return -1;
+			return MALFORMED;
 		p->icmp_type = ih.type;
 		if (ih.type == ICMP_ECHO || ih.type == ICMP_ECHOREPLY)
 			p->sport = p->dport = BE16(ih.id);
@@ -178,7 +194,8 @@ SEC("classifier")
 int pol_to_pod(struct __sk_buff *skb)
 {
 	struct packet p;
-	if (parse(skb, &p) < 0)
+	int parsed = parse(skb, &p);
+	if (parsed == NOT_IPV4)
 		return TCX_NEXT;
 	struct ipcache_value *dst = identity_of(p.daddr);
 	if (!dst)
@@ -186,9 +203,30 @@ int pol_to_pod(struct __sk_buff *skb)
 	__u32 endpoint = dst->identity;
 	if (!bpf_map_lookup_elem(&pol_enforced, &endpoint))
 		return TCX_NEXT; /* no policy selects it: allowed, as in Kubernetes */
+	if (parsed == MALFORMED) {
+		count(&pol_counters, POL_DENIED);
+		return TC_ACT_SHOT;
+	}
+	if (p.later_fragment) {
+		/* The first fragment carried the decision: without it nothing reassembles. A
+		 * TCP fragment overlapping the header (RFC 1858) could rewrite the flags the
+		 * decision was made on: dropped. */
+		if (p.proto == IPPROTO_TCP && p.frag_offset < 3) {
+			count(&pol_counters, POL_DENIED);
+			return TC_ACT_SHOT;
+		}
+		return TCX_NEXT;
+	}
 	if (p.proto == IPPROTO_TCP && !p.tcp_syn_only)
 		return TCX_NEXT;
-	if (p.proto != IPPROTO_TCP) {
+	if (p.proto == IPPROTO_ICMP &&
+	    (p.icmp_type == ICMP_DEST_UNREACH || p.icmp_type == ICMP_TIME_EXCEEDED ||
+	     p.icmp_type == ICMP_PARAMETERPROB)) {
+		/* Errors about the endpoint's own traffic (path MTU discovery needs them). */
+		count(&pol_counters, POL_REPLY);
+		return TCX_NEXT;
+	}
+	if (p.proto == IPPROTO_UDP || (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHOREPLY)) {
 		struct flow_key flow = {
 			.pod_ip = p.daddr,
 			.peer_ip = p.saddr,
@@ -196,8 +234,7 @@ int pol_to_pod(struct __sk_buff *skb)
 			.peer_port = p.proto == IPPROTO_ICMP ? 0 : p.sport,
 			.proto = p.proto,
 		};
-		if (!(p.proto == IPPROTO_ICMP && p.icmp_type != ICMP_ECHOREPLY) &&
-		    bpf_map_lookup_elem(&pol_flows, &flow)) {
+		if (bpf_map_lookup_elem(&pol_flows, &flow)) {
 			count(&pol_counters, POL_REPLY);
 			return TCX_NEXT;
 		}
@@ -220,9 +257,10 @@ SEC("classifier")
 int pol_from_pod(struct __sk_buff *skb)
 {
 	struct packet p;
-	if (parse(skb, &p) < 0 || p.proto == IPPROTO_TCP)
+	if (parse(skb, &p) != 0 || p.later_fragment)
 		return TCX_NEXT;
-	if (p.proto == IPPROTO_ICMP && p.icmp_type != ICMP_ECHO)
+	/* Only UDP and ICMP echo need their replies let in: TCP is judged on the SYN. */
+	if (!(p.proto == IPPROTO_UDP || (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO)))
 		return TCX_NEXT;
 	struct ipcache_value *src = identity_of(p.saddr);
 	if (!src)

@@ -141,6 +141,7 @@ pub async fn run(
         stale: BTreeSet::new(),
         interfaces: BTreeSet::new(),
         healthy: healthy_tx,
+        retry: false,
     };
     tokio::pin!(shutdown);
     let result = tokio::select! {
@@ -168,6 +169,8 @@ struct Agent<'a> {
     /// Pod interfaces (name, index) with the policy programs.
     interfaces: BTreeSet<(String, u32)>,
     healthy: watch::Sender<bool>,
+    /// A map write failed: the next tick reconciles everything.
+    retry: bool,
 }
 
 impl Agent<'_> {
@@ -291,14 +294,25 @@ impl Agent<'_> {
             .collect()
     }
 
+    /// Writes what `touched` changed. A failed map write (a full map, say) is not fatal: the
+    /// maps keep what they hold, the failure is logged and counted, and the next tick tries
+    /// everything again.
     fn reconcile(&mut self, touched: &Touched, started: Instant) -> Result<u64, Error> {
-        let writes = self.reconciler.reconcile(
+        let writes = match self.reconciler.reconcile(
             &self.state,
             &self.local,
             now_ms(),
             touched,
             &mut *self.kernel,
-        )?;
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!("writing the maps: {e}; retrying everything at the next tick");
+                self.metrics.map_errors.inc();
+                self.retry = true;
+                return Ok(0);
+            }
+        };
         self.metrics.writes.inc_by(writes.total());
         self.metrics
             .reconcile_seconds
@@ -319,9 +333,12 @@ impl Agent<'_> {
         Ok(writes.total())
     }
 
-    /// Once a second: pod interfaces, remote staleness, counters.
+    /// Once a second: pod interfaces, remote staleness, counters, and a retry of failed writes.
     fn tick(&mut self) -> Result<(), Error> {
         self.scan_interfaces()?;
+        if std::mem::take(&mut self.retry) && *self.healthy.borrow() {
+            self.reconcile(&Touched::everything(), Instant::now())?;
+        }
         let stale = self.stale_now();
         if stale != self.stale {
             for c in stale.symmetric_difference(&self.stale) {

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
-use aya::programs::{CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::maps::{
@@ -319,10 +320,15 @@ impl Programs {
                 .ok_or_else(|| Error::Missing(format!("program {program_name}")))?
                 .try_into()
                 .map_err(program_err("typing", program_name))?;
-            let id = program.attach(name, direction).map_err(program_err(
-                "attaching",
-                &format!("{program_name} to {name}"),
-            ))?;
+            // First in the tcx chain: a CNI's program that redirects or returns TCX_PASS ends
+            // the chain, and policy must have been applied by then.
+            let first = TcAttachOptions::TcxOrder(LinkOrder::first());
+            let id = program
+                .attach_with_options(name, direction, first)
+                .map_err(program_err(
+                    "attaching",
+                    &format!("{program_name} to {name}"),
+                ))?;
             let link = program
                 .take_link(id)
                 .map_err(program_err("taking", program_name))?;
@@ -487,7 +493,9 @@ impl KernelMaps {
         let mut t = Tables::default();
         for item in self.services.iter() {
             let (k, v) = item.map_err(map_err(maps::LB_SERVICES))?;
-            let n = count_of(&v) as usize;
+            // The count comes from a pinned map, possibly of another version: trust it no
+            // further than a plausible service size.
+            let n = (count_of(&v) as usize).min(4096);
             t.services.insert(frontend_of(&k), Vec::with_capacity(n));
         }
         let mut slots: std::collections::BTreeMap<Frontend, Vec<(u32, Backend)>> =
@@ -618,7 +626,8 @@ impl Programmer for KernelMaps {
 
     fn remove_service(&mut self, f: &Frontend, old: &[Backend]) -> Result<()> {
         ignore_missing(self.services.remove(&svc_key(f))).map_err(map_err(maps::LB_SERVICES))?;
-        for slot in 0..old.len() {
+        // Slot 0 last: a connect that read the count just before keeps finding a backend.
+        for slot in (0..old.len()).rev() {
             ignore_missing(self.backends.remove(&backend_key(f, slot as u32)))
                 .map_err(map_err(maps::LB_BACKENDS))?;
         }

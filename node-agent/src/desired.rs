@@ -93,10 +93,9 @@ pub fn services(state: &MeshState, local: &Local, now_ms: i64) -> BTreeMap<Front
 /// Whether remote `cluster` is stale at `now_ms`.
 pub fn stale(state: &MeshState, local: &Local, cluster: &str, now_ms: i64) -> bool {
     cluster != local.cluster
-        && state
-            .remotes
-            .get(cluster)
-            .is_some_and(|h| !h.connected && now_ms - h.current_at_ms > local.stale_after_ms)
+        && state.remotes.get(cluster).is_some_and(|h| {
+            !h.connected && now_ms.saturating_sub(h.current_at_ms) > local.stale_after_ms
+        })
 }
 
 /// The frontends of service `name` (`namespace/name`) with their backends, in slot order.
@@ -215,54 +214,74 @@ fn choose(candidates: Vec<Backend>, affinity: Affinity) -> Vec<Backend> {
     picked
 }
 
-/// The whole ipcache.
-pub fn ipcache(state: &MeshState, local: &Local) -> BTreeMap<Prefix, IpInfo> {
-    let mut ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    for c in state.clusters.values() {
-        ips.extend(c.ipcache.keys());
-        ips.extend(c.nodes.values().flat_map(|n| n.ips.iter()));
-    }
-    ips.into_iter()
-        .filter_map(|ip| Some((Prefix { ip, len: 32 }, ipcache_entry(state, local, ip)?)))
-        .collect()
+/// The clusters in the order their claims on an address win: this one first, then the
+/// others by name; only clusters whose id is known.
+fn by_precedence<'a>(
+    state: &'a MeshState,
+    local: &'a Local,
+) -> impl Iterator<Item = (&'a String, &'a ClusterState, u16)> + 'a {
+    let own = state.clusters.get_key_value(local.cluster.as_str());
+    own.into_iter()
+        .chain(state.clusters.iter().filter(|(n, _)| **n != local.cluster))
+        .filter_map(|(n, c)| Some((n, c, c.id?)))
 }
 
-/// What `ip` is: a node (this one: `host`; others: their cluster's `remote-node`) or a pod.
-/// Nodes first, this cluster before others, so a misconfigured remote cannot claim this
-/// cluster's addresses.
-pub fn ipcache_entry(state: &MeshState, local: &Local, ip: Ipv4Addr) -> Option<IpInfo> {
-    let own = state.clusters.get_key_value(local.cluster.as_str());
-    let ordered = own
-        .into_iter()
-        .chain(state.clusters.iter().filter(|(n, _)| **n != local.cluster));
-    let mut pod = None;
-    for (cname, c) in ordered {
-        let Some(cid) = c.id else { continue };
-        for (node, info) in &c.nodes {
-            if info.ips.contains(&ip) {
-                let this_node = *cname == local.cluster && *node == local.node;
-                return Some(IpInfo {
-                    identity: identity(cid, if this_node { HOST } else { REMOTE_NODE }),
-                    cluster_id: cid,
-                    flags: if this_node {
-                        ipcache_flags::HOST
-                    } else {
-                        ipcache_flags::NODE
-                    },
-                });
+/// What a node address is: this node's `host`, or its cluster's `remote-node`.
+fn node_info(cluster: &str, node: &str, cid: u16, local: &Local) -> IpInfo {
+    let this_node = cluster == local.cluster && node == local.node;
+    IpInfo {
+        identity: identity(cid, if this_node { HOST } else { REMOTE_NODE }),
+        cluster_id: cid,
+        flags: if this_node {
+            ipcache_flags::HOST
+        } else {
+            ipcache_flags::NODE
+        },
+    }
+}
+
+/// A pod address's entry, if its identity is of its own cluster (a record claiming another
+/// cluster's identity is ignored: it could borrow that cluster's rules).
+fn pod_info(identity: u32, cid: u16) -> Option<IpInfo> {
+    (identity >> 16 == u32::from(cid)).then_some(IpInfo {
+        identity,
+        cluster_id: cid,
+        flags: ipcache_flags::POD,
+    })
+}
+
+/// The whole ipcache: every cluster's claims, in [`by_precedence`] order, the first claim of
+/// an address winning (within a cluster, a node before a pod).
+pub fn ipcache(state: &MeshState, local: &Local) -> BTreeMap<Prefix, IpInfo> {
+    let mut out = BTreeMap::new();
+    for (cname, c, cid) in by_precedence(state, local) {
+        for (node, n) in &c.nodes {
+            for ip in &n.ips {
+                out.entry(Prefix { ip: *ip, len: 32 })
+                    .or_insert_with(|| node_info(cname, node, cid, local));
             }
         }
-        if pod.is_none()
-            && let Some(id) = c.ipcache.get(&ip)
-        {
-            pod = Some(IpInfo {
-                identity: *id,
-                cluster_id: cid,
-                flags: ipcache_flags::POD,
-            });
+        for (ip, id) in &c.ipcache {
+            if let Some(info) = pod_info(*id, cid) {
+                out.entry(Prefix { ip: *ip, len: 32 }).or_insert(info);
+            }
         }
     }
-    pod
+    out
+}
+
+/// What `ip` is, by the same precedence as [`ipcache`]: this cluster's claims (its nodes, then
+/// its pods) before any remote's, so a remote cannot take this cluster's addresses.
+pub fn ipcache_entry(state: &MeshState, local: &Local, ip: Ipv4Addr) -> Option<IpInfo> {
+    for (cname, c, cid) in by_precedence(state, local) {
+        if let Some((node, _)) = c.nodes.iter().find(|(_, n)| n.ips.contains(&ip)) {
+            return Some(node_info(cname, node, cid, local));
+        }
+        if let Some(info) = c.ipcache.get(&ip).and_then(|id| pod_info(*id, cid)) {
+            return Some(info);
+        }
+    }
+    None
 }
 
 /// The enforced identities and the allowed flows.
@@ -279,7 +298,7 @@ pub fn policy(state: &MeshState, local: &Local) -> (BTreeSet<u32>, BTreeSet<Rule
         let endpoints: Vec<u32> = own
             .identities
             .iter()
-            .filter(|(_, labels)| selects_endpoint(p, labels))
+            .filter(|(id, labels)| *id >> 16 == u32::from(own_id) && selects_endpoint(p, labels))
             .map(|(id, _)| *id)
             .collect();
         enforced.extend(endpoints.iter().copied());
@@ -306,8 +325,13 @@ pub fn policy(state: &MeshState, local: &Local) -> (BTreeSet<u32>, BTreeSet<Rule
                 if !rule.from_clusters.is_empty() && !rule.from_clusters.contains(cname) {
                     continue;
                 }
+                let Some(cid) = c.id else { continue };
                 for (peer, labels) in &c.identities {
-                    if !selects_peer(&rule.from_labels, &p.namespace, labels) {
+                    // An identity must carry its cluster's id, or it would stand for another
+                    // cluster's endpoints.
+                    if *peer >> 16 != u32::from(cid)
+                        || !selects_peer(&rule.from_labels, &p.namespace, labels)
+                    {
                         continue;
                     }
                     for e in &endpoints {

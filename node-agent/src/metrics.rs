@@ -55,6 +55,8 @@ pub struct Metrics {
     pub lb: Family<Outcome, Counter>,
     /// Map writes by reconciles.
     pub writes: Counter,
+    /// Reconciles that failed to write the maps (retried at the next tick).
+    pub map_errors: Counter,
     /// Seconds from receiving a change to its maps being written.
     pub reconcile_seconds: Histogram,
     /// Records skipped (`ipv6`, `undecodable`).
@@ -85,6 +87,7 @@ impl Metrics {
             drops: Family::default(),
             lb: Family::default(),
             writes: Counter::default(),
+            map_errors: Counter::default(),
             reconcile_seconds: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5,
             ]),

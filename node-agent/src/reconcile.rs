@@ -122,21 +122,25 @@ impl Reconciler {
                 writes.services += self.service(&f, desired_all.get(&f), &keep, out)?;
             }
             self.owners = owners;
-        } else {
+        } else if !touched.services.is_empty() {
+            // All touched services at once: in one batch a service may take over a VIP
+            // another one releases, so the old and new frontends are diffed as one set.
+            let mut desired_touched = BTreeMap::new();
+            let mut wanted_by: BTreeMap<&String, BTreeSet<Frontend>> = BTreeMap::new();
+            let mut frontends: BTreeSet<Frontend> = BTreeSet::new();
             for name in &touched.services {
-                let desired_one = desired::service(state, local, name, now_ms);
-                let old = self.owners.remove(name).unwrap_or_default();
-                let frontends: BTreeSet<Frontend> =
-                    old.into_iter().chain(desired_one.keys().copied()).collect();
-                for f in &frontends {
-                    writes.services += self.service(f, desired_one.get(f), &keep, out)?;
-                }
-                let owned: BTreeSet<Frontend> = frontends
-                    .into_iter()
-                    .filter(|f| self.applied.services.contains_key(f))
-                    .collect();
-                if !owned.is_empty() {
-                    self.owners.insert(name.clone(), owned);
+                let one = desired::service(state, local, name, now_ms);
+                wanted_by.insert(name, one.keys().copied().collect());
+                frontends.extend(self.owners.remove(name).unwrap_or_default());
+                desired_touched.extend(one);
+            }
+            frontends.extend(desired_touched.keys().copied());
+            for f in &frontends {
+                writes.services += self.service(f, desired_touched.get(f), &keep, out)?;
+            }
+            for (name, wanted) in wanted_by {
+                if !wanted.is_empty() {
+                    self.owners.insert(name.clone(), wanted);
                 }
             }
         }
@@ -209,8 +213,9 @@ impl Reconciler {
     ) -> Result<u64, P::Error> {
         let have = self.applied.services.get(f);
         let mut wanted: Vec<Backend> = want.cloned().unwrap_or_default();
-        if let Some(have) = have {
-            // Backends of clusters with a partial view stay until that view is complete.
+        if let (Some(have), Some(_)) = (have, want) {
+            // Backends of clusters with a partial view stay until that view is complete (a
+            // frontend this cluster no longer wants goes whole: the service itself is gone).
             for b in have {
                 if keep.cluster(b.cluster_id) && !wanted.iter().any(|w| same(w, b)) {
                     wanted.push(*b);
@@ -218,9 +223,10 @@ impl Reconciler {
             }
         }
         match (have, want) {
+            (None, None) => Ok(0),
             // This cluster's own view is partial: its frontends stay as they are.
             (Some(_), None) if keep.own => Ok(0),
-            (Some(have), None) if wanted.is_empty() => {
+            (Some(have), None) => {
                 out.remove_service(f, have)?;
                 self.applied.services.remove(f);
                 Ok(1)

@@ -373,3 +373,56 @@ fn a_policy_without_rules_denies_all_but_the_host() {
         ["1/300 <- 1/1 0/any", "1/300 <- 1/302 5432/TCP"]
     );
 }
+
+#[test]
+fn a_remote_cannot_claim_this_clusters_addresses_or_identities() {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1).cluster("infra", 2);
+    m.pod("apps", "10.1.0.11", 1 << 16 | 300)
+        // infra claims our pod's address as one of its nodes…
+        .node("infra", "infra-1", "10.1.0.11")
+        // …maps its own pod to our identity number…
+        .pod("infra", "10.2.0.21", 1 << 16 | 300)
+        // …and publishes an identity carrying our cluster id.
+        .identity(
+            "infra",
+            1 << 16 | 999,
+            &["app=api", "io.kubernetes.pod.namespace=demo"],
+        )
+        .identity(
+            "apps",
+            1 << 16 | 300,
+            &["app=db", "io.kubernetes.pod.namespace=demo"],
+        )
+        .policy(
+            "apps",
+            "demo/db",
+            &[("app", "db")],
+            vec![rule(&[], &[("app", "api")], &[])],
+        );
+    let cache = ipcache(&m.state, &local());
+    let entry = |ip: &str| {
+        cache
+            .get(&Prefix {
+                ip: ip.parse().unwrap(),
+                len: 32,
+            })
+            .copied()
+    };
+    assert_eq!(entry("10.1.0.11").map(|i| i.identity), Some(1 << 16 | 300));
+    assert_eq!(entry("10.2.0.21"), None);
+    // The single-address path agrees with the full computation.
+    for ip in ["10.1.0.11", "10.2.0.21"] {
+        assert_eq!(
+            ipcache_entry(&m.state, &local(), ip.parse().unwrap()),
+            entry(ip),
+            "{ip}"
+        );
+    }
+    let (_, rules) = policy(&m.state, &local());
+    assert_eq!(
+        rules_text(&rules),
+        ["1/300 <- 1/1 0/any"],
+        "infra's forged identity is no peer"
+    );
+}

@@ -292,3 +292,54 @@ fn slots_keep_their_backends() {
     assert_eq!(arrange(&[b(1), b(2), b(3), b(4)], &[b(4)]), [b(4)]);
     assert_eq!(arrange(&[b(1), b(2)], &[]), Vec::<Backend>::new());
 }
+
+#[test]
+fn a_vip_handed_from_one_service_to_another_in_one_batch_stays_programmed() {
+    let mut m = mesh();
+    let mut r = Reconciler::default();
+    let mut fake = Fake::default();
+    r.reconcile(&m.state, &local(), 0, &Touched::everything(), &mut fake)
+        .unwrap();
+    // demo/echo goes; demo/aaa (sorting first) takes its cluster IP, in one watch response.
+    let mut touched = m.delete(mesh_api::Key::Service {
+        cluster: "apps".into(),
+        namespace: "demo".into(),
+        name: "echo".into(),
+    });
+    m.service(
+        "apps",
+        "demo/aaa",
+        &["10.96.0.10"],
+        true,
+        true,
+        Affinity::None,
+    )
+    .slice("apps", "demo/aaa", "a", 8080, &[ready("10.1.0.31")]);
+    touched.services.insert("demo/aaa".to_owned());
+    r.reconcile(&m.state, &local(), 0, &touched, &mut fake)
+        .unwrap();
+    assert_eq!(sorted(r.applied()), desired::tables(&m.state, &local(), 0));
+    assert_eq!(fake.tables, *r.applied());
+    assert_eq!(r.applied().backends(), 2, "10.1.0.31 on both ports");
+}
+
+#[test]
+fn a_deleted_service_goes_whole_even_while_a_remote_is_partial() {
+    let full = desired::tables(&mesh().state, &local(), 0);
+    let mut r = Reconciler::adopt(full.clone());
+    let mut fake = Fake {
+        tables: full,
+        writes: vec![],
+    };
+    // infra relisting (no markers yet) and this cluster's service deleted.
+    let mut m = Mesh::default();
+    m.cluster("apps", 1);
+    m.cluster_record("infra", 2);
+    r.reconcile(&m.state, &local(), 0, &Touched::everything(), &mut fake)
+        .unwrap();
+    assert!(
+        fake.tables.services.is_empty(),
+        "{:?}",
+        fake.tables.services
+    );
+}
