@@ -168,6 +168,21 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	return 0;
 }
 
+/* A flow as pol_from_pod records it and pol_to_pod looks for its replies: the pod's side
+ * first; ICMP echo keys on the id alone. */
+static __always_inline struct flow_key flow_of(__u32 pod_ip, __u16 pod_port, __u32 peer_ip,
+					       __u16 peer_port, __u8 proto)
+{
+	struct flow_key flow = {
+		.pod_ip = pod_ip,
+		.peer_ip = peer_ip,
+		.pod_port = pod_port,
+		.peer_port = proto == IPPROTO_ICMP ? 0 : peer_port,
+		.proto = proto,
+	};
+	return flow;
+}
+
 static __always_inline struct ipcache_value *identity_of(__u32 ip)
 {
 	struct ipcache_key key = { .prefixlen = 32, .ip = ip };
@@ -227,13 +242,7 @@ int pol_to_pod(struct __sk_buff *skb)
 		return TCX_NEXT;
 	}
 	if (p.proto == IPPROTO_UDP || (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHOREPLY)) {
-		struct flow_key flow = {
-			.pod_ip = p.daddr,
-			.peer_ip = p.saddr,
-			.pod_port = p.dport,
-			.peer_port = p.proto == IPPROTO_ICMP ? 0 : p.sport,
-			.proto = p.proto,
-		};
+		struct flow_key flow = flow_of(p.daddr, p.dport, p.saddr, p.sport, p.proto);
 		if (bpf_map_lookup_elem(&pol_flows, &flow)) {
 			count(&pol_counters, POL_REPLY);
 			return TCX_NEXT;
@@ -268,13 +277,7 @@ int pol_from_pod(struct __sk_buff *skb)
 	__u32 endpoint = src->identity;
 	if (!bpf_map_lookup_elem(&pol_enforced, &endpoint))
 		return TCX_NEXT;
-	struct flow_key flow = {
-		.pod_ip = p.saddr,
-		.peer_ip = p.daddr,
-		.pod_port = p.sport,
-		.peer_port = p.proto == IPPROTO_ICMP ? 0 : p.dport,
-		.proto = p.proto,
-	};
+	struct flow_key flow = flow_of(p.saddr, p.sport, p.daddr, p.dport, p.proto);
 	__u64 now = bpf_ktime_get_ns();
 	bpf_map_update_elem(&pol_flows, &flow, &now, BPF_ANY);
 	return TCX_NEXT;

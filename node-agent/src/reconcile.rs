@@ -145,16 +145,23 @@ impl Reconciler {
             }
         }
 
-        let ips: BTreeSet<Ipv4Addr> = if touched.all_ips {
+        // The whole ipcache is computed once for a full pass (one walk of every cluster), a
+        // few addresses one at a time otherwise.
+        let (ips, full): (BTreeSet<Ipv4Addr>, Option<BTreeMap<Prefix, IpInfo>>) = if touched.all_ips
+        {
+            let full = desired::ipcache(state, local);
             let mut all: BTreeSet<Ipv4Addr> = self.applied.ipcache.keys().map(|p| p.ip).collect();
-            all.extend(desired::ipcache(state, local).keys().map(|p| p.ip));
-            all
+            all.extend(full.keys().map(|p| p.ip));
+            (all, Some(full))
         } else {
-            touched.ips.clone()
+            (touched.ips.clone(), None)
         };
         for ip in ips {
             let prefix = Prefix { ip, len: 32 };
-            let want = desired::ipcache_entry(state, local, ip);
+            let want = match &full {
+                Some(full) => full.get(&prefix).copied(),
+                None => desired::ipcache_entry(state, local, ip),
+            };
             let have = self.applied.ipcache.get(&prefix).copied();
             match (have, want) {
                 (h, Some(w)) if h != Some(w) => {
@@ -175,29 +182,45 @@ impl Reconciler {
             let (enforced, rules) = desired::policy(state, local);
             // Allow before enforcing, and stop enforcing before removing rules, so a change
             // never drops what both the old and the new policy allow.
-            for r in rules.difference(&self.applied.rules.clone()) {
-                out.set_rule(r, true)?;
-                self.applied.rules.insert(*r);
+            let add_rules: Vec<Rule> = rules.difference(&self.applied.rules).copied().collect();
+            for r in add_rules {
+                out.set_rule(&r, true)?;
+                self.applied.rules.insert(r);
                 writes.policy += 1;
             }
-            for e in enforced.difference(&self.applied.enforced.clone()) {
-                out.set_enforced(*e, true)?;
-                self.applied.enforced.insert(*e);
+            let add: Vec<u32> = enforced
+                .difference(&self.applied.enforced)
+                .copied()
+                .collect();
+            for e in add {
+                out.set_enforced(e, true)?;
+                self.applied.enforced.insert(e);
                 writes.policy += 1;
             }
-            for e in self.applied.enforced.clone().difference(&enforced) {
-                if !keep.own {
-                    out.set_enforced(*e, false)?;
-                    self.applied.enforced.remove(e);
+            if !keep.own {
+                let lift: Vec<u32> = self
+                    .applied
+                    .enforced
+                    .difference(&enforced)
+                    .copied()
+                    .collect();
+                for e in lift {
+                    out.set_enforced(e, false)?;
+                    self.applied.enforced.remove(&e);
                     writes.policy += 1;
                 }
             }
-            for r in self.applied.rules.clone().difference(&rules) {
-                if !keep.cluster((r.peer >> 16) as u16) {
-                    out.set_rule(r, false)?;
-                    self.applied.rules.remove(r);
-                    writes.policy += 1;
-                }
+            let drop_rules: Vec<Rule> = self
+                .applied
+                .rules
+                .difference(&rules)
+                .filter(|r| !keep.cluster((r.peer >> 16) as u16))
+                .copied()
+                .collect();
+            for r in drop_rules {
+                out.set_rule(&r, false)?;
+                self.applied.rules.remove(&r);
+                writes.policy += 1;
             }
         }
         Ok(writes)

@@ -118,6 +118,11 @@ impl Mesh {
         self
     }
 
+    /// A global, shared service without affinity at one cluster IP.
+    pub fn global(&mut self, cluster: &str, name: &str, vip: &str) -> &mut Self {
+        self.service(cluster, name, &[vip], true, true, Affinity::None)
+    }
+
     /// A slice of `ns/name` in `cluster` whose `http` port is `target` (and `dns` 5353).
     pub fn slice(
         &mut self,

@@ -61,14 +61,7 @@ fn three_clusters(affinity: Affinity) -> Mesh {
             8080,
             &[ready("10.1.0.11"), not_ready("10.1.0.12")],
         )
-        .service(
-            "infra",
-            "demo/echo",
-            &["10.100.0.10"],
-            true,
-            true,
-            Affinity::None,
-        )
+        .global("infra", "demo/echo", "10.100.0.10")
         .slice("infra", "demo/echo", "x", 9090, &[ready("10.2.0.21")])
         .slice("infra", "demo/echo", "x.1", 9090, &[ready("10.2.0.22")])
         .service(
@@ -115,14 +108,7 @@ fn only_this_clusters_global_services_are_programmed() {
         Affinity::None,
     );
     // Global elsewhere only: no VIP on this cluster.
-    m.service(
-        "infra",
-        "demo/other",
-        &["10.100.0.11"],
-        true,
-        true,
-        Affinity::None,
-    );
+    m.global("infra", "demo/other", "10.100.0.11");
     assert_eq!(
         golden(&services(&m.state, &local(), NOW)),
         Vec::<String>::new()
@@ -158,14 +144,7 @@ fn affinity_prefers_its_side_while_any_is_ready() {
 fn terminating_backends_serve_only_when_nothing_is_ready() {
     let mut m = Mesh::default();
     m.cluster("apps", 1)
-        .service(
-            "apps",
-            "demo/echo",
-            &["10.96.0.10"],
-            true,
-            true,
-            Affinity::None,
-        )
+        .global("apps", "demo/echo", "10.96.0.10")
         .slice(
             "apps",
             "demo/echo",

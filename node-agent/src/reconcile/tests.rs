@@ -1,5 +1,3 @@
-use mesh_api::records::Affinity;
-
 use super::*;
 use crate::maps::backend_flags;
 use crate::testing::*;
@@ -68,31 +66,17 @@ impl Programmer for Fake {
 fn mesh() -> Mesh {
     let mut m = Mesh::default();
     m.cluster("apps", 1).cluster("infra", 2);
-    m.service(
-        "apps",
-        "demo/echo",
-        &["10.96.0.10"],
-        true,
-        true,
-        Affinity::None,
-    )
-    .slice(
-        "apps",
-        "demo/echo",
-        "a",
-        8080,
-        &[ready("10.1.0.11"), ready("10.1.0.12")],
-    )
-    .service(
-        "infra",
-        "demo/echo",
-        &["10.100.0.10"],
-        true,
-        true,
-        Affinity::None,
-    )
-    .slice("infra", "demo/echo", "x", 8080, &[ready("10.2.0.21")])
-    .pod("infra", "10.2.0.21", 2 << 16 | 300);
+    m.global("apps", "demo/echo", "10.96.0.10")
+        .slice(
+            "apps",
+            "demo/echo",
+            "a",
+            8080,
+            &[ready("10.1.0.11"), ready("10.1.0.12")],
+        )
+        .global("infra", "demo/echo", "10.100.0.10")
+        .slice("infra", "demo/echo", "x", 8080, &[ready("10.2.0.21")])
+        .pod("infra", "10.2.0.21", 2 << 16 | 300);
     m
 }
 
@@ -100,16 +84,18 @@ fn mesh() -> Mesh {
 fn apps_with_one_backend() -> Mesh {
     let mut m = Mesh::default();
     m.cluster("apps", 1)
-        .service(
-            "apps",
-            "demo/echo",
-            &["10.96.0.10"],
-            true,
-            true,
-            Affinity::None,
-        )
+        .global("apps", "demo/echo", "10.96.0.10")
         .slice("apps", "demo/echo", "a", 8080, &[ready("10.1.0.11")]);
     m
+}
+
+/// A reconciler that has programmed `m` into a fake from nothing.
+fn programmed(m: &Mesh) -> (Reconciler, Fake) {
+    let mut r = Reconciler::default();
+    let mut fake = Fake::default();
+    r.reconcile(&m.state, &local(), 0, &Touched::everything(), &mut fake)
+        .unwrap();
+    (r, fake)
 }
 
 /// The applied tables, with slots sorted (slot order depends on history).
@@ -124,10 +110,7 @@ fn sorted(t: &Tables) -> Tables {
 #[test]
 fn incremental_reconciles_reach_the_full_computation() {
     let mut m = mesh();
-    let mut r = Reconciler::default();
-    let mut fake = Fake::default();
-    r.reconcile(&m.state, &local(), 0, &Touched::everything(), &mut fake)
-        .unwrap();
+    let (mut r, mut fake) = programmed(&m);
     assert_eq!(sorted(r.applied()), desired::tables(&m.state, &local(), 0));
     assert_eq!(fake.tables, *r.applied());
 
@@ -159,14 +142,7 @@ fn incremental_reconciles_reach_the_full_computation() {
             })
         }),
         Box::new(|m| {
-            m.service(
-                "apps",
-                "demo/echo",
-                &["10.96.0.99"],
-                true,
-                true,
-                Affinity::None,
-            );
+            m.global("apps", "demo/echo", "10.96.0.99");
             Touched::default()
         }),
         Box::new(|m| {
@@ -296,25 +272,20 @@ fn slots_keep_their_backends() {
 #[test]
 fn a_vip_handed_from_one_service_to_another_in_one_batch_stays_programmed() {
     let mut m = mesh();
-    let mut r = Reconciler::default();
-    let mut fake = Fake::default();
-    r.reconcile(&m.state, &local(), 0, &Touched::everything(), &mut fake)
-        .unwrap();
+    let (mut r, mut fake) = programmed(&m);
     // demo/echo goes; demo/aaa (sorting first) takes its cluster IP, in one watch response.
     let mut touched = m.delete(mesh_api::Key::Service {
         cluster: "apps".into(),
         namespace: "demo".into(),
         name: "echo".into(),
     });
-    m.service(
+    m.global("apps", "demo/aaa", "10.96.0.10").slice(
         "apps",
         "demo/aaa",
-        &["10.96.0.10"],
-        true,
-        true,
-        Affinity::None,
-    )
-    .slice("apps", "demo/aaa", "a", 8080, &[ready("10.1.0.31")]);
+        "a",
+        8080,
+        &[ready("10.1.0.31")],
+    );
     touched.services.insert("demo/aaa".to_owned());
     r.reconcile(&m.state, &local(), 0, &touched, &mut fake)
         .unwrap();

@@ -274,6 +274,21 @@ impl Node {
         self.dir.path().join(format!("{what}.log"))
     }
 
+    /// Writes this cluster (complete) with `demo/echo` at 10.96.0.10 over `backends` (all
+    /// ready), plus `extra` records, starts the agent and waits until the maps hold the
+    /// backends on both ports.
+    pub fn start_with_echo(&mut self, backends: &[Ipv4Addr], extra: Vec<(Key, Option<Record>)>) {
+        let mut records = vec![cluster(CLUSTER, CLUSTER_ID)];
+        records.extend(synced(CLUSTER));
+        records.push(service(CLUSTER, "10.96.0.10", true));
+        let ready: Vec<(Ipv4Addr, bool)> = backends.iter().map(|b| (*b, true)).collect();
+        records.push(slice(CLUSTER, "echo-a", &ready));
+        records.extend(extra);
+        self.write(records);
+        self.start_agent();
+        self.wait_maps("the echo service", |t| t.backends() == 2 * backends.len());
+    }
+
     /// What the pinned maps hold now.
     pub fn tables(&self) -> Option<Tables> {
         KernelMaps::open(&self.pins.0)

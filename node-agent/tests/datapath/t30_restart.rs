@@ -22,13 +22,7 @@ fn agent_restart_drops_no_connection_and_applies_what_changed_meanwhile() {
     node.serve(&["b1", "b2", "b3"]);
     let ip = |p: &str| node.pods[p].ip;
     let (b1, b2, b3) = (ip("b1"), ip("b2"), ip("b3"));
-    let mut records = vec![cluster(CLUSTER, CLUSTER_ID)];
-    records.extend(synced(CLUSTER));
-    records.push(service(CLUSTER, "10.96.0.10", true));
-    records.push(slice(CLUSTER, "echo-a", &[(b1, true), (b2, true)]));
-    node.write(records);
-    node.start_agent();
-    node.wait_maps("2 backends", |t| t.backends() == 4);
+    node.start_with_echo(&[b1, b2], vec![]);
 
     let out = node.log("client-loop");
     let stop = node.dir.path().join("stop");

@@ -31,15 +31,14 @@ fn maps_shows_the_state_and_uninstall_leaves_nothing() {
     let mut node = Node::new(&[("b1", "10.244.1.11"), ("b2", "10.244.1.12")]);
     let ip = |p: &str| node.pods[p].ip;
     let (b1, b2) = (ip("b1"), ip("b2"));
-    let mut records = vec![cluster(CLUSTER, CLUSTER_ID)];
-    records.extend(synced(CLUSTER));
-    records.push(service(CLUSTER, "10.96.0.10", true));
-    records.push(slice(CLUSTER, "echo-a", &[(b1, true), (b2, true)]));
-    records.push(identity(CLUSTER, 1 << 16 | 300, &["app=echo"]));
-    records.push(ipcache(CLUSTER, b1, 1 << 16 | 300));
-    node.write(records);
-    node.start_agent();
-    node.wait_maps("programmed", |t| t.backends() == 4 && t.ipcache.len() == 1);
+    node.start_with_echo(
+        &[b1, b2],
+        vec![
+            identity(CLUSTER, 1 << 16 | 300, &["app=echo"]),
+            ipcache(CLUSTER, b1, 1 << 16 | 300),
+        ],
+    );
+    node.wait_maps("programmed", |t| t.ipcache.len() == 1);
     eventually("tc links pinned", Duration::from_secs(10), || {
         std::fs::read_dir(node.pins.0.links())
             .ok()?

@@ -68,13 +68,7 @@ fn a_foreign_connect4_program_keeps_working_beside_ours() {
     .expect("bpftool cgroup attach");
 
     let (b1, b2) = (node.pods["b1"].ip, node.pods["b2"].ip);
-    let mut records = vec![cluster(CLUSTER, CLUSTER_ID)];
-    records.extend(synced(CLUSTER));
-    records.push(service(CLUSTER, "10.96.0.10", true));
-    records.push(slice(CLUSTER, "echo-a", &[(b1, true), (b2, true)]));
-    node.write(records);
-    node.start_agent();
-    node.wait_maps("2 backends", |t| t.backends() == 4);
+    node.start_with_echo(&[b1, b2], vec![]);
 
     let shown = lab::run("bpftool", &["cgroup", "show", &cg]).expect("bpftool cgroup show");
     assert!(
