@@ -188,7 +188,8 @@ fn start_agent(
     .arg(pins.root())
     .arg("--state-dir")
     .arg(log.with_extension("state"))
-    .args(["--pod-interface-prefix", "rmbnone"]);
+    .args(["--pod-interface-prefix", "rmbnone"])
+    .args(["--wg-backend", "none"]);
     Ok(Agent {
         process: Process::spawn(cmd, Some(log))?,
         pins,

@@ -27,6 +27,7 @@ mod progress;
 mod publish;
 mod report;
 mod stats;
+mod wireguard;
 
 use std::process::ExitCode;
 
@@ -61,6 +62,10 @@ enum Command {
     /// The node agent with 100,000 remote endpoints: initial programming, bytes per endpoint,
     /// store change → map latency (root).
     Agent(agent::AgentArgs),
+    /// Pod-to-pod TCP throughput and latency between two lab clusters through the agents'
+    /// WireGuard tunnels (userspace boringtun) against the same path in the clear (root;
+    /// needs iperf3 and boringtun-cli).
+    Wireguard(wireguard::WireguardArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
             Command::Mirror(args) => mirror::run(args, command).await,
             Command::Datapath(args) => datapath::run(args, command).await,
             Command::Agent(args) => agent::run(args, command).await,
+            Command::Wireguard(args) => wireguard::run(args, command).await,
         }
     });
     match result {

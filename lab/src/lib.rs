@@ -7,13 +7,18 @@
 //!   namespace.
 //! - [`cgroup`]: cgroup v2 directories ([`cgroup::Cgroup`]) and running a command inside one.
 //! - [`process`]: child processes killed on drop ([`process::Process`]).
+//! - [`topology`]: clusters of nodes with pods joined by a fabric ([`topology::Topology`]).
+//! - [`mesh`]: a running mesh on a topology (API servers, `meshctl connect`, agents with
+//!   WireGuard), the harness of the WireGuard tests and benchmark.
 //! - The `mesh-echo` binary: the echo workload (`serve`) and its client (`probe`).
 //!
 //! Names are unique per process ([`unique`]), so tests and a developer's lab run side by side.
 
 pub mod cgroup;
+pub mod mesh;
 pub mod netns;
 pub mod process;
+pub mod topology;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

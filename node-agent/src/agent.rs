@@ -20,6 +20,8 @@ use crate::metrics::{ClusterLabel, Metrics, Reason};
 use crate::reconcile::Reconciler;
 use crate::source::{self, Watch};
 use crate::state::{MeshState, Touched};
+use crate::wg::publish::{self, Publisher};
+use crate::wg::{self, Wg};
 
 /// How often remote staleness and counters are looked at, and pod interfaces scanned (they are
 /// also scanned on every link change netlink reports).
@@ -47,6 +49,12 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The WireGuard key in the state directory.
+    #[error("WireGuard key: {0}")]
+    Key(#[from] wg::key::Error),
+    /// Setting up the WireGuard interface.
+    #[error("WireGuard: {0}")]
+    Wg(#[from] wg::Error),
     /// The links pinned under --bpffs attach another cgroup than --cgroup-root.
     #[error(
         "the programs pinned under {bpffs} are attached to {recorded}, not --cgroup-root {wanted}: run `node-agent --uninstall --bpffs {bpffs}` first"
@@ -85,6 +93,24 @@ pub async fn run(
 ) -> Result<(), Error> {
     let pins = Pins::new(&config.bpffs);
     check_cgroup_record(&config, &pins)?;
+    // WireGuard first: a key or interface that cannot be set up fails the start, before
+    // anything else changes.
+    let mut wg = match &config.wg {
+        Some(c) => {
+            let (key, created) = wg::key::load_or_create(&config.state_dir)?;
+            if created {
+                tracing::info!(
+                    file = %config.state_dir.join(wg::key::FILE).display(),
+                    "made this node's WireGuard key"
+                );
+            }
+            Some(Wg::start(c.clone(), key, &config.state_dir)?)
+        }
+        None => None,
+    };
+    let mut publisher = wg
+        .as_ref()
+        .map(|w| Publisher::new(&config.cluster, &config.node, *w.public_key(), w.port()));
     let (mut programs, mut kernel, report) = Programs::install(&pins, &config.cgroup_root)?;
     record_cgroup(&config)?;
     tracing::info!(
@@ -142,6 +168,8 @@ pub async fn run(
         interfaces: BTreeSet::new(),
         healthy: healthy_tx,
         retry: false,
+        wg: wg.as_mut(),
+        publisher: publisher.as_mut(),
     };
     tokio::pin!(shutdown);
     let result = tokio::select! {
@@ -171,6 +199,10 @@ struct Agent<'a> {
     healthy: watch::Sender<bool>,
     /// A map write failed: the next tick reconciles everything.
     retry: bool,
+    /// The WireGuard interface, unless `--wg-backend none`.
+    wg: Option<&'a mut Wg>,
+    /// The node key record, with WireGuard.
+    publisher: Option<&'a mut Publisher>,
 }
 
 impl Agent<'_> {
@@ -243,6 +275,7 @@ impl Agent<'_> {
                     "listed the store and programmed the maps"
                 );
                 let _ = self.healthy.send(true);
+                self.reconcile_wg();
                 [revision, revision]
             }
         };
@@ -250,12 +283,23 @@ impl Agent<'_> {
         let mut status = Watch::start(&mut client, source::PREFIXES[1], revisions[1]).await?;
         *resume = Some([mesh.revision, status.revision]);
         self.metrics.connected.set(1);
+        self.publish(&mut client).await?;
+        let mut keepalive = tokio::time::interval(publish::KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.reset();
         loop {
             let changes = tokio::select! {
                 c = mesh.next() => c,
                 c = status.next() => c,
                 _ = tick.tick() => {
                     self.tick()?;
+                    continue;
+                }
+                _ = keepalive.tick(), if self.publisher.is_some() => {
+                    if let Some(p) = self.publisher.as_deref_mut() {
+                        p.keep_alive(&mut client).await?;
+                    }
+                    self.publish(&mut client).await?;
                     continue;
                 }
                 () = LinkEvents::next(links) => {
@@ -280,6 +324,27 @@ impl Agent<'_> {
             if !touched.is_empty() {
                 self.reconcile(&touched, started)?;
             }
+            if touched.peers {
+                self.reconcile_wg();
+            }
+            self.publish(&mut client).await?;
+        }
+    }
+
+    /// Publishes the node key when the store's copy is missing or differs.
+    async fn publish(&mut self, client: &mut etcd_client::Client) -> Result<(), source::Error> {
+        match self.publisher.as_deref_mut() {
+            Some(p) if p.needed(&self.state) => p.publish(client).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes the WireGuard peers match the records (after the first list only: before it,
+    /// an empty view would remove every peer).
+    fn reconcile_wg(&mut self) {
+        if let Some(wg) = self.wg.as_deref_mut() {
+            wg.listed = true;
+            wg.reconcile(&self.state, &self.local, &self.metrics);
         }
     }
 
@@ -371,6 +436,9 @@ impl Agent<'_> {
         }
         if let Ok(c) = self.kernel.counters() {
             self.metrics.counters(c);
+        }
+        if let Some(wg) = self.wg.as_deref_mut() {
+            wg.tick(&self.state, &self.local, &self.metrics, now_ms());
         }
         Ok(())
     }

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::wg::WgConfig;
+use crate::wg::device::{self, Interface, Userspace};
+
 /// The agent's flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Flags {
@@ -49,9 +52,45 @@ pub struct Flags {
     /// programs: `lxc` for Cilium, `eni` for the AWS VPC CNI.
     #[arg(long, value_delimiter = ',', default_value = "lxc,eni")]
     pub pod_interface_prefix: Vec<String>,
+    /// WireGuard: `kernel` (the module), `userspace` (boringtun over its UAPI socket), `auto`
+    /// (the kernel where the module is loaded, else userspace) or `none` (no tunnels: the
+    /// datapath only).
+    #[arg(long, value_enum, default_value_t = WgBackend::Auto)]
+    pub wg_backend: WgBackend,
+    /// The WireGuard interface (at most 15 bytes; unique per host, as the userspace sockets
+    /// share one directory).
+    #[arg(long, default_value = "raftmesh0")]
+    pub wg_interface: String,
+    /// The WireGuard listen port (UDP; open it between the nodes of connected clusters).
+    #[arg(long, default_value_t = 51871)]
+    pub wg_port: u16,
+    /// The WireGuard interface's MTU: the node network's MTU minus 80 (WireGuard's overhead
+    /// over IPv6; 60 over IPv4), so tunneled packets are never fragmented.
+    #[arg(long, default_value_t = 1420)]
+    pub wg_mtu: u32,
+    /// Also tunnel to this cluster's other nodes (off: pod traffic inside a cluster is the
+    /// CNI's).
+    #[arg(long)]
+    pub wg_intra_cluster: bool,
+    /// The userspace WireGuard implementation to run.
+    #[arg(long, default_value = "boringtun-cli")]
+    pub wg_userspace_program: PathBuf,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// `--wg-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WgBackend {
+    /// The kernel's where the module is loaded, else userspace.
+    Auto,
+    /// The kernel module.
+    Kernel,
+    /// boringtun (or another UAPI implementation).
+    Userspace,
+    /// No WireGuard.
+    None,
 }
 
 /// A validated configuration.
@@ -77,6 +116,8 @@ pub struct Config {
     pub remote_stale_after: Duration,
     /// `--pod-interface-prefix`.
     pub pod_interface_prefixes: Vec<String>,
+    /// WireGuard, unless `--wg-backend none`.
+    pub wg: Option<WgConfig>,
 }
 
 /// The default pin directory of `node`.
@@ -191,7 +232,9 @@ impl Config {
                 "an empty prefix would match every interface",
             ));
         }
+        let wg = wg_config(flags)?;
         Ok(Config {
+            wg,
             bpffs: flags.bpffs.clone().unwrap_or_else(|| default_bpffs(&node)),
             node,
             cluster,
@@ -204,6 +247,49 @@ impl Config {
             pod_interface_prefixes: flags.pod_interface_prefix.clone(),
         })
     }
+}
+
+/// The WireGuard interface the flags name (also for `node-agent wg` and `--uninstall`), or
+/// `None` with `--wg-backend none`.
+pub fn wg_interface(flags: &Flags) -> Result<Option<Interface>, ConfigError> {
+    let userspace = match flags.wg_backend {
+        WgBackend::None => return Ok(None),
+        WgBackend::Kernel => {
+            if !device::kernel_available() {
+                return Err(bad(
+                    "wg-backend",
+                    "kernel: this kernel has no wireguard module loaded (use userspace or auto)",
+                ));
+            }
+            None
+        }
+        WgBackend::Auto if device::kernel_available() => None,
+        WgBackend::Auto | WgBackend::Userspace => Some(Userspace {
+            program: flags.wg_userspace_program.clone(),
+            log: flags.state_dir.join("boringtun.log"),
+        }),
+    };
+    Interface::new(&flags.wg_interface, userspace)
+        .map(Some)
+        .map_err(|e| bad("wg-interface", e.to_string()))
+}
+
+fn wg_config(flags: &Flags) -> Result<Option<WgConfig>, ConfigError> {
+    let Some(interface) = wg_interface(flags)? else {
+        return Ok(None);
+    };
+    if flags.wg_port == 0 {
+        return Err(bad("wg-port", "must be a port (1-65535)"));
+    }
+    if !(1280..=65_535).contains(&flags.wg_mtu) {
+        return Err(bad("wg-mtu", "must be 1280 to 65535"));
+    }
+    Ok(Some(WgConfig {
+        interface,
+        port: flags.wg_port,
+        mtu: flags.wg_mtu,
+        intra_cluster: flags.wg_intra_cluster,
+    }))
 }
 
 /// `30s`, `500ms`, `2m`, `1h`.

@@ -261,8 +261,8 @@ pub fn ipcache(state: &MeshState, local: &Local) -> BTreeMap<Prefix, IpInfo> {
                     .or_insert_with(|| node_info(cname, node, cid, local));
             }
         }
-        for (ip, id) in &c.ipcache {
-            if let Some(info) = pod_info(*id, cid) {
+        for (ip, pod) in &c.ipcache {
+            if let Some(info) = pod_info(pod.identity, cid) {
                 out.entry(Prefix { ip: *ip, len: 32 }).or_insert(info);
             }
         }
@@ -277,7 +277,7 @@ pub fn ipcache_entry(state: &MeshState, local: &Local, ip: Ipv4Addr) -> Option<I
         if let Some((node, _)) = c.nodes.iter().find(|(_, n)| n.ips.contains(&ip)) {
             return Some(node_info(cname, node, cid, local));
         }
-        if let Some(info) = c.ipcache.get(&ip).and_then(|id| pod_info(*id, cid)) {
+        if let Some(info) = c.ipcache.get(&ip).and_then(|p| pod_info(p.identity, cid)) {
             return Some(info);
         }
     }

@@ -19,7 +19,8 @@
 //! - [`source`]: list and watch of the API server.
 //! - [`agent`]: the loop tying them together ([`agent::run`]).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
-//! - [`show`]: `node-agent maps`.
+//! - [`show`]: `node-agent maps` and `node-agent wg`.
+//! - [`wg`]: the WireGuard mesh to the nodes of every other cluster.
 
 pub mod agent;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod reconcile;
 pub mod show;
 pub mod source;
 pub mod state;
+pub mod wg;
 
 #[cfg(test)]
 mod testing;

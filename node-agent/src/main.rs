@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use node_agent::config::{Config, Flags, default_bpffs};
+use node_agent::config::{Config, Flags, WgBackend, default_bpffs, wg_interface};
 use node_agent::datapath::Pins;
 
 /// raftmesh's node agent: programs global services and cross-cluster policy into eBPF maps,
@@ -37,6 +37,23 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Print the WireGuard interface's peers: cluster and node, endpoint, allowed IPs, bytes,
+    /// and how long ago their transfer counters last changed (boringtun's handshake time is
+    /// not reliable).
+    Wg {
+        /// The interface.
+        #[arg(long, default_value = "raftmesh0")]
+        wg_interface: String,
+        /// Its backend.
+        #[arg(long, value_enum, default_value_t = WgBackend::Auto)]
+        wg_backend: WgBackend,
+        /// The agent's state directory (for the peers' names and counter ages).
+        #[arg(long, default_value = "/var/lib/raftmesh/agent")]
+        state_dir: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -62,8 +79,63 @@ async fn shutdown_signal() {
     }
 }
 
+fn show_wg(flags: &Flags, output: Output) -> ExitCode {
+    let interface = match wg_interface(flags) {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            eprintln!("node-agent wg: --wg-backend none has no interface");
+            return ExitCode::from(64);
+        }
+        Err(e) => {
+            eprintln!("node-agent wg: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    match node_agent::show::wg::read(&interface, &flags.state_dir, now_ms) {
+        Ok(rows) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&node_agent::show::wg::to_json(
+                        interface.name(),
+                        &rows
+                    ))
+                    .expect("json")
+                ),
+                Output::Table => print!(
+                    "{}",
+                    node_agent::show::wg::to_table(interface.name(), &rows)
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("node-agent wg: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Wg {
+        wg_interface,
+        wg_backend,
+        state_dir,
+        output,
+    }) = cli.command
+    {
+        let flags = Flags {
+            wg_interface,
+            wg_backend,
+            state_dir,
+            ..cli.flags
+        };
+        return show_wg(&flags, output);
+    }
     if let Some(Command::Maps {
         bpffs,
         node,
@@ -105,6 +177,18 @@ fn main() -> ExitCode {
                 return ExitCode::from(64);
             }
         };
+        match wg_interface(&cli.flags) {
+            Ok(Some(i)) => match i.delete() {
+                Ok(true) => println!("deleted WireGuard interface {}", i.name()),
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("node-agent --uninstall: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Ok(None) => {}
+            Err(e) => eprintln!("node-agent --uninstall: WireGuard left alone: {e}"),
+        }
         return match Pins::new(&dir).uninstall() {
             Ok(removed) => {
                 println!(

@@ -36,6 +36,24 @@ pub struct ClusterLabel {
     pub cluster: String,
 }
 
+/// `cluster`, `direction` labels (WireGuard bytes).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Transfer {
+    /// The peer's cluster.
+    pub cluster: String,
+    /// `rx` or `tx`.
+    pub direction: String,
+}
+
+/// `cluster`, `node` labels (one WireGuard peer).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// The peer's cluster.
+    pub cluster: String,
+    /// The peer's node.
+    pub node: String,
+}
+
 /// Every metric.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -71,6 +89,14 @@ pub struct Metrics {
     pub connected: Gauge,
     /// Pod interfaces with the policy programs attached.
     pub interfaces: Gauge,
+    /// WireGuard peers configured.
+    pub wg_peers: Gauge,
+    /// WireGuard bytes of the peers configured now, by peer cluster and direction.
+    pub wg_bytes: Family<Transfer, Gauge>,
+    /// Seconds since each peer's transfer counters last changed.
+    pub wg_transfer_age: Family<PeerLabel, Gauge>,
+    /// Failed WireGuard configurations (retried at the next tick).
+    pub wg_errors: Counter,
     /// Counter values last read from the maps, to turn them into increments.
     last: Arc<std::sync::Mutex<Counters>>,
 }
@@ -97,6 +123,10 @@ impl Metrics {
             remote_stale: Family::default(),
             connected: Gauge::default(),
             interfaces: Gauge::default(),
+            wg_peers: Gauge::default(),
+            wg_bytes: Family::default(),
+            wg_transfer_age: Family::default(),
+            wg_errors: Counter::default(),
             last: Arc::default(),
         };
         let mut r = Registry::with_prefix("raftmesh_agent");
@@ -107,6 +137,22 @@ impl Metrics {
         );
         r.register("backends", "Backend slots programmed", m.backends.clone());
         r.register("ipcache_entries", "ipcache entries", m.ipcache.clone());
+        r.register("wg_peers", "WireGuard peers configured", m.wg_peers.clone());
+        r.register(
+            "wg_transfer_bytes",
+            "WireGuard bytes of the configured peers, by peer cluster and direction",
+            m.wg_bytes.clone(),
+        );
+        r.register(
+            "wg_transfer_age_seconds",
+            "Seconds since a WireGuard peer's transfer counters last changed",
+            m.wg_transfer_age.clone(),
+        );
+        r.register(
+            "wg_errors",
+            "WireGuard configurations that failed (retried)",
+            m.wg_errors.clone(),
+        );
         r.register(
             "enforced_identities",
             "Identities selected by a policy",

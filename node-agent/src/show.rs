@@ -160,3 +160,120 @@ pub fn to_table(t: &Tables, c: &Counters) -> String {
     }
     out
 }
+
+/// `node-agent wg`: the interface's peers as the interface reports them, named and aged from
+/// the running agent's notes (`wireguard-peers.json` in its state directory).
+pub mod wg {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    use std::path::Path;
+
+    use serde_json::{Value, json};
+
+    use crate::wg::device::{Error, Interface};
+    use crate::wg::{PeerNote, STATUS_FILE, key};
+
+    /// One peer, for display.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Row {
+        /// Public key (base64).
+        pub public_key: String,
+        /// Cluster and node, from the agent's notes (`?` when unknown).
+        pub cluster: String,
+        /// Node.
+        pub node: String,
+        /// Endpoint the interface reports.
+        pub endpoint: Option<String>,
+        /// Allowed IPs.
+        pub allowed_ips: Vec<String>,
+        /// Bytes received and sent.
+        pub rx: u64,
+        /// Bytes sent.
+        pub tx: u64,
+        /// Seconds since the transfer counters last changed, if the agent saw them change.
+        pub transfer_age_secs: Option<i64>,
+        /// Persistent keepalive.
+        pub keepalive: Option<u16>,
+    }
+
+    /// Reads `interface` and the notes in `state_dir`.
+    pub fn read(interface: &Interface, state_dir: &Path, now_ms: i64) -> Result<Vec<Row>, Error> {
+        let peers = interface.read()?;
+        let notes: BTreeMap<String, PeerNote> =
+            std::fs::read_to_string(state_dir.join(STATUS_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+        Ok(peers
+            .into_iter()
+            .map(|(k, s)| {
+                let public_key = key::encode(&k);
+                let note = notes.get(&public_key);
+                Row {
+                    cluster: note.map_or("?", |n| n.cluster.as_str()).to_owned(),
+                    node: note.map_or("?", |n| n.node.as_str()).to_owned(),
+                    transfer_age_secs: note
+                        .and_then(|n| n.changed_at_ms)
+                        .map(|at| (now_ms - at).max(0) / 1000),
+                    public_key,
+                    endpoint: s.endpoint.map(|e| e.to_string()),
+                    allowed_ips: s
+                        .applied
+                        .allowed
+                        .iter()
+                        .map(|(a, l)| format!("{a}/{l}"))
+                        .collect(),
+                    rx: s.rx,
+                    tx: s.tx,
+                    keepalive: s.applied.keepalive,
+                }
+            })
+            .collect())
+    }
+
+    /// As JSON.
+    pub fn to_json(interface: &str, rows: &[Row]) -> Value {
+        json!({
+            "interface": interface,
+            "peers": rows.iter().map(|r| json!({
+                "cluster": r.cluster,
+                "node": r.node,
+                "publicKey": r.public_key,
+                "endpoint": r.endpoint,
+                "allowedIps": r.allowed_ips,
+                "rxBytes": r.rx,
+                "txBytes": r.tx,
+                "transferAgeSeconds": r.transfer_age_secs,
+                "persistentKeepalive": r.keepalive,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// As a table, like `wg show`.
+    pub fn to_table(interface: &str, rows: &[Row]) -> String {
+        let mut out = format!("interface: {interface} ({} peers)\n", rows.len());
+        for r in rows {
+            let _ = writeln!(out, "\npeer: {} ({}/{})", r.public_key, r.cluster, r.node);
+            let _ = writeln!(
+                out,
+                "  endpoint: {}",
+                r.endpoint.as_deref().unwrap_or("(none)")
+            );
+            let _ = writeln!(out, "  allowed ips: {}", r.allowed_ips.join(", "));
+            let _ = writeln!(
+                out,
+                "  transfer: {} B received, {} B sent; {}",
+                r.rx,
+                r.tx,
+                match r.transfer_age_secs {
+                    Some(s) => format!("last changed {s} s ago"),
+                    None => "no change seen by the agent".to_owned(),
+                }
+            );
+            if let Some(k) = r.keepalive {
+                let _ = writeln!(out, "  persistent keepalive: every {k} s");
+            }
+        }
+        out
+    }
+}

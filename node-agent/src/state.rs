@@ -66,6 +66,28 @@ pub struct Slice {
 pub struct NodeInfo {
     /// InternalIPs then ExternalIPs (IPv4).
     pub ips: Vec<Ipv4Addr>,
+    /// Where its WireGuard endpoint is: the first ExternalIP, else the first InternalIP.
+    pub tunnel_ip: Option<Ipv4Addr>,
+    /// Its pod CIDRs (IPv4): address and prefix length.
+    pub pod_cidrs: Vec<(Ipv4Addr, u8)>,
+}
+
+/// A node's WireGuard key, from `mesh/v1/<c>/nodekeys/<node>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeKey {
+    /// Curve25519 public key.
+    pub public_key: [u8; 32],
+    /// WireGuard listen port.
+    pub port: u16,
+}
+
+/// What the ipcache says of a pod address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodIp {
+    /// Its identity.
+    pub identity: u32,
+    /// The address of the node it runs on (unspecified when not known).
+    pub node: Ipv4Addr,
 }
 
 /// One cluster's records.
@@ -77,14 +99,16 @@ pub struct ClusterState {
     pub synced: BTreeSet<Kind>,
     /// Nodes by name.
     pub nodes: BTreeMap<String, NodeInfo>,
+    /// WireGuard keys by node name.
+    pub nodekeys: BTreeMap<String, NodeKey>,
     /// Services by `namespace/name`.
     pub services: BTreeMap<String, Service>,
     /// Slices by `namespace/service/slice`.
     pub slices: BTreeMap<String, Slice>,
     /// Identity → sorted labels.
     pub identities: BTreeMap<u32, Vec<Box<str>>>,
-    /// Pod IP → identity.
-    pub ipcache: BTreeMap<Ipv4Addr, u32>,
+    /// Pod IP → identity and node.
+    pub ipcache: BTreeMap<Ipv4Addr, PodIp>,
     /// Policies by `namespace/name` (few; kept whole).
     pub policies: BTreeMap<String, PolicyRecord>,
 }
@@ -101,6 +125,7 @@ impl ClusterState {
         self.id.is_none()
             && self.synced.is_empty()
             && self.nodes.is_empty()
+            && self.nodekeys.is_empty()
             && self.services.is_empty()
             && self.slices.is_empty()
             && self.identities.is_empty()
@@ -138,6 +163,9 @@ pub struct Touched {
     pub all_ips: bool,
     /// Policies (a policy or an identity changed).
     pub policy: bool,
+    /// WireGuard peers (a node, a node key, or the pods of a cluster whose nodes carry no
+    /// pod CIDRs changed).
+    pub peers: bool,
 }
 
 impl Touched {
@@ -148,6 +176,7 @@ impl Touched {
         self.all_services |= other.all_services;
         self.all_ips |= other.all_ips;
         self.policy |= other.policy;
+        self.peers |= other.peers;
     }
 
     /// Everything.
@@ -156,6 +185,7 @@ impl Touched {
             all_services: true,
             all_ips: true,
             policy: true,
+            peers: true,
             ..Touched::default()
         }
     }
@@ -244,9 +274,7 @@ impl MeshState {
                 };
                 if c.id != id {
                     c.id = id;
-                    touched.all_services = true;
-                    touched.all_ips = true;
-                    touched.policy = true;
+                    touched.merge(Touched::everything());
                 }
             }
             (Key::Node { node, .. }, r) => {
@@ -255,17 +283,46 @@ impl MeshState {
                     .ips
                     .extend(old.iter().flat_map(|n| n.ips.iter().copied()));
                 if let Some(Record::Node(r)) = r {
-                    let ips: Vec<Ipv4Addr> = r
+                    let internal: Vec<Ipv4Addr> = r
                         .internal_ips
                         .iter()
-                        .chain(&r.external_ips)
                         .filter_map(|s| v4(s.parse().ok()?, skipped))
                         .collect();
-                    touched.ips.extend(ips.iter().copied());
-                    c.nodes.insert(node, NodeInfo { ips });
+                    let external: Vec<Ipv4Addr> = r
+                        .external_ips
+                        .iter()
+                        .filter_map(|s| v4(s.parse().ok()?, skipped))
+                        .collect();
+                    let pod_cidrs = r
+                        .pod_cidrs
+                        .iter()
+                        .filter_map(|s| cidr_v4(s, skipped))
+                        .collect();
+                    let info = NodeInfo {
+                        tunnel_ip: external.first().or(internal.first()).copied(),
+                        ips: internal.into_iter().chain(external).collect(),
+                        pod_cidrs,
+                    };
+                    touched.ips.extend(info.ips.iter().copied());
+                    c.nodes.insert(node, info);
                 }
+                touched.peers = true;
             }
-            (Key::NodeKey { .. }, _) => {} // WireGuard's, not the datapath's.
+            (Key::NodeKey { node, .. }, r) => {
+                let key = match r {
+                    Some(Record::NodeKey(r)) => {
+                        let k = node_key(&r.public_key, r.listen_port);
+                        skipped.undecodable += u64::from(k.is_none());
+                        k
+                    }
+                    _ => None,
+                };
+                match key {
+                    Some(k) => c.nodekeys.insert(node, k),
+                    None => c.nodekeys.remove(&node),
+                };
+                touched.peers = true;
+            }
             (Key::Identity { id, .. }, r) => {
                 match r {
                     Some(Record::Identity(r)) => {
@@ -283,10 +340,18 @@ impl MeshState {
                 // ipcache, so the policy tables need no recompute.
                 if let Some(ip) = v4(ip, skipped) {
                     match r {
-                        Some(Record::IpCache(r)) => c.ipcache.insert(ip, r.identity),
+                        Some(Record::IpCache(r)) => c.ipcache.insert(
+                            ip,
+                            PodIp {
+                                identity: r.identity,
+                                node: r.node_ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                            },
+                        ),
                         _ => c.ipcache.remove(&ip),
                     };
                     touched.ips.insert(ip);
+                    // Peers' allowed IPs are these pods' /32s when the nodes carry no CIDRs.
+                    touched.peers |= c.nodes.values().all(|n| n.pod_cidrs.is_empty());
                 }
             }
             (
@@ -405,6 +470,32 @@ fn v4(ip: IpAddr, skipped: &mut Skipped) -> Option<Ipv4Addr> {
             None
         }
     }
+}
+
+/// `10.1.0.0/24` (host bits cleared); IPv6 counted and skipped.
+fn cidr_v4(s: &str, skipped: &mut Skipped) -> Option<(Ipv4Addr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let len: u8 = len.parse().ok()?;
+    match addr.parse::<IpAddr>().ok()? {
+        IpAddr::V4(a) if len <= 32 => {
+            let mask = u32::MAX.checked_shl(u32::from(32 - len)).unwrap_or(0);
+            Some((Ipv4Addr::from(u32::from(a) & mask), len))
+        }
+        IpAddr::V4(_) => None,
+        IpAddr::V6(_) => {
+            skipped.ipv6 += 1;
+            None
+        }
+    }
+}
+
+/// A node key record's key, if it is a valid base64 Curve25519 key and the port is valid.
+fn node_key(public_key: &str, port: u32) -> Option<NodeKey> {
+    let public_key = crate::wg::key::decode(public_key)?;
+    Some(NodeKey {
+        public_key,
+        port: u16::try_from(port).ok().filter(|p| *p != 0)?,
+    })
 }
 
 fn ports<'a>(it: impl Iterator<Item = (&'a String, u32, &'a String)>) -> Vec<PortSpec> {

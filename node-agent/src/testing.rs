@@ -175,6 +175,66 @@ impl Mesh {
         self
     }
 
+    /// A node with its InternalIP, an optional ExternalIP and pod CIDRs.
+    pub fn node_with(
+        &mut self,
+        cluster: &str,
+        node: &str,
+        internal_ip: &str,
+        external_ip: Option<&str>,
+        pod_cidrs: &[&str],
+    ) -> &mut Self {
+        self.put(
+            Key::Node {
+                cluster: cluster.to_owned(),
+                node: node.to_owned(),
+            },
+            Record::Node(NodeRecord {
+                schema: SCHEMA,
+                name: node.to_owned(),
+                internal_ips: vec![internal_ip.to_owned()],
+                external_ips: external_ip.into_iter().map(str::to_owned).collect(),
+                pod_cidrs: pod_cidrs.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            }),
+        );
+        self
+    }
+
+    /// `node`'s WireGuard key: [`test_key`]`(seed)`, listening on `port`.
+    pub fn nodekey(&mut self, cluster: &str, node: &str, seed: u8, port: u32) -> &mut Self {
+        self.put(
+            Key::NodeKey {
+                cluster: cluster.to_owned(),
+                node: node.to_owned(),
+            },
+            Record::NodeKey(NodeKeyRecord {
+                schema: SCHEMA,
+                public_key: crate::wg::key::encode(&test_key(seed)),
+                listen_port: port,
+                boot_id: "boot".to_owned(),
+            }),
+        );
+        self
+    }
+
+    /// A pod address with its identity and the address of its node.
+    pub fn pod_on(&mut self, cluster: &str, ip: &str, identity: u32, node_ip: &str) -> &mut Self {
+        self.put(
+            Key::IpCache {
+                cluster: cluster.to_owned(),
+                ip: ip.parse().expect("ip"),
+            },
+            Record::IpCache(IpCacheRecord {
+                schema: SCHEMA,
+                identity,
+                node_ip: node_ip.to_owned(),
+                ..Default::default()
+            }),
+        );
+        self
+    }
+
     pub fn identity(&mut self, cluster: &str, id: u32, labels: &[&str]) -> &mut Self {
         let mut labels: Vec<String> = labels.iter().map(|s| (*s).to_owned()).collect();
         labels.sort();
@@ -277,4 +337,9 @@ pub fn address(ip: &str) -> Vec<u8> {
 
 pub fn ip(s: &str) -> Ipv4Addr {
     s.parse().expect("ipv4")
+}
+
+/// A distinct, fake public key.
+pub fn test_key(seed: u8) -> [u8; 32] {
+    [seed; 32]
 }

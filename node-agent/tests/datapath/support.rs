@@ -259,6 +259,7 @@ impl Node {
             .args(["--listen-metrics", METRICS])
             .args(["--remote-stale-after", "2s"])
             .args(["--pod-interface-prefix", &format!("lxc{}", self.id)])
+            .args(["--wg-backend", "none"])
             .args(["--log-level", "info,node_agent=debug"]);
         cmd
     }

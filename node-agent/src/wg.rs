@@ -1,0 +1,365 @@
+//! The WireGuard mesh: a tunnel from this node to every node of every other cluster, keyed by
+//! the public keys the agents publish (DESIGN.md, "Datapath").
+//!
+//! - [`key`]: the node's key pair, made once in the state directory (0600).
+//! - [`peers`]: records → desired peers (pure), and the diff to what the interface holds.
+//! - [`device`]: the interface through wireguard-control (kernel or userspace backend).
+//! - [`route`]: link state and routes of the peers' CIDRs, over rtnetlink.
+//! - [`publish`]: the node key record, under a lease the agent keeps alive.
+//!
+//! [`Wg`] ties them together for the agent: it reconciles the interface when records change
+//! and, once a second, reads the peers' counters for the metrics, for `node-agent wg`, and to
+//! notice an interface that lost its configuration (a userspace daemon that died).
+
+pub mod device;
+pub mod key;
+pub mod peers;
+pub mod publish;
+pub mod route;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::Local;
+use crate::metrics::{Metrics, PeerLabel, Transfer};
+use crate::state::MeshState;
+use device::Interface;
+use key::KeyPair;
+use peers::{Cidr, PeerTable, Plan, PublicKey};
+
+/// The file in the state directory where the agent records its peers' names and counter
+/// ages for `node-agent wg`.
+pub const STATUS_FILE: &str = "wireguard-peers.json";
+
+/// The WireGuard settings.
+#[derive(Debug, Clone)]
+pub struct WgConfig {
+    /// The interface.
+    pub interface: Interface,
+    /// The listen port.
+    pub port: u16,
+    /// The interface's MTU.
+    pub mtu: u32,
+    /// Peers with this cluster's other nodes too.
+    pub intra_cluster: bool,
+}
+
+/// What `node-agent wg` shows of a peer besides what the interface says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNote {
+    /// The peer's cluster.
+    pub cluster: String,
+    /// The peer's node.
+    pub node: String,
+    /// When its transfer counters last changed (Unix ms), if they have since the agent started.
+    pub changed_at_ms: Option<i64>,
+}
+
+/// Counters seen at the last tick.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    rx: u64,
+    tx: u64,
+    changed_at_ms: Option<i64>,
+}
+
+/// The WireGuard side of the agent.
+#[derive(Debug)]
+pub struct Wg {
+    config: WgConfig,
+    key: KeyPair,
+    table: PeerTable,
+    /// Routes we hold (CIDR → source).
+    routes: BTreeSet<(Cidr, Option<Ipv4Addr>)>,
+    seen: BTreeMap<PublicKey, Seen>,
+    status_file: PathBuf,
+    /// A configuration failed: reconcile everything at the next tick.
+    pub retry: bool,
+    /// The store has been listed: the records are a view to reconcile against (before,
+    /// an empty state would remove every adopted peer).
+    pub listed: bool,
+}
+
+/// A failure setting up or configuring WireGuard.
+pub type Error = device::Error;
+
+impl Wg {
+    /// Sets up the interface with the node's key (made on first start) and adopts its peers.
+    pub fn start(config: WgConfig, key: KeyPair, state_dir: &Path) -> Result<Wg, Error> {
+        let created = config.interface.ensure(&key, config.port, config.mtu)?;
+        let table = if created {
+            PeerTable::default()
+        } else {
+            PeerTable::adopt(
+                config
+                    .interface
+                    .read()?
+                    .into_iter()
+                    .map(|(k, s)| (k, s.applied))
+                    .collect(),
+            )
+        };
+        let routes = index_of(&config.interface)
+            .and_then(|i| route::list(i).ok())
+            .unwrap_or_default();
+        tracing::info!(
+            interface = config.interface.name(),
+            backend = if config.interface.is_userspace() {
+                "userspace"
+            } else {
+                "kernel"
+            },
+            port = config.port,
+            mtu = config.mtu,
+            public_key = %key.public.to_base64(),
+            created,
+            adopted_peers = table.applied().len(),
+            "WireGuard interface ready"
+        );
+        Ok(Wg {
+            config,
+            key,
+            table,
+            routes,
+            seen: BTreeMap::new(),
+            status_file: state_dir.join(STATUS_FILE),
+            retry: false,
+            listed: false,
+        })
+    }
+
+    /// The node's public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.key.public.0
+    }
+
+    /// The listen port.
+    pub fn port(&self) -> u16 {
+        self.config.port
+    }
+
+    /// Makes the interface's peers and routes match the records. A failure is logged and
+    /// counted, and retried at the next tick; it never stops the agent.
+    pub fn reconcile(&mut self, state: &MeshState, local: &Local, metrics: &Metrics) {
+        let (desired, conflicts) =
+            peers::desired(state, local, self.public_key(), self.config.intra_cluster);
+        if conflicts > 0 {
+            tracing::warn!(
+                conflicts,
+                "nodes publish the same WireGuard key (a copied state directory?): one peer each"
+            );
+        }
+        let plan = self.table.plan(&desired, state);
+        if let Err(e) = self.apply(&plan, state, local) {
+            tracing::error!("configuring WireGuard: {e}; retrying at the next tick");
+            metrics.wg_errors.inc();
+            self.retry = true;
+        }
+        metrics.wg_peers.set(self.table.applied().len() as i64);
+    }
+
+    fn apply(&mut self, plan: &Plan, state: &MeshState, local: &Local) -> Result<(), Error> {
+        self.config.interface.apply(plan)?;
+        self.table.commit(plan);
+        for (key, peer) in &plan.upsert {
+            tracing::info!(
+                cluster = %peer.cluster,
+                node = %peer.node,
+                public_key = %key::encode(key),
+                endpoint = %device::endpoint_text(peer.endpoint),
+                allowed_ips = ?peer.allowed.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
+                "WireGuard peer set"
+            );
+        }
+        for key in &plan.remove {
+            tracing::info!(public_key = %key::encode(key), "WireGuard peer removed");
+            self.seen.remove(key);
+        }
+        if plan.kept > 0 {
+            tracing::debug!(
+                kept = plan.kept,
+                "peers kept: their cluster's view is not complete"
+            );
+        }
+        self.sync_routes(state, local)
+    }
+
+    /// Routes every applied peer's CIDRs through the interface, from an address of this node's
+    /// pod CIDRs when the host has one.
+    fn sync_routes(&mut self, state: &MeshState, local: &Local) -> Result<(), Error> {
+        let Some(index) = index_of(&self.config.interface) else {
+            return Err(Error::Io {
+                op: "finding the link",
+                interface: self.config.interface.name().to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        };
+        let own_cidrs: Vec<Cidr> = state
+            .clusters
+            .get(&local.cluster)
+            .and_then(|c| c.nodes.get(&local.node))
+            .map(|n| n.pod_cidrs.clone())
+            .unwrap_or_default();
+        let src = route::local_address_in(&own_cidrs);
+        let want: BTreeSet<(Cidr, Option<Ipv4Addr>)> =
+            self.table.routes().into_iter().map(|c| (c, src)).collect();
+        if want == self.routes {
+            return Ok(());
+        }
+        let io = |op| {
+            let name = self.config.interface.name().to_owned();
+            move |source| Error::Io {
+                op,
+                interface: name,
+                source,
+            }
+        };
+        let have = route::list(index).map_err(io("listing routes"))?;
+        for (cidr, src) in want.difference(&have) {
+            route::add(index, *cidr, *src).map_err(io("adding a route"))?;
+        }
+        let wanted: BTreeSet<Cidr> = want.iter().map(|(c, _)| *c).collect();
+        for (cidr, _) in have.iter().filter(|(c, _)| !wanted.contains(c)) {
+            route::delete(index, *cidr).map_err(io("deleting a route"))?;
+        }
+        tracing::debug!(routes = want.len(), source = ?src, "WireGuard routes synced");
+        self.routes = want;
+        Ok(())
+    }
+
+    /// Once a second: reads the counters for the metrics and `node-agent wg`, and notices an
+    /// interface that lost its configuration (then sets it up again and re-applies every peer).
+    pub fn tick(&mut self, state: &MeshState, local: &Local, metrics: &Metrics, now_ms: i64) {
+        let status = match self.config.interface.read() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("reading WireGuard: {e}; setting the interface up again");
+                metrics.wg_errors.inc();
+                self.restart(state, local, metrics);
+                return;
+            }
+        };
+        let have: BTreeSet<&PublicKey> = status.keys().collect();
+        let want: BTreeSet<&PublicKey> = self.table.applied().keys().collect();
+        if have != want {
+            tracing::warn!(
+                interface_peers = have.len(),
+                configured = want.len(),
+                "the interface's peers changed under us: configuring them again"
+            );
+            self.table = PeerTable::adopt(
+                status
+                    .iter()
+                    .map(|(k, s)| (*k, s.applied.clone()))
+                    .collect(),
+            );
+            self.retry = true;
+        }
+        if self.listed && std::mem::take(&mut self.retry) {
+            self.routes.clear();
+            self.reconcile(state, local, metrics);
+        }
+        let mut bytes: BTreeMap<(String, &str), i64> = BTreeMap::new();
+        let mut notes = BTreeMap::new();
+        self.seen.retain(|k, _| status.contains_key(k));
+        metrics.wg_transfer_age.clear();
+        for (key, s) in &status {
+            let (cluster, node) = self.name_of(key, state);
+            let seen = self.seen.entry(*key).or_insert(Seen {
+                rx: s.rx,
+                tx: s.tx,
+                changed_at_ms: None,
+            });
+            if (seen.rx, seen.tx) != (s.rx, s.tx) {
+                *seen = Seen {
+                    rx: s.rx,
+                    tx: s.tx,
+                    changed_at_ms: Some(now_ms),
+                };
+            }
+            *bytes.entry((cluster.clone(), "rx")).or_default() += s.rx as i64;
+            *bytes.entry((cluster.clone(), "tx")).or_default() += s.tx as i64;
+            if let Some(at) = seen.changed_at_ms {
+                metrics
+                    .wg_transfer_age
+                    .get_or_create(&PeerLabel {
+                        cluster: cluster.clone(),
+                        node: node.clone(),
+                    })
+                    .set((now_ms - at).max(0) / 1000);
+            }
+            notes.insert(
+                key::encode(key),
+                PeerNote {
+                    cluster,
+                    node,
+                    changed_at_ms: seen.changed_at_ms,
+                },
+            );
+        }
+        metrics.wg_bytes.clear();
+        for ((cluster, direction), n) in bytes {
+            metrics
+                .wg_bytes
+                .get_or_create(&Transfer {
+                    cluster,
+                    direction: direction.to_owned(),
+                })
+                .set(n);
+        }
+        metrics.wg_peers.set(status.len() as i64);
+        let text = serde_json::to_string(&notes).expect("json");
+        if std::fs::read_to_string(&self.status_file).ok().as_deref() != Some(text.as_str())
+            && let Err(e) = std::fs::write(&self.status_file, text)
+        {
+            tracing::debug!("writing {}: {e}", self.status_file.display());
+        }
+    }
+
+    /// The cluster and node of a peer, from the records (or `?` for a stranger).
+    fn name_of(&self, key: &PublicKey, state: &MeshState) -> (String, String) {
+        let owner = self.table.owner(key);
+        for (cname, c) in &state.clusters {
+            if owner.is_some_and(|o| o != cname) {
+                continue;
+            }
+            if let Some((node, _)) = c.nodekeys.iter().find(|(_, k)| k.public_key == *key) {
+                return (cname.clone(), node.clone());
+            }
+        }
+        (owner.unwrap_or("?").to_owned(), "?".to_owned())
+    }
+
+    fn restart(&mut self, state: &MeshState, local: &Local, metrics: &Metrics) {
+        match self
+            .config
+            .interface
+            .ensure(&self.key, self.config.port, self.config.mtu)
+        {
+            Ok(created) => {
+                if created {
+                    self.table = PeerTable::default();
+                    self.routes.clear();
+                    tracing::info!(
+                        interface = self.config.interface.name(),
+                        "WireGuard interface created again"
+                    );
+                }
+                if self.listed {
+                    self.reconcile(state, local, metrics);
+                }
+            }
+            Err(e) => {
+                tracing::error!("setting WireGuard up: {e}; retrying at the next tick");
+                metrics.wg_errors.inc();
+            }
+        }
+    }
+}
+
+fn index_of(interface: &Interface) -> Option<u32> {
+    route::index(interface.name())
+}

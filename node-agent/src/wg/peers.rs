@@ -1,0 +1,211 @@
+//! Which WireGuard peers the node should have (pure), and the difference to what the
+//! interface holds.
+//!
+//! A peer is a node of another cluster (of this one too with `--wg-intra-cluster`) that has
+//! both a node record and a node key: its public key, its endpoint (ExternalIP, else
+//! InternalIP, and the port from its key record), and as allowed IPs its pod CIDRs, or, when
+//! its cluster's nodes carry none (the AWS VPC CNI), the /32s of the pods the ipcache places on
+//! it. A peer is removed only when the view of its cluster is complete (every `synced/` marker
+//! present) or the cluster is gone entirely (a drained remote); a remote that is only stale
+//! keeps its mirrored records, so its peers stay.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::desired::Local;
+use crate::state::MeshState;
+
+/// A Curve25519 public key.
+pub type PublicKey = [u8; 32];
+
+/// An IPv4 CIDR.
+pub type Cidr = (Ipv4Addr, u8);
+
+/// Seconds between keepalives (through NAT and stateful firewalls).
+pub const KEEPALIVE_SECS: u16 = 25;
+
+/// A peer as it should be configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its cluster.
+    pub cluster: String,
+    /// Its node.
+    pub node: String,
+    /// Where to send to (none when the node record has no IPv4 address: the peer can still
+    /// reach us).
+    pub endpoint: Option<SocketAddrV4>,
+    /// Its pod CIDRs.
+    pub allowed: BTreeSet<Cidr>,
+}
+
+/// What the interface holds for a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Endpoint as last written (the interface's own reading changes when the peer roams).
+    pub endpoint: Option<SocketAddrV4>,
+    /// Allowed IPs.
+    pub allowed: BTreeSet<Cidr>,
+    /// Persistent keepalive.
+    pub keepalive: Option<u16>,
+}
+
+impl Applied {
+    fn of(peer: &Peer) -> Applied {
+        Applied {
+            endpoint: peer.endpoint,
+            allowed: peer.allowed.clone(),
+            keepalive: Some(KEEPALIVE_SECS),
+        }
+    }
+}
+
+/// The desired peers, and how many node keys were left out because another node already
+/// published the same key (a copied state directory).
+pub fn desired(
+    state: &MeshState,
+    local: &Local,
+    own_key: &PublicKey,
+    intra_cluster: bool,
+) -> (BTreeMap<PublicKey, Peer>, usize) {
+    let mut out: BTreeMap<PublicKey, Peer> = BTreeMap::new();
+    let mut conflicts = 0;
+    for (cname, c) in &state.clusters {
+        let own = *cname == local.cluster;
+        if own && !intra_cluster {
+            continue;
+        }
+        let by_pods = c.nodes.values().all(|n| n.pod_cidrs.is_empty());
+        for (node, key) in &c.nodekeys {
+            if (own && *node == local.node) || key.public_key == *own_key {
+                continue;
+            }
+            let Some(info) = c.nodes.get(node) else {
+                continue; // a key without its node: the node left the cluster
+            };
+            let allowed: BTreeSet<Cidr> = if by_pods {
+                c.ipcache
+                    .iter()
+                    .filter(|(_, p)| info.ips.contains(&p.node))
+                    .map(|(ip, _)| (*ip, 32))
+                    .collect()
+            } else {
+                info.pod_cidrs.iter().copied().collect()
+            };
+            let peer = Peer {
+                cluster: cname.clone(),
+                node: node.clone(),
+                endpoint: info.tunnel_ip.map(|ip| SocketAddrV4::new(ip, key.port)),
+                allowed,
+            };
+            match out.entry(key.public_key) {
+                std::collections::btree_map::Entry::Occupied(_) => conflicts += 1,
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(peer);
+                }
+            }
+        }
+    }
+    (out, conflicts)
+}
+
+/// What to change on the interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Peers to add or update (their allowed IPs replaced).
+    pub upsert: Vec<(PublicKey, Peer)>,
+    /// Peers to remove.
+    pub remove: Vec<PublicKey>,
+    /// Peers no longer desired but kept: their cluster's view is not complete.
+    pub kept: usize,
+}
+
+impl Plan {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The peers the interface holds, and whose they are.
+#[derive(Debug, Clone, Default)]
+pub struct PeerTable {
+    applied: BTreeMap<PublicKey, Applied>,
+    /// The cluster each applied peer was configured for (unknown for peers adopted from the
+    /// interface until they are desired again).
+    owners: BTreeMap<PublicKey, String>,
+}
+
+impl PeerTable {
+    /// Starts from what the interface holds.
+    pub fn adopt(applied: BTreeMap<PublicKey, Applied>) -> PeerTable {
+        PeerTable {
+            applied,
+            owners: BTreeMap::new(),
+        }
+    }
+
+    /// What the interface holds.
+    pub fn applied(&self) -> &BTreeMap<PublicKey, Applied> {
+        &self.applied
+    }
+
+    /// The cluster of an applied peer, if known.
+    pub fn owner(&self, key: &PublicKey) -> Option<&str> {
+        self.owners.get(key).map(String::as_str)
+    }
+
+    /// The changes that make the interface hold `desired`, never removing a peer whose cluster
+    /// is only partly known.
+    pub fn plan(&self, desired: &BTreeMap<PublicKey, Peer>, state: &MeshState) -> Plan {
+        let mut plan = Plan::default();
+        for (key, peer) in desired {
+            if self.applied.get(key) != Some(&Applied::of(peer)) {
+                plan.upsert.push((*key, peer.clone()));
+            }
+        }
+        let any_partial = state.clusters.values().any(|c| !c.complete());
+        for key in self.applied.keys().filter(|k| !desired.contains_key(*k)) {
+            let owner = self.owners.get(key).map(String::as_str).or_else(|| {
+                state
+                    .clusters
+                    .iter()
+                    .find(|(_, c)| c.nodekeys.values().any(|k| k.public_key == *key))
+                    .map(|(name, _)| name.as_str())
+            });
+            let partial = match owner {
+                // A cluster with no record left at all is a complete, empty view.
+                Some(c) => state.clusters.get(c).is_some_and(|c| !c.complete()),
+                None => any_partial,
+            };
+            if partial {
+                plan.kept += 1;
+            } else {
+                plan.remove.push(*key);
+            }
+        }
+        plan
+    }
+
+    /// Records that `plan` was applied.
+    pub fn commit(&mut self, plan: &Plan) {
+        for (key, peer) in &plan.upsert {
+            self.applied.insert(*key, Applied::of(peer));
+            self.owners.insert(*key, peer.cluster.clone());
+        }
+        for key in &plan.remove {
+            self.applied.remove(key);
+            self.owners.remove(key);
+        }
+    }
+
+    /// Every allowed CIDR of the applied peers: the routes the interface should carry.
+    pub fn routes(&self) -> BTreeSet<Cidr> {
+        self.applied
+            .values()
+            .flat_map(|a| a.allowed.iter().copied())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
