@@ -283,7 +283,7 @@ impl Agent<'_> {
         let mut status = Watch::start(&mut client, source::PREFIXES[1], revisions[1]).await?;
         *resume = Some([mesh.revision, status.revision]);
         self.metrics.connected.set(1);
-        self.publish(&mut client).await?;
+        self.publish(&mut client, mesh.revision).await?;
         let mut keepalive = tokio::time::interval(publish::KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.reset();
@@ -299,7 +299,7 @@ impl Agent<'_> {
                     if let Some(p) = self.publisher.as_deref_mut() {
                         p.keep_alive(&mut client).await?;
                     }
-                    self.publish(&mut client).await?;
+                    self.publish(&mut client, mesh.revision).await?;
                     continue;
                 }
                 () = LinkEvents::next(links) => {
@@ -327,14 +327,19 @@ impl Agent<'_> {
             if touched.peers {
                 self.reconcile_wg();
             }
-            self.publish(&mut client).await?;
+            self.publish(&mut client, mesh.revision).await?;
         }
     }
 
-    /// Publishes the node key when the store's copy is missing or differs.
-    async fn publish(&mut self, client: &mut etcd_client::Client) -> Result<(), source::Error> {
+    /// Publishes the node key when the store's copy is missing or differs (the watch having
+    /// reached `revision`).
+    async fn publish(
+        &mut self,
+        client: &mut etcd_client::Client,
+        revision: i64,
+    ) -> Result<(), source::Error> {
         match self.publisher.as_deref_mut() {
-            Some(p) if p.needed(&self.state) => p.publish(client).await,
+            Some(p) if p.needed(&self.state, revision) => p.publish(client).await,
             _ => Ok(()),
         }
     }

@@ -30,6 +30,9 @@ pub struct Publisher {
     cluster: String,
     node: String,
     lease: Option<i64>,
+    /// The store revision of the last write: until the watch reaches it, the state cannot
+    /// show the record yet.
+    written_at: i64,
 }
 
 fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> source::Error {
@@ -59,14 +62,18 @@ impl Publisher {
             cluster: cluster.to_owned(),
             node: node.to_owned(),
             lease: None,
+            written_at: 0,
         }
     }
 
     /// Whether the record must be written: never written by this process, or the store's
-    /// copy differs.
-    pub fn needed(&self, state: &MeshState) -> bool {
-        self.lease.is_none()
-            || state
+    /// copy differs once the watch has reached (`revision`) the last write.
+    pub fn needed(&self, state: &MeshState, revision: i64) -> bool {
+        if self.lease.is_none() {
+            return true;
+        }
+        revision >= self.written_at
+            && state
                 .clusters
                 .get(&self.cluster)
                 .and_then(|c| c.nodekeys.get(&self.node))
@@ -84,7 +91,10 @@ impl Publisher {
                 )
                 .await;
             match put {
-                Ok(_) => return Ok(()),
+                Ok(r) => {
+                    self.written_at = r.header().map_or(0, |h| h.revision());
+                    return Ok(());
+                }
                 Err(e) if e.to_string().contains("lease not found") => self.lease = None,
                 Err(e) => return Err(etcd("publishing the node key")(e)),
             }
@@ -94,7 +104,7 @@ impl Publisher {
             .await
             .map_err(etcd("granting the node key's lease"))?
             .id();
-        client
+        let put = client
             .put(
                 self.key.as_str(),
                 self.value.clone(),
@@ -102,6 +112,7 @@ impl Publisher {
             )
             .await
             .map_err(etcd("publishing the node key"))?;
+        self.written_at = put.header().map_or(0, |h| h.revision());
         self.lease = Some(lease);
         tracing::info!(
             key = %self.key,

@@ -38,6 +38,16 @@ fn pods_of_two_clusters_talk_through_the_tunnels_only() {
         mesh.wait_ping("apps", "node-2", ip);
     }
     mesh.wait_ping("infra", "node-2", apps_pod);
+    // A host-network client (the node itself) gets replies too: its packets leave with the
+    // node's pod-CIDR address, which the remote accepts from this peer.
+    let from_host = mesh
+        .node("apps", "node-1")
+        .ns
+        .command("ping")
+        .args(["-c", "1", "-W", "2", &infra_pods[1].to_string()])
+        .output()
+        .unwrap();
+    assert!(from_host.status.success(), "{from_host:?}");
 
     // TCP, both ways.
     mesh.serve("infra", "node-2");
