@@ -130,7 +130,11 @@ fn pods_of_two_clusters_talk_through_the_tunnels_only() {
     assert_eq!(peer["publicKey"], infra1_key.as_str());
     assert_eq!(peer["allowedIps"], serde_json::json!(["10.2.1.0/24"]));
     assert!(peer["rxBytes"].as_u64().unwrap() > 0);
+    // The age appears once the agent has seen the counters change between two of its ticks,
+    // so keep traffic flowing while waiting (boringtun 0.7.1 sends no persistent keepalives:
+    // an idle tunnel's counters stand still).
     let metrics = eventually("the WireGuard metrics", PATIENCE, || {
+        mesh.ping("apps", "node-1", infra_pods[0]);
         let m = mesh.metrics("apps", "node-1");
         m.contains("raftmesh_agent_wg_transfer_age_seconds{cluster=\"infra\",node=\"node-1\"}")
             .then_some(m)
