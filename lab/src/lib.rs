@@ -44,6 +44,19 @@ fn base36(mut n: u32) -> String {
     String::from_utf8(out).expect("ascii")
 }
 
+/// A temporary directory for one test's or lab's files, named `<id>-…`; kept (and its path
+/// printed) when `RAFTMESH_KEEP_LOGS` is set, so a failure's logs can be read afterwards.
+pub fn workdir(id: &str) -> std::io::Result<tempfile::TempDir> {
+    let mut dir = tempfile::Builder::new()
+        .prefix(&format!("{id}-"))
+        .tempdir()?;
+    if std::env::var_os("RAFTMESH_KEEP_LOGS").is_some() {
+        eprintln!("logs kept in {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    Ok(dir)
+}
+
 /// The cgroup v2 mount: `/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup` on Talos
 /// and systemd hosts.
 pub fn cgroup2_root() -> anyhow::Result<std::path::PathBuf> {

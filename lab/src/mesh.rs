@@ -161,14 +161,7 @@ impl Mesh {
         );
         crate::ensure_bpffs().expect("bpffs");
         let id = crate::unique("rw");
-        let mut dir = tempfile::Builder::new()
-            .prefix(&format!("{id}-"))
-            .tempdir()
-            .expect("tempdir");
-        if std::env::var_os("RAFTMESH_KEEP_LOGS").is_some() {
-            eprintln!("logs kept in {}", dir.path().display());
-            dir.disable_cleanup(true);
-        }
+        let dir = crate::workdir(&id).expect("tempdir");
         let spec: Vec<ClusterSpec> = CLUSTERS
             .iter()
             .map(|(name, id)| ClusterSpec {

@@ -160,19 +160,7 @@ impl Mesh {
     }
 
     pub fn node(&mut self, cluster: &str, node: &str, internal_ip: &str) -> &mut Self {
-        self.put(
-            Key::Node {
-                cluster: cluster.to_owned(),
-                node: node.to_owned(),
-            },
-            Record::Node(NodeRecord {
-                schema: SCHEMA,
-                name: node.to_owned(),
-                internal_ips: vec![internal_ip.to_owned()],
-                ..Default::default()
-            }),
-        );
-        self
+        self.node_with(cluster, node, internal_ip, None, &[])
     }
 
     /// A node with its InternalIP, an optional ExternalIP and pod CIDRs.

@@ -76,6 +76,8 @@ pub struct Wg {
     routes: BTreeSet<(Cidr, Option<Ipv4Addr>)>,
     seen: BTreeMap<PublicKey, Seen>,
     status_file: PathBuf,
+    /// What the status file holds.
+    status_written: String,
     /// A configuration failed: reconcile everything at the next tick.
     pub retry: bool,
     /// The store has been listed: the records are a view to reconcile against (before,
@@ -126,6 +128,7 @@ impl Wg {
             routes,
             seen: BTreeMap::new(),
             status_file: state_dir.join(STATUS_FILE),
+            status_written: String::new(),
             retry: false,
             listed: false,
         })
@@ -312,25 +315,28 @@ impl Wg {
         }
         metrics.wg_peers.set(status.len() as i64);
         let text = serde_json::to_string(&notes).expect("json");
-        if std::fs::read_to_string(&self.status_file).ok().as_deref() != Some(text.as_str())
-            && let Err(e) = std::fs::write(&self.status_file, text)
-        {
-            tracing::debug!("writing {}: {e}", self.status_file.display());
+        if text != self.status_written {
+            match std::fs::write(&self.status_file, &text) {
+                Ok(()) => self.status_written = text,
+                Err(e) => tracing::debug!("writing {}: {e}", self.status_file.display()),
+            }
         }
     }
 
-    /// The cluster and node of a peer, from the records (or `?` for a stranger).
+    /// The cluster and node of a peer: as configured, else (a peer adopted from the
+    /// interface) from the records, else `?`.
     fn name_of(&self, key: &PublicKey, state: &MeshState) -> (String, String) {
-        let owner = self.table.owner(key);
-        for (cname, c) in &state.clusters {
-            if owner.is_some_and(|o| o != cname) {
-                continue;
-            }
-            if let Some((node, _)) = c.nodekeys.iter().find(|(_, k)| k.public_key == *key) {
-                return (cname.clone(), node.clone());
-            }
+        if let Some((c, n)) = self.table.owner(key) {
+            return (c.to_owned(), n.to_owned());
         }
-        (owner.unwrap_or("?").to_owned(), "?".to_owned())
+        state
+            .clusters
+            .iter()
+            .find_map(|(cname, c)| {
+                let (node, _) = c.nodekeys.iter().find(|(_, k)| k.public_key == *key)?;
+                Some((cname.clone(), node.clone()))
+            })
+            .unwrap_or_else(|| ("?".to_owned(), "?".to_owned()))
     }
 
     fn restart(&mut self, state: &MeshState, local: &Local, metrics: &Metrics) {

@@ -382,3 +382,79 @@ fn hex_decode(text: &str, out: &mut [u8; 32]) -> Option<()> {
 pub fn endpoint_text(e: Option<SocketAddrV4>) -> String {
     e.map_or_else(|| "(none)".to_owned(), |e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What boringtun 0.7 answers to `get=1`, with the field wireguard-control prints.
+    const GET: &str = "own_public_key=84d74fcb851f9580746fd3462b65e25e5e50d544b18d5d928430f95bf40e3015\n\
+        listen_port=51871\n\
+        public_key=0101010101010101010101010101010101010101010101010101010101010101\n\
+        endpoint=192.168.2.1:51871\n\
+        allowed_ip=10.2.1.0/24\n\
+        allowed_ip=10.2.9.0/24\n\
+        rx_bytes=1140\n\
+        tx_bytes=864\n\
+        persistent_keepalive_interval=25\n\
+        public_key=0202020202020202020202020202020202020202020202020202020202020202\n\
+        persistent_keepalive_interval=0\n\
+        errno=0\n\n";
+
+    fn serve(answer: &'static str) -> (tempfile::TempDir, PathBuf) {
+        use std::io::{Read as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wg.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 7];
+            s.read_exact(&mut req).unwrap();
+            assert_eq!(&req, b"get=1\n\n");
+            s.write_all(answer.as_bytes()).unwrap();
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn reads_peers_over_uapi() {
+        let (_dir, path) = serve(GET);
+        let peers = read_uapi(&path).unwrap();
+        assert_eq!(peers.len(), 2);
+        let p = &peers[&[1u8; 32]];
+        assert_eq!(p.rx, 1140);
+        assert_eq!(p.tx, 864);
+        assert_eq!(p.applied.keepalive, Some(25));
+        assert_eq!(
+            p.applied.endpoint,
+            Some("192.168.2.1:51871".parse().unwrap())
+        );
+        assert_eq!(
+            p.applied
+                .allowed
+                .iter()
+                .map(|(a, l)| format!("{a}/{l}"))
+                .collect::<Vec<_>>(),
+            ["10.2.1.0/24", "10.2.9.0/24"]
+        );
+        let q = &peers[&[2u8; 32]];
+        assert_eq!(
+            (q.rx, q.applied.keepalive, q.applied.endpoint),
+            (0, None, None)
+        );
+    }
+
+    #[test]
+    fn an_error_answer_is_an_error() {
+        let (_dir, path) = serve("errno=13\n\n");
+        assert!(read_uapi(&path).is_err());
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(Interface::new("raftmesh0", None).is_ok());
+        for bad in ["", "sixteen-chars-xx", "a/b", "a b"] {
+            assert!(Interface::new(bad, None).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -74,7 +74,15 @@ pub fn desired(
         if own && !intra_cluster {
             continue;
         }
+        // Without pod CIDRs on any Node, each node's pods (by the node address the ipcache
+        // gives), grouped in one pass.
+        let mut pods_by_node: BTreeMap<Ipv4Addr, BTreeSet<Cidr>> = BTreeMap::new();
         let by_pods = c.nodes.values().all(|n| n.pod_cidrs.is_empty());
+        if by_pods {
+            for (ip, pod) in &c.ipcache {
+                pods_by_node.entry(pod.node).or_default().insert((*ip, 32));
+            }
+        }
         for (node, key) in &c.nodekeys {
             if (own && *node == local.node) || key.public_key == *own_key {
                 continue;
@@ -83,10 +91,11 @@ pub fn desired(
                 continue; // a key without its node: the node left the cluster
             };
             let allowed: BTreeSet<Cidr> = if by_pods {
-                c.ipcache
+                info.ips
                     .iter()
-                    .filter(|(_, p)| info.ips.contains(&p.node))
-                    .map(|(ip, _)| (*ip, 32))
+                    .filter_map(|ip| pods_by_node.get(ip))
+                    .flatten()
+                    .copied()
                     .collect()
             } else {
                 info.pod_cidrs.iter().copied().collect()
@@ -130,9 +139,9 @@ impl Plan {
 #[derive(Debug, Clone, Default)]
 pub struct PeerTable {
     applied: BTreeMap<PublicKey, Applied>,
-    /// The cluster each applied peer was configured for (unknown for peers adopted from the
-    /// interface until they are desired again).
-    owners: BTreeMap<PublicKey, String>,
+    /// The cluster and node each applied peer was configured for (unknown for peers adopted
+    /// from the interface until they are desired again).
+    owners: BTreeMap<PublicKey, (String, String)>,
 }
 
 impl PeerTable {
@@ -149,9 +158,9 @@ impl PeerTable {
         &self.applied
     }
 
-    /// The cluster of an applied peer, if known.
-    pub fn owner(&self, key: &PublicKey) -> Option<&str> {
-        self.owners.get(key).map(String::as_str)
+    /// The cluster and node of an applied peer, if known.
+    pub fn owner(&self, key: &PublicKey) -> Option<(&str, &str)> {
+        self.owners.get(key).map(|(c, n)| (c.as_str(), n.as_str()))
     }
 
     /// The changes that make the interface hold `desired`, never removing a peer whose cluster
@@ -165,7 +174,7 @@ impl PeerTable {
         }
         let any_partial = state.clusters.values().any(|c| !c.complete());
         for key in self.applied.keys().filter(|k| !desired.contains_key(*k)) {
-            let owner = self.owners.get(key).map(String::as_str).or_else(|| {
+            let owner = self.owner(key).map(|(c, _)| c).or_else(|| {
                 state
                     .clusters
                     .iter()
@@ -190,7 +199,8 @@ impl PeerTable {
     pub fn commit(&mut self, plan: &Plan) {
         for (key, peer) in &plan.upsert {
             self.applied.insert(*key, Applied::of(peer));
-            self.owners.insert(*key, peer.cluster.clone());
+            self.owners
+                .insert(*key, (peer.cluster.clone(), peer.node.clone()));
         }
         for key in &plan.remove {
             self.applied.remove(key);

@@ -119,14 +119,7 @@ impl Node {
         );
         lab::ensure_bpffs().expect("bpffs");
         let id = lab::unique("rm");
-        let mut dir = tempfile::Builder::new()
-            .prefix(&format!("{id}-"))
-            .tempdir()
-            .expect("tempdir");
-        if std::env::var_os("RAFTMESH_KEEP_LOGS").is_some() {
-            eprintln!("logs kept in {}", dir.path().display());
-            dir.disable_cleanup(true);
-        }
+        let dir = lab::workdir(&id).expect("tempdir");
         let pins = PinsGuard(Pins::new(PathBuf::from("/sys/fs/bpf").join(&id)));
         let cgroup = Cgroup::new(&lab::cgroup2_root().expect("cgroup2"), &id).expect("cgroup");
         let ns = Netns::new(&format!("{id}-node")).expect("node netns");
