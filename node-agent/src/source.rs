@@ -54,6 +54,14 @@ pub enum Error {
         /// The compaction revision.
         compacted: i64,
     },
+    /// A request got no answer in time.
+    #[error("{op}: no answer within {after:?}")]
+    Timeout {
+        /// What was done.
+        op: &'static str,
+        /// How long it waited.
+        after: Duration,
+    },
     /// The server ended or cancelled the watch.
     #[error("watch of {prefix} ended: {reason}")]
     Ended {

@@ -20,6 +20,8 @@ use crate::state::{MeshState, NodeKey};
 pub const TTL_SECS: i64 = 60;
 /// How often the lease is kept alive.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long a keepalive reply may take before the connection is given up and made again.
+const KEEPALIVE_REPLY: Duration = Duration::from_secs(5);
 
 /// Publishes one node's key.
 #[derive(Debug)]
@@ -137,9 +139,14 @@ impl Publisher {
             .keep_alive()
             .await
             .map_err(etcd("keeping the node key's lease alive"))?;
-        let reply = stream
-            .message()
+        // The stream has no deadline of its own: an API server that never answers must not
+        // hold up the agent's loop (its ticks and watches wait on this).
+        let reply = tokio::time::timeout(KEEPALIVE_REPLY, stream.message())
             .await
+            .map_err(|_| source::Error::Timeout {
+                op: "keeping the node key's lease alive",
+                after: KEEPALIVE_REPLY,
+            })?
             .map_err(etcd("keeping the node key's lease alive"))?;
         if reply.is_none_or(|r| r.ttl() <= 0) {
             tracing::warn!(key = %self.key, "the node key's lease expired; publishing again");
