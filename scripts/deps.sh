@@ -17,16 +17,23 @@ if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ]; then
   command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
   command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
-  # The WireGuard tests: the fabric filter, `wg` to read the interfaces, ping between pods.
-  command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
-  command -v wg >/dev/null 2>&1 || need_apt+=(wireguard-tools)
   command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
   # mesh-bench wireguard measures throughput with iperf3.
   command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
   # mesh-bench draws its chart's text with DejaVu Sans.
   [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 fi
+if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ] || [ "${RAFTMESH_NEED_LAB:-0}" = 1 ]; then
+  # The lab and the WireGuard tests: namespaces and links (ip, nsenter), the fabric's rules
+  # (nft), `wg` to read the interfaces.
+  command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+  command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+  command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+  command -v wg >/dev/null 2>&1 || need_apt+=(wireguard-tools)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
+  # One package once, even if two lists named it.
+  mapfile -t need_apt < <(printf '%s\n' "${need_apt[@]}" | sort -u)
   echo "==> installing ${need_apt[*]}"
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -38,7 +45,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 # No WireGuard kernel module on machines like the CI's: the agent runs boringtun (userspace).
-if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ] && ! command -v boringtun-cli >/dev/null 2>&1; then
+if { [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ] || [ "${RAFTMESH_NEED_LAB:-0}" = 1 ]; } \
+  && ! command -v boringtun-cli >/dev/null 2>&1 && ! [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/boringtun-cli" ]; then
   echo "==> cargo install boringtun-cli"
   cargo install --locked --quiet boringtun-cli@0.7.1
 fi

@@ -1,6 +1,7 @@
 //! The lab: real clusters on one Linux box, out of network namespaces, veth pairs, cgroups and
-//! processes (DESIGN.md, "The lab"). This first part holds the building blocks the privileged
-//! tests share; each owns what it creates and removes it on drop, also when a test panics.
+//! processes (DESIGN.md, "The lab"). Two kinds of users: `meshctl lab` builds a lab from a spec
+//! that outlives the command ([`instance`]), and privileged tests use building blocks that own
+//! what they create and remove it on drop, also when a test panics.
 //!
 //! # Layout
 //! - [`netns`]: network namespaces ([`netns::Netns`]), veth pairs and bridges, commands inside a
@@ -10,14 +11,24 @@
 //! - [`topology`]: clusters of nodes with pods joined by a fabric ([`topology::Topology`]).
 //! - [`mesh`]: a running mesh on a topology (API servers, `meshctl connect`, agents with
 //!   WireGuard), the harness of the WireGuard tests and benchmark.
+//! - [`spec`]: the lab's YAML spec (`meshctl lab up --spec`), validated.
+//! - [`plan`]: a lab's names and addresses, derived from its spec and slot.
+//! - [`manifests`]: a lab cluster's Kubernetes objects, written where its API servers read.
+//! - [`faults`]: partitions, loss and delay between clusters, as fabric rules.
+//! - [`instance`]: a lab that outlives the command that made it (`meshctl lab up|down|…`).
 //! - The `mesh-echo` binary: the echo workload (`serve`) and its client (`probe`).
 //!
 //! Names are unique per process ([`unique`]), so tests and a developer's lab run side by side.
 
 pub mod cgroup;
+pub mod faults;
+pub mod instance;
+pub mod manifests;
 pub mod mesh;
 pub mod netns;
+pub mod plan;
 pub mod process;
+pub mod spec;
 pub mod topology;
 
 use std::sync::atomic::{AtomicU32, Ordering};

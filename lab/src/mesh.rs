@@ -35,7 +35,7 @@ pub fn eventually<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Opti
 }
 
 /// The programs a mesh runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Binaries {
     /// `node-agent`.
     pub node_agent: PathBuf,
@@ -51,29 +51,44 @@ pub struct Binaries {
 
 impl Binaries {
     /// The workspace's binaries in `dir` (a target directory's `debug` or `release`), and
-    /// boringtun from PATH or cargo's bin directory.
+    /// boringtun from PATH or cargo's bin directory; panics if one is missing.
     pub fn in_dir(dir: &Path) -> Binaries {
+        Binaries::find(dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The workspace's binaries in `dir`, and boringtun from PATH or cargo's bin directory.
+    pub fn find(dir: &Path) -> anyhow::Result<Binaries> {
         let bin = |name: &str| {
             let p = dir.join(name);
-            assert!(
+            anyhow::ensure!(
                 p.is_file(),
                 "{} is missing: build the workspace (cargo build --workspace) first",
                 p.display()
             );
-            p
+            Ok(p)
         };
-        Binaries {
-            node_agent: bin("node-agent"),
-            apiserver: bin("mesh-apiserver"),
-            meshctl: bin("meshctl"),
-            echo: bin("mesh-echo"),
-            boringtun: boringtun(),
-        }
+        Ok(Binaries {
+            node_agent: bin("node-agent")?,
+            apiserver: bin("mesh-apiserver")?,
+            meshctl: bin("meshctl")?,
+            echo: bin("mesh-echo")?,
+            boringtun: find_boringtun().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "boringtun-cli is missing: `cargo install --locked boringtun-cli` (scripts/lab and scripts/test install it)"
+                )
+            })?,
+        })
     }
 }
 
 /// `boringtun-cli`, from PATH or cargo's bin directory.
 fn boringtun() -> PathBuf {
+    find_boringtun()
+        .expect("boringtun-cli is missing: scripts/test installs it (cargo install boringtun-cli)")
+}
+
+/// `boringtun-cli`, from PATH or cargo's bin directory, if it is there.
+pub fn find_boringtun() -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -86,7 +101,6 @@ fn boringtun() -> PathBuf {
     dirs.into_iter()
         .map(|d| d.join("boringtun-cli"))
         .find(|p| p.is_file())
-        .expect("boringtun-cli is missing: scripts/test installs it (cargo install boringtun-cli)")
 }
 
 fn check(out: Output, what: &str) -> String {

@@ -8,6 +8,7 @@
 //! - [`connect`]: `meshctl connect|disconnect`, joining clusters.
 //! - [`status`]: `meshctl status`, members and remote mirrors.
 //! - [`services`]: `meshctl services`, global services and their backends per cluster.
+//! - [`lab`]: `meshctl lab`, the whole mesh on one Linux box (the `lab` crate does the work).
 //! - [`output`]: `-o table|json|yaml`.
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ mod config;
 mod connect;
 mod context;
 mod get;
+mod lab;
 mod output;
 mod pki;
 mod services;
@@ -58,6 +60,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Show the global services and their backends in every cluster.
     Services(services::ServicesArgs),
+    /// Run the whole mesh on this Linux box: clusters out of network namespaces, processes
+    /// and cgroups (`meshctl lab up`, `status`, `exec`, faults, `down`). Needs root.
+    Lab(lab::LabArgs),
 }
 
 /// Why a command failed, which decides the exit code.
@@ -67,6 +72,9 @@ enum Failure {
     BadInput(anyhow::Error),
     /// Anything else (1).
     Other(anyhow::Error),
+    /// A command meshctl ran for the caller (`lab exec`) exited with this code; meshctl
+    /// exits with it and adds nothing.
+    Exit(u8),
 }
 
 impl Failure {
@@ -97,6 +105,7 @@ fn main() -> ExitCode {
         Command::Disconnect(args) => connect::run_disconnect(args),
         Command::Status(args) => status::run(args),
         Command::Services(args) => services::run(args),
+        Command::Lab(args) => lab::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,6 +117,7 @@ fn main() -> ExitCode {
             eprintln!("error: {}", message(&e));
             ExitCode::FAILURE
         }
+        Err(Failure::Exit(code)) => ExitCode::from(code),
     }
 }
 

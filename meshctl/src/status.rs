@@ -48,7 +48,15 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
     let status = runtime.block_on(async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
         loop {
-            let attempt = status(&ctx).await;
+            // Bounded as a whole too: members are asked one after another.
+            let attempt = tokio::time::timeout(TIMEOUT * 4, status(&ctx))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "no status within {}s",
+                        (TIMEOUT * 4).as_secs()
+                    ))
+                });
             let done = match &attempt {
                 Ok(s) => !args.wait || settled(s),
                 Err(_) => !args.wait,
@@ -143,8 +151,15 @@ async fn member_status(
     if url.is_empty() {
         anyhow::bail!("no client URL published yet");
     }
-    let mut c = ctx.member_client(url, TIMEOUT).await?;
-    Ok(c.status().await?)
+    // The whole exchange is bounded: a stopped (SIGSTOP) member accepts TCP connections in
+    // the kernel but never finishes the TLS handshake, which the client's own timeouts do not
+    // cover.
+    tokio::time::timeout(TIMEOUT, async {
+        let mut c = ctx.member_client(url, TIMEOUT).await?;
+        Ok(c.status().await?)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {}s", TIMEOUT.as_secs()))?
 }
 
 /// Every configured remote and every remote with a status (a removed one still has its

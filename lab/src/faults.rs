@@ -1,0 +1,145 @@
+//! Faults between clusters, enforced at the fabric by one nftables table that is rebuilt whole
+//! (in one transaction) from the lab's recorded faults on every change, so what is enforced is
+//! always exactly what `meshctl lab status` says.
+//!
+//! - A partition drops every packet between two clusters' prefixes (node network, pod range,
+//!   members' host addresses), both ways.
+//! - Loss drops a share of them: `numgen random mod 100 < P` (per packet, both ways).
+//! - Delay: this kernel has no netem, so delayed packets go to an NFQUEUE the lab's delay stage
+//!   ([`crate::delay`]) holds before it accepts them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Plan, indexed};
+use crate::spec::LabSpec;
+
+/// The nftables table of the faults (in the fabric's namespace).
+pub const TABLE: &str = "raftmesh_lab_faults";
+/// The NFQUEUE number of the delay stage.
+pub const DELAY_QUEUE: u16 = 7;
+
+/// Degradation of the link between two clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degrade {
+    /// Added one-way delay, in milliseconds.
+    pub delay_ms: u32,
+    /// Packets dropped, in percent (0..=100).
+    pub loss_pct: u8,
+}
+
+/// The faults in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Faults {
+    /// Pairs of clusters (sorted names) cut from each other.
+    pub partitions: Vec<(String, String)>,
+    /// Degraded pairs (sorted names).
+    pub degraded: BTreeMap<String, Degrade>,
+}
+
+/// The key of a pair, its names sorted: `a|b`.
+pub fn pair(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
+    }
+}
+
+fn pair_key(a: &str, b: &str) -> String {
+    let (a, b) = pair(a, b);
+    format!("{a}|{b}")
+}
+
+impl Faults {
+    /// Cuts `a` from `b`; false if already cut.
+    pub fn partition(&mut self, a: &str, b: &str) -> bool {
+        let p = pair(a, b);
+        if self.partitions.contains(&p) {
+            return false;
+        }
+        self.partitions.push(p);
+        self.partitions.sort();
+        true
+    }
+
+    /// Restores traffic between `a` and `b` (the partition and any degradation); false if
+    /// nothing was in force.
+    pub fn heal(&mut self, a: &str, b: &str) -> bool {
+        let p = pair(a, b);
+        let before = self.partitions.len();
+        self.partitions.retain(|q| *q != p);
+        let degraded = self.degraded.remove(&pair_key(a, b)).is_some();
+        before != self.partitions.len() || degraded
+    }
+
+    /// Degrades the link between `a` and `b` (zero delay and loss removes the degradation).
+    pub fn degrade(&mut self, a: &str, b: &str, d: Degrade) {
+        if d.delay_ms == 0 && d.loss_pct == 0 {
+            self.degraded.remove(&pair_key(a, b));
+        } else {
+            self.degraded.insert(pair_key(a, b), d);
+        }
+    }
+
+    /// The degradation between `a` and `b`, if any.
+    pub fn degradation(&self, a: &str, b: &str) -> Option<Degrade> {
+        self.degraded.get(&pair_key(a, b)).copied()
+    }
+
+    /// Whether any pair is delayed (the delay stage must run).
+    pub fn delays(&self) -> bool {
+        self.degraded.values().any(|d| d.delay_ms > 0)
+    }
+
+    /// The nftables script that replaces the faults table with what is in force.
+    pub fn ruleset(&self, plan: &Plan, spec: &LabSpec) -> String {
+        let set = |name: &str| format!("@c_{}", name.replace('-', "_"));
+        let mut out =
+            format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
+        for (i, c) in indexed(spec) {
+            out.push_str(&format!(
+                "\tset c_{} {{ type ipv4_addr; flags interval; elements = {{ {} }}; }}\n",
+                c.name.replace('-', "_"),
+                plan.cluster_prefixes(i, c).join(", ")
+            ));
+        }
+        out.push_str(
+            "\tchain forward {\n\t\ttype filter hook forward priority -10; policy accept;\n",
+        );
+        for (a, b) in &self.partitions {
+            for (x, y) in [(a, b), (b, a)] {
+                out.push_str(&format!(
+                    "\t\tip saddr {} ip daddr {} counter drop comment \"partition {x} {y}\"\n",
+                    set(x),
+                    set(y)
+                ));
+            }
+        }
+        for (key, d) in &self.degraded {
+            let (a, b) = key.split_once('|').expect("pair keys hold |");
+            for (x, y) in [(a, b), (b, a)] {
+                let sel = format!("ip saddr {} ip daddr {}", set(x), set(y));
+                if d.loss_pct > 0 {
+                    out.push_str(&format!(
+                        "\t\t{sel} numgen random mod 100 < {} counter drop comment \"loss {x} {y}\"\n",
+                        d.loss_pct
+                    ));
+                }
+                if d.delay_ms > 0 {
+                    // An accept verdict from the stage resumes after this hook, so a packet is
+                    // held once. `bypass`: should the stage be gone, packets pass undelayed.
+                    out.push_str(&format!(
+                        "\t\t{sel} counter queue num {DELAY_QUEUE} bypass comment \"delay {x} {y}\"\n"
+                    ));
+                }
+            }
+        }
+        out.push_str("\t}\n}\n");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

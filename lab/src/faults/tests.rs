@@ -1,0 +1,75 @@
+use super::*;
+
+#[test]
+fn partitions_and_heals_are_per_unordered_pair() {
+    let mut f = Faults::default();
+    assert!(f.partition("infra", "apps"));
+    assert!(!f.partition("apps", "infra"), "the same pair");
+    assert_eq!(f.partitions, [("apps".to_owned(), "infra".to_owned())]);
+    f.degrade(
+        "apps",
+        "infra",
+        Degrade {
+            delay_ms: 50,
+            loss_pct: 5,
+        },
+    );
+    assert!(f.delays());
+    assert!(f.heal("infra", "apps"));
+    assert!(f.partitions.is_empty() && f.degraded.is_empty());
+    assert!(!f.heal("apps", "infra"));
+}
+
+#[test]
+fn the_ruleset_cuts_both_ways_and_degrades_by_pair() {
+    let spec = crate::spec::LabSpec::default_lab();
+    let plan = Plan::new(4);
+    let mut f = Faults::default();
+    let clean = f.ruleset(&plan, &spec);
+    assert!(
+        !clean.contains("drop") && !clean.contains("queue"),
+        "{clean}"
+    );
+    assert!(
+        clean.contains("elements = { 192.168.1.0/24, 10.1.0.0/16, 198.18.4.16/28 }"),
+        "{clean}"
+    );
+    f.partition("apps", "infra");
+    let cut = f.ruleset(&plan, &spec);
+    assert!(
+        cut.contains("ip saddr @c_apps ip daddr @c_infra counter drop"),
+        "{cut}"
+    );
+    assert!(
+        cut.contains("ip saddr @c_infra ip daddr @c_apps counter drop"),
+        "{cut}"
+    );
+    f.heal("apps", "infra");
+    f.degrade(
+        "infra",
+        "apps",
+        Degrade {
+            delay_ms: 0,
+            loss_pct: 5,
+        },
+    );
+    let lossy = f.ruleset(&plan, &spec);
+    assert!(
+        lossy.contains("numgen random mod 100 < 5 counter drop"),
+        "{lossy}"
+    );
+    assert!(!lossy.contains("queue"));
+    f.degrade(
+        "apps",
+        "infra",
+        Degrade {
+            delay_ms: 0,
+            loss_pct: 0,
+        },
+    );
+    assert_eq!(
+        f.ruleset(&plan, &spec),
+        clean,
+        "zero delay and loss removes it"
+    );
+}

@@ -1,0 +1,243 @@
+//! The default lab, end to end: issue 14's acceptance points 1 to 5 on one lab.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{PATIENCE, TestLab, eventually, leftovers};
+
+const ECHO_VIP: &str = "10.255.1.10:80";
+const DB_VIP: &str = "10.255.1.11:5432";
+
+/// Packets the fabric forwarded from apps to infra: (WireGuard, pod traffic in the clear),
+/// read with nft from the lab's watch table.
+fn fabric_counters(tag: &str) -> (u64, u64) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{tag}-fabric"))
+        .args(["nft", "list", "table", "ip", "raftmesh_lab_watch"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let packets = |comment: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!("comment \"{comment}\"")))
+            .and_then(|l| {
+                let mut w = l.split_whitespace();
+                w.find(|x| *x == "packets")?;
+                w.next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no counter {comment:?} in {text}"))
+    };
+    (packets("tunnel apps infra"), packets("clear apps infra"))
+}
+
+#[test]
+fn default_lab() {
+    let mut lab = TestLab::new("d");
+    let started = Instant::now();
+    let out = lab.up(&[]);
+    eprintln!("lab up: {:.1}s\n{out}", started.elapsed().as_secs_f64());
+    assert!(out.lines().last().unwrap().contains("is up"), "{out}");
+    let status = lab.status();
+    let tag = format!("rl{}", status["slot"]);
+    let dir = std::path::PathBuf::from(status["dir"].as_str().unwrap());
+
+    // A second `up` of the same lab is refused, and changes nothing.
+    let again = lab.meshctl(&["lab", "up"]);
+    assert_eq!(again.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    // meshctl on the host reaches the API servers through the lab's host link.
+    let apps = lab
+        .mesh_status("apps")
+        .expect("meshctl status --context apps");
+    assert_eq!(apps["members"].as_array().unwrap().len(), 3);
+    assert_eq!(apps["remotes"][0]["cluster"], "infra");
+    assert_eq!(apps["remotes"][0]["connected"], true);
+
+    // 1. 40 connections from apps/client to the demo/echo VIP, answered by both clusters;
+    //    the path to infra's pods is WireGuard: the fabric saw tunnel packets and no pod
+    //    traffic in the clear.
+    let (tunnel_before, clear_before) = fabric_counters(&tag);
+    let (answers, failures) = lab.clusters_answering("apps/client", ECHO_VIP, 40);
+    assert_eq!(failures, 0, "{answers:?}");
+    assert!(answers.get("apps").is_some_and(|n| *n > 0), "{answers:?}");
+    assert!(answers.get("infra").is_some_and(|n| *n > 0), "{answers:?}");
+    let (tunnel_after, clear_after) = fabric_counters(&tag);
+    assert_eq!(
+        clear_after, clear_before,
+        "pod traffic crossed the fabric in the clear"
+    );
+    assert!(
+        tunnel_after >= tunnel_before + 4 * u64::from(answers["infra"]),
+        "WireGuard packets {tunnel_before} → {tunnel_after} for {} connections to infra",
+        answers["infra"]
+    );
+
+    // 3. infra's demo/db admits only apps' client pods: apps/client gets through, apps/other
+    //    (no client label) does not, though it reaches infra's echo pods.
+    let (db, failures) = lab.probe("apps/client", DB_VIP, 3);
+    assert_eq!((db.get("infra/db"), failures), (Some(&3), 0), "{db:?}");
+    let (db, failures) = lab.probe("apps/other", DB_VIP, 3);
+    assert_eq!(
+        (db.len(), failures),
+        (0, 3),
+        "apps/other reached infra/db: {db:?}"
+    );
+    let other_to_infra = eventually("apps/other reaching infra's echo pods", PATIENCE, || {
+        let (a, _) = lab.clusters_answering("apps/other", ECHO_VIP, 10);
+        a.get("infra").copied()
+    });
+    assert!(other_to_infra > 0);
+
+    // 2. Affinity local: apps' own backends while one is ready; none ready → infra; back.
+    lab.apply(|s| s.clusters[0].services[0].affinity = "local".into());
+    let only = |cluster: &'static str| {
+        move |lab: &TestLab| {
+            let (a, failures) = lab.clusters_answering("apps/client", ECHO_VIP, 20);
+            (failures == 0 && a.keys().eq([cluster])).then_some(())
+        }
+    };
+    eventually("apps/client answered by apps only", PATIENCE, || {
+        only("apps")(&lab)
+    });
+    let removed = Instant::now();
+    lab.apply(|s| {
+        for p in &mut s.clusters[0].pods {
+            if p.labels.get("app").map(String::as_str) == Some("echo") {
+                p.ready = false;
+            }
+        }
+    });
+    eventually("traffic moving to infra", PATIENCE, || only("infra")(&lab));
+    eprintln!(
+        "no local backend → infra only after {:.2}s (includes 20-connection probes)",
+        removed.elapsed().as_secs_f64()
+    );
+    let restored = Instant::now();
+    lab.apply(|s| {
+        for p in &mut s.clusters[0].pods {
+            p.ready = true;
+        }
+    });
+    eventually("traffic moving back to apps", PATIENCE, || {
+        only("apps")(&lab)
+    });
+    eprintln!(
+        "local backends ready → apps only after {:.2}s",
+        restored.elapsed().as_secs_f64()
+    );
+    lab.apply(|s| s.clusters[0].services[0].affinity = "none".into());
+
+    // 4. A partition: writes succeed on both sides, local backends keep answering, infra's
+    //    records stay programmed in apps' maps, and the freshness age grows; heal reconverges.
+    lab.ok(&["lab", "partition", "apps", "infra"]);
+    for cluster in ["apps", "infra"] {
+        let put = lab.etcdctl(cluster, &["put", "lab/during-partition", cluster]);
+        assert!(
+            put.status.success(),
+            "{}",
+            String::from_utf8_lossy(&put.stderr)
+        );
+    }
+    let age = |lab: &TestLab| -> Option<f64> {
+        let s = lab.mesh_status("apps")?;
+        let r = &s["remotes"][0];
+        (r["connected"] == false).then(|| r["freshnessAgeSeconds"].as_f64())?
+    };
+    let first_age = eventually("apps' mirror of infra disconnected", PATIENCE, || age(&lab));
+    // Once infra is stale (the lab's remoteStaleAfter, 10s), every connection is local.
+    eventually("every connection answered by apps", PATIENCE, || {
+        only("apps")(&lab)
+    });
+    let (direct, failures) = lab.probe("apps/client", "10.1.2.10:8080", 5);
+    assert_eq!((direct.get("apps/echo-2"), failures), (Some(&5), 0));
+    let later_age = age(&lab).expect("still disconnected");
+    assert!(
+        later_age > first_age,
+        "freshness age {first_age} → {later_age}"
+    );
+    let maps = std::process::Command::new(sibling("node-agent"))
+        .args(["maps", "-o", "json", "--bpffs"])
+        .arg(format!("/sys/fs/bpf/raftmesh-lab-{tag}/apps-node-1"))
+        .output()
+        .unwrap();
+    let maps: serde_json::Value = serde_json::from_slice(&maps.stdout).unwrap();
+    let ipcache = maps["ipcache"].to_string();
+    assert!(
+        ipcache.contains("10.2.2.12"),
+        "infra/db left apps' ipcache: {ipcache}"
+    );
+    let services = maps["services"].to_string();
+    assert!(
+        services.contains("10.2.2.12"),
+        "infra/db is no longer demo/db's backend: {services}"
+    );
+    lab.ok(&["lab", "heal", "apps", "infra"]);
+    lab.ok(&["status", "--context", "apps", "--wait", "--timeout", "60"]);
+    lab.ok(&["status", "--context", "infra", "--wait", "--timeout", "60"]);
+    for cluster in ["apps", "infra"] {
+        let other = if cluster == "apps" { "infra" } else { "apps" };
+        let get = lab.etcdctl(
+            other,
+            &[
+                "get",
+                &format!("mesh/v1/{cluster}/cluster"),
+                "--print-value-only",
+            ],
+        );
+        assert!(get.status.success() && !get.stdout.is_empty());
+    }
+    eventually("both clusters answering again", PATIENCE, || {
+        let (a, f) = lab.clusters_answering("apps/client", ECHO_VIP, 20);
+        (f == 0 && a.len() == 2).then_some(())
+    });
+
+    // Processes: kill -9 and start a member and an agent; a frozen member shows as frozen.
+    lab.ok(&["lab", "kill", "apps/m1"]);
+    lab.ok(&["lab", "kill", "apps/node-1"]);
+    let s = lab.status();
+    assert_eq!(
+        s["clusters"][0]["members"][0]["process"]["state"],
+        "stopped"
+    );
+    assert_eq!(s["clusters"][0]["nodes"][0]["agent"]["state"], "stopped");
+    // Two of three members take writes once they have a leader (m1 may have been it).
+    eventually("a write with m1 down", PATIENCE, || {
+        lab.etcdctl("apps", &["put", "lab/two-of-three", "ok"])
+            .status
+            .success()
+            .then_some(())
+    });
+    lab.ok(&["lab", "start", "apps/m1"]);
+    lab.ok(&["lab", "start", "apps/node-1"]);
+    lab.ok(&["lab", "freeze", "infra/m2"]);
+    assert_eq!(
+        lab.status()["clusters"][1]["members"][1]["process"]["state"],
+        "frozen"
+    );
+    lab.ok(&["lab", "thaw", "infra/m2"]);
+    lab.ok(&["status", "--context", "apps", "--wait", "--timeout", "60"]);
+    eventually(
+        "apps/client answered by both after the restarts",
+        Duration::from_secs(60),
+        || {
+            let (a, f) = lab.clusters_answering("apps/client", ECHO_VIP, 20);
+            (f == 0 && a.len() == 2).then_some(())
+        },
+    );
+
+    // 5. down leaves nothing behind.
+    lab.ok(&["lab", "down"]);
+    lab.up = false;
+    let left = leftovers(&tag, &dir);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let contexts = lab.ok(&["config", "get-contexts", "-o", "json"]);
+    assert_eq!(contexts.trim(), "[]", "the lab's contexts stay: {contexts}");
+}
+
+/// A program of the workspace (they share meshctl's directory).
+fn sibling(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_BIN_EXE_meshctl"))
+        .parent()
+        .unwrap()
+        .join(name)
+}
