@@ -30,6 +30,8 @@ if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ] || [ "${RAFTMESH_NEED_LAB:-0}" = 1 
   command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
   command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
   command -v wg >/dev/null 2>&1 || need_apt+=(wireguard-tools)
+  # The lab's delay rules are iptables rules (NFQUEUE; the kernel has no nftables queue).
+  command -v iptables-restore >/dev/null 2>&1 || need_apt+=(iptables)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   # One package once, even if two lists named it.

@@ -5,8 +5,12 @@
 //! - A partition drops every packet between two clusters' prefixes (node network, pod range,
 //!   members' host addresses), both ways.
 //! - Loss drops a share of them: `numgen random mod 100 < P` (per packet, both ways).
-//! - Delay: this kernel has no netem, so delayed packets go to an NFQUEUE the lab's delay stage
-//!   ([`crate::delay`]) holds before it accepts them.
+//! - Delay: this kernel has no netem, so delayed packets go to an NFQUEUE, one per degraded
+//!   pair, that the lab's delay stage (the `mesh-delay` program, in the fabric) serves: it
+//!   holds each packet for the pair's delay (± jitter) before it accepts it. The kernel has no
+//!   nftables `queue` expression either (CONFIG_NFT_QUEUE is off) but has xtables' NFQUEUE
+//!   target, so these rules are iptables rules ([`Faults::delay_rules`], chain
+//!   [`DELAY_CHAIN`] in the filter table's FORWARD, after the nftables drops at priority -10).
 
 use std::collections::BTreeMap;
 
@@ -17,14 +21,19 @@ use crate::spec::LabSpec;
 
 /// The nftables table of the faults (in the fabric's namespace).
 pub const TABLE: &str = "raftmesh_lab_faults";
-/// The NFQUEUE number of the delay stage.
-pub const DELAY_QUEUE: u16 = 7;
+/// The iptables chain of the delay rules.
+pub const DELAY_CHAIN: &str = "RAFTMESH_LAB_DELAY";
+/// The NFQUEUE number of the first delayed pair (the next pairs take the next numbers).
+pub const DELAY_QUEUE: u16 = 100;
 
 /// Degradation of the link between two clusters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Degrade {
     /// Added one-way delay, in milliseconds.
     pub delay_ms: u32,
+    /// Each packet's delay is uniform in `delay_ms` ± this (at most `delay_ms`).
+    #[serde(default)]
+    pub jitter_ms: u32,
     /// Packets dropped, in percent (0..=100).
     pub loss_pct: u8,
 }
@@ -93,6 +102,16 @@ impl Faults {
         self.degraded.values().any(|d| d.delay_ms > 0)
     }
 
+    /// The delayed pairs' queues: (queue number, degradation), in the ruleset's order.
+    pub fn delay_queues(&self) -> Vec<(u16, Degrade)> {
+        self.degraded
+            .values()
+            .filter(|d| d.delay_ms > 0)
+            .enumerate()
+            .map(|(i, d)| (DELAY_QUEUE + i as u16, *d))
+            .collect()
+    }
+
     /// The nftables script that replaces the faults table with what is in force.
     pub fn ruleset(&self, plan: &Plan, spec: &LabSpec) -> String {
         let set = |name: &str| format!("@c_{}", name.replace('-', "_"));
@@ -121,22 +140,55 @@ impl Faults {
             let (a, b) = key.split_once('|').expect("pair keys hold |");
             for (x, y) in [(a, b), (b, a)] {
                 let sel = format!("ip saddr {} ip daddr {}", set(x), set(y));
-                if d.loss_pct > 0 {
+                // `numgen random mod 100` is 0..=99: 100% is every packet.
+                let chance = match d.loss_pct {
+                    0 => None,
+                    100.. => Some(String::new()),
+                    p => Some(format!(" numgen random mod 100 < {p}")),
+                };
+                if let Some(chance) = chance {
                     out.push_str(&format!(
-                        "\t\t{sel} numgen random mod 100 < {} counter drop comment \"loss {x} {y}\"\n",
-                        d.loss_pct
-                    ));
-                }
-                if d.delay_ms > 0 {
-                    // An accept verdict from the stage resumes after this hook, so a packet is
-                    // held once. `bypass`: should the stage be gone, packets pass undelayed.
-                    out.push_str(&format!(
-                        "\t\t{sel} counter queue num {DELAY_QUEUE} bypass comment \"delay {x} {y}\"\n"
+                        "\t\t{sel}{chance} counter drop comment \"loss {x} {y}\"\n"
                     ));
                 }
             }
         }
         out.push_str("\t}\n}\n");
+        out
+    }
+}
+
+impl Faults {
+    /// The `iptables-restore --noflush` script that replaces the delay chain's rules: packets
+    /// between a delayed pair's prefixes go to the pair's queue. An accept verdict from the
+    /// stage resumes after this hook, so a packet is held once; `--queue-bypass`: should the
+    /// stage be gone, packets pass undelayed.
+    pub fn delay_rules(&self, plan: &Plan, spec: &LabSpec) -> String {
+        let prefixes = |name: &str| -> Vec<String> {
+            indexed(spec)
+                .find(|(_, c)| c.name == name)
+                .map(|(i, c)| plan.cluster_prefixes(i, c))
+                .unwrap_or_default()
+        };
+        let mut out = format!("*filter\n:{DELAY_CHAIN} - [0:0]\n");
+        let mut queue = DELAY_QUEUE;
+        for (key, d) in &self.degraded {
+            if d.delay_ms == 0 {
+                continue;
+            }
+            let (a, b) = key.split_once('|').expect("pair keys hold |");
+            for (x, y) in [(a, b), (b, a)] {
+                for src in prefixes(x) {
+                    for dst in prefixes(y) {
+                        out.push_str(&format!(
+                            "-A {DELAY_CHAIN} -s {src} -d {dst} -j NFQUEUE --queue-num {queue} --queue-bypass\n"
+                        ));
+                    }
+                }
+            }
+            queue += 1;
+        }
+        out.push_str("COMMIT\n");
         out
     }
 }

@@ -103,6 +103,8 @@ pub enum Target {
     Node { cluster: String, node: String },
     /// A pod's workload.
     Pod { cluster: String, pod: String },
+    /// The fabric's delay stage (runs while a pair is delayed).
+    Delay,
 }
 
 impl Target {
@@ -112,6 +114,7 @@ impl Target {
             Target::Member { cluster, member: n }
             | Target::Node { cluster, node: n }
             | Target::Pod { cluster, pod: n } => format!("{cluster}/{n}"),
+            Target::Delay => "fabric/delay".to_owned(),
         }
     }
 
@@ -121,6 +124,7 @@ impl Target {
             Target::Member { .. } => "mesh-apiserver",
             Target::Node { .. } => "node-agent",
             Target::Pod { .. } => "mesh-echo",
+            Target::Delay => "mesh-delay",
         }
     }
 }
@@ -210,6 +214,29 @@ fn nft(ns: &str, script: &str) -> Result<()> {
     anyhow::ensure!(
         out.status.success(),
         "nft: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// `iptables-restore --noflush` of `script` in namespace `ns`.
+fn restore(ns: &str, script: &str) -> Result<()> {
+    let mut child = in_netns(ns, "iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables-restore: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
@@ -745,11 +772,36 @@ impl Lab {
         ))
     }
 
+    /// Enforces the recorded faults: the fabric's rules, and the delay stage (restarted with
+    /// the new delays; packets pass undelayed for the few milliseconds it is away).
     fn apply_faults(&self) -> Result<()> {
+        let fabric = self.plan.fabric_netns();
         nft(
-            &self.plan.fabric_netns(),
+            &fabric,
             &self.state.faults.ruleset(&self.plan, &self.state.spec),
-        )
+        )?;
+        restore(
+            &fabric,
+            &self.state.faults.delay_rules(&self.plan, &self.state.spec),
+        )?;
+        let jump = ["-w", "-C", "FORWARD", "-j", crate::faults::DELAY_CHAIN];
+        if sh(in_netns(&fabric, "iptables").args(jump)).is_err() {
+            sh(in_netns(&fabric, "iptables").args([
+                "-w",
+                "-A",
+                "FORWARD",
+                "-j",
+                crate::faults::DELAY_CHAIN,
+            ]))?;
+        }
+        if self.run_state(&Target::Delay) != Run::Stopped {
+            self.kill(&Target::Delay)?;
+        }
+        if self.state.faults.delays() {
+            std::fs::create_dir_all(self.cgroup_of(&Target::Delay))?;
+            self.start(&Target::Delay)?;
+        }
+        Ok(())
     }
 
     fn cgroup(&self) -> PathBuf {
@@ -776,6 +828,7 @@ impl Lab {
                     .expect("a pod of the spec");
                 root.join(cluster).join(node).join("pods").join(pod)
             }
+            Target::Delay => root.join("fabric-delay"),
         }
     }
 
@@ -1084,6 +1137,14 @@ impl Lab {
                 ];
                 (p.netns, bins.echo.clone(), args)
             }
+            Target::Delay => {
+                let mut args = Vec::new();
+                for (queue, d) in self.state.faults.delay_queues() {
+                    args.push("--queue".to_owned());
+                    args.push(format!("{queue}:{}:{}", d.delay_ms, d.jitter_ms));
+                }
+                (self.plan.fabric_netns(), bins.delay.clone(), args)
+            }
         })
     }
 
@@ -1336,9 +1397,9 @@ impl Lab {
     /// were cut already.
     pub fn partition(&mut self, a: &str, b: &str) -> Result<bool> {
         self.pair(a, b)?;
-        let changed = self.state.faults.partition(a, b);
-        self.save()?;
-        self.apply_faults()?;
+        let mut faults = self.state.faults.clone();
+        let changed = faults.partition(a, b);
+        self.enforce(faults)?;
         Ok(changed)
     }
 
@@ -1346,9 +1407,9 @@ impl Lab {
     /// nothing was in force.
     pub fn heal(&mut self, a: &str, b: &str) -> Result<bool> {
         self.pair(a, b)?;
-        let changed = self.state.faults.heal(a, b);
-        self.save()?;
-        self.apply_faults()?;
+        let mut faults = self.state.faults.clone();
+        let changed = faults.heal(a, b);
+        self.enforce(faults)?;
         Ok(changed)
     }
 
@@ -1358,9 +1419,24 @@ impl Lab {
         if d.loss_pct > 100 {
             return Err(refused("--loss is a percentage, 0 to 100"));
         }
-        self.state.faults.degrade(a, b, d);
-        self.save()?;
-        self.apply_faults()
+        if d.jitter_ms > d.delay_ms {
+            return Err(refused("the jitter must not exceed the delay"));
+        }
+        let mut faults = self.state.faults.clone();
+        faults.degrade(a, b, d);
+        self.enforce(faults)
+    }
+
+    /// Enforces `faults` and records them; if they cannot be enforced, the faults in force
+    /// before are restored and nothing is recorded.
+    fn enforce(&mut self, faults: Faults) -> Result<()> {
+        let before = std::mem::replace(&mut self.state.faults, faults);
+        if let Err(e) = self.apply_faults() {
+            self.state.faults = before;
+            let _ = self.apply_faults();
+            return Err(e);
+        }
+        self.save()
     }
 
     /// Applies a changed spec: pods' labels and readiness, services and policies. The
@@ -1593,6 +1669,7 @@ impl Lab {
             "cgroup": self.cgroup(),
             "pins": self.plan.pins(),
             "faults": self.state.faults,
+            "delayStage": self.run_state(&Target::Delay),
             "clusters": clusters,
         })
     }

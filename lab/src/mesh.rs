@@ -45,6 +45,10 @@ pub struct Binaries {
     pub meshctl: PathBuf,
     /// `mesh-echo`.
     pub echo: PathBuf,
+    /// `mesh-delay`, the lab's delay stage (empty in the state of a lab made before it
+    /// existed, which `down` must still read).
+    #[serde(default)]
+    pub delay: PathBuf,
     /// `boringtun-cli`.
     pub boringtun: PathBuf,
 }
@@ -72,6 +76,7 @@ impl Binaries {
             apiserver: bin("mesh-apiserver")?,
             meshctl: bin("meshctl")?,
             echo: bin("mesh-echo")?,
+            delay: bin("mesh-delay")?,
             boringtun: find_boringtun().ok_or_else(|| {
                 anyhow::anyhow!(
                     "boringtun-cli is missing: `cargo install --locked boringtun-cli` (scripts/lab and scripts/test install it)"

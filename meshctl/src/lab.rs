@@ -56,8 +56,9 @@ enum Command {
     Partition(PairArgs),
     /// Restore traffic between two clusters (ends a partition and a degradation).
     Heal(PairArgs),
-    /// Add loss and delay between two clusters (0 and 0 removes them). Loss is per packet
-    /// (nftables `numgen random`); delay is not available yet (the kernel has no netem).
+    /// Add delay and loss between two clusters (zero for all removes them). Loss is per packet
+    /// (nftables `numgen random`); delay is a userspace stage in the fabric (NFQUEUE, the
+    /// kernel has no netem), exact to about a millisecond, applied in each direction.
     Degrade(DegradeArgs),
     /// kill -9 a member (`apps/m1`), a node's agent (`apps/node-1`) or a pod's workload.
     Kill(TargetArgs),
@@ -120,6 +121,9 @@ struct DegradeArgs {
     /// Added one-way delay (e.g. 200ms).
     #[arg(long, default_value = "0ms")]
     delay: String,
+    /// Each packet's delay is uniform in delay ± jitter (e.g. 50ms; at most the delay).
+    #[arg(long, default_value = "0ms")]
+    jitter: String,
     /// Packets dropped, in percent.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     loss: u8,
@@ -228,15 +232,21 @@ pub fn run(args: LabArgs) -> Result<(), Failure> {
             Ok(())
         }
         Command::Degrade(d) => {
-            let delay = lab::spec::parse_duration(&d.delay).ok_or_else(|| {
-                Failure::BadInput(anyhow::anyhow!(
-                    "--delay {:?}: a duration like 200ms or 1s",
-                    d.delay
-                ))
-            })?;
-            if !delay.is_zero() {
+            let ms = |flag: &str, v: &str| {
+                lab::spec::parse_duration(v)
+                    .and_then(|d| u32::try_from(d.as_millis()).ok())
+                    .ok_or_else(|| {
+                        Failure::BadInput(anyhow::anyhow!(
+                            "--{flag} {v:?}: a duration like 200ms or 1s"
+                        ))
+                    })
+            };
+            let (delay_ms, jitter_ms) = (ms("delay", &d.delay)?, ms("jitter", &d.jitter)?);
+            if jitter_ms > delay_ms {
                 return Err(Failure::BadInput(anyhow::anyhow!(
-                    "--delay is not available yet: this kernel has no netem and the lab's delay stage is not built; --loss works"
+                    "--jitter {} is more than --delay {}",
+                    d.jitter,
+                    d.delay
                 )));
             }
             let mut lab = find()?;
@@ -244,12 +254,16 @@ pub fn run(args: LabArgs) -> Result<(), Failure> {
                 &d.a,
                 &d.b,
                 Degrade {
-                    delay_ms: u32::try_from(delay.as_millis()).unwrap_or(u32::MAX),
+                    delay_ms,
+                    jitter_ms,
                     loss_pct: d.loss,
                 },
             )
             .map_err(fail)?;
-            println!("{} ↔ {}: {}% of packets dropped", d.a, d.b, d.loss);
+            println!(
+                "{} ↔ {}: {delay_ms} ms ± {jitter_ms} ms delay each way, {}% of packets dropped",
+                d.a, d.b, d.loss
+            );
             Ok(())
         }
         Command::Kill(t) => act(find()?, &t.target, "killed (SIGKILL)", |lab, t| lab.kill(t)),
@@ -387,9 +401,10 @@ fn table(s: &Value) -> String {
     }
     for (pair, d) in faults["degraded"].as_object().into_iter().flatten() {
         out.push_str(&format!(
-            "fault: {} degraded: {} ms delay, {}% loss\n",
+            "fault: {} degraded: {} ms ± {} ms delay, {}% loss\n",
             pair.replace('|', " ↔ "),
             d["delay_ms"],
+            d["jitter_ms"],
             d["loss_pct"]
         ));
     }

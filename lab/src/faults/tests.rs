@@ -11,6 +11,7 @@ fn partitions_and_heals_are_per_unordered_pair() {
         "infra",
         Degrade {
             delay_ms: 50,
+            jitter_ms: 0,
             loss_pct: 5,
         },
     );
@@ -50,6 +51,7 @@ fn the_ruleset_cuts_both_ways_and_degrades_by_pair() {
         "apps",
         Degrade {
             delay_ms: 0,
+            jitter_ms: 0,
             loss_pct: 5,
         },
     );
@@ -64,12 +66,51 @@ fn the_ruleset_cuts_both_ways_and_degrades_by_pair() {
         "infra",
         Degrade {
             delay_ms: 0,
-            loss_pct: 0,
+            jitter_ms: 0,
+            loss_pct: 100,
         },
     );
+    let all = f.ruleset(&plan, &spec);
+    assert!(
+        all.contains("ip saddr @c_apps ip daddr @c_infra counter drop comment \"loss apps infra\""),
+        "100% needs no numgen (its range is 0..=99): {all}"
+    );
+    let slow_pair = Degrade {
+        delay_ms: 200,
+        jitter_ms: 50,
+        loss_pct: 0,
+    };
+    f.degrade("apps", "infra", slow_pair);
+    assert_eq!(
+        f.ruleset(&plan, &spec),
+        clean,
+        "delay is not in the nftables rules"
+    );
+    let slow = f.delay_rules(&plan, &spec);
+    let rules: Vec<&str> = slow.lines().filter(|l| l.starts_with("-A")).collect();
+    assert_eq!(rules.len(), 18, "3 × 3 prefixes each way: {slow}");
+    assert!(slow.contains("-A RAFTMESH_LAB_DELAY -s 10.1.0.0/16 -d 198.18.4.32/28 -j NFQUEUE --queue-num 100 --queue-bypass"), "{slow}");
+    assert!(
+        slow.contains(
+            "-A RAFTMESH_LAB_DELAY -s 192.168.2.0/24 -d 10.1.0.0/16 -j NFQUEUE --queue-num 100"
+        ),
+        "{slow}"
+    );
+    assert_eq!(f.delay_queues(), [(100, slow_pair)]);
+    let none = Degrade {
+        delay_ms: 0,
+        jitter_ms: 0,
+        loss_pct: 0,
+    };
+    f.degrade("apps", "infra", none);
     assert_eq!(
         f.ruleset(&plan, &spec),
         clean,
         "zero delay and loss removes it"
+    );
+    assert!(f.delay_queues().is_empty());
+    assert!(
+        !f.delay_rules(&plan, &spec).contains("-A"),
+        "an empty chain"
     );
 }

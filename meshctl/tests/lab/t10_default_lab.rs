@@ -191,6 +191,72 @@ fn default_lab() {
         (f == 0 && a.len() == 2).then_some(())
     });
 
+    // Degradation: 100% loss cuts the pods apart; a 100 ms delay each way holds every packet
+    //    in the delay stage (a round trip cannot take less than 200 ms; the stage's NFQUEUE
+    //    rule counts them); heal removes both.
+    let ping = |count: &str| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{tag}-apps-node-1"))
+            .args([
+                "ping",
+                "-c",
+                count,
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-q",
+                "10.2.1.10",
+            ])
+            .output()
+            .unwrap()
+    };
+    lab.ok(&["lab", "degrade", "apps", "infra", "--loss", "100"]);
+    assert!(!ping("3").status.success(), "a ping crossed 100% loss");
+    lab.ok(&["lab", "degrade", "apps", "infra", "--delay", "100ms"]);
+    let out = ping("5");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let min_rtt: f64 = text
+        .lines()
+        .find(|l| l.starts_with("rtt"))
+        .and_then(|l| l.split('=').nth(1)?.trim().split('/').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no rtt in {text}"));
+    assert!(
+        min_rtt >= 200.0,
+        "round trip {min_rtt} ms under a 100 ms delay each way"
+    );
+    assert_eq!(lab.status()["delayStage"], "running");
+    let queued = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{tag}-fabric"))
+        .args([
+            "iptables",
+            "-w",
+            "-L",
+            "RAFTMESH_LAB_DELAY",
+            "-v",
+            "-x",
+            "-n",
+        ])
+        .output()
+        .unwrap();
+    let queued: u64 = String::from_utf8_lossy(&queued.stdout)
+        .lines()
+        .filter(|l| l.contains("NFQUEUE"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        queued >= 10,
+        "{queued} packets through the delay stage for 5 pings"
+    );
+    lab.ok(&["lab", "heal", "apps", "infra"]);
+    assert!(ping("2").status.success());
+    assert_eq!(lab.status()["delayStage"], "stopped");
+
     // Processes: kill -9 and start a member and an agent; a frozen member shows as frozen.
     lab.ok(&["lab", "kill", "apps/m1"]);
     lab.ok(&["lab", "kill", "apps/node-1"]);
