@@ -198,36 +198,26 @@ fn in_netns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 fn nft(ns: &str, script: &str) -> Result<()> {
-    let mut child = in_netns(ns, "nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("nft")?;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    feed(in_netns(ns, "nft").args(["-f", "-"]), "nft", script)
 }
 
 /// `iptables-restore --noflush` of `script` in namespace `ns`.
 fn restore(ns: &str, script: &str) -> Result<()> {
-    let mut child = in_netns(ns, "iptables-restore")
-        .args(["-w", "--noflush"])
+    feed(
+        in_netns(ns, "iptables-restore").args(["-w", "--noflush"]),
+        "iptables-restore",
+        script,
+    )
+}
+
+/// Runs `cmd` with `script` on its stdin, failing with its stderr.
+fn feed(cmd: &mut Command, what: &str, script: &str) -> Result<()> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("iptables-restore")?;
+        .with_context(|| what.to_owned())?;
     child
         .stdin
         .take()
@@ -236,7 +226,7 @@ fn restore(ns: &str, script: &str) -> Result<()> {
     let out = child.wait_with_output()?;
     anyhow::ensure!(
         out.status.success(),
-        "iptables-restore: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
@@ -744,32 +734,6 @@ impl Lab {
         }
         out.push_str("\t}\n}\n");
         out
-    }
-
-    /// Packets the fabric forwarded from cluster `a` to `b`: (WireGuard, pod traffic in the
-    /// clear).
-    pub fn fabric_counters(&self, a: &str, b: &str) -> Result<(u64, u64)> {
-        let text = sh(in_netns(&self.plan.fabric_netns(), "nft").args([
-            "list",
-            "chain",
-            "ip",
-            WATCH_TABLE,
-            "forward",
-        ]))?;
-        let packets = |comment: String| -> u64 {
-            text.lines()
-                .find(|l| l.contains(&format!("comment \"{comment}\"")))
-                .and_then(|l| {
-                    let mut words = l.split_whitespace();
-                    words.find(|w| *w == "packets")?;
-                    words.next()?.parse().ok()
-                })
-                .unwrap_or(0)
-        };
-        Ok((
-            packets(format!("tunnel {a} {b}")),
-            packets(format!("clear {a} {b}")),
-        ))
     }
 
     /// Enforces the recorded faults: the fabric's rules, and the delay stage (restarted with

@@ -100,3 +100,14 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The packets of the nftables counter on the rule with `comment` in `listing` (`nft list`
+/// output), if there is one.
+pub fn nft_packets(listing: &str, comment: &str) -> Option<u64> {
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    words.next()?.parse().ok()
+}

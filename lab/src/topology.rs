@@ -275,16 +275,7 @@ impl Topology {
             .output()?;
         anyhow::ensure!(out.status.success(), "nft list: no fabric filter");
         let text = String::from_utf8_lossy(&out.stdout);
-        let packets = |comment: &str| -> u64 {
-            text.lines()
-                .find(|l| l.contains(&format!("comment \"{comment}\"")))
-                .and_then(|l| {
-                    let mut words = l.split_whitespace();
-                    words.find(|w| *w == "packets")?;
-                    words.next()?.parse().ok()
-                })
-                .unwrap_or(0)
-        };
+        let packets = |comment| crate::nft_packets(&text, comment).unwrap_or(0);
         Ok((packets("tunnel"), packets("other")))
     }
 

@@ -3,24 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// How long an eventual condition may take.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Waits until `f` returns `Some`; panics naming `what` after `patience`.
-pub fn eventually<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + patience;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+pub use lab::mesh::{PATIENCE, eventually};
 
 /// A lab's name, directories and config; `down` on drop.
 pub struct TestLab {

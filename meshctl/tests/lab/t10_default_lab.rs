@@ -17,13 +17,7 @@ fn fabric_counters(tag: &str) -> (u64, u64) {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let packets = |comment: &str| {
-        text.lines()
-            .find(|l| l.contains(&format!("comment \"{comment}\"")))
-            .and_then(|l| {
-                let mut w = l.split_whitespace();
-                w.find(|x| *x == "packets")?;
-                w.next()?.parse().ok()
-            })
+        lab::nft_packets(&text, comment)
             .unwrap_or_else(|| panic!("no counter {comment:?} in {text}"))
     };
     (packets("tunnel apps infra"), packets("clear apps infra"))
