@@ -13,6 +13,8 @@
 //! - [`publish`]: `mesh-bench publish`, publishing a cluster's objects as records.
 //! - [`mirror`]: `mesh-bench mirror`, one cluster's records reaching another (against etcd's
 //!   make-mirror).
+//! - [`propagation`]: `mesh-bench propagation`, a new backend in one lab cluster's manifests
+//!   to the other cluster's agents' maps and first connection, before and after a leader kill.
 //! - [`report`]: the markdown table, the raw JSON and the PNG chart.
 //! - [`machine`]: cores, CPU, kernel, versions.
 //! - [`stats`]: latency samples and percentiles.
@@ -24,6 +26,7 @@ mod kv;
 mod machine;
 mod mirror;
 mod progress;
+mod propagation;
 mod publish;
 mod report;
 mod stats;
@@ -66,6 +69,11 @@ enum Command {
     /// WireGuard tunnels (userspace boringtun) against the same path in the clear (root;
     /// needs iperf3 and boringtun-cli).
     Wireguard(wireguard::WireguardArgs),
+    /// In the lab (root): the time from a new backend pod in one cluster's manifests to the
+    /// other cluster's store, its agents' maps and the first connection the pod answers,
+    /// p50/p99 over --changes changes; then the same after killing both leaders on the path.
+    /// The manifests poll (1 s, lab only) is reported as its own stage.
+    Propagation(propagation::PropagationArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +98,7 @@ fn main() -> ExitCode {
             Command::Datapath(args) => datapath::run(args, command).await,
             Command::Agent(args) => agent::run(args, command).await,
             Command::Wireguard(args) => wireguard::run(args, command).await,
+            Command::Propagation(args) => propagation::run(args, command).await,
         }
     });
     match result {

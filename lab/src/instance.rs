@@ -1113,7 +1113,7 @@ impl Lab {
     }
 
     /// A node's pin directory.
-    fn pins(&self, cluster: &str, node: &str) -> PathBuf {
+    pub fn pins(&self, cluster: &str, node: &str) -> PathBuf {
         self.plan.pins().join(format!("{cluster}-{node}"))
     }
 

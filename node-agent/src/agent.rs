@@ -168,6 +168,8 @@ pub async fn run(
         interfaces: BTreeSet::new(),
         healthy: healthy_tx,
         retry: false,
+        endpoint: first_endpoint(&config.node, config.endpoints.len()),
+        established: false,
         wg: wg.as_mut(),
         publisher: publisher.as_mut(),
     };
@@ -182,6 +184,15 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
+}
+
+/// The endpoint a node tries first: spread over the members by the node's name, so agents do
+/// not all land on one member.
+fn first_endpoint(node: &str, endpoints: usize) -> usize {
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (hash % endpoints.max(1) as u64) as usize
 }
 
 struct Agent<'a> {
@@ -199,6 +210,11 @@ struct Agent<'a> {
     healthy: watch::Sender<bool>,
     /// A map write failed: the next tick reconciles everything.
     retry: bool,
+    /// The index of the endpoint the next session tries first.
+    endpoint: usize,
+    /// The current session got as far as watching (a failure after that starts the backoff
+    /// afresh).
+    established: bool,
     /// The WireGuard interface, unless `--wg-backend none`.
     wg: Option<&'a mut Wg>,
     /// The node key record, with WireGuard.
@@ -228,6 +244,11 @@ impl Agent<'_> {
                 Err(SessionError::Fatal(e)) => return Err(e),
                 Err(SessionError::Source(e)) => {
                     self.metrics.connected.set(0);
+                    // The next session starts with the next member: this one may be gone.
+                    self.endpoint += 1;
+                    if std::mem::take(&mut self.established) {
+                        backoff = Duration::from_millis(200);
+                    }
                     if matches!(e, source::Error::Compacted { .. }) {
                         resume = None;
                     }
@@ -253,7 +274,11 @@ impl Agent<'_> {
         tick: &mut tokio::time::Interval,
         links: Option<&LinkEvents>,
     ) -> Result<std::convert::Infallible, SessionError> {
-        let mut client = source::connect(self.config).await?;
+        let (mut client, at) = source::connect(self.config, self.endpoint).await?;
+        if at != self.endpoint % self.config.endpoints.len() {
+            tracing::info!(endpoint = %self.config.endpoints[at], "API server: using another member");
+        }
+        self.endpoint = at;
         let revisions = match *resume {
             Some(r) => r,
             None => {
@@ -283,6 +308,7 @@ impl Agent<'_> {
         let mut status = Watch::start(&mut client, source::PREFIXES[1], revisions[1]).await?;
         *resume = Some([mesh.revision, status.revision]);
         self.metrics.connected.set(1);
+        self.established = true;
         self.publish(&mut client, mesh.revision).await?;
         let mut keepalive = tokio::time::interval(publish::KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -62,6 +62,12 @@ pub enum Error {
         /// How long it waited.
         after: Duration,
     },
+    /// No member could be used.
+    #[error("no API-server member answered with a leader: {attempts}")]
+    Unreachable {
+        /// Each endpoint and why it was passed over.
+        attempts: String,
+    },
     /// The server ended or cancelled the watch.
     #[error("watch of {prefix} ended: {reason}")]
     Ended {
@@ -79,8 +85,18 @@ fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> Error {
     }
 }
 
-/// Connects to the cluster's API server.
-pub async fn connect(config: &Config) -> Result<Client, Error> {
+/// How long a member has to answer the status request that opens a session.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to one API-server member: the first of the configured endpoints, from index
+/// `start` on (wrapping), that answers a status request and knows a leader. Returns the
+/// client and the index of the member it reached.
+///
+/// One member at a time, checked before use: a client balanced over every endpoint kept
+/// sending new requests to a killed member (tonic's balancer does not retry elsewhere; found
+/// by `mesh-bench propagation`), and a member that knows no leader (cut off from its peers,
+/// or electing) has nothing new to tell.
+pub async fn connect(config: &Config, start: usize) -> Result<(Client, usize), Error> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_timeout(Duration::from_secs(10))
@@ -98,9 +114,25 @@ pub async fn connect(config: &Config) -> Result<Client, Error> {
                 .identity(Identity::from_pem(read(cert)?, read(key)?)),
         );
     }
-    Client::connect(&config.endpoints, Some(options))
-        .await
-        .map_err(etcd("connecting"))
+    let n = config.endpoints.len();
+    let mut attempts = Vec::new();
+    for i in (0..n).map(|k| (start + k) % n) {
+        let endpoint = &config.endpoints[i];
+        let attempt = async {
+            let mut client = Client::connect([endpoint.as_str()], Some(options.clone())).await?;
+            let status = client.status().await?;
+            Ok::<_, etcd_client::Error>((client, status.leader()))
+        };
+        match tokio::time::timeout(STATUS_TIMEOUT, attempt).await {
+            Ok(Ok((client, leader))) if leader != 0 => return Ok((client, i)),
+            Ok(Ok(_)) => attempts.push(format!("{endpoint}: no leader")),
+            Ok(Err(e)) => attempts.push(format!("{endpoint}: {e}")),
+            Err(_) => attempts.push(format!("{endpoint}: no answer within {STATUS_TIMEOUT:?}")),
+        }
+    }
+    Err(Error::Unreachable {
+        attempts: attempts.join("; "),
+    })
 }
 
 /// Lists both prefixes at one revision into a new state. Returns it and the revision.

@@ -99,7 +99,7 @@ async fn an_agent_certificate_lists_and_watches_the_mesh() {
         .unwrap();
 
     let agent = config(cluster.client_urls(), &dir, "agent-node-1");
-    let mut client = source::connect(&agent).await.unwrap();
+    let (mut client, _) = source::connect(&agent, 0).await.unwrap();
     let (state, revision) = source::list(&mut client).await.unwrap();
     assert_eq!(state.clusters["infra"].id, Some(2));
     assert!(state.clusters["apps"].services.contains_key("demo/echo"));
@@ -126,9 +126,21 @@ async fn an_agent_certificate_lists_and_watches_the_mesh() {
 
     // Another CA's agent certificate: the TLS handshake or the first request fails.
     let stranger = config(cluster.client_urls(), &dir, "stranger-node-1");
-    let refused = match source::connect(&stranger).await {
+    let refused = match source::connect(&stranger, 0).await {
         Err(_) => true,
-        Ok(mut c) => source::list(&mut c).await.is_err(),
+        Ok((mut c, _)) => source::list(&mut c).await.is_err(),
     };
     assert!(refused, "a certificate of another CA must get nothing");
+
+    // A member that is gone (nothing listens) is passed over for the next one, and the agent
+    // learns which member it reached.
+    let mut with_dead = agent.clone();
+    with_dead.endpoints.insert(0, "https://127.0.0.1:9".to_owned());
+    let (mut c, at) = source::connect(&with_dead, 0).await.unwrap();
+    assert!(at >= 1, "connected to the dead endpoint {at}");
+    assert!(source::list(&mut c).await.is_ok());
+    // Only dead members: an error naming each.
+    with_dead.endpoints = vec!["https://127.0.0.1:9".to_owned()];
+    let err = source::connect(&with_dead, 0).await.err().expect("no member");
+    assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
 }
