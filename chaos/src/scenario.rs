@@ -1,0 +1,907 @@
+//! Scenarios: a lab, workloads on it, faults on a timeline, then the checkers.
+//!
+//! Every scenario runs the same way:
+//! 1. a lab (the default spec plus a `demo/churn` service with pods to churn, and a
+//!    `demo/local` service that is not shared, so its backends are the cluster's own echo
+//!    pods);
+//! 2. workloads: KV clients and a watcher in every cluster, service churn in every cluster's
+//!    manifests, and connections from every `client` pod to `demo/local` (local backends);
+//! 3. the scenario's faults, at times relative to the start;
+//! 4. after the faults end: the workloads stop, and the checkers run — linearizability, watch
+//!    guarantees, no acknowledged write lost, convergence of mirrors and agents' maps (timed
+//!    from the end of the faults), availability of local writes and local-backend
+//!    connections while clusters were cut apart, and the writes healing cost.
+//!
+//! Times in the report are seconds from the start, for people; the checkers never use them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use lab::faults::Degrade;
+use lab::instance::{Lab, Target, UpOptions};
+use lab::mesh::Binaries;
+use lab::plan::{self, Plan};
+use lab::spec::{LabSpec, PodSpec, PortSpec, ServiceSpec};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::check::{linear, lost, watch};
+use crate::converge;
+use crate::rng::Rng;
+use crate::workload::Connect;
+use crate::workload::kv::{self, Clock, KvConfig, KvHistory, WatchRecord};
+
+/// The scenarios, with what each does.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "partition",
+        "apps and infra cut apart at the fabric for the fault time, KV load and service churn on both sides",
+    ),
+    (
+        "partition-leader-kill",
+        "the partition, and each cluster's leader killed (SIGKILL) a third of the way in and restarted two thirds in",
+    ),
+    (
+        "agent-kill",
+        "service churn in both clusters while an apps agent is killed (SIGKILL) for the fault time and restarted",
+    ),
+    (
+        "degraded",
+        "200 ms ± 50 ms one-way delay and 5% loss between apps and infra for the fault time, with KV load and churn",
+    ),
+];
+
+/// How a scenario is run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// How long the faults last.
+    pub fault: Duration,
+    /// Before the faults and after them, with the workloads running.
+    pub settle: Duration,
+    /// How long convergence may take before it is a violation.
+    pub converge_within: Duration,
+    /// The programs.
+    pub bins: Binaries,
+    /// Where labs are made (a scenario's lab is removed when it ends).
+    pub base: PathBuf,
+}
+
+/// What one fault did, when.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultEvent {
+    /// Seconds from the start.
+    pub at_s: f64,
+    /// What was done.
+    pub what: String,
+}
+
+/// Everything a scenario found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scenario.
+    pub scenario: String,
+    /// Its seed.
+    pub seed: u64,
+    /// The fault time (s).
+    pub fault_s: f64,
+    /// The faults injected.
+    pub faults: Vec<FaultEvent>,
+    /// Per cluster: KV operations answered and unanswered, watch events and reconnects.
+    pub operations: BTreeMap<String, Value>,
+    /// Violations per checker (empty lists when none).
+    pub violations: BTreeMap<String, Vec<Value>>,
+    /// Seconds from the end of the faults until mirrors and maps agreed; `None` if they did
+    /// not within the bound.
+    pub convergence_s: Option<f64>,
+    /// Per cluster: writes under other clusters' prefixes from the end of the faults until
+    /// convergence (what healing cost), against the churn changes made during the faults.
+    pub resync: BTreeMap<String, Value>,
+    /// While clusters were cut apart or degraded: failed local KV writes and failed
+    /// connections to local backends, per cluster.
+    pub availability: BTreeMap<String, Value>,
+    /// Seconds the whole run took.
+    pub took_s: f64,
+}
+
+impl Report {
+    /// All violations, over every checker.
+    pub fn violation_count(&self) -> usize {
+        self.violations.values().map(Vec::len).sum()
+    }
+}
+
+/// The lab a scenario runs on.
+pub fn chaos_spec() -> LabSpec {
+    let mut spec = LabSpec::default_lab();
+    let port = |name: &str, port: u16| PortSpec {
+        name: name.to_owned(),
+        port,
+        target_port: 8080,
+        protocol: "TCP".to_owned(),
+    };
+    for c in &mut spec.clusters {
+        c.services.push(ServiceSpec {
+            name: "churn".to_owned(),
+            namespace: "demo".to_owned(),
+            global: true,
+            shared: true,
+            affinity: "none".to_owned(),
+            selector: BTreeMap::from([("app".to_owned(), "churn".to_owned())]),
+            ports: vec![port("tcp", 9000)],
+        });
+        c.services.push(ServiceSpec {
+            name: "local".to_owned(),
+            namespace: "demo".to_owned(),
+            // Global so the agents program it (they program global services only), not
+            // shared so each cluster's has its own backends alone.
+            global: true,
+            shared: false,
+            affinity: "local".to_owned(),
+            selector: BTreeMap::from([("app".to_owned(), "echo".to_owned())]),
+            ports: vec![port("tcp", 80)],
+        });
+        for i in 1..=4 {
+            c.pods.push(PodSpec {
+                name: format!("churn-{i}"),
+                namespace: "demo".to_owned(),
+                node: Some(format!("node-{}", 1 + i % 2)),
+                labels: BTreeMap::from([("app".to_owned(), "churn".to_owned())]),
+                ready: true,
+            });
+        }
+    }
+    spec
+}
+
+/// Runs scenario `name`; `progress` gets a line per step.
+pub async fn run(name: &str, opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Report> {
+    if !SCENARIOS.iter().any(|(n, _)| *n == name) {
+        bail!(
+            "no scenario {name:?}; there are {}",
+            SCENARIOS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let lab_name = format!("chaos-{}-{}", std::process::id(), name.len());
+    let up = {
+        let opts = UpOptions {
+            base: opts.base.clone(),
+            name: lab_name.clone(),
+            spec: chaos_spec(),
+            bins: opts.bins.clone(),
+            config: opts.base.join(format!("{lab_name}.config")),
+        };
+        tokio::task::spawn_blocking(move || Lab::up(opts, &mut |_: &str| {})).await?
+    };
+    let mut guard = LabGuard(match up {
+        Ok(lab) => Some(lab),
+        Err(e) => {
+            if let Ok(Some(half)) = Lab::open(&opts.base, &lab_name) {
+                let _ = half.down(&mut |_: &str| {});
+            }
+            return Err(e.context("lab up"));
+        }
+    });
+    progress(&format!("{name}: lab up"));
+    let lab = guard.0.as_mut().expect("until dropped");
+    Run::new(name, opts, lab).go(progress).await
+}
+
+/// Takes the lab down however the run ends.
+struct LabGuard(Option<Lab>);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Some(lab) = self.0.take() {
+            let _ = lab.down(&mut |_: &str| {});
+        }
+    }
+}
+
+/// A scenario in progress.
+struct Run<'a> {
+    name: &'a str,
+    opts: &'a Options,
+    lab: &'a mut Lab,
+    began: Instant,
+    rng: Rng,
+    faults: Vec<FaultEvent>,
+    /// Churn changes made while faults were in force, per cluster.
+    churn_during: BTreeMap<String, u64>,
+    churn_total: u64,
+    /// Whether faults are in force (for the churn and availability counts).
+    faulted: bool,
+}
+
+/// A cluster's workloads.
+struct Workloads {
+    connect: Connect,
+    prefix: String,
+    clock: Arc<Clock>,
+    kv: tokio::task::JoinHandle<KvHistory>,
+    watch: tokio::task::JoinHandle<WatchRecord>,
+    watch_stop: CancellationToken,
+    /// The highest revision the watcher got.
+    reached: Arc<AtomicI64>,
+    /// The clock positions the faults began and ended at.
+    window: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+/// The connection probe of one client pod: failures while faults were in force.
+struct Probe {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+    attempts: Arc<AtomicU64>,
+    failures_faulted: Arc<AtomicU64>,
+    attempts_faulted: Arc<AtomicU64>,
+}
+
+impl<'a> Run<'a> {
+    fn new(name: &'a str, opts: &'a Options, lab: &'a mut Lab) -> Run<'a> {
+        Run {
+            name,
+            opts,
+            lab,
+            began: Instant::now(),
+            rng: Rng::new(opts.seed),
+            faults: Vec::new(),
+            churn_during: BTreeMap::new(),
+            churn_total: 0,
+            faulted: false,
+        }
+    }
+
+    fn at(&self) -> f64 {
+        self.began.elapsed().as_secs_f64()
+    }
+
+    fn note(&mut self, what: String, progress: &(dyn Fn(&str) + Sync)) {
+        progress(&format!("{}: [{:6.1}s] {what}", self.name, self.at()));
+        let at_s = (self.at() * 10.0).round() / 10.0;
+        self.faults.push(FaultEvent { at_s, what });
+    }
+
+    fn clusters(&self) -> Vec<String> {
+        self.lab
+            .state
+            .spec
+            .clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    fn connect(&self, cluster: &str) -> Connect {
+        let (index, c) = plan::indexed(&self.lab.state.spec)
+            .find(|(_, c)| c.name == cluster)
+            .expect("a cluster of the lab");
+        let endpoints = self
+            .lab
+            .plan
+            .members(index, c)
+            .iter()
+            .map(|m| format!("https://{}:2379", m.host_ip))
+            .collect();
+        Connect::admin(endpoints, &self.lab.pki_dir(cluster))
+    }
+
+    async fn go(mut self, progress: &(dyn Fn(&str) + Sync)) -> Result<Report> {
+        let stop = CancellationToken::new();
+        let mut loads = BTreeMap::new();
+        for (i, cluster) in self.clusters().into_iter().enumerate() {
+            let connect = self.connect(&cluster);
+            let prefix = format!("chaos/{}/", self.name);
+            let mut c = connect.client(0).await.context("reaching the store")?;
+            let (start, _) = kv::read_all(&mut c, &prefix).await?;
+            let clock = Arc::new(Clock::default());
+            let config = KvConfig {
+                prefix: prefix.clone(),
+                keys: 5,
+                clients: 3,
+                seed: self.opts.seed.wrapping_add(i as u64),
+                timeout: Duration::from_secs(2),
+                pause: Duration::from_millis(10),
+            };
+            let kv = tokio::spawn(kv::run(
+                config,
+                connect.clone(),
+                clock.clone(),
+                stop.clone(),
+            ));
+            let reached = Arc::new(AtomicI64::new(0));
+            let watch_stop = CancellationToken::new();
+            // The watcher starts on the leader, the member the scenarios kill.
+            let on_leader = leader(&*self.lab, &cluster)?
+                .trim_start_matches('m')
+                .parse::<usize>()
+                .map_or(0, |m| m.saturating_sub(1));
+            let watch = tokio::spawn(kv::watch(
+                connect.clone(),
+                prefix.clone(),
+                start + 1,
+                on_leader,
+                watch_stop.clone(),
+                reached.clone(),
+            ));
+            loads.insert(
+                cluster,
+                Workloads {
+                    connect,
+                    prefix,
+                    clock,
+                    kv,
+                    watch,
+                    watch_stop,
+                    reached,
+                    window: Arc::default(),
+                },
+            );
+        }
+        let faulted = Arc::new(AtomicBool::new(false));
+        let mut probes = BTreeMap::new();
+        for cluster in self.clusters() {
+            probes.insert(cluster.clone(), self.probe(&cluster, faulted.clone())?);
+        }
+        progress(&format!("{}: workloads running", self.name));
+
+        // The timeline.
+        self.churn_for(self.opts.settle).await?;
+        let fault_began = self.begin_faults(&loads, &faulted, progress).await?;
+        let fault_ended = self
+            .end_faults(&loads, &faulted, fault_began, progress)
+            .await?;
+
+        // Convergence, from the end of the faults, without further churn (so the writes
+        // after it are the healing's).
+        let heal_revisions = self.revisions(&loads).await;
+        let convergence = self.converge(fault_ended).await?;
+        progress(&format!(
+            "{}: {}",
+            self.name,
+            match convergence.0 {
+                Some(s) => format!("converged {s:.1}s after the faults ended"),
+                None => "did not converge".to_owned(),
+            }
+        ));
+
+        // The KV load runs on for the settle time, then everything stops and is checked.
+        tokio::time::sleep(self.opts.settle).await;
+        stop.cancel();
+        let mut report = Report {
+            scenario: self.name.to_owned(),
+            seed: self.opts.seed,
+            fault_s: self.opts.fault.as_secs_f64(),
+            faults: self.faults.clone(),
+            operations: BTreeMap::new(),
+            violations: BTreeMap::new(),
+            convergence_s: convergence.0,
+            resync: BTreeMap::new(),
+            availability: BTreeMap::new(),
+            took_s: 0.0,
+        };
+        for name in [
+            "linearizable",
+            "watch",
+            "lost-writes",
+            "convergence",
+            "availability",
+        ] {
+            report.violations.insert(name.to_owned(), Vec::new());
+        }
+        report
+            .violations
+            .get_mut("convergence")
+            .expect("inserted")
+            .extend(convergence.1);
+        for (cluster, w) in loads {
+            let history = w.kv.await?;
+            let (through, found) = read_final(&w.connect, &w.prefix).await?;
+            // The watcher has until then to get every event up to the final read.
+            let last = found.values().map(|f| f.mod_revision).max().unwrap_or(0);
+            let patience = Instant::now() + Duration::from_secs(10);
+            while w.reached.load(Ordering::Relaxed) < last && Instant::now() < patience {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            w.watch_stop.cancel();
+            let record = w.watch.await?;
+            let windows = w.window.lock().expect("not poisoned").clone();
+            self.check_cluster(
+                &cluster,
+                &history,
+                &record,
+                through,
+                &found,
+                &w.prefix,
+                &windows,
+                &mut report,
+            );
+            if let Some(rev) = heal_revisions.get(&cluster) {
+                let resync = self.resync_writes(&cluster, &w.connect, *rev).await?;
+                report.resync.insert(
+                    cluster.clone(),
+                    json!({
+                        "writes": resync,
+                        "churn_changes_during_faults": self
+                            .churn_during
+                            .iter()
+                            .filter(|(c, _)| **c != cluster)
+                            .map(|(_, n)| n)
+                            .sum::<u64>(),
+                    }),
+                );
+            }
+        }
+        for (cluster, p) in probes {
+            let stopfile = self.lab.dir.join(format!("chaos-probe-{cluster}.stop"));
+            std::fs::write(&stopfile, b"")?;
+            let Probe {
+                mut child,
+                reader,
+                attempts,
+                failures_faulted,
+                attempts_faulted,
+            } = p;
+            let _ = child.wait();
+            let _ = reader.join();
+            let failed = failures_faulted.load(Ordering::Relaxed);
+            let entry = report
+                .availability
+                .entry(cluster.clone())
+                .or_insert(json!({}));
+            entry["local_connections"] = json!(attempts.load(Ordering::Relaxed));
+            entry["local_connections_during_faults"] =
+                json!(attempts_faulted.load(Ordering::Relaxed));
+            entry["local_connections_failed_during_faults"] = json!(failed);
+            if failed > 0 && self.cuts_clusters() {
+                report
+                    .violations
+                    .get_mut("availability")
+                    .expect("inserted")
+                    .push(json!({"cluster": cluster, "failed_local_connections": failed}));
+            }
+        }
+        report.took_s = self.at();
+        Ok(report)
+    }
+
+    /// Whether the scenario cuts or degrades the link between clusters (so local work must
+    /// stay available throughout).
+    fn cuts_clusters(&self) -> bool {
+        matches!(self.name, "partition" | "degraded")
+    }
+
+    /// Starts `mesh-echo probe` in `cluster/client` against `demo/local`.
+    fn probe(&self, cluster: &str, faulted: Arc<AtomicBool>) -> Result<Probe> {
+        let c = self.lab.state.spec.cluster(cluster).context("cluster")?;
+        let index = c
+            .services
+            .iter()
+            .position(|s| s.name == "local")
+            .context("demo/local")?;
+        let vip = Plan::vip(c, index);
+        let stopfile = self.lab.dir.join(format!("chaos-probe-{cluster}.stop"));
+        let mut child = self
+            .lab
+            .exec(
+                &format!("{cluster}/client"),
+                &[
+                    "mesh-echo".into(),
+                    "probe".into(),
+                    "--tcp".into(),
+                    format!("{vip}:80"),
+                    "--until".into(),
+                    stopfile.to_string_lossy().into_owned(),
+                    "--interval-ms".into(),
+                    "20".into(),
+                    "--timeout-ms".into(),
+                    "1000".into(),
+                ],
+            )?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let out = child.stdout.take().expect("piped");
+        let attempts = Arc::new(AtomicU64::new(0));
+        let failures_faulted = Arc::new(AtomicU64::new(0));
+        let attempts_faulted = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (a, f, af) = (
+                attempts.clone(),
+                failures_faulted.clone(),
+                attempts_faulted.clone(),
+            );
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    a.fetch_add(1, Ordering::Relaxed);
+                    if faulted.load(Ordering::Relaxed) {
+                        af.fetch_add(1, Ordering::Relaxed);
+                        if v["ok"] != true {
+                            f.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Probe {
+            child,
+            reader,
+            attempts,
+            failures_faulted,
+            attempts_faulted,
+        })
+    }
+
+    /// Churns services for `d`: every 300 ms a random churn pod of a random cluster flips
+    /// readiness.
+    async fn churn_for(&mut self, d: Duration) -> Result<()> {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            let mut spec = self.lab.state.spec.clone();
+            let ci = self.rng.below(spec.clusters.len() as u64) as usize;
+            let pi = 1 + self.rng.below(4);
+            let cluster = spec.clusters[ci].name.clone();
+            if let Some(p) = spec.clusters[ci]
+                .pods
+                .iter_mut()
+                .find(|p| p.name == format!("churn-{pi}"))
+            {
+                p.ready = !p.ready;
+            }
+            tokio::task::block_in_place(|| self.lab.apply(spec))?;
+            self.churn_total += 1;
+            if self.faulted {
+                *self.churn_during.entry(cluster).or_insert(0) += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok(())
+    }
+
+    async fn begin_faults(
+        &mut self,
+        loads: &BTreeMap<String, Workloads>,
+        faulted: &AtomicBool,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Instant> {
+        for w in loads.values() {
+            let at = w.clock.tick();
+            w.window.lock().expect("not poisoned").push((at, u64::MAX));
+        }
+        self.faulted = true;
+        faulted.store(true, Ordering::Relaxed);
+        let third = self.opts.fault / 3;
+        match self.name {
+            "partition" | "partition-leader-kill" => {
+                tokio::task::block_in_place(|| self.lab.partition("apps", "infra"))?;
+                self.note("partition apps infra".to_owned(), progress);
+            }
+            "degraded" => {
+                let d = Degrade {
+                    delay_ms: 200,
+                    jitter_ms: 50,
+                    loss_pct: 5,
+                };
+                tokio::task::block_in_place(|| self.lab.degrade("apps", "infra", d))?;
+                self.note(
+                    "degrade apps infra: 200 ms ± 50 ms, 5% loss".to_owned(),
+                    progress,
+                );
+            }
+            "agent-kill" => {
+                let t = self.lab.target("apps/node-1")?;
+                tokio::task::block_in_place(|| self.lab.kill(&t))?;
+                self.note("kill -9 apps/node-1 (agent)".to_owned(), progress);
+            }
+            _ => unreachable!("checked in run"),
+        }
+        let began = Instant::now();
+        if self.name == "partition-leader-kill" {
+            self.churn_for(third).await?;
+            let mut killed = Vec::new();
+            for cluster in self.clusters() {
+                let leader = leader(&*self.lab, &cluster)?;
+                let t = self.lab.target(&format!("{cluster}/{leader}"))?;
+                tokio::task::block_in_place(|| self.lab.kill(&t))?;
+                self.note(format!("kill -9 {cluster}/{leader} (leader)"), progress);
+                killed.push(t);
+            }
+            self.churn_for(third).await?;
+            for t in killed {
+                tokio::task::block_in_place(|| self.lab.start(&t))?;
+                self.note(format!("start {}", t.label()), progress);
+            }
+            self.churn_for(self.opts.fault.saturating_sub(third * 2))
+                .await?;
+        } else {
+            self.churn_for(self.opts.fault).await?;
+        }
+        Ok(began)
+    }
+
+    async fn end_faults(
+        &mut self,
+        loads: &BTreeMap<String, Workloads>,
+        faulted: &AtomicBool,
+        _began: Instant,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Instant> {
+        match self.name {
+            "partition" | "partition-leader-kill" | "degraded" => {
+                tokio::task::block_in_place(|| self.lab.heal("apps", "infra"))?;
+                self.note("heal apps infra".to_owned(), progress);
+            }
+            "agent-kill" => {
+                let t: Target = self.lab.target("apps/node-1")?;
+                tokio::task::block_in_place(|| self.lab.start(&t))?;
+                self.note("start apps/node-1 (agent)".to_owned(), progress);
+            }
+            _ => unreachable!("checked in run"),
+        }
+        self.faulted = false;
+        faulted.store(false, Ordering::Relaxed);
+        for w in loads.values() {
+            let at = w.clock.tick();
+            if let Some(last) = w.window.lock().expect("not poisoned").last_mut() {
+                last.1 = at;
+            }
+        }
+        Ok(Instant::now())
+    }
+
+    /// Each cluster's current revision.
+    async fn revisions(&self, loads: &BTreeMap<String, Workloads>) -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        for (cluster, w) in loads {
+            for member in 0..w.connect.endpoints.len() {
+                if let Ok(mut c) = w.connect.client(member).await
+                    && let Ok(r) = c
+                        .get(
+                            "mesh/",
+                            Some(etcd_client::GetOptions::new().with_count_only()),
+                        )
+                        .await
+                {
+                    out.insert(cluster.clone(), r.header().map_or(0, |h| h.revision()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until mirrors and maps agree; the time from `since` and the last differences.
+    async fn converge(&self, since: Instant) -> Result<(Option<f64>, Vec<Value>)> {
+        let deadline = since + self.opts.converge_within;
+        let stale_ms = lab::spec::parse_duration(&self.lab.state.spec.remote_stale_after)
+            .map_or(10_000, |d| d.as_millis() as i64);
+        loop {
+            let mut diffs: Vec<Value> = Vec::new();
+            let mut clients = BTreeMap::new();
+            for cluster in self.clusters() {
+                match self.connect(&cluster).client(0).await {
+                    Ok(c) => {
+                        clients.insert(cluster, c);
+                    }
+                    Err(e) => diffs.push(json!({"cluster": cluster, "unreachable": e.to_string()})),
+                }
+            }
+            if diffs.is_empty() {
+                match converge::mirrors(&mut clients).await {
+                    Ok(d) => diffs.extend(d.iter().map(|d| json!(d))),
+                    Err(e) => diffs.push(json!({"mirrors": e.to_string()})),
+                }
+                for (cluster, client) in &mut clients {
+                    let c = self.lab.state.spec.cluster(cluster).context("cluster")?;
+                    let nodes: Vec<String> =
+                        self.lab.plan.nodes(c).into_iter().map(|n| n.name).collect();
+                    match converge::maps(client, cluster, &nodes, stale_ms, |n| {
+                        self.lab.pins(cluster, n)
+                    })
+                    .await
+                    {
+                        Ok(d) => diffs.extend(d.iter().map(|d| json!(d))),
+                        Err(e) => diffs.push(json!({"maps": cluster, "error": e.to_string()})),
+                    }
+                }
+            }
+            if diffs.is_empty() {
+                return Ok((Some(since.elapsed().as_secs_f64()), Vec::new()));
+            }
+            if Instant::now() > deadline {
+                return Ok((None, diffs));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Writes under other clusters' prefixes in `cluster`'s store after revision `from`
+    /// (the end of the faults) up to now: what the mirrors wrote to heal. Replayed from the
+    /// store's history with a watch.
+    async fn resync_writes(&self, cluster: &str, connect: &Connect, from: i64) -> Result<u64> {
+        let mut c = connect.client(0).await?;
+        let now = c
+            .get(
+                "mesh/",
+                Some(etcd_client::GetOptions::new().with_count_only()),
+            )
+            .await?
+            .header()
+            .map_or(0, |h| h.revision());
+        let mut writes = 0;
+        for other in self.clusters().into_iter().filter(|o| o != cluster) {
+            let prefix = mesh_api::keys::cluster_prefix(&other);
+            let options = etcd_client::WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(from + 1);
+            let mut stream = c.watch(prefix.as_str(), Some(options)).await?;
+            // The history comes first; a second without events means it is all here.
+            'replay: while let Ok(Ok(Some(resp))) =
+                tokio::time::timeout(Duration::from_secs(1), stream.message()).await
+            {
+                for e in resp.events() {
+                    match e.kv() {
+                        Some(kv) if kv.mod_revision() > now => break 'replay,
+                        Some(_) => writes += 1,
+                        None => {}
+                    }
+                }
+            }
+        }
+        Ok(writes)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one cluster's records, checked together"
+    )]
+    fn check_cluster(
+        &self,
+        cluster: &str,
+        history: &KvHistory,
+        record: &WatchRecord,
+        through: i64,
+        found: &BTreeMap<String, lost::Found>,
+        prefix: &str,
+        windows: &[(u64, u64)],
+        report: &mut Report,
+    ) {
+        let lin = linear::check(&history.ops, linear::Limits::default());
+        let watched = watch::Watched {
+            name: cluster,
+            prefix,
+            start: record.start,
+            through,
+            events: &record.events,
+        };
+        let wv = watch::check(&watched, &history.writes, &history.maybe);
+        let lv = lost::check(prefix, found, &history.writes, &history.maybe);
+        let push = |report: &mut Report, checker: &str, v: Value| {
+            report
+                .violations
+                .get_mut(checker)
+                .expect("inserted")
+                .push(v);
+        };
+        for v in &lin.violations {
+            push(
+                report,
+                "linearizable",
+                json!({"cluster": cluster, "violation": v}),
+            );
+        }
+        for v in &wv {
+            push(report, "watch", json!({"cluster": cluster, "violation": v}));
+        }
+        for v in &lv {
+            push(
+                report,
+                "lost-writes",
+                json!({"cluster": cluster, "violation": v}),
+            );
+        }
+        // Availability: local writes made while the clusters were cut apart.
+        let during =
+            |op: &crate::history::Op| windows.iter().any(|(a, b)| op.call > *a && op.call < *b);
+        let writes_during = history
+            .ops
+            .iter()
+            .filter(|o| during(o) && o.input != crate::history::Input::Get)
+            .count();
+        let failed_during = history
+            .ops
+            .iter()
+            .filter(|o| during(o) && o.input != crate::history::Input::Get && o.ret.is_none())
+            .count();
+        if failed_during > 0 && self.cuts_clusters() {
+            push(
+                report,
+                "availability",
+                json!({"cluster": cluster, "failed_local_writes": failed_during}),
+            );
+        }
+        report.availability.insert(
+            cluster.to_owned(),
+            json!({
+                "writes_during_faults": writes_during,
+                "writes_failed_during_faults": failed_during,
+            }),
+        );
+        report.operations.insert(
+            cluster.to_owned(),
+            json!({
+                "kv_answered": history.answered(),
+                "kv_unanswered": history.unanswered(),
+                "acknowledged_writes": history.writes.len(),
+                "watch_events": record.events.len(),
+                "watch_reconnects": record.reconnects,
+                "linearizability_keys": lin.keys,
+            }),
+        );
+    }
+}
+
+/// The final state of `prefix` (the revision read at, and each key), once the watcher had the
+/// chance to catch up.
+async fn read_final(
+    connect: &Connect,
+    prefix: &str,
+) -> Result<(i64, BTreeMap<String, lost::Found>)> {
+    let mut last = None;
+    for member in 0..connect.endpoints.len() {
+        let attempt = async {
+            let mut c = connect.client(member).await?;
+            kv::read_all(&mut c, prefix).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok((rev, kvs))) => {
+                let found = kvs
+                    .into_iter()
+                    .map(|(k, value, mod_revision)| {
+                        (
+                            k,
+                            lost::Found {
+                                value,
+                                mod_revision,
+                            },
+                        )
+                    })
+                    .collect();
+                return Ok((rev, found));
+            }
+            Ok(Err(e)) => last = Some(e.to_string()),
+            Err(_) => last = Some("no answer".to_owned()),
+        }
+    }
+    bail!(
+        "no member answered the final read: {}",
+        last.unwrap_or_default()
+    )
+}
+
+/// `cluster`'s leader's member name, from `meshctl status`.
+fn leader(lab: &Lab, cluster: &str) -> Result<String> {
+    let status = lab.mesh_status(cluster)?;
+    status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["leader"] == true)
+        .and_then(|m| m["name"].as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{cluster} has no leader"))
+}

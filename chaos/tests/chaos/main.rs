@@ -1,0 +1,72 @@
+//! The short, fixed-seed version of every chaos scenario (root: the lab). Each runs
+//! `mesh-chaos run` as a user would, with faults of a few seconds, and fails on any violation
+//! with the scenario's report. `scripts/chaos` runs the full versions.
+
+use std::process::Command;
+
+fn run_short(scenario: &str) {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("the chaos scenarios need root (the lab); CI runs as root");
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_mesh-chaos"))
+        .args([
+            "run",
+            "--scenario",
+            scenario,
+            "--seed",
+            "7",
+            "--duration",
+            "4s",
+            "--settle",
+            "1s",
+            "--converge-within",
+            "45s",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(out.path().join(format!("{scenario}.md")))
+        .unwrap_or_else(|e| format!("(no report: {e})"));
+    assert!(
+        run.status.success(),
+        "{scenario}: exit {:?}\n{report}\nstderr:\n{}",
+        run.status.code(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join(format!("{scenario}.json"))).unwrap(),
+    )
+    .unwrap();
+    // The run did something: operations were answered in both clusters and a fault was made.
+    for cluster in ["apps", "infra"] {
+        let answered = json["operations"][cluster]["kv_answered"].as_u64().unwrap();
+        assert!(
+            answered > 20,
+            "{scenario}: only {answered} KV answers in {cluster}\n{report}"
+        );
+    }
+    assert!(!json["faults"].as_array().unwrap().is_empty(), "{report}");
+    assert!(json["convergence_s"].is_number(), "{report}");
+}
+
+#[test]
+fn partition() {
+    run_short("partition");
+}
+
+#[test]
+fn partition_leader_kill() {
+    run_short("partition-leader-kill");
+}
+
+#[test]
+fn agent_kill() {
+    run_short("agent-kill");
+}
+
+#[test]
+fn degraded() {
+    run_short("degraded");
+}
