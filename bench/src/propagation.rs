@@ -300,7 +300,7 @@ async fn measure(
     for phase in ["steady", "after leader kill"] {
         if phase == "after leader kill" {
             for cluster in ["infra", "apps"] {
-                let leader = leader(lab, cluster)?;
+                let leader = lab.leader(cluster)?;
                 eprintln!("killing {cluster}'s leader {leader} (SIGKILL)…");
                 lab.kill(&lab.target(&format!("{cluster}/{leader}"))?)?;
                 killed.push(format!("{cluster}/{leader}"));
@@ -382,19 +382,6 @@ fn member_urls(lab: &Lab, cluster: &str) -> Result<Vec<String>> {
         .iter()
         .map(|m| format!("https://{}:2379", m.host_ip))
         .collect())
-}
-
-/// `cluster`'s leader's member name, from `meshctl status`.
-fn leader(lab: &Lab, cluster: &str) -> Result<String> {
-    let status = lab.mesh_status(cluster)?;
-    status["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["leader"] == true)
-        .and_then(|m| m["name"].as_str())
-        .map(str::to_owned)
-        .with_context(|| format!("{cluster} has no leader: {status}"))
 }
 
 /// Watches `prefix` in a cluster's store as its admin and notes `stage` whenever a record

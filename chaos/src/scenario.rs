@@ -323,7 +323,9 @@ impl<'a> Run<'a> {
             let reached = Arc::new(AtomicI64::new(0));
             let watch_stop = CancellationToken::new();
             // The watcher starts on the leader, the member the scenarios kill.
-            let on_leader = leader(&*self.lab, &cluster)?
+            let on_leader = self
+                .lab
+                .leader(&cluster)?
                 .trim_start_matches('m')
                 .parse::<usize>()
                 .map_or(0, |m| m.saturating_sub(1));
@@ -614,7 +616,7 @@ impl<'a> Run<'a> {
             self.churn_for(third).await?;
             let mut killed = Vec::new();
             for cluster in self.clusters() {
-                let leader = leader(&*self.lab, &cluster)?;
+                let leader = self.lab.leader(&cluster)?;
                 let t = self.lab.target(&format!("{cluster}/{leader}"))?;
                 tokio::task::block_in_place(|| self.lab.kill(&t))?;
                 self.note(format!("kill -9 {cluster}/{leader} (leader)"), progress);
@@ -891,17 +893,4 @@ async fn read_final(
         "no member answered the final read: {}",
         last.unwrap_or_default()
     )
-}
-
-/// `cluster`'s leader's member name, from `meshctl status`.
-fn leader(lab: &Lab, cluster: &str) -> Result<String> {
-    let status = lab.mesh_status(cluster)?;
-    status["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["leader"] == true)
-        .and_then(|m| m["name"].as_str())
-        .map(str::to_owned)
-        .with_context(|| format!("{cluster} has no leader"))
 }

@@ -1183,6 +1183,19 @@ impl Lab {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// Cluster `cluster`'s leader (its member name, `m1` …), from `meshctl status`.
+    pub fn leader(&self, cluster: &str) -> Result<String> {
+        let status = self.mesh_status(cluster)?;
+        status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["leader"] == true)
+            .and_then(|m| m["name"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("{cluster} has no leader: {status}"))
+    }
+
     /// Peers on WireGuard interface `iface` (`wg show`), if it exists.
     fn wg_peer_count(&self, iface: &str) -> Option<usize> {
         let out = Command::new("wg")

@@ -135,12 +135,17 @@ async fn an_agent_certificate_lists_and_watches_the_mesh() {
     // A member that is gone (nothing listens) is passed over for the next one, and the agent
     // learns which member it reached.
     let mut with_dead = agent.clone();
-    with_dead.endpoints.insert(0, "https://127.0.0.1:9".to_owned());
+    with_dead
+        .endpoints
+        .insert(0, "https://127.0.0.1:9".to_owned());
     let (mut c, at) = source::connect(&with_dead, 0).await.unwrap();
     assert!(at >= 1, "connected to the dead endpoint {at}");
     assert!(source::list(&mut c).await.is_ok());
     // Only dead members: an error naming each.
     with_dead.endpoints = vec!["https://127.0.0.1:9".to_owned()];
-    let err = source::connect(&with_dead, 0).await.err().expect("no member");
+    let err = source::connect(&with_dead, 0)
+        .await
+        .err()
+        .expect("no member");
     assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
 }
