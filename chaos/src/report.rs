@@ -50,6 +50,19 @@ pub fn markdown(r: &Report, command: &str) -> String {
             s["churn_changes_during_faults"],
         );
     }
+    if let Some(g) = r
+        .availability
+        .get("apps")
+        .and_then(|a| a.get("global_while_stale"))
+    {
+        let _ = write!(
+            md,
+            "\nWhile infra was stale (from --remote-stale-after + 2 s after the partition to the \
+             heal), apps/client's connections to demo/echo: {} of {} answered by apps, {} \
+             failed; after convergence {} of {} answered by infra.\n",
+            g["local"], g["connections"], g["failed"], g["remote_after_heal"], g["after_heal"]
+        );
+    }
     if r.violation_count() > 0 {
         md.push_str("\n## Violation details\n\n```json\n");
         md.push_str(&serde_json::to_string_pretty(&r.violations).unwrap_or_default());

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,18 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "partition-leader-kill",
         "the partition, and each cluster's leader killed (SIGKILL) a third of the way in and restarted two thirds in",
+    ),
+    (
+        "isolate-member",
+        "apps' leader cut off from its peers (clients still reach it) for the fault time under KV load, then rejoined",
+    ),
+    (
+        "remote-compacted",
+        "the partition, with both clusters' stores compacted two thirds in, so each mirror must resume from a compacted revision (a resync)",
+    ),
+    (
+        "long-disconnect",
+        "the partition held past the agents' --remote-stale-after, so they stop preferring the remote's backends; then healed, and they use them again",
     ),
     (
         "agent-kill",
@@ -119,9 +131,10 @@ impl Report {
     }
 }
 
-/// The lab a scenario runs on.
-pub fn chaos_spec() -> LabSpec {
+/// The lab a scenario runs on; agents call a remote stale after `stale_after`.
+pub fn chaos_spec(stale_after: Duration) -> LabSpec {
     let mut spec = LabSpec::default_lab();
+    spec.remote_stale_after = format!("{}ms", stale_after.as_millis());
     let port = |name: &str, port: u16| PortSpec {
         name: name.to_owned(),
         port,
@@ -179,7 +192,11 @@ pub async fn run(name: &str, opts: &Options, progress: &(dyn Fn(&str) + Sync)) -
         let opts = UpOptions {
             base: opts.base.clone(),
             name: lab_name.clone(),
-            spec: chaos_spec(),
+            spec: chaos_spec(if name == "long-disconnect" {
+                (opts.fault / 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
+            } else {
+                Duration::from_secs(10)
+            }),
             bins: opts.bins.clone(),
             config: opts.base.join(format!("{lab_name}.config")),
         };
@@ -223,6 +240,8 @@ struct Run<'a> {
     churn_total: u64,
     /// Whether faults are in force (for the churn and availability counts).
     faulted: bool,
+    /// The member `isolate-member` cut off.
+    isolated: Option<Target>,
 }
 
 /// A cluster's workloads.
@@ -239,13 +258,39 @@ struct Workloads {
     window: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
-/// The connection probe of one client pod: failures while faults were in force.
+/// One answer of a probe: when it was read, whether it succeeded, the cluster that answered.
+type Answer = (Instant, bool, Option<String>);
+
+/// A client pod connecting to a service every 20 ms, its answers recorded.
 struct Probe {
     child: std::process::Child,
     reader: std::thread::JoinHandle<()>,
-    attempts: Arc<AtomicU64>,
-    failures_faulted: Arc<AtomicU64>,
-    attempts_faulted: Arc<AtomicU64>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    stopfile: PathBuf,
+}
+
+impl Probe {
+    /// Stops the probe; its answers.
+    fn stop(mut self) -> Result<Vec<Answer>> {
+        std::fs::write(&self.stopfile, b"")?;
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        Ok(std::mem::take(
+            &mut *self.answers.lock().expect("not poisoned"),
+        ))
+    }
+}
+
+/// Answers in `[from, to]`: (all, failed, answered by `cluster`).
+fn tally(answers: &[Answer], from: Instant, to: Instant, cluster: &str) -> (u64, u64, u64) {
+    let mut t = (0, 0, 0);
+    for (at, ok, by) in answers.iter().filter(|(at, ..)| *at >= from && *at <= to) {
+        let _ = at;
+        t.0 += 1;
+        t.1 += u64::from(!ok);
+        t.2 += u64::from(by.as_deref() == Some(cluster));
+    }
+    t
 }
 
 impl<'a> Run<'a> {
@@ -260,6 +305,7 @@ impl<'a> Run<'a> {
             churn_during: BTreeMap::new(),
             churn_total: 0,
             faulted: false,
+            isolated: None,
         }
     }
 
@@ -351,24 +397,25 @@ impl<'a> Run<'a> {
                 },
             );
         }
-        let faulted = Arc::new(AtomicBool::new(false));
         let mut probes = BTreeMap::new();
         for cluster in self.clusters() {
-            probes.insert(cluster.clone(), self.probe(&cluster, faulted.clone())?);
+            probes.insert(cluster.clone(), self.probe(&cluster, "local")?);
         }
+        // Where apps' client connections to a global service go (its backends are in both
+        // clusters): local only while infra is stale, both again after healing.
+        let global = self.probe("apps", "echo")?;
         progress(&format!("{}: workloads running", self.name));
 
         // The timeline.
         self.churn_for(self.opts.settle).await?;
-        let fault_began = self.begin_faults(&loads, &faulted, progress).await?;
-        let fault_ended = self
-            .end_faults(&loads, &faulted, fault_began, progress)
-            .await?;
+        let fault_began = self.begin_faults(&loads, progress).await?;
+        let fault_ended = self.end_faults(&loads, progress).await?;
 
         // Convergence, from the end of the faults, without further churn (so the writes
         // after it are the healing's).
         let heal_revisions = self.revisions(&loads).await;
         let convergence = self.converge(fault_ended).await?;
+        let converged_at = Instant::now();
         progress(&format!(
             "{}: {}",
             self.name,
@@ -399,6 +446,7 @@ impl<'a> Run<'a> {
             "lost-writes",
             "convergence",
             "availability",
+            "remote-preference",
         ] {
             report.violations.insert(name.to_owned(), Vec::new());
         }
@@ -446,25 +494,14 @@ impl<'a> Run<'a> {
             }
         }
         for (cluster, p) in probes {
-            let stopfile = self.lab.dir.join(format!("chaos-probe-{cluster}.stop"));
-            std::fs::write(&stopfile, b"")?;
-            let Probe {
-                mut child,
-                reader,
-                attempts,
-                failures_faulted,
-                attempts_faulted,
-            } = p;
-            let _ = child.wait();
-            let _ = reader.join();
-            let failed = failures_faulted.load(Ordering::Relaxed);
+            let answers = p.stop()?;
+            let (all, failed, _) = tally(&answers, fault_began, fault_ended, &cluster);
             let entry = report
                 .availability
                 .entry(cluster.clone())
                 .or_insert(json!({}));
-            entry["local_connections"] = json!(attempts.load(Ordering::Relaxed));
-            entry["local_connections_during_faults"] =
-                json!(attempts_faulted.load(Ordering::Relaxed));
+            entry["local_connections"] = json!(answers.len());
+            entry["local_connections_during_faults"] = json!(all);
             entry["local_connections_failed_during_faults"] = json!(failed);
             if failed > 0 && self.cuts_clusters() {
                 report
@@ -474,26 +511,53 @@ impl<'a> Run<'a> {
                     .push(json!({"cluster": cluster, "failed_local_connections": failed}));
             }
         }
+        let answers = global.stop()?;
+        if self.name == "long-disconnect" {
+            self.check_staleness(
+                &answers,
+                fault_began,
+                fault_ended,
+                converged_at,
+                &mut report,
+            );
+        }
         report.took_s = self.at();
         Ok(report)
+    }
+
+    /// Whether the scenario partitions the clusters.
+    fn partitions(&self) -> bool {
+        matches!(
+            self.name,
+            "partition" | "partition-leader-kill" | "remote-compacted" | "long-disconnect"
+        )
     }
 
     /// Whether the scenario cuts or degrades the link between clusters (so local work must
     /// stay available throughout).
     fn cuts_clusters(&self) -> bool {
-        matches!(self.name, "partition" | "degraded")
+        self.partitions() || self.name == "degraded"
     }
 
-    /// Starts `mesh-echo probe` in `cluster/client` against `demo/local`.
-    fn probe(&self, cluster: &str, faulted: Arc<AtomicBool>) -> Result<Probe> {
+    /// Starts `mesh-echo probe` in `cluster/client` against `demo/<service>`'s TCP port.
+    fn probe(&self, cluster: &str, service: &str) -> Result<Probe> {
         let c = self.lab.state.spec.cluster(cluster).context("cluster")?;
-        let index = c
+        let (index, svc) = c
             .services
             .iter()
-            .position(|s| s.name == "local")
-            .context("demo/local")?;
+            .enumerate()
+            .find(|(_, s)| s.name == service)
+            .with_context(|| format!("demo/{service}"))?;
+        let port = svc
+            .ports
+            .iter()
+            .find(|p| p.protocol == "TCP")
+            .context("a TCP port")?;
         let vip = Plan::vip(c, index);
-        let stopfile = self.lab.dir.join(format!("chaos-probe-{cluster}.stop"));
+        let stopfile = self
+            .lab
+            .dir
+            .join(format!("chaos-probe-{cluster}-{service}.stop"));
         let mut child = self
             .lab
             .exec(
@@ -502,7 +566,7 @@ impl<'a> Run<'a> {
                     "mesh-echo".into(),
                     "probe".into(),
                     "--tcp".into(),
-                    format!("{vip}:80"),
+                    format!("{vip}:{}", port.port),
                     "--until".into(),
                     stopfile.to_string_lossy().into_owned(),
                     "--interval-ms".into(),
@@ -515,36 +579,31 @@ impl<'a> Run<'a> {
             .stderr(Stdio::null())
             .spawn()?;
         let out = child.stdout.take().expect("piped");
-        let attempts = Arc::new(AtomicU64::new(0));
-        let failures_faulted = Arc::new(AtomicU64::new(0));
-        let attempts_faulted = Arc::new(AtomicU64::new(0));
+        let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
         let reader = {
-            let (a, f, af) = (
-                attempts.clone(),
-                failures_faulted.clone(),
-                attempts_faulted.clone(),
-            );
+            let answers = answers.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
                     let Ok(v) = serde_json::from_str::<Value>(&line) else {
                         continue;
                     };
-                    a.fetch_add(1, Ordering::Relaxed);
-                    if faulted.load(Ordering::Relaxed) {
-                        af.fetch_add(1, Ordering::Relaxed);
-                        if v["ok"] != true {
-                            f.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    let by = v["reply"]
+                        .as_str()
+                        .and_then(|r| r.split_once('/'))
+                        .map(|(c, _)| c.to_owned());
+                    answers.lock().expect("not poisoned").push((
+                        Instant::now(),
+                        v["ok"] == true,
+                        by,
+                    ));
                 }
             })
         };
         Ok(Probe {
             child,
             reader,
-            attempts,
-            failures_faulted,
-            attempts_faulted,
+            answers,
+            stopfile,
         })
     }
 
@@ -577,7 +636,6 @@ impl<'a> Run<'a> {
     async fn begin_faults(
         &mut self,
         loads: &BTreeMap<String, Workloads>,
-        faulted: &AtomicBool,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Instant> {
         for w in loads.values() {
@@ -585,10 +643,9 @@ impl<'a> Run<'a> {
             w.window.lock().expect("not poisoned").push((at, u64::MAX));
         }
         self.faulted = true;
-        faulted.store(true, Ordering::Relaxed);
         let third = self.opts.fault / 3;
         match self.name {
-            "partition" | "partition-leader-kill" => {
+            "partition" | "partition-leader-kill" | "remote-compacted" | "long-disconnect" => {
                 tokio::task::block_in_place(|| self.lab.partition("apps", "infra"))?;
                 self.note("partition apps infra".to_owned(), progress);
             }
@@ -603,6 +660,16 @@ impl<'a> Run<'a> {
                     "degrade apps infra: 200 ms ± 50 ms, 5% loss".to_owned(),
                     progress,
                 );
+            }
+            "isolate-member" => {
+                let leader = self.lab.leader("apps")?;
+                let t = self.lab.target(&format!("apps/{leader}"))?;
+                tokio::task::block_in_place(|| self.lab.isolate(&t))?;
+                self.note(
+                    format!("isolate apps/{leader} (leader) from its peers"),
+                    progress,
+                );
+                self.isolated = Some(t);
             }
             "agent-kill" => {
                 let t = self.lab.target("apps/node-1")?;
@@ -638,14 +705,21 @@ impl<'a> Run<'a> {
     async fn end_faults(
         &mut self,
         loads: &BTreeMap<String, Workloads>,
-        faulted: &AtomicBool,
-        _began: Instant,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Instant> {
         match self.name {
-            "partition" | "partition-leader-kill" | "degraded" => {
+            "partition"
+            | "partition-leader-kill"
+            | "remote-compacted"
+            | "long-disconnect"
+            | "degraded" => {
                 tokio::task::block_in_place(|| self.lab.heal("apps", "infra"))?;
                 self.note("heal apps infra".to_owned(), progress);
+            }
+            "isolate-member" => {
+                let t = self.isolated.take().context("the isolated member")?;
+                tokio::task::block_in_place(|| self.lab.rejoin(&t))?;
+                self.note(format!("rejoin {}", t.label()), progress);
             }
             "agent-kill" => {
                 let t: Target = self.lab.target("apps/node-1")?;
@@ -655,7 +729,6 @@ impl<'a> Run<'a> {
             _ => unreachable!("checked in run"),
         }
         self.faulted = false;
-        faulted.store(false, Ordering::Relaxed);
         for w in loads.values() {
             let at = w.clock.tick();
             if let Some(last) = w.window.lock().expect("not poisoned").last_mut() {
@@ -765,6 +838,49 @@ impl<'a> Run<'a> {
             }
         }
         Ok(writes)
+    }
+
+    /// `long-disconnect`: once infra had been cut off for longer than the agents'
+    /// --remote-stale-after (plus 2 s for the agents' tick and the probe), every connection
+    /// from apps/client to demo/echo went to apps' backends; after convergence, infra's
+    /// answered again.
+    fn check_staleness(
+        &self,
+        answers: &[Answer],
+        began: Instant,
+        ended: Instant,
+        converged: Instant,
+        report: &mut Report,
+    ) {
+        let stale = lab::spec::parse_duration(&self.lab.state.spec.remote_stale_after)
+            .unwrap_or(Duration::from_secs(10));
+        let from = began + stale + Duration::from_secs(2);
+        let (all, failed, local) = tally(answers, from, ended, "apps");
+        let (after, _, remote) = tally(answers, converged, Instant::now(), "infra");
+        let v = report
+            .violations
+            .get_mut("remote-preference")
+            .expect("inserted");
+        if all == 0 {
+            v.push(json!({"problem": "no connections while infra was stale (fault too short)"}));
+        } else if local != all {
+            v.push(json!({
+                "problem": "connections went to the stale remote or failed",
+                "connections": all, "failed": failed, "local": local,
+            }));
+        }
+        if remote == 0 {
+            v.push(
+                json!({"problem": "infra's backends not used after healing", "connections": after}),
+            );
+        }
+        report
+            .availability
+            .entry("apps".to_owned())
+            .or_insert(json!({}))["global_while_stale"] = json!({
+            "connections": all, "local": local, "failed": failed,
+            "after_heal": after, "remote_after_heal": remote,
+        });
     }
 
     #[expect(

@@ -5,6 +5,8 @@
 //! - A partition drops every packet between two clusters' prefixes (node network, pod range,
 //!   members' host addresses), both ways.
 //! - Loss drops a share of them: `numgen random mod 100 < P` (per packet, both ways).
+//! - An isolated member drops every packet to and from its cluster's other members, in its own
+//!   namespace ([`isolation_ruleset`]); the host, the agents and remote clusters still reach it.
 //! - Delay: this kernel has no netem, so delayed packets go to an NFQUEUE, one per degraded
 //!   pair, that the lab's delay stage (the `mesh-delay` program, in the fabric) serves: it
 //!   holds each packet for the pair's delay (± jitter) before it accepts it. The kernel has no
@@ -45,6 +47,10 @@ pub struct Faults {
     pub partitions: Vec<(String, String)>,
     /// Degraded pairs (sorted names).
     pub degraded: BTreeMap<String, Degrade>,
+    /// API-server members cut off from their cluster's other members (`cluster/member`,
+    /// sorted); clients and agents still reach them.
+    #[serde(default)]
+    pub isolated: Vec<String>,
 }
 
 /// The key of a pair, its names sorted: `a|b`.
@@ -90,6 +96,23 @@ impl Faults {
         } else {
             self.degraded.insert(pair_key(a, b), d);
         }
+    }
+
+    /// Cuts member `member` (`cluster/m1`) off from its peers; false if it was already.
+    pub fn isolate(&mut self, member: &str) -> bool {
+        if self.isolated.iter().any(|m| m == member) {
+            return false;
+        }
+        self.isolated.push(member.to_owned());
+        self.isolated.sort();
+        true
+    }
+
+    /// Lets member `member` reach its peers again; false if it was not isolated.
+    pub fn rejoin(&mut self, member: &str) -> bool {
+        let before = self.isolated.len();
+        self.isolated.retain(|m| m != member);
+        before != self.isolated.len()
     }
 
     /// The degradation between `a` and `b`, if any.
@@ -156,6 +179,32 @@ impl Faults {
         out.push_str("\t}\n}\n");
         out
     }
+}
+
+/// The nftables table that isolates a member (in the member's own namespace: members of a
+/// cluster share a bridge in the fabric, so the fabric does not route between them).
+pub const ISOLATE_TABLE: &str = "raftmesh_lab_isolate";
+
+/// The nftables script for one member's namespace: with `isolated`, every packet to or from
+/// `peers` (the other members' addresses) is dropped; without, the table is removed.
+pub fn isolation_ruleset(isolated: bool, peers: &[std::net::Ipv4Addr]) -> String {
+    let mut out = format!("table ip {ISOLATE_TABLE} {{}}\ndelete table ip {ISOLATE_TABLE}\n");
+    if isolated && !peers.is_empty() {
+        let set = peers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "table ip {ISOLATE_TABLE} {{\n\
+             \tset peers {{ type ipv4_addr; elements = {{ {set} }}; }}\n\
+             \tchain input {{\n\t\ttype filter hook input priority -10; policy accept;\n\
+             \t\tip saddr @peers counter drop comment \"isolated\"\n\t}}\n\
+             \tchain output {{\n\t\ttype filter hook output priority -10; policy accept;\n\
+             \t\tip daddr @peers counter drop comment \"isolated\"\n\t}}\n}}\n"
+        ));
+    }
+    out
 }
 
 impl Faults {

@@ -758,6 +758,25 @@ impl Lab {
                 crate::faults::DELAY_CHAIN,
             ]))?;
         }
+        for (i, c) in plan::indexed(&self.state.spec) {
+            let members = self.plan.members(i, c);
+            for m in &members {
+                let isolated = self
+                    .state
+                    .faults
+                    .isolated
+                    .contains(&format!("{}/{}", c.name, m.name));
+                let peers: Vec<Ipv4Addr> = members
+                    .iter()
+                    .filter(|p| p.name != m.name)
+                    .flat_map(|p| [p.ip, p.host_ip])
+                    .collect();
+                nft(
+                    &m.netns,
+                    &crate::faults::isolation_ruleset(isolated, &peers),
+                )?;
+            }
+        }
         if self.run_state(&Target::Delay) != Run::Stopped {
             self.kill(&Target::Delay)?;
         }
@@ -1386,6 +1405,29 @@ impl Lab {
         self.pair(a, b)?;
         let mut faults = self.state.faults.clone();
         let changed = faults.heal(a, b);
+        self.enforce(faults)?;
+        Ok(changed)
+    }
+
+    /// Cuts API-server member `t` off from its cluster's other members (clients still reach
+    /// it). Returns false if it was isolated already.
+    pub fn isolate(&mut self, t: &Target) -> Result<bool> {
+        let Target::Member { .. } = t else {
+            return Err(refused(format!(
+                "{} is not an API-server member",
+                t.label()
+            )));
+        };
+        let mut faults = self.state.faults.clone();
+        let changed = faults.isolate(&t.label());
+        self.enforce(faults)?;
+        Ok(changed)
+    }
+
+    /// Lets member `t` reach its peers again. Returns false if it was not isolated.
+    pub fn rejoin(&mut self, t: &Target) -> Result<bool> {
+        let mut faults = self.state.faults.clone();
+        let changed = faults.rejoin(&t.label());
         self.enforce(faults)?;
         Ok(changed)
     }

@@ -60,6 +60,11 @@ enum Command {
     /// (nftables `numgen random`); delay is a userspace stage in the fabric (NFQUEUE, the
     /// kernel has no netem), exact to about a millisecond, applied in each direction.
     Degrade(DegradeArgs),
+    /// Cut an API-server member (`apps/m1`) off from its cluster's other members; the host,
+    /// agents and remote clusters still reach it (Raft loses it, clients do not).
+    Isolate(TargetArgs),
+    /// Let an isolated member reach its peers again.
+    Rejoin(TargetArgs),
     /// kill -9 a member (`apps/m1`), a node's agent (`apps/node-1`) or a pod's workload.
     Kill(TargetArgs),
     /// Start a member, agent or pod workload again (on its data).
@@ -266,6 +271,36 @@ pub fn run(args: LabArgs) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Isolate(t) => {
+            let mut lab = find()?;
+            let target = lab.target(&t.target).map_err(fail)?;
+            let changed = lab.isolate(&target).map_err(fail)?;
+            println!(
+                "{}: {} from its peers",
+                target.label(),
+                if changed {
+                    "isolated"
+                } else {
+                    "already isolated"
+                }
+            );
+            Ok(())
+        }
+        Command::Rejoin(t) => {
+            let mut lab = find()?;
+            let target = lab.target(&t.target).map_err(fail)?;
+            let changed = lab.rejoin(&target).map_err(fail)?;
+            println!(
+                "{}: {}",
+                target.label(),
+                if changed {
+                    "rejoined its peers"
+                } else {
+                    "was not isolated"
+                }
+            );
+            Ok(())
+        }
         Command::Kill(t) => act(find()?, &t.target, "killed (SIGKILL)", |lab, t| lab.kill(t)),
         Command::Start(t) => act(find()?, &t.target, "started", |lab, t| lab.start(t)),
         Command::Freeze(t) => act(find()?, &t.target, "frozen (SIGSTOP)", |lab, t| {
@@ -407,6 +442,9 @@ fn table(s: &Value) -> String {
             d["jitter_ms"],
             d["loss_pct"]
         ));
+    }
+    for m in faults["isolated"].as_array().into_iter().flatten() {
+        out.push_str(&format!("fault: {} isolated from its peers\n", str_of(m)));
     }
     for c in s["clusters"].as_array().into_iter().flatten() {
         out.push_str(&format!(

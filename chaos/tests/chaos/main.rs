@@ -62,6 +62,11 @@ fn partition_leader_kill() {
 }
 
 #[test]
+fn isolate_member() {
+    run_short("isolate-member");
+}
+
+#[test]
 fn agent_kill() {
     run_short("agent-kill");
 }

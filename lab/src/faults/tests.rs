@@ -1,3 +1,5 @@
+use std::net::Ipv4Addr;
+
 use super::*;
 
 #[test]
@@ -113,4 +115,32 @@ fn the_ruleset_cuts_both_ways_and_degrades_by_pair() {
         !f.delay_rules(&plan, &spec).contains("-A"),
         "an empty chain"
     );
+}
+
+#[test]
+fn an_isolated_member_drops_its_peers_both_ways_and_rejoining_removes_the_table() {
+    let mut f = Faults::default();
+    assert!(f.isolate("apps/m2"));
+    assert!(!f.isolate("apps/m2"), "once");
+    assert!(f.isolate("apps/m1"));
+    assert_eq!(f.isolated, ["apps/m1", "apps/m2"]);
+    let peers = [
+        Ipv4Addr::new(192, 168, 1, 101),
+        Ipv4Addr::new(198, 18, 0, 17),
+    ];
+    let on = isolation_ruleset(true, &peers);
+    assert!(
+        on.contains("elements = { 192.168.1.101, 198.18.0.17 }"),
+        "{on}"
+    );
+    assert!(on.contains("ip saddr @peers counter drop"), "{on}");
+    assert!(on.contains("ip daddr @peers counter drop"), "{on}");
+    let off = isolation_ruleset(false, &peers);
+    assert_eq!(
+        off,
+        format!("table ip {ISOLATE_TABLE} {{}}\ndelete table ip {ISOLATE_TABLE}\n")
+    );
+    assert!(f.rejoin("apps/m2"));
+    assert!(!f.rejoin("apps/m2"));
+    assert_eq!(f.isolated, ["apps/m1"]);
 }
