@@ -124,16 +124,7 @@ async fn run(
         bail!("mesh-chaos needs root (the lab: network namespaces, cgroups, eBPF)");
     }
     for n in names {
-        if !SCENARIOS.iter().any(|(s, _)| s == n) {
-            bail!(
-                "no scenario {n:?}; `mesh-chaos list` shows them ({})",
-                SCENARIOS
-                    .iter()
-                    .map(|(s, _)| *s)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        scenario::known(n)?;
     }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("mesh-chaos's directory")?;

@@ -175,11 +175,11 @@ pub fn chaos_spec(stale_after: Duration) -> LabSpec {
     spec
 }
 
-/// Runs scenario `name`; `progress` gets a line per step.
-pub async fn run(name: &str, opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Report> {
+/// Fails unless `name` is a scenario's.
+pub fn known(name: &str) -> Result<()> {
     if !SCENARIOS.iter().any(|(n, _)| *n == name) {
         bail!(
-            "no scenario {name:?}; there are {}",
+            "no scenario {name:?}; there are {} (`mesh-chaos list`)",
             SCENARIOS
                 .iter()
                 .map(|(n, _)| *n)
@@ -187,6 +187,12 @@ pub async fn run(name: &str, opts: &Options, progress: &(dyn Fn(&str) + Sync)) -
                 .join(", ")
         );
     }
+    Ok(())
+}
+
+/// Runs scenario `name`; `progress` gets a line per step.
+pub async fn run(name: &str, opts: &Options, progress: &(dyn Fn(&str) + Sync)) -> Result<Report> {
+    known(name)?;
     let lab_name = format!("chaos-{}-{}", std::process::id(), name.len());
     let up = {
         let opts = UpOptions {
@@ -525,18 +531,14 @@ impl<'a> Run<'a> {
         Ok(report)
     }
 
-    /// Whether the scenario partitions the clusters.
-    fn partitions(&self) -> bool {
+    /// Whether local work must stay available throughout: the scenario cuts or degrades the
+    /// link between clusters and touches nothing inside them (a killed leader or an
+    /// isolated member fails the writes in flight on it, as it should).
+    fn cuts_clusters(&self) -> bool {
         matches!(
             self.name,
-            "partition" | "partition-leader-kill" | "remote-compacted" | "long-disconnect"
+            "partition" | "remote-compacted" | "long-disconnect" | "degraded"
         )
-    }
-
-    /// Whether the scenario cuts or degrades the link between clusters (so local work must
-    /// stay available throughout).
-    fn cuts_clusters(&self) -> bool {
-        self.partitions() || self.name == "degraded"
     }
 
     /// Starts `mesh-echo probe` in `cluster/client` against `demo/<service>`'s TCP port.
@@ -693,6 +695,27 @@ impl<'a> Run<'a> {
             for t in killed {
                 tokio::task::block_in_place(|| self.lab.start(&t))?;
                 self.note(format!("start {}", t.label()), progress);
+            }
+            self.churn_for(self.opts.fault.saturating_sub(third * 2))
+                .await?;
+        } else if self.name == "remote-compacted" {
+            self.churn_for(third * 2).await?;
+            for cluster in self.clusters() {
+                let mut c = self.connect(&cluster).client(0).await?;
+                let rev = c
+                    .get(
+                        "mesh/",
+                        Some(etcd_client::GetOptions::new().with_count_only()),
+                    )
+                    .await?
+                    .header()
+                    .map_or(0, |h| h.revision());
+                c.compact(
+                    rev,
+                    Some(etcd_client::CompactionOptions::new().with_physical()),
+                )
+                .await?;
+                self.note(format!("compact {cluster} at revision {rev}"), progress);
             }
             self.churn_for(self.opts.fault.saturating_sub(third * 2))
                 .await?;
@@ -1010,3 +1033,6 @@ async fn read_final(
         last.unwrap_or_default()
     )
 }
+
+#[cfg(test)]
+mod tests;

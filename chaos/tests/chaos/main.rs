@@ -47,8 +47,45 @@ fn run_short(scenario: &str) {
             "{scenario}: only {answered} KV answers in {cluster}\n{report}"
         );
     }
-    assert!(!json["faults"].as_array().unwrap().is_empty(), "{report}");
+    // …and the scenario's own faults were made.
+    let faults: Vec<&str> = json["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["what"].as_str().unwrap())
+        .collect();
+    for want in expected_faults(scenario) {
+        assert!(
+            faults.iter().any(|f| f.starts_with(want)),
+            "{scenario}: no {want:?} among the faults {faults:?}\n{report}"
+        );
+    }
     assert!(json["convergence_s"].is_number(), "{report}");
+}
+
+/// The faults each scenario must have made (prefixes of the report's lines).
+fn expected_faults(scenario: &str) -> &'static [&'static str] {
+    match scenario {
+        "partition" | "long-disconnect" => &["partition apps infra", "heal apps infra"],
+        "partition-leader-kill" => &[
+            "partition apps infra",
+            "kill -9 apps/",
+            "kill -9 infra/",
+            "start apps/",
+            "start infra/",
+            "heal apps infra",
+        ],
+        "isolate-member" => &["isolate apps/", "rejoin apps/"],
+        "remote-compacted" => &[
+            "partition apps infra",
+            "compact apps at revision",
+            "compact infra at revision",
+            "heal apps infra",
+        ],
+        "agent-kill" => &["kill -9 apps/node-1", "start apps/node-1"],
+        "degraded" => &["degrade apps infra", "heal apps infra"],
+        other => panic!("no expected faults for {other}"),
+    }
 }
 
 #[test]
@@ -64,6 +101,16 @@ fn partition_leader_kill() {
 #[test]
 fn isolate_member() {
     run_short("isolate-member");
+}
+
+#[test]
+fn remote_compacted() {
+    run_short("remote-compacted");
+}
+
+#[test]
+fn long_disconnect() {
+    run_short("long-disconnect");
 }
 
 #[test]
