@@ -7,7 +7,10 @@
 //! - [`watch`]: a watcher saw events in revision order, without duplicates, without gaps, and
 //!   only events some write made.
 //! - [`lost`]: the store's final state keeps every acknowledged write (or a later one).
+//! - [`available`]: local writes and connections while clusters are cut apart; where
+//!   connections go while a remote is stale.
 
+pub mod available;
 pub mod linear;
 pub mod lost;
 pub mod watch;

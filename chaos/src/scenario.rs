@@ -32,6 +32,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::check::available::{self, Answer, Preference, tally};
 use crate::check::{linear, lost, watch};
 use crate::converge;
 use crate::rng::Rng;
@@ -264,9 +265,6 @@ struct Workloads {
     window: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
-/// One answer of a probe: when it was read, whether it succeeded, the cluster that answered.
-type Answer = (Instant, bool, Option<String>);
-
 /// A client pod connecting to a service every 20 ms, its answers recorded.
 struct Probe {
     child: std::process::Child,
@@ -285,18 +283,6 @@ impl Probe {
             &mut *self.answers.lock().expect("not poisoned"),
         ))
     }
-}
-
-/// Answers in `[from, to]`: (all, failed, answered by `cluster`).
-fn tally(answers: &[Answer], from: Instant, to: Instant, cluster: &str) -> (u64, u64, u64) {
-    let mut t = (0, 0, 0);
-    for (at, ok, by) in answers.iter().filter(|(at, ..)| *at >= from && *at <= to) {
-        let _ = at;
-        t.0 += 1;
-        t.1 += u64::from(!ok);
-        t.2 += u64::from(by.as_deref() == Some(cluster));
-    }
-    t
 }
 
 impl<'a> Run<'a> {
@@ -878,32 +864,26 @@ impl<'a> Run<'a> {
         let stale = lab::spec::parse_duration(&self.lab.state.spec.remote_stale_after)
             .unwrap_or(Duration::from_secs(10));
         let from = began + stale + Duration::from_secs(2);
-        let (all, failed, local) = tally(answers, from, ended, "apps");
-        let (after, _, remote) = tally(answers, converged, Instant::now(), "infra");
-        let v = report
-            .violations
-            .get_mut("remote-preference")
-            .expect("inserted");
-        if all == 0 {
-            v.push(json!({"problem": "no connections while infra was stale (fault too short)"}));
-        } else if local != all {
-            v.push(json!({
-                "problem": "connections went to the stale remote or failed",
-                "connections": all, "failed": failed, "local": local,
-            }));
-        }
-        if remote == 0 {
-            v.push(
-                json!({"problem": "infra's backends not used after healing", "connections": after}),
-            );
+        let (connections, failed, local) = tally(answers, from, ended, "apps");
+        let (after_heal, _, remote_after_heal) = tally(answers, converged, Instant::now(), "infra");
+        let p = Preference {
+            connections,
+            failed,
+            local,
+            after_heal,
+            remote_after_heal,
+        };
+        for problem in p.violations() {
+            report
+                .violations
+                .get_mut("remote-preference")
+                .expect("inserted")
+                .push(json!({ "problem": problem }));
         }
         report
             .availability
             .entry("apps".to_owned())
-            .or_insert(json!({}))["global_while_stale"] = json!({
-            "connections": all, "local": local, "failed": failed,
-            "after_heal": after, "remote_after_heal": remote,
-        });
+            .or_insert(json!({}))["global_while_stale"] = json!(p);
     }
 
     #[expect(
@@ -956,18 +936,7 @@ impl<'a> Run<'a> {
             );
         }
         // Availability: local writes made while the clusters were cut apart.
-        let during =
-            |op: &crate::history::Op| windows.iter().any(|(a, b)| op.call > *a && op.call < *b);
-        let writes_during = history
-            .ops
-            .iter()
-            .filter(|o| during(o) && o.input != crate::history::Input::Get)
-            .count();
-        let failed_during = history
-            .ops
-            .iter()
-            .filter(|o| during(o) && o.input != crate::history::Input::Get && o.ret.is_none())
-            .count();
+        let (writes_during, failed_during) = available::writes_during(&history.ops, windows);
         if failed_during > 0 && self.cuts_clusters() {
             push(
                 report,

@@ -1,23 +1,6 @@
 use super::*;
 
 #[test]
-fn tally_counts_answers_in_the_window_only() {
-    let t0 = Instant::now();
-    let at = |ms: u64| t0 + Duration::from_millis(ms);
-    let answers: Vec<Answer> = vec![
-        (at(0), true, Some("apps".to_owned())),
-        (at(100), true, Some("infra".to_owned())),
-        (at(200), false, None),
-        (at(300), true, Some("apps".to_owned())),
-        (at(900), true, Some("infra".to_owned())),
-    ];
-    assert_eq!(tally(&answers, at(100), at(300), "apps"), (3, 1, 1));
-    assert_eq!(tally(&answers, at(100), at(300), "infra"), (3, 1, 1));
-    assert_eq!(tally(&answers, at(0), at(1000), "infra"), (5, 1, 2));
-    assert_eq!(tally(&answers, at(400), at(800), "apps"), (0, 0, 0));
-}
-
-#[test]
 fn the_chaos_lab_adds_churn_pods_and_an_unshared_local_service() {
     let spec = chaos_spec(Duration::from_millis(1500));
     assert_eq!(spec.remote_stale_after, "1500ms");

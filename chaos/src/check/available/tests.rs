@@ -1,0 +1,83 @@
+use std::time::Duration;
+
+use super::*;
+use crate::history::Output;
+
+#[test]
+fn tally_counts_answers_in_the_window_only() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let answers: Vec<Answer> = vec![
+        (at(0), true, Some("apps".to_owned())),
+        (at(100), true, Some("infra".to_owned())),
+        (at(200), false, None),
+        (at(300), true, Some("apps".to_owned())),
+        (at(900), true, Some("infra".to_owned())),
+    ];
+    assert_eq!(tally(&answers, at(100), at(300), "apps"), (3, 1, 1));
+    assert_eq!(tally(&answers, at(100), at(300), "infra"), (3, 1, 1));
+    assert_eq!(tally(&answers, at(0), at(1000), "infra"), (5, 1, 2));
+    assert_eq!(tally(&answers, at(400), at(800), "apps"), (0, 0, 0));
+}
+
+fn op(call: u64, input: Input, answered: bool) -> Op {
+    Op {
+        client: 0,
+        key: "k".to_owned(),
+        input,
+        output: if answered {
+            Output::Done
+        } else {
+            Output::Unknown
+        },
+        call,
+        ret: answered.then_some(call + 1),
+    }
+}
+
+#[test]
+fn only_writes_inside_a_window_count_and_unanswered_ones_fail() {
+    let put = || Input::Put("v".to_owned());
+    let ops = [
+        op(5, put(), false), // before the faults
+        op(11, put(), true), // inside
+        op(12, Input::Get, true),
+        op(13, put(), false), // inside, no answer
+        op(25, put(), false), // between windows
+        op(31, Input::Delete, true),
+    ];
+    assert_eq!(writes_during(&ops, &[(10, 20), (30, 40)]), (3, 1));
+    assert_eq!(writes_during(&ops, &[]), (0, 0));
+}
+
+#[test]
+fn a_stale_remote_must_get_nothing_and_a_healed_one_something() {
+    let good = Preference {
+        connections: 50,
+        failed: 0,
+        local: 50,
+        after_heal: 40,
+        remote_after_heal: 18,
+    };
+    assert!(good.violations().is_empty());
+    let leaked = Preference {
+        local: 47,
+        failed: 1,
+        ..good
+    };
+    assert_eq!(
+        leaked.violations(),
+        ["3 of 50 connections while the remote was stale went to it or failed (1 failed)"]
+    );
+    let never_back = Preference {
+        remote_after_heal: 0,
+        ..good
+    };
+    assert_eq!(never_back.violations().len(), 1);
+    let too_short = Preference {
+        connections: 0,
+        local: 0,
+        ..good
+    };
+    assert_eq!(too_short.violations().len(), 1);
+}
