@@ -57,7 +57,8 @@ pub fn markdown(r: &Report, command: &str) -> String {
     {
         let _ = write!(
             md,
-            "\nWhile infra was stale (from --remote-stale-after + 2 s after the partition to the \
+            "\nWhile infra was surely stale (from the longer of --remote-stale-after and the mirror's \
+             3 s of silence, plus 2 s, after the partition, to the \
              heal), apps/client's connections to demo/echo: {} of {} answered by apps, {} \
              failed; after convergence {} of {} answered by infra.\n",
             g["local"], g["connections"], g["failed"], g["remote_after_heal"], g["after_heal"]

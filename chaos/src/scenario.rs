@@ -39,6 +39,10 @@ use crate::rng::Rng;
 use crate::workload::Connect;
 use crate::workload::kv::{self, Clock, KvConfig, KvHistory, WatchRecord};
 
+/// How long a remote may stay silent before its mirror calls it disconnected
+/// (`mesh_apiserver::mirror::session::SILENCE`).
+pub const MIRROR_SILENCE: Duration = Duration::from_secs(3);
+
 /// The scenarios, with what each does.
 pub const SCENARIOS: &[(&str, &str)] = &[
     (
@@ -579,11 +583,15 @@ impl<'a> Run<'a> {
                         .as_str()
                         .and_then(|r| r.split_once('/'))
                         .map(|(c, _)| c.to_owned());
-                    answers.lock().expect("not poisoned").push((
-                        Instant::now(),
-                        v["ok"] == true,
-                        by,
-                    ));
+                    // When the attempt began: a failed one is read only after its timeout.
+                    let took = Duration::from_micros(v["micros"].as_u64().unwrap_or(0));
+                    let began = Instant::now()
+                        .checked_sub(took)
+                        .unwrap_or_else(Instant::now);
+                    answers
+                        .lock()
+                        .expect("not poisoned")
+                        .push((began, v["ok"] == true, by));
                 }
             })
         };
@@ -849,10 +857,13 @@ impl<'a> Run<'a> {
         Ok(writes)
     }
 
-    /// `long-disconnect`: once infra had been cut off for longer than the agents'
-    /// --remote-stale-after (plus 2 s for the agents' tick and the probe), every connection
-    /// from apps/client to demo/echo went to apps' backends; after convergence, infra's
-    /// answered again.
+    /// `long-disconnect`: every connection from apps/client to demo/echo begun once infra was
+    /// surely stale went to apps' backends; after convergence, infra's answered again.
+    ///
+    /// Surely stale: the agents call a remote stale when its mirror is disconnected and its
+    /// last contact is older than --remote-stale-after. The mirror notices a silent remote
+    /// after [`MIRROR_SILENCE`]; the agents look once a second; so from the partition on,
+    /// `max(stale-after, silence) + 2 s`.
     fn check_staleness(
         &self,
         answers: &[Answer],
@@ -863,7 +874,7 @@ impl<'a> Run<'a> {
     ) {
         let stale = lab::spec::parse_duration(&self.lab.state.spec.remote_stale_after)
             .unwrap_or(Duration::from_secs(10));
-        let from = began + stale + Duration::from_secs(2);
+        let from = began + stale.max(MIRROR_SILENCE) + Duration::from_secs(2);
         let (connections, failed, local) = tally(answers, from, ended, "apps");
         let (after_heal, _, remote_after_heal) = tally(answers, converged, Instant::now(), "infra");
         let p = Preference {

@@ -2,8 +2,8 @@
 //! apart, and where connections to a global service go while a remote is stale.
 //!
 //! Writes are placed by their call position on the workload's clock (the faults' begin and
-//! end take positions on the same clock); connections by when the probe's answer was read, in
-//! this process.
+//! end take positions on the same clock); connections by when the attempt began (the time the
+//! probe's line was read, less the attempt's duration it reports), in this process.
 
 use std::time::Instant;
 

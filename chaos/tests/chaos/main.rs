@@ -17,7 +17,13 @@ fn run_short(scenario: &str) {
             "--seed",
             "7",
             "--duration",
-            "4s",
+            // Long enough for the agents to call infra stale (the mirror's 3 s of silence,
+            // their tick) and still see some connections before the heal.
+            if scenario == "long-disconnect" {
+                "9s"
+            } else {
+                "4s"
+            },
             "--settle",
             "1s",
             "--converge-within",
