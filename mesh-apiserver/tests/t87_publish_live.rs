@@ -1,6 +1,6 @@
 //! The live Kubernetes source (issue 5, point 6). These need a Kubernetes API server
 //! (in-cluster, or KUBECONFIG / ~/.kube/config) with the MeshPolicy CRD
-//! (`deploy/crds/meshpolicy.yaml`) installed; run them with `cargo test -- --ignored`.
+//! (`deploy/helm/raftmesh/crds/meshpolicy.yaml`) installed; run them with `cargo test -- --ignored`.
 //! The conversion they feed is the one the directory source uses, covered by
 //! `t70_publish_golden`; the CRD file's names are checked here without a cluster.
 
@@ -32,7 +32,7 @@ async fn ready_source() -> LiveSource {
 #[test]
 fn the_crd_names_what_the_source_watches() {
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds/meshpolicy.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/raftmesh/crds/meshpolicy.yaml"),
     )
     .unwrap();
     let crd: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();

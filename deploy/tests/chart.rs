@@ -1,0 +1,302 @@
+//! The Helm chart: lint and render with the default, Talos and EKS values, every object
+//! validated against its Kubernetes type, and what the rendered objects say checked against
+//! what the values asked for.
+
+use deploy::{helm, render, validate};
+use serde_json::{Value, json};
+
+const IDENTITY: &[&str] = &["--set", "cluster.name=apps,cluster.id=1"];
+
+fn rendered(values: Option<&str>) -> Vec<Value> {
+    let mut args: Vec<&str> = IDENTITY.to_vec();
+    if let Some(f) = values {
+        args.extend(["-f", f]);
+    }
+    render(&args).unwrap()
+}
+
+fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn container(o: &Value) -> &Value {
+    &o["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args(o: &Value) -> Vec<String> {
+    container(o)["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn env(o: &Value, name: &str) -> Option<String> {
+    container(o)["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn lint_and_render_with_each_values_file_and_every_object_is_valid() {
+    for values in [None, Some("values-talos.yaml"), Some("values-eks.yaml")] {
+        let mut lint = vec!["lint", ".", "--set", "cluster.name=apps,cluster.id=1"];
+        if let Some(f) = values {
+            lint.extend(["-f", f]);
+        }
+        helm(&lint).unwrap_or_else(|e| panic!("{values:?}: {e}"));
+        let objects = rendered(values);
+        let kinds: Vec<&str> = objects
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect();
+        for kind in [
+            "CustomResourceDefinition",
+            "StatefulSet",
+            "DaemonSet",
+            "PodDisruptionBudget",
+            "ClusterRole",
+        ] {
+            assert!(kinds.contains(&kind), "{values:?}: no {kind} in {kinds:?}");
+        }
+        for o in &objects {
+            let problems = validate(o);
+            assert!(problems.is_empty(), "{values:?}: {problems:#?}");
+        }
+    }
+}
+
+#[test]
+fn the_validation_catches_an_unknown_or_misplaced_field() {
+    let objects = rendered(None);
+    let mut sts = object(&objects, "StatefulSet", "r1-apiserver").clone();
+    assert_eq!(validate(&sts), Vec::<String>::new());
+    sts["spec"]["replicaz"] = json!(3);
+    sts["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = json!("Always");
+    let problems = validate(&sts);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(problems[0].contains("replicaz") || problems[1].contains("replicaz"));
+    let mut svc = object(&objects, "Service", "r1-remote").clone();
+    svc["spec"]["ports"][0]["port"] = json!("not a number");
+    assert_eq!(validate(&svc).len(), 1);
+    assert_eq!(
+        validate(&json!({"kind": "ServiceMonitor", "metadata": {"name": "x"}})).len(),
+        1,
+        "a kind without a schema is not passed"
+    );
+}
+
+#[test]
+fn the_api_servers_are_three_spread_members_with_a_budget_and_readiness() {
+    let objects = rendered(None);
+    let sts = object(&objects, "StatefulSet", "r1-apiserver");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["serviceName"], "r1-peers");
+    let anti = &sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        [0];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        anti["labelSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "apiserver"
+    );
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "8Gi"
+    );
+    assert_eq!(
+        container(sts)["readinessProbe"]["httpGet"]["path"],
+        "/healthz"
+    );
+    let pdb = object(&objects, "PodDisruptionBudget", "r1-apiserver");
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    let a = args(sts);
+    for want in [
+        "--initial-cluster=r1-apiserver-0=https://r1-apiserver-0.r1-peers.mesh.svc:2380,r1-apiserver-1=https://r1-apiserver-1.r1-peers.mesh.svc:2380,r1-apiserver-2=https://r1-apiserver-2.r1-peers.mesh.svc:2380",
+        "--cluster-name=apps",
+        "--cluster-id=1",
+        "--kubernetes",
+        "--client-cert-auth",
+        "--peer-client-cert-auth",
+    ] {
+        assert!(a.iter().any(|x| x == want), "{want} not in {a:#?}");
+    }
+    assert!(!a.iter().any(|x| x.starts_with("--pod-cidr")));
+    let peers = object(&objects, "Service", "r1-peers");
+    assert_eq!(peers["spec"]["clusterIP"], "None");
+    assert_eq!(peers["spec"]["publishNotReadyAddresses"], true);
+    // Non-root, read-only, no capabilities.
+    let sc = &container(sts)["securityContext"];
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+}
+
+#[test]
+fn rbac_reads_the_published_kinds_and_nothing_more() {
+    let objects = rendered(None);
+    let role = object(&objects, "ClusterRole", "r1-apiserver");
+    let mut resources = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
+        for r in rule["resources"].as_array().unwrap() {
+            resources.push(r.as_str().unwrap().to_owned());
+        }
+    }
+    resources.sort();
+    assert_eq!(
+        resources,
+        [
+            "endpointslices",
+            "meshpolicies",
+            "nodes",
+            "pods",
+            "services"
+        ]
+    );
+    // The agent gets no token at all.
+    let agent_sa = object(&objects, "ServiceAccount", "r1-agent");
+    assert_eq!(agent_sa["automountServiceAccountToken"], false);
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "ClusterRoleBinding" && o["subjects"][0]["name"] == "r1-agent")
+    );
+}
+
+#[test]
+fn the_agent_has_the_capabilities_and_mounts_it_needs_and_no_more() {
+    let objects = rendered(None);
+    let ds = object(&objects, "DaemonSet", "r1-agent");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    let sc = &container(ds)["securityContext"];
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"])
+    );
+    assert!(sc.get("privileged").is_none_or(|p| p == false));
+    let mounts: Vec<(&str, &str)> = container(ds)["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for want in [
+        ("bpffs", "/sys/fs/bpf"),
+        ("cgroup", "/sys/fs/cgroup"),
+        ("tls", "/etc/raftmesh/tls"),
+    ] {
+        assert!(mounts.contains(&want), "{want:?} not in {mounts:?}");
+    }
+    assert!(
+        !mounts.iter().any(|(n, _)| *n == "wireguard-sockets"),
+        "kernel WireGuard"
+    );
+    let a = args(ds);
+    assert!(a.contains(&"--endpoints=https://r1-apiserver.mesh.svc:2379".to_owned()));
+    assert!(a.contains(&"--wg-backend=kernel".to_owned()));
+    // Userspace WireGuard mounts the UAPI socket directory.
+    let userspace = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,agent.wireguard.backend=userspace",
+    ])
+    .unwrap();
+    let ds = object(&userspace, "DaemonSet", "r1-agent");
+    assert!(args(ds).contains(&"--wg-backend=userspace".to_owned()));
+    assert!(
+        container(ds)["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/var/run/wireguard")
+    );
+}
+
+#[test]
+fn talos_values_reach_the_cgroup_root_kubeprism_and_a_node_port() {
+    let objects = rendered(Some("values-talos.yaml"));
+    let ds = object(&objects, "DaemonSet", "r1-agent");
+    assert!(args(ds).contains(&"--cgroup-root=/sys/fs/cgroup".to_owned()));
+    let sts = object(&objects, "StatefulSet", "r1-apiserver");
+    for o in [ds, sts] {
+        assert_eq!(
+            env(o, "KUBERNETES_SERVICE_HOST").as_deref(),
+            Some("localhost")
+        );
+        assert_eq!(env(o, "KUBERNETES_SERVICE_PORT").as_deref(), Some("7445"));
+    }
+    let remote = object(&objects, "Service", "r1-remote");
+    assert_eq!(remote["spec"]["type"], "NodePort");
+    assert_eq!(remote["spec"]["ports"][0]["nodePort"], 32379);
+    // Another cgroup mount (e.g. this lab machine's) reaches the flag and the mount.
+    let here = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,agent.cgroupRoot=/sys/fs/cgroup/unified",
+    ])
+    .unwrap();
+    let ds = object(&here, "DaemonSet", "r1-agent");
+    assert!(args(ds).contains(&"--cgroup-root=/sys/fs/cgroup/unified".to_owned()));
+    assert!(
+        container(ds)["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "cgroup" && m["mountPath"] == "/sys/fs/cgroup/unified")
+    );
+}
+
+#[test]
+fn eks_values_reach_the_load_balancer_annotations_and_the_pod_cidr() {
+    let objects = rendered(Some("values-eks.yaml"));
+    let remote = object(&objects, "Service", "r1-remote");
+    assert_eq!(remote["spec"]["type"], "LoadBalancer");
+    let ann = &remote["metadata"]["annotations"];
+    assert_eq!(
+        ann["service.beta.kubernetes.io/aws-load-balancer-type"],
+        "external"
+    );
+    assert_eq!(
+        ann["service.beta.kubernetes.io/aws-load-balancer-scheme"],
+        "internal"
+    );
+    let sts = object(&objects, "StatefulSet", "r1-apiserver");
+    assert!(args(sts).contains(&"--pod-cidr=10.0.0.0/16".to_owned()));
+    assert_eq!(
+        env(sts, "KUBERNETES_SERVICE_HOST"),
+        None,
+        "in-cluster defaults on EKS"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_the_field_named() {
+    let refused = |set: &str| match render(&["--set", set]) {
+        Ok(_) => panic!("{set} rendered"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused("cluster.id=1").contains("cluster.name is required"));
+    assert!(refused("cluster.name=apps").contains("cluster.id is required"));
+    assert!(
+        refused("cluster.name=apps,cluster.id=300").contains("cluster.id 300 is out of 1..255")
+    );
+    assert!(
+        refused("cluster.name=apps,cluster.id=1,agent.wireguard.backend=wg")
+            .contains("agent.wireguard.backend")
+    );
+    assert!(
+        refused("cluster.name=apps,cluster.id=1,apiserver.remote.type=ClusterIP")
+            .contains("apiserver.remote.type")
+    );
+}
