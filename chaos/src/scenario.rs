@@ -405,12 +405,14 @@ impl<'a> Run<'a> {
         // The timeline.
         self.churn_for(self.opts.settle).await?;
         let fault_began = self.begin_faults(&loads, progress).await?;
-        let fault_ended = self.end_faults(&loads, progress).await?;
+        // Availability and staleness are judged until the faults start being lifted;
+        // convergence is timed from when they all were.
+        let (fault_ended, healed) = self.end_faults(&loads, progress).await?;
 
         // Convergence, from the end of the faults, without further churn (so the writes
         // after it are the healing's).
         let heal_revisions = self.revisions(&loads).await;
-        let convergence = self.converge(fault_ended).await?;
+        let convergence = self.converge(healed).await?;
         let converged_at = Instant::now();
         progress(&format!(
             "{}: {}",
@@ -723,7 +725,17 @@ impl<'a> Run<'a> {
         &mut self,
         loads: &BTreeMap<String, Workloads>,
         progress: &(dyn Fn(&str) + Sync),
-    ) -> Result<Instant> {
+    ) -> Result<(Instant, Instant)> {
+        // The faults are judged up to here, before any of them is lifted: what happens while
+        // they are being lifted is the heal's.
+        let judged_until = Instant::now();
+        self.faulted = false;
+        for w in loads.values() {
+            let at = w.clock.tick();
+            if let Some(last) = w.window.lock().expect("not poisoned").last_mut() {
+                last.1 = at;
+            }
+        }
         match self.name {
             "partition"
             | "partition-leader-kill"
@@ -745,14 +757,7 @@ impl<'a> Run<'a> {
             }
             _ => unreachable!("checked in run"),
         }
-        self.faulted = false;
-        for w in loads.values() {
-            let at = w.clock.tick();
-            if let Some(last) = w.window.lock().expect("not poisoned").last_mut() {
-                last.1 = at;
-            }
-        }
-        Ok(Instant::now())
+        Ok((judged_until, Instant::now()))
     }
 
     /// Each cluster's current revision.
