@@ -698,14 +698,7 @@ impl<'a> Run<'a> {
             self.churn_for(third * 2).await?;
             for cluster in self.clusters() {
                 let mut c = self.connect(&cluster).client(0).await?;
-                let rev = c
-                    .get(
-                        "mesh/",
-                        Some(etcd_client::GetOptions::new().with_count_only()),
-                    )
-                    .await?
-                    .header()
-                    .map_or(0, |h| h.revision());
+                let rev = current_revision(&mut c).await?;
                 c.compact(
                     rev,
                     Some(etcd_client::CompactionOptions::new().with_physical()),
@@ -766,14 +759,9 @@ impl<'a> Run<'a> {
         for (cluster, w) in loads {
             for member in 0..w.connect.endpoints.len() {
                 if let Ok(mut c) = w.connect.client(member).await
-                    && let Ok(r) = c
-                        .get(
-                            "mesh/",
-                            Some(etcd_client::GetOptions::new().with_count_only()),
-                        )
-                        .await
+                    && let Ok(rev) = current_revision(&mut c).await
                 {
-                    out.insert(cluster.clone(), r.header().map_or(0, |h| h.revision()));
+                    out.insert(cluster.clone(), rev);
                     break;
                 }
             }
@@ -831,14 +819,7 @@ impl<'a> Run<'a> {
     /// store's history with a watch.
     async fn resync_writes(&self, cluster: &str, connect: &Connect, from: i64) -> Result<u64> {
         let mut c = connect.client(0).await?;
-        let now = c
-            .get(
-                "mesh/",
-                Some(etcd_client::GetOptions::new().with_count_only()),
-            )
-            .await?
-            .header()
-            .map_or(0, |h| h.revision());
+        let now = current_revision(&mut c).await?;
         let mut writes = 0;
         for other in self.clusters().into_iter().filter(|o| o != cluster) {
             let prefix = mesh_api::keys::cluster_prefix(&other);
@@ -979,6 +960,17 @@ impl<'a> Run<'a> {
             }),
         );
     }
+}
+
+/// The store's current revision (a count-only read).
+async fn current_revision(c: &mut etcd_client::Client) -> Result<i64, etcd_client::Error> {
+    let r = c
+        .get(
+            "mesh/",
+            Some(etcd_client::GetOptions::new().with_count_only()),
+        )
+        .await?;
+    Ok(r.header().map_or(0, |h| h.revision()))
 }
 
 /// The final state of `prefix` (the revision read at, and each key), once the watcher had the
