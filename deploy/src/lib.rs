@@ -104,6 +104,12 @@ pub fn validate(object: &Value) -> Vec<String> {
         "ClusterRole" => round_trip::<ClusterRole>(object),
         "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(object),
         "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(object),
+        "ServiceMonitor" | "PodMonitor" => {
+            round_trip::<monitoring::Monitor>(object).and_then(|v| {
+                monitoring::check(kind, &v)?;
+                Ok(v)
+            })
+        }
         other => return vec![format!("{other} {name}: no schema to check it against")],
     };
     match back {
@@ -113,6 +119,101 @@ pub fn validate(object: &Value) -> Vec<String> {
             diff(object, &back, &format!("{kind} {name}"), &mut problems);
             problems
         }
+    }
+}
+
+/// Our own schema of the Prometheus Operator objects the chart renders (their CRDs are not in
+/// k8s-openapi): the fields the chart uses, and no others.
+pub mod monitoring {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    /// A ServiceMonitor or PodMonitor.
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Monitor {
+        /// `monitoring.coreos.com/v1`.
+        pub api_version: String,
+        /// `ServiceMonitor` or `PodMonitor`.
+        pub kind: String,
+        /// Name, namespace, labels.
+        pub metadata: ObjectMeta,
+        /// What to scrape.
+        pub spec: MonitorSpec,
+    }
+
+    /// The spec of either kind.
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct MonitorSpec {
+        /// The Services (ServiceMonitor) or pods (PodMonitor) to scrape.
+        pub selector: LabelSelector,
+        /// ServiceMonitor's endpoints.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub endpoints: Option<Vec<Endpoint>>,
+        /// PodMonitor's endpoints.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pod_metrics_endpoints: Option<Vec<Endpoint>>,
+    }
+
+    /// One scrape endpoint.
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Endpoint {
+        /// The named port.
+        pub port: String,
+        /// The HTTP path.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub path: Option<String>,
+        /// How often (the operator's duration pattern: `30s`, `1m30s`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub interval: Option<String>,
+    }
+
+    fn duration(s: &str) -> bool {
+        let mut rest = s;
+        if rest.is_empty() {
+            return false;
+        }
+        while !rest.is_empty() {
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            if digits == 0 {
+                return false;
+            }
+            rest = &rest[digits..];
+            let unit = ["ms", "s", "m", "h"]
+                .into_iter()
+                .find(|u| rest.starts_with(u));
+            let Some(unit) = unit else { return false };
+            rest = &rest[unit.len()..];
+        }
+        true
+    }
+
+    /// What the CRDs require beyond the shape: the group version, the endpoints list that
+    /// belongs to the kind, and durations the operator accepts.
+    pub fn check(kind: &str, v: &Value) -> Result<(), String> {
+        if v["apiVersion"] != "monitoring.coreos.com/v1" {
+            return Err(format!("{kind}: apiVersion {}", v["apiVersion"]));
+        }
+        let (wanted, other) = if kind == "ServiceMonitor" {
+            ("endpoints", "podMetricsEndpoints")
+        } else {
+            ("podMetricsEndpoints", "endpoints")
+        };
+        let spec = &v["spec"];
+        if spec.get(other).is_some() || spec[wanted].as_array().is_none_or(Vec::is_empty) {
+            return Err(format!("{kind}: needs spec.{wanted} (and no spec.{other})"));
+        }
+        for e in spec[wanted].as_array().into_iter().flatten() {
+            if let Some(i) = e["interval"].as_str()
+                && !duration(i)
+            {
+                return Err(format!("{kind}: interval {i:?} is not a duration like 30s"));
+            }
+        }
+        Ok(())
     }
 }
 

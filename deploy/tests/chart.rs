@@ -86,8 +86,8 @@ fn the_validation_catches_an_unknown_or_misplaced_field() {
     svc["spec"]["ports"][0]["port"] = json!("not a number");
     assert_eq!(validate(&svc).len(), 1);
     assert_eq!(
-        validate(&json!({"kind": "ServiceMonitor", "metadata": {"name": "x"}})).len(),
-        1,
+        validate(&json!({"kind": "PrometheusRule", "metadata": {"name": "x"}})),
+        ["PrometheusRule x: no schema to check it against"],
         "a kind without a schema is not passed"
     );
 }
@@ -298,5 +298,63 @@ fn bad_values_are_refused_with_the_field_named() {
     assert!(
         refused("cluster.name=apps,cluster.id=1,apiserver.remote.type=ClusterIP")
             .contains("apiserver.remote.type")
+    );
+}
+
+#[test]
+fn monitoring_objects_only_when_asked_and_valid_against_our_schema() {
+    let plain = rendered(None);
+    assert!(
+        !plain
+            .iter()
+            .any(|o| o["kind"] == "ServiceMonitor" || o["kind"] == "PodMonitor")
+    );
+    let objects = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom",
+    ])
+    .unwrap();
+    let sm = object(&objects, "ServiceMonitor", "r1-apiserver");
+    let pm = object(&objects, "PodMonitor", "r1-agent");
+    for o in [sm, pm] {
+        assert_eq!(validate(o), Vec::<String>::new());
+        assert_eq!(o["metadata"]["labels"]["release"], "prom");
+    }
+    // The ServiceMonitor selects the client Service alone (not the peers' or the remote one).
+    let selected: Vec<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Service")
+        .filter(|o| {
+            sm["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &o["metadata"]["labels"][k] == v)
+        })
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(selected, ["r1-apiserver"]);
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    // Our schema refuses what the operator would.
+    let mut bad = sm.clone();
+    bad["spec"]["endpoints"][0]["intervall"] = json!("30s");
+    assert_eq!(validate(&bad).len(), 1);
+    let mut bad = sm.clone();
+    bad["spec"]["endpoints"][0]["interval"] = json!("30 seconds");
+    assert!(
+        validate(&bad)[0].contains("not a duration"),
+        "{:?}",
+        validate(&bad)
+    );
+    let mut bad = pm.clone();
+    bad["spec"]["endpoints"] = bad["spec"]["podMetricsEndpoints"].take();
+    bad["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("podMetricsEndpoints");
+    assert!(
+        validate(&bad)[0].contains("needs spec.podMetricsEndpoints"),
+        "{:?}",
+        validate(&bad)
     );
 }
