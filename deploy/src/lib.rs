@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -100,6 +100,7 @@ pub fn validate(object: &Value) -> Vec<String> {
         "DaemonSet" => round_trip::<DaemonSet>(object),
         "Service" => round_trip::<Service>(object),
         "ServiceAccount" => round_trip::<ServiceAccount>(object),
+        "ConfigMap" => round_trip::<ConfigMap>(object),
         "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(object),
         "ClusterRole" => round_trip::<ClusterRole>(object),
         "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(object),

@@ -358,3 +358,71 @@ fn monitoring_objects_only_when_asked_and_valid_against_our_schema() {
         validate(&bad)
     );
 }
+
+/// The metric families the binaries export (tests/metrics-exported.txt says how it was read).
+fn exported() -> Vec<String> {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/metrics-exported.txt"
+    ))
+    .unwrap()
+    .lines()
+    .filter(|l| !l.starts_with('#') && !l.is_empty())
+    .map(|l| l.split_whitespace().next().unwrap().to_owned())
+    .collect()
+}
+
+/// The `raftmesh_…` metric names in a PromQL expression, without the scrape suffixes.
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("raftmesh_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let mut name = &tail[..end];
+        for suffix in ["_total", "_bucket", "_sum", "_count"] {
+            name = name.strip_suffix(suffix).unwrap_or(name);
+        }
+        out.push(name.to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_dashboard_is_valid_json_whose_queries_name_exported_metrics() {
+    assert!(!rendered(None).iter().any(|o| o["kind"] == "ConfigMap"));
+    let objects = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,dashboard.enabled=true",
+    ])
+    .unwrap();
+    let cm = object(&objects, "ConfigMap", "r1-dashboard");
+    assert_eq!(validate(cm), Vec::<String>::new());
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value =
+        serde_json::from_str(cm["data"]["raftmesh.json"].as_str().unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "raftmesh-overview");
+    let exported = exported();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = metrics_in(expr);
+            assert!(!names.is_empty(), "{expr}");
+            for n in names {
+                assert!(exported.contains(&n), "{n} (in {expr:?}) is not exported");
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 20, "{queried}");
+    // The check itself catches a misspelt metric.
+    assert_eq!(
+        metrics_in("rate(raftmesh_raft_leader_change_total[5m])"),
+        ["raftmesh_raft_leader_change"]
+    );
+    assert!(!exported.contains(&"raftmesh_raft_leader_change".to_owned()));
+}
