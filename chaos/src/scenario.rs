@@ -248,7 +248,6 @@ struct Run<'a> {
     faults: Vec<FaultEvent>,
     /// Churn changes made while faults were in force, per cluster.
     churn_during: BTreeMap<String, u64>,
-    churn_total: u64,
     /// Whether faults are in force (for the churn and availability counts).
     faulted: bool,
     /// The member `isolate-member` cut off.
@@ -299,7 +298,6 @@ impl<'a> Run<'a> {
             rng: Rng::new(opts.seed),
             faults: Vec::new(),
             churn_during: BTreeMap::new(),
-            churn_total: 0,
             faulted: false,
             isolated: None,
         }
@@ -622,7 +620,6 @@ impl<'a> Run<'a> {
                 p.ready = !p.ready;
             }
             tokio::task::block_in_place(|| self.lab.apply(spec))?;
-            self.churn_total += 1;
             if self.faulted {
                 *self.churn_during.entry(cluster).or_insert(0) += 1;
             }

@@ -703,7 +703,7 @@ impl Lab {
             }
         }
         nft(&fabric, &self.watch_ruleset())?;
-        self.apply_faults()?;
+        self.apply_faults(&[])?;
         Ok(())
     }
 
@@ -736,9 +736,12 @@ impl Lab {
         out
     }
 
-    /// Enforces the recorded faults: the fabric's rules, and the delay stage (restarted with
-    /// the new delays; packets pass undelayed for the few milliseconds it is away).
-    fn apply_faults(&self) -> Result<()> {
+    /// Enforces the recorded faults: the fabric's rules, isolated members' tables, and the
+    /// delay stage (restarted with the new delays; packets pass undelayed for the few
+    /// milliseconds it is away).
+    /// `was_isolated`: the members isolated before this change; only they and the members
+    /// isolated now have their namespace's table rewritten.
+    fn apply_faults(&self, was_isolated: &[String]) -> Result<()> {
         let fabric = self.plan.fabric_netns();
         nft(
             &fabric,
@@ -761,11 +764,11 @@ impl Lab {
         for (i, c) in plan::indexed(&self.state.spec) {
             let members = self.plan.members(i, c);
             for m in &members {
-                let isolated = self
-                    .state
-                    .faults
-                    .isolated
-                    .contains(&format!("{}/{}", c.name, m.name));
+                let label = format!("{}/{}", c.name, m.name);
+                let isolated = self.state.faults.isolated.contains(&label);
+                if !isolated && !was_isolated.contains(&label) {
+                    continue;
+                }
                 let peers: Vec<Ipv4Addr> = members
                     .iter()
                     .filter(|p| p.name != m.name)
@@ -1450,9 +1453,9 @@ impl Lab {
     /// before are restored and nothing is recorded.
     fn enforce(&mut self, faults: Faults) -> Result<()> {
         let before = std::mem::replace(&mut self.state.faults, faults);
-        if let Err(e) = self.apply_faults() {
-            self.state.faults = before;
-            let _ = self.apply_faults();
+        if let Err(e) = self.apply_faults(&before.isolated) {
+            let tried = std::mem::replace(&mut self.state.faults, before);
+            let _ = self.apply_faults(&tried.isolated);
             return Err(e);
         }
         self.save()
