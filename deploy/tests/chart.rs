@@ -271,6 +271,16 @@ fn eks_values_reach_the_load_balancer_annotations_and_the_pod_cidr() {
         ann["service.beta.kubernetes.io/aws-load-balancer-scheme"],
         "internal"
     );
+    // What meshctl --context <kubeconfig context> finds the install by, kept beside the
+    // operator's own annotations.
+    assert_eq!(
+        remote["metadata"]["labels"]["app.kubernetes.io/component"],
+        "apiserver-remote"
+    );
+    assert_eq!(ann["raftmesh.io/cluster"], "apps");
+    assert_eq!(ann["raftmesh.io/server-name"], "r1-apiserver.mesh.svc");
+    assert_eq!(ann["raftmesh.io/admin-secret"], "r1-admin-tls");
+    assert_eq!(ann["raftmesh.io/ca-secret"], "r1-ca");
     let sts = object(&objects, "StatefulSet", "r1-apiserver");
     assert!(args(sts).contains(&"--pod-cidr=10.0.0.0/16".to_owned()));
     assert_eq!(

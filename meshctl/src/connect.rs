@@ -94,6 +94,18 @@ impl std::fmt::Debug for Side {
     }
 }
 
+impl Side {
+    /// Where other clusters reach this one: the address of its remote Service when the
+    /// context is a kubeconfig context (a cluster's own records name members by their
+    /// in-cluster names), else the API endpoints its cluster record publishes.
+    fn reached_at(&self) -> Vec<String> {
+        match &self.ctx.kube {
+            Some(install) => install.endpoints.clone(),
+            None => self.record.api_endpoints.clone(),
+        }
+    }
+}
+
 /// A connection record to write, and what is there now.
 struct Plan {
     key: String,
@@ -184,16 +196,12 @@ async fn connect_all(
         let (sa, sb) = (&sides[a], &sides[b]);
         check_pair(sa, sb, &planned).map_err(Failure::BadInput)?;
         let endpoints = if args.destination_endpoint.is_empty() {
-            sb.record.api_endpoints.clone()
+            sb.reached_at()
         } else {
             args.destination_endpoint.clone()
         };
         plans.push((a, b, plan(sa, sb, endpoints, args).await?));
-        plans.push((
-            b,
-            a,
-            plan(sb, sa, sa.record.api_endpoints.clone(), args).await?,
-        ));
+        plans.push((b, a, plan(sb, sa, sa.reached_at(), args).await?));
     }
     let mut wrote = 0;
     for (from, to, p) in &plans {

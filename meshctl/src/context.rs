@@ -4,6 +4,9 @@
 //! A context names its credentials either with a PKI directory as `meshctl pki init` writes it
 //! (`ca.crt`, `ca.key`, `admin-<name>.crt|key`; `meshctl connect` needs the CA key to issue
 //! remote certificates) or with explicit CA, certificate and key files.
+//!
+//! A name that is no meshctl context but a kubeconfig context resolves through the cluster's
+//! API (see [`crate::kube`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -91,19 +94,67 @@ impl ConfigFile {
                 )
             })?,
         };
-        let entry = self.contexts.get(&name).ok_or_else(|| {
-            let known: Vec<&str> = self.contexts.keys().map(String::as_str).collect();
-            anyhow!(
-                "no context {name:?} (known: {}; add one with meshctl config set-context)",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            )
-        })?;
-        ClusterContext::from_entry(&name, entry)
+        if let Some(entry) = self.contexts.get(&name) {
+            return ClusterContext::from_entry(&name, entry);
+        }
+        if crate::kubecontext::has_context(&name) {
+            return resolve_kube(&name);
+        }
+        let known: Vec<&str> = self.contexts.keys().map(String::as_str).collect();
+        bail!(
+            "no context {name:?}, neither meshctl's (known: {}; add one with meshctl config set-context) nor the kubeconfig's",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )
     }
+}
+
+/// Resolves a kubeconfig context on a thread of its own, so callers inside and outside a
+/// runtime can both use [`ConfigFile::resolve`].
+fn resolve_kube(name: &str) -> anyhow::Result<ClusterContext> {
+    let base = config_path()?
+        .parent()
+        .map(|p| p.join("kube"))
+        .ok_or_else(|| anyhow!("the meshctl config path has no directory"))?;
+    let cache = crate::kubecontext::cache_dir(&base, name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::kubecontext::resolve(name, &cache))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow!("resolving kubeconfig context {name:?} panicked")))
+    })
+}
+
+/// A CA certificate with its key, in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaPem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A raftmesh install found through a kubeconfig context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeInstall {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its remote Service.
+    pub service: String,
+    /// The cluster's name, as the Service's annotation gives it.
+    pub cluster: Option<String>,
+    /// Where it is reached from outside the cluster (`https://host:port`).
+    pub endpoints: Vec<String>,
+    /// The name its API server certificate carries, checked instead of the address.
+    pub server_name: String,
+    /// Its Secrets: admin credentials, and the CA with its key.
+    pub admin_secret: String,
+    pub ca_secret: String,
 }
 
 /// A context resolved to files.
@@ -117,6 +168,12 @@ pub struct ClusterContext {
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
     /// The PKI directory, when the context has one (its `ca.key` signs remote certificates).
     pub pki_dir: Option<PathBuf>,
+    /// The CA with its key, when it came from elsewhere (a kubeconfig context's CA Secret).
+    pub ca_pem: Option<CaPem>,
+    /// The name the server's certificate is checked against, when not the endpoint's host.
+    pub server_name: Option<String>,
+    /// The install, when the context is a kubeconfig context.
+    pub kube: Option<KubeInstall>,
 }
 
 impl ClusterContext {
@@ -139,6 +196,9 @@ impl ClusterContext {
             endpoints: entry.endpoints.clone(),
             tls,
             pki_dir: entry.pki_dir.clone(),
+            ca_pem: None,
+            server_name: None,
+            kube: None,
         })
     }
 
@@ -166,17 +226,20 @@ impl ClusterContext {
         Ok(Client::connect([url], Some(options)).await?)
     }
 
-    fn tls_options(&self) -> anyhow::Result<Option<TlsOptions>> {
+    /// The client TLS settings (`None`: plaintext).
+    pub fn tls_options(&self) -> anyhow::Result<Option<TlsOptions>> {
         let Some((ca, cert, key)) = &self.tls else {
             return Ok(None);
         };
         let read =
             |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        Ok(Some(
-            TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(read(ca)?))
-                .identity(Identity::from_pem(read(cert)?, read(key)?)),
-        ))
+        let mut options = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(ca)?))
+            .identity(Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(name) = &self.server_name {
+            options = options.domain_name(name.clone());
+        }
+        Ok(Some(options))
     }
 
     /// The cluster this context's certificate belongs to (the `<c>` of its identity).
@@ -195,6 +258,17 @@ impl ClusterContext {
 
     /// The cluster's CA with its key, from the PKI directory.
     pub fn ca(&self) -> anyhow::Result<CertificateAuthority> {
+        if let Some(ca) = &self.ca_pem {
+            return Ok(CertificateAuthority::from_pem(&ca.cert, &ca.key)?);
+        }
+        if let Some(install) = &self.kube {
+            bail!(
+                "kubeconfig context {:?}: the CA Secret {}/{} is not readable with these credentials: connecting issues a certificate signed by each cluster's CA",
+                self.name,
+                install.namespace,
+                install.ca_secret
+            );
+        }
         let dir = self.pki_dir.as_ref().ok_or_else(|| {
             anyhow!(
                 "context {:?} has no PKI directory with the CA key (meshctl config set-context {} --pki-dir DIR): connecting issues a certificate signed by each cluster's CA",

@@ -67,22 +67,24 @@ pub enum Output {
 /// Runs `meshctl get`.
 pub fn run(mut args: GetArgs) -> Result<(), Failure> {
     let flags_given = !args.endpoints.is_empty() || args.cacert.is_some();
+    let mut from_context = None;
     if args.context.is_some() || !flags_given {
         let (_, file) = ConfigFile::load().map_err(Failure::BadInput)?;
         if args.context.is_some() || file.current_context.is_some() {
             let ctx = file
                 .resolve(args.context.as_deref())
                 .map_err(Failure::BadInput)?;
-            args.endpoints = ctx.endpoints;
-            if let Some((ca, cert, key)) = ctx.tls {
-                (args.cacert, args.cert, args.key_file) = (Some(ca), Some(cert), Some(key));
-            }
+            args.endpoints = ctx.endpoints.clone();
+            from_context = Some(ctx.tls_options().map_err(Failure::BadInput)?);
         }
     }
     if args.endpoints.is_empty() {
         args.endpoints = vec!["127.0.0.1:2379".to_owned()];
     }
-    let tls = tls(&args).map_err(Failure::BadInput)?;
+    let tls = match from_context {
+        Some(tls) => tls,
+        None => tls(&args).map_err(Failure::BadInput)?,
+    };
     let runtime = crate::runtime()?;
     let entries = runtime
         .block_on(fetch(&args, tls))

@@ -4,7 +4,8 @@
 //! - `main.rs`: flags, dispatch and exit codes (64 for bad input, 1 for other failures).
 //! - [`pki`]: `meshctl pki init|issue`, a cluster's CA and role certificates.
 //! - [`get`]: `meshctl get`, records read from an API server, decoded for people.
-//! - [`config`]: `meshctl config`, contexts ([`context`] resolves them to clients).
+//! - [`config`]: `meshctl config`, contexts ([`context`] resolves them to clients; [`kubecontext`]
+//!   resolves kubeconfig contexts through the cluster's API).
 //! - [`connect`]: `meshctl connect|disconnect`, joining clusters.
 //! - [`status`]: `meshctl status`, members and remote mirrors.
 //! - [`services`]: `meshctl services`, global services and their backends per cluster.
@@ -19,6 +20,7 @@ mod config;
 mod connect;
 mod context;
 mod get;
+mod kubecontext;
 mod lab;
 mod output;
 mod pki;

@@ -113,6 +113,16 @@ fn unsettled(s: &Value) -> String {
 async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
     let mut client = ctx.client(TIMEOUT).await?;
     let list = client.member_list().await.context("listing members")?;
+    // Members of a kubeconfig context have cluster-internal URLs: their health is their
+    // pods' readiness (/healthz), the leader as the member behind the Service sees it.
+    let kube = match &ctx.kube {
+        Some(install) => {
+            let pods = crate::kubecontext::member_pods(&ctx.name, install).await?;
+            let leader = client.status().await.context("status")?.leader();
+            Some((crate::kubecontext::member_health(&pods), leader))
+        }
+        None => None,
+    };
     let mut members = Vec::new();
     for m in list.members() {
         let url = m.client_urls().first().cloned().unwrap_or_default();
@@ -122,6 +132,16 @@ async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
             "clientURLs": m.client_urls(),
             "healthy": false,
         });
+        if let Some((health, leader)) = &kube {
+            match health.get(m.name()) {
+                Some(Ok(())) => row["healthy"] = json!(true),
+                Some(Err(why)) => row["error"] = json!(why),
+                None => row["error"] = json!("no pod of this name"),
+            }
+            row["leader"] = json!(*leader == m.id());
+            members.push(row);
+            continue;
+        }
         match member_status(ctx, &url).await {
             Ok(s) => {
                 row["healthy"] = json!(s.leader() != 0);

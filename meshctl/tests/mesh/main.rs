@@ -8,3 +8,4 @@
 mod support;
 mod t10_connect;
 mod t20_faults;
+mod t30_kube;

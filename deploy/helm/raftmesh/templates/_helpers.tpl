@@ -33,6 +33,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "raftmesh.apiserverSecret" -}}
 {{- .Values.tls.apiserverSecret | default (printf "%s-apiserver-tls" (include "raftmesh.fullname" .)) -}}
 {{- end -}}
+{{- define "raftmesh.adminSecret" -}}
+{{- .Values.tls.adminSecret | default (printf "%s-admin-tls" (include "raftmesh.fullname" .)) -}}
+{{- end -}}
+{{- define "raftmesh.caSecret" -}}
+{{- .Values.tls.caSecret | default (printf "%s-ca" (include "raftmesh.fullname" .)) -}}
+{{- end -}}
 {{- define "raftmesh.agentSecret" -}}
 {{- .Values.tls.agentSecret | default (printf "%s-agent-tls" (include "raftmesh.fullname" .)) -}}
 {{- end -}}

@@ -1,0 +1,351 @@
+//! meshctl on kubeconfig contexts (issue 16): `--context` names a kubeconfig context, meshctl
+//! finds the install through the Kubernetes API (here a small HTTP server answering with the
+//! objects a cluster with the chart would hold) and reaches the API servers the way another
+//! cluster does: through the remote Service's address, checking the certificate against the
+//! name the Service's annotation gives.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use mesh_api::remote::RemoteConfigRecord;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A Kubernetes API that answers GETs from a table of paths, and records the requests.
+#[derive(Debug, Clone, Default)]
+struct FakeApi {
+    objects: Arc<Mutex<BTreeMap<String, Value>>>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeApi {
+    /// Serves on a loopback port until the test ends; returns its URL.
+    fn serve(&self) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let api = self.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let api = api.clone();
+                std::thread::spawn(move || api.answer(stream));
+            }
+        });
+        url
+    }
+
+    fn answer(&self, stream: std::net::TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        // The headers; requests are GETs without bodies.
+        let mut header = String::new();
+        while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+            header.clear();
+        }
+        let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        self.requests.lock().unwrap().push(target.clone());
+        let path = target.split('?').next().unwrap_or("");
+        let (status, body) = match self.objects.lock().unwrap().get(path) {
+            Some(v) => ("200 OK", v.clone()),
+            None => (
+                "404 Not Found",
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": format!("{path} not found"), "reason": "NotFound", "code": 404}),
+            ),
+        };
+        let body = body.to_string();
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+
+    fn put(&self, path: &str, v: Value) {
+        self.objects.lock().unwrap().insert(path.to_owned(), v);
+    }
+
+    fn remove(&self, path: &str) {
+        self.objects.lock().unwrap().remove(path);
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A file as a Secret's data value (base64).
+fn file(dir: &Path, name: &str) -> Value {
+    serde_json::to_value(k8s_openapi::ByteString(
+        std::fs::read(dir.join(name)).unwrap(),
+    ))
+    .unwrap()
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// The objects of a chart install named `r1` in namespace `mesh` of a cluster whose first
+/// member is `tc`'s: its remote Service (`service_type`), a node, the API server pods and the
+/// Secrets from `tc`'s PKI directory.
+fn install(api: &FakeApi, tc: &TestCluster, service_type: &str, server_name: &str) {
+    let url = tc.cluster.client_url(0);
+    let port: i64 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let labels = json!({"app.kubernetes.io/name": "raftmesh", "app.kubernetes.io/instance": "r1",
+                        "app.kubernetes.io/component": "apiserver-remote"});
+    let annotations = json!({"raftmesh.io/admin-secret": "r1-admin-tls", "raftmesh.io/ca-secret": "r1-ca",
+                             "raftmesh.io/server-name": server_name, "raftmesh.io/cluster": tc.name});
+    let (ports, status) = if service_type == "NodePort" {
+        (
+            json!([{"name": "client", "port": 2379, "targetPort": "client", "nodePort": port, "protocol": "TCP"}]),
+            json!({"loadBalancer": {}}),
+        )
+    } else {
+        (
+            json!([{"name": "client", "port": port, "targetPort": "client", "nodePort": 31999, "protocol": "TCP"}]),
+            json!({"loadBalancer": {"ingress": [{"ip": "127.0.0.1", "ipMode": "VIP"}]}}),
+        )
+    };
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "r1-remote", "namespace": "mesh", "labels": labels, "annotations": annotations},
+        "spec": {"type": service_type, "clusterIP": "10.96.0.50", "ports": ports},
+        "status": status});
+    api.put("/api/v1/services", list("Service", vec![service]));
+    api.put(
+        "/api/v1/nodes",
+        list(
+            "Node",
+            vec![
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "w1"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}}),
+            ],
+        ),
+    );
+    let pods = (0..tc.cluster.len())
+        .map(|i| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": tc.cluster.member_config(i).name, "namespace": "mesh"},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+        })
+        .collect();
+    api.put("/api/v1/namespaces/mesh/pods", list("Pod", pods));
+    let admin = std::fs::read_dir(&tc.pki)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("admin-") && n.ends_with(".crt"))
+        .unwrap();
+    let key = admin.replace(".crt", ".key");
+    api.put(
+        "/api/v1/namespaces/mesh/secrets/r1-admin-tls",
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+               "metadata": {"name": "r1-admin-tls", "namespace": "mesh"},
+               "data": {"ca.crt": file(&tc.pki, "ca.crt"), "tls.crt": file(&tc.pki, &admin),
+                        "tls.key": file(&tc.pki, &key)}}),
+    );
+    api.put(
+        "/api/v1/namespaces/mesh/secrets/r1-ca",
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "r1-ca", "namespace": "mesh"},
+               "data": {"ca.crt": file(&tc.pki, "ca.crt"), "ca.key": file(&tc.pki, "ca.key")}}),
+    );
+}
+
+/// A kubeconfig naming each fake API as context `kube-<name>`.
+fn kubeconfig(path: &Path, apis: &[(&str, &str)]) {
+    let mut clusters = Vec::new();
+    let mut contexts = Vec::new();
+    for (name, url) in apis {
+        clusters.push(json!({"name": name, "cluster": {"server": url}}));
+        contexts.push(
+            json!({"name": format!("kube-{name}"), "context": {"cluster": name, "user": "admin"}}),
+        );
+    }
+    let config = json!({"apiVersion": "v1", "kind": "Config", "clusters": clusters,
+        "contexts": contexts, "users": [{"name": "admin", "user": {}}],
+        "current-context": format!("kube-{}", apis[0].0)});
+    std::fs::write(path, serde_yaml::to_string(&config).unwrap()).unwrap();
+}
+
+/// The mod revisions of both connection records.
+async fn connection_revisions(mesh: &Mesh) -> [i64; 2] {
+    let mut out = [0; 2];
+    for (i, (side, other)) in [("apps", "infra"), ("infra", "apps")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = mesh.get(side).cluster.client().await.unwrap();
+        let key = format!("mesh/config/remotes/{other}");
+        let resp = client.get(key.as_str(), None).await.unwrap();
+        out[i] = resp.kvs()[0].mod_revision();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_contexts_find_the_install_and_connect_through_its_service() {
+    let mut mesh = Mesh::new();
+    mesh.start(ClusterSpec::new("apps", 1, "10.1.0.0/16")).await;
+    mesh.start(ClusterSpec::new("infra", 2, "10.2.0.0/16"))
+        .await;
+    // Only kubeconfig contexts from here on.
+    mesh.meshctl_ok(&["config", "delete-context", "apps"]);
+    mesh.meshctl_ok(&["config", "delete-context", "infra"]);
+    let (apps_api, infra_api) = (FakeApi::default(), FakeApi::default());
+    // Talos-style NodePort in apps, a load balancer in infra; both certificates name their
+    // member (n1), not the address meshctl dials.
+    install(&apps_api, mesh.get("apps"), "NodePort", "n1");
+    install(&infra_api, mesh.get("infra"), "LoadBalancer", "n1");
+    let kubeconfig_path = mesh.dir.path().join("kubeconfig");
+    kubeconfig(
+        &kubeconfig_path,
+        &[("apps", &apps_api.serve()), ("infra", &infra_api.serve())],
+    );
+    let meshctl = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"));
+        c.env("RAFTMESH_CONFIG", mesh.config())
+            .env("KUBECONFIG", &kubeconfig_path)
+            .env_remove("RAFTMESH_NAMESPACE")
+            .args(args);
+        c.output().unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = meshctl(args);
+        assert!(
+            out.status.success(),
+            "meshctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // 1. status: members from the store, their health from the pods, the leader marked.
+    let status: Value =
+        serde_json::from_str(&ok(&["status", "--context", "kube-apps", "-o", "json"])).unwrap();
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{status}");
+    assert!(members.iter().all(|m| m["healthy"] == true), "{status}");
+    assert_eq!(
+        members.iter().filter(|m| m["leader"] == true).count(),
+        1,
+        "{status}"
+    );
+    assert_eq!(status["cluster"], "apps");
+    let requests = apps_api.requests();
+    assert!(
+        requests.iter().any(|r| r.starts_with("/api/v1/services?")
+            && r.contains(
+                "labelSelector=app.kubernetes.io%2Fname%3Draftmesh%2Capp.kubernetes.io%2Fcomponent%3Dapiserver-remote"
+            )),
+        "{requests:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.starts_with("/api/v1/nodes")),
+        "a NodePort lists the nodes: {requests:?}"
+    );
+    // An unready pod is an unhealthy member, with the reason.
+    let mut pods: Value = apps_api.objects.lock().unwrap()["/api/v1/namespaces/mesh/pods"].clone();
+    pods["items"][1]["status"]["conditions"][0] = json!({"type": "Ready", "status": "False", "message": "containers with unready status: [apiserver]"});
+    apps_api.put("/api/v1/namespaces/mesh/pods", pods);
+    let table = ok(&["status", "--context", "kube-apps"]);
+    assert!(
+        table.contains("unhealthy: pod not ready: containers with unready status: [apiserver]"),
+        "{table}"
+    );
+
+    // 2. connect writes, in each cluster, the other's Service address.
+    let out = ok(&[
+        "connect",
+        "--context",
+        "kube-apps",
+        "--destination",
+        "kube-infra",
+        "--wait",
+    ]);
+    assert!(out.starts_with("connected apps ⇄ infra"), "{out}");
+    let expect = [
+        ("apps", "infra", mesh.get("infra").cluster.client_url(0)),
+        ("infra", "apps", mesh.get("apps").cluster.client_url(0)),
+    ];
+    for (side, other, url) in expect {
+        let mut client = mesh.get(side).cluster.client().await.unwrap();
+        let key = format!("mesh/config/remotes/{other}");
+        let resp = client.get(key.as_str(), None).await.unwrap();
+        let record = RemoteConfigRecord::decode_checked(resp.kvs()[0].value()).unwrap();
+        assert_eq!(record.endpoints, [url.replace("http://", "https://")]);
+    }
+    converged(
+        &mesh.get("infra").cluster,
+        &mesh.get("apps").cluster,
+        "infra",
+    )
+    .await;
+    converged(
+        &mesh.get("apps").cluster,
+        &mesh.get("infra").cluster,
+        "apps",
+    )
+    .await;
+    // get through the load balancer's address.
+    let out = ok(&["get", "--context", "kube-infra", "mesh/v1/apps/cluster"]);
+    assert!(out.contains("name: apps"), "{out}");
+
+    // 3. Without read access to the CA Secret, everything but connect works, and connect
+    // says why and writes nothing.
+    infra_api.remove("/api/v1/namespaces/mesh/secrets/r1-ca");
+    ok(&["status", "--context", "kube-infra"]);
+    let before = connection_revisions(&mesh).await;
+    let out = meshctl(&[
+        "connect",
+        "--context",
+        "kube-infra",
+        "--destination",
+        "kube-apps",
+        "--renew",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the CA Secret mesh/r1-ca is not readable"),
+        "{err}"
+    );
+    assert_eq!(
+        connection_revisions(&mesh).await,
+        before,
+        "a refused connect wrote"
+    );
+
+    // 4. A certificate that does not carry the annotated name is refused.
+    install(
+        &apps_api,
+        mesh.get("apps"),
+        "NodePort",
+        "not-a-member.example",
+    );
+    let out = meshctl(&["status", "--context", "kube-apps"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("certificate not valid for name \"not-a-member.example\""),
+        "{err}"
+    );
+
+    // 5. A name that is neither a meshctl nor a kubeconfig context.
+    let out = meshctl(&["status", "--context", "nowhere"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("neither meshctl's") && err.contains("nor the kubeconfig's"),
+        "{err}"
+    );
+}
