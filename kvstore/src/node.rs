@@ -94,7 +94,34 @@ pub struct Node {
     proposer: Proposer,
     /// Batches writes forwarded to the leader while this member follows.
     forwarder: Proposer,
+    /// The term this member leads in and since when, as it saw the change.
+    leading_since: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
     settings: NodeSettings,
+}
+
+/// Keeps `since` at the term this member leads in and when it began to, `None` while it
+/// follows.
+async fn track_leadership(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    since: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
+) {
+    loop {
+        let (leading, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        {
+            let mut since = since.lock().unwrap_or_else(|e| e.into_inner());
+            match (*since, leading) {
+                (Some((t, _)), true) if t == term => {}
+                (_, true) => *since = Some((term, Instant::now())),
+                (_, false) => *since = None,
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Node {
@@ -133,6 +160,8 @@ impl Node {
             peers: peers.clone(),
             timeout: settings.request_timeout,
         });
+        let leading_since = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(track_leadership(raft.metrics(), leading_since.clone()));
         Self {
             id,
             raft,
@@ -143,6 +172,7 @@ impl Node {
             reads,
             proposer,
             forwarder,
+            leading_since,
             settings,
         }
     }
@@ -196,6 +226,12 @@ impl Node {
     /// for election and waits until it leads. openraft 0.9 has no leadership transfer; the
     /// target's higher term makes this member step down, and the target's complete log wins
     /// it the votes. Retried while the request timeout allows if another member won.
+    ///
+    /// openraft refuses votes while a leader's lease holds: a follower's is renewed by every
+    /// heartbeat, a leader's own lasts one maximal election timeout from when it began to lead.
+    /// So the target is asked only once this member has led that long: then this member's
+    /// vote and the target's are a majority of three (in larger clusters the rest follow once
+    /// their leases run out after this member stepped down).
     pub async fn move_leader(&self, target: NodeId) -> Result<(), Error> {
         let deadline = Instant::now() + self.settings.request_timeout * 2;
         if self.leading_term().is_none() {
@@ -216,6 +252,7 @@ impl Node {
         let mut metrics = self.raft.metrics();
         loop {
             // The target must hold every entry, or the others refuse it their votes.
+            self.wait_out_own_lease(deadline).await;
             let last = self.raft.metrics().borrow().last_log_index;
             let caught_up = self
                 .raft
@@ -253,6 +290,48 @@ impl Node {
                 return Err(Error::LeaderTransferTimeout);
             }
         }
+    }
+
+    /// Waits (up to `deadline`) until this member has led for longer than its own leader lease,
+    /// so it grants a transferee its vote.
+    async fn wait_out_own_lease(&self, deadline: Instant) {
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        let since = *self.leading_since.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, since)) = since {
+            // openraft's lease check is inclusive; a little more covers clock granularity.
+            let after = since + lease + Duration::from_millis(20);
+            tokio::time::sleep_until(after.min(deadline).into()).await;
+        }
+    }
+
+    /// Before this member stops: if it leads, moves the leadership to the voter whose log is
+    /// the most complete (so the cluster does not wait out an election timeout with writes
+    /// stalled) and returns it; `Ok(None)` when it does not lead or is the only voter.
+    pub async fn hand_off_leadership(&self) -> Result<Option<NodeId>, Error> {
+        if self.leading_term().is_none() {
+            return Ok(None);
+        }
+        let target = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let matched = |id: &NodeId| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned())
+                    .flatten()
+                    .map(|l| l.index)
+            };
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != self.id)
+                .max_by_key(|v| (matched(v), std::cmp::Reverse(*v)))
+        };
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        self.move_leader(target).await?;
+        Ok(Some(target))
     }
 
     /// Builds a snapshot of everything this member applied, so the log it covers is purged

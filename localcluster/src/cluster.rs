@@ -403,6 +403,35 @@ impl Cluster {
         log_event(&member.log_path, "killed with SIGKILL");
     }
 
+    /// SIGTERMs member `i` and waits up to `patience` for it to stop on its own (a graceful
+    /// stop, as Kubernetes asks for one); its exit status. SIGKILLed after `patience`, which is
+    /// an error. Its data dir stays.
+    pub fn terminate(&mut self, i: usize, patience: Duration) -> Result<ExitStatus> {
+        let member = &self.members[i];
+        let mut process = member.process();
+        let Process::Running(child) = &mut *process else {
+            bail!("member {} is not running", member.config.name);
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+        kill(pid, Signal::SIGTERM)?;
+        log_event(&member.log_path, "sent SIGTERM");
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                *process = Process::Exited(status);
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                process.kill();
+                bail!(
+                    "member {} did not stop within {patience:?} of SIGTERM",
+                    member.config.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGSTOPs member `i`: it keeps its sockets but answers nothing.
     ///
     /// # Panics

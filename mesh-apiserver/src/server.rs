@@ -79,6 +79,19 @@ pub enum Error {
 /// How long the controllers and metrics servers get to stop before the member stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// A leader that is asked to stop moves its leadership first, while it still serves, so a
+/// rolling update or a drained node costs the cluster a hand-off rather than an election
+/// timeout. Bounded by the move's own deadline; a failure is logged and the stop goes on.
+async fn hand_off(node: &kvstore::node::Node) {
+    match node.hand_off_leadership().await {
+        Ok(Some(to)) => {
+            tracing::info!(to = %format!("{to:x}"), "leadership handed off before stopping")
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not hand off the leadership before stopping"),
+    }
+}
+
 /// Serves until `shutdown` completes (or the store fails), then stops everything in order:
 /// controllers and metrics first, the member last.
 pub async fn run(
@@ -166,6 +179,7 @@ pub async fn run(
     let outcome = tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");
+            hand_off(member.node()).await;
             Ok(())
         }
         e = member.failed() => {

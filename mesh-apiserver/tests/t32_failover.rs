@@ -1,4 +1,5 @@
-//! Failover: kill -9 of the leader under a sequential writer that writes through a follower.
+//! Failover: kill -9 of the leader under a sequential writer that writes through a follower;
+//! SIGTERM of the leader, which hands off the leadership first.
 //! Writes sent while the cluster elects a new leader wait for it instead of failing; the gap
 //! until the first write succeeds is measured and printed (the figure against etcd is in
 //! `mesh-bench kv`'s "failover" row; tests never assert timings).
@@ -91,6 +92,44 @@ async fn writes_during_an_election_wait_for_the_new_leader() -> Result<()> {
             let got = reader.get(format!("failover/{i:05}"), None).await?;
             ensure!(got.count() == 1, "acknowledged write {i} is missing");
         }
+    }
+    Ok(())
+}
+
+/// A leader stopped with SIGTERM (a rolling update, a drained node) hands the leadership to
+/// another member before it exits: at the moment it has exited the others already follow a
+/// new leader, which they would otherwise elect only after an election timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_asked_to_stop_hands_off_the_leadership_before_it_exits() -> Result<()> {
+    let mut cluster = Cluster::start(flavor(), Spec::with_members(3)).await?;
+    let leader = cluster.leader().await?;
+    let old = cluster.member_id(leader).await?;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let mut clients = Vec::new();
+    for i in &others {
+        clients.push(cluster.client_for(*i).await?);
+    }
+    let status = cluster.terminate(leader, Duration::from_secs(30))?;
+    // etcd re-raises the signal once it has stopped gracefully.
+    let graceful = status.success()
+        || (flavor().is_etcd()
+            && std::os::unix::process::ExitStatusExt::signal(&status) == Some(15));
+    ensure!(graceful, "the leader exited with {status}");
+    let mut leaders = Vec::new();
+    for c in &mut clients {
+        leaders.push(c.status().await?.leader());
+    }
+    ensure!(
+        leaders.iter().all(|l| *l != old && *l != 0) && leaders[0] == leaders[1],
+        "when the old leader {old:x} exited the others followed {leaders:x?}; its log:\n{}",
+        cluster.log_tail(leader, 30)
+    );
+    if !flavor().is_etcd() {
+        let log = cluster.log_tail(leader, 50);
+        ensure!(
+            log.contains("leadership handed off before stopping"),
+            "no hand-off logged:\n{log}"
+        );
     }
     Ok(())
 }
