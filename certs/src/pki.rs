@@ -253,6 +253,53 @@ impl CertificateAuthority {
         self.sign(&params)
     }
 
+    /// A certificate for `spec` over the public key of the certificate signing request
+    /// `csr_pem` (PEM, `CERTIFICATE REQUEST`), whose signature proves its sender holds the key.
+    /// Nothing else the request asks for is used: the identity, names and validity are
+    /// `spec`'s. Only `agent` and `remote` identities are signed this way (the bootstrap of
+    /// agents); the others are made with their keys by [`CertificateAuthority::issue`].
+    pub fn sign_request(&self, csr_pem: &str, spec: &LeafSpec) -> Result<String> {
+        let identity = &spec.identity;
+        check_name("name", &identity.name)?;
+        if identity.cluster != self.cluster {
+            return Err(Error::WrongCluster {
+                ca: self.cluster.clone(),
+                identity: identity.uri(),
+            });
+        }
+        if !matches!(identity.role, Role::Agent | Role::Remote) {
+            return Err(Error::BadCertificate {
+                reason: format!(
+                    "{} certificates are not signed from requests",
+                    identity.role
+                ),
+            });
+        }
+        let request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            Error::BadCertificate {
+                reason: format!("certificate signing request: {e}"),
+            }
+        })?;
+        let common_name = format!("{}/{}", identity.role, identity.name);
+        let mut params = leaf_params(
+            &common_name,
+            &spec.sans,
+            spec.validity,
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
+        params
+            .subject_alt_names
+            .insert(0, uri_san(&identity.uri())?);
+        let ours = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: request.public_key,
+        };
+        let cert = ours
+            .signed_by(&self.issuer)
+            .map_err(generate_error("a certificate from a signing request"))?;
+        Ok(cert.pem())
+    }
+
     /// Signs `params` over a fresh key.
     fn sign(&self, params: &CertificateParams) -> Result<Issued> {
         let key = generate_key("a leaf key")?;
@@ -264,6 +311,32 @@ impl CertificateAuthority {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// When the first certificate in `pem` is valid.
+pub fn validity_of(pem: &str) -> Result<Validity> {
+    let der = parse_cert_pem(pem)?;
+    let cert = parse_x509(&der)?;
+    let time = |t: x509_parser::time::ASN1Time| {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+    };
+    Ok(Validity {
+        not_before: time(cert.validity().not_before),
+        not_after: time(cert.validity().not_after),
+    })
+}
+
+/// A fresh ECDSA P-256 key and a certificate signing request over it (PEM both; the key is
+/// secret). The request names nothing: the signer decides the identity.
+pub fn signing_request() -> Result<(String, String)> {
+    let key = generate_key("a key for a signing request")?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(generate_error("a certificate signing request"))?;
+    let pem = csr
+        .pem()
+        .map_err(generate_error("a certificate signing request"))?;
+    Ok((pem, key.serialize_pem()))
 }
 
 /// The DER of the first certificate in `pem`.

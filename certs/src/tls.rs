@@ -118,6 +118,47 @@ impl Reloading<ServerConfig> {
     }
 }
 
+impl Reloading<ServerConfig> {
+    /// Loads a server configuration that asks for no client certificate, for the bootstrap
+    /// endpoint where agents that have none yet prove themselves otherwise (HTTP/1.1).
+    pub fn server_without_client_auth(files: TlsFiles) -> Result<Self> {
+        Self::load(files, Accept::AnyRole, open_server_config)
+    }
+}
+
+/// A client configuration without a client certificate that trusts only `apiserver`s of
+/// `cluster` whose certificates chain to a CA in `ca_pem` and name the host dialled (an agent
+/// asking for its first certificate; HTTP/1.1).
+pub fn client_without_identity(ca_pem: &[u8], cluster: &str) -> Result<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
+        let ca = ca.map_err(tls_error)?;
+        roots.add(ca).map_err(tls_error)?;
+    }
+    if roots.is_empty() {
+        return Err(Error::Tls {
+            reason: "no CA certificate to trust".to_owned(),
+        });
+    }
+    let provider = provider();
+    let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(tls_error)?;
+    let verifier = Arc::new(ServerCheck {
+        chain,
+        cluster: cluster.to_owned(),
+        accept: Accept::Members,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 impl Reloading<ClientConfig> {
     /// Loads a client configuration that presents `files.cert` and accepts only servers that
     /// are `apiserver`s of its own cluster, for the host name it connects to.
@@ -304,6 +345,17 @@ fn server_config(m: &Material, accept: Accept) -> Result<ServerConfig> {
         .with_single_cert(m.chain.clone(), m.key.clone_key())
         .map_err(tls_error)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+fn open_server_config(m: &Material, _accept: Accept) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .with_no_client_auth()
+        .with_single_cert(m.chain.clone(), m.key.clone_key())
+        .map_err(tls_error)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -10,6 +10,7 @@
 //! - [`remote`]: the records of remote-cluster connections (`mesh/config/remotes/`,
 //!   `mesh/status/remotes/`).
 //! - [`endpoint`]: API server endpoints (`https://host:port`).
+//! - [`bootstrap`]: the agent bootstrap exchange (token and signing request for a certificate).
 //! - [`codec`]: encoding (protobuf) and decoding checked against the key's kind, and the
 //!   human-readable form meshctl prints.
 //!
@@ -24,6 +25,7 @@
 //! endpoints, and protobuf with zstd about 0.3 KiB; compression is left for when slices are
 //! shown to dominate the store.
 
+pub mod bootstrap;
 pub mod cidr;
 pub mod codec;
 pub mod endpoint;

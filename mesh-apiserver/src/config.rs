@@ -191,6 +191,11 @@ pub struct Flags {
     #[arg(long, help_heading = "Publishing")]
     pub kubernetes: bool,
 
+    /// The kubeconfig file (its current context) for --kubernetes and the agent bootstrap
+    /// [default: the in-cluster service account, else KUBECONFIG or ~/.kube/config].
+    #[arg(long, help_heading = "Publishing")]
+    pub kubeconfig: Option<PathBuf>,
+
     /// Seconds an identity stays after its last workload went away, so peers that cached it
     /// stop using it first.
     #[arg(long, help_heading = "Publishing", default_value_t = 900)]
@@ -226,6 +231,34 @@ pub struct Flags {
     /// Most bytes (keys and values) mirrored from one remote cluster, in MiB.
     #[arg(long, help_heading = "Remote clusters", default_value_t = 256)]
     pub remote_max_mib: u64,
+
+    /// Serve the agent bootstrap at these https:// URLs (comma-separated): agents without a
+    /// certificate send a ServiceAccount token bound to their pod and get an `agent`
+    /// certificate named after their node (the token is checked with a TokenReview; needs
+    /// the Kubernetes API, --bootstrap-ca-key-file and --bootstrap-service-account).
+    #[arg(long, help_heading = "Agent bootstrap", value_delimiter = ',')]
+    pub listen_bootstrap_urls: Vec<String>,
+
+    /// The CA certificate that signs agent certificates [default: --trusted-ca-file].
+    #[arg(long, help_heading = "Agent bootstrap")]
+    pub bootstrap_ca_file: Option<PathBuf>,
+
+    /// The key of that CA.
+    #[arg(long, help_heading = "Agent bootstrap")]
+    pub bootstrap_ca_key_file: Option<PathBuf>,
+
+    /// A ServiceAccount (NAMESPACE/NAME) whose pod-bound tokens get agent certificates
+    /// (repeatable): the agents' own.
+    #[arg(long = "bootstrap-service-account", help_heading = "Agent bootstrap")]
+    pub bootstrap_service_accounts: Vec<String>,
+
+    /// The audience the agents' tokens must be for.
+    #[arg(long, help_heading = "Agent bootstrap", default_value = mesh_api::bootstrap::DEFAULT_AUDIENCE)]
+    pub bootstrap_audience: String,
+
+    /// How long an agent certificate is valid (agents renew after two thirds), e.g. 24h.
+    #[arg(long, help_heading = "Agent bootstrap", default_value = "168h")]
+    pub agent_cert_validity: String,
 
     /// Log filter (trace, debug, info, warn, error, or a tracing directive).
     #[arg(long, env = "RUST_LOG", default_value = "info,openraft=warn")]
@@ -368,6 +401,10 @@ pub struct Config {
     /// CA, certificate and key the controllers use to reach this member (its client-port
     /// files); `None` in plaintext mode.
     pub local_tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// With `--listen-bootstrap-urls`.
+    pub bootstrap: Option<crate::bootstrap::Settings>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Config {
@@ -458,6 +495,7 @@ impl Config {
             }
             _ => None,
         };
+        let bootstrap = bootstrap(flags, local_tls.as_ref(), &member)?;
         Ok(Config {
             member,
             listen_client,
@@ -465,6 +503,8 @@ impl Config {
             listen_metrics,
             cluster,
             publisher,
+            bootstrap,
+            kubeconfig: flags.kubeconfig.clone(),
             mirror: MirrorSettings {
                 disconnect_grace,
                 max_keys: flags.remote_max_keys,
@@ -481,6 +521,94 @@ impl Config {
             .map(|c| c.name.clone())
             .or_else(|| self.member.tls.as_ref().map(MemberTls::cluster))
     }
+}
+
+/// The agent bootstrap flags: all or nothing, TLS only, a CA of this cluster with its key.
+fn bootstrap(
+    flags: &Flags,
+    local_tls: Option<&(PathBuf, PathBuf, PathBuf)>,
+    member: &kvstore::server::Config,
+) -> Result<Option<crate::bootstrap::Settings>, ConfigError> {
+    if flags.listen_bootstrap_urls.is_empty() {
+        if flags.bootstrap_ca_key_file.is_some() || !flags.bootstrap_service_accounts.is_empty() {
+            return Err(ConfigError::Combination(
+                "--bootstrap-ca-key-file and --bootstrap-service-account need --listen-bootstrap-urls",
+            ));
+        }
+        return Ok(None);
+    }
+    let Some((trusted_ca, _, _)) = local_tls else {
+        return Err(ConfigError::Combination(
+            "--listen-bootstrap-urls needs TLS (--cert-file, --key-file, --trusted-ca-file)",
+        ));
+    };
+    let listen = flags
+        .listen_bootstrap_urls
+        .iter()
+        .map(|u| socket_addr(u, "https").map_err(|r| invalid("--listen-bootstrap-urls", u, r)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(ca_key) = flags.bootstrap_ca_key_file.clone() else {
+        return Err(ConfigError::Combination(
+            "--listen-bootstrap-urls needs --bootstrap-ca-key-file (the key of the CA that signs agent certificates)",
+        ));
+    };
+    if flags.bootstrap_service_accounts.is_empty() {
+        return Err(ConfigError::Combination(
+            "--listen-bootstrap-urls needs --bootstrap-service-account (the agents' NAMESPACE/NAME)",
+        ));
+    }
+    let service_accounts = flags
+        .bootstrap_service_accounts
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|r| invalid("--bootstrap-service-account", a, r))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if flags.bootstrap_audience.is_empty() {
+        return Err(invalid("--bootstrap-audience", "", "must not be empty"));
+    }
+    let validity = parse_duration(&flags.agent_cert_validity, 3600.0)
+        .map_err(|r| invalid("--agent-cert-validity", &flags.agent_cert_validity, r))?;
+    if validity < Duration::from_secs(3600) {
+        return Err(invalid(
+            "--agent-cert-validity",
+            &flags.agent_cert_validity,
+            "must be at least 1h",
+        ));
+    }
+    let ca_cert = flags
+        .bootstrap_ca_file
+        .clone()
+        .unwrap_or_else(|| trusted_ca.clone());
+    let ca = certs::pki::CertificateAuthority::load(&ca_cert, &ca_key).map_err(|e| {
+        invalid(
+            "--bootstrap-ca-key-file",
+            &ca_key.display().to_string(),
+            e.to_string(),
+        )
+    })?;
+    if let Some(tls) = &member.tls
+        && tls.cluster() != ca.cluster()
+    {
+        return Err(invalid(
+            "--bootstrap-ca-file",
+            &ca_cert.display().to_string(),
+            format!(
+                "is cluster {}'s CA, this member's certificates are cluster {}'s",
+                ca.cluster(),
+                tls.cluster()
+            ),
+        ));
+    }
+    Ok(Some(crate::bootstrap::Settings {
+        listen,
+        ca_cert,
+        ca_key,
+        service_accounts,
+        audience: flags.bootstrap_audience.clone(),
+        validity,
+    }))
 }
 
 /// `--max-concurrent-streams` and the keepalive flags.

@@ -11,10 +11,12 @@
 //!   controllers, the shutdown signal.
 //! - [`controller`]: the leader-gated controller shape and its supervisor.
 //! - [`http`]: `/metrics` and `/healthz`.
+//! - [`bootstrap`]: agent certificates for ServiceAccount tokens (TokenReview).
 //! - [`publish`]: Kubernetes objects → mesh records, one conversion path for every source of
 //!   objects.
 //! - [`mirror`]: remote clusters' records → this cluster's store.
 
+pub mod bootstrap;
 pub mod config;
 pub mod controller;
 pub mod http;

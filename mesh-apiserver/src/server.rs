@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::bootstrap;
 use crate::config::{Config, SourceConfig};
 use crate::controller::{self, Context, Controller, LocalClient};
 use crate::http;
@@ -31,6 +32,8 @@ pub struct Listeners {
     pub peer: Vec<TcpListener>,
     /// `/metrics` and `/healthz`.
     pub metrics: Vec<TcpListener>,
+    /// The agent bootstrap.
+    pub bootstrap: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -53,6 +56,10 @@ impl Listeners {
             client: bind_all(&config.listen_client).await?,
             peer: bind_all(&config.listen_peer).await?,
             metrics: bind_all(&config.listen_metrics).await?,
+            bootstrap: match &config.bootstrap {
+                Some(b) => bind_all(&b.listen).await?,
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -74,6 +81,12 @@ pub enum Error {
     /// `--kubernetes`: the API could not be reached.
     #[error("connecting to the Kubernetes API (--kubernetes): {0}")]
     Kubernetes(#[from] kube::Error),
+    /// `--kubeconfig` does not load.
+    #[error("--kubeconfig {0}")]
+    KubeConfig(String),
+    /// The agent bootstrap could not start.
+    #[error("the agent bootstrap: {0}")]
+    Bootstrap(String),
 }
 
 /// How long the controllers and metrics servers get to stop before the member stops.
@@ -90,6 +103,41 @@ async fn hand_off(node: &kvstore::node::Node) {
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "could not hand off the leadership before stopping"),
     }
+}
+
+/// A client of the Kubernetes API: `--kubeconfig`'s current context, else kube's defaults
+/// (in-cluster, then KUBECONFIG or ~/.kube/config).
+async fn kube_client(config: &Config) -> Result<kube::Client, Error> {
+    let Some(path) = &config.kubeconfig else {
+        return Ok(kube::Client::try_default().await?);
+    };
+    let file = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
+    let options = kube::config::KubeConfigOptions::default();
+    let client_config = kube::Config::from_custom_kubeconfig(file, &options)
+        .await
+        .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
+    Ok(kube::Client::try_from(client_config)?)
+}
+
+/// The bootstrap's issuer, reviewing tokens through the Kubernetes API.
+async fn bootstrap_issuer(
+    config: &Config,
+    settings: &bootstrap::Settings,
+    registry: &mut Registry,
+) -> Result<Arc<bootstrap::Issuer>, Error> {
+    let cluster = config
+        .cluster_name()
+        .ok_or_else(|| Error::Bootstrap("the cluster's name is unknown".to_owned()))?;
+    let client = kube_client(config).await?;
+    let issuer = bootstrap::Issuer::new(
+        settings.clone(),
+        &cluster,
+        Arc::new(bootstrap::Kubernetes(client)),
+    )
+    .map_err(Error::Bootstrap)?;
+    issuer.register(registry);
+    Ok(Arc::new(issuer))
 }
 
 /// Serves until `shutdown` completes (or the store fails), then stops everything in order:
@@ -116,7 +164,7 @@ pub async fn run(
         let source = match &p.source {
             SourceConfig::Manifests(dir) => Source::Manifests(dir.clone()),
             SourceConfig::Kubernetes => {
-                Source::Live(LiveSource::start(kube::Client::try_default().await?))
+                Source::Live(LiveSource::start(kube_client(&config).await?))
             }
         };
         tracing::info!(source = ?p.source, cluster = %c.name, "publishing the cluster's objects while this member leads");
@@ -144,9 +192,43 @@ pub async fn run(
     mirror.register(&mut registry);
     controllers.push(Arc::new(mirror));
 
-    let registry = Arc::new(registry);
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    if let Some(settings) = &config.bootstrap {
+        let issuer = bootstrap_issuer(&config, settings, &mut registry).await?;
+        let (ca, cert, key) = config
+            .local_tls
+            .clone()
+            .ok_or_else(|| Error::Bootstrap("needs TLS".to_owned()))?;
+        let tls = certs::tls::ServerTls::server_without_client_auth(certs::tls::TlsFiles {
+            cert,
+            key,
+            ca,
+        })
+        .map(Arc::new)
+        .map_err(|e| Error::Bootstrap(e.to_string()))?;
+        for l in listeners.bootstrap {
+            tasks.spawn(bootstrap::serve(
+                l,
+                tls.clone(),
+                issuer.clone(),
+                stop.clone(),
+            ));
+        }
+        // The member's certificate files are reloaded when they change; so is this copy.
+        let (stopped, stop_rx) = tokio::sync::watch::channel(false);
+        let watch_stop = stop.clone();
+        tasks.spawn(async move {
+            watch_stop.cancelled().await;
+            let _ = stopped.send(true);
+        });
+        tasks.spawn(kvstore::tls::reload_periodically(
+            vec![("bootstrap", tls as Arc<dyn kvstore::tls::Reload>)],
+            stop_rx,
+        ));
+        tracing::info!(listen = ?settings.listen, "serving the agent bootstrap");
+    }
+    let registry = Arc::new(registry);
     for l in listeners.metrics {
         tasks.spawn(http::serve(
             l,

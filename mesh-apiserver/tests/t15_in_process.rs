@@ -42,6 +42,7 @@ async fn a_member_runs_in_process_and_stops_on_shutdown() {
             client: vec![client],
             peer: vec![peer],
             metrics: vec![metrics],
+            bootstrap: Vec::new(),
         },
         async {
             let _ = stop_rx.await;

@@ -28,6 +28,14 @@ pub struct Flags {
     /// Its private key (PEM).
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// Get (and renew) the agent certificate at --cert/--key from the API server's bootstrap
+    /// endpoint (`https://host:port`), proving this node with the ServiceAccount token in
+    /// --bootstrap-token-file; --cacert must hold the cluster's CA.
+    #[arg(long, env = "RAFTMESH_BOOTSTRAP_URL")]
+    pub bootstrap_url: Option<String>,
+    /// The projected ServiceAccount token (audience: the API server's --bootstrap-audience).
+    #[arg(long, default_value = "/var/run/secrets/raftmesh/token")]
+    pub bootstrap_token_file: PathBuf,
     /// Talk plaintext http:// to an API server started with --insecure-plaintext (tests).
     #[arg(long)]
     pub insecure_plaintext: bool,
@@ -104,6 +112,8 @@ pub struct Config {
     pub endpoints: Vec<String>,
     /// (CA, certificate, key), or `None` in plaintext mode.
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// With `--bootstrap-url`: certificate and key are fetched and renewed.
+    pub bootstrap: Option<crate::bootstrap::Bootstrap>,
     /// The cgroup to attach the socket programs to.
     pub cgroup_root: PathBuf,
     /// The pin directory.
@@ -197,7 +207,13 @@ impl Config {
                 ));
             }
             (Some(ca), Some(cert), Some(key)) => {
-                for (flag, path) in [("cacert", ca), ("cert", cert), ("key", key)] {
+                // With the bootstrap, the certificate and key are made here.
+                let must_exist: &[(&'static str, &PathBuf)] = if flags.bootstrap_url.is_some() {
+                    &[("cacert", ca)]
+                } else {
+                    &[("cacert", ca), ("cert", cert), ("key", key)]
+                };
+                for (flag, path) in must_exist.iter().copied() {
                     if !path.is_file() {
                         return Err(bad(
                             flag,
@@ -212,6 +228,23 @@ impl Config {
                     "cert",
                     "--cacert, --cert and --key are required (or --insecure-plaintext for tests)",
                 ));
+            }
+        };
+        let bootstrap = match &flags.bootstrap_url {
+            None => None,
+            Some(_) if tls.is_none() => {
+                return Err(bad(
+                    "bootstrap-url",
+                    "needs --cacert, --cert and --key (the CA to trust, where to write the rest)",
+                ));
+            }
+            Some(url) => {
+                mesh_api::endpoint::host_port(url)
+                    .map_err(|e| bad("bootstrap-url", e.to_string()))?;
+                Some(crate::bootstrap::Bootstrap {
+                    url: url.clone(),
+                    token_file: flags.bootstrap_token_file.clone(),
+                })
             }
         };
         if !flags.cgroup_root.join("cgroup.procs").is_file() {
@@ -234,6 +267,7 @@ impl Config {
         }
         let wg = wg_config(flags)?;
         Ok(Config {
+            bootstrap,
             wg,
             bpffs: flags.bpffs.clone().unwrap_or_else(|| default_bpffs(&node)),
             node,

@@ -17,12 +17,14 @@
 //! - [`datapath`]: loading, attaching, adopting and uninstalling with aya; the maps as a
 //!   [`reconcile::Programmer`].
 //! - [`source`]: list and watch of the API server.
+//! - [`bootstrap`]: the agent certificate from the API server for a ServiceAccount token.
 //! - [`agent`]: the loop tying them together ([`agent::run`]).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`show`]: `node-agent maps` and `node-agent wg`.
 //! - [`wg`]: the WireGuard mesh to the nodes of every other cluster.
 
 pub mod agent;
+pub mod bootstrap;
 pub mod config;
 pub mod datapath;
 pub mod desired;

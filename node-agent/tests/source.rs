@@ -42,6 +42,7 @@ fn config(endpoints: Vec<String>, dir: &Path, file: &str) -> Config {
         remote_stale_after: Duration::from_secs(30),
         pod_interface_prefixes: vec!["lxc".into()],
         wg: None,
+        bootstrap: None,
     }
 }
 

@@ -362,3 +362,88 @@ fn write_pem_reports_the_path_it_could_not_write() {
         "{err}"
     );
 }
+
+#[test]
+fn a_signing_request_gets_the_signers_identity_over_the_requesters_key() {
+    let ca = ca("apps");
+    let (csr, key_pem) = signing_request().unwrap();
+    let cert_pem = ca
+        .sign_request(&csr, &spec("apps", Role::Agent, "node-7", &[]))
+        .unwrap();
+    let cert_der = der(&cert_pem);
+    let cert = x509(&cert_der);
+    assert_eq!(common_name(&cert), "agent/node-7");
+    assert_eq!(
+        sans(&cert),
+        ["uri:spiffe://raftmesh/cluster/apps/agent/node-7"]
+    );
+    assert_validity(&cert, LEAF_DAYS as i64);
+    // Over the requester's key: the pair makes a working client identity.
+    let key = KeyPair::from_pem(&key_pem).unwrap();
+    assert_eq!(
+        cert.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+    );
+    crate::tls::verify_issued_by(&cert_pem, ca.cert_pem()).unwrap();
+    let (identity, _) = leaf_info(&cert_pem).unwrap();
+    assert_eq!(
+        identity,
+        Identity::new("apps", Role::Agent, "node-7").unwrap()
+    );
+}
+
+#[test]
+fn what_a_request_asks_for_is_ignored() {
+    let ca = ca("apps");
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut asked = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+    asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    asked.subject_alt_names.push(SanType::URI(
+        "spiffe://raftmesh/cluster/apps/admin/root"
+            .try_into()
+            .unwrap(),
+    ));
+    let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+    let cert_pem = ca
+        .sign_request(&csr, &spec("apps", Role::Agent, "node-1", &[]))
+        .unwrap();
+    let cert_der = der(&cert_pem);
+    let cert = x509(&cert_der);
+    assert_eq!(
+        sans(&cert),
+        ["uri:spiffe://raftmesh/cluster/apps/agent/node-1"]
+    );
+    assert!(!cert.is_ca());
+}
+
+#[test]
+fn signing_requests_are_refused_for_other_roles_clusters_and_bad_requests() {
+    let ca = ca("apps");
+    let (csr, _) = signing_request().unwrap();
+    for role in [Role::Admin, Role::Apiserver] {
+        let err = ca
+            .sign_request(&csr, &spec("apps", role, "x", &[]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not signed from requests"),
+            "{err}"
+        );
+    }
+    let err = ca
+        .sign_request(&csr, &spec("infra", Role::Agent, "x", &[]))
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongCluster { .. }), "{err}");
+    // A request changed in transit (one base64 character of its body): its signature no
+    // longer verifies, if it still parses.
+    let mut tampered: Vec<char> = csr.chars().collect();
+    let at = tampered.len() / 2;
+    tampered[at] = if tampered[at] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    let err = ca
+        .sign_request(&tampered, &spec("apps", Role::Agent, "x", &[]))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("certificate signing request"),
+        "{err}"
+    );
+}

@@ -1,0 +1,513 @@
+//! `--listen-bootstrap-urls`: agents without a certificate get one here.
+//!
+//! An agent sends a ServiceAccount token bound to its pod and a certificate signing request
+//! ([`mesh_api::bootstrap`]). The API server asks the Kubernetes API to review the token
+//! (TokenReview, with the bootstrap audience), accepts only the ServiceAccounts it was told to
+//! (`--bootstrap-service-account`), reads the node from the token (the node-name claim
+//! Kubernetes adds to pod-bound tokens since 1.30; else the pod it is bound to, whose UID must
+//! match), and signs an `agent` certificate named after that node over the request's key with
+//! the cluster's CA (`--bootstrap-ca-key-file`). Nothing the request asks for besides its key
+//! is used, so a token of one node never yields another node's certificate.
+//!
+//! HTTPS with the member's server certificate and no client certificate (the agents have
+//! none yet); one request per connection, head and body bounded in size and time, like the
+//! metrics endpoint.
+//!
+//! Decisions are functions of API objects ([`claim`], [`node_of_pod`]), tested on objects as
+//! the API returns them; [`Kubernetes`] is the only part that talks to a cluster.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certs::pki::{CertificateAuthority, LeafSpec, Validity};
+use certs::tls::ServerTls;
+use certs::{Identity, Role};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use mesh_api::bootstrap::{
+    AgentCertificateRequest, AgentCertificateResponse, ErrorResponse, MAX_REQUEST, PATH,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long a client has for its TLS handshake and request.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The token claim Kubernetes (1.30+) adds with the node a pod-bound token's pod runs on.
+const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
+/// The claims of the pod a token is bound to.
+const POD_NAME_CLAIM: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID_CLAIM: &str = "authentication.kubernetes.io/pod-uid";
+
+/// A ServiceAccount allowed to bootstrap agents, `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for ServiceAccount {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(ServiceAccount {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err("expected NAMESPACE/NAME".to_owned()),
+        }
+    }
+}
+
+impl ServiceAccount {
+    /// The user name Kubernetes gives its tokens.
+    fn user_name(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+    }
+}
+
+/// The validated bootstrap flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `host:port` to listen on.
+    pub listen: Vec<String>,
+    /// The CA that signs agent certificates, and its key.
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    /// Who may bootstrap.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// The audience tokens must be for.
+    pub audience: String,
+    /// How long an agent certificate is valid.
+    pub validity: Duration,
+}
+
+/// What a reviewed token says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The node its pod runs on, from the token itself.
+    Node(String),
+    /// The pod it is bound to; its node is read from the pod.
+    Pod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+}
+
+/// Why a request is refused; each is an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("the token is not valid: {0}")]
+    Unauthenticated(String),
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    #[error("cannot answer now: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    fn status(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "400 Bad Request",
+            Refusal::Unauthenticated(_) => "401 Unauthorized",
+            Refusal::Forbidden(_) => "403 Forbidden",
+            Refusal::Unavailable(_) => "503 Service Unavailable",
+        }
+    }
+
+    /// The metric label.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::Unauthenticated(_) => "unauthenticated",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// What a token review says, as a claim of a node or a pod.
+pub fn claim(
+    status: &TokenReviewStatus,
+    audience: &str,
+    allowed: &[ServiceAccount],
+) -> Result<Claim, Refusal> {
+    if status.authenticated != Some(true) {
+        return Err(Refusal::Unauthenticated(
+            status
+                .error
+                .clone()
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| "not authenticated".to_owned()),
+        ));
+    }
+    if let Some(audiences) = &status.audiences
+        && !audiences.iter().any(|a| a == audience)
+    {
+        return Err(Refusal::Unauthenticated(format!(
+            "the token is for {audiences:?}, not {audience:?}"
+        )));
+    }
+    let user = status.user.as_ref();
+    let username = user.and_then(|u| u.username.as_deref()).unwrap_or_default();
+    let Some(account) = allowed.iter().find(|a| a.user_name() == username) else {
+        return Err(Refusal::Forbidden(format!(
+            "{username:?} is not a ServiceAccount allowed to bootstrap agents"
+        )));
+    };
+    let extra = |key: &str| {
+        user.and_then(|u| u.extra.as_ref())
+            .and_then(|e| e.get(key))
+            .and_then(|v| v.first())
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    if let Some(node) = extra(NODE_NAME_CLAIM) {
+        return Ok(Claim::Node(node));
+    }
+    match (extra(POD_NAME_CLAIM), extra(POD_UID_CLAIM)) {
+        (Some(name), Some(uid)) => Ok(Claim::Pod {
+            namespace: account.namespace.clone(),
+            name,
+            uid,
+        }),
+        _ => Err(Refusal::Forbidden(
+            "the token is not bound to a pod (mount a projected ServiceAccount token)".to_owned(),
+        )),
+    }
+}
+
+/// The node of the pod a token is bound to: the pod must be the one the token names (same
+/// UID, so not a later pod of the same name) and scheduled.
+pub fn node_of_pod(pod: Option<&Pod>, uid: &str) -> Result<String, Refusal> {
+    let Some(pod) = pod else {
+        return Err(Refusal::Forbidden(
+            "the token's pod no longer exists".to_owned(),
+        ));
+    };
+    if pod.metadata.uid.as_deref() != Some(uid) {
+        return Err(Refusal::Forbidden(
+            "the token's pod was replaced (its UID differs)".to_owned(),
+        ));
+    }
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Refusal::Forbidden("the token's pod is not on a node".to_owned()))
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The Kubernetes API as the bootstrap uses it.
+pub trait Reviewer: Send + Sync {
+    /// Reviews `token` for `audience`.
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<TokenReviewStatus, String>>;
+    /// Reads a pod (`None`: there is none).
+    fn pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Pod>, String>>;
+}
+
+/// The live Kubernetes API.
+#[derive(Clone)]
+pub struct Kubernetes(pub kube::Client);
+
+impl std::fmt::Debug for Kubernetes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kubernetes")
+    }
+}
+
+impl Reviewer for Kubernetes {
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<TokenReviewStatus, String>> {
+        Box::pin(async move {
+            let review = TokenReview {
+                spec: TokenReviewSpec {
+                    token: Some(token.to_owned()),
+                    audiences: Some(vec![audience.to_owned()]),
+                },
+                ..Default::default()
+            };
+            let done = Api::<TokenReview>::all(self.0.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| format!("TokenReview: {e}"))?;
+            Ok(done.status.unwrap_or_default())
+        })
+    }
+
+    fn pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Pod>, String>> {
+        Box::pin(async move {
+            Api::<Pod>::namespaced(self.0.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("reading pod {namespace}/{name}: {e}"))
+        })
+    }
+}
+
+/// Issues agent certificates.
+pub struct Issuer {
+    settings: Settings,
+    ca: CertificateAuthority,
+    reviewer: Arc<dyn Reviewer>,
+    requests: Family<Vec<(String, String)>, Counter>,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Issuer {
+    /// An issuer with the CA of `settings`, which must be `cluster`'s.
+    pub fn new(
+        settings: Settings,
+        cluster: &str,
+        reviewer: Arc<dyn Reviewer>,
+    ) -> Result<Self, String> {
+        let ca = CertificateAuthority::load(&settings.ca_cert, &settings.ca_key)
+            .map_err(|e| format!("the bootstrap CA: {e}"))?;
+        if ca.cluster() != cluster {
+            return Err(format!(
+                "the bootstrap CA {} is cluster {}'s, this is cluster {cluster}",
+                settings.ca_cert.display(),
+                ca.cluster()
+            ));
+        }
+        Ok(Self {
+            settings,
+            ca,
+            reviewer,
+            requests: Family::default(),
+        })
+    }
+
+    /// Registers `raftmesh_bootstrap_requests_total{outcome}`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "bootstrap_requests",
+            "Agent certificate requests, by outcome (issued, bad_request, unauthenticated, forbidden, unavailable)",
+            self.requests.clone(),
+        );
+    }
+
+    /// Answers one request.
+    pub async fn issue(
+        &self,
+        req: &AgentCertificateRequest,
+    ) -> Result<AgentCertificateResponse, Refusal> {
+        let result = self.decide(req).await;
+        let outcome = match &result {
+            Ok(_) => "issued",
+            Err(r) => r.outcome(),
+        };
+        self.requests
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+        result
+    }
+
+    async fn decide(
+        &self,
+        req: &AgentCertificateRequest,
+    ) -> Result<AgentCertificateResponse, Refusal> {
+        if req.token.is_empty() {
+            return Err(Refusal::BadRequest("no token".to_owned()));
+        }
+        let status = self
+            .reviewer
+            .review(&req.token, &self.settings.audience)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        let node = match claim(
+            &status,
+            &self.settings.audience,
+            &self.settings.service_accounts,
+        )? {
+            Claim::Node(node) => node,
+            Claim::Pod {
+                namespace,
+                name,
+                uid,
+            } => {
+                let pod = self
+                    .reviewer
+                    .pod(&namespace, &name)
+                    .await
+                    .map_err(Refusal::Unavailable)?;
+                node_of_pod(pod.as_ref(), &uid)?
+            }
+        };
+        let identity = Identity::new(self.ca.cluster(), Role::Agent, &node)
+            .map_err(|e| Refusal::Forbidden(format!("node name {node:?}: {e}")))?;
+        let now = std::time::SystemTime::now();
+        let spec = LeafSpec {
+            identity,
+            sans: Vec::new(),
+            validity: Validity {
+                not_before: now - Duration::from_secs(300),
+                not_after: now + self.settings.validity,
+            },
+        };
+        let certificate = self
+            .ca
+            .sign_request(&req.csr, &spec)
+            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        tracing::info!(%node, valid_for = ?self.settings.validity, "issued an agent certificate");
+        Ok(AgentCertificateResponse {
+            certificate,
+            ca: self.ca.cert_pem().to_owned(),
+        })
+    }
+}
+
+/// Serves the bootstrap on `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    issuer: Arc<Issuer>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bootstrap listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let issuer = issuer.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(mut stream)) =
+                tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            answer(&mut stream, &issuer).await;
+        });
+    }
+}
+
+/// Reads one request from `stream` and answers it.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, issuer: &Issuer) {
+    let (code, body) = match tokio::time::timeout(READ_TIMEOUT, read_request(stream)).await {
+        Ok(Ok(req)) => match issuer.issue(&req).await {
+            Ok(resp) => ("200 OK", serde_json::to_string(&resp).unwrap_or_default()),
+            Err(refusal) => {
+                tracing::warn!(%refusal, "refused an agent certificate request");
+                (refusal.status(), error_body(&refusal.to_string()))
+            }
+        },
+        Ok(Err(refusal)) => (refusal.status(), error_body(&refusal.to_string())),
+        Err(_) => return,
+    };
+    let resp = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+fn error_body(error: &str) -> String {
+    serde_json::to_string(&ErrorResponse {
+        error: error.to_owned(),
+    })
+    .unwrap_or_default()
+}
+
+/// Reads `POST PATH` with a JSON body of at most [`MAX_REQUEST`] bytes.
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<AgentCertificateRequest, Refusal> {
+    let bad = |why: &str| Refusal::BadRequest(why.to_owned());
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err(bad("request head too large"));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| bad(&e.to_string()))?;
+        if n == 0 {
+            return Err(bad("connection closed before the request was complete"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut start = lines.next().unwrap_or_default().split_whitespace();
+    let (method, path) = (start.next(), start.next());
+    if path != Some(PATH) {
+        return Err(bad(&format!("no such path (POST {PATH})")));
+    }
+    if method != Some("POST") {
+        return Err(bad(&format!("only POST {PATH}")));
+    }
+    let length: usize = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| bad("no Content-Length"))?;
+    if length > MAX_REQUEST {
+        return Err(bad("request body too large"));
+    }
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| bad(&e.to_string()))?;
+        if n == 0 {
+            return Err(bad("connection closed before the body was complete"));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    serde_json::from_slice(&body).map_err(|e| bad(&format!("body: {e}")))
+}
+
+#[cfg(test)]
+mod tests;

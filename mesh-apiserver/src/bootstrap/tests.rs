@@ -1,0 +1,276 @@
+//! The bootstrap's decisions on TokenReview answers and pods shaped as the API returns them
+//! (tests/fixtures/bootstrap/), and the whole exchange with a reviewer that answers from them.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::*;
+
+fn fixture<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bootstrap")
+        .join(file);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn status(file: &str) -> TokenReviewStatus {
+    fixture::<TokenReview>(file).status.unwrap()
+}
+
+fn agents() -> Vec<ServiceAccount> {
+    vec!["mesh/r1-agent".parse().unwrap()]
+}
+
+#[test]
+fn a_token_with_the_node_claim_names_its_node() {
+    assert_eq!(
+        claim(&status("review-node.json"), "raftmesh", &agents()),
+        Ok(Claim::Node(
+            "ip-10-0-12-34.eu-west-1.compute.internal".to_owned()
+        ))
+    );
+}
+
+#[test]
+fn a_token_bound_to_a_pod_only_names_the_pod() {
+    assert_eq!(
+        claim(&status("review-pod-only.json"), "raftmesh", &agents()),
+        Ok(Claim::Pod {
+            namespace: "mesh".to_owned(),
+            name: "r1-agent-x7k2p".to_owned(),
+            uid: "8e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b".to_owned(),
+        })
+    );
+}
+
+#[test]
+fn tokens_are_refused_unless_valid_for_the_audience_from_an_allowed_account_and_bound() {
+    let refused = |file: &str| claim(&status(file), "raftmesh", &agents()).unwrap_err();
+    assert_eq!(
+        refused("review-invalid.json"),
+        Refusal::Unauthenticated("[invalid bearer token, token lookup failed]".to_owned())
+    );
+    assert!(matches!(
+        refused("review-audience.json"),
+        Refusal::Unauthenticated(m) if m.contains("not \"raftmesh\"")
+    ));
+    assert!(matches!(
+        refused("review-other-account.json"),
+        Refusal::Forbidden(m) if m.contains("system:serviceaccount:default:default")
+    ));
+    assert!(matches!(refused("review-user.json"), Refusal::Forbidden(_)));
+    assert!(matches!(
+        refused("review-unbound.json"),
+        Refusal::Forbidden(m) if m.contains("not bound to a pod")
+    ));
+}
+
+#[test]
+fn a_pod_gives_its_node_only_if_it_is_the_tokens_pod() {
+    let pod: Pod = fixture("pod-agent.json");
+    let uid = "8e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b";
+    assert_eq!(node_of_pod(Some(&pod), uid), Ok("talos-w1".to_owned()));
+    assert!(matches!(
+        node_of_pod(Some(&pod), "another-uid"),
+        Err(Refusal::Forbidden(m)) if m.contains("replaced")
+    ));
+    assert!(matches!(node_of_pod(None, uid), Err(Refusal::Forbidden(_))));
+    let mut pending = pod.clone();
+    pending.spec.as_mut().unwrap().node_name = None;
+    assert!(matches!(
+        node_of_pod(Some(&pending), uid),
+        Err(Refusal::Forbidden(m)) if m.contains("not on a node")
+    ));
+}
+
+#[test]
+fn service_accounts_parse_as_namespace_slash_name() {
+    assert_eq!(
+        "mesh/r1-agent"
+            .parse::<ServiceAccount>()
+            .unwrap()
+            .user_name(),
+        "system:serviceaccount:mesh:r1-agent"
+    );
+    for bad in ["r1-agent", "/x", "x/", "a/b/c"] {
+        assert!(bad.parse::<ServiceAccount>().is_err(), "{bad}");
+    }
+}
+
+/// Answers reviews from fixtures by token, and pods by name; counts the pod reads.
+struct Recorded {
+    reviews: BTreeMap<&'static str, &'static str>,
+    pods: Vec<Pod>,
+    pod_reads: Mutex<usize>,
+}
+
+impl Reviewer for Recorded {
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<TokenReviewStatus, String>> {
+        assert_eq!(audience, "raftmesh");
+        let answer = match self.reviews.get(token) {
+            Some(file) => Ok(status(file)),
+            None => Err("the API is unreachable".to_owned()),
+        };
+        Box::pin(async move { answer })
+    }
+
+    fn pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Pod>, String>> {
+        *self.pod_reads.lock().unwrap() += 1;
+        let pod = self
+            .pods
+            .iter()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .cloned();
+        Box::pin(async move { Ok(pod) })
+    }
+}
+
+fn issuer(dir: &std::path::Path, reviewer: Arc<Recorded>) -> Issuer {
+    let ca = CertificateAuthority::generate("apps", Validity::days_from_now(30)).unwrap();
+    certs::pki::write_pem(&dir.join("ca.crt"), ca.cert_pem()).unwrap();
+    certs::pki::write_pem(&dir.join("ca.key"), &ca.key_pem()).unwrap();
+    let settings = Settings {
+        listen: Vec::new(),
+        ca_cert: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
+        service_accounts: agents(),
+        audience: "raftmesh".to_owned(),
+        validity: Duration::from_secs(24 * 3600),
+    };
+    assert!(
+        Issuer::new(settings.clone(), "infra", reviewer.clone())
+            .unwrap_err()
+            .contains("cluster apps's")
+    );
+    Issuer::new(settings, "apps", reviewer).unwrap()
+}
+
+#[tokio::test]
+async fn the_exchange_signs_the_node_the_token_proves_and_counts_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let reviewer = Arc::new(Recorded {
+        reviews: BTreeMap::from([
+            ("node-token", "review-node.json"),
+            ("pod-token", "review-pod-only.json"),
+            ("stranger", "review-other-account.json"),
+        ]),
+        pods: vec![fixture("pod-agent.json")],
+        pod_reads: Mutex::new(0),
+    });
+    let issuer = issuer(dir.path(), reviewer.clone());
+    let mut registry = Registry::default();
+    issuer.register(&mut registry);
+    let (csr, _key) = certs::pki::signing_request().unwrap();
+    let ask = |token: &str| AgentCertificateRequest {
+        token: token.to_owned(),
+        csr: csr.clone(),
+    };
+
+    let got = issuer.issue(&ask("node-token")).await.unwrap();
+    let (identity, not_after) = certs::pki::leaf_info(&got.certificate).unwrap();
+    assert_eq!(
+        identity,
+        Identity::new(
+            "apps",
+            Role::Agent,
+            "ip-10-0-12-34.eu-west-1.compute.internal"
+        )
+        .unwrap()
+    );
+    let left = not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(left <= Duration::from_secs(24 * 3600) && left > Duration::from_secs(23 * 3600));
+    certs::tls::verify_issued_by(&got.certificate, &got.ca).unwrap();
+    assert_eq!(*reviewer.pod_reads.lock().unwrap(), 0, "the claim sufficed");
+
+    let got = issuer.issue(&ask("pod-token")).await.unwrap();
+    let (identity, _) = certs::pki::leaf_info(&got.certificate).unwrap();
+    assert_eq!(identity.name, "talos-w1");
+    assert_eq!(*reviewer.pod_reads.lock().unwrap(), 1);
+
+    assert!(matches!(
+        issuer.issue(&ask("stranger")).await,
+        Err(Refusal::Forbidden(_))
+    ));
+    assert!(matches!(
+        issuer.issue(&ask("unknown")).await,
+        Err(Refusal::Unavailable(_))
+    ));
+    assert!(matches!(
+        issuer.issue(&ask("")).await,
+        Err(Refusal::BadRequest(_))
+    ));
+    let bad_csr = AgentCertificateRequest {
+        token: "node-token".to_owned(),
+        csr: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+            .to_owned(),
+    };
+    assert!(matches!(
+        issuer.issue(&bad_csr).await,
+        Err(Refusal::BadRequest(_))
+    ));
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for (outcome, n) in [
+        ("issued", 2),
+        ("forbidden", 1),
+        ("unavailable", 1),
+        ("bad_request", 2),
+    ] {
+        let line = format!("bootstrap_requests_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+}
+
+#[tokio::test]
+async fn requests_are_read_bounded_and_only_at_the_path() {
+    let body = serde_json::to_string(&AgentCertificateRequest {
+        token: "t".to_owned(),
+        csr: "c".to_owned(),
+    })
+    .unwrap();
+    let request = |method: &str, path: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let read = |raw: String| async move { read_request(&mut raw.as_bytes()).await };
+    assert_eq!(read(request("POST", PATH, &body)).await.unwrap().token, "t");
+    for (raw, why) in [
+        (request("GET", PATH, ""), "only POST"),
+        (request("POST", "/metrics", &body), "no such path"),
+        (
+            format!("POST {PATH} HTTP/1.1\r\n\r\n{body}"),
+            "no Content-Length",
+        ),
+        (
+            format!(
+                "POST {PATH} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                MAX_REQUEST + 1
+            ),
+            "too large",
+        ),
+        (request("POST", PATH, "{"), "body:"),
+        (
+            format!("POST {PATH} HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{}}"),
+            "closed before the body",
+        ),
+    ] {
+        let err = read(raw).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{why}: {err}");
+    }
+}

@@ -1,0 +1,223 @@
+//! `--bootstrap-url`: the agent gets its `agent` certificate from the API server's bootstrap
+//! endpoint, proving its node with its pod's projected ServiceAccount token, and renews it
+//! after two thirds of its lifetime (see `mesh_apiserver::bootstrap` for the server side).
+//!
+//! The key is made here and never leaves the node; the request carries a token and a
+//! certificate signing request. The server is trusted only as an `apiserver` of this cluster
+//! whose certificate chains to `--cacert` and names the host dialled. Key and certificate are
+//! written atomically (0600) to `--key` and `--cert`, which the agent's client reads at every
+//! connection, so a renewal needs no restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use certs::{Identity, Role};
+use mesh_api::bootstrap::{AgentCertificateRequest, AgentCertificateResponse, ErrorResponse, PATH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bound on one exchange (connect, handshake, answer).
+const TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+/// Retry pace after a failed exchange.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// The bootstrap settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// `https://host:port` of the bootstrap endpoint.
+    pub url: String,
+    /// The projected ServiceAccount token.
+    pub token_file: PathBuf,
+}
+
+/// Where the agent's files are and who it is.
+#[derive(Debug, Clone)]
+pub struct Files<'a> {
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub cluster: &'a str,
+    pub node: &'a str,
+}
+
+/// When the certificate at `files.cert` should be replaced: now if it is missing, unreadable
+/// or not this node's agent certificate, else two thirds into its lifetime.
+pub fn renew_at(files: &Files<'_>) -> SystemTime {
+    let now = SystemTime::now();
+    let Ok(pem) = std::fs::read_to_string(files.cert) else {
+        return now;
+    };
+    let wanted = Identity::new(files.cluster, Role::Agent, files.node).ok();
+    let ours = certs::pki::leaf_info(&pem).ok().map(|(id, _)| id);
+    if ours.is_none() || ours != wanted || !files.key.is_file() {
+        return now;
+    }
+    match certs::pki::validity_of(&pem) {
+        Ok(v) => {
+            let life = v.not_after.duration_since(v.not_before).unwrap_or_default();
+            v.not_before + life * 2 / 3
+        }
+        Err(_) => now,
+    }
+}
+
+/// Whether the files hold this node's agent certificate, not expired, and a key.
+pub fn usable(files: &Files<'_>) -> bool {
+    let Ok(pem) = std::fs::read_to_string(files.cert) else {
+        return false;
+    };
+    let wanted = Identity::new(files.cluster, Role::Agent, files.node).ok();
+    matches!(
+        certs::pki::leaf_info(&pem),
+        Ok((id, not_after)) if Some(&id) == wanted.as_ref() && not_after > SystemTime::now()
+    ) && files.key.is_file()
+}
+
+/// Gets a new certificate and writes key and certificate.
+pub async fn renew(bootstrap: &Bootstrap, files: &Files<'_>) -> anyhow::Result<SystemTime> {
+    use anyhow::Context as _;
+    let token = std::fs::read_to_string(&bootstrap.token_file)
+        .with_context(|| format!("reading the token {}", bootstrap.token_file.display()))?;
+    let ca = std::fs::read(files.ca).with_context(|| format!("reading {}", files.ca.display()))?;
+    let (csr, key) = certs::pki::signing_request()?;
+    let answer = exchange(
+        &bootstrap.url,
+        &ca,
+        files.cluster,
+        &AgentCertificateRequest {
+            token: token.trim().to_owned(),
+            csr,
+        },
+    )
+    .await?;
+    let (identity, not_after) = certs::pki::leaf_info(&answer.certificate)
+        .context("the bootstrap answered with an unreadable certificate")?;
+    let wanted = Identity::new(files.cluster, Role::Agent, files.node)?;
+    anyhow::ensure!(
+        identity == wanted,
+        "the bootstrap issued {identity}, not {wanted} (is --node the Kubernetes node name?)"
+    );
+    certs::tls::verify_issued_by(&answer.certificate, &String::from_utf8_lossy(&ca))
+        .context("the issued certificate does not chain to --cacert")?;
+    certs::pki::write_pem(files.key, &key)?;
+    certs::pki::write_pem(files.cert, &answer.certificate)?;
+    tracing::info!(
+        cert = %files.cert.display(),
+        not_after = ?not_after,
+        "got an agent certificate from the bootstrap"
+    );
+    Ok(renew_at(files))
+}
+
+/// Renews whenever due (first at once if needed), retrying every [`RETRY`] on failure, until
+/// `stop` resolves. `ready` is told once a certificate is in place.
+pub async fn keep_renewed(
+    bootstrap: Bootstrap,
+    files: OwnedFiles,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let mut ready = ready;
+    loop {
+        // A certificate that is due but still valid serves while the renewal is tried.
+        if usable(&files.borrow())
+            && let Some(tx) = ready.take()
+        {
+            let _ = tx.send(());
+        }
+        let due = renew_at(&files.borrow());
+        if let Ok(wait) = due.duration_since(SystemTime::now()) {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(());
+            }
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        match renew(&bootstrap, &files.borrow()).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), url = %bootstrap.url, "agent certificate bootstrap failed; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// [`Files`] that own their paths, for a task.
+#[derive(Debug, Clone)]
+pub struct OwnedFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cluster: String,
+    pub node: String,
+}
+
+impl OwnedFiles {
+    pub fn borrow(&self) -> Files<'_> {
+        Files {
+            ca: &self.ca,
+            cert: &self.cert,
+            key: &self.key,
+            cluster: &self.cluster,
+            node: &self.node,
+        }
+    }
+}
+
+/// One HTTPS exchange with the bootstrap endpoint.
+pub async fn exchange(
+    url: &str,
+    ca_pem: &[u8],
+    cluster: &str,
+    request: &AgentCertificateRequest,
+) -> anyhow::Result<AgentCertificateResponse> {
+    use anyhow::{Context as _, anyhow, bail};
+    let (host, port) =
+        mesh_api::endpoint::host_port(url).map_err(|e| anyhow!("--bootstrap-url {url:?}: {e}"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let config = certs::tls::client_without_identity(ca_pem, cluster)?;
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| anyhow!("--bootstrap-url host {host:?}: {e}"))?;
+    let body = serde_json::to_string(request)?;
+    tokio::time::timeout(TIMEOUT, async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name, tcp)
+            .await
+            .with_context(|| format!("TLS with {url}"))?;
+        let head = format!(
+            "POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await?;
+        tls.write_all(body.as_bytes()).await?;
+        tls.flush().await?;
+        let mut answer = Vec::new();
+        (&mut tls)
+            .take(MAX_ANSWER as u64)
+            .read_to_end(&mut answer)
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("{url} answered no HTTP response"))?;
+        let status = head.split_whitespace().nth(1).unwrap_or_default();
+        if status != "200" {
+            let why = serde_json::from_str::<ErrorResponse>(body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| body.to_owned());
+            bail!("{url} refused: {status}: {why}");
+        }
+        serde_json::from_str(body).with_context(|| format!("the answer of {url}"))
+    })
+    .await
+    .map_err(|_| anyhow!("no answer from {url} within {TIMEOUT:?}"))?
+}
