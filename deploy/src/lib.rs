@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize as _, Serialize};
@@ -104,6 +105,10 @@ pub fn validate(object: &Value) -> Vec<String> {
         "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(object),
         "ClusterRole" => round_trip::<ClusterRole>(object),
         "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(object),
+        "Role" => round_trip::<Role>(object),
+        "RoleBinding" => round_trip::<RoleBinding>(object),
+        "Job" => round_trip::<Job>(object),
+        "CronJob" => round_trip::<CronJob>(object),
         "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(object),
         "ServiceMonitor" | "PodMonitor" => {
             round_trip::<monitoring::Monitor>(object).and_then(|v| {

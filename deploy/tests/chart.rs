@@ -137,11 +137,22 @@ fn the_api_servers_are_three_spread_members_with_a_budget_and_readiness() {
 }
 
 #[test]
-fn rbac_reads_the_published_kinds_and_nothing_more() {
+fn rbac_reads_the_published_kinds_reviews_tokens_and_nothing_more() {
     let objects = rendered(None);
     let role = object(&objects, "ClusterRole", "r1-apiserver");
     let mut resources = Vec::new();
-    for rule in role["rules"].as_array().unwrap() {
+    let rules = role["rules"].as_array().unwrap();
+    // The agents' bootstrap: TokenReviews, create only.
+    let (reviews, reads): (Vec<&Value>, Vec<&Value>) = rules
+        .iter()
+        .partition(|r| r["apiGroups"] == json!(["authentication.k8s.io"]));
+    assert_eq!(
+        reviews,
+        [
+            &json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
+        ]
+    );
+    for rule in reads {
         assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
         for r in rule["resources"].as_array().unwrap() {
             resources.push(r.as_str().unwrap().to_owned());
@@ -158,7 +169,7 @@ fn rbac_reads_the_published_kinds_and_nothing_more() {
             "services"
         ]
     );
-    // The agent gets no token at all.
+    // The agent gets no API token: only a projected token for the bootstrap (below).
     let agent_sa = object(&objects, "ServiceAccount", "r1-agent");
     assert_eq!(agent_sa["automountServiceAccountToken"], false);
     assert!(
@@ -196,9 +207,33 @@ fn the_agent_has_the_capabilities_and_mounts_it_needs_and_no_more() {
     for want in [
         ("bpffs", "/sys/fs/bpf"),
         ("cgroup", "/sys/fs/cgroup"),
-        ("tls", "/etc/raftmesh/tls"),
+        ("ca", "/etc/raftmesh/ca"),
+        ("token", "/var/run/secrets/raftmesh"),
+        ("state", "/var/lib/raftmesh-agent"),
     ] {
         assert!(mounts.contains(&want), "{want:?} not in {mounts:?}");
+    }
+    // Its certificate comes from the bootstrap: the CA certificate alone from a Secret, a
+    // short-lived token for the bootstrap's audience.
+    let volumes = spec["volumes"].as_array().unwrap();
+    let volume = |n: &str| volumes.iter().find(|v| v["name"] == n).unwrap();
+    assert_eq!(
+        volume("ca")["secret"],
+        json!({"secretName": "r1-apiserver-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]})
+    );
+    assert_eq!(
+        volume("token")["projected"]["sources"],
+        json!([{"serviceAccountToken": {"audience": "raftmesh", "expirationSeconds": 3600, "path": "token"}}])
+    );
+    let a = args(ds);
+    for want in [
+        "--bootstrap-url=https://r1-apiserver.mesh.svc:2381",
+        "--bootstrap-token-file=/var/run/secrets/raftmesh/token",
+        "--cacert=/etc/raftmesh/ca/ca.crt",
+        "--cert=/var/lib/raftmesh-agent/agent.crt",
+        "--key=/var/lib/raftmesh-agent/agent.key",
+    ] {
+        assert!(a.iter().any(|x| x == want), "{want} not in {a:#?}");
     }
     assert!(
         !mounts.iter().any(|(n, _)| *n == "wireguard-sockets"),
@@ -435,4 +470,105 @@ fn the_dashboard_is_valid_json_whose_queries_name_exported_metrics() {
         ["raftmesh_raft_leader_change"]
     );
     assert!(!exported.contains(&"raftmesh_raft_leader_change".to_owned()));
+}
+
+#[test]
+fn the_api_servers_serve_the_bootstrap_with_the_ca_key_mounted() {
+    let objects = rendered(None);
+    let sts = object(&objects, "StatefulSet", "r1-apiserver");
+    let a = args(sts);
+    for want in [
+        "--listen-bootstrap-urls=https://0.0.0.0:2381",
+        "--bootstrap-ca-file=/etc/raftmesh/ca/ca.crt",
+        "--bootstrap-ca-key-file=/etc/raftmesh/ca/ca.key",
+        "--bootstrap-service-account=mesh/r1-agent",
+        "--bootstrap-audience=raftmesh",
+        "--agent-cert-validity=168h",
+    ] {
+        assert!(a.iter().any(|x| x == want), "{want} not in {a:#?}");
+    }
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let ca = volumes.iter().find(|v| v["name"] == "ca").unwrap();
+    assert_eq!(
+        ca["secret"],
+        json!({"secretName": "r1-ca", "defaultMode": 256})
+    );
+    let client = object(&objects, "Service", "r1-apiserver");
+    assert!(
+        client["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "bootstrap" && p["port"] == 2381)
+    );
+}
+
+#[test]
+fn the_pki_is_made_before_install_and_renewed_daily_with_minimal_rights() {
+    let objects = rendered(None);
+    let job = object(&objects, "Job", "r1-pki");
+    let ann = &job["metadata"]["annotations"];
+    assert_eq!(ann["helm.sh/hook"], "pre-install,pre-upgrade");
+    assert_eq!(ann["helm.sh/hook-weight"], "0");
+    let cron = object(&objects, "CronJob", "r1-pki-renew");
+    assert_eq!(cron["spec"]["schedule"], "17 3 * * *");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    let pod = |o: &Value| -> Value {
+        let t = &o["spec"]["template"];
+        if t.is_null() {
+            o["spec"]["jobTemplate"]["spec"]["template"]["spec"].clone()
+        } else {
+            t["spec"].clone()
+        }
+    };
+    for (o, kind) in [(job, "hook"), (cron, "renew")] {
+        let spec = pod(o);
+        assert_eq!(spec["serviceAccountName"], format!("r1-pki-{kind}"));
+        let c = &spec["containers"][0];
+        assert_eq!(c["command"], json!(["/usr/local/bin/meshctl"]));
+        let a: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for want in [
+            "sync-secrets",
+            "--cluster=apps",
+            "--ca-secret=r1-ca",
+            "--apiserver-secret=r1-apiserver-tls",
+            "--admin-secret=r1-admin-tls",
+            "--san=*.r1-peers.mesh.svc",
+            "--san=r1-apiserver.mesh.svc",
+            "--days=90",
+            "--renew-before-days=30",
+        ] {
+            assert!(a.contains(&want), "{want} not in {a:?}");
+        }
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        // Its Role: create Secrets, read and replace the three by name; nothing else.
+        let role = object(&objects, "Role", &format!("r1-pki-{kind}"));
+        assert_eq!(
+            role["rules"],
+            json!([
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+                {"apiGroups": [""], "resources": ["secrets"],
+                 "resourceNames": ["r1-ca", "r1-apiserver-tls", "r1-admin-tls"], "verbs": ["get", "update"]}
+            ])
+        );
+        let binding = object(&objects, "RoleBinding", &format!("r1-pki-{kind}"));
+        assert_eq!(binding["subjects"][0]["name"], format!("r1-pki-{kind}"));
+    }
+    // The hook's own account and rights exist before the Job runs.
+    let sa = object(&objects, "ServiceAccount", "r1-pki-hook");
+    assert_eq!(sa["metadata"]["annotations"]["helm.sh/hook-weight"], "-10");
+    // With pki.enabled=false the operator brings the Secrets: no Job, CronJob or Role.
+    let own = render(&["--set", "cluster.name=apps,cluster.id=1,pki.enabled=false"]).unwrap();
+    assert!(
+        !own.iter()
+            .any(|o| ["Job", "CronJob", "Role", "RoleBinding"]
+                .contains(&o["kind"].as_str().unwrap()))
+    );
 }

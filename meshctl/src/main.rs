@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `main.rs`: flags, dispatch and exit codes (64 for bad input, 1 for other failures).
-//! - [`pki`]: `meshctl pki init|issue`, a cluster's CA and role certificates.
+//! - [`pki`]: `meshctl pki init|issue`, a cluster's CA and role certificates; [`pkisync`]:
+//!   `meshctl pki sync-secrets`, the same as Secrets in a cluster, kept current.
 //! - [`get`]: `meshctl get`, records read from an API server, decoded for people.
 //! - [`config`]: `meshctl config`, contexts ([`context`] resolves them to clients; [`kubecontext`]
 //!   resolves kubeconfig contexts through the cluster's API).
@@ -24,6 +25,7 @@ mod kubecontext;
 mod lab;
 mod output;
 mod pki;
+mod pkisync;
 mod services;
 mod status;
 

@@ -30,6 +30,10 @@ pub enum Command {
     Init(InitArgs),
     /// Issue one role certificate with the CA in a PKI directory.
     Issue(IssueArgs),
+    /// Make and renew the PKI as Secrets of the cluster this runs in (the chart's Job and
+    /// CronJob): the CA once, the apiserver and admin certificates when missing, stale or
+    /// close to expiry. Agents get theirs from the API servers' bootstrap.
+    SyncSecrets(crate::pkisync::SyncArgs),
 }
 
 /// Flags of `meshctl pki init`.
@@ -98,6 +102,7 @@ pub fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Init(args) => init(&args),
         Command::Issue(args) => issue(&args),
+        Command::SyncSecrets(args) => crate::pkisync::run(args),
     }
 }
 

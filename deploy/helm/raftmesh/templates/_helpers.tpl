@@ -39,9 +39,6 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "raftmesh.caSecret" -}}
 {{- .Values.tls.caSecret | default (printf "%s-ca" (include "raftmesh.fullname" .)) -}}
 {{- end -}}
-{{- define "raftmesh.agentSecret" -}}
-{{- .Values.tls.agentSecret | default (printf "%s-agent-tls" (include "raftmesh.fullname" .)) -}}
-{{- end -}}
 
 {{/* KUBERNETES_SERVICE_HOST/PORT when the API is reached elsewhere (Talos' KubePrism). */}}
 {{- define "raftmesh.kubernetesEnv" -}}
