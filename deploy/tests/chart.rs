@@ -193,6 +193,8 @@ fn the_agent_has_the_capabilities_and_mounts_it_needs_and_no_more() {
         json!(["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"])
     );
     assert!(sc.get("privileged").is_none_or(|p| p == false));
+    // Added capabilities are effective for root only; the image's default user is not root.
+    assert_eq!(sc["runAsUser"], 0);
     let mounts: Vec<(&str, &str)> = container(ds)["volumeMounts"]
         .as_array()
         .unwrap()
@@ -570,5 +572,53 @@ fn the_pki_is_made_before_install_and_renewed_daily_with_minimal_rights() {
         !own.iter()
             .any(|o| ["Job", "CronJob", "Role", "RoleBinding"]
                 .contains(&o["kind"].as_str().unwrap()))
+    );
+}
+
+#[test]
+fn replacing_a_member_and_restoring_a_backup_reach_the_flags() {
+    let objects = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,apiserver.initialClusterState=existing,apiserver.restore.claimName=backup,apiserver.restore.file=backup.db",
+    ])
+    .unwrap();
+    let sts = object(&objects, "StatefulSet", "r1-apiserver");
+    let a = args(sts);
+    assert!(a.contains(&"--initial-cluster-state=existing".to_owned()));
+    assert!(a.contains(&"--restore-from=/restore/backup.db".to_owned()));
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(volumes.iter().any(|v| v["persistentVolumeClaim"]
+        == json!({"claimName": "backup", "readOnly": true})));
+    assert!(
+        container(sts)["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/restore" && m["readOnly"] == true)
+    );
+    // By default neither.
+    let plain = rendered(None);
+    let a = args(object(&plain, "StatefulSet", "r1-apiserver"));
+    assert!(a.contains(&"--initial-cluster-state=new".to_owned()));
+    assert!(!a.iter().any(|x| x.starts_with("--restore-from")));
+    assert!(
+        render(&[
+            "--set",
+            "cluster.name=apps,cluster.id=1,apiserver.initialClusterState=old"
+        ])
+        .unwrap_err()
+        .to_string()
+        .contains("apiserver.initialClusterState")
+    );
+    assert!(
+        render(&[
+            "--set",
+            "cluster.name=apps,cluster.id=1,apiserver.restore.claimName=b"
+        ])
+        .unwrap_err()
+        .to_string()
+        .contains("apiserver.restore.file")
     );
 }
