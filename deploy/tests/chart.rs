@@ -495,7 +495,7 @@ fn the_api_servers_serve_the_bootstrap_with_the_ca_key_mounted() {
     let ca = volumes.iter().find(|v| v["name"] == "ca").unwrap();
     assert_eq!(
         ca["secret"],
-        json!({"secretName": "r1-ca", "defaultMode": 256})
+        json!({"secretName": "r1-ca", "defaultMode": 288})
     );
     let client = object(&objects, "Service", "r1-apiserver");
     assert!(

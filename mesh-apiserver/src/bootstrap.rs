@@ -11,7 +11,7 @@
 //!
 //! HTTPS with the member's server certificate and no client certificate (the agents have
 //! none yet); one request per connection, head and body bounded in size and time, like the
-//! metrics endpoint.
+//! metrics endpoint, and at most [`MAX_CONNECTIONS`] at once (more are closed at once).
 //!
 //! Decisions are functions of API objects ([`claim`], [`node_of_pod`]), tested on objects as
 //! the API returns them; [`Kubernetes`] is the only part that talks to a cluster.
@@ -40,6 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a client has for its TLS handshake and request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once: the port takes clients without certificates, so a flood
+/// of them must not grow without bound (nor turn into a flood of TokenReviews). Agents retry.
+pub const MAX_CONNECTIONS: usize = 256;
 /// The token claim Kubernetes (1.30+) adds with the node a pod-bound token's pod runs on.
 const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
 /// The claims of the pod a token is bound to.
@@ -318,7 +321,7 @@ impl Issuer {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "bootstrap_requests",
-            "Agent certificate requests, by outcome (issued, bad_request, unauthenticated, forbidden, unavailable)",
+            "Agent certificate requests, by outcome (issued, bad_request, unauthenticated, forbidden, unavailable; overloaded: connections closed unread)",
             self.requests.clone(),
         );
     }
@@ -329,14 +332,17 @@ impl Issuer {
         req: &AgentCertificateRequest,
     ) -> Result<AgentCertificateResponse, Refusal> {
         let result = self.decide(req).await;
-        let outcome = match &result {
+        self.count(match &result {
             Ok(_) => "issued",
             Err(r) => r.outcome(),
-        };
+        });
+        result
+    }
+
+    fn count(&self, outcome: &str) {
         self.requests
             .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
             .inc();
-        result
     }
 
     async fn decide(
@@ -393,13 +399,15 @@ impl Issuer {
     }
 }
 
-/// Serves the bootstrap on `listener` until `stop`.
+/// Serves the bootstrap on `listener` until `stop`, at most `max_connections` at once.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     issuer: Arc<Issuer>,
+    max_connections: usize,
     stop: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -412,9 +420,15 @@ pub async fn serve(
             },
             () = stop.cancelled() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: closing now costs less than queueing; the agent retries.
+            issuer.count("overloaded");
+            continue;
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
         let issuer = issuer.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Ok(Ok(mut stream)) =
                 tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await
             else {

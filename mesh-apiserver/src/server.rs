@@ -212,6 +212,7 @@ pub async fn run(
                 l,
                 tls.clone(),
                 issuer.clone(),
+                bootstrap::MAX_CONNECTIONS,
                 stop.clone(),
             ));
         }

@@ -274,3 +274,59 @@ async fn requests_are_read_bounded_and_only_at_the_path() {
         assert!(err.to_string().contains(why), "{why}: {err}");
     }
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_unread_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let reviewer = Arc::new(Recorded {
+        reviews: BTreeMap::new(),
+        pods: Vec::new(),
+        pod_reads: Mutex::new(0),
+    });
+    let issuer = Arc::new(issuer(dir.path(), reviewer));
+    let mut registry = Registry::default();
+    issuer.register(&mut registry);
+    let ca =
+        CertificateAuthority::load(&dir.path().join("ca.crt"), &dir.path().join("ca.key")).unwrap();
+    let server = ca
+        .issue(&LeafSpec {
+            identity: Identity::new("apps", Role::Apiserver, "n1").unwrap(),
+            sans: vec!["localhost".to_owned()],
+            validity: Validity::days_from_now(1),
+        })
+        .unwrap();
+    certs::pki::write_pem(&dir.path().join("n1.crt"), &server.cert_pem).unwrap();
+    certs::pki::write_pem(&dir.path().join("n1.key"), &server.key_pem).unwrap();
+    let tls = Arc::new(
+        ServerTls::server_without_client_auth(certs::tls::TlsFiles {
+            cert: dir.path().join("n1.crt"),
+            key: dir.path().join("n1.key"),
+            ca: dir.path().join("ca.crt"),
+        })
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(listener, tls, issuer, 2, stop.clone()));
+
+    // Two connections that never speak hold both slots (until their 10 s are up).
+    let _a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The third is closed without a byte.
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("closed at once, not held")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("bootstrap_requests_total{outcome=\"overloaded\"} 1"),
+        "{text}"
+    );
+    stop.cancel();
+}

@@ -473,3 +473,29 @@ fn pki_sync_secrets_makes_the_secrets_once_and_replaces_only_what_changed() {
     );
     assert_eq!(stored("r1-ca"), ca_before);
 }
+
+/// Against a real cluster with the chart installed: `RAFTMESH_LIVE_CONTEXT` names its
+/// kubeconfig context (and `RAFTMESH_NAMESPACE` the install's namespace if there are several).
+/// `cargo test -p meshctl --test mesh live_ -- --ignored`.
+#[test]
+#[ignore = "needs a cluster"]
+fn live_status_through_a_kubeconfig_context() {
+    let context = std::env::var("RAFTMESH_LIVE_CONTEXT")
+        .expect("RAFTMESH_LIVE_CONTEXT: the kubeconfig context of a cluster with the chart");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .env("RAFTMESH_CONFIG", dir.path().join("config"))
+        .args(["status", "--context", &context, "-o", "json", "--wait"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = status["members"].as_array().unwrap();
+    assert!(members.len() >= 3, "{status}");
+    assert!(members.iter().all(|m| m["healthy"] == true), "{status}");
+    assert_eq!(
+        members.iter().filter(|m| m["leader"] == true).count(),
+        1,
+        "{status}"
+    );
+}
