@@ -449,7 +449,10 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, issuer: &Issu
                 (refusal.status(), error_body(&refusal.to_string()))
             }
         },
-        Ok(Err(refusal)) => (refusal.status(), error_body(&refusal.to_string())),
+        Ok(Err(refusal)) => {
+            issuer.count(refusal.outcome());
+            (refusal.status(), error_body(&refusal.to_string()))
+        }
         Err(_) => return,
     };
     let resp = format!(
