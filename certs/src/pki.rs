@@ -572,6 +572,14 @@ fn cert_cluster(cert: &X509Certificate<'_>) -> Result<String> {
 }
 
 /// Whether `key` is the private half of the certificate's public key.
+/// Whether the private key in `key_pem` belongs to the first certificate in `cert_pem`.
+pub fn pair_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let (Ok(der), Ok(key)) = (parse_cert_pem(cert_pem), KeyPair::from_pem(key_pem)) else {
+        return false;
+    };
+    key_matches(&der, &key).unwrap_or(false)
+}
+
 fn key_matches(cert_der: &CertificateDer<'_>, key: &KeyPair) -> Result<bool> {
     let cert = parse_x509(cert_der)?;
     Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())

@@ -157,9 +157,10 @@ pub fn claim(
                 .unwrap_or_else(|| "not authenticated".to_owned()),
         ));
     }
-    if let Some(audiences) = &status.audiences
-        && !audiences.iter().any(|a| a == audience)
-    {
+    // An authenticator that does not know audiences answers none: the token is then one for
+    // the Kubernetes API, not for us.
+    let audiences = status.audiences.clone().unwrap_or_default();
+    if !audiences.iter().any(|a| a == audience) {
         return Err(Refusal::Unauthenticated(format!(
             "the token is for {audiences:?}, not {audience:?}"
         )));
@@ -178,10 +179,12 @@ pub fn claim(
             .filter(|v| !v.is_empty())
             .cloned()
     };
-    if let Some(node) = extra(NODE_NAME_CLAIM) {
-        return Ok(Claim::Node(node));
-    }
+    // Bound to a pod, always: a token bound to a Node object alone (which anyone allowed to
+    // mint the account's tokens could get) names a node without an agent on it.
     match (extra(POD_NAME_CLAIM), extra(POD_UID_CLAIM)) {
+        (Some(_), Some(_)) if extra(NODE_NAME_CLAIM).is_some() => {
+            Ok(Claim::Node(extra(NODE_NAME_CLAIM).unwrap_or_default()))
+        }
         (Some(name), Some(uid)) => Ok(Claim::Pod {
             namespace: account.namespace.clone(),
             name,
@@ -442,7 +445,13 @@ pub async fn serve(
 /// Reads one request from `stream` and answers it.
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, issuer: &Issuer) {
     let (code, body) = match tokio::time::timeout(READ_TIMEOUT, read_request(stream)).await {
-        Ok(Ok(req)) => match issuer.issue(&req).await {
+        Ok(Ok(req)) => match tokio::time::timeout(READ_TIMEOUT, issuer.issue(&req))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Refusal::Unavailable(
+                    "the Kubernetes API did not answer in time".to_owned(),
+                ))
+            }) {
             Ok(resp) => ("200 OK", serde_json::to_string(&resp).unwrap_or_default()),
             Err(refusal) => {
                 tracing::warn!(%refusal, "refused an agent certificate request");

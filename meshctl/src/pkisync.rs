@@ -126,6 +126,18 @@ pub fn plan(
             ca
         }
         None => {
+            // Leaves without their CA: an install made before the chart made its PKI. A new CA
+            // would silently replace the one every member, admin and remote trusts.
+            for leaf in [&args.apiserver_secret, &args.admin_secret] {
+                if current(leaf).is_some() {
+                    anyhow::bail!(
+                        "Secret {leaf} exists but the CA Secret {} does not: import the CA that issued it first (kubectl -n {} create secret generic {} --from-file=ca.crt --from-file=ca.key)",
+                        args.ca_secret,
+                        args.namespace,
+                        args.ca_secret
+                    );
+                }
+            }
             let ca = CertificateAuthority::generate(
                 &args.cluster,
                 Validity::days_from_now(args.ca_days),

@@ -51,7 +51,7 @@ pub fn renew_at(files: &Files<'_>) -> SystemTime {
     };
     let wanted = Identity::new(files.cluster, Role::Agent, files.node).ok();
     let ours = certs::pki::leaf_info(&pem).ok().map(|(id, _)| id);
-    if ours.is_none() || ours != wanted || !files.key.is_file() {
+    if ours.is_none() || ours != wanted || !trusted_pair(files, &pem) {
         return now;
     }
     match certs::pki::validity_of(&pem) {
@@ -63,7 +63,8 @@ pub fn renew_at(files: &Files<'_>) -> SystemTime {
     }
 }
 
-/// Whether the files hold this node's agent certificate, not expired, and a key.
+/// Whether the files hold this node's agent certificate, not expired, signed by the CA in
+/// `--cacert` (a certificate of a replaced CA is useless), with its key.
 pub fn usable(files: &Files<'_>) -> bool {
     let Ok(pem) = std::fs::read_to_string(files.cert) else {
         return false;
@@ -72,7 +73,18 @@ pub fn usable(files: &Files<'_>) -> bool {
     matches!(
         certs::pki::leaf_info(&pem),
         Ok((id, not_after)) if Some(&id) == wanted.as_ref() && not_after > SystemTime::now()
-    ) && files.key.is_file()
+    ) && trusted_pair(files, &pem)
+}
+
+/// The certificate chains to `--cacert` (and is valid now), and the key is its key.
+fn trusted_pair(files: &Files<'_>, cert_pem: &str) -> bool {
+    let (Ok(ca), Ok(key)) = (
+        std::fs::read_to_string(files.ca),
+        std::fs::read_to_string(files.key),
+    ) else {
+        return false;
+    };
+    certs::tls::verify_issued_by(cert_pem, &ca).is_ok() && certs::pki::pair_matches(cert_pem, &key)
 }
 
 /// Gets a new certificate and writes key and certificate.
@@ -131,11 +143,13 @@ pub async fn keep_renewed(
             if let Some(tx) = ready.take() {
                 let _ = tx.send(());
             }
-            tokio::time::sleep(wait).await;
+            // Looked at again at least hourly: the wall clock may be set (NTP) meanwhile.
+            tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
             continue;
         }
         match renew(&bootstrap, &files.borrow()).await {
-            Ok(_) => {}
+            // Never back to back, even if this clock says the new one is already due.
+            Ok(_) => tokio::time::sleep(RETRY).await,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), url = %bootstrap.url, "agent certificate bootstrap failed; retrying");
                 tokio::time::sleep(RETRY).await;

@@ -227,4 +227,10 @@ async fn an_agent_gets_a_certificate_for_the_node_its_token_proves() {
     };
     assert!(renew_at(&other) <= SystemTime::now());
     assert!(!usable(&other));
+
+    // 5. After the CA is replaced, the old certificate is neither usable nor left until due.
+    let replaced = CertificateAuthority::generate("apps", Validity::days_from_now(30)).unwrap();
+    std::fs::write(files.ca, replaced.cert_pem()).unwrap();
+    assert!(!usable(&files));
+    assert!(renew_at(&files) <= SystemTime::now());
 }

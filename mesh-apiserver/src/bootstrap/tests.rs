@@ -60,6 +60,14 @@ fn tokens_are_refused_unless_valid_for_the_audience_from_an_allowed_account_and_
     ));
     assert!(matches!(refused("review-user.json"), Refusal::Forbidden(_)));
     assert!(matches!(
+        refused("review-no-audience.json"),
+        Refusal::Unauthenticated(m) if m.contains("not \"raftmesh\"")
+    ));
+    assert!(matches!(
+        refused("review-node-only.json"),
+        Refusal::Forbidden(m) if m.contains("not bound to a pod")
+    ));
+    assert!(matches!(
         refused("review-unbound.json"),
         Refusal::Forbidden(m) if m.contains("not bound to a pod")
     ));

@@ -183,3 +183,12 @@ fn a_ca_of_another_cluster_or_bad_windows_are_refused_and_an_old_ca_is_reported(
     assert_eq!(p.warnings.len(), 1, "{p:?}");
     assert!(p.warnings[0].contains("r1-ca expires within 30 days"));
 }
+
+#[test]
+fn leaves_without_their_ca_are_not_given_a_new_one() {
+    let now = SystemTime::now();
+    let mut secrets = stored(empty(), &plan(&args(), &empty(), now).unwrap());
+    secrets.insert("r1-ca".into(), None);
+    let err = plan(&args(), &secrets, now).unwrap_err().to_string();
+    assert!(err.contains("import the CA that issued it first"), "{err}");
+}
