@@ -411,18 +411,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "bootstrap listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
-        };
+    while let Some(stream) = crate::http::accept(&listener, &stop, "bootstrap").await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Full: closing now costs less than queueing; the agent retries.
             issuer.count("overloaded");

@@ -25,19 +25,29 @@ pub async fn serve(
     node: Arc<Node>,
     stop: CancellationToken,
 ) {
+    while let Some(stream) = accept(&listener, &stop, "metrics").await {
+        tokio::spawn(answer(stream, registry.clone(), node.clone()));
+    }
+}
+
+/// The next connection on `listener`, or `None` once `stop` is cancelled. A failed accept
+/// (out of file descriptors) is logged and retried after a pause.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &str,
+) -> Option<TcpStream> {
     loop {
-        let stream = tokio::select! {
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => return Some(stream),
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    tracing::warn!(error = %e, listener = what, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
                 }
             },
-            () = stop.cancelled() => return,
-        };
-        tokio::spawn(answer(stream, registry.clone(), node.clone()));
+            () = stop.cancelled() => return None,
+        }
     }
 }
 
