@@ -15,6 +15,13 @@
  * pol_from_pod (tcx ingress of the same veth: packets leaving the pod) records the UDP and
  * ICMP echo flows an enforced endpoint starts, in an LRU map.
  *
+ * Every decision on a new flow is also counted by (endpoint, source identity, verdict) in
+ * pol_verdicts, so an operator (and the tests) can see which identity a packet was judged as:
+ * a pod, another cluster's remote-node (traffic that was masqueraded on its way), or none.
+ *
+ * On kernels without tcx the same programs run as direct-action tc filters: TCX_NEXT and
+ * TC_ACT_UNSPEC are both -1 ("continue with the next program or filter").
+ *
  * Both return TCX_NEXT when they do not drop, so a CNI's programs on the same hook still run. */
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -101,6 +108,24 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, __u64);
 } pol_flows SEC(".maps");
+
+/* The verdicts of pol_verdicts (its key's third field). */
+#define VERDICT_ALLOWED 0
+#define VERDICT_DENIED 1
+#define VERDICT_UNKNOWN 2 /* the source has no identity (peer 0) */
+
+struct verdict_key {
+	__u32 endpoint;
+	__u32 peer;
+	__u32 verdict;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct verdict_key);
+	__type(value, __u64);
+} pol_verdicts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -189,6 +214,18 @@ static __always_inline struct ipcache_value *identity_of(__u32 ip)
 	return bpf_map_lookup_elem(&ipcache, &key);
 }
 
+static __always_inline void record(__u32 endpoint, __u32 peer, __u32 verdict)
+{
+	struct verdict_key key = { .endpoint = endpoint, .peer = peer, .verdict = verdict };
+	__u64 *n = bpf_map_lookup_elem(&pol_verdicts, &key);
+	if (n) {
+		*n += 1; /* per CPU: no other writer */
+	} else {
+		__u64 one = 1;
+		bpf_map_update_elem(&pol_verdicts, &key, &one, BPF_NOEXIST);
+	}
+}
+
 static __always_inline int allowed(__u32 endpoint, __u32 peer, __u16 port, __u8 proto)
 {
 	struct policy_key key = { .endpoint = endpoint, .peer = peer, .port = port, .proto = proto };
@@ -251,14 +288,17 @@ int pol_to_pod(struct __sk_buff *skb)
 	struct ipcache_value *src = identity_of(p.saddr);
 	if (!src) {
 		count(&pol_counters, POL_UNKNOWN_IDENTITY);
+		record(endpoint, 0, VERDICT_UNKNOWN);
 		return TC_ACT_SHOT;
 	}
 	__u16 port = p.proto == IPPROTO_ICMP ? 0 : p.dport;
 	if (!allowed(endpoint, src->identity, port, p.proto)) {
 		count(&pol_counters, POL_DENIED);
+		record(endpoint, src->identity, VERDICT_DENIED);
 		return TC_ACT_SHOT;
 	}
 	count(&pol_counters, POL_ALLOWED);
+	record(endpoint, src->identity, VERDICT_ALLOWED);
 	return TCX_NEXT;
 }
 

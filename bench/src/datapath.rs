@@ -273,7 +273,8 @@ fn run_blocking(args: DatapathArgs, command: String) -> Result<()> {
         }
     }
     let _unpin = Unpin(&pins);
-    let (_programs, mut maps, _) = Programs::install(&pins, cgroup.path())?;
+    let (_programs, mut maps, _) =
+        Programs::install(&pins, cgroup.path(), node_agent::datapath::AttachMode::Tcx)?;
     let bench = Bench {
         ns,
         client,

@@ -1518,7 +1518,9 @@ impl Lab {
                 let dir = self.pins(&c.name, &n.name);
                 if dir.exists() {
                     pins += 1;
-                    let _ = Command::new(&self.state.bins.node_agent)
+                    // In the node's namespace, as on a node: its tc filters, rules and
+                    // masquerade exemption are there.
+                    let _ = in_netns(&n.netns, &self.state.bins.node_agent)
                         .args(["--uninstall", "--wg-backend", "none", "--bpffs"])
                         .arg(&dir)
                         .output();

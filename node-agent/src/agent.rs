@@ -5,8 +5,9 @@
 //! first list arrives nothing is written, and a store that cannot be reached leaves the maps
 //! exactly as they were: the datapath never depends on the agent being up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,9 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::datapath::{self, KernelMaps, Pins, Programs};
+use crate::datapath::{self, Attached, KernelMaps, Pins, Programs};
 use crate::desired::{Local, stale};
-use crate::metrics::{ClusterLabel, Metrics, Reason};
+use crate::metrics::{BackendLabel, ClusterLabel, Health, Metrics, ModeLabel, Reason};
+use crate::podnet;
 use crate::reconcile::Reconciler;
 use crate::source::{self, Watch};
 use crate::state::{MeshState, Touched};
@@ -111,11 +113,13 @@ pub async fn run(
     let mut publisher = wg
         .as_ref()
         .map(|w| Publisher::new(&config.cluster, &config.node, *w.public_key(), w.port()));
-    let (mut programs, mut kernel, report) = Programs::install(&pins, &config.cgroup_root)?;
+    let (mut programs, mut kernel, report) =
+        Programs::install(&pins, &config.cgroup_root, config.attach)?;
     record_cgroup(&config)?;
     tracing::info!(
         bpffs = %config.bpffs.display(),
         cgroup = %config.cgroup_root.display(),
+        policy_attach = config.attach.name(),
         adopted = ?report.adopted,
         attached = ?report.attached,
         "datapath installed"
@@ -138,16 +142,31 @@ pub async fn run(
     let mut reconciler = Reconciler::adopt(applied);
 
     let (metrics, registry) = Metrics::new();
+    metrics
+        .policy_attach
+        .get_or_create(&ModeLabel {
+            mode: config.attach.name().to_owned(),
+        })
+        .set(1);
+    if let (Some(w), Some(c)) = (wg.as_ref(), config.wg.as_ref()) {
+        metrics
+            .wg_backend
+            .get_or_create(&BackendLabel {
+                backend: w.backend().to_owned(),
+                fallback: c.kernel_refused.is_some().to_string(),
+            })
+            .set(1);
+    }
     metrics.tables(reconciler.applied());
     if let Ok(c) = kernel.counters() {
         metrics.counters(c);
     }
-    let (healthy_tx, healthy_rx) = watch::channel(false);
+    let (health_tx, health_rx) = watch::channel(Health::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(crate::metrics::serve(
         metrics_listener,
         Arc::new(registry),
-        healthy_rx,
+        health_rx,
         stop_rx,
     ));
 
@@ -166,7 +185,10 @@ pub async fn run(
         state: MeshState::default(),
         stale: BTreeSet::new(),
         interfaces: BTreeSet::new(),
-        healthy: healthy_tx,
+        attach_failures: BTreeMap::new(),
+        behind: BTreeMap::new(),
+        unenforced: BTreeMap::new(),
+        health: health_tx,
         retry: false,
         endpoint: first_endpoint(&config.node, config.endpoints.len()),
         established: false,
@@ -207,7 +229,15 @@ struct Agent<'a> {
     stale: BTreeSet<String>,
     /// Pod interfaces (name, index) with the policy programs.
     interfaces: BTreeSet<(String, u32)>,
-    healthy: watch::Sender<bool>,
+    /// Pod interfaces the programs could not be attached to, with the error (logged once
+    /// per interface and error, retried every scan).
+    attach_failures: BTreeMap<(String, u32), String>,
+    /// tc mode: interfaces where another filter runs before ours, and which.
+    behind: BTreeMap<String, String>,
+    /// This node's pod addresses no interface with the policy programs leads to, and why.
+    unenforced: BTreeMap<Ipv4Addr, String>,
+    /// What `/healthz` says.
+    health: watch::Sender<Health>,
     /// A map write failed: the next tick reconciles everything.
     retry: bool,
     /// The index of the endpoint the next session tries first.
@@ -299,7 +329,7 @@ impl Agent<'_> {
                     writes,
                     "listed the store and programmed the maps"
                 );
-                let _ = self.healthy.send(true);
+                self.health.send_modify(|h| h.programmed = true);
                 self.reconcile_wg();
                 [revision, revision]
             }
@@ -432,7 +462,7 @@ impl Agent<'_> {
     /// Once a second: pod interfaces, remote staleness, counters, and a retry of failed writes.
     fn tick(&mut self) -> Result<(), Error> {
         self.scan_interfaces()?;
-        if std::mem::take(&mut self.retry) && *self.healthy.borrow() {
+        if std::mem::take(&mut self.retry) && self.programmed() {
             self.reconcile(&Touched::everything(), Instant::now())?;
         }
         let stale = self.stale_now();
@@ -451,7 +481,7 @@ impl Agent<'_> {
                 );
             }
             self.stale = stale;
-            if *self.healthy.borrow() {
+            if self.programmed() {
                 let touched = Touched {
                     all_services: true,
                     ..Touched::default()
@@ -471,45 +501,171 @@ impl Agent<'_> {
         if let Some(wg) = self.wg.as_deref_mut() {
             wg.tick(&self.state, &self.local, &self.metrics, now_ms());
         }
+        self.report_health();
         Ok(())
     }
 
-    /// Attaches the policy programs to new pod interfaces and unpins links of gone ones.
-    fn scan_interfaces(&mut self) -> Result<(), Error> {
-        let present: BTreeSet<(String, u32)> = match nix::net::if_::if_nameindex() {
-            Ok(list) => list
+    /// Whether the maps have been programmed from the store.
+    fn programmed(&self) -> bool {
+        self.health.borrow().programmed
+    }
+
+    /// Sets `/healthz` (and the degraded gauge) from what is wrong now, logging changes.
+    fn report_health(&mut self) {
+        let mut degraded = BTreeMap::new();
+        if !self.unenforced.is_empty() {
+            let examples: Vec<String> = self
+                .unenforced
                 .iter()
-                .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
-                .filter(|(name, _)| {
-                    self.config
-                        .pod_interface_prefixes
-                        .iter()
-                        .any(|p| name.starts_with(p.as_str()))
-                })
-                .collect(),
+                .take(3)
+                .map(|(ip, why)| format!("{ip} ({why})"))
+                .collect();
+            degraded.insert(
+                "policy",
+                format!(
+                    "{} pod address(es) of this node have no interface enforcing policy: {}{}",
+                    self.unenforced.len(),
+                    examples.join("; "),
+                    if self.unenforced.len() > 3 {
+                        "; …"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        if !self.behind.is_empty() {
+            let (interface, front) = self.behind.iter().next().expect("not empty");
+            degraded.insert(
+                "policy-order",
+                format!(
+                    "on {} interface(s) another tc filter runs before the policy filter (e.g. {interface}: {front})",
+                    self.behind.len()
+                ),
+            );
+        }
+        if let Some(problem) = self.wg.as_deref().and_then(|w| w.problem.clone()) {
+            degraded.insert("tunnel", problem);
+        }
+        if self.health.borrow().degraded == degraded {
+            return;
+        }
+        for (component, why) in &degraded {
+            if self.health.borrow().degraded.get(component) != Some(why) {
+                tracing::warn!(component, "degraded: {why}");
+            }
+        }
+        for component in self.health.borrow().degraded.keys() {
+            if !degraded.contains_key(component) {
+                tracing::info!(component, "no longer degraded");
+            }
+        }
+        self.metrics.degraded.set(i64::from(!degraded.is_empty()));
+        self.health.send_modify(|h| h.degraded = degraded);
+    }
+
+    /// Finds the pod interfaces (by what they are), makes sure each has the policy programs,
+    /// unpins links of gone ones, and counts this node's pods that no interface with the
+    /// programs leads to.
+    fn scan_interfaces(&mut self) -> Result<(), Error> {
+        let links = match podnet::links() {
+            Ok(l) => l,
             Err(e) => {
                 tracing::warn!("listing interfaces: {e}");
                 return Ok(());
             }
         };
-        for (name, index) in present.difference(&self.interfaces.clone()) {
+        let present = podnet::pod_interfaces(&links, &self.config.pod_interface_prefixes);
+        let mut enforcing = BTreeSet::new();
+        for (name, index) in &present {
+            let key = (name.clone(), *index);
             match self.programs.attach_interface(name, *index) {
-                Ok(true) => tracing::info!(interface = %name, "policy programs attached"),
-                Ok(false) => {}
-                // The interface may have gone between the listing and the attach.
+                Ok(outcome) => {
+                    if outcome == Attached::Changed {
+                        tracing::info!(
+                            interface = %name,
+                            mode = self.programs.mode().name(),
+                            "policy programs attached"
+                        );
+                    }
+                    if self.attach_failures.remove(&key).is_some() {
+                        tracing::info!(interface = %name, "policy programs attached after failures");
+                    }
+                    match outcome {
+                        Attached::Behind(front) => {
+                            if self.behind.get(name) != Some(&front) {
+                                tracing::warn!(interface = %name, "another tc filter runs before the policy filter: {front}");
+                            }
+                            self.behind.insert(name.clone(), front);
+                        }
+                        _ => {
+                            self.behind.remove(name);
+                        }
+                    }
+                    enforcing.insert(key);
+                }
+                // The interface may have gone between the listing and the attach; a kernel
+                // that refuses is counted and reported (its pods are unenforced).
                 Err(e) => {
-                    tracing::warn!(interface = %name, "attaching policy programs: {e}");
-                    continue;
+                    let text = e.to_string();
+                    if self.attach_failures.get(&key) != Some(&text) {
+                        tracing::warn!(interface = %name, "attaching policy programs: {text}");
+                        self.metrics.attach_errors.inc();
+                    }
+                    self.attach_failures.insert(key, text);
                 }
             }
-            self.interfaces.insert((name.clone(), *index));
         }
-        self.interfaces.retain(|i| present.contains(i));
+        self.attach_failures.retain(|k, _| present.contains(k));
+        self.behind
+            .retain(|name, _| present.iter().any(|(n, _)| n == name));
+        self.interfaces = enforcing;
         for gone in self.programs.sweep_interfaces(&present)? {
             tracing::info!(interface = %gone, "interface gone: its links unpinned");
         }
         self.metrics.interfaces.set(self.interfaces.len() as i64);
+        self.check_enforcement(&links);
+        self.report_health();
         Ok(())
+    }
+
+    /// Finds this node's pod addresses (from the store) that no interface with the policy
+    /// programs leads to.
+    fn check_enforcement(&mut self, links: &[podnet::Link]) {
+        let pods = self.local_pods();
+        let unenforced = if pods.is_empty() {
+            BTreeMap::new()
+        } else {
+            match podnet::main_routes() {
+                Ok(routes) => {
+                    let enforcing: BTreeSet<u32> =
+                        self.interfaces.iter().map(|(_, i)| *i).collect();
+                    podnet::unenforced(&pods, &routes, links, &enforcing)
+                }
+                Err(e) => {
+                    tracing::warn!("listing routes: {e}");
+                    return;
+                }
+            }
+        };
+        self.metrics.pods_unenforced.set(unenforced.len() as i64);
+        self.unenforced = unenforced;
+    }
+
+    /// This node's pod addresses, by the store: this cluster's ipcache entries placed on one of
+    /// this node's addresses, other than those addresses themselves (host-network pods).
+    fn local_pods(&self) -> BTreeSet<Ipv4Addr> {
+        let Some(c) = self.state.clusters.get(&self.local.cluster) else {
+            return BTreeSet::new();
+        };
+        let Some(node) = c.nodes.get(&self.local.node) else {
+            return BTreeSet::new();
+        };
+        c.ipcache
+            .iter()
+            .filter(|(ip, pod)| node.ips.contains(&pod.node) && !node.ips.contains(ip))
+            .map(|(ip, _)| *ip)
+            .collect()
     }
 }
 

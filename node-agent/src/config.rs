@@ -56,12 +56,36 @@ pub struct Flags {
     /// no other backend is ready (e.g. `30s`, `500ms`, `2m`).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub remote_stale_after: Duration,
-    /// Name prefixes of pod interfaces (host side of the pod veths) that get the policy
-    /// programs: `lxc` for Cilium, `eni` for the AWS VPC CNI.
-    #[arg(long, value_delimiter = ',', default_value = "lxc,eni")]
+    /// Extra name prefixes of pod interfaces that get the policy programs. Pod interfaces are
+    /// found by what they are — the host side of every veth whose peer is in another network
+    /// namespace and that holds no address (Cilium's `lxc…`, the VPC CNI's `eni…`, Flannel's
+    /// and Calico's `veth…`/`cali…`) — so this is only for pod links of other kinds.
+    #[arg(long, value_delimiter = ',')]
     pub pod_interface_prefix: Vec<String>,
-    /// WireGuard: `kernel` (the module), `userspace` (boringtun over its UAPI socket), `auto`
-    /// (the kernel where the module is loaded, else userspace) or `none` (no tunnels: the
+    /// How the policy programs attach to pod interfaces: `tcx` (Linux 6.6+: BPF links, pinned),
+    /// `tc` (a clsact qdisc and direct-action filters at a fixed priority and handle, for older
+    /// kernels such as EKS AL2023's 6.1), or `auto` (tcx where the kernel has it, else tc).
+    #[arg(long, value_enum, default_value_t = PolicyAttach::Auto)]
+    pub policy_attach: PolicyAttach,
+    /// Keep pod traffic to other clusters' pods from being masqueraded by the CNI (Flannel's
+    /// `--ip-masq`, the VPC CNI's AWS-SNAT-CHAIN, ip-masq-agent, Cilium's iptables
+    /// masquerade): `nftables` puts a no-op SNAT for that traffic in the agent's own table
+    /// (`ip raftmesh`) at a priority ahead of every masquerading rule, iptables or nftables;
+    /// `off` leaves masquerading alone (the remote then sees the node, not the pod).
+    #[arg(long, value_enum, default_value_t = MasqExemption::Nftables)]
+    pub masquerade_exemption: MasqExemption,
+    /// The nft program (nftables' command-line tool) for --masquerade-exemption nftables.
+    #[arg(long, default_value = "nft")]
+    pub nft_program: PathBuf,
+    /// The priority of the agent's `ip rule to <remote pod CIDR> lookup main` rules, which
+    /// send traffic to other clusters through the tunnel also from pods whose own rules pick
+    /// another table (the VPC CNI's `from <pod> lookup <ENI table>` at 1536). Below every such
+    /// rule: Cilium's ENI mode uses 110 and up.
+    #[arg(long, default_value_t = 100)]
+    pub rule_priority: u32,
+    /// WireGuard: `kernel` (the module; the kernel loads it on demand when the interface is
+    /// created, as on EKS AL2023), `userspace` (boringtun over its UAPI socket), `auto` (the
+    /// kernel's if creating the interface works, else userspace) or `none` (no tunnels: the
     /// datapath only).
     #[arg(long, value_enum, default_value_t = WgBackend::Auto)]
     pub wg_backend: WgBackend,
@@ -88,10 +112,30 @@ pub struct Flags {
     pub log_level: String,
 }
 
+/// `--policy-attach`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyAttach {
+    /// tcx where the kernel has it (6.6+), else tc.
+    Auto,
+    /// tcx links (Linux 6.6+).
+    Tcx,
+    /// A clsact qdisc and direct-action cls_bpf filters.
+    Tc,
+}
+
+/// `--masquerade-exemption`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MasqExemption {
+    /// The agent's own nftables table.
+    Nftables,
+    /// None.
+    Off,
+}
+
 /// `--wg-backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WgBackend {
-    /// The kernel's where the module is loaded, else userspace.
+    /// The kernel's if its interface can be created, else userspace.
     Auto,
     /// The kernel module.
     Kernel,
@@ -126,6 +170,8 @@ pub struct Config {
     pub remote_stale_after: Duration,
     /// `--pod-interface-prefix`.
     pub pod_interface_prefixes: Vec<String>,
+    /// `--policy-attach`, resolved against this kernel.
+    pub attach: crate::datapath::AttachMode,
     /// WireGuard, unless `--wg-backend none`.
     pub wg: Option<WgConfig>,
 }
@@ -265,8 +311,17 @@ impl Config {
                 "an empty prefix would match every interface",
             ));
         }
+        if !(1..=32_765).contains(&flags.rule_priority) {
+            return Err(bad(
+                "rule-priority",
+                "must be 1 to 32765 (0 is the local table's, 32766 and 32767 main's and default's)",
+            ));
+        }
+        let attach = crate::datapath::AttachMode::resolve(flags.policy_attach)
+            .map_err(|e| bad("policy-attach", e))?;
         let wg = wg_config(flags)?;
         Ok(Config {
+            attach,
             bootstrap,
             wg,
             bpffs: flags.bpffs.clone().unwrap_or_else(|| default_bpffs(&node)),
@@ -283,27 +338,21 @@ impl Config {
     }
 }
 
-/// The WireGuard interface the flags name (also for `node-agent wg` and `--uninstall`), or
-/// `None` with `--wg-backend none`.
+/// The WireGuard interface the flags name, or `None` with `--wg-backend none`. `auto` is
+/// decided when the agent starts ([`crate::wg::device::Interface::resolve`]); for
+/// `node-agent wg` and `--uninstall` it is whatever exists: a userspace socket, else a link.
 pub fn wg_interface(flags: &Flags) -> Result<Option<Interface>, ConfigError> {
-    let userspace = match flags.wg_backend {
-        WgBackend::None => return Ok(None),
-        WgBackend::Kernel => {
-            if !device::kernel_available() {
-                return Err(bad(
-                    "wg-backend",
-                    "kernel: this kernel has no wireguard module loaded (use userspace or auto)",
-                ));
-            }
-            None
-        }
-        WgBackend::Auto if device::kernel_available() => None,
-        WgBackend::Auto | WgBackend::Userspace => Some(Userspace {
-            program: flags.wg_userspace_program.clone(),
-            log: flags.state_dir.join("boringtun.log"),
-        }),
+    let userspace = Userspace {
+        program: flags.wg_userspace_program.clone(),
+        log: flags.state_dir.join("boringtun.log"),
     };
-    Interface::new(&flags.wg_interface, userspace)
+    let choice = match flags.wg_backend {
+        WgBackend::None => return Ok(None),
+        WgBackend::Kernel => device::Choice::Kernel,
+        WgBackend::Userspace => device::Choice::Userspace(userspace),
+        WgBackend::Auto => device::Choice::Auto(userspace),
+    };
+    Interface::new(&flags.wg_interface, choice)
         .map(Some)
         .map_err(|e| bad("wg-interface", e.to_string()))
 }
@@ -323,6 +372,12 @@ fn wg_config(flags: &Flags) -> Result<Option<WgConfig>, ConfigError> {
         port: flags.wg_port,
         mtu: flags.wg_mtu,
         intra_cluster: flags.wg_intra_cluster,
+        masq: match flags.masquerade_exemption {
+            MasqExemption::Nftables => Some(flags.nft_program.clone()),
+            MasqExemption::Off => None,
+        },
+        rule_priority: flags.rule_priority,
+        kernel_refused: None,
     }))
 }
 

@@ -7,8 +7,11 @@
 //! pin is reused, so the maps keep their contents), adopts every link that is already pinned
 //! instead of attaching again, and attaches only what is missing.
 //!
-//! The cgroup programs attach in multi mode (`BPF_F_ALLOW_MULTI`), beside a CNI's own; the tc
-//! programs attach with tcx, which chains programs, and return `TCX_NEXT` unless they drop.
+//! The cgroup programs attach in multi mode (`BPF_F_ALLOW_MULTI`), beside a CNI's own. The
+//! policy programs attach to pod interfaces in one of two modes ([`AttachMode`]): tcx links
+//! (Linux 6.6+), first in the interface's chain and pinned like the cgroup links, or, on older
+//! kernels, legacy tc filters on a clsact qdisc ([`tc`]). Either way they return `TCX_NEXT`
+//! (`TC_ACT_UNSPEC`, the same value) unless they drop, so a CNI's programs still run.
 //!
 //! Program upgrades: aya 0.14 cannot replace the program of a pinned cgroup link, and an
 //! adopted link keeps the program it was created with. A new program version is rolled out by
@@ -22,11 +25,14 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
-use aya::programs::tc::TcAttachOptions;
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
+use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
+
+pub mod tc;
 
 use crate::maps::{
     self, Backend, Frontend, IpInfo, Prefix, Rule, Tables, backend_key, backend_of, backend_value,
@@ -59,6 +65,69 @@ pub const CGROUP_PROGRAMS: [&str; 4] = [
 pub const TO_POD: &str = "pol_to_pod";
 /// The policy program on packets leaving a pod (host-side veth ingress).
 pub const FROM_POD: &str = "pol_from_pod";
+
+/// How the policy programs attach to pod interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// tcx links (Linux 6.6+), pinned.
+    Tcx,
+    /// Legacy tc: a clsact qdisc and direct-action cls_bpf filters ([`tc`]).
+    Tc,
+}
+
+/// The first kernel with tcx (BPF_TCX_INGRESS/EGRESS links, Linux commit e420bed02507).
+const TCX_SINCE: (u8, u8) = (6, 6);
+
+impl AttachMode {
+    /// `--policy-attach` on this kernel: `auto` is tcx from Linux 6.6 on (older kernels
+    /// refuse a tcx link with EINVAL), else tc; `tcx` is refused on an older kernel.
+    pub fn resolve(flag: crate::config::PolicyAttach) -> Result<AttachMode, String> {
+        use crate::config::PolicyAttach;
+        let kernel = KernelVersion::current().map_err(|e| format!("the kernel's version: {e}"));
+        let has_tcx = || {
+            kernel
+                .as_ref()
+                .map(|k| *k >= KernelVersion::new(TCX_SINCE.0, TCX_SINCE.1, 0))
+        };
+        match flag {
+            PolicyAttach::Tc => Ok(AttachMode::Tc),
+            PolicyAttach::Auto => Ok(if has_tcx().unwrap_or(false) {
+                AttachMode::Tcx
+            } else {
+                AttachMode::Tc
+            }),
+            PolicyAttach::Tcx => match has_tcx() {
+                Ok(true) => Ok(AttachMode::Tcx),
+                Ok(false) => Err(format!(
+                    "tcx needs Linux {}.{} or later; this kernel is {:?} (use tc or auto)",
+                    TCX_SINCE.0,
+                    TCX_SINCE.1,
+                    kernel.as_ref().map(|k| k.code())
+                )),
+                Err(e) => Err(e.clone()),
+            },
+        }
+    }
+
+    /// `tcx` or `tc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Tc => "tc",
+        }
+    }
+}
+
+/// What [`Programs::attach_interface`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// Both programs were in place, first.
+    Kept,
+    /// Something was attached (or moved to the front).
+    Changed,
+    /// In place, but another filter runs before ours (it may end the chain first): which.
+    Behind(String),
+}
 
 /// bpffs's magic number (statfs `f_type`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -246,12 +315,18 @@ pub struct Programs {
     pins: Pins,
     _lb: Ebpf,
     pol: Ebpf,
+    mode: AttachMode,
 }
 
 impl Programs {
     /// Loads both objects with their maps pinned under `pins`, and attaches the socket
-    /// programs to `cgroup` unless their links are pinned already.
-    pub fn install(pins: &Pins, cgroup: &Path) -> Result<(Programs, KernelMaps, InstallReport)> {
+    /// programs to `cgroup` unless their links are pinned already. Pod interfaces get the
+    /// policy programs in `mode`.
+    pub fn install(
+        pins: &Pins,
+        cgroup: &Path,
+        mode: AttachMode,
+    ) -> Result<(Programs, KernelMaps, InstallReport)> {
         pins.create()?;
         let mut report = InstallReport::default();
         let mut lb = load("sock_lb", &SOCK_LB.bytes, &maps::LB_MAPS, pins)?;
@@ -296,15 +371,54 @@ impl Programs {
                 pins: pins.clone(),
                 _lb: lb,
                 pol,
+                mode,
             },
             maps,
             report,
         ))
     }
 
-    /// Attaches the policy programs to pod interface `name` (index `index`) unless pinned
-    /// links for it exist. Returns whether it attached.
-    pub fn attach_interface(&mut self, name: &str, index: u32) -> Result<bool> {
+    /// How the policy programs attach.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    fn policy_program(&mut self, program_name: &str) -> Result<&mut SchedClassifier> {
+        self.pol
+            .program_mut(program_name)
+            .ok_or_else(|| Error::Missing(format!("program {program_name}")))?
+            .try_into()
+            .map_err(program_err("typing", program_name))
+    }
+
+    /// Makes sure the policy programs are attached to pod interface `name` (index `index`),
+    /// first in its chain: in tcx mode, unless pinned links for it exist; in tc mode, checking
+    /// the interface's filters every time (they are not pinned, and other agents add theirs).
+    /// After attaching in one mode, removes what an earlier start in the other mode left.
+    pub fn attach_interface(&mut self, name: &str, index: u32) -> Result<Attached> {
+        let outcome = match self.mode {
+            AttachMode::Tcx => self.attach_tcx(name, index)?,
+            AttachMode::Tc => self.attach_tc(name, index)?,
+        };
+        if outcome == Attached::Changed {
+            match self.mode {
+                AttachMode::Tcx => {
+                    detach_tc_filters(name, index)?;
+                }
+                AttachMode::Tc => {
+                    for suffix in ["egress", "ingress"] {
+                        let pin = self.pins.link(&tc_link_name(name, index, suffix));
+                        if pin.exists() {
+                            fs::remove_file(&pin).map_err(io("removing", &pin))?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn attach_tcx(&mut self, name: &str, index: u32) -> Result<Attached> {
         let mut attached = false;
         for (program_name, direction, suffix) in [
             (TO_POD, TcAttachType::Egress, "egress"),
@@ -314,12 +428,7 @@ impl Programs {
             if pin.exists() {
                 continue;
             }
-            let program: &mut SchedClassifier = self
-                .pol
-                .program_mut(program_name)
-                .ok_or_else(|| Error::Missing(format!("program {program_name}")))?
-                .try_into()
-                .map_err(program_err("typing", program_name))?;
+            let program = self.policy_program(program_name)?;
             // First in the tcx chain: a CNI's program that redirects or returns TCX_PASS ends
             // the chain, and policy must have been applied by then.
             let first = TcAttachOptions::TcxOrder(LinkOrder::first());
@@ -335,7 +444,86 @@ impl Programs {
             pin_link(link, &pin)?;
             attached = true;
         }
-        Ok(attached)
+        Ok(if attached {
+            Attached::Changed
+        } else {
+            Attached::Kept
+        })
+    }
+
+    fn attach_tc(&mut self, name: &str, index: u32) -> Result<Attached> {
+        let tc_err = |op: &'static str| {
+            let name = name.to_owned();
+            move |e: std::io::Error| Error::Program {
+                op,
+                program: format!("policy filters of {name}"),
+                reason: e.to_string(),
+            }
+        };
+        match aya::programs::tc::qdisc_add_clsact(name) {
+            Ok(()) => tracing::debug!(interface = name, "clsact qdisc added"),
+            Err(aya::programs::tc::TcError::NetlinkError(e))
+                if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
+            Err(e) => {
+                return Err(Error::Program {
+                    op: "adding a clsact qdisc to",
+                    program: name.to_owned(),
+                    reason: chain(&e),
+                });
+            }
+        }
+        let mut outcome = Attached::Kept;
+        for (program_name, attach, direction) in [
+            (TO_POD, TcAttachType::Egress, tc::Direction::Egress),
+            (FROM_POD, TcAttachType::Ingress, tc::Direction::Ingress),
+        ] {
+            let filters = tc::list(index, direction).map_err(tc_err("listing"))?;
+            let (add, old) = match tc::plan(&filters, program_name) {
+                tc::Plan::Keep => {
+                    if let Some(front) = filters.first().filter(|f| !f.is_ours(program_name)) {
+                        outcome = Attached::Behind(format!(
+                            "{} filter {:?} at priority {} handle {:#x}",
+                            front.kind,
+                            front.name.as_deref().unwrap_or(""),
+                            front.priority,
+                            front.handle
+                        ));
+                    }
+                    continue;
+                }
+                tc::Plan::Add(handle) => (handle, None),
+                tc::Plan::MoveToFront(handle, old) => (handle, Some(old)),
+            };
+            let program = self.policy_program(program_name)?;
+            let options = TcAttachOptions::Netlink(NlOptions {
+                priority: tc::PRIORITY,
+                handle: TcHandle::from(add),
+                classid: None,
+            });
+            let id = program
+                .attach_with_options(name, attach, options)
+                .map_err(program_err(
+                    "attaching",
+                    &format!("{program_name} to {name}"),
+                ))?;
+            let link = program
+                .take_link(id)
+                .map_err(program_err("taking", program_name))?;
+            // The filter holds the program; dropping the link would delete the filter.
+            std::mem::forget(link);
+            if let Some(old) = old {
+                detach_filter(name, attach, old)?;
+                tracing::info!(
+                    interface = name,
+                    program = program_name,
+                    "another filter had been added ahead of ours: ours moved back to the front"
+                );
+            }
+            if outcome == Attached::Kept {
+                outcome = Attached::Changed;
+            }
+        }
+        Ok(outcome)
     }
 
     /// Unpins the tc links of interfaces that are gone (their links are defunct already).
@@ -357,6 +545,92 @@ impl Programs {
         swept.dedup();
         Ok(swept)
     }
+}
+
+/// Deletes our filter with `handle` on `attach` of interface `name`.
+fn detach_filter(name: &str, attach: TcAttachType, handle: u32) -> Result<()> {
+    let link =
+        SchedClassifierLink::attached(name, attach, tc::PRIORITY, TcHandle::from(handle), None)
+            .map_err(io("finding", Path::new(name)))?;
+    aya::programs::Link::detach(link)
+        .map_err(program_err("detaching", &format!("the filter on {name}")))
+}
+
+/// Deletes our legacy tc filters from interface `name` (index `index`). Returns how many.
+pub fn detach_tc_filters(name: &str, index: u32) -> Result<usize> {
+    let mut removed = 0;
+    for (program_name, attach, direction) in [
+        (TO_POD, TcAttachType::Egress, tc::Direction::Egress),
+        (FROM_POD, TcAttachType::Ingress, tc::Direction::Ingress),
+    ] {
+        let filters = tc::list(index, direction).map_err(|e| Error::Program {
+            op: "listing",
+            program: format!("tc filters of {name}"),
+            reason: e.to_string(),
+        })?;
+        for f in filters.iter().filter(|f| f.is_ours(program_name)) {
+            detach_filter(name, attach, f.handle)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Deletes our legacy tc filters from every interface of this network namespace
+/// (`--uninstall`). Returns the interfaces they were on.
+pub fn uninstall_tc_filters() -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let interfaces = nix::net::if_::if_nameindex().map_err(|e| Error::Io {
+        op: "listing interfaces",
+        path: PathBuf::from("/sys/class/net"),
+        source: e.into(),
+    })?;
+    for i in interfaces.iter() {
+        let name = i.name().to_string_lossy().into_owned();
+        if detach_tc_filters(&name, i.index())? > 0 {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Where the policy programs are attached in this network namespace: (interface, mode) for
+/// every pinned tcx link pair under `pins` and every interface with our tc filters.
+pub fn attachments(pins: &Pins) -> Vec<(String, AttachMode)> {
+    let mut out = BTreeSet::new();
+    for entry in fs::read_dir(pins.links()).into_iter().flatten().flatten() {
+        if let Some((name, _)) = parse_tc_link_name(&entry.file_name().to_string_lossy()) {
+            out.insert((name, "tcx"));
+        }
+    }
+    if let Ok(interfaces) = nix::net::if_::if_nameindex() {
+        for i in interfaces.iter() {
+            let ours = [
+                (TO_POD, tc::Direction::Egress),
+                (FROM_POD, tc::Direction::Ingress),
+            ]
+            .iter()
+            .any(|(program, direction)| {
+                tc::list(i.index(), *direction)
+                    .is_ok_and(|fs| fs.iter().any(|f| f.is_ours(program)))
+            });
+            if ours {
+                out.insert((i.name().to_string_lossy().into_owned(), "tc"));
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(name, mode)| {
+            (
+                name,
+                if mode == "tc" {
+                    AttachMode::Tc
+                } else {
+                    AttachMode::Tcx
+                },
+            )
+        })
+        .collect()
 }
 
 /// The pin name of a tc link: `tc-<ifindex>-<ifname>-<egress|ingress>`.
@@ -421,6 +695,7 @@ pub struct KernelMaps {
     rules: HashMap<MapData, [u8; 12], u32>,
     lb_counters: PerCpuArray<MapData, u64>,
     pol_counters: PerCpuArray<MapData, u64>,
+    verdicts: PerCpuHashMap<MapData, [u8; 12], u64>,
 }
 
 impl std::fmt::Debug for KernelMaps {
@@ -484,7 +759,26 @@ impl KernelMaps {
             pol_counters: get(maps::POL_COUNTERS)?
                 .try_into()
                 .map_err(map_err(maps::POL_COUNTERS))?,
+            verdicts: get(maps::POL_VERDICTS)?
+                .try_into()
+                .map_err(map_err(maps::POL_VERDICTS))?,
         })
+    }
+
+    /// The verdicts on new flows, summed over CPUs, most flows first.
+    pub fn verdicts(&self) -> Result<Vec<maps::Verdict>> {
+        let mut out = Vec::new();
+        for item in self.verdicts.iter() {
+            let (k, values) = item.map_err(map_err(maps::POL_VERDICTS))?;
+            out.push(maps::verdict_of(&k, values.iter().sum()));
+        }
+        out.sort_by(|a, b| {
+            b.flows
+                .cmp(&a.flows)
+                .then(a.endpoint.cmp(&b.endpoint))
+                .then(a.peer.cmp(&b.peer))
+        });
+        Ok(out)
     }
 
     /// What the maps hold, and the backend slots no count reaches (left by an agent that

@@ -3,7 +3,8 @@
 //! The agent watches its own cluster's API server (`mesh/v1/`, which holds this cluster's
 //! records and every connected remote's mirrored ones, and `mesh/status/remotes/`), and
 //! programs eBPF maps: socket load balancing for global services (cgroup connect4, sendmsg4,
-//! recvmsg4, getpeername4) and identity policy on traffic to pods (tcx on the pod veths). Maps
+//! recvmsg4, getpeername4) and identity policy on traffic to pods (tcx, or tc on kernels before
+//! 6.6, on the pod veths). Maps
 //! and links are pinned, so the datapath keeps working while the agent restarts, and a
 //! restarted agent adopts them and writes only the difference. See DESIGN.md, "Datapath".
 //!
@@ -14,14 +15,17 @@
 //! - [`maps`]: the maps' names and the byte layout of keys and values (an ABI with
 //!   `ebpf/*.bpf.c`), and the decoded [`maps::Tables`].
 //! - [`reconcile`]: desired vs applied → writes, never removing on a partial view.
-//! - [`datapath`]: loading, attaching, adopting and uninstalling with aya; the maps as a
-//!   [`reconcile::Programmer`].
+//! - [`datapath`]: loading, attaching (tcx, or legacy tc on older kernels), adopting and
+//!   uninstalling with aya; the maps as a [`reconcile::Programmer`].
+//! - [`podnet`]: pod interfaces found by what they are (veths to other namespaces), and the
+//!   pod addresses no interface with the policy programs leads to.
 //! - [`source`]: list and watch of the API server.
 //! - [`bootstrap`]: the agent certificate from the API server for a ServiceAccount token.
 //! - [`agent`]: the loop tying them together ([`agent::run`]).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`show`]: `node-agent maps` and `node-agent wg`.
-//! - [`wg`]: the WireGuard mesh to the nodes of every other cluster.
+//! - [`wg`]: the WireGuard mesh to the nodes of every other cluster, with the routing rules and
+//!   the masquerade exemption that keep pod traffic to other clusters in it, unmasqueraded.
 
 pub mod agent;
 pub mod bootstrap;
@@ -30,6 +34,7 @@ pub mod datapath;
 pub mod desired;
 pub mod maps;
 pub mod metrics;
+pub mod podnet;
 pub mod reconcile;
 pub mod show;
 pub mod source;

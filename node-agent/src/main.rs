@@ -25,7 +25,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the pinned maps decoded (services, backends, ipcache, policy, counters).
+    /// Print the pinned maps decoded (services, backends, ipcache, policy, verdicts on new
+    /// flows by source identity, counters) and how the policy programs are attached to this
+    /// namespace's interfaces (tcx or tc).
     Maps {
         /// The pin directory [default: /sys/fs/bpf/raftmesh/<--node>].
         #[arg(long)]
@@ -150,16 +152,14 @@ fn main() -> ExitCode {
             }
         };
         return match node_agent::show::read(&Pins::new(&dir)) {
-            Ok((tables, counters)) => {
+            Ok(shown) => {
                 match output {
                     Output::Json => println!(
                         "{}",
-                        serde_json::to_string_pretty(&node_agent::show::to_json(
-                            &tables, &counters
-                        ))
-                        .expect("json")
+                        serde_json::to_string_pretty(&node_agent::show::to_json(&shown))
+                            .expect("json")
                     ),
-                    Output::Table => print!("{}", node_agent::show::to_table(&tables, &counters)),
+                    Output::Table => print!("{}", node_agent::show::to_table(&shown)),
                 }
                 ExitCode::SUCCESS
             }
@@ -189,6 +189,20 @@ fn main() -> ExitCode {
             Ok(None) => {}
             Err(e) => eprintln!("node-agent --uninstall: WireGuard left alone: {e}"),
         }
+        match node_agent::datapath::uninstall_tc_filters() {
+            Ok(interfaces) if !interfaces.is_empty() => println!(
+                "removed the policy tc filters from {}",
+                interfaces.join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("node-agent --uninstall: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        for what in node_agent::wg::Wg::uninstall_plumbing(Some(&cli.flags.nft_program)) {
+            println!("removed {what}");
+        }
         return match Pins::new(&dir).uninstall() {
             Ok(removed) => {
                 println!(
@@ -212,13 +226,25 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let config = match Config::validate(&cli.flags) {
+    let mut config = match Config::validate(&cli.flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("node-agent: invalid configuration: {e}");
             return ExitCode::from(64);
         }
     };
+    // The WireGuard backend is settled by trying: the kernel creates the interface (loading
+    // the module on demand) or says why not.
+    if let Some(wg) = config.wg.as_mut() {
+        match wg.interface.resolve() {
+            Ok(refused) => wg.kernel_refused = refused,
+            Err(e) => {
+                tracing::error!("node-agent: --wg-backend: {e}");
+                eprintln!("node-agent: --wg-backend: {e}");
+                return ExitCode::from(64);
+            }
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -36,11 +36,50 @@ pub const POL_RULES: &str = "pol_rules";
 pub const POL_FLOWS: &str = "pol_flows";
 /// Policy counters.
 pub const POL_COUNTERS: &str = "pol_counters";
+/// New flows judged, by (endpoint identity, source identity, verdict) (per-CPU LRU).
+pub const POL_VERDICTS: &str = "pol_verdicts";
 
 /// Maps of the socket load-balancing object.
 pub const LB_MAPS: [&str; 4] = [LB_SERVICES, LB_BACKENDS, LB_REVNAT, LB_COUNTERS];
 /// Maps of the policy object.
-pub const POL_MAPS: [&str; 5] = [IPCACHE, POL_ENFORCED, POL_RULES, POL_FLOWS, POL_COUNTERS];
+pub const POL_MAPS: [&str; 6] = [
+    IPCACHE,
+    POL_ENFORCED,
+    POL_RULES,
+    POL_FLOWS,
+    POL_COUNTERS,
+    POL_VERDICTS,
+];
+
+/// The verdicts of [`POL_VERDICTS`], by number.
+pub const VERDICT_NAMES: [&str; 3] = ["allowed", "denied", "unknown_identity"];
+
+/// One row of [`POL_VERDICTS`], summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// The endpoint's identity.
+    pub endpoint: u32,
+    /// The source's identity (0: it had none).
+    pub peer: u32,
+    /// `allowed`, `denied` or `unknown_identity`.
+    pub verdict: &'static str,
+    /// New flows.
+    pub flows: u64,
+}
+
+/// A [`POL_VERDICTS`] key: endpoint, peer, verdict, host order.
+pub fn verdict_of(key: &[u8; 12], flows: u64) -> Verdict {
+    let word = |i: usize| u32::from_ne_bytes(key[i..i + 4].try_into().expect("4 bytes"));
+    Verdict {
+        endpoint: word(0),
+        peer: word(4),
+        verdict: VERDICT_NAMES
+            .get(word(8) as usize)
+            .copied()
+            .unwrap_or("other"),
+        flows,
+    }
+}
 
 /// Load-balancing counters, by slot (`enum lb_counter`).
 pub const LB_COUNTER_NAMES: [&str; 4] = ["redirected", "no_backend", "slot_missing", "reversed"];

@@ -54,6 +54,52 @@ pub struct PeerLabel {
     pub node: String,
 }
 
+/// A `mode` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    /// `tcx` or `tc`.
+    pub mode: String,
+}
+
+/// `backend`, `fallback` labels (the WireGuard backend in use).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// `kernel` or `userspace`.
+    pub backend: String,
+    /// `true` when `auto` fell back to userspace because the kernel refused.
+    pub fallback: String,
+}
+
+/// What `/healthz` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The maps have been programmed from the store (until then: 503).
+    pub programmed: bool,
+    /// What is wrong while the agent runs on (200 with `degraded` and these in the body):
+    /// by component, a sentence each.
+    pub degraded: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl Health {
+    /// The status line and body of `/healthz`.
+    pub fn response(&self) -> (&'static str, String) {
+        if !self.programmed {
+            return (
+                "503 Service Unavailable",
+                "not yet programmed from the store\n".to_owned(),
+            );
+        }
+        if self.degraded.is_empty() {
+            return ("200 OK", "ok\n".to_owned());
+        }
+        let mut body = String::from("degraded\n");
+        for (component, why) in &self.degraded {
+            body.push_str(&format!("{component}: {why}\n"));
+        }
+        ("200 OK", body)
+    }
+}
+
 /// Every metric.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -97,6 +143,25 @@ pub struct Metrics {
     pub wg_transfer_age: Family<PeerLabel, Gauge>,
     /// Failed WireGuard configurations (retried at the next tick).
     pub wg_errors: Counter,
+    /// The WireGuard backend in use (1), by backend and whether `auto` fell back.
+    pub wg_backend: Family<BackendLabel, Gauge>,
+    /// Pod addresses of this node with no interface enforcing policy on them.
+    pub pods_unenforced: Gauge,
+    /// How the policy programs attach (1 for the mode in use).
+    pub policy_attach: Family<ModeLabel, Gauge>,
+    /// Failed attaches of the policy programs to pod interfaces (retried).
+    pub attach_errors: Counter,
+    /// 1 while the masquerade exemption is in place as the agent wrote it.
+    pub masq_ok: Gauge,
+    /// Times the exemption was found changed or gone and written again.
+    pub masq_restored: Counter,
+    /// Failed reads or writes of the exemption (retried at the next tick).
+    pub masq_errors: Counter,
+    /// Connections the exemption kept from being masqueraded (its rule's counter; NAT rules
+    /// see the first packet of a connection only).
+    pub masq_exempted: Gauge,
+    /// 1 while `/healthz` reports degraded.
+    pub degraded: Gauge,
     /// Counter values last read from the maps, to turn them into increments.
     last: Arc<std::sync::Mutex<Counters>>,
 }
@@ -127,6 +192,15 @@ impl Metrics {
             wg_bytes: Family::default(),
             wg_transfer_age: Family::default(),
             wg_errors: Counter::default(),
+            wg_backend: Family::default(),
+            pods_unenforced: Gauge::default(),
+            policy_attach: Family::default(),
+            attach_errors: Counter::default(),
+            masq_ok: Gauge::default(),
+            masq_restored: Counter::default(),
+            masq_errors: Counter::default(),
+            masq_exempted: Gauge::default(),
+            degraded: Gauge::default(),
             last: Arc::default(),
         };
         let mut r = Registry::with_prefix("raftmesh_agent");
@@ -209,6 +283,51 @@ impl Metrics {
             "Pod interfaces with the policy programs attached",
             m.interfaces.clone(),
         );
+        r.register(
+            "wg_backend",
+            "The WireGuard backend in use (1), and whether auto fell back to userspace",
+            m.wg_backend.clone(),
+        );
+        r.register(
+            "pods_unenforced",
+            "Pod addresses of this node that no interface with the policy programs leads to",
+            m.pods_unenforced.clone(),
+        );
+        r.register(
+            "policy_attach",
+            "How the policy programs attach to pod interfaces (1 for the mode in use)",
+            m.policy_attach.clone(),
+        );
+        r.register(
+            "policy_attach_errors",
+            "Failed attaches of the policy programs to a pod interface (retried)",
+            m.attach_errors.clone(),
+        );
+        r.register(
+            "masquerade_exemption_ok",
+            "1 while the masquerade exemption is in place as written",
+            m.masq_ok.clone(),
+        );
+        r.register(
+            "masquerade_exemption_restored",
+            "Times the masquerade exemption was found changed or gone and written again",
+            m.masq_restored.clone(),
+        );
+        r.register(
+            "masquerade_exemption_errors",
+            "Failed reads or writes of the masquerade exemption (retried)",
+            m.masq_errors.clone(),
+        );
+        r.register(
+            "masquerade_exempted_connections",
+            "Connections to other clusters' pods the exemption kept from being masqueraded",
+            m.masq_exempted.clone(),
+        );
+        r.register(
+            "degraded",
+            "1 while /healthz reports degraded (the body says why)",
+            m.degraded.clone(),
+        );
         (m, r)
     }
 
@@ -251,7 +370,7 @@ impl Metrics {
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
-    healthy: watch::Receiver<bool>,
+    health: watch::Receiver<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -266,7 +385,7 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let registry = registry.clone();
-        let healthy = *healthy.borrow();
+        let health = health.borrow().response();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = match conn.read(&mut buf).await {
@@ -283,11 +402,7 @@ pub async fn serve(
                         Err(e) => ("500 Internal Server Error", format!("{e}\n")),
                     }
                 }
-                "/healthz" if healthy => ("200 OK", "ok\n".to_owned()),
-                "/healthz" => (
-                    "503 Service Unavailable",
-                    "not yet programmed from the store\n".to_owned(),
-                ),
+                "/healthz" => health,
                 _ => ("404 Not Found", "try /metrics or /healthz\n".to_owned()),
             };
             let response = format!(

@@ -5,14 +5,48 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::datapath::{Counters, KernelMaps, Pins, Result};
-use crate::maps::{Tables, backend_flags, ipcache_flags, protocol_name};
+use crate::datapath::{self, AttachMode, Counters, KernelMaps, Pins, Result};
+use crate::maps::{Tables, Verdict, backend_flags, ipcache_flags, protocol_name};
 
-/// What the maps under `pins` hold.
-pub fn read(pins: &Pins) -> Result<(Tables, Counters)> {
+/// What `node-agent maps` shows.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    /// The maps' contents.
+    pub tables: Tables,
+    /// The counters.
+    pub counters: Counters,
+    /// The verdicts on new flows, by endpoint and source identity.
+    pub verdicts: Vec<Verdict>,
+    /// Where the policy programs are attached in this network namespace, and how.
+    pub attachments: Vec<(String, AttachMode)>,
+}
+
+/// What the maps under `pins` hold, and where the policy programs are attached.
+pub fn read(pins: &Pins) -> Result<Shown> {
     let maps = KernelMaps::open(pins)?;
     let (tables, _) = maps.read()?;
-    Ok((tables, maps.counters()?))
+    Ok(Shown {
+        tables,
+        counters: maps.counters()?,
+        verdicts: maps.verdicts()?,
+        attachments: datapath::attachments(pins),
+    })
+}
+
+/// The attachment modes in use, e.g. `tcx (4 interfaces)` or `none`.
+fn modes(attachments: &[(String, AttachMode)]) -> String {
+    let mut parts = Vec::new();
+    for mode in [AttachMode::Tcx, AttachMode::Tc] {
+        let n = attachments.iter().filter(|(_, m)| *m == mode).count();
+        if n > 0 {
+            parts.push(format!("{} ({n} interfaces)", mode.name()));
+        }
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn flag_names(flags: u32) -> Vec<&'static str> {
@@ -42,8 +76,22 @@ fn identity(id: u32) -> String {
 }
 
 /// As JSON.
-pub fn to_json(t: &Tables, c: &Counters) -> Value {
+pub fn to_json(shown: &Shown) -> Value {
+    let (t, c) = (&shown.tables, &shown.counters);
     json!({
+        "policyAttach": {
+            "modes": modes(&shown.attachments),
+            "interfaces": shown.attachments.iter().map(|(name, mode)| json!({
+                "interface": name,
+                "mode": mode.name(),
+            })).collect::<Vec<_>>(),
+        },
+        "verdicts": shown.verdicts.iter().map(|v| json!({
+            "endpoint": v.endpoint,
+            "peer": v.peer,
+            "verdict": v.verdict,
+            "flows": v.flows,
+        })).collect::<Vec<_>>(),
         "services": t.services.iter().map(|(f, backends)| json!({
             "frontend": format!("{}:{}", f.vip, f.port),
             "protocol": protocol_name(f.proto),
@@ -77,8 +125,14 @@ pub fn to_json(t: &Tables, c: &Counters) -> Value {
 }
 
 /// As tables for people.
-pub fn to_table(t: &Tables, c: &Counters) -> String {
+pub fn to_table(shown: &Shown) -> String {
+    let (t, c) = (&shown.tables, &shown.counters);
     let mut out = String::new();
+    let _ = writeln!(out, "POLICY ATTACH: {}", modes(&shown.attachments));
+    for (name, mode) in &shown.attachments {
+        let _ = writeln!(out, "  {name:<20} {}", mode.name());
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
         "SERVICES ({} frontends, {} backend slots)",
@@ -148,6 +202,30 @@ pub fn to_table(t: &Tables, c: &Counters) -> String {
             identity(r.endpoint),
             identity(r.peer),
             protocol_name(r.proto)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nVERDICTS ON NEW FLOWS ({} rows)",
+        shown.verdicts.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:<20} {:<16} {:>8}",
+        "ENDPOINT", "SOURCE", "VERDICT", "FLOWS"
+    );
+    for v in &shown.verdicts {
+        let peer = if v.peer == 0 {
+            "(none)".to_owned()
+        } else {
+            identity(v.peer)
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {peer:<20} {:<16} {:>8}",
+            identity(v.endpoint),
+            v.verdict,
+            v.flows
         );
     }
     let _ = writeln!(out, "\nCOUNTERS");

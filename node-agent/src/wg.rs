@@ -5,6 +5,8 @@
 //! - [`peers`]: records → desired peers (pure), and the diff to what the interface holds.
 //! - [`device`]: the interface through wireguard-control (kernel or userspace backend).
 //! - [`route`]: link state and routes of the peers' CIDRs, over rtnetlink.
+//! - [`rule`]: `ip rule to <peer CIDR> lookup main`, ahead of per-ENI rules.
+//! - [`masq`]: the masquerade exemption for pod traffic into the tunnel (nftables).
 //! - [`publish`]: the node key record, under a lease the agent keeps alive.
 //!
 //! [`Wg`] ties them together for the agent: it reconciles the interface when records change
@@ -13,9 +15,11 @@
 
 pub mod device;
 pub mod key;
+pub mod masq;
 pub mod peers;
 pub mod publish;
 pub mod route;
+pub mod rule;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -45,6 +49,13 @@ pub struct WgConfig {
     pub mtu: u32,
     /// Peers with this cluster's other nodes too.
     pub intra_cluster: bool,
+    /// The nft program for the masquerade exemption, or `None` without one.
+    pub masq: Option<PathBuf>,
+    /// The priority of the `to <peer CIDR> lookup main` rules.
+    pub rule_priority: u32,
+    /// With `auto`: the kernel's answer when it refused a WireGuard interface (userspace is
+    /// used instead).
+    pub kernel_refused: Option<String>,
 }
 
 /// What `node-agent wg` shows of a peer besides what the interface says.
@@ -74,6 +85,13 @@ pub struct Wg {
     table: PeerTable,
     /// Routes we hold (CIDR → source).
     routes: BTreeSet<(Cidr, Option<Ipv4Addr>)>,
+    /// The masquerade exemption's nft, unless disabled.
+    nft: Option<masq::Nft>,
+    /// The exemption last written, or read back intact.
+    exemption: Option<masq::Exemption>,
+    /// What is wrong with the tunnel's plumbing now (the last failure of WireGuard, its routes
+    /// and rules, or the exemption), for `/healthz`; `None` when the last attempt worked.
+    pub problem: Option<String>,
     seen: BTreeMap<PublicKey, Seen>,
     status_file: PathBuf,
     /// What the status file holds.
@@ -107,13 +125,21 @@ impl Wg {
         let routes = index_of(&config.interface)
             .and_then(|i| route::list(i).ok())
             .unwrap_or_default();
+        if let Some(refused) = &config.kernel_refused {
+            tracing::warn!(
+                interface = config.interface.name(),
+                kernel = %refused,
+                "the kernel refused a WireGuard interface: using userspace ({})",
+                config
+                    .interface
+                    .userspace_program()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
         tracing::info!(
             interface = config.interface.name(),
-            backend = if config.interface.is_userspace() {
-                "userspace"
-            } else {
-                "kernel"
-            },
+            backend = config.interface.backend_name(),
             port = config.port,
             mtu = config.mtu,
             public_key = %key.public.to_base64(),
@@ -122,10 +148,13 @@ impl Wg {
             "WireGuard interface ready"
         );
         Ok(Wg {
+            nft: config.masq.as_deref().map(masq::Nft::new),
             config,
             key,
             table,
             routes,
+            exemption: None,
+            problem: None,
             seen: BTreeMap::new(),
             status_file: state_dir.join(STATUS_FILE),
             status_written: String::new(),
@@ -144,6 +173,11 @@ impl Wg {
         self.config.port
     }
 
+    /// The backend in use (`kernel` or `userspace`).
+    pub fn backend(&self) -> &'static str {
+        self.config.interface.backend_name()
+    }
+
     /// Makes the interface's peers and routes match the records. A failure is logged and
     /// counted, and retried at the next tick; it never stops the agent.
     pub fn reconcile(&mut self, state: &MeshState, local: &Local, metrics: &Metrics) {
@@ -156,12 +190,122 @@ impl Wg {
             );
         }
         let plan = self.table.plan(&desired, state);
-        if let Err(e) = self.apply(&plan, state, local) {
-            tracing::error!("configuring WireGuard: {e}; retrying at the next tick");
-            metrics.wg_errors.inc();
-            self.retry = true;
+        match self.apply(&plan, state, local) {
+            Ok(()) => self.problem = None,
+            Err(e) => {
+                tracing::error!("configuring WireGuard: {e}; retrying at the next tick");
+                metrics.wg_errors.inc();
+                self.problem = Some(format!("WireGuard: {e}"));
+                self.retry = true;
+            }
         }
         metrics.wg_peers.set(self.table.applied().len() as i64);
+        self.sync_exemption(state, local, metrics, false);
+    }
+
+    /// Makes the masquerade exemption cover this node's pods to every peer's CIDRs. With
+    /// `verify`, reads the table back first (someone may have flushed it) and restores it.
+    fn sync_exemption(
+        &mut self,
+        state: &MeshState,
+        local: &Local,
+        metrics: &Metrics,
+        verify: bool,
+    ) {
+        let Some(nft) = &self.nft else {
+            return;
+        };
+        let want = masq::Exemption::new(
+            peers::node_allowed(state, &local.cluster, &local.node),
+            self.table.routes(),
+        );
+        if verify {
+            match nft.read() {
+                Ok(Some((have, packets))) => {
+                    metrics.masq_exempted.set(packets as i64);
+                    if have == want {
+                        self.exemption = Some(have);
+                        metrics.masq_ok.set(1);
+                        return;
+                    }
+                    if self.exemption.as_ref() == Some(&want) {
+                        tracing::warn!(
+                            "the masquerade exemption (nft table ip raftmesh) was changed: restoring it"
+                        );
+                        metrics.masq_restored.inc();
+                    }
+                }
+                Ok(None) => {
+                    if self.exemption.is_some() {
+                        tracing::warn!(
+                            "the masquerade exemption (nft table ip raftmesh) is gone: restoring it"
+                        );
+                        metrics.masq_restored.inc();
+                    }
+                }
+                Err(e) => {
+                    self.exemption_failed(metrics, &e);
+                    return;
+                }
+            }
+            self.exemption = None;
+        }
+        if self.exemption.as_ref() == Some(&want) {
+            return;
+        }
+        match nft.apply(&want) {
+            Ok(()) => {
+                tracing::info!(
+                    sources = want.sources.len(),
+                    destinations = want.destinations.len(),
+                    "masquerade exemption written (nft table ip raftmesh)"
+                );
+                self.exemption = Some(want);
+                metrics.masq_ok.set(1);
+                if self
+                    .problem
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("masquerade"))
+                {
+                    self.problem = None;
+                }
+            }
+            Err(e) => self.exemption_failed(metrics, &e),
+        }
+    }
+
+    fn exemption_failed(&mut self, metrics: &Metrics, e: &masq::Error) {
+        tracing::error!("masquerade exemption: {e}; retrying at the next tick");
+        metrics.masq_errors.inc();
+        metrics.masq_ok.set(0);
+        self.exemption = None;
+        self.problem = Some(format!(
+            "masquerade exemption: {e} (pod traffic to other clusters may leave with the node's address)"
+        ));
+    }
+
+    /// Removes the exemption and our rules (`--uninstall`). Returns what it removed.
+    pub fn uninstall_plumbing(nft: Option<&Path>) -> Vec<String> {
+        let mut removed = Vec::new();
+        if let Some(nft) = nft {
+            match masq::Nft::new(nft).remove() {
+                Ok(true) => removed.push(format!("nft table ip {}", masq::TABLE)),
+                Ok(false) => {}
+                // No nft: the agent cannot have written the table.
+                Err(masq::Error::Spawn { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => removed.push(format!("(nft table ip {} left: {e})", masq::TABLE)),
+            }
+        }
+        for (cidr, priority) in rule::list().unwrap_or_default() {
+            if rule::delete(cidr, priority).is_ok() {
+                removed.push(format!(
+                    "ip rule to {}/{} priority {priority}",
+                    cidr.0, cidr.1
+                ));
+            }
+        }
+        removed
     }
 
     fn apply(&mut self, plan: &Plan, state: &MeshState, local: &Local) -> Result<(), Error> {
@@ -230,6 +374,23 @@ impl Wg {
         }
         tracing::debug!(routes = want.len(), source = ?src, "WireGuard routes synced");
         self.routes = want;
+        self.sync_rules(&wanted).map_err(io("policy routing rules"))
+    }
+
+    /// Makes our `to <cidr> lookup main` rules exactly `cidrs` at the configured priority.
+    fn sync_rules(&self, cidrs: &BTreeSet<Cidr>) -> std::io::Result<()> {
+        let priority = self.config.rule_priority;
+        let want: BTreeSet<(Cidr, u32)> = cidrs.iter().map(|c| (*c, priority)).collect();
+        let have = rule::list()?;
+        for (cidr, p) in have.difference(&want) {
+            rule::delete(*cidr, *p)?;
+        }
+        for (cidr, p) in want.difference(&have) {
+            rule::add(*cidr, *p)?;
+        }
+        if want != have {
+            tracing::debug!(rules = want.len(), priority, "policy routing rules synced");
+        }
         Ok(())
     }
 
@@ -264,6 +425,16 @@ impl Wg {
         if self.listed && std::mem::take(&mut self.retry) {
             self.routes.clear();
             self.reconcile(state, local, metrics);
+        } else if self.listed {
+            // Rules and the exemption live in tables other programs write too (a CNI
+            // restoring its iptables, an admin flushing nftables): checked every tick.
+            let wanted: BTreeSet<Cidr> = self.routes.iter().map(|(c, _)| *c).collect();
+            if let Err(e) = self.sync_rules(&wanted) {
+                tracing::error!("policy routing rules: {e}; retrying at the next tick");
+                metrics.wg_errors.inc();
+                self.problem = Some(format!("policy routing rules: {e}"));
+            }
+            self.sync_exemption(state, local, metrics, true);
         }
         let mut bytes: BTreeMap<(String, &str), i64> = BTreeMap::new();
         let mut notes = BTreeMap::new();

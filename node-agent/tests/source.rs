@@ -40,7 +40,8 @@ fn config(endpoints: Vec<String>, dir: &Path, file: &str) -> Config {
         state_dir: dir.join("agent"),
         listen_metrics: "127.0.0.1:0".parse().unwrap(),
         remote_stale_after: Duration::from_secs(30),
-        pod_interface_prefixes: vec!["lxc".into()],
+        pod_interface_prefixes: vec![],
+        attach: node_agent::datapath::AttachMode::Tcx,
         wg: None,
         bootstrap: None,
     }

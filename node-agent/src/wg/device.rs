@@ -5,6 +5,11 @@
 //! The userspace daemon is started by the agent, detached, so it outlives an agent restart
 //! just as a kernel interface does: traffic keeps flowing while the agent is down, and a
 //! restarted agent adopts the interface's peers.
+//!
+//! Whether the kernel has WireGuard is found out by creating the interface, never by looking
+//! for `/sys/module/wireguard`: where WireGuard is a loadable module (EKS AL2023, Bottlerocket),
+//! the kernel loads it on demand when the first `wireguard` link is created (the module's
+//! `rtnl-link-wireguard` alias), so the directory is absent until then.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -36,6 +41,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The kernel refused to create a WireGuard interface (no module, or not allowed).
+    #[error(
+        "creating the WireGuard interface {interface} in the kernel: {source} (no wireguard module? use --wg-backend userspace or auto)"
+    )]
+    Kernel {
+        /// The interface.
+        interface: String,
+        /// The kernel's answer.
+        source: std::io::Error,
+    },
     /// A request to the interface.
     #[error("{op} on {interface}: {source}")]
     Io {
@@ -57,6 +72,17 @@ pub struct Userspace {
     pub log: PathBuf,
 }
 
+/// Which backend to use.
+#[derive(Debug, Clone)]
+pub enum Choice {
+    /// The kernel's.
+    Kernel,
+    /// This userspace implementation.
+    Userspace(Userspace),
+    /// The kernel's if its interface can be created, else this userspace implementation.
+    Auto(Userspace),
+}
+
 /// One WireGuard interface.
 #[derive(Debug, Clone)]
 pub struct Interface {
@@ -64,6 +90,8 @@ pub struct Interface {
     text: String,
     backend: Backend,
     userspace: Option<Userspace>,
+    /// With `auto` before [`Interface::resolve`]: the implementation to fall back to.
+    fallback: Option<Userspace>,
 }
 
 /// A peer as the interface reports it.
@@ -79,14 +107,11 @@ pub struct PeerStatus {
     pub tx: u64,
 }
 
-/// Whether the kernel has WireGuard (the module is loaded or built in).
-pub fn kernel_available() -> bool {
-    Path::new("/sys/module/wireguard").exists()
-}
-
 impl Interface {
-    /// The interface `name` on `backend` (`userspace` given for [`Backend::Userspace`]).
-    pub fn new(name: &str, userspace: Option<Userspace>) -> Result<Interface, Error> {
+    /// The interface `name`. With [`Choice::Auto`] it is the userspace one if its socket
+    /// exists (a daemon from an earlier start), else the kernel's until
+    /// [`Interface::resolve`] finds out.
+    pub fn new(name: &str, choice: Choice) -> Result<Interface, Error> {
         if name.is_empty()
             || name.len() > 15
             || name.contains('/')
@@ -95,16 +120,56 @@ impl Interface {
             return Err(Error::Name(name.to_owned()));
         }
         let parsed: InterfaceName = name.parse().map_err(|_| Error::Name(name.to_owned()))?;
-        Ok(Interface {
+        let mut interface = Interface {
             name: parsed,
             text: name.to_owned(),
-            backend: if userspace.is_some() {
-                Backend::Userspace
-            } else {
-                Backend::Kernel
+            backend: Backend::Kernel,
+            userspace: None,
+            fallback: None,
+        };
+        match choice {
+            Choice::Kernel => {}
+            Choice::Userspace(u) => interface.use_userspace(u),
+            Choice::Auto(u) => {
+                if std::os::unix::net::UnixStream::connect(interface.socket()).is_ok() {
+                    interface.use_userspace(u);
+                } else {
+                    interface.fallback = Some(u);
+                }
+            }
+        }
+        Ok(interface)
+    }
+
+    fn use_userspace(&mut self, u: Userspace) {
+        self.backend = Backend::Userspace;
+        self.userspace = Some(u);
+        self.fallback = None;
+    }
+
+    /// Settles the backend before the agent starts: the kernel's interface is created if it
+    /// does not exist (the kernel loads the module on demand). If the kernel refuses, `auto`
+    /// falls back to userspace and returns the kernel's answer; `kernel` fails with it.
+    pub fn resolve(&mut self) -> Result<Option<String>, Error> {
+        if self.is_userspace() || super::route::index(&self.text).is_some() {
+            return Ok(None);
+        }
+        match super::route::create_wireguard(&self.text) {
+            Ok(()) => {
+                self.fallback = None;
+                Ok(None)
+            }
+            Err(source) => match self.fallback.take() {
+                Some(u) => {
+                    self.use_userspace(u);
+                    Ok(Some(source.to_string()))
+                }
+                None => Err(Error::Kernel {
+                    interface: self.text.clone(),
+                    source,
+                }),
             },
-            userspace,
-        })
+        }
     }
 
     /// Its name.
@@ -115,6 +180,20 @@ impl Interface {
     /// Whether it is the userspace backend.
     pub fn is_userspace(&self) -> bool {
         self.userspace.is_some()
+    }
+
+    /// `kernel` or `userspace`.
+    pub fn backend_name(&self) -> &'static str {
+        if self.is_userspace() {
+            "userspace"
+        } else {
+            "kernel"
+        }
+    }
+
+    /// The userspace implementation's program, with that backend.
+    pub fn userspace_program(&self) -> Option<&Path> {
+        self.userspace.as_ref().map(|u| u.program.as_path())
     }
 
     fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -452,9 +531,9 @@ mod tests {
 
     #[test]
     fn interface_names_are_checked() {
-        assert!(Interface::new("raftmesh0", None).is_ok());
+        assert!(Interface::new("raftmesh0", Choice::Kernel).is_ok());
         for bad in ["", "sixteen-chars-xx", "a/b", "a b"] {
-            assert!(Interface::new(bad, None).is_err(), "{bad:?}");
+            assert!(Interface::new(bad, Choice::Kernel).is_err(), "{bad:?}");
         }
     }
 }

@@ -117,6 +117,27 @@ pub fn desired(
     (out, conflicts)
 }
 
+/// What node `node` of cluster `cluster` is a peer for: its pod CIDRs, or (no Node of its
+/// cluster carries one) the /32s of the pods the ipcache places on it. This node's own are
+/// the sources the masquerade exemption keeps.
+pub fn node_allowed(state: &MeshState, cluster: &str, node: &str) -> BTreeSet<Cidr> {
+    let Some(c) = state.clusters.get(cluster) else {
+        return BTreeSet::new();
+    };
+    let Some(info) = c.nodes.get(node) else {
+        return BTreeSet::new();
+    };
+    if c.nodes.values().all(|n| n.pod_cidrs.is_empty()) {
+        c.ipcache
+            .iter()
+            .filter(|(_, pod)| info.ips.contains(&pod.node))
+            .map(|(ip, _)| (*ip, 32))
+            .collect()
+    } else {
+        info.pod_cidrs.iter().copied().collect()
+    }
+}
+
 /// What to change on the interface.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {

@@ -9,9 +9,11 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::Ipv4Addr;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -38,6 +40,22 @@ pub fn link_up(index: u32, mtu: u32) -> io::Result<()> {
     netlink_request_rtnl(
         RouteNetlinkMessage::SetLink(msg),
         Some(NLM_F_REQUEST | NLM_F_ACK),
+    )?;
+    Ok(())
+}
+
+/// Creates a WireGuard link `name` in the kernel; where WireGuard is a module, the kernel
+/// loads it for this request. The error is the kernel's (`EOPNOTSUPP` without the module).
+pub fn create_wireguard(name: &str) -> io::Result<()> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    msg.attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Wireguard,
+        )]));
+    netlink_request_rtnl(
+        RouteNetlinkMessage::NewLink(msg),
+        Some(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL),
     )?;
     Ok(())
 }

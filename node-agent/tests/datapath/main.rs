@@ -8,3 +8,5 @@ mod t30_restart;
 mod t40_maps_uninstall;
 mod t50_coexist;
 mod t60_reconnect;
+mod t70_tc_order;
+mod t80_unenforced;

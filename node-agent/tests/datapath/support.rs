@@ -94,6 +94,10 @@ pub struct Node {
     pub cgroup: Cgroup,
     pub pins: PinsGuard,
     pub dir: tempfile::TempDir,
+    /// The agent's `--policy-attach` (`auto` unless a test sets it).
+    pub policy_attach: &'static str,
+    /// The host side of each pod's veth, by pod name.
+    pub host_ifs: BTreeMap<String, String>,
 }
 
 /// Removes the pin directory on drop (as `node-agent --uninstall` does).
@@ -125,6 +129,7 @@ impl Node {
         let ns = Netns::new(&format!("{id}-node")).expect("node netns");
         netns::bridge(&ns, "br0", "10.244.0.1/16").expect("bridge");
         let mut pod_map = BTreeMap::new();
+        let mut host_ifs = BTreeMap::new();
         for (i, (name, ip)) in pods.iter().enumerate() {
             let pod_ns = Netns::new(&format!("{id}-{name}")).expect("pod netns");
             let host_if = format!("lxc{id}{i}");
@@ -137,6 +142,7 @@ impl Node {
                 "10.244.0.1",
             )
             .expect("pod link");
+            host_ifs.insert((*name).to_owned(), host_if);
             pod_map.insert(
                 (*name).to_owned(),
                 Pod {
@@ -160,6 +166,8 @@ impl Node {
             cgroup,
             pins,
             dir,
+            policy_attach: "auto",
+            host_ifs,
         };
         eventually("the API server", Duration::from_secs(30), || {
             node.store(|mut c| async move { c.put("ready", "1", None).await.map(|_| ()) })
@@ -251,7 +259,7 @@ impl Node {
             .arg(self.dir.path().join("agent"))
             .args(["--listen-metrics", METRICS])
             .args(["--remote-stale-after", "2s"])
-            .args(["--pod-interface-prefix", &format!("lxc{}", self.id)])
+            .args(["--policy-attach", self.policy_attach])
             .args(["--wg-backend", "none"])
             .args(["--log-level", "info,node_agent=debug"]);
         cmd
@@ -332,6 +340,72 @@ impl Node {
             .output()
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Node {
+    /// `tc -s filter show dev <pod's host interface> <egress|ingress>` in the node's namespace
+    /// (iproute2's view of the legacy tc filters).
+    pub fn tc_filters(&self, pod: &str, direction: &str) -> String {
+        let out = self
+            .ns
+            .command("tc")
+            .args(["filter", "show", "dev", &self.host_ifs[pod], direction])
+            .output()
+            .expect("tc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// How the policy programs are attached to each pod interface, by `node-agent maps`:
+    /// interface → mode.
+    pub fn attachments(&self) -> BTreeMap<String, String> {
+        let out = self
+            .ns
+            .command(env!("CARGO_BIN_EXE_node-agent"))
+            .args(["maps", "-o", "json", "--bpffs"])
+            .arg(self.pins.0.root())
+            .output()
+            .expect("node-agent maps");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("maps json");
+        v["policyAttach"]["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .map(|i| {
+                (
+                    i["interface"].as_str().expect("name").to_owned(),
+                    i["mode"].as_str().expect("mode").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Our policy programs among the tc filters bpftool lists (`bpftool net show`; bpftool 7.1
+    /// does not list tcx links): "<interface> <hook> <program> <id>".
+    pub fn attached_programs(&self) -> Vec<String> {
+        let out = self
+            .ns
+            .command("bpftool")
+            .args(["-j", "net", "show"])
+            .output()
+            .expect("bpftool net");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+        let mut found = Vec::new();
+        for hooks in v.as_array().into_iter().flatten() {
+            for entry in hooks["tc"].as_array().into_iter().flatten() {
+                let name = entry["name"].as_str().unwrap_or("");
+                if name.starts_with("pol_") {
+                    found.push(format!(
+                        "{} {} {name} {}",
+                        entry["devname"].as_str().unwrap_or("?"),
+                        entry["kind"].as_str().unwrap_or("?"),
+                        entry["id"]
+                    ));
+                }
+            }
+        }
+        found.sort();
+        found
     }
 }
 

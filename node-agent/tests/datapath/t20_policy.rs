@@ -55,6 +55,38 @@ fn policy() -> (Key, Option<Record>) {
 
 #[test]
 fn mesh_policy_allows_named_identities_and_drops_the_rest() {
+    allows_and_drops("tcx");
+}
+
+/// The same with legacy tc filters, as on kernels before 6.6 (EKS AL2023 with Linux 6.1).
+#[test]
+fn mesh_policy_allows_named_identities_and_drops_the_rest_in_tc_mode() {
+    let node = allows_and_drops("tc");
+    // iproute2 sees our direct-action filters first on both sides of every pod interface.
+    for pod in node.host_ifs.keys() {
+        for (direction, program) in [("egress", "pol_to_pod"), ("ingress", "pol_from_pod")] {
+            let shown = node.tc_filters(pod, direction);
+            let first = shown
+                .lines()
+                .find(|l| l.contains("handle"))
+                .unwrap_or_else(|| panic!("no filter on {pod} {direction}: {shown}"));
+            assert!(
+                first.contains("pref 1 bpf")
+                    && first.contains("handle 0x524d")
+                    && first.contains(program)
+                    && first.contains("direct-action"),
+                "{pod} {direction}: {shown}"
+            );
+        }
+    }
+    assert!(
+        node.attachments().values().all(|m| m == "tc") && node.attachments().len() == 5,
+        "{:?}",
+        node.attachments()
+    );
+}
+
+fn allows_and_drops(mode: &'static str) -> Node {
     let mut node = Node::new(&[
         ("server", "10.244.1.30"),
         ("allowed", "10.244.1.31"),
@@ -82,6 +114,7 @@ fn mesh_policy_allows_named_identities_and_drops_the_rest() {
         policy(),
     ]);
     node.write(records);
+    node.policy_attach = mode;
     node.start_agent();
     node.wait_maps("the policy", |t| {
         t.enforced.contains(&(1 << 16 | 300)) && t.ipcache.len() == 4
@@ -141,6 +174,23 @@ fn mesh_policy_allows_named_identities_and_drops_the_rest() {
     assert!(get("unknown_identity") >= 1, "{counters:?}");
     assert!(get("allowed") >= 3, "{counters:?}");
     assert!(get("reply") >= 1, "{counters:?}");
+    // The verdicts name the identity each new flow was judged as.
+    let verdicts = node_agent::datapath::KernelMaps::open(&node.pins.0)
+        .and_then(|m| m.verdicts())
+        .expect("verdicts");
+    let flows = |peer: u32, verdict: &str| {
+        verdicts
+            .iter()
+            .filter(|v| v.endpoint == 1 << 16 | 300 && v.peer == peer && v.verdict == verdict)
+            .map(|v| v.flows)
+            .sum::<u64>()
+    };
+    assert!(flows(1 << 16 | 301, "allowed") >= 2, "{verdicts:?}");
+    assert!(flows(2 << 16 | 300, "allowed") >= 1, "{verdicts:?}");
+    assert!(flows(2 << 16 | 300, "denied") >= 1, "{verdicts:?}");
+    assert!(flows(1 << 16 | 302, "denied") >= 1, "{verdicts:?}");
+    assert!(flows(0, "unknown_identity") >= 1, "{verdicts:?}");
+    assert_eq!(flows(1 << 16 | 302, "allowed"), 0, "{verdicts:?}");
     eventually("drop metrics", Duration::from_secs(10), || {
         let m = node.metrics();
         (metric(&m, "raftmesh_agent_drops_total{reason=\"policy_denied\"}") >= 2.0
@@ -158,4 +208,5 @@ fn mesh_policy_allows_named_identities_and_drops_the_rest() {
         t.enforced.is_empty() && t.rules.is_empty()
     });
     assert!(ok(&node.probe("denied", &tcp)));
+    node
 }

@@ -28,9 +28,21 @@ fn exists(kind: &str, id: u64) -> bool {
 
 #[test]
 fn maps_shows_the_state_and_uninstall_leaves_nothing() {
+    maps_and_uninstall("tcx");
+}
+
+/// The same with legacy tc filters: `--uninstall` removes our filters from every interface
+/// (checked with iproute2's `tc`), and only ours.
+#[test]
+fn maps_shows_the_state_and_uninstall_leaves_nothing_in_tc_mode() {
+    maps_and_uninstall("tc");
+}
+
+fn maps_and_uninstall(mode: &'static str) {
     let mut node = Node::new(&[("b1", "10.244.1.11"), ("b2", "10.244.1.12")]);
     let ip = |p: &str| node.pods[p].ip;
     let (b1, b2) = (ip("b1"), ip("b2"));
+    node.policy_attach = mode;
     node.start_with_echo(
         &[b1, b2],
         vec![
@@ -39,22 +51,63 @@ fn maps_shows_the_state_and_uninstall_leaves_nothing() {
         ],
     );
     node.wait_maps("programmed", |t| t.ipcache.len() == 1);
-    eventually("tc links pinned", Duration::from_secs(10), || {
-        std::fs::read_dir(node.pins.0.links())
-            .ok()?
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().starts_with("tc-"))
-            .map(|e| e.path())
-    });
+    let modes = eventually(
+        "policy programs on both pod interfaces",
+        Duration::from_secs(10),
+        || {
+            let a = node.attachments();
+            (a.len() == 2).then_some(a)
+        },
+    );
+    assert!(modes.values().all(|m| m == mode), "{modes:?}");
+    // Someone else's filter on a pod interface (as a CNI would have): uninstall keeps it.
+    let foreign = |node: &Node| node.tc_filters("b1", "ingress").contains("pref 7 u32");
+    if mode == "tc" {
+        let out = node
+            .ns
+            .command("tc")
+            .args([
+                "filter",
+                "add",
+                "dev",
+                &node.host_ifs["b1"],
+                "ingress",
+                "pref",
+                "7",
+            ])
+            .args([
+                "protocol",
+                "ip",
+                "u32",
+                "match",
+                "ip",
+                "dst",
+                "192.0.2.1/32",
+                "classid",
+                "ffff:1",
+            ])
+            .output()
+            .expect("tc filter add");
+        assert!(out.status.success(), "{out:?}");
+        assert!(foreign(&node));
+    }
 
     let bin = env!("CARGO_BIN_EXE_node-agent");
-    let out = Command::new(bin)
+    let out = node
+        .ns
+        .command(bin)
         .args(["maps", "-o", "json", "--bpffs"])
         .arg(node.pins.0.root())
         .output()
         .expect("node-agent maps");
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["policyAttach"]["modes"],
+        format!("{mode} (2 interfaces)"),
+        "{}",
+        v["policyAttach"]
+    );
     let services = v["services"].as_array().expect("services");
     let tcp = services
         .iter()
@@ -79,12 +132,19 @@ fn maps_shows_the_state_and_uninstall_leaves_nothing() {
     );
     assert_eq!(v["ipcache"][0]["prefix"], "10.244.1.11/32");
     assert_eq!(v["ipcache"][0]["identity"], 1 << 16 | 300);
-    let table = Command::new(bin)
+    let table = node
+        .ns
+        .command(bin)
         .args(["maps", "--bpffs"])
         .arg(node.pins.0.root())
         .output()
         .expect("node-agent maps");
-    assert!(String::from_utf8_lossy(&table.stdout).contains("10.96.0.10:80"));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("10.96.0.10:80"), "{table}");
+    assert!(
+        table.starts_with(&format!("POLICY ATTACH: {mode} (2 interfaces)")),
+        "{table}"
+    );
 
     // What exists before, by id, as the kernel (bpftool) sees it.
     let pins = &node.pins.0;
@@ -104,12 +164,27 @@ fn maps_shows_the_state_and_uninstall_leaves_nothing() {
         node.agent.as_mut().expect("agent").terminate(),
         "agent exits 0 on SIGTERM"
     );
-    let out = Command::new(bin)
-        .args(["--uninstall", "--bpffs"])
+    let out = node
+        .ns
+        .command(bin)
+        .args(["--uninstall", "--wg-backend", "none", "--bpffs"])
         .arg(pins.root())
         .output()
         .expect("node-agent --uninstall");
     assert!(out.status.success(), "{out:?}");
+    for pod in ["b1", "b2"] {
+        for direction in ["ingress", "egress"] {
+            let left = node.tc_filters(pod, direction);
+            assert!(!left.contains("pol_"), "{pod} {direction}: {left}");
+        }
+    }
+    if mode == "tc" {
+        assert!(foreign(&node), "uninstall removed another's filter");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("removed the policy tc filters"),
+            "{out:?}"
+        );
+    }
     assert!(!pins.root().exists(), "pin directory left behind");
     eventually("maps and links freed", Duration::from_secs(10), || {
         (!maps.iter().any(|id| exists("map", *id)) && !links.iter().any(|id| exists("link", *id)))

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
 
 use crate::support::*;
 
@@ -85,8 +84,10 @@ fn a_foreign_connect4_program_keeps_working_beside_ours() {
     );
 
     assert!(node.agent.as_mut().expect("agent").terminate());
-    let out = Command::new(env!("CARGO_BIN_EXE_node-agent"))
-        .args(["--uninstall", "--bpffs"])
+    let out = node
+        .ns
+        .command(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["--uninstall", "--wg-backend", "none", "--bpffs"])
         .arg(node.pins.0.root())
         .output()
         .expect("uninstall");

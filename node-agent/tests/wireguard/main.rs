@@ -5,3 +5,4 @@
 mod support;
 mod t10_tunnel;
 mod t20_keys_and_peers;
+mod t30_backends;
