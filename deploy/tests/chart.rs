@@ -244,6 +244,22 @@ fn the_agent_has_the_capabilities_and_mounts_it_needs_and_no_more() {
     let a = args(ds);
     assert!(a.contains(&"--endpoints=https://r1-apiserver.mesh.svc:2379".to_owned()));
     assert!(a.contains(&"--wg-backend=kernel".to_owned()));
+    assert!(a.contains(&"--policy-attach=auto".to_owned()));
+    assert!(a.contains(&"--masquerade-exemption=nftables".to_owned()));
+    let forced = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,agent.policyAttach=tc,agent.masqueradeExemption=off",
+    ])
+    .unwrap();
+    let forced = args(object(&forced, "DaemonSet", "r1-agent"));
+    assert!(
+        forced.contains(&"--policy-attach=tc".to_owned()),
+        "{forced:?}"
+    );
+    assert!(
+        forced.contains(&"--masquerade-exemption=off".to_owned()),
+        "{forced:?}"
+    );
     // Userspace WireGuard mounts the UAPI socket directory.
     let userspace = render(&[
         "--set",

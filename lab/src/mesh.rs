@@ -160,12 +160,11 @@ impl Drop for Mesh {
                 .find(|n| n.name == a.node);
             if let Some(n) = ns {
                 let _ = n.ns.ip(&["link", "del", &a.interface]);
-                let _ = n
-                    .ns
-                    .command(&self.bins.node_agent)
-                    .args(["--uninstall", "--wg-backend", "none", "--bpffs"])
-                    .arg(&a.pins)
-                    .output();
+                let _ =
+                    n.ns.command(&self.bins.node_agent)
+                        .args(["--uninstall", "--wg-backend", "none", "--bpffs"])
+                        .arg(&a.pins)
+                        .output();
             }
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", a.interface));
         }
