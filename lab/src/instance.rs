@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::faults::{Degrade, Faults};
 use crate::mesh::Binaries;
-use crate::plan::{self, CLIENT_PORT, ECHO_PORT, PEER_PORT, Plan, WG_PORT, indexed};
+use crate::plan::{self, CLIENT_PORT, ECHO_PORT, PEER_PORT, Plan, PodPlan, WG_PORT, indexed};
 use crate::spec::{ClusterSpec, LabSpec, parse_duration};
 
 /// Environment variable naming the directory labs live in.
@@ -143,7 +143,14 @@ pub enum Run {
 
 /// What `apply` must leave as it is of a cluster: name, id, members, nodes, and each pod's
 /// name and node.
-type Shape = (String, u8, u8, u8, Vec<(String, Option<String>)>);
+type Shape = (
+    String,
+    u8,
+    crate::flavor::Flavor,
+    u8,
+    u8,
+    Vec<(String, Option<String>)>,
+);
 
 /// A lab on this host.
 #[derive(Debug)]
@@ -666,13 +673,45 @@ impl Lab {
                     &gateway,
                 )?;
                 router(&n.netns)?;
-                let gw = Ipv4Addr::from(u32::from(n.pod_net) + 1);
-                ip_in(&n.netns, &["link", "add", "br0", "type", "bridge"])?;
-                ip_in(
-                    &n.netns,
-                    &["addr", "add", &format!("{gw}/24"), "dev", "br0"],
-                )?;
-                ip_in(&n.netns, &["link", "set", "br0", "up"])?;
+                if let Some(bridge) = c.flavor.bridge() {
+                    let gw = Ipv4Addr::from(u32::from(n.pod_net) + 1);
+                    ip_in(&n.netns, &["link", "add", bridge, "type", "bridge"])?;
+                    ip_in(
+                        &n.netns,
+                        &["addr", "add", &format!("{gw}/24"), "dev", bridge],
+                    )?;
+                    ip_in(&n.netns, &["link", "set", bridge, "up"])?;
+                }
+                if c.flavor == crate::flavor::Flavor::Eks {
+                    // The secondary ENI's table: its default route leaves the node (here
+                    // through the node's only uplink), outside any route the agent adds.
+                    ip_in(
+                        &n.netns,
+                        &[
+                            "route",
+                            "add",
+                            "default",
+                            "via",
+                            &gateway,
+                            "dev",
+                            "eth0",
+                            "table",
+                            &crate::flavor::ENI_TABLE.to_string(),
+                        ],
+                    )?;
+                }
+                let vpc = [format!("192.168.{k}.0/24"), Plan::pod_range(c)];
+                if let Some((program, script)) = c.flavor.masquerade(
+                    &format!("{}/24", n.pod_net),
+                    &Plan::pod_range(c),
+                    &vpc,
+                    &n.ip.to_string(),
+                ) {
+                    match program {
+                        "nft" => nft(&n.netns, &script)?,
+                        _ => restore(&n.netns, &script)?,
+                    }
+                }
                 ip_in(
                     &fabric,
                     &[
@@ -690,16 +729,21 @@ impl Lab {
                     .into_iter()
                     .find(|n| n.name == pod.node)
                     .expect("validated node");
-                let gw = Ipv4Addr::from(u32::from(node.pod_net) + 1);
                 new_netns(&pod.netns)?;
-                veth(
-                    &node.netns,
-                    &pod.host_if,
-                    Some("br0"),
-                    &pod.netns,
-                    &format!("{}/24", pod.ip),
-                    &gw.to_string(),
-                )?;
+                match c.flavor.bridge() {
+                    Some(bridge) => {
+                        let gw = Ipv4Addr::from(u32::from(node.pod_net) + 1);
+                        veth(
+                            &node.netns,
+                            &pod.host_if,
+                            Some(bridge),
+                            &pod.netns,
+                            &format!("{}/24", pod.ip),
+                            &gw.to_string(),
+                        )?;
+                    }
+                    None => eni_pod(&node.netns, &pod, c.flavor.secondary_eni(pod.slot))?,
+                }
             }
         }
         nft(&fabric, &self.watch_ruleset())?;
@@ -797,9 +841,18 @@ impl Lab {
     /// The cgroup a target's process runs in.
     fn cgroup_of(&self, t: &Target) -> PathBuf {
         let root = self.cgroup();
+        let flavor = |cluster: &str| {
+            self.state
+                .spec
+                .cluster(cluster)
+                .expect("a cluster of the spec")
+                .flavor
+        };
         match t {
             Target::Member { cluster, member } => root.join(cluster).join(member),
-            Target::Node { cluster, node } => root.join(cluster).join(node).join("agent"),
+            Target::Node { cluster, node } => {
+                flavor(cluster).agent_cgroup(&root.join(cluster).join(node))
+            }
             Target::Pod { cluster, pod } => {
                 let c = self
                     .state
@@ -812,17 +865,23 @@ impl Lab {
                     .find(|p| p.name == *pod)
                     .and_then(|p| p.node.clone())
                     .expect("a pod of the spec");
-                root.join(cluster).join(node).join("pods").join(pod)
+                c.flavor.pod_cgroup(&root.join(cluster).join(node), pod)
             }
             Target::Delay => root.join("fabric-delay"),
         }
     }
 
+    /// The cgroup root of `cluster`'s agent on `node`.
+    fn agent_cgroup_root(&self, c: &ClusterSpec, node: &str) -> PathBuf {
+        c.flavor
+            .agent_cgroup_root(&self.cgroup().join(&c.name).join(node))
+    }
+
     fn build_cgroups(&self) -> Result<()> {
-        // Every node's `pods` cgroup (its agent's cgroup root), also of a node without pods.
+        // Every node's agent cgroup root, also of a node without pods.
         let pods = self.state.spec.clusters.iter().flat_map(|c| {
             c.node_names()
-                .map(|n| self.cgroup().join(&c.name).join(n).join("pods"))
+                .map(|n| self.agent_cgroup_root(c, &n))
                 .collect::<Vec<_>>()
         });
         for dir in self.targets().iter().map(|t| self.cgroup_of(t)).chain(pods) {
@@ -1068,7 +1127,7 @@ impl Lab {
                     .iter()
                     .map(|m| format!("https://{}:{CLIENT_PORT}", m.ip))
                     .collect();
-                let args = vec![
+                let mut args = vec![
                     "--node".into(),
                     node.clone(),
                     "--cluster".into(),
@@ -1082,7 +1141,7 @@ impl Lab {
                     "--key".into(),
                     d(pki.join(format!("agent-{node}.key"))),
                     "--cgroup-root".into(),
-                    d(self.cgroup().join(cluster).join(node).join("pods")),
+                    d(self.agent_cgroup_root(c, node)),
                     "--bpffs".into(),
                     d(self.pins(cluster, node)),
                     "--state-dir".into(),
@@ -1091,8 +1150,6 @@ impl Lab {
                     "0.0.0.0:9964".into(),
                     "--remote-stale-after".into(),
                     self.state.spec.remote_stale_after.clone(),
-                    "--pod-interface-prefix".into(),
-                    "lxc".into(),
                     "--wg-backend".into(),
                     "userspace".into(),
                     "--wg-interface".into(),
@@ -1102,6 +1159,7 @@ impl Lab {
                     "--wg-userspace-program".into(),
                     d(bins.boringtun.clone()),
                 ];
+                args.extend(c.flavor.agent_args());
                 (n.netns, bins.node_agent.clone(), args)
             }
             Target::Pod { cluster, pod } => {
@@ -1471,6 +1529,7 @@ impl Lab {
                     (
                         c.name.clone(),
                         c.id,
+                        c.flavor,
                         c.members,
                         c.nodes,
                         c.pods
@@ -1483,7 +1542,7 @@ impl Lab {
         };
         if shape(&spec) != shape(&self.state.spec) {
             return Err(refused(
-                "apply changes labels, readiness, services and policies only: clusters, members, nodes and pods (names and nodes) must stay as they are",
+                "apply changes labels, readiness, services and policies only: clusters (and their flavors), members, nodes and pods (names and nodes) must stay as they are",
             ));
         }
         if parse_duration(&spec.remote_stale_after)
@@ -1635,7 +1694,8 @@ impl Lab {
                 .into_iter()
                 .map(|n| {
                     let mut v = json!({
-                        "name": n.name, "ip": n.ip.to_string(), "podCIDR": format!("{}/24", n.pod_net),
+                        "name": n.name, "ip": n.ip.to_string(),
+                        "podCIDR": c.flavor.node_pod_cidr().then(|| format!("{}/24", n.pod_net)),
                         "netns": n.netns, "wireguard": n.wg_if, "wgPeers": self.wg_peer_count(&n.wg_if),
                     });
                     v["agent"] = run(Target::Node { cluster: c.name.clone(), node: n.name });
@@ -1650,7 +1710,7 @@ impl Lab {
                     let mut v = json!({
                         "name": p.spec.name, "namespace": p.spec.namespace, "node": p.node,
                         "ip": p.ip.to_string(), "labels": p.spec.labels, "ready": p.spec.ready,
-                        "netns": p.netns,
+                        "netns": p.netns, "interface": p.host_if,
                     });
                     v["process"] = run(Target::Pod {
                         cluster: c.name.clone(),
@@ -1676,7 +1736,7 @@ impl Lab {
                 Err(e) => json!({"error": format!("{e:#}")}),
             };
             clusters.push(json!({
-                "name": c.name, "id": c.id, "context": c.name,
+                "name": c.name, "id": c.id, "flavor": c.flavor.name(), "context": c.name,
                 "manifests": self.manifests_dir(&c.name), "pki": self.pki_dir(&c.name),
                 "members": members, "nodes": nodes, "pods": pods, "services": services,
                 "mesh": mesh,
@@ -1743,6 +1803,95 @@ fn veth(
     ip_in(inner, &["addr", "add", addr, "dev", "eth0"])?;
     ip_in(inner, &["link", "set", "eth0", "up"])?;
     ip_in(inner, &["route", "add", "default", "via", gateway])?;
+    Ok(())
+}
+
+/// A pod as the AWS VPC CNI links it: an `eni…` veth without a bridge, the pod's address a /32
+/// with the link-local gateway 169.254.1.1 pinned to the host side's MAC, a host route to the
+/// pod, `to <pod> lookup main`, and for a pod of a secondary ENI `from <pod> lookup <table>`.
+fn eni_pod(node: &str, pod: &PodPlan, secondary: bool) -> Result<()> {
+    use crate::flavor::{ENI_TABLE, FROM_POD_PRIORITY, POD_GATEWAY, TO_POD_PRIORITY};
+    let host_if = pod.host_if.as_str();
+    ip_in(
+        node,
+        &[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns,
+        ],
+    )?;
+    ip_in(node, &["link", "set", host_if, "up"])?;
+    let shown = ip_in(node, &["-j", "link", "show", host_if])?;
+    let mac = serde_json::from_str::<Value>(&shown)?[0]["address"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no MAC address on {host_if}: {shown}"))?;
+    let ip = pod.ip.to_string();
+    ip_in(
+        &pod.netns,
+        &["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+    )?;
+    ip_in(&pod.netns, &["link", "set", "eth0", "up"])?;
+    ip_in(
+        &pod.netns,
+        &["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"],
+    )?;
+    ip_in(
+        &pod.netns,
+        &["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"],
+    )?;
+    ip_in(
+        &pod.netns,
+        &[
+            "neigh",
+            "add",
+            POD_GATEWAY,
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )?;
+    ip_in(
+        node,
+        &[
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            host_if,
+            "scope",
+            "link",
+        ],
+    )?;
+    ip_in(
+        node,
+        &[
+            "rule",
+            "add",
+            "to",
+            &ip,
+            "lookup",
+            "main",
+            "priority",
+            &TO_POD_PRIORITY.to_string(),
+        ],
+    )?;
+    if secondary {
+        ip_in(
+            node,
+            &[
+                "rule",
+                "add",
+                "from",
+                &ip,
+                "lookup",
+                &ENI_TABLE.to_string(),
+                "priority",
+                &FROM_POD_PRIORITY.to_string(),
+            ],
+        )?;
+    }
     Ok(())
 }
 

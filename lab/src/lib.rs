@@ -12,6 +12,7 @@
 //! - [`mesh`]: a running mesh on a topology (API servers, `meshctl connect`, agents with
 //!   WireGuard), the harness of the WireGuard tests and benchmark.
 //! - [`spec`]: the lab's YAML spec (`meshctl lab up --spec`), validated.
+//! - [`flavor`]: nodes built as Talos (Flannel) and EKS (the VPC CNI) build them.
 //! - [`plan`]: a lab's names and addresses, derived from its spec and slot.
 //! - [`manifests`]: a lab cluster's Kubernetes objects, written where its API servers read.
 //! - [`faults`]: partitions, loss and delay between clusters, as fabric rules.
@@ -22,6 +23,7 @@
 
 pub mod cgroup;
 pub mod faults;
+pub mod flavor;
 pub mod instance;
 pub mod manifests;
 pub mod mesh;

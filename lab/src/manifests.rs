@@ -24,7 +24,12 @@ pub fn render(plan: &Plan, c: &ClusterSpec) -> Vec<(&'static str, Vec<Value>)> {
                     "name": n.name,
                     "labels": {"kubernetes.io/hostname": n.name, "raftmesh.io/lab": plan.tag()},
                 },
-                "spec": {"podCIDR": format!("{}/24", n.pod_net), "podCIDRs": [format!("{}/24", n.pod_net)]},
+                // The VPC CNI assigns pod addresses from the VPC: its Nodes carry no podCIDR.
+                "spec": if c.flavor.node_pod_cidr() {
+                    json!({"podCIDR": format!("{}/24", n.pod_net), "podCIDRs": [format!("{}/24", n.pod_net)]})
+                } else {
+                    json!({})
+                },
                 "status": {"addresses": [
                     {"type": "InternalIP", "address": n.ip.to_string()},
                     {"type": "Hostname", "address": n.name},

@@ -8,6 +8,8 @@
 //!     node netns:   eth0 192.168.<k>.<n>/24, br0 10.<k>.<n>.1/24 ── lxc<j> ═ pod netns eth0
 //!                                                                    10.<k>.<n>.<10+j>/24
 //! ```
+//! (a plain node; talos and eks nodes name and link their pods as those platforms do, see
+//! [`crate::flavor`]: eks pods have 10.<k>.<n>.<10+j>/32 behind an `eni…` veth and no bridge).
 //! `s` is the lab's slot (0..=511, one /24 of 198.18.0.0/15, the benchmarking range RFC 2544
 //! reserves, so it is unlikely to be in use; `up` checks), `k` a cluster's id, `i` its index
 //! in the spec, `m` a member and `n` a node number. Services get VIPs 10.255.<k>.10 …, outside
@@ -83,9 +85,11 @@ pub struct PodPlan {
     pub netns: String,
     /// Its address.
     pub ip: Ipv4Addr,
-    /// The host side of its veth, in the node's namespace (`lxc<j>`, the prefix the agent
-    /// attaches policy to).
+    /// The host side of its veth, in the node's namespace (named as its cluster's flavor
+    /// names pod interfaces: `lxc<j>`, `veth<hex>`, `eni<hex>`).
     pub host_if: String,
+    /// Its slot on its node (`j`).
+    pub slot: usize,
 }
 
 impl Plan {
@@ -189,7 +193,10 @@ impl Plan {
                     node: node.to_owned(),
                     netns: format!("{}-{}-pod-{}", self.tag(), c.name, p.name),
                     ip: Ipv4Addr::new(10, c.id, n, 10 + *j),
-                    host_if: format!("lxc{j}"),
+                    host_if: c
+                        .flavor
+                        .host_if(&c.name, &p.namespace, &p.name, usize::from(*j)),
+                    slot: usize::from(*j),
                 };
                 *j += 1;
                 plan

@@ -68,6 +68,9 @@ pub struct ClusterSpec {
     pub name: String,
     /// Its id (1..=250): its address ranges derive from it.
     pub id: u8,
+    /// How its nodes are built: `plain`, `talos` or `eks` ([`crate::flavor`]).
+    #[serde(default)]
+    pub flavor: crate::flavor::Flavor,
     /// API-server members (1..=7).
     #[serde(default = "default_members")]
     pub members: u8,

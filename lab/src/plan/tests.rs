@@ -31,7 +31,22 @@ fn pods_get_the_next_address_of_their_node() {
     assert_eq!(by_name("echo-2").ip, Ipv4Addr::new(10, 2, 2, 10));
     assert_eq!(by_name("client").ip, Ipv4Addr::new(10, 2, 2, 11));
     assert_eq!(by_name("db").ip, Ipv4Addr::new(10, 2, 2, 12));
-    assert_eq!(by_name("db").host_if, "lxc2");
+    // infra is an EKS-flavored cluster: its pods' host interfaces are the VPC CNI's `eni…`,
+    // unique on their node; odd slots are on the secondary ENI.
+    assert!(
+        by_name("db").host_if.starts_with("eni"),
+        "{}",
+        by_name("db").host_if
+    );
+    assert_ne!(by_name("db").host_if, by_name("client").host_if);
+    assert_eq!((by_name("client").slot, by_name("db").slot), (1, 2));
+    let mut plain = spec.cluster("infra").unwrap().clone();
+    plain.flavor = crate::flavor::Flavor::Plain;
+    let pods = plan.pods(&plain);
+    assert_eq!(
+        pods.iter().find(|p| p.spec.name == "db").unwrap().host_if,
+        "lxc2"
+    );
 }
 
 #[test]

@@ -131,3 +131,25 @@ fn durations() {
     assert_eq!(parse_duration("10"), None);
     assert_eq!(parse_duration("s"), None);
 }
+
+#[test]
+fn flavors_parse_default_to_plain_and_unknown_ones_are_refused() {
+    let spec =
+        LabSpec::parse("clusters:\n- {name: a, id: 1}\n- {name: b, id: 2, flavor: eks}\n").unwrap();
+    assert_eq!(spec.clusters[0].flavor, crate::flavor::Flavor::Plain);
+    assert_eq!(spec.clusters[1].flavor, crate::flavor::Flavor::Eks);
+    let default = LabSpec::default_lab();
+    assert_eq!(
+        default.cluster("apps").unwrap().flavor,
+        crate::flavor::Flavor::Talos
+    );
+    assert_eq!(
+        default.cluster("infra").unwrap().flavor,
+        crate::flavor::Flavor::Eks
+    );
+    let e = LabSpec::parse("clusters:\n- {name: a, id: 1, flavor: gke}\n").unwrap_err();
+    assert!(
+        matches!(e, SpecError::Parse(ref m) if m.contains("unknown variant `gke`") && m.contains("talos")),
+        "{e}"
+    );
+}

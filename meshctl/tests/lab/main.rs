@@ -1,4 +1,4 @@
-//! Acceptance tests of the lab (issue 14), driven through `meshctl lab` as a user would and
+//! Acceptance tests of the lab (issues 14 and 25), driven through `meshctl lab` as a user would and
 //! checked with tools we did not write where one exists: etcdctl for writes, nft for the
 //! fabric's counters, ip/ls for what `down` leaves behind.
 //!
@@ -10,3 +10,4 @@
 mod support;
 mod t10_default_lab;
 mod t20_refusals;
+mod t30_flavors;
