@@ -544,8 +544,10 @@ impl Agent<'_> {
                 ),
             );
         }
-        if let Some(problem) = self.wg.as_deref().and_then(|w| w.problem.clone()) {
-            degraded.insert("tunnel", problem);
+        if let Some(wg) = self.wg.as_deref() {
+            for (part, problem) in &wg.problems {
+                degraded.insert(*part, problem.clone());
+            }
         }
         if self.health.borrow().degraded == degraded {
             return;

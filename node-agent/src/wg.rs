@@ -89,9 +89,10 @@ pub struct Wg {
     nft: Option<masq::Nft>,
     /// The exemption last written, or read back intact.
     exemption: Option<masq::Exemption>,
-    /// What is wrong with the tunnel's plumbing now (the last failure of WireGuard, its routes
-    /// and rules, or the exemption), for `/healthz`; `None` when the last attempt worked.
-    pub problem: Option<String>,
+    /// What is wrong with the tunnel's plumbing now, by part (`wireguard`: the interface and
+    /// its routes and rules; `rules`: the tick's check of the rules; `masquerade`: the
+    /// exemption), for `/healthz`; a part's entry goes when its next attempt works.
+    pub problems: BTreeMap<&'static str, String>,
     seen: BTreeMap<PublicKey, Seen>,
     status_file: PathBuf,
     /// What the status file holds.
@@ -154,7 +155,7 @@ impl Wg {
             table,
             routes,
             exemption: None,
-            problem: None,
+            problems: BTreeMap::new(),
             seen: BTreeMap::new(),
             status_file: state_dir.join(STATUS_FILE),
             status_written: String::new(),
@@ -191,11 +192,13 @@ impl Wg {
         }
         let plan = self.table.plan(&desired, state);
         match self.apply(&plan, state, local) {
-            Ok(()) => self.problem = None,
+            Ok(()) => {
+                self.problems.remove("wireguard");
+            }
             Err(e) => {
                 tracing::error!("configuring WireGuard: {e}; retrying at the next tick");
                 metrics.wg_errors.inc();
-                self.problem = Some(format!("WireGuard: {e}"));
+                self.problems.insert("wireguard", format!("WireGuard: {e}"));
                 self.retry = true;
             }
         }
@@ -226,6 +229,7 @@ impl Wg {
                     if have == want {
                         self.exemption = Some(have);
                         metrics.masq_ok.set(1);
+                        self.problems.remove("masquerade");
                         return;
                     }
                     if self.exemption.as_ref() == Some(&want) {
@@ -262,13 +266,7 @@ impl Wg {
                 );
                 self.exemption = Some(want);
                 metrics.masq_ok.set(1);
-                if self
-                    .problem
-                    .as_deref()
-                    .is_some_and(|p| p.starts_with("masquerade"))
-                {
-                    self.problem = None;
-                }
+                self.problems.remove("masquerade");
             }
             Err(e) => self.exemption_failed(metrics, &e),
         }
@@ -279,9 +277,12 @@ impl Wg {
         metrics.masq_errors.inc();
         metrics.masq_ok.set(0);
         self.exemption = None;
-        self.problem = Some(format!(
-            "masquerade exemption: {e} (pod traffic to other clusters may leave with the node's address)"
-        ));
+        self.problems.insert(
+            "masquerade",
+            format!(
+                "masquerade exemption: {e} (pod traffic to other clusters may leave with the node's address)"
+            ),
+        );
     }
 
     /// Removes the exemption and our rules (`--uninstall`). Returns what it removed.
@@ -429,10 +430,16 @@ impl Wg {
             // Rules and the exemption live in tables other programs write too (a CNI
             // restoring its iptables, an admin flushing nftables): checked every tick.
             let wanted: BTreeSet<Cidr> = self.routes.iter().map(|(c, _)| *c).collect();
-            if let Err(e) = self.sync_rules(&wanted) {
-                tracing::error!("policy routing rules: {e}; retrying at the next tick");
-                metrics.wg_errors.inc();
-                self.problem = Some(format!("policy routing rules: {e}"));
+            match self.sync_rules(&wanted) {
+                Ok(()) => {
+                    self.problems.remove("rules");
+                }
+                Err(e) => {
+                    tracing::error!("policy routing rules: {e}; retrying at the next tick");
+                    metrics.wg_errors.inc();
+                    self.problems
+                        .insert("rules", format!("policy routing rules: {e}"));
+                }
             }
             self.sync_exemption(state, local, metrics, true);
         }
