@@ -17,6 +17,7 @@
 //! - [`reconcile`]: desired vs applied → writes, never removing on a partial view.
 //! - [`datapath`]: loading, attaching (tcx, or legacy tc on older kernels), adopting and
 //!   uninstalling with aya; the maps as a [`reconcile::Programmer`].
+//! - [`netlink`]: rtnetlink dumps and changes, in one place.
 //! - [`podnet`]: pod interfaces found by what they are (veths to other namespaces), and the
 //!   pod addresses no interface with the policy programs leads to.
 //! - [`source`]: list and watch of the API server.
@@ -34,6 +35,7 @@ pub mod datapath;
 pub mod desired;
 pub mod maps;
 pub mod metrics;
+pub mod netlink;
 pub mod podnet;
 pub mod reconcile;
 pub mod show;

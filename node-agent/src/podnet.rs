@@ -20,16 +20,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_request::netlink_request_rtnl;
 
+use crate::netlink;
 use crate::wg::peers::Cidr;
 use crate::wg::route::contains;
 
@@ -63,17 +61,9 @@ pub struct Route {
 
 /// The interfaces of this network namespace.
 pub fn links() -> io::Result<Vec<Link>> {
-    let replies = netlink_request_rtnl(
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        Some(NLM_F_REQUEST | NLM_F_DUMP),
-    )?;
     let mut links = Vec::new();
-    for reply in replies {
-        let NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)),
-            ..
-        } = reply
-        else {
+    for reply in netlink::dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
+        let RouteNetlinkMessage::NewLink(l) = reply else {
             continue;
         };
         let mut link = Link {
@@ -106,16 +96,9 @@ pub fn links() -> io::Result<Vec<Link>> {
     }
     let mut msg = AddressMessage::default();
     msg.header.family = AddressFamily::Inet;
-    let replies = netlink_request_rtnl(
-        RouteNetlinkMessage::GetAddress(msg),
-        Some(NLM_F_REQUEST | NLM_F_DUMP),
-    )?;
     let mut addressed = BTreeSet::new();
-    for reply in replies {
-        if let NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)),
-            ..
-        } = reply
+    for reply in netlink::dump(RouteNetlinkMessage::GetAddress(msg))? {
+        if let RouteNetlinkMessage::NewAddress(a) = reply
             && a.attributes
                 .iter()
                 .any(|x| matches!(x, AddressAttribute::Address(IpAddr::V4(_))))
@@ -133,17 +116,9 @@ pub fn links() -> io::Result<Vec<Link>> {
 pub fn main_routes() -> io::Result<Vec<Route>> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet;
-    let replies = netlink_request_rtnl(
-        RouteNetlinkMessage::GetRoute(msg),
-        Some(NLM_F_REQUEST | NLM_F_DUMP),
-    )?;
     let mut out = Vec::new();
-    for reply in replies {
-        let NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)),
-            ..
-        } = reply
-        else {
+    for reply in netlink::dump(RouteNetlinkMessage::GetRoute(msg))? {
+        let RouteNetlinkMessage::NewRoute(r) = reply else {
             continue;
         };
         let mut table = u32::from(r.header.table);

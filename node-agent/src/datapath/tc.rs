@@ -18,12 +18,11 @@
 
 use std::io;
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
 use netlink_packet_utils::nla::{Nla, NlasIterator};
-use netlink_request::netlink_request_rtnl;
+
+use crate::netlink;
 
 /// The priority of our filters.
 pub const PRIORITY: u16 = 1;
@@ -87,10 +86,7 @@ pub fn list(index: u32, direction: Direction) -> io::Result<Vec<Filter>> {
     let mut msg = TcMessage::default();
     msg.header.index = index as i32;
     msg.header.parent = direction.parent();
-    let replies = match netlink_request_rtnl(
-        RouteNetlinkMessage::GetTrafficFilter(msg),
-        Some(NLM_F_REQUEST | NLM_F_DUMP),
-    ) {
+    let replies = match netlink::dump(RouteNetlinkMessage::GetTrafficFilter(msg)) {
         Ok(r) => r,
         // No clsact qdisc: nothing attached.
         Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(Vec::new()),
@@ -98,11 +94,7 @@ pub fn list(index: u32, direction: Direction) -> io::Result<Vec<Filter>> {
     };
     let mut out = Vec::new();
     for reply in replies {
-        let NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(f)),
-            ..
-        } = reply
-        else {
+        let RouteNetlinkMessage::NewTrafficFilter(f) = reply else {
             continue;
         };
         let handle = u32::from(f.header.handle.major) << 16 | u32::from(f.header.handle.minor);

@@ -9,16 +9,14 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::Ipv4Addr;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_request::netlink_request_rtnl;
+
+use crate::netlink;
 
 use super::peers::Cidr;
 
@@ -37,11 +35,7 @@ pub fn link_up(index: u32, mtu: u32) -> io::Result<()> {
     msg.header.flags = LinkFlags::Up;
     msg.header.change_mask = LinkFlags::Up;
     msg.attributes.push(LinkAttribute::Mtu(mtu));
-    netlink_request_rtnl(
-        RouteNetlinkMessage::SetLink(msg),
-        Some(NLM_F_REQUEST | NLM_F_ACK),
-    )?;
-    Ok(())
+    netlink::change(RouteNetlinkMessage::SetLink(msg), 0)
 }
 
 /// Creates a WireGuard link `name` in the kernel; where WireGuard is a module, the kernel
@@ -53,22 +47,14 @@ pub fn create_wireguard(name: &str) -> io::Result<()> {
         .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
             InfoKind::Wireguard,
         )]));
-    netlink_request_rtnl(
-        RouteNetlinkMessage::NewLink(msg),
-        Some(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL),
-    )?;
-    Ok(())
+    netlink::change(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
 }
 
 /// Deletes link `index`.
 pub fn delete_link(index: u32) -> io::Result<()> {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
-    netlink_request_rtnl(
-        RouteNetlinkMessage::DelLink(msg),
-        Some(NLM_F_REQUEST | NLM_F_ACK),
-    )?;
-    Ok(())
+    netlink::change(RouteNetlinkMessage::DelLink(msg), 0)
 }
 
 fn route(index: u32, (dst, len): Cidr) -> RouteMessage {
@@ -93,37 +79,24 @@ pub fn add(index: u32, cidr: Cidr, src: Option<Ipv4Addr>) -> io::Result<()> {
         msg.attributes
             .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
     }
-    netlink_request_rtnl(
+    netlink::change(
         RouteNetlinkMessage::NewRoute(msg),
-        Some(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE),
-    )?;
-    Ok(())
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
 }
 
 /// Removes our route to `cidr` through link `index`.
 pub fn delete(index: u32, cidr: Cidr) -> io::Result<()> {
-    netlink_request_rtnl(
-        RouteNetlinkMessage::DelRoute(route(index, cidr)),
-        Some(NLM_F_REQUEST | NLM_F_ACK),
-    )?;
-    Ok(())
+    netlink::change(RouteNetlinkMessage::DelRoute(route(index, cidr)), 0)
 }
 
 /// Our routes through link `index` in the main table, with their source address.
 pub fn list(index: u32) -> io::Result<BTreeSet<(Cidr, Option<Ipv4Addr>)>> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet;
-    let replies = netlink_request_rtnl(
-        RouteNetlinkMessage::GetRoute(msg),
-        Some(NLM_F_REQUEST | NLM_F_DUMP),
-    )?;
     let mut out = BTreeSet::new();
-    for reply in replies {
-        let NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)),
-            ..
-        } = reply
-        else {
+    for reply in netlink::dump(RouteNetlinkMessage::GetRoute(msg))? {
+        let RouteNetlinkMessage::NewRoute(r) = reply else {
             continue;
         };
         if r.header.protocol != RouteProtocol::Other(RTPROT_RAFTMESH)

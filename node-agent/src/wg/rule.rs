@@ -12,15 +12,14 @@ use std::collections::BTreeSet;
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{RouteHeader, RouteProtocol};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_request::netlink_request_rtnl;
 
 use super::peers::Cidr;
 use super::route::RTPROT_RAFTMESH;
+use crate::netlink;
 
 fn rule((dst, len): Cidr, priority: u32) -> RuleMessage {
     let mut msg = RuleMessage::default();
@@ -42,37 +41,24 @@ fn rule((dst, len): Cidr, priority: u32) -> RuleMessage {
 
 /// Adds `to <cidr> lookup main` at `priority`.
 pub fn add(cidr: Cidr, priority: u32) -> io::Result<()> {
-    netlink_request_rtnl(
+    netlink::change(
         RouteNetlinkMessage::NewRule(rule(cidr, priority)),
-        Some(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL),
-    )?;
-    Ok(())
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
 }
 
 /// Removes our rule for `cidr` at `priority`.
 pub fn delete(cidr: Cidr, priority: u32) -> io::Result<()> {
-    netlink_request_rtnl(
-        RouteNetlinkMessage::DelRule(rule(cidr, priority)),
-        Some(NLM_F_REQUEST | NLM_F_ACK),
-    )?;
-    Ok(())
+    netlink::change(RouteNetlinkMessage::DelRule(rule(cidr, priority)), 0)
 }
 
 /// Our rules (IPv4, our protocol): (destination, priority).
 pub fn list() -> io::Result<BTreeSet<(Cidr, u32)>> {
     let mut msg = RuleMessage::default();
     msg.header.family = AddressFamily::Inet;
-    let replies = netlink_request_rtnl(
-        RouteNetlinkMessage::GetRule(msg),
-        Some(NLM_F_REQUEST | NLM_F_DUMP),
-    )?;
     let mut out = BTreeSet::new();
-    for reply in replies {
-        let NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRule(r)),
-            ..
-        } = reply
-        else {
+    for reply in netlink::dump(RouteNetlinkMessage::GetRule(msg))? {
+        let RouteNetlinkMessage::NewRule(r) = reply else {
             continue;
         };
         let mut ours = false;

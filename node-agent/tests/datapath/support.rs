@@ -356,6 +356,32 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Compiles `tests/datapath/<name>.bpf.c` (another agent's program) into the node's
+    /// directory with clang, as the build script compiles ours; returns the object.
+    pub fn compile_bpf(&self, name: &str) -> PathBuf {
+        let object = self.dir.path().join(format!("{name}.o"));
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/datapath")
+            .join(format!("{name}.bpf.c"));
+        let include = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+        lab::run(
+            "clang",
+            &[
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                &include,
+                "-c",
+                source.to_str().expect("path"),
+                "-o",
+                object.to_str().expect("path"),
+            ],
+        )
+        .expect("clang");
+        object
+    }
+
     /// How the policy programs are attached to each pod interface, by `node-agent maps`:
     /// interface → mode.
     pub fn attachments(&self) -> BTreeMap<String, String> {

@@ -24,27 +24,7 @@ fn a_foreign_connect4_program_keeps_working_beside_ours() {
     ]);
     node.serve(&["b1", "b2"]);
     // The foreign program is there first, as a CNI's would be, attached in multi mode.
-    let object = node.dir.path().join("foreign.o");
-    let source = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/datapath/foreign_connect4.bpf.c"
-    );
-    let include = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
-    lab::run(
-        "clang",
-        &[
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            &include,
-            "-c",
-            source,
-            "-o",
-            object.to_str().unwrap(),
-        ],
-    )
-    .expect("clang");
+    let object = node.compile_bpf("foreign_connect4");
     let foreign = Foreign(PathBuf::from(format!("/sys/fs/bpf/{}-foreign", node.id)));
     let pin = foreign.0.to_str().unwrap();
     lab::run(

@@ -52,27 +52,7 @@ fn a_filter_added_ahead_of_ours_is_overtaken_again() {
     });
 
     // Another agent's accept-all filter at priority 1, handle 1, on the server's interface.
-    let object = node.dir.path().join("foreign_tc.o");
-    let source = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/datapath/foreign_tc_accept.bpf.c"
-    );
-    let include = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
-    lab::run(
-        "clang",
-        &[
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            &include,
-            "-c",
-            source,
-            "-o",
-            object.to_str().unwrap(),
-        ],
-    )
-    .expect("clang");
+    let object = node.compile_bpf("foreign_tc_accept");
     let dev = node.host_ifs["server"].clone();
     let out = node
         .ns
