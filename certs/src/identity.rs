@@ -16,7 +16,7 @@ use crate::error::Error;
 /// The scheme and trust domain every raftmesh identity starts with.
 pub const PREFIX: &str = "spiffe://raftmesh/cluster/";
 
-/// What a certificate holder may do; see DESIGN.md, "Trust model".
+/// What a certificate holder may do; see ARCHITECTURE.md, "Trust model".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// A member of a cluster's API server (Raft peer); name = member.

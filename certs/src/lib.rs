@@ -1,6 +1,6 @@
 //! raftmesh's PKI and TLS: every cluster has its own CA; every certificate names its holder
-//! with a URI SAN `spiffe://raftmesh/cluster/<c>/<role>/<name>` (see DESIGN.md, "Trust
-//! model"). All ports are mutual TLS 1.3 with these certificates, and the server authorizes
+//! with a URI SAN `spiffe://raftmesh/cluster/<c>/<role>/<name>` (see ARCHITECTURE.md,
+//! "Trust model"). All ports are mutual TLS 1.3 with these certificates, and the server authorizes
 //! each request by the client certificate's identity.
 //!
 //! # Layout

@@ -1,4 +1,4 @@
-//! chaos: fault scenarios on the lab and the checkers that judge them (DESIGN.md, "The lab").
+//! chaos: fault scenarios on the lab and the checkers that judge them (ARCHITECTURE.md, "The lab, chaos and benchmarks").
 //!
 //! raftmesh claims that partitions never block writes inside a cluster, that remote state is
 //! kept and its age measured, that healing costs a delta, and that no acknowledged write is

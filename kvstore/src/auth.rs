@@ -1,5 +1,5 @@
 //! Authorization: what a caller may do, by the role and name in its client certificate and
-//! by key path. See DESIGN.md, "Trust model".
+//! by key path. See ARCHITECTURE.md, "Trust model".
 //!
 //! | role | reads | writes | leases | members, compaction, maintenance |
 //! |---|---|---|---|---|

@@ -1,7 +1,7 @@
 //! Request errors of the store, one variant per etcd error.
 //!
 //! Clients match on etcd's exact strings, so every variant's message is etcd's, verbatim
-//! (`shared/reference/etcd-api.md`). The gRPC code of each variant lives in
+//! (etcd's `api/v3rpc/rpctypes/error.go`). The gRPC code of each variant lives in
 //! [`crate::api::status`], where errors cross the service boundary.
 //!
 //! Errors are serializable because a follower forwards writes to the leader and gets the

@@ -1,4 +1,4 @@
-//! Acceptance 1: openraft's storage conformance suite against the sled log store and the
+//! Acceptance 1: openraft's storage conformance suite against the log store (its own write-ahead log, metadata in sled) and the
 //! snapshot-backed state machine.
 
 use kvstore::log_store::LogStore;

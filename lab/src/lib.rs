@@ -1,5 +1,5 @@
 //! The lab: real clusters on one Linux box, out of network namespaces, veth pairs, cgroups and
-//! processes (DESIGN.md, "The lab"). Two kinds of users: `meshctl lab` builds a lab from a spec
+//! processes (ARCHITECTURE.md, "The lab"). Two kinds of users: `meshctl lab` builds a lab from a spec
 //! that outlives the command ([`instance`]), and privileged tests use building blocks that own
 //! what they create and remove it on drop, also when a test panics.
 //!

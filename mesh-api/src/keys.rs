@@ -1,4 +1,4 @@
-//! Every key of the layout (DESIGN.md, "Key layout"), built and parsed in one place.
+//! Every key of the layout (ARCHITECTURE.md, "Key layout and records"), built and parsed in one place.
 //!
 //! A cluster's records all live under `mesh/v1/<cluster>/`, so a cluster's whole export is
 //! one prefix and a remote mirrors it with one watch. Parsing is strict: a key that does not

@@ -1,7 +1,7 @@
 //! The mesh's data model: which keys exist, what their values are, and how values are
 //! encoded. Every crate that reads or writes the store (the API server's controllers, node
 //! agents, remote mirrors, meshctl) goes through this crate, so the layout lives in one place.
-//! See DESIGN.md, "Key layout".
+//! See ARCHITECTURE.md, "Key layout and records".
 //!
 //! # Layout
 //! - [`keys`]: [`Key`], every key of the layout, built and parsed; prefixes.

@@ -1,6 +1,6 @@
 //! The remote mirror: while this member leads, every connected remote cluster's records
 //! (`mesh/v1/<c>/` on that cluster) are mirrored under the same keys here, so agents only ever
-//! read their own cluster. See DESIGN.md, "Remote clusters (mirroring)".
+//! read their own cluster. See ARCHITECTURE.md, "Publisher and mirror".
 //!
 //! [`Mirror`] is a leader-gated controller. Every second it reads the connections
 //! (`mesh/config/remotes/<c>`, written by `meshctl connect`) and the statuses

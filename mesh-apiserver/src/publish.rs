@@ -1,5 +1,5 @@
-//! Kubernetes objects → the records of `mesh-api` (DESIGN.md, "Key layout", "Identities",
-//! "Global services").
+//! Kubernetes objects → the records of `mesh-api` (ARCHITECTURE.md, "Key layout
+//! and records", "Publisher and mirror").
 //!
 //! Both sources of objects, the live API and a directory of manifests, produce the same
 //! [`objects::Objects`], and [`convert::desired`] turns them into the records the cluster

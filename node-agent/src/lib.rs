@@ -6,7 +6,7 @@
 //! recvmsg4, getpeername4) and identity policy on traffic to pods (tcx, or tc on kernels before
 //! 6.6, on the pod veths). Maps
 //! and links are pinned, so the datapath keeps working while the agent restarts, and a
-//! restarted agent adopts them and writes only the difference. See DESIGN.md, "Datapath".
+//! restarted agent adopts them and writes only the difference. See ARCHITECTURE.md, "The node agent".
 //!
 //! # Layout
 //! - [`config`]: flags and their validation.

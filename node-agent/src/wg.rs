@@ -1,5 +1,5 @@
 //! The WireGuard mesh: a tunnel from this node to every node of every other cluster, keyed by
-//! the public keys the agents publish (DESIGN.md, "Datapath").
+//! the public keys the agents publish (ARCHITECTURE.md, "WireGuard").
 //!
 //! - [`key`]: the node's key pair, made once in the state directory (0600).
 //! - [`peers`]: records → desired peers (pure), and the diff to what the interface holds.

@@ -2,7 +2,7 @@
 //! that publish manifests, joined with `meshctl connect`, checked through their stores with
 //! etcd clients and etcdctl.
 //!
-//! One binary; its tests run one at a time (the `mesh` test group in `.config/nextest.toml`),
+//! One binary; its tests run one at a time (the `clusters` test group in `.config/nextest.toml`),
 //! since each starts several clusters.
 
 mod support;

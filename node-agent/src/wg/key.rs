@@ -3,7 +3,7 @@
 //! The private key lives in one file, `wireguard.key` (base64, mode 0600, created with that
 //! mode so it is never readable by others, not even for a moment). It is never logged, never
 //! exported as a metric and never written to the store: only the public key leaves the node
-//! (DESIGN.md, "Private keys never leave their node"). A lost state directory means a new key,
+//! (ARCHITECTURE.md, "WireGuard": private keys never leave their node). A lost state directory means a new key,
 //! which the agent publishes; peers follow the record.
 
 use std::fmt;
