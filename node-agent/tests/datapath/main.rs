@@ -10,3 +10,4 @@ mod t50_coexist;
 mod t60_reconnect;
 mod t70_tc_order;
 mod t80_unenforced;
+mod t90_masquerade;
