@@ -188,7 +188,14 @@ fn start_agent(
     .arg(pins.root())
     .arg("--state-dir")
     .arg(log.with_extension("state"))
-    .args(["--pod-interface-prefix", "rmbnone"])
+    // On the host's namespace: no pod interfaces of its own, and the host's veths (a
+    // container engine's) are not the benchmark's to touch.
+    .args([
+        "--pod-interfaces",
+        "prefix",
+        "--pod-interface-prefix",
+        "rmbnone",
+    ])
     .args(["--wg-backend", "none"]);
     Ok(Agent {
         process: Process::spawn(cmd, Some(log))?,

@@ -599,7 +599,8 @@ fn report(
         "# mesh-bench propagation\n\n\
          Command: `{command}`\n\n\
          - Machine: {machine}\n\
-         - The default lab (two clusters of 3 API-server members and 2 nodes) plus a global \
+         - The default lab (two clusters of 3 API-server members and 2 nodes; `apps` built \
+         like Talos with Flannel, `infra` like EKS with the VPC CNI and legacy tc) plus a global \
          service `demo/bench`: `infra` has {BENCH_PODS} pods for it of which one at a time is \
          ready; `apps` declares it without backends. A change makes the next pod the ready one \
          in `infra`'s manifests. {changes} changes per phase, each after a pause drawn from \

@@ -428,7 +428,6 @@ impl Mesh {
         .arg("--state-dir")
         .arg(&a.state_dir)
         .args(["--listen-metrics", "127.0.0.1:9964"])
-        .args(["--pod-interface-prefix", "nopods"])
         .args(["--wg-backend", "userspace", "--wg-interface", &a.interface])
         .args(["--wg-port", &WG_PORT.to_string()])
         .arg("--wg-userspace-program")

@@ -577,7 +577,11 @@ impl Agent<'_> {
                 return Ok(());
             }
         };
-        let present = podnet::pod_interfaces(&links, &self.config.pod_interface_prefixes);
+        let present = podnet::pod_interfaces(
+            &links,
+            self.config.discover_pod_interfaces,
+            &self.config.pod_interface_prefixes,
+        );
         let mut enforcing = BTreeSet::new();
         for (name, index) in &present {
             let key = (name.clone(), *index);

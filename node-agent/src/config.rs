@@ -62,6 +62,12 @@ pub struct Flags {
     /// and Calico's `veth…`/`cali…`) — so this is only for pod links of other kinds.
     #[arg(long, value_delimiter = ',')]
     pub pod_interface_prefix: Vec<String>,
+    /// Which interfaces get the policy programs: `discover` (every pod veth, found by what it
+    /// is, and the --pod-interface-prefix names) or `prefix` (only interfaces named with a
+    /// --pod-interface-prefix; for an agent that must leave the other veths of its namespace
+    /// alone).
+    #[arg(long, value_enum, default_value_t = PodInterfaces::Discover)]
+    pub pod_interfaces: PodInterfaces,
     /// How the policy programs attach to pod interfaces: `tcx` (Linux 6.6+: BPF links, pinned),
     /// `tc` (a clsact qdisc and direct-action filters at a fixed priority and handle, for older
     /// kernels such as EKS AL2023's 6.1), or `auto` (tcx where the kernel has it, else tc).
@@ -123,6 +129,15 @@ pub enum PolicyAttach {
     Tc,
 }
 
+/// `--pod-interfaces`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodInterfaces {
+    /// Veths to other namespaces without an address, and the named prefixes.
+    Discover,
+    /// The named prefixes only.
+    Prefix,
+}
+
 /// `--masquerade-exemption`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MasqExemption {
@@ -170,6 +185,8 @@ pub struct Config {
     pub remote_stale_after: Duration,
     /// `--pod-interface-prefix`.
     pub pod_interface_prefixes: Vec<String>,
+    /// `--pod-interfaces discover`: pod veths are found by what they are.
+    pub discover_pod_interfaces: bool,
     /// `--policy-attach`, resolved against this kernel.
     pub attach: crate::datapath::AttachMode,
     /// WireGuard, unless `--wg-backend none`.
@@ -305,6 +322,12 @@ impl Config {
         if flags.remote_stale_after.is_zero() {
             return Err(bad("remote-stale-after", "must be more than 0"));
         }
+        if flags.pod_interfaces == PodInterfaces::Prefix && flags.pod_interface_prefix.is_empty() {
+            return Err(bad(
+                "pod-interfaces",
+                "prefix needs at least one --pod-interface-prefix (or the agent enforces nothing)",
+            ));
+        }
         if flags.pod_interface_prefix.iter().any(String::is_empty) {
             return Err(bad(
                 "pod-interface-prefix",
@@ -334,6 +357,7 @@ impl Config {
             listen_metrics: flags.listen_metrics,
             remote_stale_after: flags.remote_stale_after,
             pod_interface_prefixes: flags.pod_interface_prefix.clone(),
+            discover_pod_interfaces: flags.pod_interfaces == PodInterfaces::Discover,
         })
     }
 }

@@ -146,13 +146,18 @@ pub fn main_routes() -> io::Result<Vec<Route>> {
     Ok(out)
 }
 
-/// The pod interfaces among `links`: veths whose peer is in another namespace and that hold
-/// no IPv4 address, and links named with one of `prefixes`. (name, index).
-pub fn pod_interfaces(links: &[Link], prefixes: &[String]) -> BTreeSet<(String, u32)> {
+/// The pod interfaces among `links`: with `discover`, veths whose peer is in another
+/// namespace and that hold no IPv4 address; and links named with one of `prefixes`.
+/// (name, index).
+pub fn pod_interfaces(
+    links: &[Link],
+    discover: bool,
+    prefixes: &[String],
+) -> BTreeSet<(String, u32)> {
     links
         .iter()
         .filter(|l| {
-            (l.kind.as_deref() == Some("veth") && l.peer_elsewhere && !l.has_ipv4)
+            (discover && l.kind.as_deref() == Some("veth") && l.peer_elsewhere && !l.has_ipv4)
                 || prefixes.iter().any(|p| l.name.starts_with(p.as_str()))
         })
         .map(|l| (l.name.clone(), l.index))

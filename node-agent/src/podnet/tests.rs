@@ -84,7 +84,7 @@ fn eks() -> (Vec<Link>, Vec<Route>) {
 #[test]
 fn pod_interfaces_are_found_whatever_their_name() {
     let (links, _) = talos();
-    let found = pod_interfaces(&links, &[]);
+    let found = pod_interfaces(&links, true, &[]);
     assert_eq!(
         found,
         [
@@ -94,7 +94,7 @@ fn pod_interfaces_are_found_whatever_their_name() {
         .into()
     );
     let (links, _) = eks();
-    let found: Vec<String> = pod_interfaces(&links, &[])
+    let found: Vec<String> = pod_interfaces(&links, true, &[])
         .into_iter()
         .map(|(n, _)| n)
         .collect();
@@ -106,9 +106,13 @@ fn an_addressed_veth_is_the_node_uplink_not_a_pod() {
     // A node that is itself a container (kind, the lab): its eth0 is a veth to elsewhere.
     let mut eth0 = link(2, "eth0", Some("veth"), true);
     eth0.has_ipv4 = true;
-    assert!(pod_interfaces(&[eth0.clone()], &[]).is_empty());
-    // A prefix names what discovery leaves out.
-    assert_eq!(pod_interfaces(&[eth0], &["eth".to_owned()]).len(), 1);
+    assert!(pod_interfaces(&[eth0.clone()], true, &[]).is_empty());
+    // A prefix names what discovery leaves out; without discovery, prefixes alone.
+    assert_eq!(pod_interfaces(&[eth0], true, &["eth".to_owned()]).len(), 1);
+    let (links, _) = talos();
+    assert!(pod_interfaces(&links, false, &[]).is_empty());
+    let named = pod_interfaces(&links, false, &["veth3".to_owned()]);
+    assert_eq!(named, [("veth3f2a9c1e".to_owned(), 5)].into());
 }
 
 #[test]
