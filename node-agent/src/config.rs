@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::datapath::{self, AttachMode};
 use crate::wg::WgConfig;
 use crate::wg::device::{self, Interface, Userspace};
 
@@ -188,7 +189,7 @@ pub struct Config {
     /// `--pod-interfaces discover`: pod veths are found by what they are.
     pub discover_pod_interfaces: bool,
     /// `--policy-attach`, resolved against this kernel.
-    pub attach: crate::datapath::AttachMode,
+    pub attach: AttachMode,
     /// WireGuard, unless `--wg-backend none`.
     pub wg: Option<WgConfig>,
 }
@@ -340,8 +341,7 @@ impl Config {
                 "must be 1 to 32765 (0 is the local table's, 32766 and 32767 main's and default's)",
             ));
         }
-        let attach = crate::datapath::AttachMode::resolve(flags.policy_attach)
-            .map_err(|e| bad("policy-attach", e))?;
+        let attach = attach_mode(flags.policy_attach)?;
         let wg = wg_config(flags)?;
         Ok(Config {
             attach,
@@ -359,6 +359,27 @@ impl Config {
             pod_interface_prefixes: flags.pod_interface_prefix.clone(),
             discover_pod_interfaces: flags.pod_interfaces == PodInterfaces::Discover,
         })
+    }
+}
+
+/// `--policy-attach` on this kernel: `auto` is tcx where the kernel has it, else tc; `tcx` is
+/// refused on a kernel without it.
+fn attach_mode(flag: PolicyAttach) -> Result<AttachMode, ConfigError> {
+    let has_tcx = || datapath::kernel_has_tcx().map_err(|e| bad("policy-attach", e));
+    match flag {
+        PolicyAttach::Tc => Ok(AttachMode::Tc),
+        PolicyAttach::Auto => Ok(if has_tcx()?.0 {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Tc
+        }),
+        PolicyAttach::Tcx => match has_tcx()? {
+            (true, _) => Ok(AttachMode::Tcx),
+            (false, kernel) => Err(bad(
+                "policy-attach",
+                format!("tcx needs Linux 6.6 or later; this kernel is {kernel} (use tc or auto)"),
+            )),
+        },
     }
 }
 

@@ -78,37 +78,17 @@ pub enum AttachMode {
 /// The first kernel with tcx (BPF_TCX_INGRESS/EGRESS links, Linux commit e420bed02507).
 const TCX_SINCE: (u8, u8) = (6, 6);
 
-impl AttachMode {
-    /// `--policy-attach` on this kernel: `auto` is tcx from Linux 6.6 on (older kernels
-    /// refuse a tcx link with EINVAL), else tc; `tcx` is refused on an older kernel.
-    pub fn resolve(flag: crate::config::PolicyAttach) -> Result<AttachMode, String> {
-        use crate::config::PolicyAttach;
-        let kernel = KernelVersion::current().map_err(|e| format!("the kernel's version: {e}"));
-        let has_tcx = || {
-            kernel
-                .as_ref()
-                .map(|k| *k >= KernelVersion::new(TCX_SINCE.0, TCX_SINCE.1, 0))
-        };
-        match flag {
-            PolicyAttach::Tc => Ok(AttachMode::Tc),
-            PolicyAttach::Auto => Ok(if has_tcx().unwrap_or(false) {
-                AttachMode::Tcx
-            } else {
-                AttachMode::Tc
-            }),
-            PolicyAttach::Tcx => match has_tcx() {
-                Ok(true) => Ok(AttachMode::Tcx),
-                Ok(false) => Err(format!(
-                    "tcx needs Linux {}.{} or later; this kernel is {:?} (use tc or auto)",
-                    TCX_SINCE.0,
-                    TCX_SINCE.1,
-                    kernel.as_ref().map(|k| k.code())
-                )),
-                Err(e) => Err(e.clone()),
-            },
-        }
-    }
+/// Whether this kernel has tcx (Linux 6.6+; older kernels refuse a tcx link with EINVAL), and
+/// the kernel's version for messages.
+pub fn kernel_has_tcx() -> std::result::Result<(bool, String), String> {
+    let kernel = KernelVersion::current().map_err(|e| format!("the kernel's version: {e}"))?;
+    Ok((
+        kernel >= KernelVersion::new(TCX_SINCE.0, TCX_SINCE.1, 0),
+        format!("{kernel:?}"),
+    ))
+}
 
+impl AttachMode {
     /// `tcx` or `tc`.
     pub fn name(self) -> &'static str {
         match self {
