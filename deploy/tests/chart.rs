@@ -243,6 +243,11 @@ fn the_agent_has_the_capabilities_and_mounts_it_needs_and_no_more() {
     );
     let a = args(ds);
     assert!(a.contains(&"--endpoints=https://r1-apiserver.mesh.svc:2379".to_owned()));
+    // A pin directory per node, below the bpffs mount (never the mount itself).
+    assert!(
+        a.contains(&"--bpffs=/sys/fs/bpf/raftmesh/$(NODE_NAME)".to_owned()),
+        "{a:?}"
+    );
     assert!(a.contains(&"--wg-backend=kernel".to_owned()));
     assert!(a.contains(&"--policy-attach=auto".to_owned()));
     assert!(a.contains(&"--masquerade-exemption=nftables".to_owned()));

@@ -44,7 +44,8 @@ pub struct Flags {
     /// Talos and most systemd hosts; `/sys/fs/cgroup/unified` on hybrid hosts.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     pub cgroup_root: PathBuf,
-    /// Where maps and links are pinned (on a bpffs) [default: /sys/fs/bpf/raftmesh/<node>].
+    /// Where maps and links are pinned: a directory of a bpffs, not its mount point, one per
+    /// node [default: /sys/fs/bpf/raftmesh/<node>].
     #[arg(long)]
     pub bpffs: Option<PathBuf>,
     /// The agent's own files (the record of what it attached, and later its WireGuard key).
@@ -339,6 +340,18 @@ impl Config {
             return Err(bad(
                 "rule-priority",
                 "must be 1 to 32765 (0 is the local table's, 32766 and 32767 main's and default's)",
+            ));
+        }
+        if let Some(dir) = &flags.bpffs
+            && datapath::is_mount_point(dir)
+        {
+            return Err(bad(
+                "bpffs",
+                format!(
+                    "{} is a mount point: give a directory below it for this node's pins, e.g. {}",
+                    dir.display(),
+                    dir.join("raftmesh").join(&node).display()
+                ),
             ));
         }
         let attach = attach_mode(flags.policy_attach)?;

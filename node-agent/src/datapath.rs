@@ -259,24 +259,54 @@ impl Pins {
     }
 
     /// Removes every link pin (detaching the programs unless something else holds them) and
-    /// map pin, and the directories. Returns the pins removed.
+    /// map pin, and the directories the agent made: `maps/`, `links/`, and the root when it is
+    /// then empty and not a mount point (a bpffs itself is never removed). Returns the pins
+    /// removed.
     pub fn uninstall(&self) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
+        // Only pins of ours, by name: a directory shared with other tools keeps theirs.
+        let ours_in = |dir: &Path, file: &str| {
+            if dir.ends_with("links") {
+                CGROUP_PROGRAMS.contains(&file) || parse_tc_link_name(file).is_some()
+            } else {
+                maps::LB_MAPS.contains(&file) || maps::POL_MAPS.contains(&file)
+            }
+        };
         for dir in [self.links(), self.root.join("maps")] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let path = entry.path();
+                if !ours_in(&dir, &entry.file_name().to_string_lossy()) {
+                    continue;
+                }
                 fs::remove_file(&path).map_err(io("removing", &path))?;
                 removed.push(path);
             }
-            fs::remove_dir(&dir).map_err(io("removing", &dir))?;
+            remove_if_empty(&dir)?;
         }
-        if self.root.exists() {
-            fs::remove_dir(&self.root).map_err(io("removing", &self.root))?;
+        if !is_mount_point(&self.root) {
+            remove_if_empty(&self.root)?;
         }
         Ok(removed)
+    }
+}
+
+fn remove_if_empty(dir: &Path) -> Result<()> {
+    if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        fs::remove_dir(dir).map_err(io("removing", dir))?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a mount point (its device differs from its parent's), e.g. a bpffs.
+pub fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let parent = dir.join("..");
+    match (fs::metadata(dir), fs::metadata(parent)) {
+        (Ok(d), Ok(p)) => d.dev() != p.dev() || d.ino() == p.ino(),
+        _ => false,
     }
 }
 

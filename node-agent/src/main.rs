@@ -16,7 +16,9 @@ use node_agent::datapath::Pins;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Remove the datapath (links, maps, pins) from --bpffs (or the default of --node) and exit.
+    /// Remove the datapath (links, tc filters, maps, pins; the WireGuard interface; the routing
+    /// rules and the nft table) from --bpffs (or the default of --node) and exit. A directory
+    /// the agent did not make (a bpffs mount point) is never removed.
     #[arg(long)]
     uninstall: bool,
     #[command(flatten)]

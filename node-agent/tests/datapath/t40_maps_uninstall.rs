@@ -200,3 +200,101 @@ fn maps_and_uninstall(mode: &'static str) {
         "programs still attached: {cg:?}"
     );
 }
+
+/// A bpffs mounted at a scratch directory, unmounted on drop.
+struct ScratchBpffs(tempfile::TempDir);
+
+impl Drop for ScratchBpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_bpffs_mount_point_is_refused_as_the_pin_directory_and_never_removed() {
+    let node = Node::new(&[]);
+    // The mount point itself as --bpffs: refused at start, exit 64, nothing made.
+    let out = node
+        .ns
+        .command(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["--node", "n1", "--cluster", CLUSTER])
+        .args([
+            "--endpoints",
+            "http://127.0.0.2:2379",
+            "--insecure-plaintext",
+        ])
+        .arg("--cgroup-root")
+        .arg(node.cgroup.path())
+        .args(["--bpffs", "/sys/fs/bpf", "--wg-backend", "none"])
+        .arg("--state-dir")
+        .arg(node.dir.path().join("agent"))
+        .output()
+        .expect("node-agent");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--bpffs: /sys/fs/bpf is a mount point")
+            && stderr.contains("/sys/fs/bpf/raftmesh/n1"),
+        "{stderr}"
+    );
+    // --uninstall on a bpffs mount holding another tool's pin (and, from an old agent given
+    // the mount point, ours): ours go, theirs and the mount stay.
+    let mount = ScratchBpffs(tempfile::tempdir().expect("tempdir"));
+    let dir = mount.0.path();
+    lab::run("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]).expect("mount bpffs");
+    let theirs = dir.join("theirs");
+    lab::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            theirs.to_str().unwrap(),
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "8",
+            "name",
+            "theirs",
+        ],
+    )
+    .expect("bpftool map create");
+    std::fs::create_dir(dir.join("maps")).unwrap();
+    let ours = dir.join("maps/ipcache");
+    lab::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            ours.to_str().unwrap(),
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "8",
+            "name",
+            "ipcache",
+        ],
+    )
+    .expect("bpftool map create");
+    let out = node
+        .ns
+        .command(env!("CARGO_BIN_EXE_node-agent"))
+        .args(["--uninstall", "--wg-backend", "none", "--bpffs"])
+        .arg(dir)
+        .output()
+        .expect("node-agent --uninstall");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !ours.exists() && !dir.join("maps").exists(),
+        "our pin stayed"
+    );
+    assert!(theirs.exists(), "another tool's pin was removed");
+    assert!(dir.exists(), "the mount point was removed");
+}
