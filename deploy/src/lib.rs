@@ -8,9 +8,10 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize as _, Serialize};
@@ -102,6 +103,9 @@ pub fn validate(object: &Value) -> Vec<String> {
         "Service" => round_trip::<Service>(object),
         "ServiceAccount" => round_trip::<ServiceAccount>(object),
         "ConfigMap" => round_trip::<ConfigMap>(object),
+        "StorageClass" => round_trip::<StorageClass>(object),
+        "Namespace" => round_trip::<Namespace>(object),
+        "Pod" => round_trip::<Pod>(object),
         "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(object),
         "ClusterRole" => round_trip::<ClusterRole>(object),
         "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(object),

@@ -7,11 +7,20 @@ use serde_json::{Value, json};
 
 const IDENTITY: &[&str] = &["--set", "cluster.name=apps,cluster.id=1"];
 
+/// What an install on each platform gives besides the values file: the pod CIDR on EKS.
+fn platform_args(values: Option<&str>) -> Vec<&'static str> {
+    match values {
+        Some("values-eks.yaml") => vec!["--set", "cluster.podCIDR=10.0.0.0/16"],
+        _ => Vec::new(),
+    }
+}
+
 fn rendered(values: Option<&str>) -> Vec<Value> {
     let mut args: Vec<&str> = IDENTITY.to_vec();
     if let Some(f) = values {
         args.extend(["-f", f]);
     }
+    args.extend(platform_args(values));
     render(&args).unwrap()
 }
 
@@ -50,6 +59,7 @@ fn lint_and_render_with_each_values_file_and_every_object_is_valid() {
         if let Some(f) = values {
             lint.extend(["-f", f]);
         }
+        lint.extend(platform_args(values));
         helm(&lint).unwrap_or_else(|e| panic!("{values:?}: {e}"));
         let objects = rendered(values);
         let kinds: Vec<&str> = objects
@@ -298,7 +308,8 @@ fn talos_values_reach_the_cgroup_root_kubeprism_and_a_node_port() {
     assert_eq!(env(sts, "KUBERNETES_SERVICE_HOST"), None);
     let remote = object(&objects, "Service", "r1-remote");
     assert_eq!(remote["spec"]["type"], "NodePort");
-    assert_eq!(remote["spec"]["ports"][0]["nodePort"], 32379);
+    // Not 32379: Cilium ClusterMesh's default, and both may run on one cluster.
+    assert_eq!(remote["spec"]["ports"][0]["nodePort"], 32479);
     // Another cgroup mount (e.g. this lab machine's) reaches the flag and the mount.
     let here = render(&[
         "--set",
@@ -643,4 +654,84 @@ fn replacing_a_member_and_restoring_a_backup_reach_the_flags() {
         .to_string()
         .contains("apiserver.restore.file")
     );
+}
+
+/// `--quota-backend-bytes` of the API servers rendered with `extra`.
+fn quota(extra: &[&str]) -> Result<String, deploy::Error> {
+    let mut a: Vec<&str> = IDENTITY.to_vec();
+    a.extend_from_slice(extra);
+    let objects = render(&a)?;
+    let sts = object(&objects, "StatefulSet", "r1-apiserver");
+    Ok(args(sts)
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--quota-backend-bytes=").map(str::to_owned))
+        .expect("a quota flag"))
+}
+
+#[test]
+fn the_store_quota_is_half_the_memory_limit_and_never_above_it() {
+    // Default: a 2Gi limit, so a 1 GiB quota.
+    assert_eq!(quota(&[]).unwrap(), "1073741824");
+    let with = |set: &str| quota(&["--set", set]);
+    assert_eq!(
+        with("apiserver.resources.limits.memory=3000Mi").unwrap(),
+        (3000u64 * 1024 * 1024 / 2).to_string()
+    );
+    assert_eq!(
+        with("apiserver.quotaBackendBytes=512Mi").unwrap(),
+        (512u64 * 1024 * 1024).to_string()
+    );
+    // A quota at or above the limit, or no limit at all, is refused with the reason.
+    for (set, says) in [
+        (
+            "apiserver.quotaBackendBytes=2Gi",
+            "is not below the memory limit 2Gi",
+        ),
+        (
+            "apiserver.quotaBackendBytes=4G",
+            "is not below the memory limit 2Gi",
+        ),
+        (
+            "apiserver.resources.limits.memory=null",
+            "apiserver.resources.limits.memory is required",
+        ),
+        (
+            "apiserver.resources.limits.memory=1.5Gi",
+            "a whole number of bytes",
+        ),
+    ] {
+        let e = with(set).expect_err(set).to_string();
+        assert!(e.contains(says), "{set}: {e}");
+    }
+}
+
+#[test]
+fn members_volumes_name_a_class_on_talos_and_eks() {
+    let class = |objects: &[Value]| {
+        object(objects, "StatefulSet", "r1-apiserver")["spec"]["volumeClaimTemplates"][0]["spec"]
+            ["storageClassName"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let talos = rendered(Some("values-talos.yaml"));
+    assert_eq!(class(&talos).as_deref(), Some("local-path"));
+    assert!(!talos.iter().any(|o| o["kind"] == "StorageClass"));
+    let eks = rendered(Some("values-eks.yaml"));
+    assert_eq!(class(&eks).as_deref(), Some("raftmesh-gp3"));
+    let sc = object(&eks, "StorageClass", "raftmesh-gp3");
+    assert_eq!(sc["provisioner"], "ebs.csi.aws.com");
+    assert_eq!(sc["parameters"]["type"], "gp3");
+    assert_eq!(sc["volumeBindingMode"], "WaitForFirstConsumer");
+    // The default values leave the class to the cluster's default one.
+    assert_eq!(class(&rendered(None)), None);
+    // EKS needs the pod CIDRs: without them the chart says so.
+    let e = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1",
+        "-f",
+        "values-eks.yaml",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("cluster.podCIDR is required here"), "{e}");
 }

@@ -71,7 +71,7 @@ fn a_node_port_is_reached_on_every_ready_node_external_address_first() {
     // talos-w1 is not ready; talos-w2 has an external address; sorted by node name.
     assert_eq!(
         found.endpoints,
-        ["https://10.5.0.2:32379", "https://203.0.113.12:32379"]
+        ["https://10.5.0.2:32479", "https://203.0.113.12:32479"]
     );
     assert_eq!(found.server_name, "r1-apiserver.mesh.svc");
 }

@@ -40,6 +40,39 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- .Values.tls.caSecret | default (printf "%s-ca" (include "raftmesh.fullname" .)) -}}
 {{- end -}}
 
+{{/* A Kubernetes quantity of bytes ("2Gi", "512Mi", "1G", "1048576") as an integer. */}}
+{{- define "raftmesh.bytes" -}}
+{{- $q := toString .q -}}
+{{- $digits := regexFind "^[0-9]+" $q -}}
+{{- $unit := trimPrefix $digits $q -}}
+{{- $mult := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if or (not $digits) (not (hasKey $mult $unit)) -}}
+{{- fail (printf "%s %q: a whole number of bytes with an optional unit (Ki, Mi, Gi, Ti, k, M, G, T)" .what $q) -}}
+{{- end -}}
+{{- mul (int64 $digits) (get $mult $unit) -}}
+{{- end -}}
+
+{{/*
+The store's quota: apiserver.quotaBackendBytes, or half the memory limit. The store keeps every
+version in memory until compaction, so a quota at or above the limit lets the members be
+OOM-killed (all together: they apply the same log) before the quota refuses a write.
+*/}}
+{{- define "raftmesh.quota" -}}
+{{- $limit := dig "limits" "memory" "" .Values.apiserver.resources -}}
+{{- if not $limit -}}
+{{- fail "apiserver.resources.limits.memory is required: the store lives in memory and its quota is derived from the limit" -}}
+{{- end -}}
+{{- $limitBytes := include "raftmesh.bytes" (dict "q" $limit "what" "apiserver.resources.limits.memory") | int64 -}}
+{{- $quota := div $limitBytes 2 -}}
+{{- with .Values.apiserver.quotaBackendBytes -}}
+{{- $quota = include "raftmesh.bytes" (dict "q" . "what" "apiserver.quotaBackendBytes") | int64 -}}
+{{- if ge $quota $limitBytes -}}
+{{- fail (printf "apiserver.quotaBackendBytes %v is not below the memory limit %s: the store lives in memory, so the members would be OOM-killed before the quota refused a write (leave it empty for half the limit)" . $limit) -}}
+{{- end -}}
+{{- end -}}
+{{- $quota -}}
+{{- end -}}
+
 {{/* KUBERNETES_SERVICE_HOST/PORT when the API is reached elsewhere (Talos' KubePrism). */}}
 {{- define "raftmesh.kubernetesEnv" -}}
 {{- if .host }}
