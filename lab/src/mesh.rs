@@ -124,6 +124,9 @@ pub struct Agent {
     pub cluster: String,
     pub node: String,
     pub process: Option<Process>,
+    /// With [`Mesh::external_wireguard`]: its boringtun, run beside it as the DaemonSet's
+    /// `wireguard` container runs beside the agent's (the agent never starts or stops it).
+    pub daemon: Option<Process>,
     /// Its WireGuard interface (unique on the host).
     pub interface: String,
     pub state_dir: PathBuf,
@@ -137,6 +140,9 @@ pub struct Agent {
 #[derive(Debug)]
 pub struct Mesh {
     pub bins: Binaries,
+    /// Run each node's boringtun as a process of its own, not started by its agent
+    /// (`--wg-userspace-daemon external`); set before the agents start.
+    pub external_wireguard: bool,
     // Drop order: agents (and their interfaces, see Drop), API servers, namespaces, files.
     pub agents: BTreeMap<(String, String), Agent>,
     pub apiservers: BTreeMap<String, Process>,
@@ -194,6 +200,7 @@ impl Mesh {
         let topo = Topology::build(&id, &spec).expect("topology");
         let mut mesh = Mesh {
             bins,
+            external_wireguard: false,
             agents: BTreeMap::new(),
             apiservers: BTreeMap::new(),
             workloads: Vec::new(),
@@ -393,6 +400,7 @@ impl Mesh {
                 cluster: cluster.to_owned(),
                 node: node.to_owned(),
                 process: None,
+                daemon: None,
                 state_dir: self.path(&format!("{cluster}-{node}-state")),
                 cgroup: Cgroup::new(&crate::cgroup2_root().expect("cgroup2"), &tag)
                     .expect("cgroup"),
@@ -401,6 +409,9 @@ impl Mesh {
                 interface: tag,
             };
             self.agents.insert(key.clone(), agent);
+        }
+        if self.external_wireguard && self.agents[&key].daemon.is_none() {
+            self.start_wireguard_daemon(cluster, node);
         }
         let pki = self.pki(cluster);
         let endpoint = self.endpoint(cluster);
@@ -433,6 +444,9 @@ impl Mesh {
         .arg("--wg-userspace-program")
         .arg(boringtun())
         .args(["--log-level", "info,node_agent=debug"]);
+        if self.external_wireguard {
+            cmd.args(["--wg-userspace-daemon", "external"]);
+        }
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -441,6 +455,37 @@ impl Mesh {
         std::io::Write::write_all(&mut log, b"--- start\n").unwrap();
         let p = Process::spawn(cmd, Some(&a.log)).expect("node-agent");
         self.agents.get_mut(&key).unwrap().process = Some(p);
+    }
+
+    /// Starts `cluster/node`'s boringtun in the foreground in the node's namespace, as a
+    /// process of the mesh's (the `wireguard` container of the chart's DaemonSet).
+    pub fn start_wireguard_daemon(&mut self, cluster: &str, node: &str) {
+        let key = (cluster.to_owned(), node.to_owned());
+        let a = &self.agents[&key];
+        let n = self.node(cluster, node);
+        let mut cmd = n.ns.command(boringtun());
+        cmd.args([
+            "--foreground",
+            "--disable-drop-privileges",
+            "--threads",
+            "2",
+        ])
+        .arg(&a.interface)
+        .env("WG_SUDO", "true");
+        let log = self.path(&format!("{cluster}-{node}-boringtun.log"));
+        let p = Process::spawn(cmd, Some(&log)).expect("boringtun");
+        self.agents.get_mut(&key).unwrap().daemon = Some(p);
+    }
+
+    /// kill -9 of `cluster/node`'s external boringtun (its interface goes with it).
+    pub fn kill_wireguard_daemon(&mut self, cluster: &str, node: &str) {
+        let a = self
+            .agents
+            .get_mut(&(cluster.to_owned(), node.to_owned()))
+            .unwrap();
+        if let Some(mut p) = a.daemon.take() {
+            p.kill();
+        }
     }
 
     /// Starts every node's agent.

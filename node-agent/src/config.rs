@@ -115,6 +115,12 @@ pub struct Flags {
     /// The userspace WireGuard implementation to run.
     #[arg(long, default_value = "boringtun-cli")]
     pub wg_userspace_program: PathBuf,
+    /// Who runs the userspace implementation: `own` (the agent starts it, detached, so it
+    /// outlives the agent process) or `external` (it runs beside the agent — the DaemonSet's
+    /// `wireguard` container — so it outlives the agent's container too; the agent only talks
+    /// to its socket).
+    #[arg(long, value_enum, default_value_t = WgDaemon::Own)]
+    pub wg_userspace_daemon: WgDaemon,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -147,6 +153,15 @@ pub enum MasqExemption {
     Nftables,
     /// None.
     Off,
+}
+
+/// `--wg-userspace-daemon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WgDaemon {
+    /// The agent starts it.
+    Own,
+    /// Something else runs it.
+    External,
 }
 
 /// `--wg-backend`.
@@ -403,6 +418,7 @@ pub fn wg_interface(flags: &Flags) -> Result<Option<Interface>, ConfigError> {
     let userspace = Userspace {
         program: flags.wg_userspace_program.clone(),
         log: flags.state_dir.join("boringtun.log"),
+        external: flags.wg_userspace_daemon == WgDaemon::External,
     };
     let choice = match flags.wg_backend {
         WgBackend::None => return Ok(None),

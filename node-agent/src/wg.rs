@@ -110,7 +110,13 @@ pub type Error = device::Error;
 impl Wg {
     /// Sets up the interface with the node's key (made on first start) and adopts its peers.
     pub fn start(config: WgConfig, key: KeyPair, state_dir: &Path) -> Result<Wg, Error> {
-        let created = config.interface.ensure(&key, config.port, config.mtu)?;
+        // An external daemon may still be starting beside the agent: give it a while.
+        let created = config.interface.ensure(
+            &key,
+            config.port,
+            config.mtu,
+            std::time::Duration::from_secs(30),
+        )?;
         let table = if created {
             PeerTable::default()
         } else {
@@ -415,6 +421,17 @@ impl Wg {
                 configured = want.len(),
                 "the interface's peers changed under us: configuring them again"
             );
+            // A daemon that restarted (an external one beside the agent, say) lost its key,
+            // port and link state too: set them again (the same key keeps any sessions).
+            if let Err(e) = self.config.interface.ensure(
+                &self.key,
+                self.config.port,
+                self.config.mtu,
+                std::time::Duration::ZERO,
+            ) {
+                tracing::error!("setting WireGuard up: {e}; retrying at the next tick");
+                metrics.wg_errors.inc();
+            }
             self.table = PeerTable::adopt(
                 status
                     .iter()
@@ -518,11 +535,12 @@ impl Wg {
     }
 
     fn restart(&mut self, state: &MeshState, local: &Local, metrics: &Metrics) {
-        match self
-            .config
-            .interface
-            .ensure(&self.key, self.config.port, self.config.mtu)
-        {
+        match self.config.interface.ensure(
+            &self.key,
+            self.config.port,
+            self.config.mtu,
+            std::time::Duration::ZERO,
+        ) {
             Ok(created) => {
                 if created {
                     self.table = PeerTable::default();

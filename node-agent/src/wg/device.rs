@@ -70,6 +70,9 @@ pub struct Userspace {
     pub program: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// Someone else runs it (a container of its own beside the agent's, so it lives on while
+    /// the agent restarts): the agent waits for its socket and never starts it.
+    pub external: bool,
 }
 
 /// Which backend to use.
@@ -217,11 +220,22 @@ impl Interface {
     }
 
     /// Makes sure the interface exists with `key` and `port`, and is up with `mtu`. Returns
-    /// whether it was created (and so holds no peers).
-    pub fn ensure(&self, key: &KeyPair, port: u16, mtu: u32) -> Result<bool, Error> {
+    /// whether it was created (and so holds no peers). An external userspace daemon is waited
+    /// for up to `patience`.
+    pub fn ensure(
+        &self,
+        key: &KeyPair,
+        port: u16,
+        mtu: u32,
+        patience: Duration,
+    ) -> Result<bool, Error> {
         let created = !self.exists();
         if created && let Some(u) = &self.userspace {
-            self.start(u)?;
+            if u.external {
+                self.wait_for_socket(u, patience)?;
+            } else {
+                self.start(u)?;
+            }
         }
         // Setting the same key and port again keeps the peers and their sessions.
         DeviceUpdate::new()
@@ -236,6 +250,25 @@ impl Interface {
         })?;
         super::route::link_up(index, mtu).map_err(self.io("setting the link up"))?;
         Ok(created)
+    }
+
+    /// Waits up to `patience` for an external daemon's socket.
+    fn wait_for_socket(&self, u: &Userspace, patience: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + patience;
+        while !self.exists() {
+            if Instant::now() >= deadline {
+                return Err(Error::Start {
+                    program: u.program.display().to_string(),
+                    interface: self.text.clone(),
+                    reason: format!(
+                        "no daemon answers on {} (--wg-userspace-daemon external: it runs beside the agent, e.g. the DaemonSet's wireguard container)",
+                        self.socket().display()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// Runs the userspace implementation (it daemonizes) and waits for its socket.

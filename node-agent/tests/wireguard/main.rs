@@ -6,3 +6,4 @@ mod support;
 mod t10_tunnel;
 mod t20_keys_and_peers;
 mod t30_backends;
+mod t40_external_daemon;
