@@ -1,7 +1,10 @@
 //! Checks of the Helm chart in `deploy/helm/raftmesh`: [`render`] runs `helm template` (with
 //! the CRDs) and parses every object; [`validate`] round-trips each one through its
 //! k8s-openapi type, so a misspelt, misplaced or unknown field (which the type would drop)
-//! fails instead of being ignored by the API server.
+//! fails instead of being ignored by the API server; [`pss`] checks pod templates against the
+//! Pod Security Standards.
+
+pub mod pss;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

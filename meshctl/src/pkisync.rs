@@ -11,6 +11,10 @@
 //!   updates the mounted Secret; meshctl reads the admin Secret at every use.
 //! - Writes are conditional on the version read (a replace carries its resourceVersion), so
 //!   two runs at once cannot interleave; a run that changes nothing writes nothing.
+//! - With `--export-ca NAMESPACE/NAME`, the CA certificate alone (`ca.crt`, no key) is also
+//!   kept in a ConfigMap there: the agents run in a namespace of their own (one whose Pod
+//!   Security level admits them), and a pod mounts Secrets and ConfigMaps of its own namespace
+//!   only.
 //!
 //! [`plan`] decides from the Secrets as read; [`run`] reads and writes them.
 
@@ -22,7 +26,7 @@ use certs::pki::{CertificateAuthority, LeafSpec, Validity};
 use certs::{Identity, Role};
 use clap::Args;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 
@@ -70,6 +74,55 @@ pub struct SyncArgs {
     /// Print what would change, write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also keep the CA certificate (`ca.crt`) in this ConfigMap (`NAMESPACE/NAME`), for pods of
+    /// another namespace (the agents').
+    #[arg(long, value_parser = parse_namespaced)]
+    pub export_ca: Option<(String, String)>,
+}
+
+/// `NAMESPACE/NAME`, both DNS labels.
+fn parse_namespaced(s: &str) -> Result<(String, String), String> {
+    let (ns, name) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected NAMESPACE/NAME"))?;
+    for part in [ns, name] {
+        certs::identity::check_name("--export-ca", part).map_err(|e| e.to_string())?;
+    }
+    Ok((ns.to_owned(), name.to_owned()))
+}
+
+/// The ConfigMap holding `ca_pem` as `ca.crt`, if `existing` (as read; `None`: absent) does
+/// not hold it already: (the object, the resourceVersion to replace, if any).
+pub fn ca_configmap(
+    namespace: &str,
+    name: &str,
+    ca_pem: &str,
+    existing: Option<&ConfigMap>,
+) -> Option<(ConfigMap, Option<String>)> {
+    if let Some(cm) = existing
+        && cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .is_some_and(|v| v == ca_pem)
+    {
+        return None;
+    }
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_owned(), "raftmesh".to_owned()),
+                ("app.kubernetes.io/component".to_owned(), "pki".to_owned()),
+            ])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("ca.crt".to_owned(), ca_pem.to_owned())])),
+        ..Default::default()
+    };
+    let version = existing.and_then(|e| e.metadata.resource_version.clone());
+    Some((cm, version))
 }
 
 /// A Secret to write: created when `resource_version` is `None`, else replaced.
@@ -311,7 +364,6 @@ async fn sync(args: &SyncArgs) -> anyhow::Result<()> {
     }
     if plan.writes.is_empty() {
         println!("the PKI Secrets in {} are current", args.namespace);
-        return Ok(());
     }
     for w in &plan.writes {
         let name = w.secret.metadata.name.clone().unwrap_or_default();
@@ -338,6 +390,51 @@ async fn sync(args: &SyncArgs) -> anyhow::Result<()> {
         }
         println!("wrote Secret {}/{name} ({})", args.namespace, w.reason);
     }
+    if let Some((ns, name)) = &args.export_ca {
+        export_ca(&api, args, ns, name).await?;
+    }
+    Ok(())
+}
+
+/// Keeps the CA certificate (as stored now) in ConfigMap `ns/name`.
+async fn export_ca(api: &Api<Secret>, args: &SyncArgs, ns: &str, name: &str) -> anyhow::Result<()> {
+    let ca = match api
+        .get_opt(&args.ca_secret)
+        .await
+        .with_context(|| format!("reading Secret {}/{}", args.namespace, args.ca_secret))?
+    {
+        Some(s) => field(&s, "ca.crt")?,
+        // Only in a dry run: a real one has just made it.
+        None => return Ok(()),
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(api.clone().into_client(), ns);
+    let existing = cms
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading ConfigMap {ns}/{name}"))?;
+    let Some((cm, version)) = ca_configmap(ns, name, &ca, existing.as_ref()) else {
+        println!("ConfigMap {ns}/{name} holds the CA certificate");
+        return Ok(());
+    };
+    if args.dry_run {
+        println!("would write ConfigMap {ns}/{name} (the CA certificate)");
+        return Ok(());
+    }
+    match version {
+        None => {
+            cms.create(&PostParams::default(), &cm)
+                .await
+                .with_context(|| format!("creating ConfigMap {ns}/{name}"))?;
+        }
+        Some(v) => {
+            let mut cm = cm;
+            cm.metadata.resource_version = Some(v);
+            cms.replace(name, &PostParams::default(), &cm)
+                .await
+                .with_context(|| format!("replacing ConfigMap {ns}/{name}"))?;
+        }
+    }
+    println!("wrote ConfigMap {ns}/{name} (the CA certificate)");
     Ok(())
 }
 

@@ -22,6 +22,7 @@ fn args() -> SyncArgs {
         renew_before_days: 30,
         ca_days: 3650,
         dry_run: false,
+        export_ca: None,
     }
 }
 
@@ -191,4 +192,37 @@ fn leaves_without_their_ca_are_not_given_a_new_one() {
     secrets.insert("r1-ca".into(), None);
     let err = plan(&args(), &secrets, now).unwrap_err().to_string();
     assert!(err.contains("import the CA that issued it first"), "{err}");
+}
+
+#[test]
+fn the_ca_certificate_is_exported_to_another_namespace_once() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    // Absent: created, certificate only.
+    let (cm, version) = ca_configmap("mesh-agent", "r1-ca", pem, None).expect("a write");
+    assert_eq!(version, None);
+    assert_eq!(cm.metadata.namespace.as_deref(), Some("mesh-agent"));
+    let data = cm.data.clone().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt"]);
+    assert_eq!(data["ca.crt"], pem);
+    // As the API returns it: nothing to write.
+    let mut stored = serde_json::to_value(&cm).unwrap();
+    stored["metadata"]["resourceVersion"] = "712".into();
+    let stored: ConfigMap = serde_json::from_value(stored).unwrap();
+    assert_eq!(
+        ca_configmap("mesh-agent", "r1-ca", pem, Some(&stored)),
+        None
+    );
+    // Another CA (replaced by hand): replaced, conditionally on the version read.
+    let other = "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n";
+    let (cm, version) = ca_configmap("mesh-agent", "r1-ca", other, Some(&stored)).unwrap();
+    assert_eq!(version.as_deref(), Some("712"));
+    assert_eq!(cm.data.unwrap()["ca.crt"], other);
+    // The flag takes NAMESPACE/NAME of DNS labels.
+    assert_eq!(
+        parse_namespaced("mesh-agent/r1-ca"),
+        Ok(("mesh-agent".into(), "r1-ca".into()))
+    );
+    for bad in ["r1-ca", "Mesh/r1-ca", "mesh/", "/r1"] {
+        assert!(parse_namespaced(bad).is_err(), "{bad}");
+    }
 }

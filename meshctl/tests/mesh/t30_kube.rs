@@ -472,6 +472,86 @@ fn pki_sync_secrets_makes_the_secrets_once_and_replaces_only_what_changed() {
         "2"
     );
     assert_eq!(stored("r1-ca"), ca_before);
+
+    // The CA certificate (no key) into the agents' namespace, once.
+    let out = sync(&[
+        "--san",
+        "mesh.example.com",
+        "--export-ca",
+        "mesh-agent/r1-ca",
+    ]);
+    assert!(
+        out.contains("wrote ConfigMap mesh-agent/r1-ca (the CA certificate)"),
+        "{out}"
+    );
+    let configmaps = "/api/v1/namespaces/mesh-agent/configmaps";
+    assert_eq!(writes(), [format!("POST {configmaps}")]);
+    let cm = api.objects.lock().unwrap()[&format!("{configmaps}/r1-ca")].clone();
+    let data = cm["data"].as_object().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt"]);
+    let secret_ca = String::from_utf8(base64_decode(
+        stored("r1-ca")["data"]["ca.crt"].as_str().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(data["ca.crt"], secret_ca.as_str());
+    assert!(
+        sync(&[
+            "--san",
+            "mesh.example.com",
+            "--export-ca",
+            "mesh-agent/r1-ca"
+        ])
+        .contains("holds the CA certificate")
+    );
+    assert!(writes().is_empty());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args([
+            "pki",
+            "sync-secrets",
+            "--namespace",
+            "mesh",
+            "--cluster",
+            "apps",
+        ])
+        .args([
+            "--ca-secret",
+            "a",
+            "--apiserver-secret",
+            "b",
+            "--admin-secret",
+            "c",
+        ])
+        .args(["--san", "x", "--export-ca", "r1-ca"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected NAMESPACE/NAME"));
+}
+
+/// Standard base64 (what the API uses for Secret data).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= value(*c) << (18 - 6 * i);
+        }
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
 }
 
 /// Against a real cluster with the chart installed: `RAFTMESH_LIVE_CONTEXT` names its
