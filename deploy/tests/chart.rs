@@ -229,10 +229,13 @@ fn the_agent_has_the_capabilities_and_mounts_it_needs_and_no_more() {
     // short-lived token for the bootstrap's audience.
     let volumes = spec["volumes"].as_array().unwrap();
     let volume = |n: &str| volumes.iter().find(|v| v["name"] == n).unwrap();
+    // In their own namespace, the CA certificate the PKI jobs keep there (the Secrets are in
+    // the release's).
     assert_eq!(
-        volume("ca")["secret"],
-        json!({"secretName": "r1-apiserver-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]})
+        volume("ca")["configMap"],
+        json!({"name": "r1-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]})
     );
+    assert_eq!(ds["metadata"]["namespace"], "r1-agent");
     assert_eq!(
         volume("token")["projected"]["sources"],
         json!([{"serviceAccountToken": {"audience": "raftmesh", "expirationSeconds": 3600, "path": "token"}}])
@@ -368,17 +371,24 @@ fn bad_values_are_refused_with_the_field_named() {
     };
     assert!(refused("cluster.id=1").contains("cluster.name is required"));
     assert!(refused("cluster.name=apps").contains("cluster.id is required"));
-    assert!(
-        refused("cluster.name=apps,cluster.id=300").contains("cluster.id 300 is out of 1..255")
-    );
-    assert!(
-        refused("cluster.name=apps,cluster.id=1,agent.wireguard.backend=wg")
-            .contains("agent.wireguard.backend")
-    );
-    assert!(
-        refused("cluster.name=apps,cluster.id=1,apiserver.remote.type=ClusterIP")
-            .contains("apiserver.remote.type")
-    );
+    // The schema names the field and the rule (values.schema.json).
+    for (set, says) in [
+        (
+            "cluster.name=apps,cluster.id=300",
+            "cluster.id: Must be less than or equal to 255",
+        ),
+        (
+            "cluster.name=apps,cluster.id=1,agent.wireguard.backend=wg",
+            "agent.wireguard.backend: agent.wireguard.backend must be one of the following",
+        ),
+        (
+            "cluster.name=apps,cluster.id=1,apiserver.remote.type=ClusterIP",
+            "apiserver.remote.type: apiserver.remote.type must be one of the following",
+        ),
+    ] {
+        let e = refused(set);
+        assert!(e.contains(says), "{set}: {e}");
+    }
 }
 
 #[test]
@@ -516,7 +526,7 @@ fn the_api_servers_serve_the_bootstrap_with_the_ca_key_mounted() {
         "--listen-bootstrap-urls=https://0.0.0.0:2381",
         "--bootstrap-ca-file=/etc/raftmesh/ca/ca.crt",
         "--bootstrap-ca-key-file=/etc/raftmesh/ca/ca.key",
-        "--bootstrap-service-account=mesh/r1-agent",
+        "--bootstrap-service-account=r1-agent/r1-agent",
         "--bootstrap-audience=raftmesh",
         "--agent-cert-validity=168h",
     ] {
@@ -734,4 +744,310 @@ fn members_volumes_name_a_class_on_talos_and_eks() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("cluster.podCIDR is required here"), "{e}");
+}
+
+/// Every values file (and the userspace WireGuard backend), rendered as an install would be.
+fn installs() -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    for values in [None, Some("values-talos.yaml"), Some("values-eks.yaml")] {
+        out.push((format!("{values:?}"), rendered(values)));
+    }
+    out.push((
+        "userspace WireGuard".into(),
+        render(&[
+            "--set",
+            "cluster.name=apps,cluster.id=1,agent.wireguard.backend=userspace",
+        ])
+        .unwrap(),
+    ));
+    out
+}
+
+#[test]
+fn every_pod_is_admitted_by_the_pod_security_level_its_namespace_enforces() {
+    use deploy::pss::{self, Level};
+    for (install, objects) in installs() {
+        // The levels the chart's own namespaces declare; the release's namespace is held to
+        // `restricted` (Talos enforces `baseline` there; `restricted` is stricter).
+        let declared: std::collections::BTreeMap<String, Level> = objects
+            .iter()
+            .filter(|o| o["kind"] == "Namespace")
+            .map(|o| {
+                let name = o["metadata"]["name"].as_str().unwrap().to_owned();
+                let level = o["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+                    .as_str()
+                    .and_then(Level::parse)
+                    .unwrap_or_else(|| panic!("{install}: namespace {name} enforces no level"));
+                (name, level)
+            })
+            .collect();
+        let mut checked = 0;
+        for o in &objects {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("mesh");
+            for (what, template) in pss::pod_templates(o) {
+                let level = declared.get(ns).copied().unwrap_or(Level::Restricted);
+                let v = pss::violations(template, level);
+                assert!(
+                    v.is_empty(),
+                    "{install}: {what} in {ns} ({level:?}): {v:#?}"
+                );
+                checked += 1;
+                // Only the agent needs more than restricted, and it says why in its namespace.
+                if level != Level::Restricted {
+                    assert_eq!(what, "DaemonSet r1-agent", "{install}");
+                    assert!(!pss::violations(template, Level::Baseline).is_empty());
+                }
+            }
+        }
+        // Agents, API servers, the PKI job, export job and CronJob, the test pod.
+        assert!(checked >= 6, "{install}: {checked} pod templates");
+        assert_eq!(
+            declared.get("r1-agent"),
+            Some(&Level::Privileged),
+            "{install}"
+        );
+    }
+}
+
+#[test]
+fn misspelt_keys_and_wrong_types_are_refused_by_the_schema() {
+    for (set, says) in [
+        (
+            "agent.wireguard.backnd=kernel",
+            "agent.wireguard: Additional property backnd is not allowed",
+        ),
+        (
+            "apiserver.replica=3",
+            "apiserver: Additional property replica is not allowed",
+        ),
+        (
+            "agnt.logLevel=debug",
+            "Additional property agnt is not allowed",
+        ),
+        (
+            "apiserver.replicas=three",
+            "apiserver.replicas: Invalid type. Expected: integer, given: string",
+        ),
+        (
+            "agent.namespace.create=maybe",
+            "agent.namespace.create: Invalid type. Expected: boolean",
+        ),
+        (
+            "agent.policyAttach=xdp",
+            "agent.policyAttach must be one of the following",
+        ),
+        (
+            "apiserver.remote.nodePort=2379",
+            "apiserver.remote.nodePort: Must be greater than or equal to 30000",
+        ),
+        (
+            "agent.wireguard.interface=a-very-long-interface-name",
+            "agent.wireguard.interface: String length must be less than or equal to 15",
+        ),
+        (
+            "metrics.serviceMonitor.interval=often",
+            "metrics.serviceMonitor.interval: Does not match pattern",
+        ),
+    ] {
+        let all = format!("cluster.name=apps,cluster.id=1,{set}");
+        let e = render(&["--set", &all]).expect_err(set).to_string();
+        assert!(e.contains(says), "{set}: {e}");
+    }
+    // A values file with a misplaced key, as an operator would write it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mine.yaml");
+    std::fs::write(
+        &file,
+        "agent:\n  wireguard:\n    backend: kernel\n  backend: kernel\n",
+    )
+    .unwrap();
+    let e = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1",
+        "-f",
+        file.to_str().unwrap(),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("agent: Additional property backend is not allowed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn userspace_wireguard_runs_beside_the_agent_with_the_tun_device() {
+    let objects = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,agent.wireguard.backend=userspace",
+    ])
+    .unwrap();
+    let ds = object(&objects, "DaemonSet", "r1-agent");
+    let spec = &ds["spec"]["template"]["spec"];
+    let containers = spec["containers"].as_array().unwrap();
+    let names: Vec<&str> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["agent", "wireguard"]);
+    let agent = &containers[0];
+    let wg = &containers[1];
+    assert!(args(ds).contains(&"--wg-userspace-daemon=external".to_owned()));
+    assert_eq!(wg["command"], json!(["/usr/local/bin/boringtun-cli"]));
+    assert!(
+        wg["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--foreground")
+    );
+    assert!(
+        wg["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "raftmesh0")
+    );
+    let mounts = |c: &Value| -> Vec<String> {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(mounts(wg).contains(&"/dev/net/tun".to_owned()));
+    assert!(!mounts(agent).contains(&"/dev/net/tun".to_owned()));
+    for c in [agent, wg] {
+        assert!(
+            mounts(c).contains(&"/var/run/wireguard".to_owned()),
+            "{}",
+            c["name"]
+        );
+    }
+    let volumes = spec["volumes"].as_array().unwrap();
+    let tun = volumes.iter().find(|v| v["name"] == "tun").unwrap();
+    assert_eq!(
+        tun["hostPath"],
+        json!({"path": "/dev/net/tun", "type": "CharDevice"})
+    );
+    assert_eq!(
+        wg["securityContext"]["capabilities"]["add"],
+        json!(["NET_ADMIN"])
+    );
+    // The kernel backend has neither.
+    let kernel = rendered(None);
+    let ds = object(&kernel, "DaemonSet", "r1-agent");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(!serde_json::to_string(ds).unwrap().contains("/dev/net/tun"));
+}
+
+#[test]
+fn no_nodeport_32379_and_a_helm_test_that_round_trips() {
+    for (install, objects) in installs() {
+        let text = serde_json::to_string(&objects).unwrap();
+        assert!(
+            !text.contains("32379"),
+            "{install}: Cilium ClusterMesh's NodePort"
+        );
+        let test = object(&objects, "Pod", "r1-test-status");
+        assert_eq!(test["metadata"]["annotations"]["helm.sh/hook"], "test");
+        assert!(validate(test).is_empty(), "{:?}", validate(test));
+        let script = test["spec"]["containers"][0]["args"][0].as_str().unwrap();
+        assert!(
+            script.contains("https://r1-apiserver.mesh.svc:2379")
+                && script.contains("meshctl status --context apps --wait"),
+            "{script}"
+        );
+        let volumes = test["spec"]["volumes"].as_array().unwrap();
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "r1-admin-tls")
+        );
+    }
+}
+
+#[test]
+fn the_agents_namespace_gets_the_ca_certificate_from_the_pki_jobs() {
+    let objects = rendered(None);
+    let ns = object(&objects, "Namespace", "r1-agent");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    let export = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Job"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("r1-pki-export-")
+        })
+        .expect("the export Job");
+    assert!(
+        export["metadata"]["annotations"]
+            .get("helm.sh/hook")
+            .is_none(),
+        "it runs beside the agents, not before their namespace exists"
+    );
+    let renew = object(&objects, "CronJob", "r1-pki-renew");
+    let renew_args =
+        renew["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    for a in [&container(export)["args"], &renew_args] {
+        assert!(
+            a.as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "--export-ca=r1-agent/r1-ca"),
+            "{a}"
+        );
+    }
+    let hook = object(&objects, "Job", "r1-pki");
+    assert!(!container(hook)["args"].to_string().contains("--export-ca"));
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == "r1-agent")
+        .expect("a Role in the agents' namespace");
+    assert_eq!(role["rules"][1]["resourceNames"], json!(["r1-ca"]));
+    // An existing namespace (kube-system): no Namespace object, the same ConfigMap there.
+    let existing = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,agent.namespace.create=false,agent.namespace.name=kube-system",
+    ])
+    .unwrap();
+    assert!(!existing.iter().any(|o| o["kind"] == "Namespace"));
+    assert_eq!(
+        object(&existing, "DaemonSet", "r1-agent")["metadata"]["namespace"],
+        "kube-system"
+    );
+    // The release's own namespace: the Secret, no export.
+    let same = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,agent.namespace.create=false,agent.namespace.name=mesh",
+    ])
+    .unwrap();
+    let ds = object(&same, "DaemonSet", "r1-agent");
+    let ca = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "ca")
+        .unwrap()
+        .clone();
+    assert_eq!(ca["secret"]["secretName"], "r1-apiserver-tls");
+    assert!(!same.iter().any(|o| {
+        o["kind"] == "Job"
+            && o["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("r1-pki-export")
+    }));
 }

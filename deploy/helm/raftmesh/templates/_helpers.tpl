@@ -82,3 +82,37 @@ OOM-killed (all together: they apply the same log) before the quota refuses a wr
   value: {{ .port | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* The agents' namespace, and whether it is not the release's. */}}
+{{- define "raftmesh.agentNamespace" -}}
+{{- .Values.agent.namespace.name | default (printf "%s-agent" (include "raftmesh.fullname" .)) -}}
+{{- end -}}
+{{- define "raftmesh.agentApart" -}}
+{{- if ne (include "raftmesh.agentNamespace" .) .Release.Namespace }}true{{ end -}}
+{{- end -}}
+
+{{/* The pod-level security context of everything but the agent: the `restricted` level. */}}
+{{- define "raftmesh.restrictedPod" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+{{- define "raftmesh.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{- define "raftmesh.pullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+- name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
