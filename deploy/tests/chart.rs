@@ -1051,3 +1051,24 @@ fn the_agents_namespace_gets_the_ca_certificate_from_the_pki_jobs() {
                 .starts_with("r1-pki-export")
     }));
 }
+
+#[test]
+fn the_image_pins_the_boringtun_the_tests_run_and_ships_nft() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let containerfile =
+        std::fs::read_to_string(format!("{root}/deploy/image/Containerfile")).unwrap();
+    let deps = std::fs::read_to_string(format!("{root}/scripts/deps.sh")).unwrap();
+    let pinned = containerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG BORINGTUN_VERSION="))
+        .expect("a pinned boringtun");
+    assert!(
+        deps.contains(&format!("boringtun-cli@{pinned}")),
+        "scripts/deps.sh installs another boringtun than the image's {pinned}"
+    );
+    assert!(containerfile.contains("boringtun-cli@${BORINGTUN_VERSION}"));
+    // The agent runs nft (its masquerade exemption): the runtime stage installs nftables.
+    let runtime = containerfile.rsplit("FROM ").next().unwrap();
+    assert!(runtime.contains("nftables"), "{runtime}");
+    assert!(runtime.contains("org.opencontainers.image.source"));
+}
