@@ -109,15 +109,7 @@ pub fn ca_configmap(
         return None;
     }
     let cm = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/name".to_owned(), "raftmesh".to_owned()),
-                ("app.kubernetes.io/component".to_owned(), "pki".to_owned()),
-            ])),
-            ..Default::default()
-        },
+        metadata: pki_meta(name, namespace),
         data: Some(BTreeMap::from([("ca.crt".to_owned(), ca_pem.to_owned())])),
         ..Default::default()
     };
@@ -318,14 +310,8 @@ fn secret(
 ) -> Secret {
     Secret {
         metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/name".to_owned(), "raftmesh".to_owned()),
-                ("app.kubernetes.io/component".to_owned(), "pki".to_owned()),
-            ])),
             annotations: sans.map(|s| BTreeMap::from([(SANS_ANNOTATION.to_owned(), s)])),
-            ..Default::default()
+            ..pki_meta(name, namespace)
         },
         type_: Some(type_.to_owned()),
         data: Some(
@@ -333,6 +319,19 @@ fn secret(
                 .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
                 .collect(),
         ),
+        ..Default::default()
+    }
+}
+
+/// The name, namespace and labels of an object the PKI writes.
+fn pki_meta(name: &str, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), "raftmesh".to_owned()),
+            ("app.kubernetes.io/component".to_owned(), "pki".to_owned()),
+        ])),
         ..Default::default()
     }
 }

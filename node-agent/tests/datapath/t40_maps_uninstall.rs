@@ -242,13 +242,12 @@ fn a_bpffs_mount_point_is_refused_as_the_pin_directory_and_never_removed() {
     let mount = ScratchBpffs(tempfile::tempdir().expect("tempdir"));
     let dir = mount.0.path();
     lab::run("mount", &["-t", "bpf", "bpf", dir.to_str().unwrap()]).expect("mount bpffs");
-    let theirs = dir.join("theirs");
-    lab::run(
-        "bpftool",
-        &[
+    // A map pinned at `path` under the name `name`, as bpftool makes one.
+    let pin_map = |path: &std::path::Path, name: &str| {
+        let args = [
             "map",
             "create",
-            theirs.to_str().unwrap(),
+            path.to_str().unwrap(),
             "type",
             "hash",
             "key",
@@ -258,31 +257,15 @@ fn a_bpffs_mount_point_is_refused_as_the_pin_directory_and_never_removed() {
             "entries",
             "8",
             "name",
-            "theirs",
-        ],
-    )
-    .expect("bpftool map create");
+            name,
+        ];
+        lab::run("bpftool", &args).expect("bpftool map create");
+    };
+    let theirs = dir.join("theirs");
+    pin_map(&theirs, "theirs");
     std::fs::create_dir(dir.join("maps")).unwrap();
     let ours = dir.join("maps/ipcache");
-    lab::run(
-        "bpftool",
-        &[
-            "map",
-            "create",
-            ours.to_str().unwrap(),
-            "type",
-            "hash",
-            "key",
-            "4",
-            "value",
-            "4",
-            "entries",
-            "8",
-            "name",
-            "ipcache",
-        ],
-    )
-    .expect("bpftool map create");
+    pin_map(&ours, "ipcache");
     let out = node
         .ns
         .command(env!("CARGO_BIN_EXE_node-agent"))
