@@ -66,6 +66,33 @@ pub const TO_POD: &str = "pol_to_pod";
 /// The policy program on packets leaving a pod (host-side veth ingress).
 pub const FROM_POD: &str = "pol_from_pod";
 
+/// Where each policy program runs on a pod interface's host side.
+struct Hook {
+    /// The program.
+    program: &'static str,
+    /// tcx/tc side.
+    attach: TcAttachType,
+    /// The same side, for listing tc filters.
+    direction: tc::Direction,
+    /// The suffix of its tcx link pin.
+    suffix: &'static str,
+}
+
+const HOOKS: [Hook; 2] = [
+    Hook {
+        program: TO_POD,
+        attach: TcAttachType::Egress,
+        direction: tc::Direction::Egress,
+        suffix: "egress",
+    },
+    Hook {
+        program: FROM_POD,
+        attach: TcAttachType::Ingress,
+        direction: tc::Direction::Ingress,
+        suffix: "ingress",
+    },
+];
+
 /// How the policy programs attach to pod interfaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
@@ -401,6 +428,26 @@ impl Programs {
             .map_err(program_err("typing", program_name))
     }
 
+    /// Attaches `hook`'s program to interface `name` with `options` and takes the link from
+    /// the program (which would detach it on drop).
+    fn attach_policy(
+        &mut self,
+        hook: &Hook,
+        name: &str,
+        options: TcAttachOptions,
+    ) -> Result<SchedClassifierLink> {
+        let program = self.policy_program(hook.program)?;
+        let id = program
+            .attach_with_options(name, hook.attach, options)
+            .map_err(program_err(
+                "attaching",
+                &format!("{} to {name}", hook.program),
+            ))?;
+        program
+            .take_link(id)
+            .map_err(program_err("taking", hook.program))
+    }
+
     /// Makes sure the policy programs are attached to pod interface `name` (index `index`),
     /// first in its chain: in tcx mode, unless pinned links for it exist; in tc mode, checking
     /// the interface's filters every time (they are not pinned, and other agents add theirs).
@@ -416,8 +463,8 @@ impl Programs {
                     detach_tc_filters(name, index)?;
                 }
                 AttachMode::Tc => {
-                    for suffix in ["egress", "ingress"] {
-                        let pin = self.pins.link(&tc_link_name(name, index, suffix));
+                    for hook in &HOOKS {
+                        let pin = self.pins.link(&tc_link_name(name, index, hook.suffix));
                         if pin.exists() {
                             fs::remove_file(&pin).map_err(io("removing", &pin))?;
                         }
@@ -430,27 +477,15 @@ impl Programs {
 
     fn attach_tcx(&mut self, name: &str, index: u32) -> Result<Attached> {
         let mut attached = false;
-        for (program_name, direction, suffix) in [
-            (TO_POD, TcAttachType::Egress, "egress"),
-            (FROM_POD, TcAttachType::Ingress, "ingress"),
-        ] {
-            let pin = self.pins.link(&tc_link_name(name, index, suffix));
+        for hook in &HOOKS {
+            let pin = self.pins.link(&tc_link_name(name, index, hook.suffix));
             if pin.exists() {
                 continue;
             }
-            let program = self.policy_program(program_name)?;
             // First in the tcx chain: a CNI's program that redirects or returns TCX_PASS ends
             // the chain, and policy must have been applied by then.
             let first = TcAttachOptions::TcxOrder(LinkOrder::first());
-            let id = program
-                .attach_with_options(name, direction, first)
-                .map_err(program_err(
-                    "attaching",
-                    &format!("{program_name} to {name}"),
-                ))?;
-            let link = program
-                .take_link(id)
-                .map_err(program_err("taking", program_name))?;
+            let link = self.attach_policy(hook, name, first)?;
             pin_link(link, &pin)?;
             attached = true;
         }
@@ -470,27 +505,13 @@ impl Programs {
                 reason: e.to_string(),
             }
         };
-        match aya::programs::tc::qdisc_add_clsact(name) {
-            Ok(()) => tracing::debug!(interface = name, "clsact qdisc added"),
-            Err(aya::programs::tc::TcError::NetlinkError(e))
-                if e.raw_os_error() == Some(nix::libc::EEXIST) => {}
-            Err(e) => {
-                return Err(Error::Program {
-                    op: "adding a clsact qdisc to",
-                    program: name.to_owned(),
-                    reason: chain(&e),
-                });
-            }
-        }
         let mut outcome = Attached::Kept;
-        for (program_name, attach, direction) in [
-            (TO_POD, TcAttachType::Egress, tc::Direction::Egress),
-            (FROM_POD, TcAttachType::Ingress, tc::Direction::Ingress),
-        ] {
-            let filters = tc::list(index, direction).map_err(tc_err("listing"))?;
-            let (add, old) = match tc::plan(&filters, program_name) {
+        for hook in &HOOKS {
+            // A missing clsact qdisc lists as no filters: it is added with our first filter.
+            let filters = tc::list(index, hook.direction).map_err(tc_err("listing"))?;
+            let (add, old) = match tc::plan(&filters, hook.program) {
                 tc::Plan::Keep => {
-                    if let Some(front) = filters.first().filter(|f| !f.is_ours(program_name)) {
+                    if let Some(front) = filters.first().filter(|f| !f.is_ours(hook.program)) {
                         outcome = Attached::Behind(format!(
                             "{} filter {:?} at priority {} handle {:#x}",
                             front.kind,
@@ -504,28 +525,22 @@ impl Programs {
                 tc::Plan::Add(handle) => (handle, None),
                 tc::Plan::MoveToFront(handle, old) => (handle, Some(old)),
             };
-            let program = self.policy_program(program_name)?;
+            if filters.is_empty() {
+                ensure_clsact(name)?;
+            }
             let options = TcAttachOptions::Netlink(NlOptions {
                 priority: tc::PRIORITY,
                 handle: TcHandle::from(add),
                 classid: None,
             });
-            let id = program
-                .attach_with_options(name, attach, options)
-                .map_err(program_err(
-                    "attaching",
-                    &format!("{program_name} to {name}"),
-                ))?;
-            let link = program
-                .take_link(id)
-                .map_err(program_err("taking", program_name))?;
+            let link = self.attach_policy(hook, name, options)?;
             // The filter holds the program; dropping the link would delete the filter.
             std::mem::forget(link);
             if let Some(old) = old {
-                detach_filter(name, attach, old)?;
+                detach_filter(name, hook.attach, old)?;
                 tracing::info!(
                     interface = name,
-                    program = program_name,
+                    program = hook.program,
                     "another filter had been added ahead of ours: ours moved back to the front"
                 );
             }
@@ -557,6 +572,26 @@ impl Programs {
     }
 }
 
+/// Adds a clsact qdisc to interface `name` unless it has one.
+fn ensure_clsact(name: &str) -> Result<()> {
+    match aya::programs::tc::qdisc_add_clsact(name) {
+        Ok(()) => {
+            tracing::debug!(interface = name, "clsact qdisc added");
+            Ok(())
+        }
+        Err(aya::programs::tc::TcError::NetlinkError(e))
+            if e.raw_os_error() == Some(nix::libc::EEXIST) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(Error::Program {
+            op: "adding a clsact qdisc to",
+            program: name.to_owned(),
+            reason: chain(&e),
+        }),
+    }
+}
+
 /// Deletes our filter with `handle` on `attach` of interface `name`.
 fn detach_filter(name: &str, attach: TcAttachType, handle: u32) -> Result<()> {
     let link =
@@ -569,17 +604,14 @@ fn detach_filter(name: &str, attach: TcAttachType, handle: u32) -> Result<()> {
 /// Deletes our legacy tc filters from interface `name` (index `index`). Returns how many.
 pub fn detach_tc_filters(name: &str, index: u32) -> Result<usize> {
     let mut removed = 0;
-    for (program_name, attach, direction) in [
-        (TO_POD, TcAttachType::Egress, tc::Direction::Egress),
-        (FROM_POD, TcAttachType::Ingress, tc::Direction::Ingress),
-    ] {
-        let filters = tc::list(index, direction).map_err(|e| Error::Program {
+    for hook in &HOOKS {
+        let filters = tc::list(index, hook.direction).map_err(|e| Error::Program {
             op: "listing",
             program: format!("tc filters of {name}"),
             reason: e.to_string(),
         })?;
-        for f in filters.iter().filter(|f| f.is_ours(program_name)) {
-            detach_filter(name, attach, f.handle)?;
+        for f in filters.iter().filter(|f| f.is_ours(hook.program)) {
+            detach_filter(name, hook.attach, f.handle)?;
             removed += 1;
         }
     }
@@ -615,14 +647,9 @@ pub fn attachments(pins: &Pins) -> Vec<(String, AttachMode)> {
     }
     if let Ok(interfaces) = nix::net::if_::if_nameindex() {
         for i in interfaces.iter() {
-            let ours = [
-                (TO_POD, tc::Direction::Egress),
-                (FROM_POD, tc::Direction::Ingress),
-            ]
-            .iter()
-            .any(|(program, direction)| {
-                tc::list(i.index(), *direction)
-                    .is_ok_and(|fs| fs.iter().any(|f| f.is_ours(program)))
+            let ours = HOOKS.iter().any(|hook| {
+                tc::list(i.index(), hook.direction)
+                    .is_ok_and(|fs| fs.iter().any(|f| f.is_ours(hook.program)))
             });
             if ours {
                 out.insert((i.name().to_string_lossy().into_owned(), "tc"));
