@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`keys`]: [`Key`], every key of the layout, built and parsed; prefixes.
 //! - [`records`]: the value types, one per kind of key, each with a schema version.
+//! - [`identity`]: security identities (cluster id and number) and the reserved ones, whose
+//!   labels every reader defines itself.
 //! - [`cidr`]: IP prefixes (pod and service CIDRs): parsing, containment, overlap.
 //! - [`remote`]: the records of remote-cluster connections (`mesh/config/remotes/`,
 //!   `mesh/status/remotes/`).
@@ -29,6 +31,7 @@ pub mod bootstrap;
 pub mod cidr;
 pub mod codec;
 pub mod endpoint;
+pub mod identity;
 pub mod keys;
 pub mod records;
 pub mod remote;

@@ -28,29 +28,28 @@
 //! A policy of this cluster selects the identities of this cluster in its namespace whose
 //! labels match `endpointSelector`; selected identities accept only what a rule allows (plus
 //! this node's `host`, so kubelet probes keep working, as Cilium does by default). A rule's
-//! peers are the identities of the clusters it names (any cluster when none) whose labels
-//! match its selector; without a namespace label in the selector, peers must be in the
-//! policy's namespace. Reserved identities (`reserved:host`, `reserved:remote-node`, …) match
-//! only a selector that names that label, and they carry their cluster id, so one cluster's
-//! `remote-node` never matches another's.
+//! peers are the identities of the clusters it names whose labels match its selector: no
+//! `fromClusters` means this cluster only (Cilium 1.19's default scope), `"*"` every cluster;
+//! without a namespace label in the selector, peers must be in the policy's namespace.
+//! Reserved identities (`reserved:host`, `reserved:remote-node`, …) match only a selector that
+//! names that label, and they carry their cluster id, so one cluster's `remote-node` never
+//! matches another's. Their labels are this agent's ([`mesh_api::identity`]), never a
+//! record's: a remote cannot label its nodes as pods of one of our namespaces, nor its pods as
+//! nodes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use mesh_api::records::{Affinity, PolicyRecord};
+use mesh_api::identity::{
+    self, HOST, NAMESPACE_LABEL, REMOTE_NODE, RESERVED, RESERVED_PREFIX, identity,
+};
+use mesh_api::records::{Affinity, PolicyRecord, PolicyRule};
 
 use crate::maps::{
     Backend, Frontend, IpInfo, PROTO_TCP, PROTO_UDP, Prefix, Rule, Tables, backend_flags,
     ipcache_flags, protocol_number,
 };
 use crate::state::{ClusterState, MeshState, endpoint_flags};
-
-/// The label every identity carries for the pod's namespace.
-pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
-/// Local id of the `host` reserved identity.
-pub const HOST: u32 = 1;
-/// Local id of the `remote-node` reserved identity.
-pub const REMOTE_NODE: u32 = 6;
 
 /// Who is asking: the node the tables are for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,11 +60,6 @@ pub struct Local {
     pub node: String,
     /// A remote disconnected longer than this (ms) is stale.
     pub stale_after_ms: i64,
-}
-
-/// The identity `local` of cluster `cluster_id`.
-pub fn identity(cluster_id: u16, local: u32) -> u32 {
-    u32::from(cluster_id) << 16 | local
 }
 
 /// Every table.
@@ -240,10 +234,11 @@ fn node_info(cluster: &str, node: &str, cid: u16, local: &Local) -> IpInfo {
     }
 }
 
-/// A pod address's entry, if its identity is of its own cluster (a record claiming another
-/// cluster's identity is ignored: it could borrow that cluster's rules).
+/// A pod address's entry, if its identity is a pod identity of its own cluster (a record
+/// claiming another cluster's identity, or a reserved one such as its nodes', is ignored: it
+/// could borrow rules written for them).
 fn pod_info(identity: u32, cid: u16) -> Option<IpInfo> {
-    (identity >> 16 == u32::from(cid)).then_some(IpInfo {
+    (identity::cluster_of(identity) == cid && !identity::is_reserved(identity)).then_some(IpInfo {
         identity,
         cluster_id: cid,
         flags: ipcache_flags::POD,
@@ -284,6 +279,51 @@ pub fn ipcache_entry(state: &MeshState, local: &Local, ip: Ipv4Addr) -> Option<I
     None
 }
 
+/// The wildcard of `fromClusters`: every cluster.
+pub const ANY_CLUSTER: &str = "*";
+
+/// An identity and its labels, as rules see them.
+struct Labelled<'a> {
+    id: u32,
+    labels: Vec<&'a str>,
+}
+
+/// The identities of cluster `c` (id `cid`) a rule can name: its reserved ones, with the labels
+/// this agent defines, and its records' identities of its own id outside the reserved range,
+/// with any `reserved:` label dropped. Nothing a cluster publishes can make one of its
+/// identities look like another kind, or like another cluster's.
+fn labelled(c: &ClusterState, cid: u16) -> Vec<Labelled<'_>> {
+    let reserved = RESERVED.iter().map(|(n, label)| Labelled {
+        id: identity(cid, *n),
+        labels: vec![*label],
+    });
+    let published = c
+        .identities
+        .iter()
+        .filter(|(id, _)| identity::cluster_of(**id) == cid && !identity::is_reserved(**id))
+        .map(|(id, labels)| Labelled {
+            id: *id,
+            labels: labels
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|l: &&str| !l.starts_with(RESERVED_PREFIX))
+                .collect(),
+        });
+    reserved.chain(published).collect()
+}
+
+/// Whether `rule` admits peers of cluster `cluster`: the clusters it names, this cluster only
+/// when it names none (as Cilium 1.19's default policy scope), every cluster when it names
+/// [`ANY_CLUSTER`].
+fn admits(rule: &PolicyRule, cluster: &str, local: &Local) -> bool {
+    if rule.from_clusters.is_empty() {
+        return cluster == local.cluster;
+    }
+    rule.from_clusters
+        .iter()
+        .any(|c| c == ANY_CLUSTER || c == cluster)
+}
+
 /// The enforced identities and the allowed flows.
 pub fn policy(state: &MeshState, local: &Local) -> (BTreeSet<u32>, BTreeSet<Rule>) {
     let mut enforced = BTreeSet::new();
@@ -294,12 +334,17 @@ pub fn policy(state: &MeshState, local: &Local) -> (BTreeSet<u32>, BTreeSet<Rule
     let Some(own_id) = own.id else {
         return (enforced, rules);
     };
+    let clusters: Vec<(&str, Vec<Labelled<'_>>)> = state
+        .clusters
+        .iter()
+        .filter_map(|(name, c)| Some((name.as_str(), labelled(c, c.id?))))
+        .collect();
+    let own_identities = labelled(own, own_id);
     for p in own.policies.values() {
-        let endpoints: Vec<u32> = own
-            .identities
+        let endpoints: Vec<u32> = own_identities
             .iter()
-            .filter(|(id, labels)| *id >> 16 == u32::from(own_id) && selects_endpoint(p, labels))
-            .map(|(id, _)| *id)
+            .filter(|i| !identity::is_reserved(i.id) && selects_endpoint(p, &i.labels))
+            .map(|i| i.id)
             .collect();
         enforced.extend(endpoints.iter().copied());
         for e in &endpoints {
@@ -321,24 +366,19 @@ pub fn policy(state: &MeshState, local: &Local) -> (BTreeSet<u32>, BTreeSet<Rule
                     })
                     .collect()
             };
-            for (cname, c) in &state.clusters {
-                if !rule.from_clusters.is_empty() && !rule.from_clusters.contains(cname) {
+            for (cname, identities) in &clusters {
+                if !admits(rule, cname, local) {
                     continue;
                 }
-                let Some(cid) = c.id else { continue };
-                for (peer, labels) in &c.identities {
-                    // An identity must carry its cluster's id, or it would stand for another
-                    // cluster's endpoints.
-                    if *peer >> 16 != u32::from(cid)
-                        || !selects_peer(&rule.from_labels, &p.namespace, labels)
-                    {
+                for peer in identities {
+                    if !selects_peer(&rule.from_labels, &p.namespace, peer) {
                         continue;
                     }
                     for e in &endpoints {
                         for (port, proto) in &ports {
                             rules.insert(Rule {
                                 endpoint: *e,
-                                peer: *peer,
+                                peer: peer.id,
                                 port: *port,
                                 proto: *proto,
                             });
@@ -351,31 +391,28 @@ pub fn policy(state: &MeshState, local: &Local) -> (BTreeSet<u32>, BTreeSet<Rule
     (enforced, rules)
 }
 
-fn is_reserved(labels: &[Box<str>]) -> bool {
-    labels.iter().any(|l| l.starts_with("reserved:"))
-}
-
 /// Whether `labels` has `key=value` (or the bare `key` when `value` is empty).
-fn has(labels: &[Box<str>], key: &str, value: &str) -> bool {
+fn has(labels: &[&str], key: &str, value: &str) -> bool {
     labels.iter().any(|l| {
         l.strip_prefix(key).is_some_and(|rest| {
-            rest == format!("={value}") || (value.is_empty() && rest.is_empty())
+            rest.strip_prefix('=') == Some(value) || (value.is_empty() && rest.is_empty())
         })
     })
 }
 
-fn selects_endpoint(p: &PolicyRecord, labels: &[Box<str>]) -> bool {
-    !is_reserved(labels)
-        && has(labels, NAMESPACE_LABEL, &p.namespace)
+fn selects_endpoint(p: &PolicyRecord, labels: &[&str]) -> bool {
+    has(labels, NAMESPACE_LABEL, &p.namespace)
         && p.endpoint_selector.iter().all(|(k, v)| has(labels, k, v))
 }
 
-fn selects_peer(selector: &BTreeMap<String, String>, namespace: &str, labels: &[Box<str>]) -> bool {
-    if is_reserved(labels) {
-        return !selector.is_empty() && selector.iter().all(|(k, v)| has(labels, k, v));
+/// Reserved identities match only a selector that names their label; pods match in the
+/// policy's namespace unless the selector names one.
+fn selects_peer(selector: &BTreeMap<String, String>, namespace: &str, peer: &Labelled<'_>) -> bool {
+    if identity::is_reserved(peer.id) {
+        return !selector.is_empty() && selector.iter().all(|(k, v)| has(&peer.labels, k, v));
     }
-    (selector.contains_key(NAMESPACE_LABEL) || has(labels, NAMESPACE_LABEL, namespace))
-        && selector.iter().all(|(k, v)| has(labels, k, v))
+    (selector.contains_key(NAMESPACE_LABEL) || has(&peer.labels, NAMESPACE_LABEL, namespace))
+        && selector.iter().all(|(k, v)| has(&peer.labels, k, v))
 }
 
 #[cfg(test)]

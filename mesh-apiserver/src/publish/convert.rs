@@ -32,14 +32,11 @@ use super::objects::{MeshPolicy, Objects};
 
 /// Most endpoints in one key.
 pub const MAX_ENDPOINTS_PER_KEY: usize = 100;
-/// The first local identity id that is not reserved (1..=255 are).
-pub const FIRST_LOCAL_ID: u32 = 256;
+pub use mesh_api::identity::{FIRST_LOCAL_ID, NAMESPACE_LABEL, RESERVED, identity};
 /// The label giving a node's zone.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The label naming an EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// The label every identity carries for the pod's namespace.
-pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// Pod labels that change with every rollout and say nothing about what a pod is; an identity
 /// per value would churn identities without reason.
 const IGNORED_POD_LABELS: [&str; 7] = [
@@ -52,21 +49,10 @@ const IGNORED_POD_LABELS: [&str; 7] = [
     "controller-uid",
 ];
 
-/// The reserved identities every cluster has (local ids 1..=8, as Cilium numbers them), with
-/// the one label each stands for. They carry the cluster id like every identity, so a remote
-/// cluster's `host` never matches a local rule for `host`.
-pub const RESERVED: [(u16, &str); 8] = [
-    (1, "reserved:host"),
-    (2, "reserved:world"),
-    (3, "reserved:unmanaged"),
-    (4, "reserved:health"),
-    (5, "reserved:init"),
-    (6, "reserved:remote-node"),
-    (7, "reserved:kube-apiserver"),
-    (8, "reserved:ingress"),
-];
-
-/// The reserved identities' records for `cluster`.
+/// The reserved identities' records for `cluster` (ids 1..=8, as Cilium numbers them, with the
+/// cluster id like every identity, so a remote cluster's `host` never matches a local rule for
+/// `host`). They are published for people and tools reading the store; agents define the
+/// reserved labels themselves ([`mesh_api::identity`]) and never take them from a record.
 pub fn reserved_identities(settings: &Settings) -> BTreeMap<Key, Record> {
     RESERVED
         .iter()
@@ -92,11 +78,6 @@ pub struct Settings {
     pub cluster: String,
     /// `--cluster-id`, 1..=65535.
     pub cluster_id: u16,
-}
-
-/// The identity of `local` in cluster `cluster_id`: the cluster id in the high 16 bits.
-pub fn identity(cluster_id: u16, local: u16) -> u32 {
-    u32::from(cluster_id) << 16 | u32::from(local)
 }
 
 /// An object that was skipped, and why.

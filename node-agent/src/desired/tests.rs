@@ -305,8 +305,10 @@ fn policy_rules_follow_cluster_and_label_selectors() {
         "demo/db",
         &[("app", "db")],
         vec![
-            // app=api from any cluster, in the policy's namespace: apps' and infra's.
+            // app=api with no cluster named: this cluster's only.
             rule(&[], &[("app", "api")], &[(5432, "TCP")]),
+            // app=api from every cluster, in the policy's namespace: apps' and infra's.
+            rule(&["*"], &[("app", "api")], &[(8080, "TCP")]),
             // Anything in infra (but reserved identities) in this namespace, any port.
             rule(&["infra"], &[], &[]),
             // infra's nodes (a reserved identity, named): not apps' remote-node.
@@ -320,9 +322,10 @@ fn policy_rules_follow_cluster_and_label_selectors() {
         [
             "1/300 <- 1/1 0/any", // this node's host, always (kubelet probes)
             "1/300 <- 1/301 5432/TCP",
+            "1/300 <- 1/301 8080/TCP",
             "1/300 <- 2/6 9100/any",
             "1/300 <- 2/300 0/any",
-            "1/300 <- 2/300 5432/TCP",
+            "1/300 <- 2/300 8080/TCP",
             "1/300 <- 2/301 0/any",
         ]
     );
@@ -360,8 +363,9 @@ fn a_remote_cannot_claim_this_clusters_addresses_or_identities() {
     m.pod("apps", "10.1.0.11", 1 << 16 | 300)
         // infra claims our pod's address as one of its nodes…
         .node("infra", "infra-1", "10.1.0.11")
-        // …maps its own pod to our identity number…
+        // …maps its own pod to our identity number, another to its nodes' identity…
         .pod("infra", "10.2.0.21", 1 << 16 | 300)
+        .pod("infra", "10.2.0.22", 2 << 16 | 6)
         // …and publishes an identity carrying our cluster id.
         .identity(
             "infra",
@@ -390,8 +394,9 @@ fn a_remote_cannot_claim_this_clusters_addresses_or_identities() {
     };
     assert_eq!(entry("10.1.0.11").map(|i| i.identity), Some(1 << 16 | 300));
     assert_eq!(entry("10.2.0.21"), None);
+    assert_eq!(entry("10.2.0.22"), None, "a pod is no node");
     // The single-address path agrees with the full computation.
-    for ip in ["10.1.0.11", "10.2.0.21"] {
+    for ip in ["10.1.0.11", "10.2.0.21", "10.2.0.22"] {
         assert_eq!(
             ipcache_entry(&m.state, &local(), ip.parse().unwrap()),
             entry(ip),
@@ -403,5 +408,103 @@ fn a_remote_cannot_claim_this_clusters_addresses_or_identities() {
         rules_text(&rules),
         ["1/300 <- 1/1 0/any"],
         "infra's forged identity is no peer"
+    );
+}
+
+/// Finding 3 of the trust review: a remote labels its reserved identities (and a pod identity)
+/// with the labels of one of our namespaces' pods, or with reserved labels. Only the labels
+/// this agent defines count.
+#[test]
+fn a_remote_cannot_relabel_reserved_identities() {
+    let ns = "io.kubernetes.pod.namespace=demo";
+    let mut m = Mesh::default();
+    m.cluster("apps", 1).cluster("infra", 2);
+    m.identity("apps", 1 << 16 | 300, &["app=db", ns])
+        // infra's remote-node and world, labelled as demo's frontends…
+        .identity("infra", 2 << 16 | 6, &["app=frontend", ns])
+        .identity("infra", 2 << 16 | 2, &["app=frontend", ns])
+        // …an unused reserved number, labelled the same…
+        .identity("infra", 2 << 16 | 200, &["app=frontend", ns])
+        // …and a pod identity that claims to be infra's nodes.
+        .identity("infra", 2 << 16 | 400, &["reserved:remote-node"])
+        .policy(
+            "apps",
+            "demo/db",
+            &[("app", "db")],
+            vec![
+                rule(&["*"], &[("app", "frontend")], &[(5432, "TCP")]),
+                rule(
+                    &["infra"],
+                    &[("reserved:remote-node", "")],
+                    &[(9100, "TCP")],
+                ),
+            ],
+        );
+    let (_, rules) = policy(&m.state, &local());
+    assert_eq!(
+        rules_text(&rules),
+        [
+            "1/300 <- 1/1 0/any",
+            // infra's nodes by the agent's own label, whether or not a record says so.
+            "1/300 <- 2/6 9100/TCP",
+        ]
+    );
+    // The same with no reserved records at all: the agent knows them.
+    let mut bare = Mesh::default();
+    bare.cluster("apps", 1).cluster("infra", 2);
+    bare.identity("apps", 1 << 16 | 300, &["app=db", ns])
+        .policy(
+            "apps",
+            "demo/db",
+            &[("app", "db")],
+            vec![rule(
+                &["infra"],
+                &[("reserved:remote-node", "")],
+                &[(9100, "TCP")],
+            )],
+        );
+    let (_, rules) = policy(&bare.state, &local());
+    assert_eq!(
+        rules_text(&rules),
+        ["1/300 <- 1/1 0/any", "1/300 <- 2/6 9100/TCP"]
+    );
+}
+
+/// Finding 3: no `fromClusters` is this cluster only; a remote is admitted only when named or
+/// by `"*"`.
+#[test]
+fn no_from_clusters_means_this_cluster_only() {
+    let mut m = policy_mesh();
+    m.policy(
+        "apps",
+        "demo/db",
+        &[("app", "db")],
+        vec![rule(&[], &[], &[])],
+    );
+    let (_, rules) = policy(&m.state, &local());
+    assert_eq!(
+        rules_text(&rules),
+        [
+            "1/300 <- 1/1 0/any",
+            "1/300 <- 1/300 0/any",
+            "1/300 <- 1/301 0/any"
+        ]
+    );
+    m.policy(
+        "apps",
+        "demo/db",
+        &[("app", "db")],
+        vec![rule(&["*"], &[], &[])],
+    );
+    let (_, rules) = policy(&m.state, &local());
+    assert_eq!(
+        rules_text(&rules),
+        [
+            "1/300 <- 1/1 0/any",
+            "1/300 <- 1/300 0/any",
+            "1/300 <- 1/301 0/any",
+            "1/300 <- 2/300 0/any",
+            "1/300 <- 2/301 0/any",
+        ]
     );
 }
