@@ -372,8 +372,8 @@ impl Agent<'_> {
                 }
             };
             let mut touched = Touched::default();
-            for (key, value) in &changes {
-                touched.merge(self.state.apply(key, value.as_deref()));
+            for c in &changes {
+                touched.merge(self.state.apply(&c.key, c.value.as_deref(), c.created));
             }
             *resume = Some([mesh.revision, status.revision]);
             self.metrics.revision.set(mesh.revision);

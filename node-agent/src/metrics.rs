@@ -137,6 +137,8 @@ pub struct Metrics {
     pub interfaces: Gauge,
     /// WireGuard peers configured.
     pub wg_peers: Gauge,
+    /// Node keys refused because another node published the same key first.
+    pub wg_key_conflicts: Gauge,
     /// WireGuard bytes of the peers configured now, by peer cluster and direction.
     pub wg_bytes: Family<Transfer, Gauge>,
     /// Seconds since each peer's transfer counters last changed.
@@ -189,6 +191,7 @@ impl Metrics {
             connected: Gauge::default(),
             interfaces: Gauge::default(),
             wg_peers: Gauge::default(),
+            wg_key_conflicts: Gauge::default(),
             wg_bytes: Family::default(),
             wg_transfer_age: Family::default(),
             wg_errors: Counter::default(),
@@ -212,6 +215,11 @@ impl Metrics {
         r.register("backends", "Backend slots programmed", m.backends.clone());
         r.register("ipcache_entries", "ipcache entries", m.ipcache.clone());
         r.register("wg_peers", "WireGuard peers configured", m.wg_peers.clone());
+        r.register(
+            "wg_key_conflicts",
+            "Node keys refused because another node published the same WireGuard key first",
+            m.wg_key_conflicts.clone(),
+        );
         r.register(
             "wg_transfer_bytes",
             "WireGuard bytes of the configured peers, by peer cluster and direction",

@@ -19,8 +19,16 @@ use mesh_api::keys::{ROOT, STATUS_REMOTES, prefix_end};
 use crate::config::Config;
 use crate::state::MeshState;
 
-/// A key and its new value (`None`: deleted).
-pub type Change = (String, Option<Vec<u8>>);
+/// A change of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: String,
+    /// Its new value (`None`: deleted).
+    pub value: Option<Vec<u8>>,
+    /// The revision the key was created at (0 for a delete).
+    pub created: i64,
+}
 
 /// Keys per list request.
 pub const PAGE: i64 = 2_000;
@@ -156,7 +164,7 @@ pub async fn list(client: &mut Client) -> Result<(MeshState, i64), Error> {
             }
             for kv in resp.kvs() {
                 if let Ok(key) = kv.key_str() {
-                    state.apply(key, Some(kv.value()));
+                    state.apply(key, Some(kv.value()), kv.create_revision());
                 }
             }
             match resp.kvs().last() {
@@ -234,7 +242,11 @@ impl Watch {
                 EventType::Put => Some(kv.value().to_vec()),
                 EventType::Delete => None,
             };
-            changes.push((key.to_owned(), value));
+            changes.push(Change {
+                key: key.to_owned(),
+                value,
+                created: kv.create_revision(),
+            });
         }
         if resp.events().is_empty()
             && !resp.created()

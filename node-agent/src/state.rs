@@ -79,6 +79,9 @@ pub struct NodeKey {
     pub public_key: [u8; 32],
     /// WireGuard listen port.
     pub port: u16,
+    /// The record's create revision in this store: of two nodes with the same key, the
+    /// earlier keeps it.
+    pub created: i64,
 }
 
 /// What the ipcache says of a pod address.
@@ -217,8 +220,9 @@ pub struct MeshState {
 }
 
 impl MeshState {
-    /// Applies a put (`Some(value)`) or delete (`None`) of `key`.
-    pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> Touched {
+    /// Applies a put (`Some(value)`, the key created at revision `created`) or delete (`None`)
+    /// of `key`.
+    pub fn apply(&mut self, key: &str, value: Option<&[u8]>, created: i64) -> Touched {
         let mut touched = Touched::default();
         let parsed: Key = match key.parse() {
             Ok(k) => k,
@@ -311,7 +315,7 @@ impl MeshState {
             (Key::NodeKey { node, .. }, r) => {
                 let key = match r {
                     Some(Record::NodeKey(r)) => {
-                        let k = node_key(&r.public_key, r.listen_port);
+                        let k = node_key(&r.public_key, r.listen_port, created);
                         skipped.undecodable += u64::from(k.is_none());
                         k
                     }
@@ -490,10 +494,11 @@ fn cidr_v4(s: &str, skipped: &mut Skipped) -> Option<(Ipv4Addr, u8)> {
 }
 
 /// A node key record's key, if it is a valid base64 Curve25519 key and the port is valid.
-fn node_key(public_key: &str, port: u32) -> Option<NodeKey> {
+fn node_key(public_key: &str, port: u32, created: i64) -> Option<NodeKey> {
     let public_key = crate::wg::key::decode(public_key)?;
     Some(NodeKey {
         public_key,
+        created,
         port: u16::try_from(port).ok().filter(|p| *p != 0)?,
     })
 }

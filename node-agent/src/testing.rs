@@ -24,6 +24,10 @@ pub fn local() -> Local {
 #[derive(Debug, Default)]
 pub struct Mesh {
     pub state: MeshState,
+    /// The store's revision, one more with every change.
+    pub revision: i64,
+    /// Each key's create revision, as the store keeps it across updates.
+    pub created: BTreeMap<String, i64>,
 }
 
 /// An endpoint: address, ready, serving, terminating.
@@ -50,11 +54,17 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 impl Mesh {
     pub fn put(&mut self, key: Key, record: Record) -> Touched {
-        self.state.apply(&key.to_string(), Some(&record.encode()))
+        self.revision += 1;
+        let key = key.to_string();
+        let created = *self.created.entry(key.clone()).or_insert(self.revision);
+        self.state.apply(&key, Some(&record.encode()), created)
     }
 
     pub fn delete(&mut self, key: Key) -> Touched {
-        self.state.apply(&key.to_string(), None)
+        self.revision += 1;
+        let key = key.to_string();
+        self.created.remove(&key);
+        self.state.apply(&key, None, 0)
     }
 
     /// A cluster record alone (no synced marker: a partial view).
@@ -287,9 +297,11 @@ impl Mesh {
             current_at_ms,
             ..Default::default()
         };
+        self.revision += 1;
         self.state.apply(
             &format!("mesh/status/remotes/{cluster}"),
             Some(&record.encode_to_vec()),
+            self.revision,
         )
     }
 }

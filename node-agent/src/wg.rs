@@ -99,6 +99,8 @@ pub struct Wg {
     status_written: String,
     /// A configuration failed: reconcile everything at the next tick.
     pub retry: bool,
+    /// The key conflicts last logged (each set is logged once).
+    conflicts: Vec<peers::Conflict>,
     /// The store has been listed: the records are a view to reconcile against (before,
     /// an empty state would remove every adopted peer).
     pub listed: bool,
@@ -166,6 +168,7 @@ impl Wg {
             status_file: state_dir.join(STATUS_FILE),
             status_written: String::new(),
             retry: false,
+            conflicts: Vec::new(),
             listed: false,
         })
     }
@@ -190,11 +193,16 @@ impl Wg {
     pub fn reconcile(&mut self, state: &MeshState, local: &Local, metrics: &Metrics) {
         let (desired, conflicts) =
             peers::desired(state, local, self.public_key(), self.config.intra_cluster);
-        if conflicts > 0 {
-            tracing::warn!(
-                conflicts,
-                "nodes publish the same WireGuard key (a copied state directory?): one peer each"
-            );
+        metrics.wg_key_conflicts.set(conflicts.len() as i64);
+        if conflicts != self.conflicts {
+            for c in &conflicts {
+                tracing::warn!(
+                    claimant = format!("{}/{}", c.claimant.0, c.claimant.1),
+                    holder = format!("{}/{}", c.holder.0, c.holder.1),
+                    "a node publishes the WireGuard key another node published first: refused"
+                );
+            }
+            self.conflicts = conflicts;
         }
         let plan = self.table.plan(&desired, state);
         match self.apply(&plan, state, local) {

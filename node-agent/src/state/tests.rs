@@ -24,13 +24,13 @@ fn changes_report_what_they_touch() {
     assert_eq!(m2.state.clusters["apps"].services.len(), before + 1);
     let t = m2
         .state
-        .apply("mesh/v1/apps/endpoints/demo/echo/a", Some(&[]));
+        .apply("mesh/v1/apps/endpoints/demo/echo/a", Some(&[]), 1);
     // An empty value is not a record (no schema): treated as absent, counted.
     assert_eq!(t.services, BTreeSet::from(["demo/echo".to_owned()]));
     assert_eq!(m2.state.skipped.undecodable, 1);
-    let t = m2.state.apply("mesh/v1/apps/ipcache/10.1.0.11", None);
+    let t = m2.state.apply("mesh/v1/apps/ipcache/10.1.0.11", None, 0);
     assert_eq!(t.ips, BTreeSet::from([ip("10.1.0.11")]));
-    assert!(m2.state.apply("not/a/mesh/key", Some(b"x")).is_empty());
+    assert!(m2.state.apply("not/a/mesh/key", Some(b"x"), 1).is_empty());
 }
 
 #[test]
@@ -50,7 +50,7 @@ fn a_cluster_whose_every_key_is_gone_is_forgotten() {
         ))
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        m.state.apply(k, None);
+        m.state.apply(k, None, 0);
         // Partial while keys remain (markers gone first: incomplete).
         assert_eq!(
             m.state.clusters.contains_key("infra"),

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::desired::Local;
-use crate::state::MeshState;
+use crate::state::{MeshState, NodeKey};
 
 /// A Curve25519 public key.
 pub type PublicKey = [u8; 32];
@@ -59,60 +59,93 @@ impl Applied {
     }
 }
 
-/// The desired peers, and how many node keys were left out because another node already
-/// published the same key (a copied state directory).
+/// A node key left out because another node holds the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The claimant refused: cluster and node.
+    pub claimant: (String, String),
+    /// Who holds the key.
+    pub holder: (String, String),
+}
+
+/// The desired peers, and the node keys left out because another node holds the same key (a
+/// copied state directory, or a remote or stolen agent certificate copying a node's key to
+/// take it off every peer list).
+///
+/// A key belongs to its first claimant: a node of this cluster before any remote's (a remote
+/// can never take one of ours, whether or not this cluster's nodes are peers), then the
+/// earliest record in this store (create revision), then cluster and node name. A copy made
+/// later loses to the original however the names sort.
 pub fn desired(
     state: &MeshState,
     local: &Local,
     own_key: &PublicKey,
     intra_cluster: bool,
-) -> (BTreeMap<PublicKey, Peer>, usize) {
+) -> (BTreeMap<PublicKey, Peer>, Vec<Conflict>) {
+    // Every claim, in the order claims win.
+    let mut claims: Vec<(bool, i64, &str, &str, &NodeKey)> = state
+        .clusters
+        .iter()
+        .flat_map(|(cname, c)| {
+            let own = *cname == local.cluster;
+            c.nodekeys
+                .iter()
+                .map(move |(node, key)| (!own, key.created, cname.as_str(), node.as_str(), key))
+        })
+        .collect();
+    claims.sort_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
+    let this = (local.cluster.as_str(), local.node.as_str());
+    let mut holders: BTreeMap<PublicKey, (&str, &str)> = BTreeMap::from([(*own_key, this)]);
+    let mut conflicts = Vec::new();
     let mut out: BTreeMap<PublicKey, Peer> = BTreeMap::new();
-    let mut conflicts = 0;
-    for (cname, c) in &state.clusters {
-        let own = *cname == local.cluster;
+    // Without pod CIDRs on any Node of a cluster, each node's pods (by the node address the
+    // ipcache gives), grouped in one pass per cluster.
+    let mut pods_by_node: BTreeMap<&str, BTreeMap<Ipv4Addr, BTreeSet<Cidr>>> = BTreeMap::new();
+    for (_, _, cname, node, key) in claims {
+        if (cname, node) == this {
+            continue;
+        }
+        if let Some(holder) = holders.get(&key.public_key) {
+            conflicts.push(Conflict {
+                claimant: (cname.to_owned(), node.to_owned()),
+                holder: (holder.0.to_owned(), holder.1.to_owned()),
+            });
+            continue;
+        }
+        holders.insert(key.public_key, (cname, node));
+        let own = cname == local.cluster;
         if own && !intra_cluster {
             continue;
         }
-        // Without pod CIDRs on any Node, each node's pods (by the node address the ipcache
-        // gives), grouped in one pass.
-        let mut pods_by_node: BTreeMap<Ipv4Addr, BTreeSet<Cidr>> = BTreeMap::new();
+        let c = &state.clusters[cname];
+        let Some(info) = c.nodes.get(node) else {
+            continue; // a key without its node: the node left the cluster
+        };
         let by_pods = c.nodes.values().all(|n| n.pod_cidrs.is_empty());
-        if by_pods {
-            for (ip, pod) in &c.ipcache {
-                pods_by_node.entry(pod.node).or_default().insert((*ip, 32));
-            }
-        }
-        for (node, key) in &c.nodekeys {
-            if (own && *node == local.node) || key.public_key == *own_key {
-                continue;
-            }
-            let Some(info) = c.nodes.get(node) else {
-                continue; // a key without its node: the node left the cluster
-            };
-            let allowed: BTreeSet<Cidr> = if by_pods {
-                info.ips
-                    .iter()
-                    .filter_map(|ip| pods_by_node.get(ip))
-                    .flatten()
-                    .copied()
-                    .collect()
-            } else {
-                info.pod_cidrs.iter().copied().collect()
-            };
-            let peer = Peer {
-                cluster: cname.clone(),
-                node: node.clone(),
-                endpoint: info.tunnel_ip.map(|ip| SocketAddrV4::new(ip, key.port)),
-                allowed,
-            };
-            match out.entry(key.public_key) {
-                std::collections::btree_map::Entry::Occupied(_) => conflicts += 1,
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(peer);
+        let allowed: BTreeSet<Cidr> = if by_pods {
+            let pods = pods_by_node.entry(cname).or_insert_with(|| {
+                let mut by_node: BTreeMap<Ipv4Addr, BTreeSet<Cidr>> = BTreeMap::new();
+                for (ip, pod) in &c.ipcache {
+                    by_node.entry(pod.node).or_default().insert((*ip, 32));
                 }
-            }
-        }
+                by_node
+            });
+            info.ips
+                .iter()
+                .filter_map(|ip| pods.get(ip))
+                .flatten()
+                .copied()
+                .collect()
+        } else {
+            info.pod_cidrs.iter().copied().collect()
+        };
+        let peer = Peer {
+            cluster: cname.to_owned(),
+            node: node.to_owned(),
+            endpoint: info.tunnel_ip.map(|ip| SocketAddrV4::new(ip, key.port)),
+            allowed,
+        };
+        out.insert(key.public_key, peer);
     }
     (out, conflicts)
 }

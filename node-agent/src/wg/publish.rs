@@ -28,7 +28,8 @@ const KEEPALIVE_REPLY: Duration = Duration::from_secs(5);
 pub struct Publisher {
     key: String,
     value: Vec<u8>,
-    record: NodeKey,
+    public_key: [u8; 32],
+    port: u16,
     cluster: String,
     node: String,
     lease: Option<i64>,
@@ -60,7 +61,8 @@ impl Publisher {
             }
             .to_string(),
             value: record.encode(),
-            record: NodeKey { public_key, port },
+            public_key,
+            port,
             cluster: cluster.to_owned(),
             node: node.to_owned(),
             lease: None,
@@ -79,7 +81,7 @@ impl Publisher {
                 .clusters
                 .get(&self.cluster)
                 .and_then(|c| c.nodekeys.get(&self.node))
-                != Some(&self.record)
+                .is_none_or(|k: &NodeKey| (k.public_key, k.port) != (self.public_key, self.port))
     }
 
     /// Writes the record under the lease (a new one if there is none or it expired).

@@ -31,7 +31,7 @@ fn mesh() -> Mesh {
 
 fn want(m: &Mesh, intra: bool) -> BTreeMap<PublicKey, Peer> {
     let (peers, conflicts) = desired(&m.state, &local(), &test_key(OWN), intra);
-    assert_eq!(conflicts, 0);
+    assert_eq!(conflicts, []);
     peers
 }
 
@@ -140,13 +140,61 @@ fn without_pod_cidrs_the_pods_of_the_node_are_allowed() {
     assert!(!touched);
 }
 
+fn conflict(claimant: (&str, &str), holder: (&str, &str)) -> Conflict {
+    Conflict {
+        claimant: (claimant.0.into(), claimant.1.into()),
+        holder: (holder.0.into(), holder.1.into()),
+    }
+}
+
 #[test]
 fn a_duplicated_key_is_one_peer_and_counted() {
     let mut m = mesh();
     m.nodekey("infra", "infra-2", 11, 51871);
     let (peers, conflicts) = desired(&m.state, &local(), &test_key(OWN), false);
     assert_eq!(peers.len(), 1);
-    assert_eq!(conflicts, 1);
+    assert_eq!(
+        conflicts,
+        [conflict(("infra", "infra-2"), ("infra", "infra-1"))]
+    );
+}
+
+/// Finding 5 of the trust review: a node published later copies a key; the first publisher
+/// keeps it whatever the names, and a remote can never take a key of this cluster's nodes.
+#[test]
+fn a_copied_key_stays_with_its_first_publisher() {
+    let mut m = mesh();
+    // hostile's node "a" sorts before infra and infra-1, but publishes infra-1's key later.
+    m.cluster("hostile", 3)
+        .node_with("hostile", "a", "192.168.3.1", None, &["10.3.1.0/24"])
+        .nodekey("hostile", "a", 11, 51871)
+        // …and apps-2's key (this cluster's nodes are no peers here, but their keys are
+        // theirs) and this node's own.
+        .node_with("hostile", "b", "192.168.3.2", None, &["10.3.2.0/24"])
+        .nodekey("hostile", "b", 2, 51871)
+        .node_with("hostile", "c", "192.168.3.3", None, &["10.3.3.0/24"])
+        .nodekey("hostile", "c", OWN, 51871);
+    let (peers, conflicts) = desired(&m.state, &local(), &test_key(OWN), false);
+    assert_eq!(peers[&test_key(11)].cluster, "infra");
+    assert_eq!(peers[&test_key(11)].node, "infra-1");
+    assert!(!peers.contains_key(&test_key(2)));
+    assert_eq!(
+        conflicts,
+        [
+            conflict(("hostile", "a"), ("infra", "infra-1")),
+            conflict(("hostile", "b"), ("apps", "apps-2")),
+            conflict(("hostile", "c"), ("apps", "apps-1")),
+        ]
+    );
+    // A record deleted and made again (its lease expired in an outage) is a new claim: the
+    // copy, older now, keeps the key (the README's security model says so).
+    m.delete(Key::NodeKey {
+        cluster: "infra".into(),
+        node: "infra-1".into(),
+    });
+    m.nodekey("infra", "infra-1", 11, 51871);
+    let (peers, _) = desired(&m.state, &local(), &test_key(OWN), false);
+    assert_eq!(peers[&test_key(11)].cluster, "hostile");
 }
 
 #[test]
@@ -225,7 +273,7 @@ fn partial_views_keep_their_peers_and_a_drained_remote_goes() {
         })
         .unwrap();
     for k in keys {
-        m.state.apply(&k, None);
+        m.state.apply(&k, None, 0);
     }
     for kind in Kind::SYNCED {
         m.delete(Key::Synced {
