@@ -124,7 +124,11 @@ async fn an_agent_certificate_lists_and_watches_the_mesh() {
     .await
     .expect("the watch delivers the change");
     assert_eq!(changes.len(), 1);
-    assert_eq!(changes[0].0, k);
+    assert_eq!(changes[0].key, k);
+    // A new key: created at the change's own revision, which the store's copy confirms.
+    let stored = admin.get(k.clone(), None).await.unwrap();
+    assert_eq!(changes[0].created, stored.kvs()[0].create_revision());
+    assert!(changes[0].created > revision);
     assert!(watch.revision > revision);
 
     // Another CA's agent certificate: the TLS handshake or the first request fails.
