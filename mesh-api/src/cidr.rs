@@ -104,6 +104,47 @@ pub fn parse_all<'a>(texts: impl IntoIterator<Item = &'a String>) -> Vec<Cidr> {
     texts.into_iter().filter_map(|t| t.parse().ok()).collect()
 }
 
+/// The special-purpose ranges (RFC 6890 and its IPv6 counterparts) that no node, pod,
+/// service or tunnel endpoint of a cluster may claim: traffic to them never leaves a host, or
+/// is not unicast.
+pub const SPECIAL: [(&str, &str); 8] = [
+    ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    (
+        "240.0.0.0/4",
+        "reserved (240.0.0.0/4, with the broadcast address)",
+    ),
+    ("::/127", "the unspecified or loopback address"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+fn special_ranges() -> impl Iterator<Item = (Cidr, &'static str)> {
+    SPECIAL
+        .iter()
+        .map(|(c, name)| (c.parse().expect("a valid CIDR"), *name))
+}
+
+/// The special-purpose range `ip` lies in ([`SPECIAL`]), if any.
+pub fn special(ip: IpAddr) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    special_ranges()
+        .find(|(c, _)| c.contains(ip))
+        .map(|(_, name)| name)
+}
+
+/// The special-purpose range `cidr` shares addresses with ([`SPECIAL`]), if any.
+pub fn special_overlap(cidr: &Cidr) -> Option<&'static str> {
+    special_ranges()
+        .find(|(c, _)| c.overlaps(cidr))
+        .map(|(_, name)| name)
+}
+
 /// Whether `ip` lies in any of `cidrs`.
 pub fn any_contains(cidrs: &[Cidr], ip: IpAddr) -> bool {
     cidrs.iter().any(|c| c.contains(ip))

@@ -67,6 +67,9 @@ pub struct MirrorConfig {
     /// This cluster's name, when known: a connection to it is refused, and its own records
     /// are never deleted.
     pub cluster: Option<String>,
+    /// This cluster's id, when known: a remote with the same id is refused (its identities
+    /// would be ours, its rules our rules).
+    pub cluster_id: Option<u16>,
 }
 
 /// What the metrics show of one running remote, shared by its task and the collector.
@@ -419,6 +422,7 @@ impl Mirror {
                 cluster: c.clone(),
                 value: value.clone(),
                 own: self.config.cluster.clone(),
+                own_id: self.config.cluster_id,
                 settings: self.config.settings,
                 state,
                 metrics: self.metrics.clone(),
@@ -505,6 +509,7 @@ struct RemoteTask {
     cluster: String,
     value: Vec<u8>,
     own: Option<String>,
+    own_id: Option<u16>,
     settings: MirrorSettings,
     state: Arc<RemoteState>,
     metrics: Arc<MirrorMetrics>,
@@ -513,7 +518,12 @@ struct RemoteTask {
 }
 
 /// Why a connection cannot be used as configured.
-fn check_config(cluster: &str, own: Option<&str>, value: &[u8]) -> Result<Prepared, String> {
+fn check_config(
+    cluster: &str,
+    own: Option<&str>,
+    own_id: Option<u16>,
+    value: &[u8],
+) -> Result<Prepared, String> {
     let config = RemoteConfigRecord::decode_checked(value).map_err(|e| e.to_string())?;
     if config.cluster != cluster {
         return Err(format!(
@@ -526,6 +536,12 @@ fn check_config(cluster: &str, own: Option<&str>, value: &[u8]) -> Result<Prepar
     }
     if config.id == 0 || config.id > u32::from(u16::MAX) {
         return Err(format!("cluster id {} is not 1..=65535", config.id));
+    }
+    if own_id.is_some_and(|id| u32::from(id) == config.id) {
+        return Err(format!(
+            "cluster id {} is this cluster's own: its identities would pass as ours",
+            config.id
+        ));
     }
     let pod_cidrs = config
         .pod_cidrs
@@ -570,7 +586,7 @@ struct Prepared {
 impl RemoteTask {
     async fn run(self, stop: CancellationToken) {
         let cluster = self.cluster.as_str();
-        let prepared = match check_config(cluster, self.own.as_deref(), &self.value) {
+        let prepared = match check_config(cluster, self.own.as_deref(), self.own_id, &self.value) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(cluster, error = %e, "cannot mirror: bad connection record (fix it with meshctl connect)");
@@ -694,5 +710,58 @@ impl RemoteTask {
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key, status.encode_to_vec(), None)]);
         let _ = client.txn(txn).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_api::remote::RemoteConfigRecord;
+    use prost::Message as _;
+
+    use super::check_config;
+
+    fn record(cluster: &str, id: u32) -> Vec<u8> {
+        RemoteConfigRecord {
+            schema: mesh_api::SCHEMA,
+            cluster: cluster.into(),
+            id,
+            endpoints: vec!["https://127.0.0.1:2379".into()],
+            pod_cidrs: vec!["10.2.0.0/16".into()],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// Finding 10 of the trust review: a remote with this cluster's id is refused, whatever
+    /// its name.
+    #[test]
+    fn a_remote_with_our_cluster_id_or_name_is_refused() {
+        let err = |r: Result<_, String>| r.err().expect("refused");
+        assert!(
+            err(check_config(
+                "infra",
+                Some("apps"),
+                Some(1),
+                &record("infra", 1)
+            ))
+            .contains("cluster id 1 is this cluster's own")
+        );
+        assert!(
+            err(check_config(
+                "apps",
+                Some("apps"),
+                Some(1),
+                &record("apps", 2)
+            ))
+            .contains("this cluster itself")
+        );
+        // Another id gets past these checks (to the certificates, absent here).
+        let other = err(check_config(
+            "infra",
+            Some("apps"),
+            Some(1),
+            &record("infra", 2),
+        ));
+        assert!(!other.contains("cluster id"), "{other}");
     }
 }

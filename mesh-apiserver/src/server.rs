@@ -188,6 +188,7 @@ pub async fn run(
     let mirror = Mirror::new(MirrorConfig {
         settings: config.mirror,
         cluster: cluster_name.clone(),
+        cluster_id: config.cluster.as_ref().map(|c| c.id),
     });
     mirror.register(&mut registry);
     controllers.push(Arc::new(mirror));

@@ -16,10 +16,10 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::datapath::{self, Attached, KernelMaps, Pins, Programs};
-use crate::desired::{Local, stale};
-use crate::metrics::{BackendLabel, ClusterLabel, Health, Metrics, ModeLabel, Reason};
+use crate::desired::{self, Local, Over, stale};
+use crate::metrics::{BackendLabel, ClusterLabel, Health, Metrics, ModeLabel, OverLabel, Reason};
 use crate::podnet;
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Failed, Reconciler};
 use crate::source::{self, Watch};
 use crate::state::{MeshState, Touched};
 use crate::wg::publish::{self, Publisher};
@@ -174,6 +174,7 @@ pub async fn run(
         cluster: config.cluster.clone(),
         node: config.node.clone(),
         stale_after_ms: config.remote_stale_after.as_millis() as i64,
+        limits: config.remote_limits,
     };
     let mut agent = Agent {
         config: &config,
@@ -190,6 +191,8 @@ pub async fn run(
         unenforced: BTreeMap::new(),
         health: health_tx,
         retry: false,
+        over: BTreeMap::new(),
+        refused: Vec::new(),
         endpoint: first_endpoint(&config.node, config.endpoints.len()),
         established: false,
         wg: wg.as_mut(),
@@ -238,8 +241,12 @@ struct Agent<'a> {
     unenforced: BTreeMap<Ipv4Addr, String>,
     /// What `/healthz` says.
     health: watch::Sender<Health>,
-    /// A map write failed: the next tick reconciles everything.
+    /// A map write failed: the next tick tries it again.
     retry: bool,
+    /// Remotes over the limits, as last reported.
+    over: BTreeMap<String, Over>,
+    /// Remote node addresses refused, as last reported: cluster, node, address, reason.
+    refused: Vec<(String, String, Ipv4Addr, String)>,
     /// The index of the endpoint the next session tries first.
     endpoint: usize,
     /// The current session got as far as watching (a failure after that starts the backoff
@@ -317,6 +324,7 @@ impl Agent<'_> {
                 self.metrics.lists.inc();
                 self.state = state;
                 self.stale = self.stale_now();
+                self.guard_remotes(&Touched::everything());
                 let writes = self.reconcile(&Touched::everything(), started)?;
                 let applied = self.reconciler.applied();
                 tracing::info!(
@@ -375,6 +383,8 @@ impl Agent<'_> {
             for c in &changes {
                 touched.merge(self.state.apply(&c.key, c.value.as_deref(), c.created));
             }
+            let more = self.guard_remotes(&touched);
+            touched.merge(more);
             *resume = Some([mesh.revision, status.revision]);
             self.metrics.revision.set(mesh.revision);
             if !touched.is_empty() {
@@ -409,6 +419,72 @@ impl Agent<'_> {
         }
     }
 
+    /// Reports remotes over the limits and refused remote node addresses when they change; a
+    /// remote crossing a limit changes what is programmed of it everywhere (returned).
+    fn guard_remotes(&mut self, touched: &Touched) -> Touched {
+        let mut more = Touched::default();
+        let over: BTreeMap<String, Over> = desired::over_limits(&self.state, &self.local)
+            .into_iter()
+            .map(|(c, o)| (c.to_owned(), o))
+            .collect();
+        if over != self.over {
+            let clusters: BTreeSet<&String> = over.keys().chain(self.over.keys()).collect();
+            for c in clusters {
+                let now = over.get(c).copied().unwrap_or_default();
+                let counts = self.state.clusters.get(c);
+                let nodes = counts.map_or(0, |c| c.nodes.len());
+                let pods = counts.map_or(0, |c| c.ipcache.len());
+                let limits = self.local.limits;
+                if now == Over::default() {
+                    tracing::info!(remote = %c, nodes, pods, "remote within the limits again: programmed");
+                } else {
+                    tracing::warn!(
+                        remote = %c,
+                        nodes,
+                        node_limit = limits.nodes,
+                        pods,
+                        pod_limit = limits.pods,
+                        "remote over the limits: its {} left out",
+                        match (now.nodes, now.pods) {
+                            (true, true) => "nodes and pod addresses are",
+                            (true, false) => "nodes are",
+                            _ => "pod addresses are",
+                        }
+                    );
+                }
+                for (what, on) in [("nodes", now.nodes), ("pods", now.pods)] {
+                    self.metrics
+                        .remote_over_limit
+                        .get_or_create(&OverLabel {
+                            cluster: c.clone(),
+                            what: what.to_owned(),
+                        })
+                        .set(i64::from(on));
+                }
+            }
+            self.over = over;
+            more = Touched::everything();
+        }
+        if touched.peers || touched.all_ips {
+            let refused = desired::refused_node_ips(&self.state, &self.local);
+            if refused != self.refused {
+                for (cluster, node, ip, why) in &refused {
+                    if !self
+                        .refused
+                        .contains(&(cluster.clone(), node.clone(), *ip, why.clone()))
+                    {
+                        tracing::warn!(remote = %cluster, node = %node, address = %ip, "remote node address refused: {why}");
+                    }
+                }
+                self.metrics
+                    .node_addresses_refused
+                    .set(refused.len() as i64);
+                self.refused = refused;
+            }
+        }
+        more
+    }
+
     /// Remotes stale now.
     fn stale_now(&self) -> BTreeSet<String> {
         let now = now_ms();
@@ -421,8 +497,8 @@ impl Agent<'_> {
     }
 
     /// Writes what `touched` changed. A failed map write (a full map, say) is not fatal: the
-    /// maps keep what they hold, the failure is logged and counted, and the next tick tries
-    /// everything again.
+    /// rest of the pass is written, the failure is logged and counted, and the next tick
+    /// tries what failed again.
     fn reconcile(&mut self, touched: &Touched, started: Instant) -> Result<u64, Error> {
         let writes = match self.reconciler.reconcile(
             &self.state,
@@ -432,11 +508,15 @@ impl Agent<'_> {
             &mut *self.kernel,
         ) {
             Ok(w) => w,
-            Err(e) => {
-                tracing::error!("writing the maps: {e}; retrying everything at the next tick");
-                self.metrics.map_errors.inc();
+            Err(Failed { writes, first }) => {
+                tracing::error!(
+                    failed = writes.failed,
+                    written = writes.total(),
+                    "writing the maps: {first}; the rest is written, the failed ones are tried again at the next tick"
+                );
+                self.metrics.map_errors.inc_by(writes.failed);
                 self.retry = true;
-                return Ok(0);
+                writes
             }
         };
         self.metrics.writes.inc_by(writes.total());
@@ -463,7 +543,8 @@ impl Agent<'_> {
     fn tick(&mut self) -> Result<(), Error> {
         self.scan_interfaces()?;
         if std::mem::take(&mut self.retry) && self.programmed() {
-            self.reconcile(&Touched::everything(), Instant::now())?;
+            let pending = self.reconciler.take_pending();
+            self.reconcile(&pending, Instant::now())?;
         }
         let stale = self.stale_now();
         if stale != self.stale {

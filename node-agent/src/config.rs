@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::datapath::{self, AttachMode};
+use crate::desired::Limits;
 use crate::wg::WgConfig;
 use crate::wg::device::{self, Interface, Userspace};
 
@@ -58,6 +59,15 @@ pub struct Flags {
     /// no other backend is ready (e.g. `30s`, `500ms`, `2m`).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub remote_stale_after: Duration,
+    /// A remote with more nodes than this has none of them in the ipcache or as WireGuard
+    /// peers (reported in the log and raftmesh_agent_remote_over_limit) until it is back
+    /// within it. The default is Kubernetes' limit for one cluster.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub remote_node_limit: u32,
+    /// A remote with more pod addresses than this has none of them in the ipcache, as
+    /// --remote-node-limit. The default is Kubernetes' limit for one cluster.
+    #[arg(long, default_value_t = 150_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub remote_pod_limit: u32,
     /// Extra name prefixes of pod interfaces that get the policy programs. Pod interfaces are
     /// found by what they are — the host side of every veth whose peer is in another network
     /// namespace and that holds no address (Cilium's `lxc…`, the VPC CNI's `eni…`, Flannel's
@@ -200,6 +210,8 @@ pub struct Config {
     pub listen_metrics: SocketAddr,
     /// `--remote-stale-after`.
     pub remote_stale_after: Duration,
+    /// `--remote-node-limit`, `--remote-pod-limit`.
+    pub remote_limits: Limits,
     /// `--pod-interface-prefix`.
     pub pod_interface_prefixes: Vec<String>,
     /// `--pod-interfaces discover`: pod veths are found by what they are.
@@ -384,6 +396,10 @@ impl Config {
             state_dir: flags.state_dir.clone(),
             listen_metrics: flags.listen_metrics,
             remote_stale_after: flags.remote_stale_after,
+            remote_limits: Limits {
+                nodes: flags.remote_node_limit as usize,
+                pods: flags.remote_pod_limit as usize,
+            },
             pod_interface_prefixes: flags.pod_interface_prefix.clone(),
             discover_pod_interfaces: flags.pod_interfaces == PodInterfaces::Discover,
         })

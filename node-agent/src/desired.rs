@@ -60,6 +60,145 @@ pub struct Local {
     pub node: String,
     /// A remote disconnected longer than this (ms) is stale.
     pub stale_after_ms: i64,
+    /// What one remote may put in this node's maps.
+    pub limits: Limits,
+}
+
+/// What one remote cluster may put in a node's ipcache and WireGuard peers. The defaults are
+/// Kubernetes' own limits for one cluster (5,000 nodes, 150,000 pods:
+/// <https://kubernetes.io/docs/setup/best-practices/cluster-large/>), so only a remote that
+/// is broken or hostile exceeds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Nodes.
+    pub nodes: usize,
+    /// Pod addresses.
+    pub pods: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            nodes: 5_000,
+            pods: 150_000,
+        }
+    }
+}
+
+/// What a remote holds beyond the [`Limits`]: that part of it (all its nodes, or all its pod
+/// addresses) is left out whole — dropping only some would depend on the order records came
+/// in — and reported, until the remote is back within them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Over {
+    /// More nodes than [`Limits::nodes`].
+    pub nodes: bool,
+    /// More pod addresses than [`Limits::pods`].
+    pub pods: bool,
+}
+
+/// What of cluster `name` is over the limits (never anything of this node's own cluster).
+pub fn over(local: &Local, name: &str, c: &ClusterState) -> Over {
+    if name == local.cluster {
+        return Over::default();
+    }
+    Over {
+        nodes: c.nodes.len() > local.limits.nodes,
+        pods: c.ipcache.len() > local.limits.pods,
+    }
+}
+
+/// The remotes with something over the limits.
+pub fn over_limits<'a>(state: &'a MeshState, local: &Local) -> BTreeMap<&'a str, Over> {
+    state
+        .clusters
+        .iter()
+        .map(|(name, c)| (name.as_str(), over(local, name, c)))
+        .filter(|(_, o)| *o != Over::default())
+        .collect()
+}
+
+/// The address ranges each cluster holds: its cluster record's pod and service CIDRs and its
+/// nodes' pod CIDRs. Looked up by the 33 prefixes of an address, so a check costs the same
+/// with one cluster or hundreds.
+#[derive(Debug)]
+pub struct Ranges<'a> {
+    lens: BTreeSet<u8>,
+    owners: BTreeMap<(u32, u8), BTreeSet<&'a str>>,
+}
+
+impl<'a> Ranges<'a> {
+    /// Every cluster's ranges.
+    pub fn of(state: &'a MeshState) -> Ranges<'a> {
+        let mut ranges = Ranges {
+            lens: BTreeSet::new(),
+            owners: BTreeMap::new(),
+        };
+        for (name, c) in &state.clusters {
+            let nodes = c.nodes.values().flat_map(|n| n.pod_cidrs.iter());
+            for (net, len) in c.pod_cidrs.iter().chain(&c.service_cidrs).chain(nodes) {
+                ranges.lens.insert(*len);
+                ranges
+                    .owners
+                    .entry((u32::from(*net), *len))
+                    .or_default()
+                    .insert(name.as_str());
+            }
+        }
+        ranges
+    }
+
+    /// A cluster other than `cluster` whose ranges hold `ip`.
+    pub fn other_than(&self, ip: Ipv4Addr, cluster: &str) -> Option<&'a str> {
+        self.lens.iter().find_map(|len| {
+            let mask = u32::MAX.checked_shl(u32::from(32 - len)).unwrap_or(0);
+            self.owners
+                .get(&(u32::from(ip) & mask, *len))?
+                .iter()
+                .find(|o| **o != cluster)
+                .copied()
+        })
+    }
+}
+
+/// Why address `ip` of a node of `cluster` is refused, if it is: a remote's node may not
+/// claim a special-purpose address (loopback, link-local, multicast, …) nor one inside
+/// another cluster's pod or service ranges (this cluster's or another remote's), where it
+/// would pass as that cluster's node to policy and draw WireGuard handshakes. This cluster's
+/// own records are trusted.
+pub fn refused_node_ip(
+    ranges: &Ranges<'_>,
+    local: &Local,
+    cluster: &str,
+    ip: Ipv4Addr,
+) -> Option<String> {
+    if cluster == local.cluster {
+        return None;
+    }
+    if let Some(special) = mesh_api::cidr::special(ip.into()) {
+        return Some(special.to_owned());
+    }
+    ranges
+        .other_than(ip, cluster)
+        .map(|other| format!("inside a pod or service range of {other}"))
+}
+
+/// Every remote node address refused: cluster, node, address, reason.
+pub fn refused_node_ips(
+    state: &MeshState,
+    local: &Local,
+) -> Vec<(String, String, Ipv4Addr, String)> {
+    let ranges = Ranges::of(state);
+    let mut out = Vec::new();
+    for (cname, c) in &state.clusters {
+        for (node, n) in &c.nodes {
+            for ip in &n.ips {
+                if let Some(why) = refused_node_ip(&ranges, local, cname, *ip) {
+                    out.push((cname.clone(), node.clone(), *ip, why));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Every table.
@@ -246,31 +385,50 @@ fn pod_info(identity: u32, cid: u16) -> Option<IpInfo> {
 }
 
 /// The whole ipcache: every cluster's claims, in [`by_precedence`] order, the first claim of
-/// an address winning (within a cluster, a node before a pod).
+/// an address winning (within a cluster, a node before a pod); a remote's nodes or pods over
+/// the [`Limits`] are left out, and so are its nodes' refused addresses
+/// ([`refused_node_ip`]).
 pub fn ipcache(state: &MeshState, local: &Local) -> BTreeMap<Prefix, IpInfo> {
+    let ranges = Ranges::of(state);
     let mut out = BTreeMap::new();
     for (cname, c, cid) in by_precedence(state, local) {
-        for (node, n) in &c.nodes {
-            for ip in &n.ips {
-                out.entry(Prefix { ip: *ip, len: 32 })
-                    .or_insert_with(|| node_info(cname, node, cid, local));
+        let over = over(local, cname, c);
+        if !over.nodes {
+            for (node, n) in &c.nodes {
+                for ip in &n.ips {
+                    if refused_node_ip(&ranges, local, cname, *ip).is_none() {
+                        out.entry(Prefix { ip: *ip, len: 32 })
+                            .or_insert_with(|| node_info(cname, node, cid, local));
+                    }
+                }
             }
         }
-        for (ip, pod) in &c.ipcache {
-            if let Some(info) = pod_info(pod.identity, cid) {
-                out.entry(Prefix { ip: *ip, len: 32 }).or_insert(info);
+        if !over.pods {
+            for (ip, pod) in &c.ipcache {
+                if let Some(info) = pod_info(pod.identity, cid) {
+                    out.entry(Prefix { ip: *ip, len: 32 }).or_insert(info);
+                }
             }
         }
     }
     out
 }
 
-/// What `ip` is, by the same precedence as [`ipcache`]: this cluster's claims (its nodes, then
-/// its pods) before any remote's, so a remote cannot take this cluster's addresses.
+/// What `ip` is, by the same rules as [`ipcache`]: this cluster's claims (its nodes, then its
+/// pods) before any remote's, so a remote cannot take this cluster's addresses.
 pub fn ipcache_entry(state: &MeshState, local: &Local, ip: Ipv4Addr) -> Option<IpInfo> {
     for (cname, c, cid) in by_precedence(state, local) {
-        if let Some((node, _)) = c.nodes.iter().find(|(_, n)| n.ips.contains(&ip)) {
+        let over = over(local, cname, c);
+        let node = c.nodes.iter().find(|(_, n)| n.ips.contains(&ip));
+        if let Some((node, _)) = node.filter(|_| !over.nodes)
+            // The ranges only for a remote's node address: rare, and they cost a walk.
+            && (*cname == local.cluster
+                || refused_node_ip(&Ranges::of(state), local, cname, ip).is_none())
+        {
             return Some(node_info(cname, node, cid, local));
+        }
+        if over.pods {
+            continue;
         }
         if let Some(info) = c.ipcache.get(&ip).and_then(|p| pod_info(p.identity, cid)) {
             return Some(info);

@@ -36,6 +36,15 @@ pub struct ClusterLabel {
     pub cluster: String,
 }
 
+/// `cluster`, `what` labels (a remote over a limit).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverLabel {
+    /// The remote.
+    pub cluster: String,
+    /// `nodes` or `pods`.
+    pub what: String,
+}
+
 /// `cluster`, `direction` labels (WireGuard bytes).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Transfer {
@@ -131,6 +140,10 @@ pub struct Metrics {
     pub revision: Gauge,
     /// 1 while the remote is stale (its backends are a last resort).
     pub remote_stale: Family<ClusterLabel, Gauge>,
+    /// 1 while a remote holds more nodes or pods than --remote-node-limit/--remote-pod-limit.
+    pub remote_over_limit: Family<OverLabel, Gauge>,
+    /// Remote node addresses refused (special-purpose, or inside another cluster's ranges).
+    pub node_addresses_refused: Gauge,
     /// 1 while connected to the API server.
     pub connected: Gauge,
     /// Pod interfaces with the policy programs attached.
@@ -188,6 +201,8 @@ impl Metrics {
             lists: Counter::default(),
             revision: Gauge::default(),
             remote_stale: Family::default(),
+            remote_over_limit: Family::default(),
+            node_addresses_refused: Gauge::default(),
             connected: Gauge::default(),
             interfaces: Gauge::default(),
             wg_peers: Gauge::default(),
@@ -280,6 +295,16 @@ impl Metrics {
             "remote_stale",
             "1 while a remote is stale (disconnected longer than --remote-stale-after)",
             m.remote_stale.clone(),
+        );
+        r.register(
+            "remote_over_limit",
+            "1 while a remote holds more nodes or pod addresses than the agent's limits (none of them is programmed)",
+            m.remote_over_limit.clone(),
+        );
+        r.register(
+            "node_addresses_refused",
+            "Remote node addresses refused: special-purpose, or inside another cluster's pod or service ranges",
+            m.node_addresses_refused.clone(),
         );
         r.register(
             "connected",

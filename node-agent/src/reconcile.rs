@@ -57,6 +57,8 @@ pub struct Writes {
     pub ips: u64,
     /// Enforced identities and rules added or removed.
     pub policy: u64,
+    /// Writes that failed (left for [`Reconciler::take_pending`]).
+    pub failed: u64,
 }
 
 impl Writes {
@@ -66,10 +68,21 @@ impl Writes {
     }
 }
 
+/// A pass in which some writes failed: what it did, and the first error.
+#[derive(Debug)]
+pub struct Failed<E> {
+    /// The writes made, and [`Writes::failed`].
+    pub writes: Writes,
+    /// The first failure.
+    pub first: E,
+}
+
 /// The applied tables and the diffing.
 #[derive(Debug, Default)]
 pub struct Reconciler {
     applied: Tables,
+    /// What failed to be written, to try again.
+    pending: Touched,
     /// Which service each applied frontend came from, so a service's change or removal
     /// finds its old frontends without a full recompute. Complete after the first full
     /// reconcile; frontends read back from the maps have no owner until then.
@@ -81,8 +94,14 @@ impl Reconciler {
     pub fn adopt(applied: Tables) -> Reconciler {
         Reconciler {
             applied,
+            pending: Touched::default(),
             owners: BTreeMap::new(),
         }
+    }
+
+    /// What failed to be written since the last call: the next attempt's `touched`.
+    pub fn take_pending(&mut self) -> Touched {
+        std::mem::take(&mut self.pending)
     }
 
     /// What is applied.
@@ -91,6 +110,12 @@ impl Reconciler {
     }
 
     /// Brings the maps to the state's tables for what `touched` names.
+    ///
+    /// A failed write (a full map) does not stop the pass: every other write is still made —
+    /// above all the policy tables — the failed one is counted in [`Writes::failed`] and left
+    /// for [`Reconciler::take_pending`], and the pass returns [`Failed`].
+    /// ipcache removals are written before additions, and this cluster's addresses before
+    /// any remote's, so a map filled by remotes never keeps out this cluster's own pods.
     pub fn reconcile<P: Programmer>(
         &mut self,
         state: &MeshState,
@@ -98,9 +123,14 @@ impl Reconciler {
         now_ms: i64,
         touched: &Touched,
         out: &mut P,
-    ) -> Result<Writes, P::Error> {
+    ) -> Result<Writes, Failed<P::Error>> {
         let keep = Keep::new(state, local);
         let mut writes = Writes::default();
+        let mut first: Option<P::Error> = None;
+        let mut failed = |e: P::Error, writes: &mut Writes| {
+            writes.failed += 1;
+            first.get_or_insert(e);
+        };
         if touched.all_services {
             let mut desired_all = BTreeMap::new();
             let mut owners: BTreeMap<String, BTreeSet<Frontend>> = BTreeMap::new();
@@ -119,7 +149,13 @@ impl Reconciler {
                 .chain(desired_all.keys().copied())
                 .collect();
             for f in frontends {
-                writes.services += self.service(&f, desired_all.get(&f), &keep, out)?;
+                match self.service(&f, desired_all.get(&f), &keep, out) {
+                    Ok(n) => writes.services += n,
+                    Err(e) => {
+                        failed(e, &mut writes);
+                        self.pending.all_services = true;
+                    }
+                }
             }
             self.owners = owners;
         } else if !touched.services.is_empty() {
@@ -136,7 +172,15 @@ impl Reconciler {
             }
             frontends.extend(desired_touched.keys().copied());
             for f in &frontends {
-                writes.services += self.service(f, desired_touched.get(f), &keep, out)?;
+                match self.service(f, desired_touched.get(f), &keep, out) {
+                    Ok(n) => writes.services += n,
+                    Err(e) => {
+                        failed(e, &mut writes);
+                        self.pending
+                            .services
+                            .extend(touched.services.iter().cloned());
+                    }
+                }
             }
             for (name, wanted) in wanted_by {
                 if !wanted.is_empty() {
@@ -156,6 +200,10 @@ impl Reconciler {
         } else {
             (touched.ips.clone(), None)
         };
+        let own_id = state.clusters.get(&local.cluster).and_then(|c| c.id);
+        let mut removals = Vec::new();
+        let mut own = Vec::new();
+        let mut remote = Vec::new();
         for ip in ips {
             let prefix = Prefix { ip, len: 32 };
             let want = match &full {
@@ -165,37 +213,76 @@ impl Reconciler {
             let have = self.applied.ipcache.get(&prefix).copied();
             match (have, want) {
                 (h, Some(w)) if h != Some(w) => {
-                    out.set_ip(&prefix, &w)?;
-                    self.applied.ipcache.insert(prefix, w);
-                    writes.ips += 1;
+                    if Some(w.cluster_id) == own_id {
+                        own.push((prefix, w));
+                    } else {
+                        remote.push((prefix, w));
+                    }
                 }
-                (Some(h), None) if !keep.cluster(h.cluster_id) => {
-                    out.remove_ip(&prefix)?;
+                (Some(h), None) if !keep.cluster(h.cluster_id) => removals.push(prefix),
+                _ => {}
+            }
+        }
+        for prefix in removals {
+            match out.remove_ip(&prefix) {
+                Ok(()) => {
                     self.applied.ipcache.remove(&prefix);
                     writes.ips += 1;
                 }
-                _ => {}
+                Err(e) => {
+                    failed(e, &mut writes);
+                    self.pending.ips.insert(prefix.ip);
+                }
+            }
+        }
+        for (prefix, info) in own.into_iter().chain(remote) {
+            match out.set_ip(&prefix, &info) {
+                Ok(()) => {
+                    self.applied.ipcache.insert(prefix, info);
+                    writes.ips += 1;
+                }
+                Err(e) => {
+                    failed(e, &mut writes);
+                    self.pending.ips.insert(prefix.ip);
+                }
             }
         }
 
         if touched.policy {
             let (enforced, rules) = desired::policy(state, local);
             // Allow before enforcing, and stop enforcing before removing rules, so a change
-            // never drops what both the old and the new policy allow.
+            // never drops what both the old and the new policy allow. A write that fails (a
+            // full map) is tried again at the next tick; an endpoint is enforced even when one
+            // of its rules could not be added: a policy fails closed.
+            let mut policy_failed = false;
             let add_rules: Vec<Rule> = rules.difference(&self.applied.rules).copied().collect();
             for r in add_rules {
-                out.set_rule(&r, true)?;
-                self.applied.rules.insert(r);
-                writes.policy += 1;
+                match out.set_rule(&r, true) {
+                    Ok(()) => {
+                        self.applied.rules.insert(r);
+                        writes.policy += 1;
+                    }
+                    Err(e) => {
+                        failed(e, &mut writes);
+                        policy_failed = true;
+                    }
+                }
             }
             let add: Vec<u32> = enforced
                 .difference(&self.applied.enforced)
                 .copied()
                 .collect();
             for e in add {
-                out.set_enforced(e, true)?;
-                self.applied.enforced.insert(e);
-                writes.policy += 1;
+                match out.set_enforced(e, true) {
+                    Ok(()) => {
+                        self.applied.enforced.insert(e);
+                        writes.policy += 1;
+                    }
+                    Err(err) => {
+                        failed(err, &mut writes);
+                        policy_failed = true;
+                    }
+                }
             }
             if !keep.own {
                 let lift: Vec<u32> = self
@@ -205,9 +292,16 @@ impl Reconciler {
                     .copied()
                     .collect();
                 for e in lift {
-                    out.set_enforced(e, false)?;
-                    self.applied.enforced.remove(&e);
-                    writes.policy += 1;
+                    match out.set_enforced(e, false) {
+                        Ok(()) => {
+                            self.applied.enforced.remove(&e);
+                            writes.policy += 1;
+                        }
+                        Err(err) => {
+                            failed(err, &mut writes);
+                            policy_failed = true;
+                        }
+                    }
                 }
             }
             let drop_rules: Vec<Rule> = self
@@ -218,12 +312,23 @@ impl Reconciler {
                 .copied()
                 .collect();
             for r in drop_rules {
-                out.set_rule(&r, false)?;
-                self.applied.rules.remove(&r);
-                writes.policy += 1;
+                match out.set_rule(&r, false) {
+                    Ok(()) => {
+                        self.applied.rules.remove(&r);
+                        writes.policy += 1;
+                    }
+                    Err(e) => {
+                        failed(e, &mut writes);
+                        policy_failed = true;
+                    }
+                }
             }
+            self.pending.policy |= policy_failed;
         }
-        Ok(writes)
+        match first {
+            None => Ok(writes),
+            Some(first) => Err(Failed { writes, first }),
+        }
     }
 
     /// Brings one frontend to `want`; returns 1 if it wrote.

@@ -98,6 +98,10 @@ pub struct PodIp {
 pub struct ClusterState {
     /// From the cluster record.
     pub id: Option<u16>,
+    /// The cluster record's pod CIDRs (IPv4).
+    pub pod_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// The cluster record's service CIDRs (IPv4).
+    pub service_cidrs: Vec<(Ipv4Addr, u8)>,
     /// Kinds whose `synced/` marker is present.
     pub synced: BTreeSet<Kind>,
     /// Nodes by name.
@@ -272,12 +276,24 @@ impl MeshState {
         let was_complete = c.complete();
         match (parsed, record) {
             (Key::Cluster { .. }, r) => {
-                let id = match r {
-                    Some(Record::Cluster(r)) => u16::try_from(r.id).ok(),
-                    _ => None,
+                let (id, pod_cidrs, service_cidrs) = match r {
+                    Some(Record::Cluster(r)) => (
+                        u16::try_from(r.id).ok(),
+                        r.pod_cidrs
+                            .iter()
+                            .filter_map(|s| cidr_v4(s, skipped))
+                            .collect(),
+                        r.service_cidrs
+                            .iter()
+                            .filter_map(|s| cidr_v4(s, skipped))
+                            .collect(),
+                    ),
+                    _ => (None, Vec::new(), Vec::new()),
                 };
-                if c.id != id {
+                if (c.id, &c.pod_cidrs, &c.service_cidrs) != (id, &pod_cidrs, &service_cidrs) {
                     c.id = id;
+                    c.pod_cidrs = pod_cidrs;
+                    c.service_cidrs = service_cidrs;
                     touched.merge(Touched::everything());
                 }
             }

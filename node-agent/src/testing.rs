@@ -8,7 +8,7 @@ use mesh_api::remote::RemoteStatusRecord;
 use mesh_api::{Key, Kind, Record, SCHEMA};
 use prost::Message;
 
-use crate::desired::Local;
+use crate::desired::{Limits, Local};
 use crate::state::{MeshState, Touched};
 
 /// A node `apps-1` of cluster `apps`; remotes are stale after 30 s.
@@ -17,6 +17,7 @@ pub fn local() -> Local {
         cluster: "apps".to_owned(),
         node: "apps-1".to_owned(),
         stale_after_ms: 30_000,
+        limits: Limits::default(),
     }
 }
 
@@ -69,6 +70,18 @@ impl Mesh {
 
     /// A cluster record alone (no synced marker: a partial view).
     pub fn cluster_record(&mut self, name: &str, id: u32) -> Touched {
+        self.cluster_cidrs(name, id, &[], &[])
+    }
+
+    /// A cluster record with pod and service CIDRs.
+    pub fn cluster_cidrs(
+        &mut self,
+        name: &str,
+        id: u32,
+        pods: &[&str],
+        services: &[&str],
+    ) -> Touched {
+        let strings = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
         self.put(
             Key::Cluster {
                 cluster: name.to_owned(),
@@ -77,6 +90,8 @@ impl Mesh {
                 schema: SCHEMA,
                 name: name.to_owned(),
                 id,
+                pod_cidrs: strings(pods),
+                service_cidrs: strings(services),
                 ..Default::default()
             }),
         )

@@ -39,3 +39,34 @@ fn containment_and_overlap() {
     assert!(!cidr("10.1.0.0/16").overlaps(&cidr("10.2.0.0/16")));
     assert!(!cidr("10.0.0.0/8").overlaps(&cidr("fd00::/8")));
 }
+
+#[test]
+fn special_ranges_are_named() {
+    for (ip, want) in [
+        ("127.0.0.1", Some("loopback")),
+        ("0.0.0.0", Some("\"this network\" (0.0.0.0/8)")),
+        ("169.254.1.1", Some("link-local")),
+        ("224.0.0.251", Some("multicast")),
+        (
+            "255.255.255.255",
+            Some("reserved (240.0.0.0/4, with the broadcast address)"),
+        ),
+        ("::1", Some("the unspecified or loopback address")),
+        ("::", Some("the unspecified or loopback address")),
+        ("::ffff:127.0.0.1", Some("loopback")),
+        ("fe80::1", Some("link-local")),
+        ("ff02::1", Some("multicast")),
+        ("10.0.0.1", None),
+        ("192.168.1.1", None),
+        ("100.64.0.1", None),
+        ("fd00::1", None),
+    ] {
+        assert_eq!(special(ip.parse().unwrap()), want, "{ip}");
+    }
+    assert_eq!(
+        special_overlap(&cidr("0.0.0.0/0")),
+        Some("\"this network\" (0.0.0.0/8)")
+    );
+    assert_eq!(special_overlap(&cidr("169.254.0.0/24")), Some("link-local"));
+    assert_eq!(special_overlap(&cidr("10.0.0.0/8")), None);
+}

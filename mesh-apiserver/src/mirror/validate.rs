@@ -1,5 +1,9 @@
 //! What a remote cluster may make this cluster store: only well-formed records of its own,
-//! under its own prefix, naming only its own identities and addresses.
+//! under its own prefix, naming only its own identities and addresses, with node addresses
+//! that a node can have (no loopback, link-local, multicast, …). Whether a node address
+//! collides with another cluster's ranges depends on every connected cluster and changes as
+//! they come and go, so the agents check that, against everything they know
+//! (`node-agent`'s `desired::refused_node_ip`).
 //!
 //! The facts a record is checked against (the remote's id and pod CIDRs) come from the
 //! connection's configuration, which an admin wrote with `meshctl connect`, never from the
@@ -66,6 +70,25 @@ pub enum Rejection {
         /// The remote's pod CIDRs, as configured.
         cidrs: Vec<String>,
     },
+    /// A node address that no node may have (loopback, link-local, multicast, …), or that is
+    /// not an address at all.
+    #[error("{key}: node address {address:?} is refused: {reason}")]
+    NodeAddress {
+        /// The key.
+        key: String,
+        /// The address as written.
+        address: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A pod address mapped to a reserved identity (its cluster's nodes', `world`, …).
+    #[error("{key}: identity {identity} is reserved; a pod address cannot have it")]
+    ReservedIdentity {
+        /// The key.
+        key: String,
+        /// The identity.
+        identity: u32,
+    },
     /// The cluster record names another cluster or id.
     #[error(
         "{key}: the cluster record says {name} id {id}, but this connection is to {expected} id {expected_id}"
@@ -94,6 +117,8 @@ impl Rejection {
             Rejection::ForeignIdentity { .. } => "foreign-identity",
             Rejection::ForeignAddress { .. } => "foreign-address",
             Rejection::ForeignCluster { .. } => "foreign-cluster",
+            Rejection::NodeAddress { .. } => "node-address",
+            Rejection::ReservedIdentity { .. } => "reserved-identity",
         }
     }
 }
@@ -154,7 +179,14 @@ impl Validator {
             (Key::Identity { id, .. }, _) => self.identity(key, *id),
             (Key::IpCache { ip, .. }, Record::IpCache(r)) => {
                 self.address(key, "pod IP", *ip)?;
-                self.identity(key, r.identity)
+                self.identity(key, r.identity)?;
+                if mesh_api::identity::is_reserved(r.identity) {
+                    return Err(Rejection::ReservedIdentity {
+                        key: key.to_owned(),
+                        identity: r.identity,
+                    });
+                }
+                Ok(())
             }
             (_, Record::Endpoints(r)) => {
                 for a in r.endpoints.iter().flat_map(|e| &e.addresses) {
@@ -175,7 +207,20 @@ impl Validator {
                 }
                 Ok(())
             }
-            (_, Record::Node(r)) => self.cidrs(key, "node pod CIDR", &r.pod_cidrs),
+            (_, Record::Node(r)) => {
+                for text in r.internal_ips.iter().chain(&r.external_ips) {
+                    let refused = |reason| Rejection::NodeAddress {
+                        key: key.to_owned(),
+                        address: text.clone(),
+                        reason,
+                    };
+                    let ip: IpAddr = text.parse().map_err(|_| refused("not an IP address"))?;
+                    if let Some(special) = mesh_api::cidr::special(ip) {
+                        return Err(refused(special));
+                    }
+                }
+                self.cidrs(key, "node pod CIDR", &r.pod_cidrs)
+            }
             (_, Record::Cluster(r)) => {
                 if r.name != self.cluster || r.id != self.id {
                     return Err(Rejection::ForeignCluster {

@@ -508,3 +508,162 @@ fn no_from_clusters_means_this_cluster_only() {
         ]
     );
 }
+
+/// Finding 2 of the trust review: a remote's nodes claim addresses they may not — special
+/// ones, this cluster's pod and service ranges, another remote's pod range — as InternalIP or
+/// ExternalIP. None becomes a `remote-node` entry or a WireGuard endpoint; honest addresses
+/// (an EKS-like node inside its own cluster's pod range too) still do.
+#[test]
+fn a_remote_node_cannot_claim_special_or_foreign_addresses() {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1)
+        .cluster_cidrs("apps", 1, &["10.1.0.0/16"], &["10.96.0.0/12"]);
+    m.cluster("infra", 2)
+        .cluster_cidrs("infra", 2, &["10.2.0.0/16"], &[]);
+    // hostile's pods and nodes share a VPC range, as with the AWS VPC CNI.
+    m.cluster("hostile", 3)
+        .cluster_cidrs("hostile", 3, &["192.168.30.0/24"], &[]);
+    m.node("apps", "apps-1", "192.168.1.1")
+        .node_with("infra", "infra-1", "192.168.2.1", None, &["10.2.1.0/24"])
+        .node_with(
+            "hostile",
+            "h-honest",
+            "192.168.30.5",
+            Some("198.51.100.7"),
+            &[],
+        )
+        .node_with("hostile", "h-loopback", "127.0.0.1", None, &[])
+        .node_with(
+            "hostile",
+            "h-linklocal",
+            "192.168.30.6",
+            Some("169.254.169.254"),
+            &[],
+        )
+        .node_with("hostile", "h-our-pod", "10.1.0.11", None, &[])
+        .node_with("hostile", "h-our-service", "10.96.0.10", None, &[])
+        .node_with("hostile", "h-infra-pod", "10.2.1.7", None, &[])
+        .node_with("hostile", "h-multicast", "224.0.0.5", None, &[]);
+    for (seed, node) in [
+        "h-honest",
+        "h-loopback",
+        "h-linklocal",
+        "h-our-pod",
+        "h-our-service",
+        "h-infra-pod",
+        "h-multicast",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        m.nodekey("hostile", node, seed as u8 + 100, 51871);
+    }
+    let cache = ipcache(&m.state, &local());
+    let has = |ip: &str| {
+        cache.contains_key(&Prefix {
+            ip: ip.parse().unwrap(),
+            len: 32,
+        })
+    };
+    assert!(has("192.168.30.5") && has("198.51.100.7") && has("192.168.30.6"));
+    for bad in [
+        "127.0.0.1",
+        "169.254.169.254",
+        "10.1.0.11",
+        "10.96.0.10",
+        "10.2.1.7",
+        "224.0.0.5",
+    ] {
+        assert!(!has(bad), "{bad} is refused");
+        assert_eq!(
+            ipcache_entry(&m.state, &local(), bad.parse().unwrap()),
+            None,
+            "{bad}"
+        );
+    }
+    let refused: Vec<String> = refused_node_ips(&m.state, &local())
+        .into_iter()
+        .map(|(c, n, ip, why)| format!("{c}/{n} {ip}: {why}"))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "hostile/h-infra-pod 10.2.1.7: inside a pod or service range of infra",
+            "hostile/h-linklocal 169.254.169.254: link-local",
+            "hostile/h-loopback 127.0.0.1: loopback",
+            "hostile/h-multicast 224.0.0.5: multicast",
+            "hostile/h-our-pod 10.1.0.11: inside a pod or service range of apps",
+            "hostile/h-our-service 10.96.0.10: inside a pod or service range of apps",
+        ]
+    );
+    // As WireGuard endpoints: the honest one, and none of the others.
+    let (peers, _) = crate::wg::peers::desired(&m.state, &local(), &test_key(1), false);
+    let endpoints: BTreeMap<&str, Option<String>> = peers
+        .values()
+        .filter(|p| p.cluster == "hostile")
+        .map(|p| (p.node.as_str(), p.endpoint.map(|e| e.ip().to_string())))
+        .collect();
+    assert_eq!(endpoints["h-honest"].as_deref(), Some("198.51.100.7"));
+    for bad in [
+        "h-loopback",
+        "h-linklocal",
+        "h-our-pod",
+        "h-our-service",
+        "h-infra-pod",
+    ] {
+        assert_eq!(endpoints[bad], None, "{bad}");
+    }
+}
+
+/// Finding 2: a remote with more nodes or pod addresses than the limits has none of them
+/// programmed (not some, by arrival order), and is back when within them.
+#[test]
+fn a_remote_over_the_limits_is_left_out_whole() {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1).cluster("infra", 2);
+    m.node("apps", "apps-1", "192.168.1.1")
+        .node("apps", "apps-2", "192.168.1.2")
+        .node("apps", "apps-3", "192.168.1.3")
+        .pod("apps", "10.1.0.11", 1 << 16 | 300)
+        .pod("apps", "10.1.0.12", 1 << 16 | 300)
+        .pod("apps", "10.1.0.13", 1 << 16 | 300);
+    m.node("infra", "infra-1", "192.168.2.1")
+        .node("infra", "infra-2", "192.168.2.2")
+        .pod("infra", "10.2.0.21", 2 << 16 | 300)
+        .pod("infra", "10.2.0.22", 2 << 16 | 300);
+    let mut tight = local();
+    tight.limits = Limits { nodes: 2, pods: 2 };
+    let count = |m: &Mesh, l: &Local, cluster: u16| {
+        ipcache(&m.state, l)
+            .values()
+            .filter(|i| i.cluster_id == cluster)
+            .count()
+    };
+    // At the limits: everything; this cluster is never limited.
+    assert_eq!(count(&m, &tight, 2), 4);
+    assert_eq!(count(&m, &tight, 1), 6);
+    assert!(over_limits(&m.state, &tight).is_empty());
+    m.pod("infra", "10.2.0.23", 2 << 16 | 300);
+    assert_eq!(
+        over_limits(&m.state, &tight),
+        BTreeMap::from([(
+            "infra",
+            Over {
+                nodes: false,
+                pods: true
+            }
+        )])
+    );
+    assert_eq!(count(&m, &tight, 2), 2, "its nodes only");
+    assert_eq!(
+        ipcache_entry(&m.state, &tight, "10.2.0.21".parse().unwrap()),
+        None
+    );
+    m.node_with("infra", "infra-3", "192.168.2.3", None, &["10.2.3.0/24"]);
+    assert_eq!(count(&m, &tight, 2), 0);
+    m.nodekey("infra", "infra-1", 11, 51871);
+    let (peers, _) = crate::wg::peers::desired(&m.state, &tight, &test_key(1), false);
+    assert!(peers.is_empty(), "no peer of a remote over the node limit");
+    let (peers, _) = crate::wg::peers::desired(&m.state, &local(), &test_key(1), false);
+    assert_eq!(peers.len(), 1, "within the default limits");
+}

@@ -7,10 +7,12 @@ use crate::testing::*;
 struct Fake {
     tables: Tables,
     writes: Vec<String>,
+    /// The ipcache's size, when limited.
+    ip_capacity: Option<usize>,
 }
 
 impl Programmer for Fake {
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn set_service(
         &mut self,
@@ -34,6 +36,13 @@ impl Programmer for Fake {
         Ok(())
     }
     fn set_ip(&mut self, p: &Prefix, i: &IpInfo) -> Result<(), Self::Error> {
+        let full = self.ip_capacity.is_some_and(|c| {
+            self.tables.ipcache.len() >= c && !self.tables.ipcache.contains_key(p)
+        });
+        if full {
+            // What the kernel says of a full hash or LPM map.
+            return Err(std::io::Error::from_raw_os_error(7)); // E2BIG
+        }
         self.writes.push(format!("ip {}", p.ip));
         self.tables.ipcache.insert(*p, *i);
         Ok(())
@@ -177,6 +186,7 @@ fn adopting_equal_maps_writes_nothing() {
     let mut fake = Fake {
         tables: desired,
         writes: vec![],
+        ip_capacity: None,
     };
     let w = r
         .reconcile(&m.state, &local(), 0, &Touched::everything(), &mut fake)
@@ -195,6 +205,7 @@ fn a_partial_view_removes_nothing_it_does_not_cover() {
     let mut fake = Fake {
         tables: full.clone(),
         writes: vec![],
+        ip_capacity: None,
     };
     r.reconcile(&empty.state, &local(), 0, &Touched::everything(), &mut fake)
         .unwrap();
@@ -207,6 +218,7 @@ fn a_partial_view_removes_nothing_it_does_not_cover() {
     let mut fake = Fake {
         tables: full.clone(),
         writes: vec![],
+        ip_capacity: None,
     };
     r.reconcile(
         &partial.state,
@@ -301,6 +313,7 @@ fn a_deleted_service_goes_whole_even_while_a_remote_is_partial() {
     let mut fake = Fake {
         tables: full,
         writes: vec![],
+        ip_capacity: None,
     };
     // infra relisting (no markers yet) and this cluster's service deleted.
     let mut m = Mesh::default();
@@ -313,4 +326,62 @@ fn a_deleted_service_goes_whole_even_while_a_remote_is_partial() {
         "{:?}",
         fake.tables.services
     );
+}
+
+/// Finding 2 of the trust review: remotes fill the ipcache. The pass does not stop at the
+/// first failed insert: this cluster's addresses are written first, the policy is applied,
+/// and what failed is counted and tried again once there is room.
+#[test]
+fn a_full_ipcache_never_stops_the_pass_and_this_cluster_comes_first() {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1).cluster("infra", 2);
+    // infra's addresses sort before ours: without an order, they would take the room.
+    for i in 1..=6 {
+        m.pod("infra", &format!("10.0.0.{i}"), 2 << 16 | 300);
+    }
+    m.pod("apps", "10.1.0.11", 1 << 16 | 300)
+        .pod("apps", "10.1.0.12", 1 << 16 | 301)
+        .identity(
+            "apps",
+            1 << 16 | 300,
+            &["app=db", "io.kubernetes.pod.namespace=demo"],
+        )
+        .policy("apps", "demo/db", &[("app", "db")], vec![]);
+    let mut r = Reconciler::default();
+    let mut fake = Fake {
+        ip_capacity: Some(4),
+        ..Fake::default()
+    };
+    let failed = r
+        .reconcile(&m.state, &local(), 0, &Touched::everything(), &mut fake)
+        .expect_err("the map is full");
+    assert_eq!(failed.first.raw_os_error(), Some(7));
+    assert_eq!(failed.writes.failed, 4);
+    assert_eq!(failed.writes.ips, 4);
+    let ours = |f: &Fake| {
+        f.tables
+            .ipcache
+            .values()
+            .filter(|i| i.cluster_id == 1)
+            .count()
+    };
+    assert_eq!(ours(&fake), 2, "this cluster's pods are in");
+    assert_eq!(
+        fake.tables.enforced,
+        BTreeSet::from([1 << 16 | 300]),
+        "policy applied"
+    );
+    assert!(!fake.tables.rules.is_empty());
+    // Room again: only what failed is tried.
+    fake.ip_capacity = None;
+    fake.writes.clear();
+    let pending = r.take_pending();
+    assert_eq!(pending.ips.len(), 4);
+    assert!(!pending.policy && !pending.all_ips && !pending.all_services);
+    let writes = r
+        .reconcile(&m.state, &local(), 0, &pending, &mut fake)
+        .unwrap();
+    assert_eq!((writes.ips, writes.failed), (4, 0));
+    assert_eq!(fake.tables.ipcache.len(), 8);
+    assert!(r.take_pending().is_empty());
 }

@@ -3,7 +3,8 @@
 //!
 //! A peer is a node of another cluster (of this one too with `--wg-intra-cluster`) that has
 //! both a node record and a node key: its public key, its endpoint (ExternalIP, else
-//! InternalIP, and the port from its key record), and as allowed IPs its pod CIDRs, or, when
+//! InternalIP, and the port from its key record; none when that address is refused,
+//! [`desired::refused_node_ip`]), and as allowed IPs its pod CIDRs, or, when
 //! its cluster's nodes carry none (the AWS VPC CNI), the /32s of the pods the ipcache places on
 //! it. A peer is removed only when the view of its cluster is complete (every `synced/` marker
 //! present) or the cluster is gone entirely (a drained remote); a remote that is only stale
@@ -12,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::desired::Local;
+use crate::desired::{self, Local};
 use crate::state::{MeshState, NodeKey};
 
 /// A Curve25519 public key.
@@ -86,6 +87,8 @@ pub fn desired(
     let mut claims: Vec<(bool, i64, &str, &str, &NodeKey)> = state
         .clusters
         .iter()
+        // A remote with more nodes than the limits has none of them configured.
+        .filter(|(cname, c)| !desired::over(local, cname, c).nodes)
         .flat_map(|(cname, c)| {
             let own = *cname == local.cluster;
             c.nodekeys
@@ -95,6 +98,7 @@ pub fn desired(
         .collect();
     claims.sort_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
     let this = (local.cluster.as_str(), local.node.as_str());
+    let ranges = desired::Ranges::of(state);
     let mut holders: BTreeMap<PublicKey, (&str, &str)> = BTreeMap::from([(*own_key, this)]);
     let mut conflicts = Vec::new();
     let mut out: BTreeMap<PublicKey, Peer> = BTreeMap::new();
@@ -139,10 +143,15 @@ pub fn desired(
         } else {
             info.pod_cidrs.iter().copied().collect()
         };
+        // A refused address is no endpoint: the peer can still reach us.
+        let endpoint = info
+            .tunnel_ip
+            .filter(|ip| desired::refused_node_ip(&ranges, local, cname, *ip).is_none())
+            .map(|ip| SocketAddrV4::new(ip, key.port));
         let peer = Peer {
             cluster: cname.to_owned(),
             node: node.to_owned(),
-            endpoint: info.tunnel_ip.map(|ip| SocketAddrV4::new(ip, key.port)),
+            endpoint,
             allowed,
         };
         out.insert(key.public_key, peer);

@@ -153,3 +153,34 @@ fn oversized_records_are_rejected_before_anything_else() {
         .unwrap_err();
     assert_eq!(e.reason(), "too-large", "{e}");
 }
+
+/// Finding 2 of the trust review: node addresses no node can have, and a pod mapped to a
+/// reserved identity (its cluster's nodes').
+#[test]
+fn special_node_addresses_and_reserved_pod_identities_are_rejected() {
+    let node = |internal: &str, external: &str| {
+        Record::Node(NodeRecord {
+            schema: SCHEMA,
+            name: "infra-1".into(),
+            internal_ips: vec![internal.into()],
+            external_ips: vec![external.into()],
+            pod_cidrs: vec!["10.2.1.0/24".into()],
+            ..Default::default()
+        })
+    };
+    let key = "mesh/v1/infra/nodes/infra-1";
+    check(key, &node("192.168.2.1", "203.0.113.1")).unwrap();
+    for (internal, external) in [
+        ("127.0.0.1", "203.0.113.1"),
+        ("192.168.2.1", "169.254.169.254"),
+        ("224.0.0.1", "203.0.113.1"),
+        ("0.0.0.0", "203.0.113.1"),
+        ("192.168.2.1", "ff02::1"),
+        ("not-an-ip", "203.0.113.1"),
+    ] {
+        let r = check(key, &node(internal, external)).expect_err(internal);
+        assert_eq!(r.reason(), "node-address", "{internal} {external}: {r}");
+    }
+    let r = check("mesh/v1/infra/ipcache/10.2.1.5", &ipcache(2 << 16 | 6)).unwrap_err();
+    assert_eq!(r.reason(), "reserved-identity");
+}
