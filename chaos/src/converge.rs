@@ -163,6 +163,8 @@ pub async fn maps(
             cluster: cluster.to_owned(),
             node: node.clone(),
             stale_after_ms,
+            // The lab's agents run with the default limits.
+            limits: desired::Limits::default(),
         };
         let want = desired::tables(&state, &local, now_ms);
         match KernelMaps::open(&Pins::new(pins_of(node))).and_then(|m| m.read()) {
