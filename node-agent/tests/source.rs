@@ -40,6 +40,7 @@ fn config(endpoints: Vec<String>, dir: &Path, file: &str) -> Config {
         state_dir: dir.join("agent"),
         listen_metrics: "127.0.0.1:0".parse().unwrap(),
         remote_stale_after: Duration::from_secs(30),
+        remote_limits: node_agent::desired::Limits::default(),
         pod_interface_prefixes: vec![],
         discover_pod_interfaces: true,
         attach: node_agent::datapath::AttachMode::Tcx,
