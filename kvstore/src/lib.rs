@@ -12,6 +12,7 @@
 //! - [`peer`] and [`network`]: the Raft peer port, server and client side. A trust
 //!   boundary: never exposed to clients.
 //! - [`tls`]: mutual TLS on both ports (handshakes, peer connector, certificate reload);
+//!   [`admission`]: oldest-first eviction of connections in progress, in all and per source;
 //!   [`auth`]: what each certificate identity may do, checked on every request.
 //! - [`state_machine`]: applies committed entries; snapshots.
 //! - [`backup`]: backups (`etcdctl snapshot save`) and restoring a new cluster from one.
@@ -30,6 +31,7 @@
 //! - [`raft_types`]: the openraft type configuration, log command and reply.
 //! - [`error`]: etcd's errors, with etcd's exact strings.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod backup;

@@ -7,10 +7,9 @@
 //! never stops accepting, and when too many handshakes are in progress the oldest are closed
 //! (see [`incoming`]). Rejections are logged with the reason rustls gives and counted.
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -22,12 +21,14 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Uri;
 use tonic::transport::server::Connected;
+
+use crate::admission::{Admission, Admitted};
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,61 +120,6 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// The handshakes in progress on one port, oldest first, so a new connection can close the
-/// oldest when a limit is reached.
-#[derive(Debug, Default)]
-struct Pending {
-    /// Handshakes by arrival (ids increase), with their source and the signal that ends them.
-    by_age: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
-    /// Handshakes in progress per source address.
-    per_source: HashMap<IpAddr, usize>,
-    next: u64,
-}
-
-impl Pending {
-    /// Registers a new handshake from `source`, closing the oldest ones over the limits first;
-    /// returns its id and the signal that closes it. Returns how many were closed, for stats.
-    fn admit(&mut self, source: IpAddr) -> (u64, oneshot::Receiver<()>, usize) {
-        let mut closed = 0;
-        if self.per_source.get(&source).copied().unwrap_or(0) >= MAX_HANDSHAKES_PER_SOURCE {
-            let oldest = self
-                .by_age
-                .iter()
-                .find(|(_, (ip, _))| *ip == source)
-                .map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.close(id);
-                closed += 1;
-            }
-        }
-        if self.by_age.len() >= MAX_HANDSHAKES
-            && let Some(&id) = self.by_age.keys().next()
-        {
-            self.close(id);
-            closed += 1;
-        }
-        let id = self.next;
-        self.next += 1;
-        let (tx, rx) = oneshot::channel();
-        self.by_age.insert(id, (source, tx));
-        *self.per_source.entry(source).or_default() += 1;
-        (id, rx, closed)
-    }
-
-    /// Ends handshake `id` (its task sees the signal, or has finished already).
-    fn close(&mut self, id: u64) {
-        if let Some((source, tx)) = self.by_age.remove(&id) {
-            let _ = tx.send(());
-            if let Some(n) = self.per_source.get_mut(&source) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_source.remove(&source);
-                }
-            }
-        }
-    }
-}
-
 /// Turns on TCP keepalive, so connections whose peer vanished are dropped.
 pub fn keepalive(tcp: &TcpStream) {
     let sock = socket2::SockRef::from(tcp);
@@ -196,7 +142,10 @@ pub fn incoming(
     stats: Arc<HandshakeStats>,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
-    let pending = Arc::new(Mutex::new(Pending::default()));
+    let pending = Arc::new(Mutex::new(Admission::new(
+        MAX_HANDSHAKES,
+        MAX_HANDSHAKES_PER_SOURCE,
+    )));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -214,7 +163,11 @@ pub fn incoming(
             };
             let _ = tcp.set_nodelay(true);
             keepalive(&tcp);
-            let (id, evicted, closed) = pending
+            let Admitted {
+                id,
+                evicted,
+                closed,
+            } = pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .admit(remote.ip());

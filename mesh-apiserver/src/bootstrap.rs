@@ -11,7 +11,11 @@
 //!
 //! HTTPS with the member's server certificate and no client certificate (the agents have
 //! none yet); one request per connection, head and body bounded in size and time, like the
-//! metrics endpoint, and at most [`MAX_CONNECTIONS`] at once (more are closed at once).
+//! metrics endpoint. At most [`MAX_CONNECTIONS`] are in progress, and an eighth of that from
+//! one source address; a new connection beyond either closes the oldest in progress
+//! ([`kvstore::admission`], as on the client port), so idle sockets cannot hold the port shut
+//! against agents — an attacker must keep opening connections faster than an agent completes
+//! its exchange, and from many addresses.
 //!
 //! Decisions are functions of API objects ([`claim`], [`node_of_pod`]), tested on objects as
 //! the API returns them; [`Kubernetes`] is the only part that talks to a cluster.
@@ -19,7 +23,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use certs::pki::{CertificateAuthority, LeafSpec, Validity};
@@ -28,6 +32,7 @@ use certs::{Identity, Role};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
+use kvstore::admission::Admission;
 use mesh_api::bootstrap::{
     AgentCertificateRequest, AgentCertificateResponse, ErrorResponse, MAX_REQUEST, PATH,
 };
@@ -40,8 +45,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a client has for its TLS handshake and request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most connections served at once: the port takes clients without certificates, so a flood
-/// of them must not grow without bound (nor turn into a flood of TokenReviews). Agents retry.
+/// Most connections in progress at once: the port takes clients without certificates, so a
+/// flood of them must not grow without bound (nor turn into a flood of TokenReviews). Beyond
+/// it the oldest is closed; agents retry.
 pub const MAX_CONNECTIONS: usize = 256;
 /// The token claim Kubernetes (1.30+) adds with the node a pod-bound token's pod runs on.
 const NODE_NAME_CLAIM: &str = "authentication.kubernetes.io/node-name";
@@ -402,7 +408,9 @@ impl Issuer {
     }
 }
 
-/// Serves the bootstrap on `listener` until `stop`, at most `max_connections` at once.
+/// Serves the bootstrap on `listener` until `stop`: at most `max_connections` in progress and
+/// an eighth of that from one source address, the oldest closed to make room (counted as
+/// `evicted`).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerTls>,
@@ -410,23 +418,41 @@ pub async fn serve(
     max_connections: usize,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let admission = Arc::new(Mutex::new(Admission::new(
+        max_connections,
+        max_connections.div_ceil(8),
+    )));
     while let Some(stream) = crate::http::accept(&listener, &stop, "bootstrap").await {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Full: closing now costs less than queueing; the agent retries.
-            issuer.count("overloaded");
+        let Ok(remote) = stream.peer_addr() else {
             continue;
         };
+        let admitted = admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(remote.ip());
+        for _ in 0..admitted.closed {
+            issuer.count("evicted");
+        }
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-        let issuer = issuer.clone();
+        let (issuer, admission) = (issuer.clone(), admission.clone());
         tokio::spawn(async move {
-            let _slot = slot;
-            let Ok(Ok(mut stream)) =
-                tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await
-            else {
-                return;
+            let exchange = async {
+                let Ok(Ok(mut stream)) =
+                    tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await
+                else {
+                    return;
+                };
+                answer(&mut stream, &issuer).await;
             };
-            answer(&mut stream, &issuer).await;
+            tokio::select! {
+                () = exchange => {}
+                // Closed to make room for newer connections.
+                _ = admitted.evicted => {}
+            }
+            admission
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .close(admitted.id);
         });
     }
 }

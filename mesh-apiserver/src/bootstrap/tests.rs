@@ -284,7 +284,7 @@ async fn requests_are_read_bounded_and_only_at_the_path() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_are_closed_unread_and_counted() {
+async fn idle_connections_cannot_hold_the_port_shut() {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
     let reviewer = Arc::new(Recorded {
@@ -317,24 +317,85 @@ async fn connections_beyond_the_limit_are_closed_unread_and_counted() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(serve(listener, tls, issuer, 2, stop.clone()));
-
-    // Two connections that never speak hold both slots (until their 10 s are up).
-    let _a = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // The third is closed without a byte.
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+    // 16 in progress at most, 2 from one address.
+    tokio::spawn(serve(listener, tls, issuer, 16, stop.clone()));
+    let connect_from = |source: &str| {
+        let source: std::net::IpAddr = source.parse().unwrap();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((source, 0).into()).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
+    // Closed: the server ends the connection (EOF or reset) within the wait.
+    let closed = |mut c: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    };
+    let open = |mut c: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 16];
+        tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf))
+            .await
+            .is_err()
+    };
+    // One address opens three idle connections: its first is closed for its third.
+    let a1 = connect_from("127.0.0.2").await;
+    let a2 = connect_from("127.0.0.2").await;
+    let a3 = connect_from("127.0.0.2").await;
+    assert!(closed(a1).await, "the source's oldest is closed");
+    // Idle connections from many addresses fill the port: the oldest go, newest stay.
+    let mut idle = Vec::new();
+    for i in 0..20 {
+        idle.push(connect_from(&format!("127.0.1.{}", i + 1)).await);
+    }
+    assert!(
+        closed(a2).await && closed(a3).await,
+        "the oldest in all are closed"
+    );
+    let newest = idle.pop().unwrap();
+    // An agent arriving now gets in, and its TLS handshake proceeds (the server answers the
+    // ClientHello), rather than being closed unread as with a fixed number of slots.
+    let mut agent = connect_from("127.0.0.1").await;
+    agent.write_all(&client_hello()).await.unwrap();
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), agent.read_exact(&mut buf))
         .await
-        .expect("closed at once, not held")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
+        .expect("answered")
+        .expect("a TLS record");
+    assert_eq!(buf[0], 0x16, "a handshake record: {buf:?}");
+    assert!(open(newest).await, "the newest idle one is still open");
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
-        text.contains("bootstrap_requests_total{outcome=\"overloaded\"} 1"),
+        text.contains("bootstrap_requests_total{outcome=\"evicted\"}"),
         "{text}"
     );
     stop.cancel();
+}
+
+/// A TLS 1.3 ClientHello for `localhost`, made by rustls itself.
+fn client_hello() -> Vec<u8> {
+    use std::io::Write as _;
+    struct Capture(Vec<u8>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut out = Capture(Vec::new());
+    conn.write_tls(&mut out).unwrap();
+    out.flush().unwrap();
+    out.0
 }
