@@ -189,6 +189,17 @@ impl Authorizer {
         })
     }
 
+    /// The identity whose leases, watch streams and watchers are counted against the
+    /// per-identity bounds: agents' and remotes'; `None` for the trusted roles.
+    pub fn limited(&self, caller: &Caller) -> Option<String> {
+        match caller {
+            Caller::Certified(id) if matches!(id.role, Role::Agent | Role::Remote) => {
+                Some(id.uri())
+            }
+            _ => None,
+        }
+    }
+
     /// Refuses (and counts) a caller using a lease it does not own.
     pub fn lease_denied(&self) -> Error {
         self.denied.fetch_add(1, Relaxed);

@@ -23,6 +23,7 @@
 //! - [`mvcc`]: the multi-version key space with etcd's semantics; pure and deterministic.
 //! - [`request`]: the KV requests and responses in domain form (what the log carries).
 //! - [`validate`]: checks run on a request before it is proposed.
+//! - [`per_identity`]: leases, watch streams and watchers one certificate identity may hold.
 //! - [`watch_hub`]: which watch streams a write concerns, so only those wake.
 //! - [`lessor`], [`read_index`], [`propose`]: the leader's lease deadlines, batched ReadIndex
 //!   and batched proposals.
@@ -44,6 +45,7 @@ pub mod mvcc;
 pub mod network;
 pub mod node;
 pub mod peer;
+pub mod per_identity;
 pub mod propose;
 pub mod raft_types;
 pub mod read_index;

@@ -638,6 +638,15 @@ impl Mvcc {
         self.leases.len()
     }
 
+    /// Live leases granted by `owner` (a walk of the leases: grants by limited callers are
+    /// rare, one per agent start).
+    pub fn leases_of(&self, owner: &str) -> usize {
+        self.leases
+            .values()
+            .filter(|l| l.owner.as_deref() == Some(owner))
+            .count()
+    }
+
     /// A live lease.
     pub fn lease(&self, id: i64) -> Option<&Lease> {
         self.leases.get(&id)

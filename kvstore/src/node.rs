@@ -96,6 +96,8 @@ pub struct Node {
     forwarder: Proposer,
     /// The term this member leads in and since when, as it saw the change.
     leading_since: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
+    /// Watch streams and watchers held per limited identity.
+    usage: Arc<crate::per_identity::Usage>,
     settings: NodeSettings,
 }
 
@@ -173,6 +175,7 @@ impl Node {
             proposer,
             forwarder,
             leading_since,
+            usage: Arc::default(),
             settings,
         }
     }
@@ -198,6 +201,11 @@ impl Node {
     /// The storage quota and the bounds on leases and watchers.
     pub fn store_limits(&self) -> &crate::server::StoreLimits {
         &self.settings.store_limits
+    }
+
+    /// Watch streams and watchers held per limited identity.
+    pub fn usage(&self) -> &Arc<crate::per_identity::Usage> {
+        &self.usage
     }
 
     /// Admits a write that would store `cost` more bytes ([`crate::mvcc::Mvcc::bytes`]), as

@@ -106,6 +106,8 @@ pub struct StoreLimits {
     /// `--max-watchers-per-stream`: watchers on one watch stream; a create past it is
     /// canceled.
     pub max_watchers_per_stream: usize,
+    /// What one agent or remote identity may hold.
+    pub per_identity: crate::per_identity::IdentityLimits,
 }
 
 impl Default for StoreLimits {
@@ -114,6 +116,7 @@ impl Default for StoreLimits {
             quota_bytes: 2 << 30,
             max_leases: 100_000,
             max_watchers_per_stream: 10_000,
+            per_identity: crate::per_identity::IdentityLimits::default(),
         }
     }
 }

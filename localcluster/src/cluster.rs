@@ -360,6 +360,16 @@ impl Cluster {
         connect(&[self.client_url(i)], self.client_tls.as_ref()).await
     }
 
+    /// A client for member `i` presenting `<tls dir>/<cert>.crt` and `.key` (e.g.
+    /// `agent-node-1`); plaintext without TLS.
+    pub async fn client_as(&self, i: usize, cert: &str) -> Result<Client> {
+        let tls = match &self.spec.tls {
+            None => None,
+            Some(dir) => Some(tls_as(dir, cert)?),
+        };
+        connect(&[self.client_url(i)], tls.as_ref()).await
+    }
+
     /// Index of the member that reports itself leader (its Status `leader` is its own id),
     /// polled among running members until [`READY_TIMEOUT`].
     pub async fn leader(&self) -> Result<usize> {
@@ -731,6 +741,11 @@ fn etcdctl(urls: &[String]) -> Command {
 
 /// The TLS options of the cluster's own clients: the CA and the admin certificate in `dir`.
 fn admin_tls(dir: &Path) -> Result<TlsOptions> {
+    tls_as(dir, "admin-admin")
+}
+
+/// The CA and the certificate `<cert>.crt`/`.key` in `dir`.
+fn tls_as(dir: &Path, cert: &str) -> Result<TlsOptions> {
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
@@ -738,8 +753,8 @@ fn admin_tls(dir: &Path) -> Result<TlsOptions> {
     Ok(TlsOptions::new()
         .ca_certificate(Certificate::from_pem(read("ca.crt")?))
         .identity(Identity::from_pem(
-            read("admin-admin.crt")?,
-            read("admin-admin.key")?,
+            read(&format!("{cert}.crt"))?,
+            read(&format!("{cert}.key"))?,
         )))
 }
 

@@ -130,6 +130,22 @@ pub struct Flags {
     #[arg(long, default_value_t = 10_000)]
     pub max_watchers_per_stream: usize,
 
+    /// Live leases one agent or remote certificate identity may hold; a grant past it fails
+    /// (etcdserver: too many leases). An agent holds one, a few while a restarted agent's old
+    /// lease expires.
+    #[arg(long, default_value_t = 32)]
+    pub max_leases_per_identity: usize,
+
+    /// Watch streams one agent or remote certificate identity may have open; a stream past
+    /// it fails with ResourceExhausted. An agent opens two.
+    #[arg(long, default_value_t = 32)]
+    pub max_watch_streams_per_identity: usize,
+
+    /// Watchers one agent or remote certificate identity may hold over all its streams; a
+    /// create past it is canceled (etcdserver: too many watchers for this identity).
+    #[arg(long, default_value_t = 256)]
+    pub max_watchers_per_identity: usize,
+
     /// Client port certificate (PEM): an apiserver certificate of this cluster.
     #[arg(long, help_heading = "TLS")]
     pub cert_file: Option<PathBuf>,
@@ -634,12 +650,22 @@ fn limits(flags: &Flags) -> Result<ConnectionLimits, ConfigError> {
     })
 }
 
-/// `--quota-backend-bytes`, `--max-leases`, `--max-watchers-per-stream`.
+/// `--quota-backend-bytes`, `--max-leases`, `--max-watchers-per-stream` and the
+/// per-identity bounds.
 fn store_limits(flags: &Flags) -> Result<StoreLimits, ConfigError> {
     let default = StoreLimits::default();
     for (flag, value) in [
         ("--max-leases", flags.max_leases),
         ("--max-watchers-per-stream", flags.max_watchers_per_stream),
+        ("--max-leases-per-identity", flags.max_leases_per_identity),
+        (
+            "--max-watch-streams-per-identity",
+            flags.max_watch_streams_per_identity,
+        ),
+        (
+            "--max-watchers-per-identity",
+            flags.max_watchers_per_identity,
+        ),
     ] {
         if value == 0 {
             return Err(invalid(flag, "0", "must be > 0"));
@@ -652,6 +678,11 @@ fn store_limits(flags: &Flags) -> Result<StoreLimits, ConfigError> {
         },
         max_leases: flags.max_leases,
         max_watchers_per_stream: flags.max_watchers_per_stream,
+        per_identity: kvstore::per_identity::IdentityLimits {
+            leases: flags.max_leases_per_identity,
+            watch_streams: flags.max_watch_streams_per_identity,
+            watchers: flags.max_watchers_per_identity,
+        },
     })
 }
 

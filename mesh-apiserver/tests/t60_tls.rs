@@ -411,6 +411,120 @@ async fn an_agent_uses_only_the_leases_it_granted() {
     ok(&c, b, &["lease", "keep-alive", "--once", &b_lease]).await;
 }
 
+/// Finding 6 of the trust review: one agent certificate cannot take every lease, nor open
+/// watch streams or watchers without end; other agents and admins are not affected, and
+/// what is given back can be taken again. Leases through etcdctl, watches through clientv3's
+/// Rust twin (etcd-client), each its own pattern.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_identity_holds_a_bounded_number_of_leases_and_watches() {
+    if skip_for_etcd() {
+        return;
+    }
+    let pki = Pki::new();
+    let mut spec = Spec::with_members(3);
+    spec.tls = Some(pki.dir.clone());
+    spec.extra_args = [
+        "--max-leases-per-identity",
+        "3",
+        "--max-watch-streams-per-identity",
+        "2",
+        "--max-watchers-per-identity",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec();
+    let c = Cluster::start(flavor(), spec)
+        .await
+        .expect("TLS cluster starts");
+    let (admin, a, b) = ("admin-admin", "agent-node-1", "agent-node-2");
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(lease_id(&ok(&c, a, &["lease", "grant", "60"]).await));
+    }
+    match run(c.etcdctl_as(a), &["lease", "grant", "60"]).await {
+        Ok(out) => panic!("a fourth lease was granted: {out}"),
+        Err(e) => assert!(e.contains("etcdserver: too many leases"), "{e}"),
+    }
+    ok(&c, b, &["lease", "grant", "60"]).await;
+    ok(&c, admin, &["lease", "grant", "60"]).await;
+    ok(&c, a, &["lease", "revoke", &held[0]]).await;
+    ok(&c, a, &["lease", "grant", "60"]).await;
+
+    // Watch streams and watchers are counted on the member that serves them.
+    let mut agent = c.client_as(0, a).await.unwrap();
+    let prefix = || Some(etcd_client::WatchOptions::new().with_prefix());
+    let mut s1 = agent
+        .watch("mesh/v1/", prefix())
+        .await
+        .expect("first stream");
+    let mut s2 = agent
+        .watch("mesh/v1/apps/", prefix())
+        .await
+        .expect("second stream");
+    let first = next_created(&mut s1).await;
+    assert!(!first.canceled(), "{first:?}");
+    assert!(!next_created(&mut s2).await.canceled());
+    let third = agent.watch("mesh/v1/", None).await;
+    let (code, message) = third
+        .as_ref()
+        .err()
+        .and_then(util::grpc_status)
+        .unwrap_or_else(|| panic!("a third stream: {:?}", third.map(|_| ())));
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        (
+            "ResourceExhausted",
+            "etcdserver: too many watch streams for this identity"
+        )
+    );
+    // Two watchers held; one more on the first stream, then a fourth is canceled at creation.
+    s1.watch("mesh/v1/apps/nodes/", None).await.unwrap();
+    let third = next_created(&mut s1).await;
+    assert!(!third.canceled(), "{third:?}");
+    s1.watch("mesh/v1/apps/services/", None).await.unwrap();
+    let refused = next_created(&mut s1).await;
+    assert!(refused.canceled(), "{refused:?}");
+    assert_eq!(
+        refused.cancel_reason(),
+        "etcdserver: too many watchers for this identity"
+    );
+    // Another agent still watches; a watcher given back can be taken again.
+    let mut other = c.client_as(0, b).await.unwrap();
+    let mut theirs = other
+        .watch("mesh/v1/", None)
+        .await
+        .expect("another agent watches");
+    assert!(!next_created(&mut theirs).await.canceled());
+    s1.cancel(third.watch_id()).await.unwrap();
+    s1.watch("mesh/v1/apps/services/", None).await.unwrap();
+    let again = next_created(&mut s1).await;
+    assert!(!again.canceled(), "{again:?}");
+    // A closed stream gives back its watchers and its place.
+    drop(s2);
+    util::eventually("the closed stream's place is free", PATIENCE, async || {
+        let mut s = agent.watch("mesh/v1/", None).await?;
+        let m = next_created(&mut s).await;
+        anyhow::ensure!(!m.canceled(), "{m:?}");
+        Ok(())
+    })
+    .await;
+}
+
+/// The next creation answer on `stream` (events and cancellations skipped).
+async fn next_created(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let m = stream.message().await.unwrap().expect("stream open");
+            if m.created() {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("a creation answer")
+}
+
 /// The id in etcdctl's "lease <hex id> granted with TTL(…)".
 fn lease_id(granted: &str) -> String {
     granted

@@ -90,8 +90,21 @@ impl PbLeaseService for Lease {
         if req.ttl > MAX_LEASE_TTL {
             return Err(status(Error::LeaseTtlTooLarge));
         }
-        let leases = self.node.shared.read().mvcc.lease_count();
-        if leases >= self.node.store_limits().max_leases {
+        let limits_now = self.node.store_limits();
+        let (leases, own) = {
+            let shared = self.node.shared.read();
+            let own = limits.as_ref().map(|l| shared.mvcc.leases_of(&l.owner));
+            (shared.mvcc.lease_count(), own)
+        };
+        if leases >= limits_now.max_leases {
+            return Err(status(Error::TooManyLeases));
+        }
+        if own.is_some_and(|n| n >= limits_now.per_identity.leases) {
+            tracing::warn!(
+                owner = limits.as_ref().map(|l| l.owner.as_str()),
+                held = own,
+                "lease grant refused: the identity holds --max-leases-per-identity"
+            );
             return Err(status(Error::TooManyLeases));
         }
         self.node

@@ -29,6 +29,7 @@ use crate::auth::Caller;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::per_identity::StreamGuard;
 use crate::request::{EventKind, KeyRange};
 
 /// `WatchCreateRequest.FilterType.NOPUT`.
@@ -37,6 +38,10 @@ const FILTER_NOPUT: i32 = 0;
 const FILTER_NODELETE: i32 = 1;
 /// Why a create past `--max-watchers-per-stream` is canceled.
 const TOO_MANY_WATCHERS: &str = "etcdserver: too many watchers on this stream";
+/// Why a create past `--max-watchers-per-identity` is canceled.
+const TOO_MANY_IDENTITY_WATCHERS: &str = "etcdserver: too many watchers for this identity";
+/// Why a stream past `--max-watch-streams-per-identity` fails.
+const TOO_MANY_STREAMS: &str = "etcdserver: too many watch streams for this identity";
 /// Most events in one message (a revision is never split; a large one may exceed this).
 const MAX_EVENTS_PER_MESSAGE: usize = 1000;
 
@@ -79,9 +84,25 @@ impl PbWatchService for Watch {
             return Err(status(Error::NoLeader));
         }
         let caller = self.node.auth().caller(req.extensions());
+        let limits = self.node.store_limits().per_identity;
+        let guard = match self.node.auth().limited(&caller) {
+            None => None,
+            Some(identity) => match self
+                .node
+                .usage()
+                .open_stream(&identity, limits.watch_streams)
+            {
+                Some(g) => Some(g),
+                None => {
+                    tracing::warn!(%identity, limit = limits.watch_streams, "watch stream refused: the identity holds --max-watch-streams-per-identity");
+                    return Err(Status::resource_exhausted(TOO_MANY_STREAMS));
+                }
+            },
+        };
         let (tx, rx) = mpsc::channel(64);
         let session = Session {
             caller,
+            guard,
             registration: self.node.shared.hub.register(),
             node: self.node.clone(),
             metrics: self.metrics.clone(),
@@ -113,6 +134,8 @@ struct Watcher {
 struct Session {
     /// Who opened the stream; every watch it creates is checked against it.
     caller: Caller,
+    /// What the stream holds of a limited identity's bounds (none for trusted callers).
+    guard: Option<StreamGuard>,
     /// The ranges this stream watches, so that only writes to them wake it.
     registration: crate::watch_hub::Registration,
     node: Arc<Node>,
@@ -196,7 +219,19 @@ impl Session {
                     resp.cancel_reason = TOO_MANY_WATCHERS.to_owned();
                     return self.send(resp).await;
                 }
-                if self.watchers.contains_key(&id) || c.key.is_empty() {
+                let identity_limit = self.node.store_limits().per_identity.watchers;
+                let duplicate = self.watchers.contains_key(&id) || c.key.is_empty();
+                if !duplicate
+                    && let Some(guard) = &mut self.guard
+                    && !guard.add_watcher(identity_limit)
+                {
+                    let mut resp = self.response(id, current);
+                    resp.created = true;
+                    resp.canceled = true;
+                    resp.cancel_reason = TOO_MANY_IDENTITY_WATCHERS.to_owned();
+                    return self.send(resp).await;
+                }
+                if duplicate {
                     // etcd answers a duplicate id (or a create without a key) with a
                     // canceled create.
                     let mut resp = self.response(id, current);
@@ -237,6 +272,9 @@ impl Session {
             Some(PbWatchRequestUnion::CancelRequest(c)) => {
                 if self.watchers.remove(&c.watch_id).is_some() {
                     self.registration.interest.remove(c.watch_id);
+                    if let Some(g) = &mut self.guard {
+                        g.remove_watcher();
+                    }
                     self.metrics.watchers_removed(1);
                     let current = self.node.shared.read().mvcc.revision();
                     let mut resp = self.response(c.watch_id, current);
@@ -318,6 +356,9 @@ impl Session {
         if let Some(compacted) = compacted {
             self.watchers.remove(&id);
             self.registration.interest.remove(id);
+            if let Some(g) = &mut self.guard {
+                g.remove_watcher();
+            }
             self.metrics.watchers_removed(1);
             let mut resp = self.response(id, current);
             resp.canceled = true;
