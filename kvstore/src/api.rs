@@ -34,7 +34,7 @@ pub fn status(e: Error) -> Status {
             Code::Unavailable
         }
         Error::PermissionDenied => Code::PermissionDenied,
-        Error::NoSpace | Error::TooManyLeases => Code::ResourceExhausted,
+        Error::NoSpace | Error::TooManyLeases | Error::TooManyRequests => Code::ResourceExhausted,
         Error::BadLeaderTransferee => Code::FailedPrecondition,
         Error::LeaderTransferTimeout => Code::Unavailable,
     };

@@ -79,9 +79,12 @@ pub enum Error {
     /// store are refused until an operator compacts and disarms.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
-    /// The member holds `--max-leases` leases already.
+    /// The member holds `--max-leases` leases already (or the caller its per-identity share).
     #[error("etcdserver: too many leases")]
     TooManyLeases,
+    /// The caller writes faster than its per-identity rate (etcd's `ErrTooManyRequests`).
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     /// MoveLeader named a member that cannot lead (not a voter, or the leader itself).
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,

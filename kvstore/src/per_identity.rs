@@ -1,4 +1,5 @@
-//! What one certificate identity may hold at once: leases, watch streams and watchers.
+//! What one certificate identity may hold at once — leases, watch streams and watchers — and
+//! how much and how fast it may write.
 //!
 //! The store-wide bounds (`--max-leases`, `--max-watchers-per-stream`) protect the member
 //! from the sum of its callers; these protect callers from each other. Without them one agent
@@ -7,13 +8,26 @@
 //! scanned on every write. Only the limited roles — agents and remote clusters — are
 //! counted; admins and members are trusted with the store-wide bounds alone.
 //!
+//! Writes are bounded too: every version a write makes is kept in memory until compaction,
+//! so an agent rewriting its node key in a loop, or with megabyte values, would grow every
+//! member at once. A limited identity's value is at most `--max-value-bytes-per-identity`
+//! (an agent's node key record is about 100 bytes) and its writes (puts, deletes, writing
+//! txns) at most `--max-writes-per-second-per-identity`, with a burst of
+//! [`BURST_SECONDS`] seconds' worth.
+//!
 //! Errors are etcd's where etcd has the case: a grant past the bound fails with
 //! `etcdserver: too many leases` (`ResourceExhausted`), a watch create past it is answered
-//! with a canceled create, as a create past `--max-watchers-per-stream` is. etcd has no bound
-//! on streams; ours fails the stream with `ResourceExhausted`, which clients retry.
+//! with a canceled create, as a create past `--max-watchers-per-stream` is, a value past it
+//! with `etcdserver: request is too large` and a write past the rate with `etcdserver: too
+//! many requests` (`ResourceExhausted`). etcd has no bound on streams; ours fails the stream
+//! with `ResourceExhausted`, which clients retry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+/// Seconds of writes at the full rate an identity may make at once.
+pub const BURST_SECONDS: f64 = 10.0;
 
 /// The bounds, per identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +38,10 @@ pub struct IdentityLimits {
     pub watch_streams: usize,
     /// `--max-watchers-per-identity`: watchers over all its streams.
     pub watchers: usize,
+    /// `--max-value-bytes-per-identity`: the largest value one put may carry.
+    pub value_bytes: usize,
+    /// `--max-writes-per-second-per-identity`: sustained writes per second.
+    pub writes_per_second: u32,
 }
 
 impl Default for IdentityLimits {
@@ -34,14 +52,24 @@ impl Default for IdentityLimits {
             leases: 32,
             watch_streams: 32,
             watchers: 256,
+            value_bytes: 1 << 10,
+            writes_per_second: 10,
         }
     }
 }
 
-/// Watch streams and watchers held now, by identity.
+/// Watch streams and watchers held now, and write allowances, by identity.
 #[derive(Debug, Default)]
 pub struct Usage {
     held: Mutex<HashMap<String, Held>>,
+    writes: Mutex<HashMap<String, Bucket>>,
+}
+
+/// A token bucket: `tokens` left when last `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -70,6 +98,33 @@ impl Usage {
                 watchers: 0,
             })
         })
+    }
+
+    /// Takes one write from `identity`'s allowance of `per_second` (a burst of
+    /// [`BURST_SECONDS`] of them); `false` when none is left.
+    pub fn charge_write(&self, identity: &str, per_second: u32, now: Instant) -> bool {
+        let rate = f64::from(per_second);
+        let capacity = rate * BURST_SECONDS;
+        let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        // Buckets refilled long ago are full again: forget them, so the map holds only the
+        // identities writing now.
+        if writes.len() > 10_000 {
+            writes
+                .retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() * rate < capacity);
+        }
+        let b = writes.entry(identity.to_owned()).or_insert(Bucket {
+            tokens: capacity,
+            at: now,
+        });
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate;
+        b.tokens = (b.tokens + refill).min(capacity);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Streams and watchers `identity` holds.
@@ -136,7 +191,28 @@ impl Drop for StreamGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn writes_are_rate_bounded_per_identity_with_a_burst() {
+        let usage = Usage::default();
+        let t0 = Instant::now();
+        // 2 a second: a burst of 20, then nothing until time passes.
+        for i in 0..20 {
+            assert!(usage.charge_write("agent-1", 2, t0), "write {i}");
+        }
+        assert!(!usage.charge_write("agent-1", 2, t0));
+        assert!(
+            usage.charge_write("agent-2", 2, t0),
+            "others are not affected"
+        );
+        let later = t0 + Duration::from_millis(1500);
+        assert!(usage.charge_write("agent-1", 2, later));
+        assert!(usage.charge_write("agent-1", 2, later));
+        assert!(!usage.charge_write("agent-1", 2, later));
+    }
 
     #[test]
     fn streams_and_watchers_are_bounded_per_identity_and_given_back() {

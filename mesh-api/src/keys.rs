@@ -49,6 +49,20 @@ impl Kind {
         Kind::Policy,
     ];
 
+    /// The largest value of the kind that is accepted from a remote (or, for node keys, from
+    /// an agent): several times what the publisher writes at its largest (a slice of 100
+    /// dual-stack endpoints with node and zone names is under 8 KiB, a node key record about
+    /// 100 bytes), so only a broken or hostile writer reaches it, and a remote rewriting its
+    /// records grows every member's history by at most this per write.
+    pub fn max_value_bytes(self) -> usize {
+        match self {
+            Kind::NodeKey | Kind::IpCache | Kind::Synced => 1 << 10,
+            Kind::Cluster | Kind::Node => 16 << 10,
+            Kind::Identity | Kind::Service | Kind::Endpoints => 64 << 10,
+            Kind::Policy => 256 << 10,
+        }
+    }
+
     /// The path segment under the cluster prefix.
     pub fn segment(self) -> &'static str {
         match self {

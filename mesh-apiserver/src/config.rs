@@ -146,6 +146,18 @@ pub struct Flags {
     #[arg(long, default_value_t = 256)]
     pub max_watchers_per_identity: usize,
 
+    /// The largest value one put of an agent or remote certificate identity may carry; a
+    /// larger one fails (etcdserver: request is too large). An agent's node key record is
+    /// about 100 bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub max_value_bytes_per_identity: usize,
+
+    /// Writes per second (puts, deletes, writing txns) one agent or remote certificate
+    /// identity may make, with a burst of ten seconds' worth; past it they fail (etcdserver:
+    /// too many requests). An agent writes its node key once per start.
+    #[arg(long, default_value_t = 10)]
+    pub max_writes_per_second_per_identity: usize,
+
     /// Client port certificate (PEM): an apiserver certificate of this cluster.
     #[arg(long, help_heading = "TLS")]
     pub cert_file: Option<PathBuf>,
@@ -682,6 +694,9 @@ fn store_limits(flags: &Flags) -> Result<StoreLimits, ConfigError> {
             leases: flags.max_leases_per_identity,
             watch_streams: flags.max_watch_streams_per_identity,
             watchers: flags.max_watchers_per_identity,
+            value_bytes: flags.max_value_bytes_per_identity,
+            writes_per_second: u32::try_from(flags.max_writes_per_second_per_identity)
+                .unwrap_or(u32::MAX),
         },
     })
 }

@@ -511,6 +511,72 @@ async fn one_agent_identity_holds_a_bounded_number_of_leases_and_watches() {
     .await;
 }
 
+/// Finding 1 of the trust review, an agent's side: a stolen agent certificate cannot grow
+/// every member by rewriting its node key with megabyte values, or in a tight loop; other
+/// agents keep writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_identity_writes_small_values_at_a_bounded_rate() {
+    if skip_for_etcd() {
+        return;
+    }
+    let pki = Pki::new();
+    let mut spec = Spec::with_members(3);
+    spec.tls = Some(pki.dir.clone());
+    spec.extra_args = ["--max-writes-per-second-per-identity", "1"]
+        .map(String::from)
+        .to_vec();
+    let c = Cluster::start(flavor(), spec)
+        .await
+        .expect("TLS cluster starts");
+    let (a, b) = ("agent-node-1", "agent-node-2");
+    let before = revision(&c).await;
+    let mut agent = c.client_as(0, a).await.unwrap();
+    let big = agent
+        .put("mesh/v1/apps/nodekeys/node-1", vec![b'x'; 1400 << 10], None)
+        .await
+        .expect_err("a 1.4 MB node key is refused");
+    assert_eq!(
+        util::grpc_status(&big),
+        Some((
+            "InvalidArgument".to_owned(),
+            "etcdserver: request is too large".to_owned()
+        ))
+    );
+    let just_over = "x".repeat(1025);
+    match run(
+        c.etcdctl_as(a),
+        &["put", "mesh/v1/apps/nodekeys/node-1", &just_over],
+    )
+    .await
+    {
+        Ok(out) => panic!("a 1025-byte node key was written: {out}"),
+        Err(e) => assert!(e.contains("etcdserver: request is too large"), "{e}"),
+    }
+    assert_eq!(revision(&c).await, before, "nothing written");
+    // One write a second with a burst of ten: a loop is stopped within a few more.
+    let mut written = 0;
+    let refusal = loop {
+        match agent.put("mesh/v1/apps/nodekeys/node-1", "k", None).await {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 100, "a hundred writes in a loop were taken");
+    };
+    assert!(
+        (10..=13).contains(&written),
+        "{written} writes before the refusal"
+    );
+    assert_eq!(
+        util::grpc_status(&refusal),
+        Some((
+            "ResourceExhausted".to_owned(),
+            "etcdserver: too many requests".to_owned()
+        ))
+    );
+    // Another agent is not held back by it.
+    ok(&c, b, &["put", "mesh/v1/apps/nodekeys/node-2", "k"]).await;
+}
+
 /// The next creation answer on `stream` (events and cancellations skipped).
 async fn next_created(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
     tokio::time::timeout(PATIENCE, async {

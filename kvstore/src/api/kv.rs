@@ -60,6 +60,29 @@ impl Kv {
         )
     }
 
+    /// Holds a write of an agent or remote identity to its per-identity bounds
+    /// ([`crate::per_identity`]): values of at most `value_bytes`, writes at most at its rate.
+    fn limit_writes(&self, caller: &Caller, largest_value: usize) -> Result<(), Status> {
+        let Some(identity) = self.node.auth().limited(caller) else {
+            return Ok(());
+        };
+        let limits = self.node.store_limits().per_identity;
+        if largest_value > limits.value_bytes {
+            tracing::warn!(%identity, bytes = largest_value, limit = limits.value_bytes, "write refused: a value past --max-value-bytes-per-identity");
+            return Err(status(Error::RequestTooLarge));
+        }
+        let now = std::time::Instant::now();
+        if !self
+            .node
+            .usage()
+            .charge_write(&identity, limits.writes_per_second, now)
+        {
+            tracing::debug!(%identity, "write refused: past --max-writes-per-second-per-identity");
+            return Err(status(Error::TooManyRequests));
+        }
+        Ok(())
+    }
+
     async fn write(&self, cmd: Command) -> Result<(Outcome, i64), Status> {
         let Reply { revision, result } = self.node.propose(cmd).await.map_err(status)?;
         Ok((result.map_err(status)?, revision))
@@ -117,6 +140,7 @@ impl PbKvService for Kv {
             .auth()
             .write(&caller, &req.key, b"")
             .map_err(status)?;
+        self.limit_writes(&caller, req.value.len())?;
         self.node.admit(put_cost(&req)).await.map_err(status)?;
         let cmd = self.as_caller(&caller, Command::Put(req))?;
         match self.write(cmd).await? {
@@ -142,6 +166,7 @@ impl PbKvService for Kv {
             .auth()
             .write(&caller, &req.key, &req.range_end)
             .map_err(status)?;
+        self.limit_writes(&caller, 0)?;
         match self.write(Command::DeleteRange(req)).await? {
             (Outcome::DeleteRange(r), rev) => Ok(Response::new(convert::delete_response(
                 r,
@@ -175,6 +200,7 @@ impl PbKvService for Kv {
                 self.node.header(revision),
             )));
         }
+        self.limit_writes(&caller, largest_value(&req))?;
         let cost = txn_cost(&req);
         if cost > 0 {
             self.node.admit(cost).await.map_err(status)?;
@@ -214,6 +240,20 @@ fn put_cost(req: &crate::request::PutRequest) -> u64 {
 }
 
 /// What a txn may add: its costlier branch, nested txns included (as etcd's quota counts).
+/// The largest value a put of `req` carries, at any depth.
+fn largest_value(req: &crate::request::TxnRequest) -> usize {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .map(|op| match op {
+            crate::request::RequestOp::Put(p) => p.value.len(),
+            crate::request::RequestOp::Txn(t) => largest_value(t),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 fn txn_cost(req: &crate::request::TxnRequest) -> u64 {
     fn branch(ops: &[crate::request::RequestOp]) -> u64 {
         ops.iter()

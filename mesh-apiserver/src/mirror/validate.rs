@@ -24,13 +24,16 @@ pub const MAX_RECORD_BYTES: usize = 512 << 10;
 /// Why a remote record is not mirrored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
-    /// Larger than [`MAX_RECORD_BYTES`].
-    #[error("{key:?}: {bytes} bytes, more than a record may have ({MAX_RECORD_BYTES})")]
+    /// Larger than [`MAX_RECORD_BYTES`], or a value larger than its kind's
+    /// ([`mesh_api::Kind::max_value_bytes`]).
+    #[error("{key:?}: {bytes} bytes, more than such a record may have ({limit})")]
     TooLarge {
         /// The key, lossily as text.
         key: String,
-        /// Key and value bytes.
+        /// Key and value bytes, or value bytes.
         bytes: usize,
+        /// The limit it exceeds.
+        limit: usize,
     },
     /// The key is outside the remote's prefix or does not follow the layout.
     #[error("{key:?}: {reason}")]
@@ -158,11 +161,22 @@ impl Validator {
             return Err(Rejection::TooLarge {
                 key: String::from_utf8_lossy(&key[..key.len().min(200)]).into_owned(),
                 bytes: key.len() + value.len(),
+                limit: MAX_RECORD_BYTES,
             });
         }
         let text = std::str::from_utf8(key).map_err(|_| layout("not UTF-8"))?;
         if !text.starts_with(&self.prefix) {
             return Err(layout(&format!("outside {}", self.prefix)));
+        }
+        let kind = text.parse::<Key>().ok().and_then(|k| k.kind());
+        if let Some(limit) = kind.map(mesh_api::Kind::max_value_bytes)
+            && value.len() > limit
+        {
+            return Err(Rejection::TooLarge {
+                key: text.to_owned(),
+                bytes: value.len(),
+                limit,
+            });
         }
         let (parsed, record) = Record::decode_at(text, value).map_err(|e| match e {
             DecodeError::Key(k) => layout(&k.reason),

@@ -184,3 +184,35 @@ fn special_node_addresses_and_reserved_pod_identities_are_rejected() {
     let r = check("mesh/v1/infra/ipcache/10.2.1.5", &ipcache(2 << 16 | 6)).unwrap_err();
     assert_eq!(r.reason(), "reserved-identity");
 }
+
+/// Finding 1 of the trust review: a remote's records are bounded by kind, so rewriting them
+/// cannot grow every member's history by half a megabyte a write (a node key needs ~100 B).
+#[test]
+fn values_are_bounded_by_kind() {
+    let nodekey = |boot_id_bytes: usize| {
+        Record::NodeKey(mesh_api::records::NodeKeyRecord {
+            schema: SCHEMA,
+            public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+            listen_port: 51871,
+            boot_id: "b".repeat(boot_id_bytes),
+        })
+    };
+    let key = "mesh/v1/infra/nodekeys/infra-1";
+    check(key, &nodekey(36)).unwrap();
+    let r = check(key, &nodekey(1400 << 10)).unwrap_err();
+    assert_eq!(r.reason(), "too-large", "{r}");
+    let r = check(key, &nodekey(2 << 10)).unwrap_err();
+    assert!(r.to_string().contains("(1024)"), "{r}");
+    let identity = |label_bytes: usize| {
+        Record::Identity(IdentityRecord {
+            schema: SCHEMA,
+            labels: vec![format!("app={}", "x".repeat(label_bytes))],
+        })
+    };
+    let key = "mesh/v1/infra/identities/131328";
+    check(key, &identity(32 << 10)).unwrap();
+    assert_eq!(
+        check(key, &identity(65 << 10)).unwrap_err().reason(),
+        "too-large"
+    );
+}
