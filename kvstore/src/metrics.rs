@@ -208,17 +208,18 @@ impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let node = &self.node;
         let m = node.raft.metrics().borrow().clone();
-        let (revision, compacted, keys, leases) = {
+        let (revision, compacted, keys, leases, bytes) = {
             let d = node.shared.read();
             (
                 d.mvcc.revision(),
                 d.mvcc.compacted(),
                 d.mvcc.key_count(),
                 d.mvcc.leases().count(),
+                d.mvcc.bytes(),
             )
         };
         let stats = node.log.stats();
-        let gauges: [(&str, &str, i64); 10] = [
+        let gauges: [(&str, &str, i64); 11] = [
             ("raft_term", "Current Raft term.", m.current_term as i64),
             (
                 "raft_is_leader",
@@ -243,6 +244,11 @@ impl Collector for StoreCollector {
             ("mvcc_revision", "Current store revision.", revision),
             ("mvcc_compacted_revision", "Compacted revision.", compacted),
             ("mvcc_keys", "Live keys.", keys as i64),
+            (
+                "mvcc_bytes",
+                "Bytes of keys and values held in memory with their history (what --quota-backend-bytes bounds).",
+                i64::try_from(bytes).unwrap_or(i64::MAX),
+            ),
             ("leases", "Live leases.", leases as i64),
             (
                 "db_size_bytes",

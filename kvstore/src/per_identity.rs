@@ -62,14 +62,64 @@ impl Default for IdentityLimits {
 #[derive(Debug, Default)]
 pub struct Usage {
     held: Mutex<HashMap<String, Held>>,
-    writes: Mutex<HashMap<String, Bucket>>,
+    writes: Mutex<HashMap<String, TokenBucket>>,
 }
 
-/// A token bucket: `tokens` left when last `at`.
+/// A token bucket: `capacity` tokens at most, refilled at `rate` a second.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
     tokens: f64,
     at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub fn new(rate: f64, capacity: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate,
+            capacity,
+            tokens: capacity,
+            at: now,
+        }
+    }
+
+    /// Takes `amount` tokens if there are that many at `now` (a request larger than the
+    /// capacity is taken from a full bucket, leaving it in debt, so it is never refused
+    /// forever).
+    pub fn take(&mut self, amount: f64, now: Instant) -> bool {
+        self.refill(now);
+        let needed = amount.min(self.capacity);
+        if self.tokens >= needed {
+            self.tokens -= amount;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket is full at `now` (nothing taken for a while).
+    pub fn full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.capacity
+    }
+
+    /// Seconds until `amount` tokens are there.
+    pub fn wait_for(&self, amount: f64) -> f64 {
+        let short = amount.min(self.capacity) - self.tokens;
+        if short <= 0.0 || self.rate <= 0.0 {
+            0.0
+        } else {
+            short / self.rate
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.at = self.at.max(now);
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -106,25 +156,14 @@ impl Usage {
         let rate = f64::from(per_second);
         let capacity = rate * BURST_SECONDS;
         let mut writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-        // Buckets refilled long ago are full again: forget them, so the map holds only the
-        // identities writing now.
+        // Buckets full again are forgotten, so the map holds only the identities writing now.
         if writes.len() > 10_000 {
-            writes
-                .retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() * rate < capacity);
+            writes.retain(|_, b| !b.full(now));
         }
-        let b = writes.entry(identity.to_owned()).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
-        let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate;
-        b.tokens = (b.tokens + refill).min(capacity);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        writes
+            .entry(identity.to_owned())
+            .or_insert_with(|| TokenBucket::new(rate, capacity, now))
+            .take(1.0, now)
     }
 
     /// Streams and watchers `identity` holds.

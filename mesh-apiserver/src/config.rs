@@ -260,6 +260,14 @@ pub struct Flags {
     #[arg(long, help_heading = "Remote clusters", default_value_t = 256)]
     pub remote_max_mib: u64,
 
+    /// Most bytes one remote's changes may write here per minute, in MiB, with a burst of
+    /// --remote-max-mib (a first list of a remote at its limit). Every change is a new version
+    /// kept in memory until compaction, so a remote rewriting its records would otherwise grow
+    /// every member; past it the remote is paused and reported (status, meshctl status,
+    /// raftmesh_remote_paused_total), and resumes where it was.
+    #[arg(long, help_heading = "Remote clusters", default_value_t = 32)]
+    pub remote_write_mib_per_minute: u64,
+
     /// Serve the agent bootstrap at these https:// URLs (comma-separated): agents without a
     /// certificate send a ServiceAccount token bound to their pod and get an `agent`
     /// certificate named after their node (the token is checked with a TokenReview; needs
@@ -407,6 +415,8 @@ pub struct MirrorSettings {
     pub max_keys: u64,
     /// `--remote-max-mib`, in bytes.
     pub max_bytes: u64,
+    /// `--remote-write-mib-per-minute`, in bytes.
+    pub write_bytes_per_minute: u64,
 }
 
 /// A validated configuration: everything [`crate::run`] needs besides the sockets.
@@ -485,9 +495,12 @@ impl Config {
         let publisher = publisher(flags)?;
         let disconnect_grace = parse_duration(&flags.disconnect_grace, 1.0)
             .map_err(|r| invalid("--disconnect-grace", &flags.disconnect_grace, r))?;
-        if flags.remote_max_keys == 0 || flags.remote_max_mib == 0 {
+        if flags.remote_max_keys == 0
+            || flags.remote_max_mib == 0
+            || flags.remote_write_mib_per_minute == 0
+        {
             return Err(ConfigError::Combination(
-                "--remote-max-keys and --remote-max-mib must be > 0",
+                "--remote-max-keys, --remote-max-mib and --remote-write-mib-per-minute must be > 0",
             ));
         }
         let member = kvstore::server::Config {
@@ -537,6 +550,7 @@ impl Config {
                 disconnect_grace,
                 max_keys: flags.remote_max_keys,
                 max_bytes: flags.remote_max_mib.saturating_mul(1 << 20),
+                write_bytes_per_minute: flags.remote_write_mib_per_minute.saturating_mul(1 << 20),
             },
             local_tls,
         })

@@ -85,6 +85,9 @@ pub struct RemoteState {
     pub bytes: AtomicU64,
     /// When the remote client certificate expires, Unix ms.
     pub cert_not_after_ms: AtomicI64,
+    /// What the remote's changes may still write (`--remote-write-mib-per-minute`), across
+    /// its sessions; made at the first write.
+    pub write_allowance: Mutex<Option<kvstore::per_identity::TokenBucket>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -105,6 +108,7 @@ pub struct MirrorMetrics {
     resyncs: Family<ClusterLabels, Counter>,
     resync_writes: Family<ClusterLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
+    paused: Family<ClusterLabels, Counter>,
 }
 
 impl MirrorMetrics {
@@ -117,6 +121,11 @@ impl MirrorMetrics {
     /// Txns written for `cluster`.
     pub fn writes(&self, cluster: &str) -> Counter {
         self.writes.get_or_create(&Self::labels(cluster)).clone()
+    }
+
+    /// Times `cluster` was paused for writing faster than its rate.
+    pub fn paused(&self, cluster: &str) -> Counter {
+        self.paused.get_or_create(&Self::labels(cluster)).clone()
     }
 
     /// Re-lists of `cluster`.
@@ -249,6 +258,11 @@ impl Mirror {
             "remote_resync_writes",
             "Keys written or deleted by re-lists",
             m.resync_writes.clone(),
+        );
+        registry.register(
+            "remote_paused",
+            "Times a remote cluster was paused for writing faster than --remote-write-mib-per-minute",
+            m.paused.clone(),
         );
         registry.register(
             "remote_rejected_records",
@@ -619,6 +633,10 @@ impl RemoteTask {
                 Err(e @ SessionError::OverBudget { .. }) => {
                     tracing::error!(cluster, error = %e, "not mirrored");
                     LONG_PAUSE
+                }
+                Err(SessionError::OverRate { wait, .. }) => {
+                    // Logged by the session; back once the allowance has refilled.
+                    wait.clamp(BACKOFF.1, LONG_PAUSE)
                 }
                 Err(e) => {
                     tracing::warn!(cluster, error = %e, retry_in = ?backoff, "mirror interrupted");

@@ -27,6 +27,7 @@ async fn a_second_mirror_with_a_stale_view_is_refused() {
         disconnect_grace: std::time::Duration::from_secs(1),
         max_keys: 10,
         max_bytes: 1 << 20,
+        write_bytes_per_minute: 1 << 20,
     };
     let (state, metrics) = (RemoteState::default(), MirrorMetrics::default());
     let load = async || {

@@ -99,6 +99,17 @@ pub enum SessionError {
         /// `--remote-max-mib` in bytes.
         max_bytes: u64,
     },
+    /// The remote's changes write faster than this cluster allows one remote: paused until
+    /// the allowance has refilled, then resumed where it was.
+    #[error(
+        "over budget: the remote's changes write more than {per_minute_mib} MiB a minute here; paused for {wait:?} (its position is kept)"
+    )]
+    OverRate {
+        /// `--remote-write-mib-per-minute`.
+        per_minute_mib: u64,
+        /// Until the next batch fits.
+        wait: Duration,
+    },
     /// The term ended.
     #[error("stopped")]
     Stopped,
@@ -367,7 +378,10 @@ impl<'a> Session<'a> {
         status.schema = SCHEMA;
         status.connected = false;
         status.error = error.to_string();
-        status.over_budget = matches!(error, SessionError::OverBudget { .. });
+        status.over_budget = matches!(
+            error,
+            SessionError::OverBudget { .. } | SessionError::OverRate { .. }
+        );
         status.removed_at_ms = 0;
         status.current_at_ms = self.status.current_at_ms;
         status.endpoint = std::mem::take(&mut self.status.endpoint);
@@ -715,6 +729,7 @@ impl<'a> Session<'a> {
         if budget {
             self.check_budget(keys, bytes)?;
         }
+        self.charge(&ops)?;
         let mut txn_ops: Vec<TxnOp> = ops
             .iter()
             .map(|(k, v)| match v {
@@ -746,6 +761,40 @@ impl<'a> Session<'a> {
         self.count_index();
         self.metrics.writes(self.cluster).inc();
         Ok(())
+    }
+
+    /// Takes what `ops` write (keys, values and the version overhead of each) from the
+    /// remote's write allowance, or pauses the remote.
+    fn charge(&mut self, ops: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<(), SessionError> {
+        /// What a version costs the store besides its key and value (`kvstore::mvcc`).
+        const VERSION_COST: usize = 64;
+        let cost: usize = ops
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + VERSION_COST)
+            .sum();
+        let now = std::time::Instant::now();
+        let per_minute = self.settings.write_bytes_per_minute;
+        let rate = per_minute as f64 / 60.0;
+        let mut allowance = self
+            .state
+            .write_allowance
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bucket = allowance.get_or_insert_with(|| {
+            kvstore::per_identity::TokenBucket::new(rate, self.settings.max_bytes as f64, now)
+        });
+        if bucket.take(cost as f64, now) {
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64(bucket.wait_for(cost as f64));
+        drop(allowance);
+        self.metrics.paused(self.cluster).inc();
+        let e = SessionError::OverRate {
+            per_minute_mib: per_minute >> 20,
+            wait,
+        };
+        tracing::warn!(cluster = self.cluster, "{e}");
+        Err(e)
     }
 
     /// Writes the status alone: at once if something people act on changed (`force`, the

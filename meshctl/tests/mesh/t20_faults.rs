@@ -488,3 +488,80 @@ async fn a_remote_over_budget_is_not_mirrored_and_says_so() {
     )
     .await;
 }
+
+/// Finding 1 of the trust review: a remote rewriting its records faster than this cluster
+/// allows one remote is paused and reported, its writes here stay within the allowance, and
+/// it resumes where it was, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_rewriting_too_fast_is_paused_and_resumes() {
+    let mut mesh = Mesh::new();
+    let mut apps = ClusterSpec::new("apps", 1, "10.1.0.0/16");
+    apps.members = 1;
+    // A burst of 1 MiB, then 200 KiB a second.
+    apps.extra = vec![
+        "--remote-max-mib",
+        "1",
+        "--remote-write-mib-per-minute",
+        "12",
+    ];
+    mesh.start(apps).await;
+    let mut infra = ClusterSpec::new("infra", 2, "10.2.0.0/16");
+    infra.members = 1;
+    mesh.start(infra).await;
+    mesh.meshctl_ok(&[
+        "connect",
+        "--context",
+        "apps",
+        "--destination",
+        "infra",
+        "--wait",
+    ]);
+    let apps = &mesh.get("apps").cluster;
+    let before = metric_sum(apps, "raftmesh_mvcc_bytes").await.unwrap();
+    assert!(before > 0.0, "the store reports its bytes");
+    // 3 MiB of rewrites of one identity record, 48 KiB each (under the 64 KiB an identity
+    // may have), as fast as infra takes them.
+    let mut infra_client = mesh.get("infra").cluster.client().await.unwrap();
+    let key = "mesh/v1/infra/identities/131372";
+    let started = tokio::time::Instant::now();
+    let mut last = Vec::new();
+    for i in 0..64 {
+        last = mesh_api::Record::Identity(mesh_api::records::IdentityRecord {
+            schema: mesh_api::SCHEMA,
+            labels: vec![format!("app={i}-{}", "x".repeat(48 << 10))],
+        })
+        .encode();
+        infra_client.put(key, last.clone(), None).await.unwrap();
+    }
+    let s = eventually("apps pauses infra", PATIENCE, async || {
+        let (s, _) = status(apps, "infra").await?;
+        ensure!(s.over_budget, "{s:?}");
+        Ok(s)
+    })
+    .await;
+    assert!(s.error.contains("12 MiB a minute"), "{s:?}");
+    assert!(
+        metric_sum(apps, "raftmesh_remote_paused_total{cluster=\"infra\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    // What infra's churn grew here is at most the burst and the rate since it started.
+    let grown = metric_sum(apps, "raftmesh_mvcc_bytes").await.unwrap() - before;
+    let allowed = f64::from(1 << 20) + started.elapsed().as_secs_f64() * (12 << 20) as f64 / 60.0;
+    assert!(grown <= allowed, "grew {grown} bytes, allowed {allowed}");
+    // Then it resumes where it was: the last value arrives, nothing is lost.
+    let got = converged(
+        &mesh.get("infra").cluster,
+        &mesh.get("apps").cluster,
+        "infra",
+    )
+    .await;
+    assert_eq!(got.get(key), Some(&last));
+    eventually("apps reports infra connected again", PATIENCE, async || {
+        let (s, _) = status(apps, "infra").await?;
+        ensure!(s.connected && !s.over_budget, "{s:?}");
+        Ok(())
+    })
+    .await;
+}
