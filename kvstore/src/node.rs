@@ -101,6 +101,19 @@ pub struct Node {
     settings: NodeSettings,
 }
 
+/// What auto-compaction keeps while the store holds more than half its quota: the revisions
+/// of this last while.
+pub const PRESSURE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Whether `bytes` (keys and values with their history) are past half of `quota`: sustained
+/// churn, each write a new version, is then compacted at once instead of being kept for the
+/// whole retention, so it meets the quota (and NOSPACE, which stops every writer) only if the
+/// live data itself does. Watchers further behind than what is kept are canceled with
+/// `compact_revision` and list again, as with etcd.
+pub fn history_pressure(bytes: u64, quota: u64) -> bool {
+    bytes > quota / 2
+}
+
 /// Keeps `since` at the term this member leads in and when it began to, `None` while it
 /// follows.
 async fn track_leadership(
@@ -705,33 +718,74 @@ impl Node {
         }
     }
 
-    /// While this member leads, compacts the history so that `retention` revisions are kept.
+    /// While this member leads, compacts the history so that `retention` revisions are kept,
+    /// or only those of the last [`PRESSURE_WINDOW`] while the store holds more than half its
+    /// quota ([`history_pressure`]).
     pub async fn compact_by_revision(
         &self,
         retention: i64,
         every: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(every);
+        // The pressure is looked at every second (a read of two counters); the retention
+        // every `every`.
+        let mut tick = tokio::time::interval(every.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_regular = Instant::now();
+        // The revision at each tick of the last window.
+        let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            let (rev, compacted, bytes) = {
+                let d = self.shared.read();
+                (d.mvcc.revision(), d.mvcc.compacted(), d.mvcc.bytes())
+            };
+            let now = Instant::now();
+            samples.push_back((now, rev));
+            // The newest sample at least a window old stays at the front.
+            while samples
+                .get(1)
+                .is_some_and(|(at, _)| now.duration_since(*at) >= PRESSURE_WINDOW)
+            {
+                samples.pop_front();
+            }
             if self.leading_term().is_none() {
                 continue;
             }
-            let (rev, compacted) = {
-                let d = self.shared.read();
-                (d.mvcc.revision(), d.mvcc.compacted())
-            };
-            let target = rev - retention;
-            if target > compacted.max(1) {
+            let quota = self.settings.store_limits.quota_bytes;
+            let pressure = history_pressure(bytes, quota);
+            let regular = last_regular.elapsed() >= every;
+            if !pressure && !regular {
+                continue;
+            }
+            if regular {
+                last_regular = now;
+            }
+            let mut target = rev - retention;
+            if pressure
+                && let Some(&(at, window_start)) = samples.front()
+                && now.duration_since(at) >= PRESSURE_WINDOW
+            {
+                target = target.max(window_start);
+            }
+            if target <= compacted.max(1) {
+                continue;
+            }
+            if pressure {
+                tracing::warn!(
+                    revision = target,
+                    bytes,
+                    quota,
+                    "the store holds more than half its quota: compacting to what the last {PRESSURE_WINDOW:?} wrote"
+                );
+            } else {
                 tracing::info!(revision = target, "auto-compaction");
-                if let Err(e) = self.propose(Command::Compact { revision: target }).await {
-                    tracing::warn!(revision = target, error = %e, "auto-compaction failed");
-                }
+            }
+            if let Err(e) = self.propose(Command::Compact { revision: target }).await {
+                tracing::warn!(revision = target, error = %e, "auto-compaction failed");
             }
         }
     }
