@@ -2,8 +2,10 @@
 //! the other (`mesh/config/remotes/<other>`); the API servers' mirrors do the rest.
 //!
 //! Connect checks everything before it writes anything: both cluster records exist, names and
-//! ids differ, pod CIDRs do not overlap (also with every cluster either side already mirrors),
-//! and each context's CA is its cluster's. Each side then gets a `remote` certificate issued
+//! ids differ, no pod CIDR of one overlaps a pod or service CIDR of the other (or of any
+//! cluster either side already mirrors; service CIDRs may overlap each other, as the
+//! platforms' defaults do), no range lies in a special-purpose one (loopback, link-local,
+//! multicast, …), and each context's CA is its cluster's. Each side then gets a `remote` certificate issued
 //! by the *other* cluster's CA (a fresh key per connection) and that cluster's CA. A second
 //! run finds both records as they should be and writes nothing; `--renew` reissues the
 //! certificates. Writes are compare-guarded, so two admins connecting at once cannot
@@ -368,21 +370,31 @@ fn check_pair(
                     k.id
                 );
             }
-            for mine in other
-                .record
-                .pod_cidrs
-                .iter()
-                .filter_map(|c| c.parse::<Cidr>().ok())
-            {
-                for theirs in k.pod_cidrs.iter().filter_map(|c| c.parse::<Cidr>().ok()) {
+            for (mine, what) in ranges(&other.record) {
+                for (theirs, their_what) in ranges(k) {
+                    // Two service ranges may overlap (kubeadm, Talos and EKS share defaults):
+                    // a service is reached through its own cluster's addresses only.
+                    if what == "service" && their_what == "service" {
+                        continue;
+                    }
                     if mine.overlaps(&theirs) {
                         bail!(
-                            "pod CIDRs overlap: {mine} of {} and {theirs} of {}",
+                            "CIDRs overlap: {what} CIDR {mine} of {} and {their_what} CIDR {theirs} of {}",
                             other.cluster,
                             k.name
                         );
                     }
                 }
+            }
+        }
+    }
+    for side in [a, b] {
+        for (mine, what) in ranges(&side.record) {
+            if let Some(special) = mesh_api::cidr::special_overlap(&mine) {
+                bail!(
+                    "{what} CIDR {mine} of {} overlaps the {special} range: no cluster's addresses may lie there",
+                    side.cluster
+                );
             }
         }
     }
@@ -395,6 +407,15 @@ fn check_pair(
         }
     }
     Ok(())
+}
+
+/// A cluster record's pod and service CIDRs, each with what it is.
+fn ranges(record: &ClusterRecord) -> Vec<(Cidr, &'static str)> {
+    let pods = record.pod_cidrs.iter().map(|c| (c, "pod"));
+    let services = record.service_cidrs.iter().map(|c| (c, "service"));
+    pods.chain(services)
+        .filter_map(|(c, what)| Some((c.parse::<Cidr>().ok()?, what)))
+        .collect()
 }
 
 /// The first 12 hex digits of a fingerprint.

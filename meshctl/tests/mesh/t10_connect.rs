@@ -174,7 +174,27 @@ async fn three_clusters_mirror_each_other_exactly() {
         &mut mesh,
         "apps",
         wide,
-        "pod CIDRs overlap: 10.0.0.0/8 of wide",
+        "CIDRs overlap: pod CIDR 10.0.0.0/8 of wide and pod CIDR 10.1.0.0/16 of apps",
+    )
+    .await;
+    // A service range over apps' pods, and pods in the link-local range.
+    let mut svc = ClusterSpec::new("svc", 7, "10.7.0.0/16");
+    svc.members = 1;
+    svc.extra = vec!["--service-cidr", "10.1.0.0/20"];
+    refused(
+        &mut mesh,
+        "apps",
+        svc,
+        "CIDRs overlap: service CIDR 10.1.0.0/20 of svc and pod CIDR 10.1.0.0/16 of apps",
+    )
+    .await;
+    let mut local = ClusterSpec::new("local", 7, "169.254.0.0/16");
+    local.members = 1;
+    refused(
+        &mut mesh,
+        "apps",
+        local,
+        "pod CIDR 169.254.0.0/16 of local overlaps the link-local range",
     )
     .await;
 
