@@ -9,6 +9,9 @@ pub mod pss;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
@@ -116,6 +119,10 @@ pub fn validate(object: &Value) -> Vec<String> {
         "RoleBinding" => round_trip::<RoleBinding>(object),
         "Job" => round_trip::<Job>(object),
         "CronJob" => round_trip::<CronJob>(object),
+        "ValidatingAdmissionPolicy" => round_trip::<ValidatingAdmissionPolicy>(object),
+        "ValidatingAdmissionPolicyBinding" => {
+            round_trip::<ValidatingAdmissionPolicyBinding>(object)
+        }
         "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(object),
         "ServiceMonitor" | "PodMonitor" => {
             round_trip::<monitoring::Monitor>(object).and_then(|v| {

@@ -606,6 +606,45 @@ fn the_pki_is_made_before_install_and_renewed_daily_with_minimal_rights() {
         let binding = object(&objects, "RoleBinding", &format!("r1-pki-{kind}"));
         assert_eq!(binding["subjects"][0]["name"], format!("r1-pki-{kind}"));
     }
+    // Creating Secrets cannot be limited by name in RBAC: an admission policy does, on
+    // clusters that serve it (Kubernetes 1.30+), and only there is it rendered.
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "ValidatingAdmissionPolicy")
+    );
+    let mut args = IDENTITY.to_vec();
+    args.extend([
+        "--api-versions",
+        "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
+    ]);
+    let with_policy = render(&args).unwrap();
+    let policy = object(
+        &with_policy,
+        "ValidatingAdmissionPolicy",
+        "r1-mesh-pki-secrets",
+    );
+    assert!(validate(policy).is_empty(), "{:?}", validate(policy));
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username in ['system:serviceaccount:mesh:r1-pki-hook', 'system:serviceaccount:mesh:r1-pki-renew']"
+    );
+    assert_eq!(
+        policy["spec"]["validations"][0]["expression"],
+        "object.kind == 'Secret' ? object.metadata.name in ['r1-ca', 'r1-apiserver-tls', 'r1-admin-tls'] : object.metadata.name == 'r1-ca'"
+    );
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"],
+        json!(["CREATE"])
+    );
+    let binding = object(
+        &with_policy,
+        "ValidatingAdmissionPolicyBinding",
+        "r1-mesh-pki-secrets",
+    );
+    assert!(validate(binding).is_empty(), "{:?}", validate(binding));
+    assert_eq!(binding["spec"]["policyName"], "r1-mesh-pki-secrets");
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
     // The hook's own account and rights exist before the Job runs.
     let sa = object(&objects, "ServiceAccount", "r1-pki-hook");
     assert_eq!(sa["metadata"]["annotations"]["helm.sh/hook-weight"], "-10");
