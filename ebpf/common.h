@@ -22,7 +22,10 @@ enum pol_counter {
 	POL_DENIED = 1,           /* dropped: no rule allows the source identity */
 	POL_UNKNOWN_IDENTITY = 2, /* dropped: the source IP has no identity */
 	POL_REPLY = 3,            /* passed: reply to a flow the endpoint started */
-	POL_COUNTERS = 4,
+	POL_IPV6_DENIED = 4,      /* dropped: IPv6 to an enforced (or awaiting) pod */
+	POL_SPOOFED = 5,          /* dropped: a pod sent from an address not its own */
+	POL_AWAITING = 6,         /* dropped: to a pod whose identity is not known yet */
+	POL_COUNTERS = 7,
 };
 
 static __always_inline void count(void *map, __u32 slot)

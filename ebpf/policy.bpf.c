@@ -13,7 +13,20 @@
  * the header; an IPv4 packet whose transport header cannot be read is dropped.
  *
  * pol_from_pod (tcx ingress of the same veth: packets leaving the pod) records the UDP and
- * ICMP echo flows an enforced endpoint starts, in an LRU map.
+ * ICMP echo flows an enforced endpoint starts, in pol_pod_flows: FLOW_SLOTS slots per pod
+ * interface, keyed by the interface and the flow's hash, so one pod can fill or flush only its
+ * own slots, and a reply is looked up in the slots of the interface it is delivered to — a pod
+ * that forges another pod's address records nothing for that pod. A flow seen longer than
+ * FLOW_TIMEOUT ago passes no reply. Where the agent knows the pod's address (a /32 route to
+ * the interface: Cilium, the VPC CNI, Calico), packets from any other source are dropped.
+ *
+ * pol_ifaces (written by the agent for every interface it attaches to) says what is behind
+ * each interface: the pod's identity (from the agent, or learned from the IPv4 packets
+ * delivered to it), its address and whether a pod whose identity is not known yet is
+ * default-denied (--enforce-unknown-pods): such a pod takes only this node's host (kubelet
+ * probes) and replies to what it started, until its address reaches the ipcache. IPv6 —
+ * which no rule can name — to a pod that is enforced (or awaiting its identity) is dropped,
+ * decided by the interface it arrives on.
  *
  * Every decision on a new flow is also counted by (endpoint, source identity, verdict) in
  * pol_verdicts, so an operator (and the tests) can see which identity a packet was judged as:
@@ -58,8 +71,9 @@ struct ipcache_key {
 struct ipcache_value {
 	__u32 identity;
 	__u16 cluster_id;
-	__u16 flags; /* for people: see IPCACHE_* in maps.rs */
+	__u16 flags; /* see ipcache_flags in maps.rs */
 };
+#define IPCACHE_POD 1
 
 struct policy_key {
 	__u32 endpoint;
@@ -102,12 +116,46 @@ struct {
 	__type(value, __u32);
 } pol_rules SEC(".maps");
 
+/* Flow slots per pod interface, and how long a flow's replies pass after its last packet
+ * (nf_conntrack's UDP stream timeout). */
+#define FLOW_SLOTS 1024
+#define FLOW_TIMEOUT_NS (120ULL * 1000000000ULL)
+
+struct pod_flow_key {
+	__u32 ifindex;
+	__u32 slot;
+};
+
+struct pod_flow_value {
+	struct flow_key flow;
+	__u64 seen; /* bpf_ktime_get_ns of its last packet from the pod */
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 262144); /* 256 pods' worth of slots */
+	__type(key, struct pod_flow_key);
+	__type(value, struct pod_flow_value);
+} pol_pod_flows SEC(".maps");
+
+/* What is behind a pod interface (key: its ifindex). */
+#define IFACE_DENY_UNKNOWN 1 /* --enforce-unknown-pods */
+
+struct iface_value {
+	__u32 identity; /* the pod's, 0 while unknown */
+	__u32 flags;
+	__u32 pod_ip; /* network order; 0 when the agent does not know it */
+	__u32 host;   /* this node's host identity */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
-	__type(key, struct flow_key);
-	__type(value, __u64);
-} pol_flows SEC(".maps");
+	__type(key, __u32);
+	__type(value, struct iface_value);
+} pol_ifaces SEC(".maps");
 
 /* The verdicts of pol_verdicts (its key's third field). */
 #define VERDICT_ALLOWED 0
@@ -127,12 +175,14 @@ struct {
 	__type(value, __u64);
 } pol_verdicts SEC(".maps");
 
+/* The policy counters (enum pol_counter). Named pol_stats since they grew from 4 slots: a
+ * pinned map keeps the size it was made with. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, POL_COUNTERS);
 	__type(key, __u32);
 	__type(value, __u64);
-} pol_counters SEC(".maps");
+} pol_stats SEC(".maps");
 
 struct packet {
 	__u32 saddr, daddr;
@@ -208,6 +258,38 @@ static __always_inline struct flow_key flow_of(__u32 pod_ip, __u16 pod_port, __u
 	return flow;
 }
 
+/* The slot of `flow` among its pod's FLOW_SLOTS. */
+static __always_inline struct pod_flow_key slot_of(__u32 ifindex, const struct flow_key *flow)
+{
+	__u32 h = flow->peer_ip ^ ((__u32)flow->peer_port << 16 | flow->pod_port) ^
+		  ((__u32)flow->proto << 24);
+	h *= 0x9e3779b1;
+	struct pod_flow_key key = { .ifindex = ifindex, .slot = (h >> 22) & (FLOW_SLOTS - 1) };
+	return key;
+}
+
+static __always_inline int same_flow(const struct flow_key *a, const struct flow_key *b)
+{
+	return a->pod_ip == b->pod_ip && a->peer_ip == b->peer_ip && a->pod_port == b->pod_port &&
+	       a->peer_port == b->peer_port && a->proto == b->proto;
+}
+
+/* Whether the pod behind `pod` is guarded: enforced, or of unknown identity and default-denied. */
+static __always_inline int guarded(const struct iface_value *pod)
+{
+	if (pod->identity == 0)
+		return pod->flags & IFACE_DENY_UNKNOWN;
+	__u32 id = pod->identity;
+	return bpf_map_lookup_elem(&pol_enforced, &id) != 0;
+}
+
+/* Unicast IPv4 (not multicast, not the limited broadcast). */
+static __always_inline int unicast(__u32 ip)
+{
+	__u8 first = ip & 0xff; /* network order: the first octet is the low byte */
+	return first < 224;
+}
+
 static __always_inline struct ipcache_value *identity_of(__u32 ip)
 {
 	struct ipcache_key key = { .prefixlen = 32, .ip = ip };
@@ -245,18 +327,35 @@ static __always_inline int allowed(__u32 endpoint, __u32 peer, __u16 port, __u8 
 SEC("classifier")
 int pol_to_pod(struct __sk_buff *skb)
 {
+	__u32 ifindex = skb->ifindex;
+	struct iface_value *pod = bpf_map_lookup_elem(&pol_ifaces, &ifindex);
 	struct packet p;
 	int parsed = parse(skb, &p);
-	if (parsed == NOT_IPV4)
+	if (parsed == NOT_IPV4) {
+		if (skb->protocol == BE16(ETH_P_IPV6) && pod && guarded(pod)) {
+			count(&pol_stats, POL_IPV6_DENIED);
+			return TC_ACT_SHOT;
+		}
 		return TCX_NEXT;
+	}
 	struct ipcache_value *dst = identity_of(p.daddr);
-	if (!dst)
+	__u32 endpoint = 0;
+	int awaiting = 0;
+	if (dst) {
+		endpoint = dst->identity;
+		/* What lives behind this interface, learned from what is delivered to it. */
+		if (pod && (dst->flags & IPCACHE_POD) && pod->identity != endpoint &&
+		    unicast(p.daddr))
+			pod->identity = endpoint;
+		if (!bpf_map_lookup_elem(&pol_enforced, &endpoint))
+			return TCX_NEXT; /* no policy selects it: allowed, as in Kubernetes */
+	} else if (pod && (pod->flags & IFACE_DENY_UNKNOWN) && unicast(p.daddr)) {
+		awaiting = 1; /* a pod whose identity is not known yet */
+	} else {
 		return TCX_NEXT;
-	__u32 endpoint = dst->identity;
-	if (!bpf_map_lookup_elem(&pol_enforced, &endpoint))
-		return TCX_NEXT; /* no policy selects it: allowed, as in Kubernetes */
+	}
 	if (parsed == MALFORMED) {
-		count(&pol_counters, POL_DENIED);
+		count(&pol_stats, POL_DENIED);
 		return TC_ACT_SHOT;
 	}
 	if (p.later_fragment) {
@@ -264,7 +363,7 @@ int pol_to_pod(struct __sk_buff *skb)
 		 * TCP fragment overlapping the header (RFC 1858) could rewrite the flags the
 		 * decision was made on: dropped. */
 		if (p.proto == IPPROTO_TCP && p.frag_offset < 3) {
-			count(&pol_counters, POL_DENIED);
+			count(&pol_stats, POL_DENIED);
 			return TC_ACT_SHOT;
 		}
 		return TCX_NEXT;
@@ -275,29 +374,42 @@ int pol_to_pod(struct __sk_buff *skb)
 	    (p.icmp_type == ICMP_DEST_UNREACH || p.icmp_type == ICMP_TIME_EXCEEDED ||
 	     p.icmp_type == ICMP_PARAMETERPROB)) {
 		/* Errors about the endpoint's own traffic (path MTU discovery needs them). */
-		count(&pol_counters, POL_REPLY);
+		count(&pol_stats, POL_REPLY);
 		return TCX_NEXT;
 	}
 	if (p.proto == IPPROTO_UDP || (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHOREPLY)) {
 		struct flow_key flow = flow_of(p.daddr, p.dport, p.saddr, p.sport, p.proto);
-		if (bpf_map_lookup_elem(&pol_flows, &flow)) {
-			count(&pol_counters, POL_REPLY);
+		struct pod_flow_key slot = slot_of(ifindex, &flow);
+		struct pod_flow_value *seen = bpf_map_lookup_elem(&pol_pod_flows, &slot);
+		if (seen && same_flow(&seen->flow, &flow) &&
+		    bpf_ktime_get_ns() - seen->seen < FLOW_TIMEOUT_NS) {
+			count(&pol_stats, POL_REPLY);
 			return TCX_NEXT;
 		}
 	}
 	struct ipcache_value *src = identity_of(p.saddr);
 	if (!src) {
-		count(&pol_counters, POL_UNKNOWN_IDENTITY);
+		count(&pol_stats, POL_UNKNOWN_IDENTITY);
 		record(endpoint, 0, VERDICT_UNKNOWN);
+		return TC_ACT_SHOT;
+	}
+	if (awaiting) {
+		/* This node's host only (kubelet probes), until the pod's identity is known. */
+		if (src->identity == pod->host) {
+			count(&pol_stats, POL_ALLOWED);
+			return TCX_NEXT;
+		}
+		count(&pol_stats, POL_AWAITING);
+		record(0, src->identity, VERDICT_DENIED);
 		return TC_ACT_SHOT;
 	}
 	__u16 port = p.proto == IPPROTO_ICMP ? 0 : p.dport;
 	if (!allowed(endpoint, src->identity, port, p.proto)) {
-		count(&pol_counters, POL_DENIED);
+		count(&pol_stats, POL_DENIED);
 		record(endpoint, src->identity, VERDICT_DENIED);
 		return TC_ACT_SHOT;
 	}
-	count(&pol_counters, POL_ALLOWED);
+	count(&pol_stats, POL_ALLOWED);
 	record(endpoint, src->identity, VERDICT_ALLOWED);
 	return TCX_NEXT;
 }
@@ -305,21 +417,35 @@ int pol_to_pod(struct __sk_buff *skb)
 SEC("classifier")
 int pol_from_pod(struct __sk_buff *skb)
 {
+	__u32 ifindex = skb->ifindex;
+	struct iface_value *pod = bpf_map_lookup_elem(&pol_ifaces, &ifindex);
 	struct packet p;
-	if (parse(skb, &p) != 0 || p.later_fragment)
+	int parsed = parse(skb, &p);
+	if (parsed == NOT_IPV4)
+		return TCX_NEXT;
+	if (pod && pod->pod_ip && p.saddr != pod->pod_ip) {
+		count(&pol_stats, POL_SPOOFED);
+		return TC_ACT_SHOT;
+	}
+	if (parsed != 0 || !pod || p.later_fragment)
 		return TCX_NEXT;
 	/* Only UDP and ICMP echo need their replies let in: TCP is judged on the SYN. */
 	if (!(p.proto == IPPROTO_UDP || (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO)))
 		return TCX_NEXT;
 	struct ipcache_value *src = identity_of(p.saddr);
-	if (!src)
+	if (src) {
+		__u32 endpoint = src->identity;
+		if (!bpf_map_lookup_elem(&pol_enforced, &endpoint))
+			return TCX_NEXT;
+	} else if (!(pod->flags & IFACE_DENY_UNKNOWN)) {
 		return TCX_NEXT;
-	__u32 endpoint = src->identity;
-	if (!bpf_map_lookup_elem(&pol_enforced, &endpoint))
-		return TCX_NEXT;
-	struct flow_key flow = flow_of(p.saddr, p.sport, p.daddr, p.dport, p.proto);
-	__u64 now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&pol_flows, &flow, &now, BPF_ANY);
+	}
+	struct pod_flow_value seen = {
+		.flow = flow_of(p.saddr, p.sport, p.daddr, p.dport, p.proto),
+		.seen = bpf_ktime_get_ns(),
+	};
+	struct pod_flow_key slot = slot_of(ifindex, &seen.flow);
+	bpf_map_update_elem(&pol_pod_flows, &slot, &seen, BPF_ANY);
 	return TCX_NEXT;
 }
 

@@ -711,32 +711,99 @@ impl Agent<'_> {
             tracing::info!(interface = %gone, "interface gone: its links unpinned");
         }
         self.metrics.interfaces.set(self.interfaces.len() as i64);
-        self.check_enforcement(&links);
+        let routes = match podnet::main_routes() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("listing routes: {e}");
+                None
+            }
+        };
+        self.sync_ifaces(routes.as_deref());
+        self.check_enforcement(&links, routes.as_deref());
         self.report_health();
         Ok(())
     }
 
     /// Finds this node's pod addresses (from the store) that no interface with the policy
     /// programs leads to.
-    fn check_enforcement(&mut self, links: &[podnet::Link]) {
+    fn check_enforcement(&mut self, links: &[podnet::Link], routes: Option<&[podnet::Route]>) {
         let pods = self.local_pods();
         let unenforced = if pods.is_empty() {
             BTreeMap::new()
         } else {
-            match podnet::main_routes() {
-                Ok(routes) => {
-                    let enforcing: BTreeSet<u32> =
-                        self.interfaces.iter().map(|(_, i)| *i).collect();
-                    podnet::unenforced(&pods, &routes, links, &enforcing)
-                }
-                Err(e) => {
-                    tracing::warn!("listing routes: {e}");
-                    return;
-                }
-            }
+            let Some(routes) = routes else {
+                return;
+            };
+            let enforcing: BTreeSet<u32> = self.interfaces.iter().map(|(_, i)| *i).collect();
+            podnet::unenforced(&pods, routes, links, &enforcing)
         };
         self.metrics.pods_unenforced.set(unenforced.len() as i64);
         self.unenforced = unenforced;
+    }
+
+    /// Writes what is behind each interface with the policy programs (`pol_ifaces`): the pod's
+    /// address where a /32 route leads to the interface, its identity from the store (else
+    /// what the program learned from the packets delivered to it), `--enforce-unknown-pods`
+    /// and this node's host identity. Entries of other interfaces go, with their flow slots.
+    fn sync_ifaces(&mut self, routes: Option<&[podnet::Route]>) {
+        let have = match self.kernel.ifaces() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("reading the pod interfaces' map: {e}");
+                return;
+            }
+        };
+        let host = self
+            .state
+            .clusters
+            .get(&self.local.cluster)
+            .and_then(|c| c.id)
+            .map_or(0, |id| {
+                mesh_api::identity::identity(id, mesh_api::identity::HOST)
+            });
+        let flags = if self.config.enforce_unknown_pods {
+            crate::maps::iface_flags::DENY_UNKNOWN
+        } else {
+            0
+        };
+        let mut awaiting = 0;
+        for (_, index) in &self.interfaces {
+            let pod_ip = routes
+                .into_iter()
+                .flatten()
+                .find(|r| r.dst.1 == 32 && r.oif == Some(*index) && !r.via_gateway)
+                .map(|r| r.dst.0);
+            let known = pod_ip
+                .and_then(|ip| desired::ipcache_entry(&self.state, &self.local, ip))
+                .filter(|i| i.flags & crate::maps::ipcache_flags::POD != 0)
+                .map(|i| i.identity);
+            let old = have.get(index);
+            let want = crate::maps::Iface {
+                identity: known.or(old.map(|o| o.identity)).unwrap_or(0),
+                flags,
+                pod_ip: pod_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                // Before the first list the host identity is not known: keep the last.
+                host: if host == 0 {
+                    old.map_or(0, |o| o.host)
+                } else {
+                    host
+                },
+            };
+            awaiting += usize::from(want.identity == 0);
+            if old != Some(&want)
+                && let Err(e) = self.kernel.set_iface(*index, &want)
+            {
+                tracing::warn!(ifindex = index, "writing the pod interfaces' map: {e}");
+                self.metrics.map_errors.inc();
+            }
+        }
+        let attached: BTreeSet<u32> = self.interfaces.iter().map(|(_, i)| *i).collect();
+        for gone in have.keys().filter(|i| !attached.contains(i)) {
+            if let Err(e) = self.kernel.remove_iface(*gone) {
+                tracing::warn!(ifindex = gone, "removing a pod interface's entry: {e}");
+            }
+        }
+        self.metrics.pods_awaiting_identity.set(awaiting as i64);
     }
 
     /// This node's pod addresses, by the store: this cluster's ipcache entries placed on one of

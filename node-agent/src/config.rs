@@ -80,6 +80,12 @@ pub struct Flags {
     /// alone).
     #[arg(long, value_enum, default_value_t = PodInterfaces::Discover)]
     pub pod_interfaces: PodInterfaces,
+    /// Deny traffic to a pod whose identity is not known yet (its address has not reached the
+    /// ipcache: a new pod, a publisher that is down, a full map) except from this node
+    /// (kubelet probes) and replies to what the pod started; `false` lets it accept
+    /// everything until then, as an unselected pod does.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub enforce_unknown_pods: bool,
     /// How the policy programs attach to pod interfaces: `tcx` (Linux 6.6+: BPF links, pinned),
     /// `tc` (a clsact qdisc and direct-action filters at a fixed priority and handle, for older
     /// kernels such as EKS AL2023's 6.1), or `auto` (tcx where the kernel has it, else tc).
@@ -216,6 +222,8 @@ pub struct Config {
     pub pod_interface_prefixes: Vec<String>,
     /// `--pod-interfaces discover`: pod veths are found by what they are.
     pub discover_pod_interfaces: bool,
+    /// `--enforce-unknown-pods`.
+    pub enforce_unknown_pods: bool,
     /// `--policy-attach`, resolved against this kernel.
     pub attach: AttachMode,
     /// WireGuard, unless `--wg-backend none`.
@@ -402,6 +410,7 @@ impl Config {
             },
             pod_interface_prefixes: flags.pod_interface_prefix.clone(),
             discover_pod_interfaces: flags.pod_interfaces == PodInterfaces::Discover,
+            enforce_unknown_pods: flags.enforce_unknown_pods,
         })
     }
 }

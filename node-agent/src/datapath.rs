@@ -296,7 +296,9 @@ impl Pins {
             if dir.ends_with("links") {
                 CGROUP_PROGRAMS.contains(&file) || parse_tc_link_name(file).is_some()
             } else {
-                maps::LB_MAPS.contains(&file) || maps::POL_MAPS.contains(&file)
+                maps::LB_MAPS.contains(&file)
+                    || maps::POL_MAPS.contains(&file)
+                    || maps::RETIRED_MAPS.contains(&file)
             }
         };
         for dir in [self.links(), self.root.join("maps")] {
@@ -365,6 +367,17 @@ impl Programs {
         mode: AttachMode,
     ) -> Result<(Programs, KernelMaps, InstallReport)> {
         pins.create()?;
+        // Maps of earlier versions that nothing uses any more.
+        for name in maps::RETIRED_MAPS {
+            let path = pins.map(name);
+            if path.exists() {
+                fs::remove_file(&path).map_err(io("removing a retired map pin", &path))?;
+                tracing::info!(
+                    map = name,
+                    "removed the pin of a map this version no longer uses"
+                );
+            }
+        }
         let mut report = InstallReport::default();
         let mut lb = load("sock_lb", &SOCK_LB.bytes, &maps::LB_MAPS, pins)?;
         let mut pol = load("policy", &POLICY.bytes, &maps::POL_MAPS, pins)?;
@@ -733,6 +746,8 @@ pub struct KernelMaps {
     lb_counters: PerCpuArray<MapData, u64>,
     pol_counters: PerCpuArray<MapData, u64>,
     verdicts: PerCpuHashMap<MapData, [u8; 12], u64>,
+    ifaces: HashMap<MapData, u32, [u8; 16]>,
+    pod_flows: HashMap<MapData, [u8; 8], [u8; 24]>,
 }
 
 impl std::fmt::Debug for KernelMaps {
@@ -799,7 +814,45 @@ impl KernelMaps {
             verdicts: get(maps::POL_VERDICTS)?
                 .try_into()
                 .map_err(map_err(maps::POL_VERDICTS))?,
+            ifaces: get(maps::POL_IFACES)?
+                .try_into()
+                .map_err(map_err(maps::POL_IFACES))?,
+            pod_flows: get(maps::POL_POD_FLOWS)?
+                .try_into()
+                .map_err(map_err(maps::POL_POD_FLOWS))?,
         })
+    }
+
+    /// What is behind each pod interface, by ifindex.
+    pub fn ifaces(&self) -> Result<std::collections::BTreeMap<u32, maps::Iface>> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in self.ifaces.iter() {
+            let (k, v) = item.map_err(map_err(maps::POL_IFACES))?;
+            out.insert(k, maps::iface_of(&v));
+        }
+        Ok(out)
+    }
+
+    /// Sets what is behind pod interface `ifindex`.
+    pub fn set_iface(&mut self, ifindex: u32, iface: &maps::Iface) -> Result<()> {
+        self.ifaces
+            .insert(ifindex, maps::iface_value(iface), 0)
+            .map_err(map_err(maps::POL_IFACES))
+    }
+
+    /// Forgets pod interface `ifindex` (gone): its entry and its flow slots.
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        ignore_missing(self.ifaces.remove(&ifindex)).map_err(map_err(maps::POL_IFACES))?;
+        let slots: Vec<[u8; 8]> = self
+            .pod_flows
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) == ifindex)
+            .collect();
+        for k in slots {
+            ignore_missing(self.pod_flows.remove(&k)).map_err(map_err(maps::POL_POD_FLOWS))?;
+        }
+        Ok(())
     }
 
     /// The verdicts on new flows, summed over CPUs, most flows first.

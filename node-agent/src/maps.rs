@@ -32,24 +32,73 @@ pub const IPCACHE: &str = "ipcache";
 pub const POL_ENFORCED: &str = "pol_enforced";
 /// (endpoint identity, peer identity, port, protocol) allowed.
 pub const POL_RULES: &str = "pol_rules";
-/// Flows enforced endpoints started (UDP, ICMP echo), so their replies pass.
-pub const POL_FLOWS: &str = "pol_flows";
-/// Policy counters.
-pub const POL_COUNTERS: &str = "pol_counters";
+/// Flows enforced pods started (UDP, ICMP echo), so their replies pass: slots per pod
+/// interface.
+pub const POL_POD_FLOWS: &str = "pol_pod_flows";
+/// What is behind each pod interface ([`Iface`]), by ifindex.
+pub const POL_IFACES: &str = "pol_ifaces";
+/// Policy counters ([`POL_COUNTER_NAMES`]).
+pub const POL_COUNTERS: &str = "pol_stats";
 /// New flows judged, by (endpoint identity, source identity, verdict) (per-CPU LRU).
 pub const POL_VERDICTS: &str = "pol_verdicts";
 
 /// Maps of the socket load-balancing object.
 pub const LB_MAPS: [&str; 4] = [LB_SERVICES, LB_BACKENDS, LB_REVNAT, LB_COUNTERS];
 /// Maps of the policy object.
-pub const POL_MAPS: [&str; 6] = [
+pub const POL_MAPS: [&str; 7] = [
     IPCACHE,
     POL_ENFORCED,
     POL_RULES,
-    POL_FLOWS,
+    POL_POD_FLOWS,
+    POL_IFACES,
     POL_COUNTERS,
     POL_VERDICTS,
 ];
+
+/// Maps earlier versions pinned that this one no longer uses (a shared LRU of flows; the
+/// four policy counters): their pins are removed at start and by `--uninstall`.
+pub const RETIRED_MAPS: [&str; 2] = ["pol_flows", "pol_counters"];
+
+/// [`Iface`] flags.
+pub mod iface_flags {
+    /// `--enforce-unknown-pods`: a pod whose identity is unknown takes only this node's host.
+    pub const DENY_UNKNOWN: u32 = 1;
+}
+
+/// What is behind a pod interface (`struct iface_value`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Iface {
+    /// The pod's identity; 0 while unknown (the program learns it from what is delivered).
+    pub identity: u32,
+    /// [`iface_flags`].
+    pub flags: u32,
+    /// The pod's address when the agent knows it (a /32 route to the interface), else
+    /// unspecified: packets from the pod with another source are dropped.
+    pub pod_ip: Ipv4Addr,
+    /// This node's `host` identity (admitted to a pod whose identity is unknown).
+    pub host: u32,
+}
+
+/// `struct iface_value`.
+pub fn iface_value(i: &Iface) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[0..4].copy_from_slice(&i.identity.to_ne_bytes());
+    v[4..8].copy_from_slice(&i.flags.to_ne_bytes());
+    v[8..12].copy_from_slice(&i.pod_ip.octets());
+    v[12..16].copy_from_slice(&i.host.to_ne_bytes());
+    v
+}
+
+/// Decodes `struct iface_value`.
+pub fn iface_of(v: &[u8; 16]) -> Iface {
+    let word = |i: usize| u32::from_ne_bytes(v[i..i + 4].try_into().expect("4 bytes"));
+    Iface {
+        identity: word(0),
+        flags: word(4),
+        pod_ip: Ipv4Addr::new(v[8], v[9], v[10], v[11]),
+        host: word(12),
+    }
+}
 
 /// The verdicts of [`POL_VERDICTS`], by number.
 pub const VERDICT_NAMES: [&str; 3] = ["allowed", "denied", "unknown_identity"];
@@ -84,7 +133,24 @@ pub fn verdict_of(key: &[u8; 12], flows: u64) -> Verdict {
 /// Load-balancing counters, by slot (`enum lb_counter`).
 pub const LB_COUNTER_NAMES: [&str; 4] = ["redirected", "no_backend", "slot_missing", "reversed"];
 /// Policy counters, by slot (`enum pol_counter`).
-pub const POL_COUNTER_NAMES: [&str; 4] = ["allowed", "policy_denied", "unknown_identity", "reply"];
+pub const POL_COUNTER_NAMES: [&str; 7] = [
+    "allowed",
+    "policy_denied",
+    "unknown_identity",
+    "reply",
+    "ipv6_denied",
+    "spoofed",
+    "awaiting_identity",
+];
+
+/// The policy counters that count drops.
+pub const POL_DROPS: [&str; 5] = [
+    "policy_denied",
+    "unknown_identity",
+    "ipv6_denied",
+    "spoofed",
+    "awaiting_identity",
+];
 
 /// TCP.
 pub const PROTO_TCP: u8 = 6;

@@ -122,7 +122,7 @@ pub struct Metrics {
     pub enforced: Gauge,
     /// Policy rules.
     pub rules: Gauge,
-    /// Packets dropped by policy, by reason (`policy_denied`, `unknown_identity`).
+    /// Packets dropped by policy, by reason ([`crate::maps::POL_DROPS`]).
     pub drops: Family<Reason, Counter>,
     /// Socket load-balancing decisions (`redirected`, `no_backend`, …).
     pub lb: Family<Outcome, Counter>,
@@ -162,6 +162,8 @@ pub struct Metrics {
     pub wg_backend: Family<BackendLabel, Gauge>,
     /// Pod addresses of this node with no interface enforcing policy on them.
     pub pods_unenforced: Gauge,
+    /// Pod interfaces whose pod's identity is not known yet.
+    pub pods_awaiting_identity: Gauge,
     /// How the policy programs attach (1 for the mode in use).
     pub policy_attach: Family<ModeLabel, Gauge>,
     /// Failed attaches of the policy programs to pod interfaces (retried).
@@ -212,6 +214,7 @@ impl Metrics {
             wg_errors: Counter::default(),
             wg_backend: Family::default(),
             pods_unenforced: Gauge::default(),
+            pods_awaiting_identity: Gauge::default(),
             policy_attach: Family::default(),
             attach_errors: Counter::default(),
             masq_ok: Gauge::default(),
@@ -322,6 +325,11 @@ impl Metrics {
             m.wg_backend.clone(),
         );
         r.register(
+            "pods_awaiting_identity",
+            "Pod interfaces whose pod's identity is not known yet (denied but for this node with --enforce-unknown-pods)",
+            m.pods_awaiting_identity.clone(),
+        );
+        r.register(
             "pods_unenforced",
             "Pod addresses of this node that no interface with the policy programs leads to",
             m.pods_unenforced.clone(),
@@ -386,7 +394,7 @@ impl Metrics {
                     .inc_by(n.saturating_sub(*before));
             }
             for ((name, n), (_, before)) in now.policy.iter().zip(&last.policy) {
-                if matches!(*name, "policy_denied" | "unknown_identity") {
+                if crate::maps::POL_DROPS.contains(name) {
                     self.drops
                         .get_or_create(&Reason {
                             reason: (*name).to_owned(),

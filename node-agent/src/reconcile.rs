@@ -131,64 +131,8 @@ impl Reconciler {
             writes.failed += 1;
             first.get_or_insert(e);
         };
-        if touched.all_services {
-            let mut desired_all = BTreeMap::new();
-            let mut owners: BTreeMap<String, BTreeSet<Frontend>> = BTreeMap::new();
-            if let Some(own) = state.clusters.get(&local.cluster) {
-                for name in own.services.keys() {
-                    let frontends = desired::service(state, local, name, now_ms);
-                    if !frontends.is_empty() {
-                        owners.insert(name.clone(), frontends.keys().copied().collect());
-                    }
-                    desired_all.extend(frontends);
-                }
-            }
-            let applied: Vec<Frontend> = self.applied.services.keys().copied().collect();
-            let frontends: BTreeSet<Frontend> = applied
-                .into_iter()
-                .chain(desired_all.keys().copied())
-                .collect();
-            for f in frontends {
-                match self.service(&f, desired_all.get(&f), &keep, out) {
-                    Ok(n) => writes.services += n,
-                    Err(e) => {
-                        failed(e, &mut writes);
-                        self.pending.all_services = true;
-                    }
-                }
-            }
-            self.owners = owners;
-        } else if !touched.services.is_empty() {
-            // All touched services at once: in one batch a service may take over a VIP
-            // another one releases, so the old and new frontends are diffed as one set.
-            let mut desired_touched = BTreeMap::new();
-            let mut wanted_by: BTreeMap<&String, BTreeSet<Frontend>> = BTreeMap::new();
-            let mut frontends: BTreeSet<Frontend> = BTreeSet::new();
-            for name in &touched.services {
-                let one = desired::service(state, local, name, now_ms);
-                wanted_by.insert(name, one.keys().copied().collect());
-                frontends.extend(self.owners.remove(name).unwrap_or_default());
-                desired_touched.extend(one);
-            }
-            frontends.extend(desired_touched.keys().copied());
-            for f in &frontends {
-                match self.service(f, desired_touched.get(f), &keep, out) {
-                    Ok(n) => writes.services += n,
-                    Err(e) => {
-                        failed(e, &mut writes);
-                        self.pending
-                            .services
-                            .extend(touched.services.iter().cloned());
-                    }
-                }
-            }
-            for (name, wanted) in wanted_by {
-                if !wanted.is_empty() {
-                    self.owners.insert(name.clone(), wanted);
-                }
-            }
-        }
-
+        // Addresses before services: a new backend's identity is in the ipcache before any
+        // connection reaches it (a pod with none takes only this node's traffic).
         // The whole ipcache is computed once for a full pass (one walk of every cluster), a
         // few addresses one at a time otherwise.
         let (ips, full): (BTreeSet<Ipv4Addr>, Option<BTreeMap<Prefix, IpInfo>>) = if touched.all_ips
@@ -244,6 +188,64 @@ impl Reconciler {
                 Err(e) => {
                     failed(e, &mut writes);
                     self.pending.ips.insert(prefix.ip);
+                }
+            }
+        }
+
+        if touched.all_services {
+            let mut desired_all = BTreeMap::new();
+            let mut owners: BTreeMap<String, BTreeSet<Frontend>> = BTreeMap::new();
+            if let Some(own) = state.clusters.get(&local.cluster) {
+                for name in own.services.keys() {
+                    let frontends = desired::service(state, local, name, now_ms);
+                    if !frontends.is_empty() {
+                        owners.insert(name.clone(), frontends.keys().copied().collect());
+                    }
+                    desired_all.extend(frontends);
+                }
+            }
+            let applied: Vec<Frontend> = self.applied.services.keys().copied().collect();
+            let frontends: BTreeSet<Frontend> = applied
+                .into_iter()
+                .chain(desired_all.keys().copied())
+                .collect();
+            for f in frontends {
+                match self.service(&f, desired_all.get(&f), &keep, out) {
+                    Ok(n) => writes.services += n,
+                    Err(e) => {
+                        failed(e, &mut writes);
+                        self.pending.all_services = true;
+                    }
+                }
+            }
+            self.owners = owners;
+        } else if !touched.services.is_empty() {
+            // All touched services at once: in one batch a service may take over a VIP
+            // another one releases, so the old and new frontends are diffed as one set.
+            let mut desired_touched = BTreeMap::new();
+            let mut wanted_by: BTreeMap<&String, BTreeSet<Frontend>> = BTreeMap::new();
+            let mut frontends: BTreeSet<Frontend> = BTreeSet::new();
+            for name in &touched.services {
+                let one = desired::service(state, local, name, now_ms);
+                wanted_by.insert(name, one.keys().copied().collect());
+                frontends.extend(self.owners.remove(name).unwrap_or_default());
+                desired_touched.extend(one);
+            }
+            frontends.extend(desired_touched.keys().copied());
+            for f in &frontends {
+                match self.service(f, desired_touched.get(f), &keep, out) {
+                    Ok(n) => writes.services += n,
+                    Err(e) => {
+                        failed(e, &mut writes);
+                        self.pending
+                            .services
+                            .extend(touched.services.iter().cloned());
+                    }
+                }
+            }
+            for (name, wanted) in wanted_by {
+                if !wanted.is_empty() {
+                    self.owners.insert(name.clone(), wanted);
                 }
             }
         }

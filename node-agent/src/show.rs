@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use crate::datapath::{self, AttachMode, Counters, KernelMaps, Pins, Result};
-use crate::maps::{Tables, Verdict, backend_flags, ipcache_flags, protocol_name};
+use crate::maps::{
+    Iface, Tables, Verdict, backend_flags, iface_flags, ipcache_flags, protocol_name,
+};
 
 /// What `node-agent maps` shows.
 #[derive(Debug, Clone)]
@@ -19,6 +21,8 @@ pub struct Shown {
     pub verdicts: Vec<Verdict>,
     /// Where the policy programs are attached in this network namespace, and how.
     pub attachments: Vec<(String, AttachMode)>,
+    /// What is behind each pod interface, by ifindex.
+    pub ifaces: std::collections::BTreeMap<u32, Iface>,
 }
 
 /// What the maps under `pins` hold, and where the policy programs are attached.
@@ -30,6 +34,7 @@ pub fn read(pins: &Pins) -> Result<Shown> {
         counters: maps.counters()?,
         verdicts: maps.verdicts()?,
         attachments: datapath::attachments(pins),
+        ifaces: maps.ifaces()?,
     })
 }
 
@@ -86,6 +91,12 @@ pub fn to_json(shown: &Shown) -> Value {
                 "mode": mode.name(),
             })).collect::<Vec<_>>(),
         },
+        "podInterfaces": shown.ifaces.iter().map(|(index, i)| json!({
+            "ifindex": index,
+            "identity": i.identity,
+            "podAddress": (!i.pod_ip.is_unspecified()).then(|| i.pod_ip.to_string()),
+            "denyUnknown": i.flags & iface_flags::DENY_UNKNOWN != 0,
+        })).collect::<Vec<_>>(),
         "verdicts": shown.verdicts.iter().map(|v| json!({
             "endpoint": v.endpoint,
             "peer": v.peer,
@@ -203,6 +214,30 @@ pub fn to_table(shown: &Shown) -> String {
             identity(r.peer),
             protocol_name(r.proto)
         );
+    }
+    let _ = writeln!(out, "\nPOD INTERFACES ({})", shown.ifaces.len());
+    let _ = writeln!(
+        out,
+        "{:<8} {:<20} {:<16} {}",
+        "IFINDEX", "IDENTITY", "ADDRESS", "UNKNOWN POD"
+    );
+    for (index, i) in &shown.ifaces {
+        let id = if i.identity == 0 {
+            "(not known)".to_owned()
+        } else {
+            identity(i.identity)
+        };
+        let address = if i.pod_ip.is_unspecified() {
+            "-".to_owned()
+        } else {
+            i.pod_ip.to_string()
+        };
+        let deny = if i.flags & iface_flags::DENY_UNKNOWN != 0 {
+            "denied"
+        } else {
+            "open"
+        };
+        let _ = writeln!(out, "{index:<8} {id:<20} {address:<16} {deny}");
     }
     let _ = writeln!(
         out,

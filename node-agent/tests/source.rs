@@ -41,6 +41,7 @@ fn config(endpoints: Vec<String>, dir: &Path, file: &str) -> Config {
         listen_metrics: "127.0.0.1:0".parse().unwrap(),
         remote_stale_after: Duration::from_secs(30),
         remote_limits: node_agent::desired::Limits::default(),
+        enforce_unknown_pods: true,
         pod_interface_prefixes: vec![],
         discover_pod_interfaces: true,
         attach: node_agent::datapath::AttachMode::Tcx,

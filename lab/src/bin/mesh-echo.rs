@@ -1,7 +1,8 @@
 //! mesh-echo: the lab's workload and its client.
 //!
-//! `mesh-echo serve --name NAME [--tcp PORT]… [--udp PORT]…` answers every TCP connection and
-//! every UDP datagram with NAME (a TCP connection gets `NAME\n`; the client closes it).
+//! `mesh-echo serve --name NAME [--tcp PORT]… [--udp PORT]… [--tcp6 PORT]…` answers every TCP
+//! connection and every UDP datagram with NAME (a TCP connection gets `NAME\n`; the client
+//! closes it); `--tcp6` listens on IPv6 (`[::]`).
 //!
 //! `mesh-echo probe (--tcp | --udp | --udp-connected) ADDR:PORT [--count N] [--interval-ms MS]
 //! [--timeout-ms MS] [--until FILE]` makes N attempts (or until FILE exists) and prints one
@@ -23,7 +24,7 @@ use serde_json::json;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage:\n  mesh-echo serve --name NAME [--tcp PORT]... [--udp PORT]...\n  mesh-echo probe (--tcp|--udp|--udp-connected) ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--until FILE] [--connect-only] [--summary]"
+        "usage:\n  mesh-echo serve --name NAME [--tcp PORT]... [--udp PORT]... [--tcp6 PORT]...\n  mesh-echo probe (--tcp|--udp|--udp-connected) ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--until FILE] [--connect-only] [--summary]"
     );
     ExitCode::from(64)
 }
@@ -47,7 +48,11 @@ fn serve(args: &[String]) -> ExitCode {
         match (a.as_str(), value) {
             ("--name", Some(v)) => name = Some(v.clone()),
             ("--tcp", Some(v)) => match v.parse::<u16>() {
-                Ok(p) => tcp.push(p),
+                Ok(p) => tcp.push(("0.0.0.0", p)),
+                Err(_) => return usage(),
+            },
+            ("--tcp6", Some(v)) => match v.parse::<u16>() {
+                Ok(p) => tcp.push(("::", p)),
                 Err(_) => return usage(),
             },
             ("--udp", Some(v)) => match v.parse::<u16>() {
@@ -59,8 +64,8 @@ fn serve(args: &[String]) -> ExitCode {
     }
     let Some(name) = name else { return usage() };
     let mut threads = Vec::new();
-    for port in tcp {
-        let listener = match TcpListener::bind(("0.0.0.0", port)) {
+    for (host, port) in tcp {
+        let listener = match TcpListener::bind((host, port)) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("mesh-echo: tcp {port}: {e}");

@@ -11,3 +11,4 @@ mod t60_reconnect;
 mod t70_tc_order;
 mod t80_unenforced;
 mod t90_masquerade;
+mod t95_trust;

@@ -267,8 +267,55 @@ impl Node {
 
     /// Starts the agent.
     pub fn start_agent(&mut self) {
-        let p = Process::spawn(self.agent_command(), Some(&self.log("agent"))).expect("agent");
+        self.spawn_agent(&[]);
+    }
+
+    /// Starts the agent with `extra` arguments, publishing nothing.
+    pub fn spawn_agent(&mut self, extra: &[&str]) {
+        let mut cmd = self.agent_command();
+        cmd.args(extra);
+        let p = Process::spawn(cmd, Some(&self.log("agent"))).expect("agent");
         self.agent = Some(p);
+    }
+
+    /// Publishes an ipcache entry (identity `1/900 + i`) for each of `ips` that no cluster's
+    /// records give one, as the publisher publishes every pod: a pod with no identity takes
+    /// only this node's traffic (--enforce-unknown-pods).
+    pub fn publish_pods(&self, ips: &[Ipv4Addr]) {
+        let prefix = "mesh/v1/".to_owned();
+        let mut have = Vec::new();
+        self.store(|mut c| {
+            let prefix = prefix.clone();
+            let have = &mut have;
+            async move {
+                let resp = c
+                    .get(
+                        prefix,
+                        Some(
+                            etcd_client::GetOptions::new()
+                                .with_prefix()
+                                .with_keys_only(),
+                        ),
+                    )
+                    .await?;
+                *have = resp
+                    .kvs()
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                    .collect();
+                Ok(())
+            }
+        })
+        .expect("reading the ipcache");
+        let missing: Vec<(Key, Option<Record>)> = ips
+            .iter()
+            .enumerate()
+            .filter(|(_, ip)| !have.iter().any(|k| k.ends_with(&format!("/ipcache/{ip}"))))
+            .map(|(i, ip)| ipcache(CLUSTER, *ip, CLUSTER_ID << 16 | (900 + i as u32)))
+            .collect();
+        if !missing.is_empty() {
+            self.write(missing);
+        }
     }
 
     /// Where `what`'s output goes.
@@ -287,6 +334,7 @@ impl Node {
         records.push(slice(CLUSTER, "echo-a", &ready));
         records.extend(extra);
         self.write(records);
+        self.publish_pods(backends);
         self.start_agent();
         self.wait_maps("the echo service", |t| t.backends() == 2 * backends.len());
     }
@@ -568,6 +616,22 @@ pub fn ipcache(cluster: &str, ip: Ipv4Addr, identity: u32) -> (Key, Option<Recor
             identity,
             node_ip: "10.244.0.1".to_owned(),
             pod: String::new(),
+        })),
+    )
+}
+
+/// Node `name` of this cluster with InternalIP `ip`.
+pub fn node_record(name: &str, ip: &str) -> (Key, Option<Record>) {
+    (
+        Key::Node {
+            cluster: CLUSTER.to_owned(),
+            node: name.to_owned(),
+        },
+        Some(Record::Node(mesh_api::records::NodeRecord {
+            schema: SCHEMA,
+            name: name.to_owned(),
+            internal_ips: vec![ip.to_owned()],
+            ..Default::default()
         })),
     )
 }

@@ -22,7 +22,10 @@ fn global_service_balances_over_every_ready_backend() {
     records.push(service("infra", "10.100.0.10", true));
     records.push(slice(CLUSTER, "echo-a", &[(b1, true), (b2, true)]));
     records.push(slice("infra", "echo-x", &[(r1, true)]));
+    // Every pod has its identity (an unknown one takes only this node's traffic).
+    records.push(ipcache("infra", r1, 2 << 16 | 900));
     node.write(records);
+    node.publish_pods(&[b1, b2]);
     node.start_agent();
     node.wait_maps("3 backends for the VIP", |t| {
         t.services.values().next().is_some_and(|b| b.len() == 3)

@@ -96,12 +96,12 @@ fn restart(mode: &'static str) {
     let before = at_least(20);
 
     node.agent.as_mut().expect("agent").kill();
-    // While the agent is down: b3 joins, and connections keep working on the old maps.
-    node.write(vec![slice(
-        CLUSTER,
-        "echo-a",
-        &[(b1, true), (b2, true), (b3, true)],
-    )]);
+    // While the agent is down: b3 joins (its slice entry and its identity, as the publisher
+    // writes them), and connections keep working on the old maps.
+    node.write(vec![
+        slice(CLUSTER, "echo-a", &[(b1, true), (b2, true), (b3, true)]),
+        ipcache(CLUSTER, b3, 1 << 16 | 903),
+    ]);
     let down = at_least(before + 50);
     assert_eq!(
         node.tables().expect("maps").backends(),

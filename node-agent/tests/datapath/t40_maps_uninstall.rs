@@ -50,7 +50,8 @@ fn maps_and_uninstall(mode: &'static str) {
             ipcache(CLUSTER, b1, 1 << 16 | 300),
         ],
     );
-    node.wait_maps("programmed", |t| t.ipcache.len() == 1);
+    // b1's entry, and b2's as the publisher gives every pod one.
+    node.wait_maps("programmed", |t| t.ipcache.len() == 2);
     let modes = eventually(
         "policy programs on both pod interfaces",
         Duration::from_secs(10),
