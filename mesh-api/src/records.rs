@@ -58,6 +58,19 @@ pub struct NodeRecord {
     pub zone: String,
 }
 
+/// The order in which the nodes publishing one WireGuard public key claim it: a node of this
+/// node's own cluster (`own`) before any remote's — a remote can never take a key of ours —,
+/// then the earliest record (its create revision in this store), then cluster and node name.
+/// Agents keep the first claimant as a peer and refuse the others; `meshctl status` shows them.
+pub fn nodekey_claim_rank<'a>(
+    own: &str,
+    cluster: &'a str,
+    node: &'a str,
+    created: i64,
+) -> (bool, i64, &'a str, &'a str) {
+    (cluster != own, created, cluster, node)
+}
+
 /// `mesh/v1/<c>/nodekeys/<node>`: written by the node's agent, under a lease.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct NodeKeyRecord {

@@ -156,11 +156,16 @@ async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
         members.push(row);
     }
     let remotes = remotes(&mut client).await?;
+    let conflicts = match ctx.cluster() {
+        Ok(own) => key_conflicts(&mut client, &own).await?,
+        Err(_) => Vec::new(),
+    };
     Ok(json!({
         "context": ctx.name,
         "cluster": ctx.cluster().ok(),
         "members": members,
         "remotes": remotes,
+        "keyConflicts": conflicts,
     }))
 }
 
@@ -245,6 +250,51 @@ async fn remotes(client: &mut Client) -> anyhow::Result<Vec<Value>> {
     Ok(out.into_values().collect())
 }
 
+/// WireGuard public keys published by more than one node, in this cluster's store: who holds
+/// each (as the agents decide: [`mesh_api::records::nodekey_claim_rank`]) and whom the
+/// agents refuse. A copied state directory, or a remote or stolen agent certificate copying
+/// a node's key to take it off the peer lists.
+async fn key_conflicts(client: &mut Client, own: &str) -> anyhow::Result<Vec<Value>> {
+    use mesh_api::Record;
+    let resp = client
+        .get(mesh_api::keys::ROOT, Some(GetOptions::new().with_prefix()))
+        .await
+        .context("reading mesh/v1/")?;
+    let mut by_key: std::collections::BTreeMap<String, Vec<(String, String, i64)>> =
+        Default::default();
+    for kv in resp.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        if !key.contains("/nodekeys/") {
+            continue;
+        }
+        if let Ok((Key::NodeKey { cluster, node }, Record::NodeKey(r))) =
+            Record::decode_at(&key, kv.value())
+        {
+            by_key
+                .entry(r.public_key)
+                .or_default()
+                .push((cluster, node, kv.create_revision()));
+        }
+    }
+    let mut out = Vec::new();
+    for (public_key, mut claims) in by_key {
+        if claims.len() < 2 {
+            continue;
+        }
+        claims.sort_by(|a, b| {
+            mesh_api::records::nodekey_claim_rank(own, &a.0, &a.1, a.2)
+                .cmp(&mesh_api::records::nodekey_claim_rank(own, &b.0, &b.1, b.2))
+        });
+        let name = |c: &(String, String, i64)| format!("{}/{}", c.0, c.1);
+        out.push(json!({
+            "publicKey": public_key,
+            "holder": name(&claims[0]),
+            "refused": claims[1..].iter().map(name).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(out)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -282,7 +332,10 @@ fn table(s: &Value) -> String {
     let members = render(&rows);
     let remotes = s["remotes"].as_array().cloned().unwrap_or_default();
     if remotes.is_empty() {
-        return format!("{members}\nno remote clusters (meshctl connect)\n");
+        return format!(
+            "{members}\nno remote clusters (meshctl connect)\n{}",
+            conflicts_table(s)
+        );
     }
     let mut rows = vec![
         [
@@ -329,5 +382,35 @@ fn table(s: &Value) -> String {
             },
         ]);
     }
-    format!("{members}\n{}", render(&rows))
+    format!("{members}\n{}{}", render(&rows), conflicts_table(s))
+}
+
+/// The key conflicts, when there are any.
+fn conflicts_table(s: &Value) -> String {
+    let conflicts = s["keyConflicts"].as_array().cloned().unwrap_or_default();
+    if conflicts.is_empty() {
+        return String::new();
+    }
+    let mut rows = vec![
+        ["WIREGUARD-KEY", "HELD-BY", "REFUSED"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for c in &conflicts {
+        let refused: Vec<&str> = c["refused"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        rows.push(vec![
+            c["publicKey"].as_str().unwrap_or("-").to_owned(),
+            c["holder"].as_str().unwrap_or("-").to_owned(),
+            refused.join(", "),
+        ]);
+    }
+    format!(
+        "\nnodes publishing another node's WireGuard key (refused by the agents):\n{}",
+        render(&rows)
+    )
 }

@@ -565,3 +565,41 @@ async fn a_remote_rewriting_too_fast_is_paused_and_resumes() {
     })
     .await;
 }
+
+/// Finding 5 of the trust review: a remote copies one of this cluster's WireGuard keys. The
+/// agents keep it with this cluster's node; `meshctl status` shows who holds it and whom the
+/// agents refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_wireguard_key_is_reported_with_its_holder() {
+    let mesh = connected_pair().await;
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let mut apps = mesh.get("apps").cluster.client().await.unwrap();
+    let mut infra = mesh.get("infra").cluster.client().await.unwrap();
+    infra
+        .put("mesh/v1/infra/nodekeys/copycat", node_key(key), None)
+        .await
+        .unwrap();
+    converged(
+        &mesh.get("infra").cluster,
+        &mesh.get("apps").cluster,
+        "infra",
+    )
+    .await;
+    // In apps' store infra's copy is the older record; apps' own node holds the key all the
+    // same.
+    apps.put("mesh/v1/apps/nodekeys/apps-1", node_key(key), None)
+        .await
+        .unwrap();
+    let out = mesh.meshctl_ok(&["status", "--context", "apps", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["keyConflicts"],
+        serde_json::json!([{"publicKey": key, "holder": "apps/apps-1", "refused": ["infra/copycat"]}]),
+        "{v}"
+    );
+    let table = mesh.meshctl_ok(&["status", "--context", "apps"]);
+    assert!(
+        table.contains("HELD-BY") && table.contains("infra/copycat"),
+        "{table}"
+    );
+}

@@ -13,6 +13,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use mesh_api::records::nodekey_claim_rank;
+
 use crate::desired::{self, Local};
 use crate::state::{MeshState, NodeKey};
 
@@ -84,19 +86,18 @@ pub fn desired(
     intra_cluster: bool,
 ) -> (BTreeMap<PublicKey, Peer>, Vec<Conflict>) {
     // Every claim, in the order claims win.
-    let mut claims: Vec<(bool, i64, &str, &str, &NodeKey)> = state
+    let mut claims: Vec<(&str, &str, &NodeKey)> = state
         .clusters
         .iter()
         // A remote with more nodes than the limits has none of them configured.
         .filter(|(cname, c)| !desired::over(local, cname, c).nodes)
         .flat_map(|(cname, c)| {
-            let own = *cname == local.cluster;
             c.nodekeys
                 .iter()
-                .map(move |(node, key)| (!own, key.created, cname.as_str(), node.as_str(), key))
+                .map(move |(node, key)| (cname.as_str(), node.as_str(), key))
         })
         .collect();
-    claims.sort_by(|a, b| (a.0, a.1, a.2, a.3).cmp(&(b.0, b.1, b.2, b.3)));
+    claims.sort_by_key(|(c, n, k)| nodekey_claim_rank(&local.cluster, c, n, k.created));
     let this = (local.cluster.as_str(), local.node.as_str());
     let ranges = desired::Ranges::of(state);
     let mut holders: BTreeMap<PublicKey, (&str, &str)> = BTreeMap::from([(*own_key, this)]);
@@ -105,7 +106,7 @@ pub fn desired(
     // Without pod CIDRs on any Node of a cluster, each node's pods (by the node address the
     // ipcache gives), grouped in one pass per cluster.
     let mut pods_by_node: BTreeMap<&str, BTreeMap<Ipv4Addr, BTreeSet<Cidr>>> = BTreeMap::new();
-    for (_, _, cname, node, key) in claims {
+    for (cname, node, key) in claims {
         if (cname, node) == this {
             continue;
         }
