@@ -144,12 +144,14 @@ pub fn maps_diff(agent: &str, read: &Tables, want: &Tables) -> Option<MapsDiff> 
 }
 
 /// Lists `cluster`'s store through `client` and compares every node's maps (pins in
-/// `pins_of(node)`) with the desired tables: the agents that differ.
+/// `pins_of(node)`) with the desired tables of agents running with `limits`: the agents that
+/// differ.
 pub async fn maps(
     client: &mut Client,
     cluster: &str,
     nodes: &[String],
     stale_after_ms: i64,
+    limits: desired::Limits,
     pins_of: impl Fn(&str) -> std::path::PathBuf,
 ) -> Result<Vec<MapsDiff>, node_agent::source::Error> {
     let (state, _) = node_agent::source::list(client).await?;
@@ -163,8 +165,7 @@ pub async fn maps(
             cluster: cluster.to_owned(),
             node: node.clone(),
             stale_after_ms,
-            // The lab's agents run with the default limits.
-            limits: desired::Limits::default(),
+            limits,
         };
         let want = desired::tables(&state, &local, now_ms);
         match KernelMaps::open(&Pins::new(pins_of(node))).and_then(|m| m.read()) {

@@ -73,7 +73,13 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "degraded",
         "200 ms ± 50 ms one-way delay and 5% loss between apps and infra for the fault time, with KV load and churn",
     ),
+    (
+        "hostile-remote",
+        "a third cluster connected to apps claims apps' and infra's addresses as its nodes, labels its reserved identities as apps' pods, copies an apps node's WireGuard key, floods its ipcache past the agents' limit and rewrites a record without pause for the fault time, while apps runs its usual workloads",
+    ),
 ];
+
+pub mod hostile;
 
 /// How a scenario is run.
 #[derive(Debug, Clone)]
@@ -200,14 +206,18 @@ pub async fn run(name: &str, opts: &Options, progress: &(dyn Fn(&str) + Sync)) -
     known(name)?;
     let lab_name = format!("chaos-{}-{}", std::process::id(), name.len());
     let up = {
+        let mut spec = chaos_spec(if name == "long-disconnect" {
+            (opts.fault / 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
+        } else {
+            Duration::from_secs(10)
+        });
+        if name == "hostile-remote" {
+            spec = hostile::spec(spec);
+        }
         let opts = UpOptions {
             base: opts.base.clone(),
             name: lab_name.clone(),
-            spec: chaos_spec(if name == "long-disconnect" {
-                (opts.fault / 3).clamp(Duration::from_secs(1), Duration::from_secs(10))
-            } else {
-                Duration::from_secs(10)
-            }),
+            spec,
             bins: opts.bins.clone(),
             config: opts.base.join(format!("{lab_name}.config")),
         };
@@ -252,6 +262,23 @@ struct Run<'a> {
     faulted: bool,
     /// The member `isolate-member` cut off.
     isolated: Option<Target>,
+    /// `hostile-remote`'s attack in progress.
+    attack: Option<Attack>,
+}
+
+/// `hostile-remote`'s attack: what it claims, its tasks, and what was seen before it.
+struct Attack {
+    targets: hostile::Targets,
+    stop: CancellationToken,
+    churn: tokio::task::JoinHandle<u64>,
+    status: tokio::task::JoinHandle<()>,
+    seen: Arc<hostile::Seen>,
+    /// apps' agents' maps before it.
+    before: BTreeMap<String, hostile::AgentView>,
+    /// apps' store size before it, and when it began.
+    bytes_before: Option<f64>,
+    began: Instant,
+    rewrites: u64,
 }
 
 /// A cluster's workloads.
@@ -300,6 +327,7 @@ impl<'a> Run<'a> {
             churn_during: BTreeMap::new(),
             faulted: false,
             isolated: None,
+            attack: None,
         }
     }
 
@@ -320,6 +348,14 @@ impl<'a> Run<'a> {
             .clusters
             .iter()
             .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// The clusters mirrors and maps must converge over: all but the hostile one.
+    fn honest_clusters(&self) -> Vec<String> {
+        self.clusters()
+            .into_iter()
+            .filter(|c| self.name != "hostile-remote" || c != hostile::NAME)
             .collect()
     }
 
@@ -508,6 +544,22 @@ impl<'a> Run<'a> {
             }
         }
         let answers = global.stop()?;
+        if self.name == "hostile-remote" {
+            // apps' clients reach infra's backends over the tunnels the copied key targets.
+            let (all, failed, _) = tally(&answers, fault_began, fault_ended, "infra");
+            report
+                .availability
+                .entry("apps".to_owned())
+                .or_insert(json!({}))["global_connections_during_faults"] = json!(all);
+            if failed > 0 {
+                report
+                    .violations
+                    .get_mut("availability")
+                    .expect("inserted")
+                    .push(json!({"cluster": "apps", "failed_global_connections": failed}));
+            }
+            self.check_attack(&mut report).await?;
+        }
         if self.name == "long-disconnect" {
             self.check_staleness(
                 &answers,
@@ -527,7 +579,7 @@ impl<'a> Run<'a> {
     fn cuts_clusters(&self) -> bool {
         matches!(
             self.name,
-            "partition" | "remote-compacted" | "long-disconnect" | "degraded"
+            "partition" | "remote-compacted" | "long-disconnect" | "degraded" | "hostile-remote"
         )
     }
 
@@ -671,6 +723,17 @@ impl<'a> Run<'a> {
                 tokio::task::block_in_place(|| self.lab.kill(&t))?;
                 self.note("kill -9 apps/node-1 (agent)".to_owned(), progress);
             }
+            "hostile-remote" => {
+                self.attack = Some(self.begin_attack().await?);
+                self.note(
+                    format!(
+                        "hostile: claims apps' client, an apps node and infra's echo-1 as its nodes, relabels its reserved identities, copies apps/node-1's WireGuard key, floods {} pod addresses, rewrites a {} KiB record without pause",
+                        hostile::FLOOD,
+                        hostile::CHURN_VALUE >> 10
+                    ),
+                    progress,
+                );
+            }
             _ => unreachable!("checked in run"),
         }
         let began = Instant::now();
@@ -745,9 +808,148 @@ impl<'a> Run<'a> {
                 tokio::task::block_in_place(|| self.lab.start(&t))?;
                 self.note("start apps/node-1 (agent)".to_owned(), progress);
             }
+            "hostile-remote" => {
+                if let Some(a) = self.attack.as_mut() {
+                    a.stop.cancel();
+                    a.rewrites = (&mut a.churn).await.unwrap_or(0);
+                }
+                let n = self.attack.as_ref().map_or(0, |a| a.rewrites);
+                self.note(format!("hostile stops ({n} rewrites)"), progress);
+            }
             _ => unreachable!("checked in run"),
         }
         Ok((judged_until, Instant::now()))
+    }
+
+    /// Starts `hostile-remote`'s attack: gives apps its policy, then reads what apps' agents
+    /// and store hold, then attacks.
+    async fn begin_attack(&mut self) -> Result<Attack> {
+        let mut spec = self.lab.state.spec.clone();
+        if let Some(apps) = spec.clusters.iter_mut().find(|c| c.name == "apps") {
+            apps.policies.push(hostile::policy());
+        }
+        tokio::task::block_in_place(|| self.lab.apply(spec))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.apps_agents()?.values().all(|v| !v.policy.0.is_empty()) {
+            if Instant::now() > deadline {
+                bail!("apps' agents did not enforce the policy within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let spec = &self.lab.state.spec;
+        let apps = spec.cluster("apps").context("apps")?;
+        let infra = spec.cluster("infra").context("infra")?;
+        let pod_ip = |c: &lab::spec::ClusterSpec, name: &str| {
+            self.lab
+                .plan
+                .pods(c)
+                .into_iter()
+                .find(|p| p.spec.name == name)
+                .map(|p| p.ip)
+                .with_context(|| format!("{}/{name}", c.name))
+        };
+        let targets = hostile::Targets {
+            apps_client: pod_ip(apps, "client")?,
+            apps_node: self
+                .lab
+                .plan
+                .nodes(apps)
+                .first()
+                .context("an apps node")?
+                .ip,
+            infra_pod: pod_ip(infra, "echo-1")?,
+            hostile_nodes: spec
+                .cluster(hostile::NAME)
+                .map(|h| self.lab.plan.nodes(h).into_iter().map(|n| n.ip).collect())
+                .unwrap_or_default(),
+        };
+        let before = self.apps_agents()?;
+        let bytes_before = self.apps_bytes().await;
+        let mut apps_client = self.connect("apps").client(0).await?;
+        let key = apps_client
+            .get("mesh/v1/apps/nodekeys/node-1", None)
+            .await?
+            .kvs()
+            .first()
+            .map(|kv| kv.value().to_vec())
+            .context("apps/node-1 has published no WireGuard key")?;
+        let hostile = self.connect(hostile::NAME);
+        hostile::attack(&hostile, &targets, key).await?;
+        let stop = CancellationToken::new();
+        let seen = Arc::new(hostile::Seen::default());
+        Ok(Attack {
+            targets,
+            churn: tokio::spawn(hostile::churn(hostile, stop.clone())),
+            status: tokio::spawn(hostile::watch_status(
+                self.connect("apps"),
+                seen.clone(),
+                stop.clone(),
+            )),
+            stop,
+            seen,
+            before,
+            bytes_before,
+            began: Instant::now(),
+            rewrites: 0,
+        })
+    }
+
+    /// apps' agents' maps, by node.
+    fn apps_agents(&self) -> Result<BTreeMap<String, hostile::AgentView>> {
+        let apps = self.lab.state.spec.cluster("apps").context("apps")?;
+        let mut out = BTreeMap::new();
+        for n in self.lab.plan.nodes(apps) {
+            out.insert(
+                n.name.clone(),
+                hostile::agent_view(&self.lab.pins("apps", &n.name))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The size of apps' store (`raftmesh_mvcc_bytes` of its first member).
+    async fn apps_bytes(&self) -> Option<f64> {
+        let (index, apps) = plan::indexed(&self.lab.state.spec).find(|(_, c)| c.name == "apps")?;
+        let m = self.lab.plan.members(index, apps).into_iter().next()?;
+        hostile::mvcc_bytes(m.host_ip).await.ok()
+    }
+
+    /// `hostile-remote`'s checks, once the faults are over and the honest clusters converged.
+    async fn check_attack(&mut self, report: &mut Report) -> Result<()> {
+        let Some(attack) = self.attack.take() else {
+            return Ok(());
+        };
+        attack.stop.cancel();
+        let _ = attack.status.await;
+        let after = self.apps_agents()?;
+        let growth = match (attack.bytes_before, self.apps_bytes().await) {
+            (Some(b), Some(a)) => Some((
+                a - b,
+                hostile::allowed_growth(attack.began.elapsed().as_secs_f64()),
+            )),
+            _ => None,
+        };
+        let status = tokio::task::block_in_place(|| self.lab.mesh_status("apps"))?;
+        let violations = hostile::check(
+            &attack.targets,
+            &attack.before,
+            &after,
+            &attack.seen,
+            growth,
+            &status["keyConflicts"],
+        );
+        report.violations.insert("hostile".to_owned(), violations);
+        report
+            .availability
+            .entry("apps".to_owned())
+            .or_insert(json!({}))["hostile"] = json!({
+            "rewrites": attack.rewrites,
+            "paused": attack.seen.paused.load(Ordering::Relaxed),
+            "rejected_records": attack.seen.rejected.load(Ordering::Relaxed),
+            "store_growth_bytes": growth.map(|g| g.0),
+            "store_growth_allowed_bytes": growth.map(|g| g.1),
+        });
+        Ok(())
     }
 
     /// Each cluster's current revision.
@@ -774,7 +976,7 @@ impl<'a> Run<'a> {
         loop {
             let mut diffs: Vec<Value> = Vec::new();
             let mut clients = BTreeMap::new();
-            for cluster in self.clusters() {
+            for cluster in self.honest_clusters() {
                 match self.connect(&cluster).client(0).await {
                     Ok(c) => {
                         clients.insert(cluster, c);
@@ -791,7 +993,15 @@ impl<'a> Run<'a> {
                     let c = self.lab.state.spec.cluster(cluster).context("cluster")?;
                     let nodes: Vec<String> =
                         self.lab.plan.nodes(c).into_iter().map(|n| n.name).collect();
-                    match converge::maps(client, cluster, &nodes, stale_ms, |n| {
+                    let limits = if self.name == "hostile-remote" {
+                        node_agent::desired::Limits {
+                            pods: hostile::POD_LIMIT as usize,
+                            ..Default::default()
+                        }
+                    } else {
+                        node_agent::desired::Limits::default()
+                    };
+                    match converge::maps(client, cluster, &nodes, stale_ms, limits, |n| {
                         self.lab.pins(cluster, n)
                     })
                     .await

@@ -1110,6 +1110,7 @@ impl Lab {
                     "--manifests-dir".into(),
                     d(self.manifests_dir(cluster)),
                 ]);
+                args.extend(self.state.spec.apiserver_args.iter().cloned());
                 (m.netns.clone(), bins.apiserver.clone(), args)
             }
             Target::Node { cluster, node } => {
@@ -1160,6 +1161,7 @@ impl Lab {
                     d(bins.boringtun.clone()),
                 ];
                 args.extend(c.flavor.agent_args());
+                args.extend(self.state.spec.agent_args.iter().cloned());
                 (n.netns, bins.node_agent.clone(), args)
             }
             Target::Pod { cluster, pod } => {

@@ -54,6 +54,12 @@ pub struct LabSpec {
     pub remote_stale_after: String,
     /// The clusters (1..=15).
     pub clusters: Vec<ClusterSpec>,
+    /// More flags for every API server (e.g. `[--remote-write-mib-per-minute, "2"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apiserver_args: Vec<String>,
+    /// More flags for every node agent (e.g. `[--remote-pod-limit, "1000"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_args: Vec<String>,
 }
 
 fn default_stale() -> String {
@@ -255,6 +261,17 @@ impl LabSpec {
                     self.remote_stale_after
                 ),
             ));
+        }
+        for (field, args) in [
+            ("apiserverArgs", &self.apiserver_args),
+            ("agentArgs", &self.agent_args),
+        ] {
+            if args.first().is_some_and(|a| !a.starts_with("--")) {
+                return Err(invalid(
+                    field,
+                    format!("{:?} is not a flag (--name)", args[0]),
+                ));
+            }
         }
         if self.clusters.is_empty() || self.clusters.len() > MAX_CLUSTERS {
             return Err(invalid(

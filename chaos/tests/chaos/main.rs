@@ -67,6 +67,12 @@ fn run_short(scenario: &str) {
         );
     }
     assert!(json["convergence_s"].is_number(), "{report}");
+    if scenario == "hostile-remote" {
+        // The attack ran: hostile rewrote its record, and apps paused it.
+        let h = &json["availability"]["apps"]["hostile"];
+        assert!(h["rewrites"].as_u64().unwrap_or(0) > 20, "{report}");
+        assert_eq!(h["paused"], true, "{report}");
+    }
 }
 
 /// The faults each scenario must have made (prefixes of the report's lines).
@@ -90,6 +96,7 @@ fn expected_faults(scenario: &str) -> &'static [&'static str] {
         ],
         "agent-kill" => &["kill -9 apps/node-1", "start apps/node-1"],
         "degraded" => &["degrade apps infra", "heal apps infra"],
+        "hostile-remote" => &["hostile: claims", "hostile stops"],
         other => panic!("no expected faults for {other}"),
     }
 }
@@ -127,4 +134,9 @@ fn agent_kill() {
 #[test]
 fn degraded() {
     run_short("degraded");
+}
+
+#[test]
+fn hostile_remote() {
+    run_short("hostile-remote");
 }

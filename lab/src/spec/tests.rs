@@ -153,3 +153,16 @@ fn flavors_parse_default_to_plain_and_unknown_ones_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn extra_flags_for_members_and_agents_must_be_flags() {
+    let spec = LabSpec::parse(&format!(
+        "apiserverArgs: [--remote-write-mib-per-minute, \"2\"]\nagentArgs: [--remote-pod-limit, \"1000\"]\n{}",
+        with_cluster("")
+    ))
+    .unwrap();
+    assert_eq!(spec.apiserver_args, ["--remote-write-mib-per-minute", "2"]);
+    assert_eq!(spec.agent_args, ["--remote-pod-limit", "1000"]);
+    let e = LabSpec::parse(&format!("agentArgs: [oops]\n{}", with_cluster(""))).unwrap_err();
+    assert_eq!(field_of(e), "agentArgs");
+}
