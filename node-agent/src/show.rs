@@ -218,8 +218,8 @@ pub fn to_table(shown: &Shown) -> String {
     let _ = writeln!(out, "\nPOD INTERFACES ({})", shown.ifaces.len());
     let _ = writeln!(
         out,
-        "{:<8} {:<20} {:<16} {}",
-        "IFINDEX", "IDENTITY", "ADDRESS", "UNKNOWN POD"
+        "{:<8} {:<20} {:<16} UNKNOWN POD",
+        "IFINDEX", "IDENTITY", "ADDRESS"
     );
     for (index, i) in &shown.ifaces {
         let id = if i.identity == 0 {
