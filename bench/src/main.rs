@@ -21,6 +21,7 @@
 //! - [`progress`]: progress lines on stderr.
 
 mod agent;
+mod churn;
 mod datapath;
 mod kv;
 mod machine;
@@ -74,6 +75,10 @@ enum Command {
     /// p50/p99 over --changes changes; then the same after killing both leaders on the path.
     /// The manifests poll (1 s, lab only) is reported as its own stage.
     Propagation(propagation::PropagationArgs),
+    /// In the lab (root): apps' API-server members' memory while a remote rewrites a record at
+    /// the most apps takes from one remote, and while a stolen agent certificate rewrites as
+    /// fast as one identity may, for --minutes each; with the store's quota and its bound.
+    Churn(churn::ChurnArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
             Command::Agent(args) => agent::run(args, command).await,
             Command::Wireguard(args) => wireguard::run(args, command).await,
             Command::Propagation(args) => propagation::run(args, command).await,
+            Command::Churn(args) => churn::run(args, command).await,
         }
     });
     match result {
