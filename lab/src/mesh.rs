@@ -232,7 +232,9 @@ impl Mesh {
         self.dir.path().join(what)
     }
 
-    /// Writes cluster `name`'s Nodes (only those listed) into its manifests directory.
+    /// Writes cluster `name`'s Nodes (only those listed) and their pods into its manifests
+    /// directory: every pod has its identity, as on a cluster (agents deny pods of unknown
+    /// identity but for their node, `--enforce-unknown-pods`).
     pub fn write_nodes(&self, name: &str, nodes: &[&str]) {
         let c = self.topo.cluster(name);
         let dir = self.path(&format!("{name}-manifests"));
@@ -244,6 +246,16 @@ impl Mesh {
                  status: {{addresses: [{{type: InternalIP, address: {}}}]}}\n---\n",
                 n.name, n.pod_cidr.0, n.pod_cidr.1, n.ip
             ));
+            for (i, pod) in n.pods.iter().enumerate() {
+                yaml.push_str(&format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: {node}-{i}, namespace: demo, labels: {{app: wg}}}}\n\
+                     spec: {{nodeName: {node}, containers: [{{name: c, image: mesh-echo}}]}}\n\
+                     status: {{phase: Running, hostIP: {host}, podIP: {ip}, podIPs: [{{ip: {ip}}}], conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n",
+                    node = n.name,
+                    host = n.ip,
+                    ip = pod.ip,
+                ));
+            }
         }
         // Written whole, then renamed: the publisher never reads half a file.
         let tmp = dir.join(".nodes.yaml.tmp");
