@@ -635,3 +635,16 @@ pub fn node_record(name: &str, ip: &str) -> (Key, Option<Record>) {
         })),
     )
 }
+
+/// Runs `f` in the network namespace at `path`, on a thread of its own.
+pub fn in_netns<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(path).expect("open netns");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}

@@ -13,6 +13,8 @@ use std::time::Duration;
 use lab::netns::Netns;
 use node_agent::wg::masq::{Exemption, Nft};
 
+use crate::support::in_netns;
+
 /// `client` (a pod, 10.1.1.10) ── `node` (10.1.1.1 | 192.168.1.1, forwarding) ── `server`
 /// (another cluster's pod, 10.2.1.10, reached through 192.168.1.2).
 struct Path3 {
@@ -80,18 +82,6 @@ impl Path3 {
     fn on_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         in_netns(&self.node.path(), f)
     }
-}
-
-fn in_netns<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(path).expect("open netns");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
 }
 
 /// A CNI's masquerade of the pod network's traffic to anywhere else, in `backend`.

@@ -12,19 +12,6 @@ use nix::sys::socket::{
 
 use crate::support::*;
 
-/// Runs `f` in the network namespace at `path`, on a thread of its own.
-fn in_netns<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(path).expect("open netns");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
 /// An IPv4/UDP packet from `src` to `dst` (the kernel fills the IP checksum and length; a zero
 /// UDP checksum means none).
 fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
