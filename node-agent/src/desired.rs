@@ -124,15 +124,32 @@ pub fn over_limits<'a>(state: &'a MeshState, local: &Local) -> BTreeMap<&'a str,
 pub struct Ranges<'a> {
     lens: BTreeSet<u8>,
     owners: BTreeMap<(u32, u8), BTreeSet<&'a str>>,
+    /// Every node address and the cluster whose node holds it: this node's cluster's, else
+    /// the earliest node record's (create revision), as WireGuard keys are decided.
+    nodes: BTreeMap<Ipv4Addr, &'a str>,
 }
 
 impl<'a> Ranges<'a> {
-    /// Every cluster's ranges.
-    pub fn of(state: &'a MeshState) -> Ranges<'a> {
+    /// Every cluster's ranges and node addresses, for the node of cluster `own`.
+    pub fn of(state: &'a MeshState, own: &str) -> Ranges<'a> {
         let mut ranges = Ranges {
             lens: BTreeSet::new(),
             owners: BTreeMap::new(),
+            nodes: BTreeMap::new(),
         };
+        let mut holders: BTreeMap<Ipv4Addr, (bool, i64, &'a str)> = BTreeMap::new();
+        for (name, c) in &state.clusters {
+            for n in c.nodes.values() {
+                let rank = (name.as_str() != own, n.created, name.as_str());
+                for ip in &n.ips {
+                    let h = holders.entry(*ip).or_insert(rank);
+                    if rank < *h {
+                        *h = rank;
+                    }
+                }
+            }
+        }
+        ranges.nodes = holders.into_iter().map(|(ip, (_, _, c))| (ip, c)).collect();
         for (name, c) in &state.clusters {
             let nodes = c.nodes.values().flat_map(|n| n.pod_cidrs.iter());
             for (net, len) in c.pod_cidrs.iter().chain(&c.service_cidrs).chain(nodes) {
@@ -161,10 +178,11 @@ impl<'a> Ranges<'a> {
 }
 
 /// Why address `ip` of a node of `cluster` is refused, if it is: a remote's node may not
-/// claim a special-purpose address (loopback, link-local, multicast, …) nor one inside
-/// another cluster's pod or service ranges (this cluster's or another remote's), where it
-/// would pass as that cluster's node to policy and draw WireGuard handshakes. This cluster's
-/// own records are trusted.
+/// claim a special-purpose address (loopback, link-local, multicast, …), one inside another
+/// cluster's pod or service ranges (this cluster's or another remote's), nor one another
+/// cluster's node holds (this cluster's, or a remote's published earlier), where it would pass
+/// as that cluster's node to policy and draw WireGuard handshakes. This cluster's own records
+/// are trusted.
 pub fn refused_node_ip(
     ranges: &Ranges<'_>,
     local: &Local,
@@ -177,6 +195,9 @@ pub fn refused_node_ip(
     if let Some(special) = mesh_api::cidr::special(ip.into()) {
         return Some(special.to_owned());
     }
+    if let Some(holder) = ranges.nodes.get(&ip).filter(|h| **h != cluster) {
+        return Some(format!("a node address of {holder}"));
+    }
     ranges
         .other_than(ip, cluster)
         .map(|other| format!("inside a pod or service range of {other}"))
@@ -187,7 +208,7 @@ pub fn refused_node_ips(
     state: &MeshState,
     local: &Local,
 ) -> Vec<(String, String, Ipv4Addr, String)> {
-    let ranges = Ranges::of(state);
+    let ranges = Ranges::of(state, &local.cluster);
     let mut out = Vec::new();
     for (cname, c) in &state.clusters {
         for (node, n) in &c.nodes {
@@ -389,7 +410,7 @@ fn pod_info(identity: u32, cid: u16) -> Option<IpInfo> {
 /// the [`Limits`] are left out, and so are its nodes' refused addresses
 /// ([`refused_node_ip`]).
 pub fn ipcache(state: &MeshState, local: &Local) -> BTreeMap<Prefix, IpInfo> {
-    let ranges = Ranges::of(state);
+    let ranges = Ranges::of(state, &local.cluster);
     let mut out = BTreeMap::new();
     for (cname, c, cid) in by_precedence(state, local) {
         let over = over(local, cname, c);
@@ -423,7 +444,7 @@ pub fn ipcache_entry(state: &MeshState, local: &Local, ip: Ipv4Addr) -> Option<I
         if let Some((node, _)) = node.filter(|_| !over.nodes)
             // The ranges only for a remote's node address: rare, and they cost a walk.
             && (*cname == local.cluster
-                || refused_node_ip(&Ranges::of(state), local, cname, ip).is_none())
+                || refused_node_ip(&Ranges::of(state, &local.cluster), local, cname, ip).is_none())
         {
             return Some(node_info(cname, node, cid, local));
         }

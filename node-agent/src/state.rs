@@ -70,6 +70,9 @@ pub struct NodeInfo {
     pub tunnel_ip: Option<Ipv4Addr>,
     /// Its pod CIDRs (IPv4): address and prefix length.
     pub pod_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// The record's create revision in this store: of two remotes' nodes claiming one
+    /// address, the earlier keeps it.
+    pub created: i64,
 }
 
 /// A node's WireGuard key, from `mesh/v1/<c>/nodekeys/<node>`.
@@ -322,6 +325,7 @@ impl MeshState {
                         tunnel_ip: external.first().or(internal.first()).copied(),
                         ips: internal.into_iter().chain(external).collect(),
                         pod_cidrs,
+                        created,
                     };
                     touched.ips.extend(info.ips.iter().copied());
                     c.nodes.insert(node, info);

@@ -667,3 +667,42 @@ fn a_remote_over_the_limits_is_left_out_whole() {
     let (peers, _) = crate::wg::peers::desired(&m.state, &local(), &test_key(1), false);
     assert_eq!(peers.len(), 1, "within the default limits");
 }
+
+/// Finding 2: a remote claims another remote's node address (its name sorts first, and it
+/// publishes later). The earlier node record keeps the address; the claim is refused for the
+/// ipcache and as a WireGuard endpoint (handshakes would be aimed at infra's node).
+#[test]
+fn a_remote_cannot_take_another_remotes_node_address() {
+    let mut m = Mesh::default();
+    m.cluster("apps", 1)
+        .cluster("infra", 2)
+        .cluster("hostile", 3);
+    m.node("infra", "infra-1", "192.168.2.1")
+        .nodekey("infra", "infra-1", 11, 51871)
+        .node("hostile", "evil", "192.168.2.1")
+        .nodekey("hostile", "evil", 12, 51871);
+    let entry = ipcache_entry(&m.state, &local(), "192.168.2.1".parse().unwrap());
+    assert_eq!(entry.map(|i| i.cluster_id), Some(2));
+    assert_eq!(
+        ipcache(&m.state, &local())[&Prefix {
+            ip: "192.168.2.1".parse().unwrap(),
+            len: 32
+        }]
+            .cluster_id,
+        2
+    );
+    let refused: Vec<String> = refused_node_ips(&m.state, &local())
+        .into_iter()
+        .map(|(c, n, ip, why)| format!("{c}/{n} {ip}: {why}"))
+        .collect();
+    assert_eq!(
+        refused,
+        ["hostile/evil 192.168.2.1: a node address of infra"]
+    );
+    let (peers, _) = crate::wg::peers::desired(&m.state, &local(), &test_key(1), false);
+    assert_eq!(peers[&test_key(12)].endpoint, None);
+    assert_eq!(
+        peers[&test_key(11)].endpoint,
+        Some("192.168.2.1:51871".parse().unwrap())
+    );
+}

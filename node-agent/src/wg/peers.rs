@@ -99,7 +99,7 @@ pub fn desired(
         .collect();
     claims.sort_by_key(|(c, n, k)| nodekey_claim_rank(&local.cluster, c, n, k.created));
     let this = (local.cluster.as_str(), local.node.as_str());
-    let ranges = desired::Ranges::of(state);
+    let ranges = desired::Ranges::of(state, &local.cluster);
     let mut holders: BTreeMap<PublicKey, (&str, &str)> = BTreeMap::from([(*own_key, this)]);
     let mut conflicts = Vec::new();
     let mut out: BTreeMap<PublicKey, Peer> = BTreeMap::new();
