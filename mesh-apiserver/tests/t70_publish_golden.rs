@@ -4,7 +4,8 @@
 //!
 //! The expected file is `tests/fixtures/publish/expected.json`. After an intended change,
 //! regenerate it with `RAFTMESH_BLESS=1 cargo test -p mesh-apiserver --test t70_publish_golden`
-//! and review the diff.
+//! and review the diff. The blessing run fails after writing, so it never passes by comparing
+//! the output with itself; with `CI` set it refuses to bless.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,12 +56,16 @@ fn manifests_give_the_expected_records() {
         assert_eq!(&back, r);
     }
     let expected_path = dir.join("expected.json");
-    if std::env::var_os("RAFTMESH_BLESS").is_some() {
+    if bless() {
         std::fs::write(
             &expected_path,
             serde_json::to_string_pretty(&got).unwrap() + "\n",
         )
         .unwrap();
+        panic!(
+            "blessed {}: check the diff and run again without RAFTMESH_BLESS",
+            expected_path.display()
+        );
     }
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
@@ -70,4 +75,31 @@ fn manifests_give_the_expected_records() {
         "got:\n{}",
         serde_json::to_string_pretty(&got).unwrap()
     );
+}
+
+/// Whether to rewrite the golden: only with `RAFTMESH_BLESS=1`, and never under CI (a run that
+/// blesses compares nothing, so it fails once it has written).
+fn bless() -> bool {
+    bless_from(
+        std::env::var("RAFTMESH_BLESS").ok().as_deref(),
+        std::env::var_os("CI").is_some(),
+    )
+}
+
+fn bless_from(bless: Option<&str>, ci: bool) -> bool {
+    match (bless, ci) {
+        (Some("1"), true) => panic!("RAFTMESH_BLESS=1 under CI: the golden is never rewritten in CI"),
+        (Some("1"), false) => true,
+        _ => false,
+    }
+}
+
+#[test]
+fn only_bless_1_outside_ci_rewrites_the_golden() {
+    assert!(bless_from(Some("1"), false));
+    for v in [None, Some("0"), Some(""), Some("yes"), Some("true")] {
+        assert!(!bless_from(v, false), "{v:?}");
+        assert!(!bless_from(v, true), "{v:?}");
+    }
+    assert!(std::panic::catch_unwind(|| bless_from(Some("1"), true)).is_err());
 }
