@@ -88,7 +88,9 @@ fn bless() -> bool {
 
 fn bless_from(bless: Option<&str>, ci: bool) -> bool {
     match (bless, ci) {
-        (Some("1"), true) => panic!("RAFTMESH_BLESS=1 under CI: the golden is never rewritten in CI"),
+        (Some("1"), true) => {
+            panic!("RAFTMESH_BLESS=1 under CI: the golden is never rewritten in CI")
+        }
         (Some("1"), false) => true,
         _ => false,
     }

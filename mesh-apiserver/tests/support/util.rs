@@ -373,12 +373,23 @@ pub async fn scrape_metrics(cluster: &Cluster, i: usize) -> Result<String> {
     Ok(body)
 }
 
-/// The value of `series` (name and labels, exactly as exposed) in a `/metrics` text; 0 when
-/// absent.
+/// The value of `series` in a `/metrics` text, `None` when absent (a family with no sample for
+/// those labels yet).
+pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap_or(f64::NAN))
+}
+
+/// The value of `series` (name and labels, exactly as exposed) in a `/metrics` text.
+///
+/// # Panics
+/// When the text has no such series: a renamed metric never reads as zero.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN))
+        .map(|v| v.trim().parse().unwrap_or(f64::NAN))
+        .unwrap_or_else(|| panic!("no {series} in the metrics:\n{text}"))
 }
 
 /// Runs etcdctl (2 s dial, 30 s command timeout); its stdout, or an error with everything it

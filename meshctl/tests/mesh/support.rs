@@ -363,10 +363,11 @@ pub fn node_key(key: &str) -> Vec<u8> {
     .encode()
 }
 
-/// The sum of `series` over every member's `/metrics`.
+/// The sum of `series` over every member's `/metrics`; an error when no member exports it.
 pub async fn metric_sum(cluster: &Cluster, series: &str) -> Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sum = 0.0;
+    let mut found = false;
     for i in 0..cluster.len() {
         if !cluster.is_serving(i) {
             continue;
@@ -378,10 +379,15 @@ pub async fn metric_sum(cluster: &Cluster, series: &str) -> Result<f64> {
             .await?;
         let mut body = String::new();
         tcp.read_to_string(&mut body).await?;
-        sum += body
+        if let Some(v) = body
             .lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN));
+        {
+            sum += v.trim().parse::<f64>().unwrap_or(f64::NAN);
+            found = true;
+        }
     }
+    // A series no member exports (renamed, or the members are down) is an error, never 0.
+    anyhow::ensure!(found, "no member exports {series}");
     Ok(sum)
 }

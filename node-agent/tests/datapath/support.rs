@@ -379,15 +379,18 @@ impl Node {
         parse_lines(&String::from_utf8_lossy(&out.stdout))
     }
 
-    /// The agent's metrics, fetched with curl inside the node's namespace.
-    pub fn metrics(&self) -> String {
+    /// The agent's metrics, fetched with curl inside the node's namespace; `None` when the
+    /// agent does not answer (so a dead agent never reads as zeros).
+    pub fn metrics(&self) -> Option<String> {
         let out = self
             .ns
             .command("curl")
             .args(["-sf", &format!("http://{METRICS}/metrics")])
             .output()
             .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -498,10 +501,11 @@ pub fn parse_lines(text: &str) -> Vec<Value> {
 }
 
 /// The value of metric `name` (with its labels as written), or 0.
-pub fn metric(text: &str, name: &str) -> f64 {
+/// The value of series `name` (with its labels, as exposed); `None` when it is absent, so a
+/// renamed metric never reads as zero.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 // Records.

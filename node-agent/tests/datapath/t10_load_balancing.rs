@@ -95,9 +95,9 @@ fn global_service_balances_over_every_ready_backend() {
         std::time::Duration::from_secs(10),
         || {
             (metric(
-                &node.metrics(),
+                &node.metrics()?,
                 "raftmesh_agent_lb_total{result=\"no_backend\"}",
-            ) >= 1.0)
+            )? >= 1.0)
                 .then_some(())
         },
     );

@@ -123,7 +123,7 @@ fn allows_and_drops(mode: &'static str) -> Node {
     eventually(
         "policy programs on every pod interface",
         Duration::from_secs(10),
-        || (metric(&node.metrics(), "raftmesh_agent_pod_interfaces") >= 5.0).then_some(()),
+        || (metric(&node.metrics()?, "raftmesh_agent_pod_interfaces")? >= 5.0).then_some(()),
     );
 
     let tcp = ["--tcp", "10.244.1.30:8080", "--timeout-ms", "1000"];
@@ -192,12 +192,12 @@ fn allows_and_drops(mode: &'static str) -> Node {
     assert!(flows(0, "unknown_identity") >= 1, "{verdicts:?}");
     assert_eq!(flows(1 << 16 | 302, "allowed"), 0, "{verdicts:?}");
     eventually("drop metrics", Duration::from_secs(10), || {
-        let m = node.metrics();
-        (metric(&m, "raftmesh_agent_drops_total{reason=\"policy_denied\"}") >= 2.0
+        let m = node.metrics()?;
+        (metric(&m, "raftmesh_agent_drops_total{reason=\"policy_denied\"}")? >= 2.0
             && metric(
                 &m,
                 "raftmesh_agent_drops_total{reason=\"unknown_identity\"}",
-            ) >= 1.0)
+            )? >= 1.0)
             .then_some(())
     });
 

@@ -122,7 +122,7 @@ fn restart(mode: &'static str) {
     eventually(
         "the restarted agent's first interface scan",
         patience(),
-        || (metric(&node.metrics(), "raftmesh_agent_pod_interfaces") >= 4.0).then_some(()),
+        || (metric(&node.metrics()?, "raftmesh_agent_pod_interfaces")? >= 4.0).then_some(()),
     );
     assert_eq!(
         attached(&node),

@@ -60,10 +60,10 @@ fn a_pod_without_an_enforcing_interface_is_reported_and_degrades_health() {
         "healthy with both pods enforced",
         Duration::from_secs(10),
         || {
-            let m = node.metrics();
+            let m = node.metrics()?;
             (healthz(&node) == (200, "ok\n".to_owned())
-                && m.contains("raftmesh_agent_pods_unenforced 0")
-                && metric(&m, "raftmesh_agent_pod_interfaces") >= 2.0)
+                && metric(&m, "raftmesh_agent_pods_unenforced")? == 0.0
+                && metric(&m, "raftmesh_agent_pod_interfaces")? >= 2.0)
                 .then_some(())
         },
     );
@@ -94,9 +94,13 @@ fn a_pod_without_an_enforcing_interface_is_reported_and_degrades_health() {
         body.contains("10.245.0.9 (routed via side0 (veth), which has no policy programs)"),
         "{body}"
     );
-    let m = node.metrics();
-    assert!(m.contains("raftmesh_agent_pods_unenforced 1"), "{m}");
-    assert!(m.contains("raftmesh_agent_degraded 1"), "{m}");
+    let m = node.metrics().expect("the agent's metrics");
+    assert_eq!(
+        metric(&m, "raftmesh_agent_pods_unenforced"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "raftmesh_agent_degraded"), Some(1.0), "{m}");
 
     // Routed through a pod interface again (a's veth), it is enforced: healthy.
     node.ns
@@ -109,11 +113,11 @@ fn a_pod_without_an_enforcing_interface_is_reported_and_degrades_health() {
         ])
         .expect("route");
     eventually("healthy again", Duration::from_secs(10), || {
-        let m = node.metrics();
+        let m = node.metrics()?;
         (healthz(&node) == (200, "ok\n".to_owned())
-            && m.contains("raftmesh_agent_pods_unenforced 0")
-            && m.contains("raftmesh_agent_degraded 0"))
-        .then_some(())
+            && metric(&m, "raftmesh_agent_pods_unenforced")? == 0.0
+            && metric(&m, "raftmesh_agent_degraded")? == 0.0)
+            .then_some(())
     });
     let log = std::fs::read_to_string(node.log("agent")).expect("agent log");
     assert!(log.contains("degraded: 1 pod address(es)"), "{log}");

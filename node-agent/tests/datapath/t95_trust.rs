@@ -68,9 +68,10 @@ fn udp_answered(node: &Node, pod: &str, port: u16, to: SocketAddrV4) -> bool {
     })
 }
 
-fn counter(node: &Node, name: &str) -> f64 {
+/// A drop counter; `None` when the agent does not answer or does not export it.
+fn counter(node: &Node, name: &str) -> Option<f64> {
     metric(
-        &node.metrics(),
+        &node.metrics()?,
         &format!("raftmesh_agent_drops_total{{reason=\"{name}\"}}"),
     )
 }
@@ -134,7 +135,7 @@ fn wait_attached(node: &Node, interfaces: usize) {
         "policy programs on every pod interface",
         Duration::from_secs(10),
         || {
-            (metric(&node.metrics(), "raftmesh_agent_pod_interfaces") >= interfaces as f64)
+            (metric(&node.metrics()?, "raftmesh_agent_pod_interfaces")? >= interfaces as f64)
                 .then_some(())
         },
     );
@@ -183,7 +184,7 @@ fn a_forged_source_opens_nothing_and_is_dropped_where_the_pod_is_routed() {
         "the attacker's address known",
         Duration::from_secs(10),
         || {
-            let before = counter(&node, "spoofed");
+            let before = counter(&node, "spoofed")?;
             send_forged(
                 &node,
                 "attacker",
@@ -191,7 +192,7 @@ fn a_forged_source_opens_nothing_and_is_dropped_where_the_pod_is_routed() {
                 SocketAddrV4::new(outsider_ip, 40002),
             );
             std::thread::sleep(Duration::from_millis(100));
-            (counter(&node, "spoofed") > before).then_some(())
+            (counter(&node, "spoofed")? > before).then_some(())
         },
     );
     // Its own address still goes out.
@@ -226,10 +227,13 @@ fn a_pod_whose_identity_is_unknown_takes_only_this_node() {
     eventually(
         "the new pod awaits its identity",
         Duration::from_secs(10),
-        || (metric(&node.metrics(), "raftmesh_agent_pods_awaiting_identity") >= 1.0).then_some(()),
+        || {
+            (metric(&node.metrics()?, "raftmesh_agent_pods_awaiting_identity")? >= 1.0)
+                .then_some(())
+        },
     );
     assert!(!ok(&node.probe("client", &args)), "another pod reached it");
-    assert!(counter(&node, "awaiting_identity") >= 1.0);
+    assert!(counter(&node, "awaiting_identity").expect("exported") >= 1.0);
     // This node (kubelet) does.
     let mut host = node.ns.command(sibling("mesh-echo"));
     host.arg("probe").args(args);
@@ -298,5 +302,5 @@ fn ipv6_to_an_enforced_pod_is_dropped() {
     });
     // …and never reaches the enforced one: no rule can name an IPv6 peer.
     assert!(!probe6("fd00:244::10"), "IPv6 reached an enforced pod");
-    assert!(counter(&node, "ipv6_denied") >= 1.0);
+    assert!(counter(&node, "ipv6_denied").expect("exported") >= 1.0);
 }
