@@ -143,6 +143,9 @@ pub struct Mesh {
     /// Run each node's boringtun as a process of its own, not started by its agent
     /// (`--wg-userspace-daemon external`); set before the agents start.
     pub external_wireguard: bool,
+    /// The agents' `--remote-stale-after` (their default, 30 s, when `None`); set before the
+    /// agents start.
+    pub remote_stale_after: Option<String>,
     // Drop order: agents (and their interfaces, see Drop), API servers, namespaces, files.
     pub agents: BTreeMap<(String, String), Agent>,
     pub apiservers: BTreeMap<String, Process>,
@@ -201,6 +204,7 @@ impl Mesh {
         let mut mesh = Mesh {
             bins,
             external_wireguard: false,
+            remote_stale_after: None,
             agents: BTreeMap::new(),
             apiservers: BTreeMap::new(),
             workloads: Vec::new(),
@@ -458,6 +462,9 @@ impl Mesh {
         .args(["--log-level", "info,node_agent=debug"]);
         if self.external_wireguard {
             cmd.args(["--wg-userspace-daemon", "external"]);
+        }
+        if let Some(after) = &self.remote_stale_after {
+            cmd.args(["--remote-stale-after", after]);
         }
         let mut log = std::fs::OpenOptions::new()
             .create(true)

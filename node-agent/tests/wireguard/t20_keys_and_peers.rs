@@ -2,13 +2,13 @@
 //! key every peer follows; a node removed from its cluster's records leaves every peer; a
 //! remote whose API server is stopped keeps its peers.
 
-use std::time::Duration;
-
 use crate::support::*;
 
 #[test]
 fn keys_survive_restarts_and_peers_follow_the_records() {
     let mut mesh = mesh();
+    // Short, so the frozen remote below is surely stale while it is checked.
+    mesh.remote_stale_after = Some("2s".to_owned());
     mesh.start_agents();
     mesh.wait_full_mesh();
     let infra1 = mesh.pod_ip("infra", "node-1");
@@ -69,7 +69,14 @@ fn keys_survive_restarts_and_peers_follow_the_records() {
     // past the agents' staleness, and traffic still flows.
     mesh.kill_apiserver("infra");
     let keys_before: Vec<String> = mesh.wg_peers("apps", "node-1").into_keys().collect();
-    std::thread::sleep(Duration::from_secs(5));
+    for node in ["node-1", "node-2"] {
+        eventually(&format!("apps/{node} calls infra stale"), PATIENCE, || {
+            let m = mesh.metrics("apps", node);
+            m.lines()
+                .any(|l| l == "raftmesh_agent_remote_stale{cluster=\"infra\"} 1")
+                .then_some(())
+        });
+    }
     for node in ["node-1", "node-2"] {
         let keys: Vec<String> = mesh.wg_peers("apps", node).into_keys().collect();
         assert_eq!(
