@@ -479,6 +479,7 @@ impl<'a> Run<'a> {
             "convergence",
             "availability",
             "remote-preference",
+            "workload",
         ] {
             report.violations.insert(name.to_owned(), Vec::new());
         }
@@ -489,6 +490,14 @@ impl<'a> Run<'a> {
             .extend(convergence.1);
         for (cluster, w) in loads {
             let history = w.kv.await?;
+            // A client that panicked took its history with it: nothing can be judged of it.
+            for p in &history.panicked {
+                report
+                    .violations
+                    .get_mut("workload")
+                    .expect("inserted")
+                    .push(json!({"cluster": cluster, "panicked": p}));
+            }
             let (through, found) = read_final(&w.connect, &w.prefix).await?;
             // The watcher has until then to get every event up to the final read.
             let last = found.values().map(|f| f.mod_revision).max().unwrap_or(0);

@@ -42,6 +42,8 @@ pub struct KvHistory {
     pub writes: Vec<Write>,
     /// Writes sent and never answered.
     pub maybe: Vec<MaybeWrite>,
+    /// Clients that panicked (their history is lost, so the run cannot be judged).
+    pub panicked: Vec<String>,
 }
 
 impl KvHistory {
@@ -83,15 +85,44 @@ pub async fn run(
             client(c, &config, &connect, &stop, &clock).await
         }));
     }
+    collect(tasks).await
+}
+
+/// The clients' histories together; a client that panicked is named in
+/// [`KvHistory::panicked`], never dropped silently.
+async fn collect(tasks: Vec<tokio::task::JoinHandle<KvHistory>>) -> KvHistory {
     let mut all = KvHistory::default();
-    for t in tasks {
-        if let Ok(h) = t.await {
-            all.ops.extend(h.ops);
-            all.writes.extend(h.writes);
-            all.maybe.extend(h.maybe);
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await {
+            Ok(h) => {
+                all.ops.extend(h.ops);
+                all.writes.extend(h.writes);
+                all.maybe.extend(h.maybe);
+                all.panicked.extend(h.panicked);
+            }
+            Err(e) => all.panicked.push(format!("client {i}: {e}")),
         }
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_client_is_reported_not_dropped() {
+        let fine = tokio::spawn(async { KvHistory::default() });
+        let broken = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("a bug in the workload");
+            }
+            KvHistory::default()
+        });
+        let h = collect(vec![fine, broken]).await;
+        assert_eq!(h.panicked.len(), 1, "{:?}", h.panicked);
+        assert!(h.panicked[0].starts_with("client 1:"), "{:?}", h.panicked);
+    }
 }
 
 async fn client(
