@@ -736,7 +736,7 @@ impl<'a> Run<'a> {
                 self.attack = Some(self.begin_attack().await?);
                 self.note(
                     format!(
-                        "hostile: claims apps' client, an apps node and infra's echo-1 as its nodes, relabels its reserved identities, copies apps/node-1's WireGuard key, floods {} pod addresses, rewrites a {} KiB record without pause",
+                        "hostile: claims apps' client, an apps node and infra's echo-1 as its nodes, relabels its reserved identities, copies apps/node-1's WireGuard key, floods {} pod addresses, rewrites {} KiB records without pause",
                         hostile::FLOOD,
                         hostile::CHURN_VALUE >> 10
                     ),

@@ -11,7 +11,7 @@
 //! - copies an apps node's WireGuard public key;
 //! - floods its ipcache with [`FLOOD`] pod addresses, more than apps' agents take from one
 //!   remote (the scenario's `--remote-pod-limit`);
-//! - rewrites one record with [`CHURN_VALUE`]-byte values without pause, faster than apps
+//! - rewrites a few records with [`CHURN_VALUE`]-byte values without pause, faster than apps
 //!   takes from one remote (the scenario's `--remote-write-mib-per-minute`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -205,13 +205,24 @@ fn pod(ip: Ipv4Addr, id: u32) -> TxnOp {
     )
 }
 
-/// Rewrites one identity record of `hostile` until `stop`; the number of rewrites.
+/// Rewrites [`CHURN_KEYS`] identity records of `hostile` in turn, from two writers, until
+/// `stop`; the number of rewrites. Several keys, because a mirror batch carries one version
+/// per key: rewrites of a single key in quick succession reach apps as fewer writes.
 pub async fn churn(hostile: Connect, stop: CancellationToken) -> u64 {
-    let key = Key::Identity {
-        cluster: NAME.to_owned(),
-        id: identity(u16::from(ID), 301),
+    let writers: Vec<_> = (0..2u32)
+        .map(|w| tokio::spawn(churn_one(hostile.clone(), stop.clone(), w)))
+        .collect();
+    let mut n = 0;
+    for w in writers {
+        n += w.await.unwrap_or(0);
     }
-    .to_string();
+    n
+}
+
+/// The identity records [`churn`] rewrites, per writer.
+pub const CHURN_KEYS: u32 = 4;
+
+async fn churn_one(hostile: Connect, stop: CancellationToken, writer: u32) -> u64 {
     let mut n = 0u64;
     let mut member = 0;
     while !stop.is_cancelled() {
@@ -221,16 +232,23 @@ pub async fn churn(hostile: Connect, stop: CancellationToken) -> u64 {
             continue;
         };
         while !stop.is_cancelled() {
+            let key = Key::Identity {
+                cluster: NAME.to_owned(),
+                id: identity(
+                    u16::from(ID),
+                    301 + (writer * CHURN_KEYS + n as u32 % CHURN_KEYS) as u16,
+                ),
+            }
+            .to_string();
             let value = Record::Identity(IdentityRecord {
                 schema: SCHEMA,
-                labels: vec![format!("churn={n}-{}", "x".repeat(CHURN_VALUE))],
+                labels: vec![format!("churn={writer}-{n}-{}", "x".repeat(CHURN_VALUE))],
             })
             .encode();
             if c.put(key.as_str(), value, None).await.is_err() {
                 break;
             }
             n += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         member += 1;
     }
