@@ -257,17 +257,22 @@ impl Reconciler {
             // full map) is tried again at the next tick; an endpoint is enforced even when one
             // of its rules could not be added: a policy fails closed.
             let mut policy_failed = false;
+            // One policy write's outcome: counted, or failed and left for the next tick.
+            let mut wrote = |result: Result<(), P::Error>, writes: &mut Writes| match result {
+                Ok(()) => {
+                    writes.policy += 1;
+                    true
+                }
+                Err(e) => {
+                    failed(e, writes);
+                    policy_failed = true;
+                    false
+                }
+            };
             let add_rules: Vec<Rule> = rules.difference(&self.applied.rules).copied().collect();
             for r in add_rules {
-                match out.set_rule(&r, true) {
-                    Ok(()) => {
-                        self.applied.rules.insert(r);
-                        writes.policy += 1;
-                    }
-                    Err(e) => {
-                        failed(e, &mut writes);
-                        policy_failed = true;
-                    }
+                if wrote(out.set_rule(&r, true), &mut writes) {
+                    self.applied.rules.insert(r);
                 }
             }
             let add: Vec<u32> = enforced
@@ -275,15 +280,8 @@ impl Reconciler {
                 .copied()
                 .collect();
             for e in add {
-                match out.set_enforced(e, true) {
-                    Ok(()) => {
-                        self.applied.enforced.insert(e);
-                        writes.policy += 1;
-                    }
-                    Err(err) => {
-                        failed(err, &mut writes);
-                        policy_failed = true;
-                    }
+                if wrote(out.set_enforced(e, true), &mut writes) {
+                    self.applied.enforced.insert(e);
                 }
             }
             if !keep.own {
@@ -294,15 +292,8 @@ impl Reconciler {
                     .copied()
                     .collect();
                 for e in lift {
-                    match out.set_enforced(e, false) {
-                        Ok(()) => {
-                            self.applied.enforced.remove(&e);
-                            writes.policy += 1;
-                        }
-                        Err(err) => {
-                            failed(err, &mut writes);
-                            policy_failed = true;
-                        }
+                    if wrote(out.set_enforced(e, false), &mut writes) {
+                        self.applied.enforced.remove(&e);
                     }
                 }
             }
@@ -314,15 +305,8 @@ impl Reconciler {
                 .copied()
                 .collect();
             for r in drop_rules {
-                match out.set_rule(&r, false) {
-                    Ok(()) => {
-                        self.applied.rules.remove(&r);
-                        writes.policy += 1;
-                    }
-                    Err(e) => {
-                        failed(e, &mut writes);
-                        policy_failed = true;
-                    }
+                if wrote(out.set_rule(&r, false), &mut writes) {
+                    self.applied.rules.remove(&r);
                 }
             }
             self.pending.policy |= policy_failed;
