@@ -1,11 +1,15 @@
 //! `--listen-metrics-urls`: Prometheus metrics that reflect what the member did, and
 //! `/healthz`. raftmesh only: the metric names are ours, not etcd's.
 
+#[path = "support/util.rs"]
+mod util;
+
 use std::time::{Duration, Instant};
 
-use localcluster::{Cluster, Flavor, Spec};
+use localcluster::{Cluster, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use util::{flavor, raftmesh_only};
 
 /// GET `path` from `url` (http://host:port); returns (status line, body).
 async fn get(url: &str, path: &str) -> (String, String) {
@@ -40,16 +44,14 @@ fn sample(body: &str, name_and_labels: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_reflect_writes_and_healthz_reports_leader() {
-    let flavor = Flavor::from_env(env!("CARGO_BIN_EXE_mesh-apiserver"));
-    if flavor.is_etcd() {
-        eprintln!("skipped: raftmesh metrics are not etcd's");
-        return;
-    }
+    raftmesh_only("raftmesh metrics are not etcd's");
     let spec = Spec {
         metrics: true,
         ..Spec::default()
     };
-    let c = Cluster::start(flavor, spec).await.expect("cluster starts");
+    let c = Cluster::start(flavor(), spec)
+        .await
+        .expect("cluster starts");
     let leader = c.leader().await.expect("a leader");
     let url = c.metrics_url(leader).expect("metrics URL");
 

@@ -7,8 +7,8 @@
 //! CA bundles are reloaded from disk without a restart while an open watch keeps delivering;
 //! garbage and plaintext on a TLS port harm nobody.
 //!
-//! raftmesh only: etcd has no certificate roles (with `RAFTMESH_TEST_SERVER=etcd` these tests
-//! return at once).
+//! raftmesh only: etcd has no certificate roles (the `etcd` nextest profile leaves this file
+//! out).
 
 #[path = "support/util.rs"]
 mod util;
@@ -27,7 +27,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use util::{flavor, metric, scrape_metrics};
+use util::{flavor, metric, raftmesh_only, scrape_metrics};
 
 /// Bound on one etcdctl run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
@@ -149,21 +149,14 @@ async fn denied(c: &Cluster, cert: &str, args: &[&str]) {
     }
 }
 
-fn skip_for_etcd() -> bool {
-    if flavor().is_etcd() {
-        eprintln!("certificate roles are raftmesh's; nothing to check against etcd");
-        return true;
-    }
-    false
-}
+/// Why every test here is raftmesh's alone ([`raftmesh_only`]).
+const ROLES_ARE_OURS: &str = "certificate roles are raftmesh's; nothing to check against etcd";
 
 /// Acceptance 1: admin may do everything; an agent reads `mesh/v1/` and writes only its own
 /// node key; a remote reads `mesh/v1/apps/` only. Refusals change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_gets_what_the_trust_model_gives_it() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let c = tls_cluster(&pki).await;
     let admin = "admin-admin";
@@ -337,9 +330,7 @@ async fn each_role_gets_what_the_trust_model_gives_it() {
 /// granted; another agent's (or an admin's) lease is refused and left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_uses_only_the_leases_it_granted() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let c = tls_cluster(&pki).await;
     let (admin, a, b) = ("admin-admin", "agent-node-1", "agent-node-2");
@@ -417,9 +408,7 @@ async fn an_agent_uses_only_the_leases_it_granted() {
 /// Rust twin (etcd-client), each its own pattern.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_agent_identity_holds_a_bounded_number_of_leases_and_watches() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let mut spec = Spec::with_members(3);
     spec.tls = Some(pki.dir.clone());
@@ -516,9 +505,7 @@ async fn one_agent_identity_holds_a_bounded_number_of_leases_and_watches() {
 /// agents keep writing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_identity_writes_small_values_at_a_bounded_rate() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let mut spec = Spec::with_members(3);
     spec.tls = Some(pki.dir.clone());
@@ -610,9 +597,7 @@ async fn revision(c: &Cluster) -> i64 {
 /// denied range is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_txn_with_one_denied_op_and_a_watch_on_a_denied_range_are_refused() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let c = tls_cluster(&pki).await;
     let before = revision(&c).await;
@@ -744,9 +729,7 @@ async fn accepted(url: &str, config: Arc<rustls::ClientConfig>) -> bool {
 /// certificate. Every refusal is counted, and the server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_without_an_acceptable_certificate_are_refused() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let stranger =
         CertificateAuthority::generate("apps", Validity::days_from_now(CA_DAYS)).unwrap();
@@ -869,9 +852,7 @@ fn localcluster_etcdctl_plain(c: &Cluster, ca: &Path) -> Command {
 /// delivering throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_files_are_used_without_a_restart_and_open_watches_keep_delivering() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let c = tls_cluster(&pki).await;
     // From the next revision on, so the first put is delivered however long the watch takes
@@ -977,9 +958,7 @@ async fn expect_event(
 /// refused without harming the server: it keeps serving others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_plaintext_on_tls_ports_harm_nobody() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let c = tls_cluster(&pki).await;
     for url in [c.client_url(0), c.member_config(0).peer_url()] {
@@ -1028,9 +1007,7 @@ async fn garbage_and_plaintext_on_tls_ports_harm_nobody() {
 /// accepting, for 10 s each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_do_not_lock_clients_out() {
-    if skip_for_etcd() {
-        return;
-    }
+    raftmesh_only(ROLES_ARE_OURS);
     let pki = Pki::new();
     let c = tls_cluster(&pki).await;
     let addr = c.client_url(0).trim_start_matches("https://").to_owned();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use localcluster::{Cluster, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use util::flavor;
+use util::{flavor, raftmesh_only};
 
 /// An HTTP/2 frame header: payload length, type, flags, stream id.
 async fn frame(tcp: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
@@ -27,10 +27,7 @@ async fn frame(tcp: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_sees_the_stream_limit_then_pings_then_the_door() {
-    if flavor().is_etcd() {
-        eprintln!("raftmesh's limits; etcd's defaults differ");
-        return;
-    }
+    raftmesh_only("raftmesh's limits; etcd's defaults differ");
     let mut spec = Spec::with_members(1);
     spec.extra_args = [
         "--max-concurrent-streams",

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use etcd_client::{Client, ConnectOptions};
 use localcluster::{Cluster, Spec};
-use util::{etcdctl_stdout as etcdctl, flavor, grpc_status};
+use util::{etcdctl_stdout as etcdctl, flavor, grpc_status, raftmesh_only};
 
 /// etcd's refusal while NOSPACE is raised.
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
@@ -130,10 +130,7 @@ async fn writes_past_the_quota_raise_nospace_until_disarmed() -> Result<()> {
 /// `--max-leases` and `--max-watchers-per-stream` (raftmesh's; etcd has no such bounds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_watchers_per_stream_are_bounded() -> Result<()> {
-    if flavor().is_etcd() {
-        eprintln!("lease and watcher bounds are raftmesh's; nothing to check against etcd");
-        return Ok(());
-    }
+    raftmesh_only("lease and watcher bounds are raftmesh's; nothing to check against etcd");
     let mut spec = Spec::with_members(1);
     spec.extra_args = ["--max-leases", "5", "--max-watchers-per-stream", "3"]
         .map(String::from)
@@ -186,10 +183,7 @@ async fn leases_and_watchers_per_stream_are_bounded() -> Result<()> {
 /// NOSPACE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_churn_is_compacted_before_the_quota() -> Result<()> {
-    if flavor().is_etcd() {
-        eprintln!("compaction under pressure is raftmesh's; etcd raises NOSPACE");
-        return Ok(());
-    }
+    raftmesh_only("compaction under pressure is raftmesh's; etcd raises NOSPACE");
     let mut spec = Spec::with_members(1);
     spec.extra_args = vec!["--quota-backend-bytes".into(), QUOTA.to_string()];
     let cluster = Cluster::start(flavor(), spec).await?;

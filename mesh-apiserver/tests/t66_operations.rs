@@ -17,7 +17,7 @@ use etcd_client::{GetOptions, PutOptions};
 use localcluster::{Cluster, Spec};
 use serde_json::Value;
 use tokio::task::JoinSet;
-use util::{connect, etcdctl_stdout as etcdctl, eventually, flavor};
+use util::{connect, etcdctl_stdout as etcdctl, eventually, flavor, raftmesh_only};
 
 async fn json(command: std::process::Command, args: &[&str]) -> Result<Value> {
     let mut with = args.to_vec();
@@ -74,10 +74,7 @@ async fn write_many(c: &Cluster, n: usize) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_save_restores_into_a_fresh_cluster() -> Result<()> {
-    if flavor().is_etcd() {
-        eprintln!("restoring is per server (etcdctl snapshot restore vs --restore-from)");
-        return Ok(());
-    }
+    raftmesh_only("restoring is per server (etcdctl snapshot restore vs --restore-from)");
     let source = Cluster::start(flavor(), Spec::with_members(3)).await?;
     let mut client = connect(&source.client_url(0)).await?;
     write_many(&source, 500).await?;

@@ -17,8 +17,8 @@ use etcd_client::{Client, GetOptions};
 use localcluster::Cluster;
 use mesh_api::{Key, Record};
 use util::{
-    connect, current_revision, eventually, flavor, metric_opt, publishing_spec, restart_together,
-    scrape_metrics,
+    connect, current_revision, eventually, flavor, metric_opt, publishing_spec, raftmesh_only,
+    restart_together, scrape_metrics,
 };
 
 /// Bound on the publisher noticing a change (it polls every second).
@@ -48,10 +48,7 @@ async fn record(client: &mut Client, key: &str) -> anyhow::Result<Record> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart() {
-    if flavor().is_etcd() {
-        eprintln!("publishing is raftmesh's; nothing to check against etcd");
-        return;
-    }
+    raftmesh_only("publishing is raftmesh's; nothing to check against etcd");
     let manifests = tempfile::tempdir().unwrap();
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/publish/manifests.yaml");

@@ -18,7 +18,7 @@ use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::objects::Objects;
 use mesh_apiserver::publish::synthetic::Shape;
 use tokio::time::Instant;
-use util::{connect, eventually, flavor, publishing_spec};
+use util::{connect, eventually, flavor, publishing_spec, raftmesh_only};
 
 const SERVICES: usize = 1_000;
 const PODS: usize = 10_000;
@@ -36,10 +36,7 @@ async fn count(client: &mut Client, prefix: &str) -> anyhow::Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_completes_an_interrupted_initial_sync() {
-    if flavor().is_etcd() {
-        eprintln!("publishing is raftmesh's; nothing to check against etcd");
-        return;
-    }
+    raftmesh_only("publishing is raftmesh's; nothing to check against etcd");
     let shape = Shape {
         nodes: NODES,
         services: SERVICES,

@@ -14,7 +14,9 @@ use anyhow::ensure;
 use etcd_client::{Client, GetOptions};
 use localcluster::Cluster;
 use mesh_api::{Key, Record};
-use util::{connect, eventually, flavor, metric_opt, publishing_spec, scrape_metrics};
+use util::{
+    connect, eventually, flavor, metric_opt, publishing_spec, raftmesh_only, scrape_metrics,
+};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -45,10 +47,7 @@ async fn identities(client: &mut Client) -> anyhow::Result<BTreeMap<Vec<String>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserved_identities_stay_and_unused_ones_go_after_the_grace_period() {
-    if flavor().is_etcd() {
-        eprintln!("publishing is raftmesh's; nothing to check against etcd");
-        return;
-    }
+    raftmesh_only("publishing is raftmesh's; nothing to check against etcd");
     let dir = tempfile::tempdir().unwrap();
     let node =
         "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nspec: {podCIDR: 10.1.1.0/24}\n";

@@ -10,14 +10,11 @@ use mesh_apiserver::config::MirrorSettings;
 use mesh_apiserver::mirror::session::{Session, SessionError};
 use mesh_apiserver::mirror::validate::Validator;
 use mesh_apiserver::mirror::{MirrorMetrics, RemoteState};
-use util::{connect, flavor};
+use util::{connect, flavor, raftmesh_only};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_mirror_with_a_stale_view_is_refused() {
-    if flavor().is_etcd() {
-        eprintln!("the mirror is raftmesh's; nothing to check against etcd");
-        return;
-    }
+    raftmesh_only("the mirror is raftmesh's; nothing to check against etcd");
     let cluster = Cluster::start(flavor(), Spec::with_members(1))
         .await
         .unwrap();

@@ -1,9 +1,10 @@
-//! Helpers shared by the acceptance tests `t20_client`, `t30_durability` and `t40_watch`: the
-//! server under test, clients with deadlines, etcd error matching, bounded polling, concurrent
-//! writers that record every acknowledged put, and whole-prefix snapshots to compare members.
+//! Helpers shared by the acceptance tests: the server under test, clients with deadlines, etcd
+//! error matching, bounded polling, concurrent writers that record every acknowledged put, and
+//! whole-prefix snapshots to compare members.
 //!
-//! Every test runs unchanged against the real etcd (`RAFTMESH_TEST_SERVER=etcd`), which is how
-//! the expected values are checked against the reference.
+//! The tests run unchanged against the real etcd (`RAFTMESH_TEST_SERVER=etcd`,
+//! `scripts/test-etcd`), which is how the expected values are checked against the reference;
+//! those of raftmesh's own behaviour say so with [`raftmesh_only`].
 
 #![allow(
     dead_code,
@@ -34,6 +35,23 @@ const WRITE_BACKOFF: Duration = Duration::from_millis(20);
 /// The server under test: `mesh-apiserver`, or etcd with `RAFTMESH_TEST_SERVER=etcd`.
 pub fn flavor() -> Flavor {
     Flavor::from_env(env!("CARGO_BIN_EXE_mesh-apiserver"))
+}
+
+/// Marks a test of raftmesh's own behaviour, which etcd does not have; `why` says what differs.
+///
+/// The `etcd` nextest profile (`.config/nextest.toml`, run by `scripts/test-etcd`) filters
+/// such tests out, so against etcd they are reported as skipped rather than as passed.
+///
+/// # Panics
+/// Against etcd: the test got past the profile's filter, and it must fail loudly rather than
+/// pass having checked nothing.
+pub fn raftmesh_only(why: &str) {
+    if flavor().is_etcd() {
+        panic!(
+            "{why}: this raftmesh-only test checks nothing against etcd; the `etcd` nextest \
+             profile's default-filter (.config/nextest.toml) should have left it out"
+        );
+    }
 }
 
 /// A client for `url` alone whose unary requests time out after [`RPC_TIMEOUT`]. Do not use it
