@@ -3,6 +3,10 @@
 //! a manifest adds, changes and removes the matching keys; a restart with unchanged manifests
 //! writes nothing (checked by the store's revision).
 //!
+//! The expected keys are derived by hand from the fixture's manifests ([`EXPECTED_KEYS`]), not
+//! read from `expected.json`: the publisher golden of `t70_publish_golden` would make a wrong
+//! golden, blessed once, pass both tests.
+//!
 //! raftmesh only (etcd does not publish anything).
 
 #[path = "support/util.rs"]
@@ -25,6 +29,76 @@ use util::{
 const PATIENCE: Duration = Duration::from_secs(20);
 
 const CART: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: cart, namespace: shop}\nspec: {selector: {app: cart}, clusterIP: 10.96.10.30, ports: [{port: 80}]}\n";
+
+/// Every key `tests/fixtures/publish/manifests.yaml` publishes as cluster `apps` (id 7) but
+/// the identities allocated for its pods (see [`POD_IDENTITIES`]), each with what gives it.
+const EXPECTED_KEYS: &[&str] = &[
+    // The cluster record, from the flags (--cluster-name apps --cluster-id 7), with the Nodes'
+    // pod CIDRs.
+    "mesh/v1/apps/cluster",
+    // Node node-a.
+    "mesh/v1/apps/nodes/node-a",
+    // Node node-b.
+    "mesh/v1/apps/nodes/node-b",
+    // The eight reserved identities every cluster publishes, numbered 7 << 16 | 1..=8
+    // (reserved:host, world, unmanaged, health, init, remote-node, kube-apiserver, ingress).
+    "mesh/v1/apps/identities/458753",
+    "mesh/v1/apps/identities/458754",
+    "mesh/v1/apps/identities/458755",
+    "mesh/v1/apps/identities/458756",
+    "mesh/v1/apps/identities/458757",
+    "mesh/v1/apps/identities/458758",
+    "mesh/v1/apps/identities/458759",
+    "mesh/v1/apps/identities/458760",
+    // Pod shop/web-7d4b9c-x2x7q (Running on node-a, inside 10.1.1.0/24).
+    "mesh/v1/apps/ipcache/10.1.1.10",
+    // Pod shop/web-7d4b9c-k9p2m (Running on node-b, inside 10.1.2.0/24).
+    "mesh/v1/apps/ipcache/10.1.2.11",
+    // Pod shop/db-0 (Running on node-b).
+    "mesh/v1/apps/ipcache/10.1.2.20",
+    // No ipcache key: kube-system/kube-proxy-abcde (host network), shop/migrate-xyz
+    // (Succeeded), shop/stray (10.9.9.9 is outside node-a's CIDR: skipped as
+    // pod_ip_outside_node).
+    //
+    // Service shop/web (mesh.raftmesh.io/global).
+    "mesh/v1/apps/services/shop/web",
+    // Service shop/db (service.cilium.io/global, shared: false).
+    "mesh/v1/apps/services/shop/db",
+    // Service shop/db-headless (clusterIP None, a selector).
+    "mesh/v1/apps/services/shop/db-headless",
+    // No service key: shop/legacy (no selector and no EndpointSlice: skipped as
+    // service_without_backends), shop/docs (ExternalName).
+    //
+    // EndpointSlice shop/web-h7k2p of the global Service web.
+    "mesh/v1/apps/endpoints/shop/web/web-h7k2p",
+    // EndpointSlice shop/db-q8w2z of the global Service db (global publishes its slices even
+    // with shared: false).
+    "mesh/v1/apps/endpoints/shop/db/db-q8w2z",
+    // No endpoints key: shop/gone-abcde (names no Service: skipped as orphan_slice).
+    //
+    // MeshPolicy shop/db-from-infra.
+    "mesh/v1/apps/policies/shop/db-from-infra",
+    // No key: the Deployment shop/web (not a kind the publisher reads).
+    //
+    // The initial-sync markers, one per synced kind, written once the kind is published.
+    "mesh/v1/apps/synced/nodes",
+    "mesh/v1/apps/synced/identities",
+    "mesh/v1/apps/synced/ipcache",
+    "mesh/v1/apps/synced/services",
+    "mesh/v1/apps/synced/endpoints",
+    "mesh/v1/apps/synced/policies",
+];
+
+/// The label sets of the identities allocated for the manifests' pods with an ipcache key.
+/// Their ids come from probing, so the test checks these records' labels, not their keys.
+const POD_IDENTITIES: [&[&str]; 2] = [
+    // Pod shop/db-0 (statefulset.kubernetes.io/pod-name and controller-revision-hash are
+    // ignored).
+    &["app=db", "io.kubernetes.pod.namespace=shop"],
+    // Pods shop/web-7d4b9c-x2x7q and shop/web-7d4b9c-k9p2m: one identity, as their labels
+    // differ only in pod-template-hash, which is ignored.
+    &["app=web", "io.kubernetes.pod.namespace=shop", "tier=front"],
+];
 
 async fn keys(client: &mut Client) -> anyhow::Result<BTreeSet<String>> {
     let resp = client
@@ -58,18 +132,6 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
     let mut cluster = Cluster::start(flavor(), spec).await.unwrap();
     let mut client = connect(&cluster.client_url(0)).await.unwrap();
 
-    // The golden records (identities get their ids by probing, so only their count is fixed).
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture.with_file_name("expected.json")).unwrap(),
-    )
-    .unwrap();
-    let golden: BTreeSet<String> = expected["records"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| !k.contains("/identities/"))
-        .cloned()
-        .collect();
     let published = eventually(
         "the manifests are published with their markers",
         PATIENCE,
@@ -81,24 +143,42 @@ async fn manifests_are_published_kept_in_sync_and_not_rewritten_after_a_restart(
         },
     )
     .await;
-    let identities = published
+    // Every key is expected but the pods' identities, which are then checked by their labels:
+    // one identity per label set, none missing, none extra.
+    let expected: BTreeSet<String> = EXPECTED_KEYS.iter().map(|k| (*k).to_owned()).collect();
+    let allocated: Vec<&String> = published
         .iter()
-        .filter(|k| k.contains("/identities/"))
-        .count();
+        .filter(|k| k.contains("/identities/") && !expected.contains(*k))
+        .collect();
     let rest: BTreeSet<String> = published
         .iter()
-        .filter(|k| {
-            !k.contains("/identities/") && !k.contains("/synced/") && !k.ends_with("/cluster")
-        })
+        .filter(|k| !allocated.contains(k))
         .cloned()
         .collect();
-    assert_eq!(rest, golden);
     assert_eq!(
-        identities,
-        2 + 8,
-        "two label sets and the eight reserved identities"
+        rest, expected,
+        "the published keys (left), the manifests' (right)"
     );
-    assert!(published.contains("mesh/v1/apps/cluster"));
+    let mut label_sets = Vec::new();
+    for key in allocated {
+        let Ok(Key::Identity { id, .. }) = key.parse::<Key>() else {
+            panic!("{key} is not an identity key");
+        };
+        assert!(
+            mesh_api::identity::cluster_of(id) == 7 && !mesh_api::identity::is_reserved(id),
+            "{key}: not an allocated identity of cluster 7"
+        );
+        let Record::Identity(identity) = record(&mut client, key).await.unwrap() else {
+            panic!("{key} is not an identity record");
+        };
+        label_sets.push(identity.labels);
+    }
+    label_sets.sort();
+    let pod_identities: Vec<Vec<String>> = POD_IDENTITIES
+        .iter()
+        .map(|set| set.iter().map(|l| (*l).to_owned()).collect())
+        .collect();
+    assert_eq!(label_sets, pod_identities, "the pods' identities");
     let Record::Cluster(c) = record(&mut client, "mesh/v1/apps/cluster").await.unwrap() else {
         panic!("not a cluster record");
     };
