@@ -30,26 +30,39 @@ pub fn markdown(r: &Report, command: &str) -> String {
             None => "Mirrors and maps did **not** agree within the bound.".to_owned(),
         }
     );
-    md.push_str("## Per cluster\n\n| cluster | KV answered / unanswered | acknowledged writes | watch events (reconnects) | writes during faults (failed) | local connections during faults (failed) | resync writes / churn changes during faults |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("## Per cluster\n\n| cluster | KV answered / unanswered | acknowledged writes (deletes, leased puts) | watch events (reconnects) | writes during faults (failed) | KV answered during faults (required) | local connections during faults (failed; required) | resync writes / churn changes during faults |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (cluster, o) in &r.operations {
         let a = r.availability.get(cluster).cloned().unwrap_or(json!({}));
         let s = r.resync.get(cluster).cloned().unwrap_or(json!({}));
         let _ = writeln!(
             md,
-            "| {cluster} | {} / {} | {} | {} ({}) | {} ({}) | {} ({}) | {} / {} |",
+            "| {cluster} | {} / {} | {} ({}, {}) | {} ({}) | {} ({}) | {} ({}) | {} ({}; {}) | {} / {} |",
             o["kv_answered"],
             o["kv_unanswered"],
             o["acknowledged_writes"],
+            o["acknowledged_deletes"],
+            o["acknowledged_leased_puts"],
             o["watch_events"],
             o["watch_reconnects"],
             a["writes_during_faults"],
             a["writes_failed_during_faults"],
+            a["activity"]["kv_answered"],
+            a["activity"]["kv_minimum"],
             a["local_connections_during_faults"],
             a["local_connections_failed_during_faults"],
+            a["activity"]["connections_minimum"],
             s["writes"],
             s["churn_changes_during_faults"],
         );
     }
+    let _ = writeln!(
+        md,
+        "\nA fault window is judged only if each honest cluster's clients had at least {} KV \
+         operations answered and its probe made at least {} connections per second of it \
+         (`inactive` otherwise).",
+        crate::check::available::KV_ANSWERED_PER_S,
+        crate::check::available::CONNECTIONS_PER_S
+    );
     if let Some(g) = r
         .availability
         .get("apps")

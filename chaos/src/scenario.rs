@@ -298,20 +298,40 @@ struct Workloads {
 /// A client pod connecting to a service every 20 ms, its answers recorded.
 struct Probe {
     child: std::process::Child,
-    reader: std::thread::JoinHandle<()>,
+    /// Reads the answers; returns the lines that were not answers.
+    reader: std::thread::JoinHandle<Vec<String>>,
     answers: Arc<Mutex<Vec<Answer>>>,
     stopfile: PathBuf,
+    /// Where its stderr goes.
+    stderr: PathBuf,
 }
 
 impl Probe {
-    /// Stops the probe; its answers.
-    fn stop(mut self) -> Result<Vec<Answer>> {
+    /// Stops the probe: its answers, and what went wrong with the probe itself (it exited
+    /// before it was stopped, or printed lines that are not answers) — a probe that records
+    /// nothing must never read as a cluster that failed nothing.
+    fn stop(mut self) -> Result<(Vec<Answer>, Vec<String>)> {
+        let mut problems = Vec::new();
+        if let Some(status) = self.child.try_wait()? {
+            let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            problems.push(format!(
+                "the probe exited before it was stopped ({status}): {}",
+                stderr.trim()
+            ));
+        }
         std::fs::write(&self.stopfile, b"")?;
         let _ = self.child.wait();
-        let _ = self.reader.join();
-        Ok(std::mem::take(
-            &mut *self.answers.lock().expect("not poisoned"),
-        ))
+        match self.reader.join() {
+            Ok(stray) => problems.extend(
+                stray
+                    .iter()
+                    .take(3)
+                    .map(|l| format!("the probe printed a line that is not an answer: {l}")),
+            ),
+            Err(_) => problems.push("the probe's reader panicked".to_owned()),
+        }
+        let answers = std::mem::take(&mut *self.answers.lock().expect("not poisoned"));
+        Ok((answers, problems))
     }
 }
 
@@ -485,6 +505,8 @@ impl<'a> Run<'a> {
             "availability",
             "remote-preference",
             "workload",
+            "inactive",
+            "lease",
         ] {
             report.violations.insert(name.to_owned(), Vec::new());
         }
@@ -493,6 +515,8 @@ impl<'a> Run<'a> {
             .get_mut("convergence")
             .expect("inserted")
             .extend(convergence.1);
+        // KV operations answered during the faults, per cluster.
+        let mut kv_served = BTreeMap::new();
         for (cluster, w) in loads {
             let history = w.kv.await?;
             // A client that panicked took its history with it: nothing can be judged of it.
@@ -513,6 +537,26 @@ impl<'a> Run<'a> {
             w.watch_stop.cancel();
             let record = w.watch.await?;
             let windows = w.window.lock().expect("not poisoned").clone();
+            if let Some(why) = &history.lease_lost {
+                report
+                    .violations
+                    .get_mut("lease")
+                    .expect("inserted")
+                    .push(json!({"cluster": cluster, "lost": why}));
+            }
+            kv_served.insert(cluster.clone(), history.served_during(&windows).0 as u64);
+            // The workload exercised what it claims to: deletes and puts bound to a lease.
+            let deletes = history.writes.iter().filter(|w| w.value.is_none()).count();
+            if self.honest(&cluster) && (deletes == 0 || history.leased_writes == 0) {
+                report
+                    .violations
+                    .get_mut("inactive")
+                    .expect("inserted")
+                    .push(json!({"cluster": cluster, "problem": format!(
+                        "{deletes} deletes and {} puts bound to the lease acknowledged in the whole run",
+                        history.leased_writes
+                    )}));
+            }
             self.check_cluster(
                 &cluster,
                 &history,
@@ -540,8 +584,30 @@ impl<'a> Run<'a> {
             }
         }
         for (cluster, p) in probes {
-            let answers = p.stop()?;
+            let (answers, problems) = p.stop()?;
+            for problem in problems {
+                report
+                    .violations
+                    .get_mut("workload")
+                    .expect("inserted")
+                    .push(json!({"cluster": cluster, "probe": problem}));
+            }
             let (all, failed, _) = tally(&answers, fault_began, fault_ended, &cluster);
+            // Judged only if something was done: the attacker's own work is not judged.
+            let activity = available::Activity::new(
+                kv_served.get(&cluster).copied().unwrap_or(0),
+                all,
+                fault_ended.saturating_duration_since(fault_began),
+            );
+            if self.honest(&cluster) {
+                for problem in activity.violations() {
+                    report
+                        .violations
+                        .get_mut("inactive")
+                        .expect("inserted")
+                        .push(json!({"cluster": cluster, "problem": problem}));
+                }
+            }
             let entry = report
                 .availability
                 .entry(cluster.clone())
@@ -549,6 +615,7 @@ impl<'a> Run<'a> {
             entry["local_connections"] = json!(answers.len());
             entry["local_connections_during_faults"] = json!(all);
             entry["local_connections_failed_during_faults"] = json!(failed);
+            entry["activity"] = json!(activity);
             if failed > 0 && self.cuts_clusters() && self.honest(&cluster) {
                 report
                     .violations
@@ -557,7 +624,14 @@ impl<'a> Run<'a> {
                     .push(json!({"cluster": cluster, "failed_local_connections": failed}));
             }
         }
-        let answers = global.stop()?;
+        let (answers, problems) = global.stop()?;
+        for problem in problems {
+            report
+                .violations
+                .get_mut("workload")
+                .expect("inserted")
+                .push(json!({"cluster": "apps", "global_probe": problem}));
+        }
         if self.name == "hostile-remote" {
             // apps' clients reach infra's backends over the tunnels the copied key targets.
             let (all, failed, _) = tally(&answers, fault_began, fault_ended, "infra");
@@ -616,6 +690,7 @@ impl<'a> Run<'a> {
             .lab
             .dir
             .join(format!("chaos-probe-{cluster}-{service}.stop"));
+        let stderr = stopfile.with_extension("stderr");
         let mut child = self
             .lab
             .exec(
@@ -634,16 +709,21 @@ impl<'a> Run<'a> {
                 ],
             )?
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr)?)
             .spawn()?;
         let out = child.stdout.take().expect("piped");
         let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
         let reader = {
             let answers = answers.clone();
             std::thread::spawn(move || {
+                let mut stray = Vec::new();
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                        continue;
+                    let v = match serde_json::from_str::<Value>(&line) {
+                        Ok(v) if v["ok"].is_boolean() => v,
+                        _ => {
+                            stray.push(line);
+                            continue;
+                        }
                     };
                     let by = v["reply"]
                         .as_str()
@@ -659,6 +739,7 @@ impl<'a> Run<'a> {
                         .expect("not poisoned")
                         .push((began, v["ok"] == true, by));
                 }
+                stray
             })
         };
         Ok(Probe {
@@ -666,6 +747,7 @@ impl<'a> Run<'a> {
             reader,
             answers,
             stopfile,
+            stderr,
         })
     }
 
@@ -1015,9 +1097,17 @@ impl<'a> Run<'a> {
                     } else {
                         node_agent::desired::Limits::default()
                     };
-                    match converge::maps(client, cluster, &nodes, stale_ms, limits, |n| {
-                        self.lab.pins(cluster, n)
-                    })
+                    let expected =
+                        converge::expected_services(&self.lab.state.spec, &self.lab.plan, cluster);
+                    match converge::maps(
+                        client,
+                        cluster,
+                        &nodes,
+                        stale_ms,
+                        limits,
+                        &expected,
+                        |n| self.lab.pins(cluster, n),
+                    )
                     .await
                     {
                         Ok(d) => diffs.extend(d.iter().map(|d| json!(d))),
@@ -1155,19 +1245,30 @@ impl<'a> Run<'a> {
         }
         // Availability: local writes made while the clusters were cut apart.
         let (writes_during, failed_during) = available::writes_during(&history.ops, windows);
+        let (_, refused_during) = history.served_during(windows);
         // The hostile cluster's own work is its own business (it loads its store itself).
-        if failed_during > 0 && self.cuts_clusters() && self.honest(cluster) {
-            push(
-                report,
-                "availability",
-                json!({"cluster": cluster, "failed_local_writes": failed_during}),
-            );
+        if self.cuts_clusters() && self.honest(cluster) {
+            if failed_during > 0 {
+                push(
+                    report,
+                    "availability",
+                    json!({"cluster": cluster, "failed_local_writes": failed_during}),
+                );
+            }
+            if refused_during > 0 {
+                push(
+                    report,
+                    "availability",
+                    json!({"cluster": cluster, "failed_local_connects": refused_during}),
+                );
+            }
         }
         report.availability.insert(
             cluster.to_owned(),
             json!({
                 "writes_during_faults": writes_during,
                 "writes_failed_during_faults": failed_during,
+                "connects_failed_during_faults": refused_during,
             }),
         );
         report.operations.insert(
@@ -1176,6 +1277,10 @@ impl<'a> Run<'a> {
                 "kv_answered": history.answered(),
                 "kv_unanswered": history.unanswered(),
                 "acknowledged_writes": history.writes.len(),
+                "acknowledged_deletes": history.writes.iter().filter(|w| w.value.is_none()).count(),
+                "acknowledged_leased_puts": history.leased_writes,
+                "lease_renewals": history.lease_renewals,
+                "connect_failures": history.connect_failures.len(),
                 "watch_events": record.events.len(),
                 "watch_reconnects": record.reconnects,
                 "linearizability_keys": lin.keys,

@@ -4,8 +4,12 @@
 //! Writes are placed by their call position on the workload's clock (the faults' begin and
 //! end take positions on the same clock); connections by when the attempt began (the time the
 //! probe's line was read, less the attempt's duration it reports), in this process.
+//!
+//! Nothing failing proves nothing unless something was tried: [`Activity`] requires, per
+//! cluster and fault window, a number of answered KV operations and of probe connections in
+//! proportion to the window, and a window below them fails the run as `inactive`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -35,6 +39,58 @@ pub fn writes_during(ops: &[Op], windows: &[(u64, u64)]) -> (usize, usize) {
     let sent: Vec<&Op> = ops.iter().filter(inside).collect();
     let unanswered = sent.iter().filter(|o| o.ret.is_none()).count();
     (sent.len(), unanswered)
+}
+
+/// KV operations a cluster's clients must have had answered per second of a fault window
+/// (a healthy lab answers 150–250).
+pub const KV_ANSWERED_PER_S: f64 = 5.0;
+/// Connections a cluster's probe must have made per second of a fault window (it tries every
+/// 20 ms and gives up after 1 s, so even a probe whose every attempt fails makes about one;
+/// a healthy lab makes about 45).
+pub const CONNECTIONS_PER_S: f64 = 5.0;
+
+/// What one cluster's workloads did in one fault window, against the least they must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Activity {
+    /// KV operations called in the window and answered.
+    pub kv_answered: u64,
+    /// The least acceptable.
+    pub kv_minimum: u64,
+    /// Probe connections begun in the window (answered or not).
+    pub connections: u64,
+    /// The least acceptable.
+    pub connections_minimum: u64,
+}
+
+impl Activity {
+    /// The activity in a window of length `window`, with its minimums.
+    pub fn new(kv_answered: u64, connections: u64, window: Duration) -> Activity {
+        let least = |per_s: f64| (per_s * window.as_secs_f64()).floor() as u64;
+        Activity {
+            kv_answered,
+            kv_minimum: least(KV_ANSWERED_PER_S),
+            connections,
+            connections_minimum: least(CONNECTIONS_PER_S),
+        }
+    }
+
+    /// What was too little to judge the window by.
+    pub fn violations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.kv_answered < self.kv_minimum {
+            out.push(format!(
+                "{} KV operations answered during the faults, fewer than the {} required",
+                self.kv_answered, self.kv_minimum
+            ));
+        }
+        if self.connections < self.connections_minimum {
+            out.push(format!(
+                "{} probe connections during the faults, fewer than the {} required",
+                self.connections, self.connections_minimum
+            ));
+        }
+        out
+    }
 }
 
 /// Where a client's connections to a global service went while the remote was stale, and

@@ -1,15 +1,25 @@
-//! A KV workload with a recorded history: clients doing puts, linearizable gets and CAS
-//! transactions on a few keys of one cluster, and a watcher on their prefix.
+//! A KV workload with a recorded history: clients doing puts (some bound to a lease the
+//! workload keeps alive), deletes, linearizable gets and CAS transactions on a few keys of one
+//! cluster, and a watcher on their prefix.
 //!
 //! Every value written is unique (`<client>-<seq>`), so a value names its write. A request
 //! that gets no answer within the timeout, or an error, is recorded as [`Output::Unknown`]:
-//! a write may or may not have happened, which the checkers allow for.
+//! a write may or may not have happened, which the checkers allow for. A connection attempt
+//! that fails is recorded too ([`KvHistory::connect_failures`]): a client that cannot reach its
+//! cluster has not been served, even though it sent nothing.
+//!
+//! The lease lives longer than any fault ([`LEASE_TTL`]) and is kept alive every second from
+//! any member, so a store that keeps its leases as etcd does never expires it during a run;
+//! if it does, its keys vanish without a write the history knows, which the lost-writes and
+//! watch checkers report, and [`KvHistory::lease_lost`] says why.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::history::{Event, Input, MaybeWrite, Op, Output, Write};
@@ -33,6 +43,10 @@ pub struct KvConfig {
     pub pause: Duration,
 }
 
+/// The TTL of the workload's lease: longer than any fault a scenario makes while keep-alives
+/// can reach a majority (a leader change restarts every lease's TTL, as in etcd).
+pub const LEASE_TTL: i64 = 30;
+
 /// What the clients did and were told.
 #[derive(Debug, Clone, Default)]
 pub struct KvHistory {
@@ -42,6 +56,14 @@ pub struct KvHistory {
     pub writes: Vec<Write>,
     /// Writes sent and never answered.
     pub maybe: Vec<MaybeWrite>,
+    /// Clock positions of connection attempts that failed (refused, timed out, TLS).
+    pub connect_failures: Vec<u64>,
+    /// Acknowledged puts bound to the lease.
+    pub leased_writes: u64,
+    /// Keep-alives the lease got answered.
+    pub lease_renewals: u64,
+    /// Why the lease was lost, if the store expired it while it was kept alive.
+    pub lease_lost: Option<String>,
     /// Clients that panicked (their history is lost, so the run cannot be judged).
     pub panicked: Vec<String>,
 }
@@ -55,6 +77,23 @@ impl KvHistory {
     /// Operations that got no answer.
     pub fn unanswered(&self) -> usize {
         self.ops.len() - self.answered()
+    }
+
+    /// Operations called inside one of `windows` (clock positions, exclusive) that were
+    /// answered, and connection attempts that failed there.
+    pub fn served_during(&self, windows: &[(u64, u64)]) -> (usize, usize) {
+        let inside = |at: u64| windows.iter().any(|(a, b)| at > *a && at < *b);
+        let answered = self
+            .ops
+            .iter()
+            .filter(|o| o.ret.is_some() && inside(o.call))
+            .count();
+        let refused = self
+            .connect_failures
+            .iter()
+            .filter(|at| inside(**at))
+            .count();
+        (answered, refused)
     }
 }
 
@@ -77,15 +116,83 @@ pub async fn run(
     clock: Arc<Clock>,
     stop: CancellationToken,
 ) -> KvHistory {
+    let lease = Arc::new(AtomicI64::new(0));
+    let keeper = tokio::spawn(keep_lease(connect.clone(), lease.clone(), stop.clone()));
     let mut tasks = Vec::new();
     for c in 0..config.clients {
-        let (config, connect, stop, clock) =
-            (config.clone(), connect.clone(), stop.clone(), clock.clone());
+        let (config, connect, stop, clock, lease) = (
+            config.clone(),
+            connect.clone(),
+            stop.clone(),
+            clock.clone(),
+            lease.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            client(c, &config, &connect, &stop, &clock).await
+            client(c, &config, &connect, &stop, &clock, &lease).await
         }));
     }
-    collect(tasks).await
+    let mut all = collect(tasks).await;
+    match keeper.await {
+        Ok((renewals, lost)) => {
+            all.lease_renewals = renewals;
+            all.lease_lost = lost;
+        }
+        Err(e) => all.panicked.push(format!("lease keeper: {e}")),
+    }
+    all
+}
+
+/// Grants the workload's lease (its id goes to `lease`) and keeps it alive every second until
+/// `stop`, moving to the next member whenever one fails: the keep-alives answered, and why the
+/// lease was lost if the store expired it.
+async fn keep_lease(
+    connect: Connect,
+    lease: Arc<AtomicI64>,
+    stop: CancellationToken,
+) -> (u64, Option<String>) {
+    let mut renewals = 0;
+    let mut member = 0;
+    let mut last_renewed = tokio::time::Instant::now();
+    while !stop.is_cancelled() {
+        let once = async {
+            let mut c = connect.client(member).await?;
+            if lease.load(Ordering::SeqCst) == 0 {
+                let id = c.lease_grant(LEASE_TTL, None).await?.id();
+                lease.store(id, Ordering::SeqCst);
+                last_renewed = tokio::time::Instant::now();
+            }
+            let id = lease.load(Ordering::SeqCst);
+            let (mut keeper, mut answers) = c.lease_keep_alive(id).await?;
+            loop {
+                keeper.keep_alive().await?;
+                let answer = tokio::time::timeout(Duration::from_secs(2), answers.message())
+                    .await
+                    .map_err(|_| etcd_client::Error::InvalidArgs("no keep-alive answer".into()))??
+                    .ok_or_else(|| etcd_client::Error::InvalidArgs("keep-alives ended".into()))?;
+                if answer.ttl() <= 0 {
+                    return Ok(Some(format!(
+                        "lease {id:x} expired {:.1}s after its last renewal",
+                        last_renewed.elapsed().as_secs_f64()
+                    )));
+                }
+                renewals += 1;
+                last_renewed = tokio::time::Instant::now();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        let lost: Result<Option<String>, etcd_client::Error> = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = once => r,
+        };
+        if let Ok(Some(why)) = lost {
+            // The clients stop binding puts to it; what it held is gone.
+            lease.store(0, Ordering::SeqCst);
+            return (renewals, Some(why));
+        }
+        member += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (renewals, None)
 }
 
 /// The clients' histories together; a client that panicked is named in
@@ -98,6 +205,8 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<KvHistory>>) -> KvHistory {
                 all.ops.extend(h.ops);
                 all.writes.extend(h.writes);
                 all.maybe.extend(h.maybe);
+                all.connect_failures.extend(h.connect_failures);
+                all.leased_writes += h.leased_writes;
                 all.panicked.extend(h.panicked);
             }
             Err(e) => all.panicked.push(format!("client {i}: {e}")),
@@ -131,6 +240,7 @@ async fn client(
     connect: &Connect,
     stop: &CancellationToken,
     clock: &Clock,
+    lease: &AtomicI64,
 ) -> KvHistory {
     let mut rng = Rng::new(config.seed ^ (u64::from(id) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut h = KvHistory::default();
@@ -144,6 +254,7 @@ async fn client(
             match tokio::time::timeout(config.timeout, connect.client(member)).await {
                 Ok(Ok(c)) => conn = Some(c),
                 _ => {
+                    h.connect_failures.push(clock.tick());
                     member += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -154,42 +265,56 @@ async fn client(
         let key = format!("{}k{k}", config.prefix);
         seq += 1;
         let value = format!("{id}-{seq}");
-        let input = match rng.below(10) {
-            0..4 => Input::Put(value),
-            4..8 => Input::Get,
+        let pick = rng.below(20);
+        let input = match pick {
+            0..8 => Input::Put(value),
+            8..15 => Input::Get,
+            15..17 => Input::Delete,
             _ => Input::Cas {
                 expect: seen[k].clone(),
                 new: value,
             },
         };
+        // Every other put is bound to the lease, once there is one.
+        let leased = match lease.load(Ordering::SeqCst) {
+            id if id != 0 && matches!(input, Input::Put(_)) && pick.is_multiple_of(2) => Some(id),
+            _ => None,
+        };
         let call = clock.tick();
-        let answer = tokio::time::timeout(config.timeout, request(c, &key, &input)).await;
-        let (output, revision) = match answer {
+        let answer = tokio::time::timeout(config.timeout, request(c, &key, &input, leased)).await;
+        let (output, wrote_at) = match answer {
             Ok(Ok(a)) => a,
             Ok(Err(_)) | Err(_) => {
                 // The member may be gone: try the next one.
                 conn = None;
                 member += 1;
-                (Output::Unknown, 0)
+                (Output::Unknown, None)
             }
         };
         let ret = (output != Output::Unknown).then(|| clock.tick());
-        match (&input, &output) {
-            (Input::Get, Output::Value(v)) => seen[k].clone_from(v),
-            (Input::Put(v), Output::Done) | (Input::Cas { new: v, .. }, Output::Swapped(true)) => {
-                seen[k] = Some(v.clone());
+        // What a write would leave in the key (`None`: a delete).
+        let written = match &input {
+            Input::Put(v) | Input::Cas { new: v, .. } => Some(Some(v.clone())),
+            Input::Delete => Some(None),
+            Input::Get => None,
+        };
+        match (written, &output, wrote_at) {
+            (None, Output::Value(v), _) => seen[k].clone_from(v),
+            (Some(value), Output::Unknown, _) => h.maybe.push(MaybeWrite {
+                key: key.clone(),
+                value,
+            }),
+            (Some(value), _, Some(revision)) => {
+                seen[k].clone_from(&value);
+                h.leased_writes += u64::from(leased.is_some());
                 h.writes.push(Write {
                     key: key.clone(),
-                    value: Some(v.clone()),
+                    value,
                     revision,
                 });
             }
-            (Input::Put(v) | Input::Cas { new: v, .. }, Output::Unknown) => {
-                h.maybe.push(MaybeWrite {
-                    key: key.clone(),
-                    value: Some(v.clone()),
-                });
-            }
+            // A delete that found nothing: the key is absent, as this client now knows.
+            (Some(None), Output::Done, None) => seen[k] = None,
             _ => {}
         }
         h.ops.push(Op {
@@ -207,20 +332,25 @@ async fn client(
     h
 }
 
-/// Sends one request: its output and, for a write, the revision it was given.
+/// Sends one request (a put bound to `lease` if given): its output and, if it changed the
+/// store, the revision it was given (a delete of an absent key changes nothing).
 async fn request(
     c: &mut Client,
     key: &str,
     input: &Input,
-) -> Result<(Output, i64), etcd_client::Error> {
+    lease: Option<i64>,
+) -> Result<(Output, Option<i64>), etcd_client::Error> {
+    let revision = |h: Option<&etcd_client::ResponseHeader>| h.map_or(0, |h| h.revision());
     Ok(match input {
         Input::Put(v) => {
-            let r = c.put(key, v.as_str(), None).await?;
-            (Output::Done, r.header().map_or(0, |h| h.revision()))
+            let options = lease.map(|id| PutOptions::new().with_lease(id));
+            let r = c.put(key, v.as_str(), options).await?;
+            (Output::Done, Some(revision(r.header())))
         }
         Input::Delete => {
             let r = c.delete(key, None).await?;
-            (Output::Done, r.header().map_or(0, |h| h.revision()))
+            let wrote = (r.deleted() > 0).then(|| revision(r.header()));
+            (Output::Done, wrote)
         }
         Input::Get => {
             let r = c.get(key, None).await?;
@@ -228,7 +358,7 @@ async fn request(
                 .kvs()
                 .first()
                 .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-            (Output::Value(v), 0)
+            (Output::Value(v), None)
         }
         Input::Cas { expect, new } => {
             let compare = match expect {
@@ -239,10 +369,8 @@ async fn request(
                 .when([compare])
                 .and_then([TxnOp::put(key, new.as_str(), None)]);
             let r = c.txn(txn).await?;
-            (
-                Output::Swapped(r.succeeded()),
-                r.header().map_or(0, |h| h.revision()),
-            )
+            let wrote = r.succeeded().then(|| revision(r.header()));
+            (Output::Swapped(r.succeeded()), wrote)
         }
     })
 }

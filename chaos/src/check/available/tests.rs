@@ -81,3 +81,18 @@ fn a_stale_remote_must_get_nothing_and_a_healed_one_something() {
     };
     assert_eq!(too_short.violations().len(), 1);
 }
+
+#[test]
+fn a_window_with_too_little_work_is_inactive() {
+    let four = Duration::from_secs(4);
+    let busy = Activity::new(600, 180, four);
+    assert_eq!((busy.kv_minimum, busy.connections_minimum), (20, 20));
+    assert!(busy.violations().is_empty());
+    // A workload that never started, and a probe that never ran.
+    let idle = Activity::new(0, 0, four);
+    assert_eq!(idle.violations().len(), 2, "{:?}", idle.violations());
+    // A probe whose every attempt timed out after a second is too slow to count.
+    let timing_out = Activity::new(600, 4, four);
+    assert_eq!(timing_out.violations().len(), 1);
+    assert!(timing_out.violations()[0].contains("4 probe connections"));
+}
