@@ -79,3 +79,9 @@ if { [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ] || [ "${RAFTMESH_NEED_LAB:-0}" = 
   echo "==> cargo install boringtun-cli"
   cargo install --locked --quiet boringtun-cli@0.7.1
 fi
+# The suite runs under nextest: its profiles group the tests that must not share the cores
+# and pick the ones that apply to etcd (.config/nextest.toml).
+if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ] && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "==> cargo install cargo-nextest"
+  cargo install --locked --quiet cargo-nextest
+fi

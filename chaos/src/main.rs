@@ -24,28 +24,35 @@ struct Cli {
 enum Command {
     /// Runs scenarios and writes a report (markdown + JSON) per scenario; exits 1 if any
     /// checker found a violation.
-    Run {
-        /// One scenario (default: all of them, one after another).
-        #[arg(long)]
-        scenario: Option<String>,
-        /// Seed of every random choice.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// How long the faults last (e.g. 60s).
-        #[arg(long, default_value = "60s", value_parser = duration)]
-        duration: Duration,
-        /// Workloads alone before the faults and after convergence.
-        #[arg(long, default_value = "5s", value_parser = duration)]
-        settle: Duration,
-        /// How long convergence may take after the faults end before it is a violation.
-        #[arg(long, default_value = "60s", value_parser = duration)]
-        converge_within: Duration,
-        /// Where to write the reports.
-        #[arg(long, default_value = "chaos/results")]
-        out: PathBuf,
-    },
+    Run(RunArgs),
     /// Lists the scenarios.
     List,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// One scenario (default: all of them, one after another).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How long the faults last (e.g. 60s).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    duration: Duration,
+    /// Workloads alone before the faults and after convergence.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    settle: Duration,
+    /// How long convergence may take after the faults end before it is a violation.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    converge_within: Duration,
+    /// Where to write the reports.
+    #[arg(long, default_value = "chaos/results")]
+    out: PathBuf,
+    /// The mesh-apiserver to run instead of the one beside mesh-chaos (the suite's
+    /// must-fail test runs one built with test faults).
+    #[arg(long)]
+    apiserver: Option<PathBuf>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -62,14 +69,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run {
-            scenario,
-            seed,
-            duration,
-            settle,
-            converge_within,
-            out,
-        } => {
+        Command::Run(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -81,20 +81,11 @@ fn main() -> ExitCode {
                 }
             };
             let run = async {
-                let names: Vec<&str> = match &scenario {
+                let names: Vec<&str> = match &args.scenario {
                     Some(s) => vec![s.as_str()],
                     None => SCENARIOS.iter().map(|(n, _)| *n).collect(),
                 };
-                run(
-                    &names,
-                    seed,
-                    duration,
-                    settle,
-                    converge_within,
-                    &out,
-                    &command,
-                )
-                .await
+                run(&names, &args, &command).await
             };
             match runtime.block_on(run) {
                 Ok(0) => ExitCode::SUCCESS,
@@ -111,15 +102,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(
-    names: &[&str],
-    seed: u64,
-    fault: Duration,
-    settle: Duration,
-    converge_within: Duration,
-    out: &std::path::Path,
-    command: &str,
-) -> Result<usize> {
+async fn run(names: &[&str], args: &RunArgs, command: &str) -> Result<usize> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("mesh-chaos needs root (the lab: network namespaces, cgroups, eBPF)");
     }
@@ -129,19 +112,24 @@ async fn run(
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("mesh-chaos's directory")?;
     let work = tempfile::tempdir()?;
+    let mut bins = lab::mesh::Binaries::find(dir)?;
+    if let Some(a) = &args.apiserver {
+        anyhow::ensure!(a.is_file(), "--apiserver {}: no such file", a.display());
+        bins.apiserver = a.clone();
+    }
     let opts = Options {
-        seed,
-        fault,
-        settle,
-        converge_within,
-        bins: lab::mesh::Binaries::find(dir)?,
+        seed: args.seed,
+        fault: args.duration,
+        settle: args.settle,
+        converge_within: args.converge_within,
+        bins,
         base: work.path().to_owned(),
     };
     let mut violations = 0;
     for name in names {
         let r = scenario::run(name, &opts, &|line: &str| eprintln!("{line}")).await?;
         violations += r.violation_count();
-        report::write(out, &r, command)?;
+        report::write(&args.out, &r, command)?;
     }
     Ok(violations)
 }

@@ -37,6 +37,8 @@ pub mod api;
 pub mod auth;
 pub mod backup;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod lessor;
 pub mod log_store;
 pub mod membership;

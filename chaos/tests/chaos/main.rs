@@ -1,15 +1,26 @@
 //! The short, fixed-seed version of every chaos scenario (root: the lab). Each runs
 //! `mesh-chaos run` as a user would, with faults of a few seconds, and fails on any violation
 //! with the scenario's report. `scripts/chaos` runs the full versions.
+//!
+//! One run must fail: with an API server that loses an acknowledged write (built with the
+//! `fault-injection` feature, which `scripts/test` does), the checkers must say so.
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
-fn run_short(scenario: &str) {
+/// What a short run of `scenario` left: how `mesh-chaos` exited, its JSON report, and the
+/// markdown report (for failure messages).
+fn short_run(
+    scenario: &str,
+    apiserver: Option<&PathBuf>,
+    fault: Option<&str>,
+) -> (Output, serde_json::Value, String) {
     if !nix::unistd::Uid::effective().is_root() {
         panic!("the chaos scenarios need root (the lab); CI runs as root");
     }
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_mesh-chaos"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mesh-chaos"));
+    command
         .args([
             "run",
             "--scenario",
@@ -31,20 +42,36 @@ fn run_short(scenario: &str) {
             "--out",
         ])
         .arg(out.path())
-        .output()
-        .unwrap();
+        .env_remove("RAFTMESH_TEST_FAULT");
+    if let Some(a) = apiserver {
+        command.arg("--apiserver").arg(a);
+    }
+    if let Some(f) = fault {
+        command.env("RAFTMESH_TEST_FAULT", f);
+    }
+    let run = command.output().unwrap();
     let report = std::fs::read_to_string(out.path().join(format!("{scenario}.md")))
         .unwrap_or_else(|e| format!("(no report: {e})"));
+    let json = std::fs::read_to_string(out.path().join(format!("{scenario}.json")))
+        .map(|j| serde_json::from_str(&j).unwrap())
+        .unwrap_or_else(|e| {
+            panic!(
+                "{scenario}: no JSON report ({e}); exit {:?}\nstderr:\n{}",
+                run.status.code(),
+                String::from_utf8_lossy(&run.stderr)
+            )
+        });
+    (run, json, report)
+}
+
+fn run_short(scenario: &str) {
+    let (run, json, report) = short_run(scenario, None, None);
     assert!(
         run.status.success(),
         "{scenario}: exit {:?}\n{report}\nstderr:\n{}",
         run.status.code(),
         String::from_utf8_lossy(&run.stderr)
     );
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join(format!("{scenario}.json"))).unwrap(),
-    )
-    .unwrap();
     // The run did something: operations were answered in both clusters and a fault was made.
     for cluster in ["apps", "infra"] {
         let answered = json["operations"][cluster]["kv_answered"].as_u64().unwrap();
@@ -139,4 +166,32 @@ fn degraded() {
 #[test]
 fn hostile_remote() {
     run_short("hostile-remote");
+}
+
+/// The suite can fail: apps' and infra's API servers each acknowledge their 20th put under the
+/// partition scenario's prefix without writing it, and the checkers must report it (a
+/// watcher never gets the write, and the key does not keep it), while the run was otherwise
+/// judged (active, no broken workload).
+#[test]
+fn a_lost_acknowledged_write_is_reported() {
+    let faulty = PathBuf::from(env!("CARGO_BIN_EXE_mesh-chaos"))
+        .parent()
+        .unwrap()
+        .join("../fault-injection/mesh-apiserver");
+    assert!(
+        faulty.is_file(),
+        "{} is missing: scripts/test builds it (cargo build -p mesh-apiserver --features \
+         fault-injection, copied there)",
+        faulty.display()
+    );
+    let (run, json, report) = short_run(
+        "partition",
+        Some(&faulty),
+        Some("lose-acked-put:chaos/partition/:20"),
+    );
+    assert_eq!(run.status.code(), Some(1), "{report}");
+    let count = |checker: &str| json["violations"][checker].as_array().map_or(0, Vec::len);
+    let caught = count("watch") + count("lost-writes") + count("linearizable");
+    assert!(caught > 0, "the lost write went unnoticed\n{report}");
+    assert_eq!(count("inactive") + count("workload"), 0, "{report}");
 }

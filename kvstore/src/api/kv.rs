@@ -87,6 +87,30 @@ impl Kv {
         let Reply { revision, result } = self.node.propose(cmd).await.map_err(status)?;
         Ok((result.map_err(status)?, revision))
     }
+
+    /// The `lose-acked-put` test fault ([`crate::fault`]): acknowledges `req` with the
+    /// revision of a write to another key.
+    #[cfg(feature = "fault-injection")]
+    async fn lose_put(
+        &self,
+        req: crate::request::PutRequest,
+    ) -> Result<Response<PbPutResponse>, Status> {
+        let decoy = crate::request::PutRequest {
+            key: bytes::Bytes::from_static(crate::fault::DECOY_KEY),
+            value: req.key.clone(),
+            ..Default::default()
+        };
+        let (_, rev) = self.write(Command::Put(decoy)).await?;
+        tracing::error!(
+            key = %String::from_utf8_lossy(&req.key),
+            revision = rev,
+            "test fault: acknowledged a put without writing it"
+        );
+        Ok(Response::new(convert::put_response(
+            crate::request::PutResponse::default(),
+            self.node.header(rev),
+        )))
+    }
 }
 
 type RangeStream =
@@ -142,6 +166,10 @@ impl PbKvService for Kv {
             .map_err(status)?;
         self.limit_writes(&caller, req.value.len())?;
         self.node.admit(put_cost(&req)).await.map_err(status)?;
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::lose_put(&req.key) {
+            return self.lose_put(req).await;
+        }
         let cmd = self.as_caller(&caller, Command::Put(req))?;
         match self.write(cmd).await? {
             (Outcome::Put(r), rev) => Ok(Response::new(convert::put_response(
