@@ -118,6 +118,48 @@ impl MirrorMetrics {
         }
     }
 
+    /// Registers the counters.
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "remote_writes",
+            "Txns the mirror wrote for a remote cluster",
+            self.writes.clone(),
+        );
+        registry.register(
+            "remote_resyncs",
+            "Re-lists of a remote cluster that had compacted past the mirrored revision",
+            self.resyncs.clone(),
+        );
+        registry.register(
+            "remote_resync_writes",
+            "Keys written or deleted by re-lists",
+            self.resync_writes.clone(),
+        );
+        registry.register(
+            "remote_paused",
+            "Times a remote cluster was paused for writing faster than --remote-write-mib-per-minute",
+            self.paused.clone(),
+        );
+        registry.register(
+            "remote_rejected_records",
+            "Records of a remote cluster not mirrored, by reason",
+            self.rejected.clone(),
+        );
+    }
+
+    /// Starts every counter of `cluster` at 0 when its mirror starts, so that each series
+    /// exists from then on (a rate over a series that appears only at its first event reads
+    /// as no data, not as 0).
+    pub fn start(&self, cluster: &str) {
+        self.writes(cluster);
+        self.paused(cluster);
+        self.resyncs(cluster);
+        self.resync_writes(cluster);
+        for reason in validate::Rejection::REASONS {
+            self.rejected(cluster, reason);
+        }
+    }
+
     /// Txns written for `cluster`.
     pub fn writes(&self, cluster: &str) -> Counter {
         self.writes.get_or_create(&Self::labels(cluster)).clone()
@@ -243,32 +285,7 @@ impl Mirror {
 
     /// Registers its metrics.
     pub fn register(&self, registry: &mut Registry) {
-        let m = &self.metrics;
-        registry.register(
-            "remote_writes",
-            "Txns the mirror wrote for a remote cluster",
-            m.writes.clone(),
-        );
-        registry.register(
-            "remote_resyncs",
-            "Re-lists of a remote cluster that had compacted past the mirrored revision",
-            m.resyncs.clone(),
-        );
-        registry.register(
-            "remote_resync_writes",
-            "Keys written or deleted by re-lists",
-            m.resync_writes.clone(),
-        );
-        registry.register(
-            "remote_paused",
-            "Times a remote cluster was paused for writing faster than --remote-write-mib-per-minute",
-            m.paused.clone(),
-        );
-        registry.register(
-            "remote_rejected_records",
-            "Records of a remote cluster not mirrored, by reason",
-            m.rejected.clone(),
-        );
+        self.metrics.register(registry);
         registry.register_collector(Box::new(LiveCollector {
             live: self.live.clone(),
         }));
@@ -427,6 +444,7 @@ impl Mirror {
                 continue;
             }
             let state = Arc::new(RemoteState::default());
+            self.metrics.start(c);
             self.live
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -781,5 +799,36 @@ mod tests {
             &record("infra", 2),
         ));
         assert!(!other.contains("cluster id"), "{other}");
+    }
+
+    /// Every counter of a remote exists from its start, at 0, so its family is scraped (and
+    /// the metric list the dashboard is checked against has it).
+    #[test]
+    fn a_started_remote_has_every_counter_at_zero() {
+        let metrics = super::MirrorMetrics::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        metrics.start("infra");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for family in [
+            "remote_writes",
+            "remote_resyncs",
+            "remote_resync_writes",
+            "remote_paused",
+        ] {
+            assert!(
+                text.contains(&format!("{family}_total{{cluster=\"infra\"}} 0")),
+                "{family}: {text}"
+            );
+        }
+        for reason in super::validate::Rejection::REASONS {
+            assert!(
+                text.contains(&format!(
+                    "remote_rejected_records_total{{cluster=\"infra\",reason=\"{reason}\"}} 0"
+                )),
+                "{reason}: {text}"
+            );
+        }
     }
 }

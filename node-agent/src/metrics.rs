@@ -154,7 +154,8 @@ pub struct Metrics {
     pub wg_key_conflicts: Gauge,
     /// WireGuard bytes of the peers configured now, by peer cluster and direction.
     pub wg_bytes: Family<Transfer, Gauge>,
-    /// Seconds since each peer's transfer counters last changed.
+    /// Seconds since each peer's transfer counters last changed (or since the agent began
+    /// watching the peer, if they have not since).
     pub wg_transfer_age: Family<PeerLabel, Gauge>,
     /// Failed WireGuard configurations (retried at the next tick).
     pub wg_errors: Counter,
@@ -245,7 +246,7 @@ impl Metrics {
         );
         r.register(
             "wg_transfer_age_seconds",
-            "Seconds since a WireGuard peer's transfer counters last changed",
+            "Seconds since a WireGuard peer's transfer counters last changed (or since the agent began watching it)",
             m.wg_transfer_age.clone(),
         );
         r.register(

@@ -75,6 +75,8 @@ struct Seen {
     rx: u64,
     tx: u64,
     changed_at_ms: Option<i64>,
+    /// When this agent began watching the peer.
+    since_ms: i64,
 }
 
 /// The WireGuard side of the agent.
@@ -478,25 +480,25 @@ impl Wg {
                 rx: s.rx,
                 tx: s.tx,
                 changed_at_ms: None,
+                since_ms: now_ms,
             });
             if (seen.rx, seen.tx) != (s.rx, s.tx) {
-                *seen = Seen {
-                    rx: s.rx,
-                    tx: s.tx,
-                    changed_at_ms: Some(now_ms),
-                };
+                seen.rx = s.rx;
+                seen.tx = s.tx;
+                seen.changed_at_ms = Some(now_ms);
             }
             *bytes.entry((cluster.clone(), "rx")).or_default() += s.rx as i64;
             *bytes.entry((cluster.clone(), "tx")).or_default() += s.tx as i64;
-            if let Some(at) = seen.changed_at_ms {
-                metrics
-                    .wg_transfer_age
-                    .get_or_create(&PeerLabel {
-                        cluster: cluster.clone(),
-                        node: node.clone(),
-                    })
-                    .set((now_ms - at).max(0) / 1000);
-            }
+            // A peer whose counters have not moved since the agent began watching it is
+            // as old as the watching: a tunnel that never carried anything shows, too.
+            let at = seen.changed_at_ms.unwrap_or(seen.since_ms);
+            metrics
+                .wg_transfer_age
+                .get_or_create(&PeerLabel {
+                    cluster: cluster.clone(),
+                    node: node.clone(),
+                })
+                .set((now_ms - at).max(0) / 1000);
             notes.insert(
                 key::encode(key),
                 PeerNote {

@@ -111,7 +111,20 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// A short reason, for a metric label.
+    /// Every value [`Rejection::reason`] gives (the mirror starts each remote's counters at 0
+    /// for all of them).
+    pub const REASONS: [&'static str; 8] = [
+        "too-large",
+        "layout",
+        "value",
+        "foreign-identity",
+        "foreign-address",
+        "foreign-cluster",
+        "node-address",
+        "reserved-identity",
+    ];
+
+    /// A short reason, for a metric label (one of [`Rejection::REASONS`]).
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::TooLarge { .. } => "too-large",
