@@ -55,8 +55,8 @@ const REMOTE_MIB_PER_MINUTE: f64 = 32.0;
 /// What one agent identity may write (the defaults).
 const AGENT_WRITES_PER_SECOND: f64 = 10.0;
 const AGENT_VALUE: usize = 1000;
-/// Where members serve their metrics in this benchmark.
-const METRICS_PORT: u16 = 9979;
+/// Where members serve their metrics (the lab's port).
+const METRICS_PORT: u16 = lab::instance::APISERVER_METRICS_PORT;
 /// Between samples.
 const SAMPLE: Duration = Duration::from_secs(5);
 
@@ -113,8 +113,6 @@ fn spec(quota_mib: u64) -> LabSpec {
     spec.apiserver_args = vec![
         "--quota-backend-bytes".to_owned(),
         (quota_mib << 20).to_string(),
-        "--listen-metrics-urls".to_owned(),
-        format!("http://0.0.0.0:{METRICS_PORT}"),
     ];
     spec
 }

@@ -34,6 +34,9 @@ use crate::spec::{ClusterSpec, LabSpec, parse_duration};
 pub const LAB_DIR_ENV: &str = "RAFTMESH_LAB_DIR";
 /// The lab state file in a lab's directory.
 const STATE_FILE: &str = "lab.json";
+/// Where every API-server member serves `/metrics` (plain HTTP, on all its addresses: from the
+/// host, `http://<member's host address>:9979/metrics`).
+pub const APISERVER_METRICS_PORT: u16 = 9979;
 /// The lock held while a slot is chosen and claimed.
 const LOCK: &str = "/run/raftmesh-lab.lock";
 /// How long `up` waits for each stage.
@@ -1109,6 +1112,8 @@ impl Lab {
                     Plan::pod_range(c),
                     "--manifests-dir".into(),
                     d(self.manifests_dir(cluster)),
+                    "--listen-metrics-urls".into(),
+                    format!("http://0.0.0.0:{APISERVER_METRICS_PORT}"),
                 ]);
                 args.extend(self.state.spec.apiserver_args.iter().cloned());
                 (m.netns.clone(), bins.apiserver.clone(), args)

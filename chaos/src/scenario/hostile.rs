@@ -46,8 +46,8 @@ pub const WRITE_MIB_PER_MINUTE: u64 = 2;
 pub const HELD_MIB: u64 = 1;
 /// The size of each rewrite of its churned record (under the 64 KiB an identity may have).
 pub const CHURN_VALUE: usize = 48 << 10;
-/// Where every member serves its metrics in this scenario (in its own namespace).
-pub const METRICS_PORT: u16 = 9979;
+/// Where every member serves its metrics (the lab's port).
+pub const METRICS_PORT: u16 = lab::instance::APISERVER_METRICS_PORT;
 /// Bytes apps' store may grow by during the faults besides what the rate allows: its own
 /// workloads' versions (KV load, service churn) over a short run.
 const OWN_GROWTH: f64 = 8.0 * 1_048_576.0;
@@ -74,8 +74,6 @@ pub fn spec(mut spec: LabSpec) -> LabSpec {
         HELD_MIB.to_string(),
         "--remote-write-mib-per-minute".to_owned(),
         WRITE_MIB_PER_MINUTE.to_string(),
-        "--listen-metrics-urls".to_owned(),
-        format!("http://0.0.0.0:{METRICS_PORT}"),
     ]
     .to_vec();
     spec.agent_args = vec!["--remote-pod-limit".to_owned(), POD_LIMIT.to_string()];

@@ -227,3 +227,42 @@ pub fn leftovers(tag: &str, dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// A program of the workspace (they share meshctl's directory).
+pub fn sibling(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_meshctl"))
+        .parent()
+        .unwrap()
+        .join(name)
+}
+
+/// `program args` inside namespace `netns` (network namespace only, so bpffs stays visible);
+/// its stdout, or a panic with its stderr.
+pub fn in_ns(netns: &str, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{netns}: {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether to rewrite a file the tests generate: only with `RAFTMESH_BLESS=1`, and never under
+/// CI (a run that blesses compares nothing).
+pub fn bless() -> bool {
+    match (
+        std::env::var("RAFTMESH_BLESS").ok().as_deref(),
+        std::env::var_os("CI").is_some(),
+    ) {
+        (Some("1"), true) => panic!("RAFTMESH_BLESS=1 under CI: nothing is rewritten in CI"),
+        (Some("1"), false) => true,
+        _ => false,
+    }
+}

@@ -1,8 +1,9 @@
 //! The default lab, end to end: issue 14's acceptance points 1 to 5 on one lab.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::support::{PATIENCE, TestLab, eventually, leftovers};
+use crate::support::{PATIENCE, TestLab, bless, eventually, in_ns, leftovers, sibling};
 
 const ECHO_VIP: &str = "10.255.1.10:80";
 const DB_VIP: &str = "10.255.1.11:5432";
@@ -65,6 +66,11 @@ fn default_lab() {
         "WireGuard packets {tunnel_before} → {tunnel_after} for {} connections to infra",
         answers["infra"]
     );
+
+    // The metric families the binaries export (now that tunnels carried traffic, so the
+    // per-peer WireGuard families exist too) are the list the chart's dashboard is checked
+    // against.
+    exported_metrics_are_the_dashboards_list(&tag);
 
     // 3. infra's demo/db admits only apps' client pods: apps/client gets through, apps/other
     //    (no client label) does not, though it reaches infra's echo pods.
@@ -294,10 +300,91 @@ fn default_lab() {
     assert_eq!(contexts.trim(), "[]", "the lab's contexts stay: {contexts}");
 }
 
-/// A program of the workspace (they share meshctl's directory).
-fn sibling(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_BIN_EXE_meshctl"))
-        .parent()
-        .unwrap()
-        .join(name)
+/// Where the list of exported metric families lives: the chart's dashboard test
+/// (`deploy/tests/chart.rs`) checks every query against it.
+const METRICS_LIST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/tests/metrics-exported.txt"
+);
+
+/// The `raftmesh_` metric families (`name type`) every API-server member of both clusters
+/// (only a leader mirrors, so only it shows the mirror's families) and node-1's agent in each
+/// export, read from their `/metrics`, must be [`METRICS_LIST`]; `RAFTMESH_BLESS=1` rewrites
+/// it. A metric renamed in code fails here, and then, once blessed, in the dashboard's test.
+/// Some families appear only once something happened (a WireGuard peer's transfer age after
+/// its counters moved between two agent ticks), so the scrapes are repeated for a while until
+/// they match.
+fn exported_metrics_are_the_dashboards_list(tag: &str) {
+    let committed = std::fs::read_to_string(METRICS_LIST).unwrap();
+    let listed: BTreeSet<String> = committed
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scraped = loop {
+        let scraped = scrape_metric_families(tag);
+        if scraped == listed {
+            return;
+        }
+        if Instant::now() > deadline {
+            break scraped;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    if bless() {
+        let mut text = "# Metric families (name, type) the binaries export, read from their /metrics in the\n\
+                        # default lab by meshctl/tests/lab/t10_default_lab.rs: every API-server member of both\n\
+                        # clusters and an agent of each. Generated: rewrite it with\n\
+                        # RAFTMESH_BLESS=1 cargo nextest run -p meshctl --test lab default_lab\n\
+                        # Counters are scraped with a _total suffix, histograms with _bucket/_sum/_count.\n"
+            .to_owned();
+        for family in &scraped {
+            text.push_str(family);
+            text.push('\n');
+        }
+        std::fs::write(METRICS_LIST, text).unwrap();
+        panic!("blessed {METRICS_LIST}: check the diff and run again without RAFTMESH_BLESS");
+    }
+    panic!(
+        "the exported metric families are not {METRICS_LIST} (RAFTMESH_BLESS=1 rewrites it, then \
+         the dashboard's test checks its queries):\nexported, not listed: {:?}\nlisted, not exported: {:?}",
+        scraped.difference(&listed).collect::<Vec<_>>(),
+        listed.difference(&scraped).collect::<Vec<_>>()
+    );
+}
+
+/// One scrape of every member's and node-1's agent's `/metrics` in both clusters: the
+/// `raftmesh_` families (`name type`) of their `# TYPE` lines.
+fn scrape_metric_families(tag: &str) -> BTreeSet<String> {
+    let mut scraped = BTreeSet::new();
+    let mut scrape = |netns: String, url: String| {
+        let text = in_ns(&netns, "curl", &["-sf", "--max-time", "10", &url]);
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter(|f| f.starts_with("raftmesh_"))
+            .collect();
+        assert!(
+            !families.is_empty(),
+            "{netns}: no raftmesh_ families:\n{text}"
+        );
+        scraped.extend(families.into_iter().map(str::to_owned));
+    };
+    for cluster in ["apps", "infra"] {
+        for m in 1..=3 {
+            scrape(
+                format!("{tag}-{cluster}-m{m}"),
+                format!(
+                    "http://127.0.0.1:{}/metrics",
+                    lab::instance::APISERVER_METRICS_PORT
+                ),
+            );
+        }
+        scrape(
+            format!("{tag}-{cluster}-node-1"),
+            "http://127.0.0.1:9964/metrics".to_owned(),
+        );
+    }
+    scraped
 }

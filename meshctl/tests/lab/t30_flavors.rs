@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{PATIENCE, TestLab, eventually};
+use crate::support::{PATIENCE, TestLab, eventually, in_ns, sibling};
 
 const ECHO: &str = "10.255.1.10:80";
 const INFRA_ECHO: &str = "10.255.2.10:80";
@@ -17,30 +17,6 @@ const DB_VIP: &str = "10.255.1.11:5432";
 /// infra/db's own address (node-2's third pod) and apps/echo-1's.
 const DB: &str = "10.2.2.12:8080";
 const APPS_ECHO_1: &str = "10.1.1.10:8080";
-
-fn sibling(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_BIN_EXE_meshctl"))
-        .parent()
-        .unwrap()
-        .join(name)
-}
-
-/// `program args` inside namespace `netns` (network namespace only, so bpffs stays visible).
-fn in_ns(netns: &str, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{netns}: {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 struct Flavored {
     lab: TestLab,
