@@ -20,13 +20,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::Client;
 use lab::instance::{Lab, Target, UpOptions};
 use lab::mesh::Binaries;
 use lab::plan;
 use lab::spec::LabSpec;
 use mesh_api::records::IdentityRecord;
 use mesh_api::{Key, Record, SCHEMA};
+use mesh_client::pki::PkiDir;
+use mesh_client::{Credentials, Settings};
 use serde_json::{Value, json};
 
 use crate::machine::Machine;
@@ -117,19 +119,16 @@ fn spec(quota_mib: u64) -> LabSpec {
     spec
 }
 
+/// A client of `endpoint` as `<cert>.crt|key` (e.g. `admin-admin`) of the PKI in `pki`.
 async fn client(endpoint: &str, pki: &Path, cert: &str) -> Result<Client> {
-    let read = |name: &str| std::fs::read(pki.join(name)).with_context(|| name.to_owned());
-    let tls = TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
-        .identity(Identity::from_pem(
-            read(&format!("{cert}.crt"))?,
-            read(&format!("{cert}.key"))?,
-        ));
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_tls(tls);
-    Ok(Client::connect([endpoint], Some(options)).await?)
+    let pki = PkiDir::new(pki);
+    let credentials = Credentials::new(
+        pki.ca_cert(),
+        pki.dir().join(format!("{cert}.crt")),
+        pki.dir().join(format!("{cert}.key")),
+    );
+    let settings = Settings::timeouts(Duration::from_secs(2), Some(Duration::from_secs(5)));
+    Ok(mesh_client::member(endpoint, Some(&credentials), &settings).await?)
 }
 
 /// apps' members: (target, host address).

@@ -34,13 +34,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::GetOptions;
 use etcd_client::{EventType, WatchOptions};
 use lab::instance::{Lab, UpOptions};
 use lab::mesh::Binaries;
 use lab::plan::Plan;
 use lab::spec::{LabSpec, PodSpec, PortSpec, ServiceSpec};
 use mesh_api::codec::{Record, address};
+use mesh_client::Settings;
+use mesh_client::pki::PkiDir;
 use node_agent::datapath::{KernelMaps, Pins};
 use node_agent::maps::{Frontend, PROTO_TCP};
 use serde_json::{Value, json};
@@ -415,19 +417,10 @@ async fn watch_once(
     stage: &'static str,
     shared: &Shared,
 ) -> Result<()> {
-    let read = |name: &str| std::fs::read(pki.join(name)).with_context(|| name.to_owned());
-    let tls = TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
-        .identity(Identity::from_pem(
-            read("admin-admin.crt")?,
-            read("admin-admin.key")?,
-        ));
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
-        .with_tls(tls);
-    let mut client = Client::connect([endpoint], Some(options)).await?;
+    let settings = Settings::timeouts(Duration::from_secs(2), Some(Duration::from_secs(5)))
+        .keep_alive(Duration::from_secs(1), Duration::from_secs(1), false);
+    let mut client =
+        mesh_client::member(endpoint, Some(&PkiDir::new(pki).admin()), &settings).await?;
     let list = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;

@@ -1310,7 +1310,7 @@ async fn read_final(
     for member in 0..connect.endpoints.len() {
         let attempt = async {
             let mut c = connect.client(member).await?;
-            kv::read_all(&mut c, prefix).await
+            Ok::<_, crate::workload::WorkloadError>(kv::read_all(&mut c, prefix).await?)
         };
         match tokio::time::timeout(Duration::from_secs(5), attempt).await {
             Ok(Ok((rev, kvs))) => {

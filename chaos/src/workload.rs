@@ -1,19 +1,23 @@
 //! Workloads that record what they did: KV clients and watchers ([`kv`]).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::Client;
+use mesh_client::pki::PkiDir;
+use mesh_client::{Credentials, Settings};
 
 pub mod kv;
+
+/// A client error or a connection failure, for workloads that do both in one go.
+pub type WorkloadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How to reach one cluster's API servers as its admin.
 #[derive(Debug, Clone)]
 pub struct Connect {
     /// Client URLs (`https://ip:2379`).
     pub endpoints: Vec<String>,
-    /// The cluster CA, and the admin's certificate and key (PEM files); `None`: plaintext.
-    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// The admin's credentials; `None`: plaintext.
+    pub credentials: Option<Credentials>,
 }
 
 impl Connect {
@@ -21,11 +25,7 @@ impl Connect {
     pub fn admin(endpoints: Vec<String>, pki: &std::path::Path) -> Connect {
         Connect {
             endpoints,
-            tls: Some((
-                pki.join("ca.crt"),
-                pki.join("admin-admin.crt"),
-                pki.join("admin-admin.key"),
-            )),
+            credentials: Some(PkiDir::new(pki).admin()),
         }
     }
 
@@ -33,25 +33,10 @@ impl Connect {
     /// next member after a failure (a client balanced over every member kept choosing a killed
     /// one). Keep-alives notice a member that stopped answering (frozen, partitioned) within
     /// about two seconds, so watches and requests on it fail rather than hang.
-    pub async fn client(&self, member: usize) -> Result<Client, etcd_client::Error> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
-            .with_keep_alive_while_idle(true);
-        if let Some((ca, cert, key)) = &self.tls {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| {
-                    etcd_client::Error::InvalidArgs(format!("reading {}: {e}", p.display()))
-                })
-            };
-            options = options.with_tls(
-                TlsOptions::new()
-                    .ca_certificate(Certificate::from_pem(read(ca)?))
-                    .identity(Identity::from_pem(read(cert)?, read(key)?)),
-            );
-        }
+    pub async fn client(&self, member: usize) -> Result<Client, mesh_client::Error> {
+        let settings = Settings::timeouts(Duration::from_secs(2), Some(Duration::from_secs(5)))
+            .keep_alive(Duration::from_secs(1), Duration::from_secs(1), true);
         let endpoint = &self.endpoints[member % self.endpoints.len()];
-        Client::connect([endpoint.as_str()], Some(options)).await
+        mesh_client::member(endpoint, self.credentials.as_ref(), &settings).await
     }
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::Client;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kvstore::node::Node;
@@ -80,42 +80,18 @@ impl LocalClient {
     }
 
     async fn connect_with(&self, timeout: Option<Duration>) -> Result<Client, LocalError> {
-        let mut options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
-        if let Some(t) = timeout {
-            options = options.with_timeout(t);
-        }
-        if let Some((ca, cert, key)) = &self.tls {
-            let read = |path: &PathBuf| {
-                std::fs::read(path).map_err(|source| LocalError::Read {
-                    path: path.clone(),
-                    source,
-                })
-            };
-            options = options.with_tls(
-                TlsOptions::new()
-                    .ca_certificate(Certificate::from_pem(read(ca)?))
-                    .identity(Identity::from_pem(read(cert)?, read(key)?)),
-            );
-        }
-        Ok(Client::connect([self.url.as_str()], Some(options)).await?)
+        let settings = mesh_client::Settings::timeouts(Duration::from_secs(2), timeout);
+        let credentials = self
+            .tls
+            .as_ref()
+            .map(|(ca, cert, key)| mesh_client::Credentials::new(ca, cert, key));
+        mesh_client::member(&self.url, credentials.as_ref(), &settings).await
     }
 }
 
-/// Why a controller could not reach its own member.
-#[derive(Debug, thiserror::Error)]
-pub enum LocalError {
-    /// A TLS file did not read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The connection failed.
-    #[error("connecting to this member: {0}")]
-    Connect(#[from] etcd_client::Error),
-}
+/// Why a controller could not reach its own member (a TLS file did not read, or the
+/// connection failed).
+pub type LocalError = mesh_client::Error;
 
 /// Runs `controllers` during every leadership term of this member until `shutdown`.
 pub async fn supervise(

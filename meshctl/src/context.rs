@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use certs::pki::CertificateAuthority;
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::Client;
+use mesh_client::{Credentials, Settings};
 use serde::{Deserialize, Serialize};
 
 /// Environment variable naming the config file.
@@ -202,44 +203,44 @@ impl ClusterContext {
         })
     }
 
-    /// A client of the cluster whose unary requests time out after `timeout`.
+    /// A client of a member of the cluster that knows a leader (the first that answers, in
+    /// the context's order), whose unary requests time out after `timeout`.
     pub async fn client(&self, timeout: Duration) -> anyhow::Result<Client> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(timeout);
-        if let Some(tls) = self.tls_options()? {
-            options = options.with_tls(tls);
-        }
-        Client::connect(&self.endpoints, Some(options))
-            .await
-            .with_context(|| format!("connecting to {} ({})", self.name, self.endpoints.join(",")))
+        let settings = Settings::timeouts(Duration::from_secs(5), Some(timeout));
+        let credentials = self.credentials();
+        let (client, _) =
+            mesh_client::with_leader(&self.endpoints, 0, credentials.as_ref(), &settings)
+                .await
+                .with_context(|| format!("connecting to {}", self.name))?;
+        Ok(client)
+    }
+
+    /// A client of a member that answers, one that knows a leader if any does: for showing
+    /// the cluster's own state, which a cluster without a leader still has.
+    pub async fn any_client(&self, timeout: Duration) -> anyhow::Result<Client> {
+        let settings = Settings::timeouts(Duration::from_secs(5), Some(timeout));
+        let credentials = self.credentials();
+        let (client, _) =
+            mesh_client::answering(&self.endpoints, 0, credentials.as_ref(), &settings)
+                .await
+                .with_context(|| format!("connecting to {}", self.name))?;
+        Ok(client)
     }
 
     /// A client of one member's `url`, with the context's credentials.
     pub async fn member_client(&self, url: &str, timeout: Duration) -> anyhow::Result<Client> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
-        if let Some(tls) = self.tls_options()? {
-            options = options.with_tls(tls);
-        }
-        Ok(Client::connect([url], Some(options)).await?)
+        let settings = Settings::timeouts(timeout, Some(timeout));
+        Ok(mesh_client::member(url, self.credentials().as_ref(), &settings).await?)
     }
 
-    /// The client TLS settings (`None`: plaintext).
-    pub fn tls_options(&self) -> anyhow::Result<Option<TlsOptions>> {
-        let Some((ca, cert, key)) = &self.tls else {
-            return Ok(None);
-        };
-        let read =
-            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let mut options = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(read(ca)?))
-            .identity(Identity::from_pem(read(cert)?, read(key)?));
-        if let Some(name) = &self.server_name {
-            options = options.domain_name(name.clone());
-        }
-        Ok(Some(options))
+    /// The context's credentials (`None`: plaintext).
+    pub fn credentials(&self) -> Option<Credentials> {
+        let (ca, cert, key) = self.tls.as_ref()?;
+        let c = Credentials::new(ca, cert, key);
+        Some(match &self.server_name {
+            Some(name) => c.with_server_name(name),
+            None => c,
+        })
     }
 
     /// The cluster this context's certificate belongs to (the `<c>` of its identity).

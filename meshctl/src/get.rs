@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Args, ValueEnum};
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::GetOptions;
 use mesh_api::Record;
 use mesh_api::keys::Key;
 use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
+use mesh_client::{Credentials, Settings};
 use serde_json::{Value, json};
 
 use crate::Failure;
@@ -75,19 +76,19 @@ pub fn run(mut args: GetArgs) -> Result<(), Failure> {
                 .resolve(args.context.as_deref())
                 .map_err(Failure::BadInput)?;
             args.endpoints = ctx.endpoints.clone();
-            from_context = Some(ctx.tls_options().map_err(Failure::BadInput)?);
+            from_context = Some(ctx.credentials());
         }
     }
     if args.endpoints.is_empty() {
         args.endpoints = vec!["127.0.0.1:2379".to_owned()];
     }
-    let tls = match from_context {
-        Some(tls) => tls,
-        None => tls(&args).map_err(Failure::BadInput)?,
+    let credentials = match from_context {
+        Some(c) => c,
+        None => credentials(&args).map_err(Failure::BadInput)?,
     };
     let runtime = crate::runtime()?;
     let entries = runtime
-        .block_on(fetch(&args, tls))
+        .block_on(fetch(&args, credentials))
         .map_err(Failure::Other)?;
     if entries.is_empty() && !args.prefix {
         return Err(Failure::Other(anyhow!("no key {}", args.key)));
@@ -102,23 +103,22 @@ pub fn run(mut args: GetArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn tls(args: &GetArgs) -> anyhow::Result<Option<TlsOptions>> {
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+fn credentials(args: &GetArgs) -> anyhow::Result<Option<Credentials>> {
     match (&args.cacert, &args.cert, &args.key_file) {
         (None, None, None) => Ok(None),
-        (Some(ca), Some(cert), Some(key)) => Ok(Some(
-            TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(read(ca)?))
-                .identity(Identity::from_pem(read(cert)?, read(key)?)),
-        )),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(Credentials::new(ca, cert, key))),
         _ => Err(anyhow!(
             "give all of --cacert, --cert and --key-file, or none (plaintext)"
         )),
     }
 }
 
-async fn fetch(args: &GetArgs, tls: Option<TlsOptions>) -> anyhow::Result<Vec<Value>> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
+async fn fetch(args: &GetArgs, credentials: Option<Credentials>) -> anyhow::Result<Vec<Value>> {
+    let scheme = if credentials.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let endpoints: Vec<String> = args
         .endpoints
         .iter()
@@ -130,13 +130,8 @@ async fn fetch(args: &GetArgs, tls: Option<TlsOptions>) -> anyhow::Result<Vec<Va
             }
         })
         .collect();
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(10));
-    if let Some(tls) = tls {
-        options = options.with_tls(tls);
-    }
-    let mut client = Client::connect(&endpoints, Some(options))
+    let settings = Settings::timeouts(Duration::from_secs(5), Some(Duration::from_secs(10)));
+    let (mut client, _) = mesh_client::with_leader(&endpoints, 0, credentials.as_ref(), &settings)
         .await
         .with_context(|| format!("connecting to {}", endpoints.join(",")))?;
     let get = args.prefix.then(|| GetOptions::new().with_prefix());

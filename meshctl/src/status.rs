@@ -111,7 +111,7 @@ fn unsettled(s: &Value) -> String {
 
 /// The status as JSON (the table is made from it).
 async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
-    let mut client = ctx.client(TIMEOUT).await?;
+    let mut client = ctx.any_client(TIMEOUT).await?;
     let list = client.member_list().await.context("listing members")?;
     // Members of a kubeconfig context have cluster-internal URLs: their health is their
     // pods' readiness (/healthz), the leader as the member behind the Service sees it.

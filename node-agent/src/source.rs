@@ -10,10 +10,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
-    WatchStream,
-};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
 use mesh_api::keys::{ROOT, STATUS_REMOTES, prefix_end};
 
 use crate::config::Config;
@@ -38,14 +35,9 @@ pub const PREFIXES: [&str; 2] = [ROOT, STATUS_REMOTES];
 /// A failure talking to the API server. Never fatal: the agent keeps its maps and retries.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Reading a TLS file.
-    #[error("reading {path}: {source}")]
-    Tls {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// No member could be reached (or a TLS file did not read).
+    #[error(transparent)]
+    Connect(#[from] mesh_client::Error),
     /// A request or stream failed.
     #[error("{op}: {source}")]
     Etcd {
@@ -70,12 +62,6 @@ pub enum Error {
         /// How long it waited.
         after: Duration,
     },
-    /// No member could be used.
-    #[error("no API-server member answered with a leader: {attempts}")]
-    Unreachable {
-        /// Each endpoint and why it was passed over.
-        attempts: String,
-    },
     /// The server ended or cancelled the watch.
     #[error("watch of {prefix} ended: {reason}")]
     Ended {
@@ -93,54 +79,21 @@ fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> Error {
     }
 }
 
-/// How long a member has to answer the status request that opens a session.
-pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Connects to one API-server member: the first of the configured endpoints, from index
-/// `start` on (wrapping), that answers a status request and knows a leader. Returns the
-/// client and the index of the member it reached.
-///
-/// One member at a time, checked before use: a client balanced over every endpoint kept
-/// sending new requests to a killed member (tonic's balancer does not retry elsewhere; found
-/// by `mesh-bench propagation`), and a member that knows no leader (cut off from its peers,
-/// or electing) has nothing new to tell.
+/// `start` on (wrapping), that answers and knows a leader ([`mesh_client::with_leader`]).
+/// Returns the client and the index of the member it reached. Keep-alives notice a member
+/// that stopped answering, so the watches on it fail and the agent moves on.
 pub async fn connect(config: &Config, start: usize) -> Result<(Client, usize), Error> {
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(10))
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-    if let Some((ca, cert, key)) = &config.tls {
-        let read = |p: &std::path::PathBuf| {
-            std::fs::read(p).map_err(|source| Error::Tls {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        options = options.with_tls(
-            TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(read(ca)?))
-                .identity(Identity::from_pem(read(cert)?, read(key)?)),
-        );
-    }
-    let n = config.endpoints.len();
-    let mut attempts = Vec::new();
-    for i in (0..n).map(|k| (start + k) % n) {
-        let endpoint = &config.endpoints[i];
-        let attempt = async {
-            let mut client = Client::connect([endpoint.as_str()], Some(options.clone())).await?;
-            let status = client.status().await?;
-            Ok::<_, etcd_client::Error>((client, status.leader()))
-        };
-        match tokio::time::timeout(STATUS_TIMEOUT, attempt).await {
-            Ok(Ok((client, leader))) if leader != 0 => return Ok((client, i)),
-            Ok(Ok(_)) => attempts.push(format!("{endpoint}: no leader")),
-            Ok(Err(e)) => attempts.push(format!("{endpoint}: {e}")),
-            Err(_) => attempts.push(format!("{endpoint}: no answer within {STATUS_TIMEOUT:?}")),
-        }
-    }
-    Err(Error::Unreachable {
-        attempts: attempts.join("; "),
-    })
+    let settings = mesh_client::Settings::default().keep_alive(
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+        false,
+    );
+    let credentials = config
+        .tls
+        .as_ref()
+        .map(|(ca, cert, key)| mesh_client::Credentials::new(ca, cert, key));
+    Ok(mesh_client::with_leader(&config.endpoints, start, credentials.as_ref(), &settings).await?)
 }
 
 /// Lists both prefixes at one revision into a new state. Returns it and the revision.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 use tokio::task::JoinSet;
 
 use crate::progress::Progress;
@@ -46,12 +46,9 @@ pub async fn connect(endpoints: &[String], n: usize) -> Result<Vec<Client>> {
     let mut clients = Vec::with_capacity(n);
     for j in 0..n {
         let url = &endpoints[j % endpoints.len()];
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(30));
-        let client = Client::connect([url.as_str()], Some(options))
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
+        let settings =
+            mesh_client::Settings::timeouts(Duration::from_secs(5), Some(Duration::from_secs(30)));
+        let client = mesh_client::member(url, None, &settings).await?;
         clients.push(client);
     }
     Ok(clients)

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::history::{Event, Input, MaybeWrite, Op, Output, Write};
 use crate::rng::Rng;
-use crate::workload::Connect;
+use crate::workload::{Connect, WorkloadError};
 
 /// What the workload does.
 #[derive(Debug, Clone)]
@@ -167,8 +167,8 @@ async fn keep_lease(
                 keeper.keep_alive().await?;
                 let answer = tokio::time::timeout(Duration::from_secs(2), answers.message())
                     .await
-                    .map_err(|_| etcd_client::Error::InvalidArgs("no keep-alive answer".into()))??
-                    .ok_or_else(|| etcd_client::Error::InvalidArgs("keep-alives ended".into()))?;
+                    .map_err(|_| "no keep-alive answer")??
+                    .ok_or("keep-alives ended")?;
                 if answer.ttl() <= 0 {
                     return Ok(Some(format!(
                         "lease {id:x} expired {:.1}s after its last renewal",
@@ -180,7 +180,7 @@ async fn keep_lease(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         };
-        let lost: Result<Option<String>, etcd_client::Error> = tokio::select! {
+        let lost: Result<Option<String>, WorkloadError> = tokio::select! {
             _ = stop.cancelled() => break,
             r = once => r,
         };
@@ -423,7 +423,7 @@ pub async fn watch(
                     });
                 }
             }
-            Ok::<(), etcd_client::Error>(())
+            Ok::<(), WorkloadError>(())
         };
         tokio::select! {
             _ = stop.cancelled() => break,
