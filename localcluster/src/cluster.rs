@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, StatusResponse, TlsOptions};
+use etcd_client::{Client, StatusResponse};
+use mesh_client::pki::PkiDir;
+use mesh_client::{Credentials, Settings};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -65,7 +67,7 @@ pub struct Cluster {
     /// `RAFTMESH_KEEP_LOGS`.
     dir: Option<TempDir>,
     /// The admin certificate this cluster's own clients use, with TLS.
-    client_tls: Option<TlsOptions>,
+    client_tls: Option<Credentials>,
 }
 
 /// One member: its fixed configuration and its current process.
@@ -227,7 +229,7 @@ impl Cluster {
             .map(|c| (c.name.clone(), c.peer_url()))
             .collect();
         let initial = initial_cluster(peers.iter().map(|(n, u)| (n.as_str(), u.as_str())));
-        let client_tls = spec.tls.as_deref().map(admin_tls).transpose()?;
+        let client_tls = spec.tls.as_deref().map(|dir| PkiDir::new(dir).admin());
         let mut cluster = Cluster {
             flavor,
             spec,
@@ -363,10 +365,14 @@ impl Cluster {
     /// A client for member `i` presenting `<tls dir>/<cert>.crt` and `.key` (e.g.
     /// `agent-node-1`); plaintext without TLS.
     pub async fn client_as(&self, i: usize, cert: &str) -> Result<Client> {
-        let tls = match &self.spec.tls {
-            None => None,
-            Some(dir) => Some(tls_as(dir, cert)?),
-        };
+        let tls = self.spec.tls.as_deref().map(|dir| {
+            let pki = PkiDir::new(dir);
+            Credentials::new(
+                pki.ca_cert(),
+                dir.join(format!("{cert}.crt")),
+                dir.join(format!("{cert}.key")),
+            )
+        });
         connect(&[self.client_url(i)], tls.as_ref()).await
     }
 
@@ -739,37 +745,18 @@ fn etcdctl(urls: &[String]) -> Command {
     command
 }
 
-/// The TLS options of the cluster's own clients: the CA and the admin certificate in `dir`.
-fn admin_tls(dir: &Path) -> Result<TlsOptions> {
-    tls_as(dir, "admin-admin")
-}
-
-/// The CA and the certificate `<cert>.crt`/`.key` in `dir`.
-fn tls_as(dir: &Path, cert: &str) -> Result<TlsOptions> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    Ok(TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
-        .identity(Identity::from_pem(
-            read(&format!("{cert}.crt"))?,
-            read(&format!("{cert}.key"))?,
-        )))
-}
-
-async fn connect(urls: &[String], tls: Option<&TlsOptions>) -> Result<Client> {
-    let mut options = ConnectOptions::new().with_connect_timeout(RPC_TIMEOUT);
-    if let Some(tls) = tls {
-        options = options.with_tls(tls.clone());
-    }
-    Client::connect(urls, Some(options))
-        .await
-        .with_context(|| format!("connecting to {}", urls.join(",")))
+/// A client of `urls`: of the one member, or balanced over several (as clientv3 does: the
+/// acceptance tests play that client).
+async fn connect(urls: &[String], tls: Option<&Credentials>) -> Result<Client> {
+    let settings = Settings::timeouts(RPC_TIMEOUT, None);
+    Ok(match urls {
+        [one] => mesh_client::member(one, tls, &settings).await?,
+        _ => mesh_client::balanced(urls, tls, &settings).await?,
+    })
 }
 
 /// One Status call to `url`, bounded by [`RPC_TIMEOUT`].
-async fn status_of(url: &str, tls: Option<&TlsOptions>) -> Result<StatusResponse> {
+async fn status_of(url: &str, tls: Option<&Credentials>) -> Result<StatusResponse> {
     let call = async {
         let mut client = connect(&[url.to_owned()], tls).await?;
         client.status().await.context("Status")

@@ -19,7 +19,6 @@
 //! - [`validate`]: what a remote may make this cluster store.
 //! - [`connect`]: resolving and reaching a remote's API server over mutual TLS.
 
-pub mod connect;
 pub mod session;
 pub mod validate;
 
@@ -44,11 +43,11 @@ use prost::Message as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::connect::Resolver;
 use self::session::{Session, SessionError, now_ms};
 use self::validate::Validator;
 use crate::config::MirrorSettings;
 use crate::controller::{Context, Controller, LOCAL_TIMEOUT};
+use mesh_client::remote::{self as connect, Resolver};
 
 /// How often the connections are read.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(1);

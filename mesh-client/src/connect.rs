@@ -161,6 +161,23 @@ pub async fn member(
         })
 }
 
+/// A client balanced over every one of `endpoints`, as etcd's clientv3 and etcdctl make them:
+/// only for tests that check the store against that client pattern. raftmesh's own programs
+/// never use it (a balanced client keeps choosing a killed member: see [`with_leader`]).
+pub async fn balanced(
+    endpoints: &[String],
+    credentials: Option<&Credentials>,
+    settings: &Settings,
+) -> Result<Client, Error> {
+    let options = settings.options(credentials)?;
+    Client::connect(endpoints, Some(options))
+        .await
+        .map_err(|source| Error::Connect {
+            endpoint: endpoints.join(","),
+            source: Box::new(source),
+        })
+}
+
 /// A client of the first of `endpoints`, from index `start` on (wrapping), that answers a
 /// status request within [`STATUS_TIMEOUT`] and knows a leader; with the index it reached.
 ///

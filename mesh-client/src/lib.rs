@@ -10,13 +10,19 @@
 //! - [`member`]: a client of one member; [`with_leader`]: the first member, from a given one
 //!   on, that answers and knows a leader — one member at a time, checked before use;
 //!   [`answering`]: the same, settling for a member without a leader (to show a cluster's
-//!   own state).
+//!   own state); [`balanced`]: over every member, as clientv3 does — for tests only.
+//! - [`remote`] (feature `remote`): a remote cluster's API server as the mirror reaches it —
+//!   endpoints resolved on every attempt, the connection's own TLS material.
 //!
 //! See ARCHITECTURE.md (the crates and who may depend on whom).
 
 pub mod pki;
+#[cfg(feature = "remote")]
+pub mod remote;
 
 mod connect;
 
-pub use connect::{Credentials, Error, STATUS_TIMEOUT, Settings, answering, member, with_leader};
+pub use connect::{
+    Credentials, Error, STATUS_TIMEOUT, Settings, answering, balanced, member, with_leader,
+};
 pub use etcd_client::Client;

@@ -1,8 +1,9 @@
-//! Reaching a remote cluster's API server: its endpoints resolved afresh on every attempt
-//! (EKS load balancers are host names whose addresses change), each address tried in turn,
-//! over mutual TLS 1.3 with the connection's own material (see
-//! [`certs::tls::remote_client`]: only that cluster's CA, only its apiserver members, no host
-//! name check).
+//! Reaching a remote cluster's API server, as the mirror does (feature `remote`): its
+//! endpoints resolved afresh on every attempt (EKS load balancers are host names whose
+//! addresses change), each address tried in turn, over mutual TLS 1.3 with the connection's
+//! own material (see [`certs::tls::remote_client`]: only that cluster's CA, only its apiserver
+//! members, no host name check). The TLS connection is made here, not by tonic, so the
+//! verifier is that rustls configuration and nothing else.
 
 use std::future::Future;
 use std::io;
