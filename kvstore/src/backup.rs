@@ -17,7 +17,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::state_machine::{Data, decode_data, encode_data};
+use crate::data::{Data, decode_data, encode_data};
 
 /// The first bytes of every backup.
 pub const MAGIC: &[u8] = b"RAFTMESH-BACKUP-1\n";

@@ -4,17 +4,19 @@
 //! etcdctl all talk to it with etcd's protocol and get etcd's semantics and errors.
 //!
 //! # Layout
-//! - [`server`]: a member assembled; `run(config, listeners, shutdown)`.
+//! - [`server`]: a member assembled; `run(config, listeners, shutdown)`; [`limits`]: what the
+//!   store may hold (quota, leases, watchers, per identity).
 //! - [`node`]: a running member's operations that involve the leader (forwarding, ReadIndex,
 //!   leases, membership).
 //! - [`api`]: the etcd gRPC services on the client port; [`api::convert`] holds every
 //!   protobuf ↔ domain conversion, [`api::status`] every error → gRPC status mapping.
-//! - [`peer`] and [`network`]: the Raft peer port, server and client side. A trust
-//!   boundary: never exposed to clients.
+//! - [`peer`]: what members say to each other; [`peer_service`] and [`network`]: the Raft
+//!   peer port, server and client side. A trust boundary: never exposed to clients.
 //! - [`tls`]: mutual TLS on both ports (handshakes, peer connector, certificate reload);
 //!   [`admission`]: oldest-first eviction of connections in progress, in all and per source;
 //!   [`auth`]: what each certificate identity may do, checked on every request.
-//! - [`state_machine`]: applies committed entries; snapshots.
+//! - [`data`]: the replicated state, how a command changes it, its encoding;
+//!   [`state_machine`]: keeps it for openraft, applies committed entries, snapshots.
 //! - [`backup`]: backups (`etcdctl snapshot save`) and restoring a new cluster from one.
 //! - [`snapshot_file`]: the snapshot file: checksummed, one writer, never an older one.
 //! - [`log_store`]: the Raft log: entries in [`wal`] segments, synced per append, vote and
@@ -36,10 +38,12 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod data;
 pub mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod lessor;
+pub mod limits;
 pub mod log_store;
 pub mod membership;
 pub mod metrics;
@@ -47,6 +51,7 @@ pub mod mvcc;
 pub mod network;
 pub mod node;
 pub mod peer;
+pub mod peer_service;
 pub mod per_identity;
 pub mod propose;
 pub mod raft_types;

@@ -10,21 +10,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tokio::sync::watch;
 
 use crate::auth::Authorizer;
 use crate::error::Error;
-use crate::lessor::{self, Lessor};
+use crate::lessor::Lessor;
 use crate::log_store::LogStore;
 use crate::membership::member_id;
 use crate::network::Peers;
 use crate::peer::{LeaseTtl, PeerRequest, PeerResponse};
-use crate::propose::{Proposer, ToLeader, ToRaft};
+use crate::propose::{Proposer, ToLeader, ToRaft, write_error};
 use crate::raft_types::{Command, Member, NodeId, Raft, Reply};
 use crate::read_index::ReadIndex;
-use crate::state_machine::{Published, Shared};
+use crate::state_machine::Shared;
+
+mod tasks;
 
 /// etcd's response header fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +70,7 @@ pub struct NodeSettings {
     /// a lease cannot expire during a leader election.
     pub min_lease_ttl: i64,
     /// The storage quota and the bounds on leases and watchers.
-    pub store_limits: crate::server::StoreLimits,
+    pub store_limits: crate::limits::StoreLimits,
     /// What each caller may do.
     pub auth: Authorizer,
 }
@@ -212,7 +213,7 @@ impl Node {
     }
 
     /// The storage quota and the bounds on leases and watchers.
-    pub fn store_limits(&self) -> &crate::server::StoreLimits {
+    pub fn store_limits(&self) -> &crate::limits::StoreLimits {
         &self.settings.store_limits
     }
 
@@ -394,7 +395,7 @@ impl Node {
 
     /// Peer URLs of `id`, from the membership this member applied.
     fn peer_urls(&self, id: NodeId) -> Option<Vec<String>> {
-        peer_urls(&self.raft, id)
+        crate::propose::peer_urls(&self.raft, id)
     }
 
     /// Runs `req` on the leader: here if this member leads, else forwarded. Retries while
@@ -669,154 +670,9 @@ impl Node {
             .collect()
     }
 
-    /// Publishes this member's name and client URLs until the state machine has them.
-    pub async fn publish_until_done(&self, mut shutdown: watch::Receiver<bool>) {
-        let want = Published {
-            name: self.settings.name.clone(),
-            client_urls: self.settings.client_urls.clone(),
-        };
-        loop {
-            if self.shared.read().published.get(&self.id) == Some(&want) {
-                tracing::info!(name = %want.name, "member attributes published");
-                return;
-            }
-            let cmd = Command::PublishMember {
-                id: self.id,
-                name: want.name.clone(),
-                client_urls: want.client_urls.clone(),
-            };
-            if let Err(e) = self.propose(cmd).await {
-                tracing::debug!(error = %e, "publishing member attributes; will retry");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-
-    /// While this member leads, revokes leases whose deadline passed.
-    pub async fn expire_leases(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(lessor::CHECK_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            let Some(term) = self.leading_term() else {
-                self.lessor.step_down();
-                continue;
-            };
-            for id in self.lessor.expired(term, &self.shared) {
-                tracing::info!(lease = id, "lease expired; revoking");
-                match self.propose(Command::LeaseRevoke { id }).await {
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(lease = id, error = %e, "revoking expired lease"),
-                }
-            }
-        }
-    }
-
-    /// While this member leads, compacts the history so that `retention` revisions are kept,
-    /// or only those of the last [`PRESSURE_WINDOW`] while the store holds more than half its
-    /// quota ([`history_pressure`]).
-    pub async fn compact_by_revision(
-        &self,
-        retention: i64,
-        every: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        // The pressure is looked at every second (a read of two counters); the retention
-        // every `every`.
-        let mut tick = tokio::time::interval(every.min(Duration::from_secs(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_regular = Instant::now();
-        // The revision at each tick of the last window.
-        let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            let (rev, compacted, bytes) = {
-                let d = self.shared.read();
-                (d.mvcc.revision(), d.mvcc.compacted(), d.mvcc.bytes())
-            };
-            let now = Instant::now();
-            samples.push_back((now, rev));
-            // The newest sample at least a window old stays at the front.
-            while samples
-                .get(1)
-                .is_some_and(|(at, _)| now.duration_since(*at) >= PRESSURE_WINDOW)
-            {
-                samples.pop_front();
-            }
-            if self.leading_term().is_none() {
-                continue;
-            }
-            let quota = self.settings.store_limits.quota_bytes;
-            let pressure = history_pressure(bytes, quota);
-            let regular = last_regular.elapsed() >= every;
-            if !pressure && !regular {
-                continue;
-            }
-            if regular {
-                last_regular = now;
-            }
-            let mut target = rev - retention;
-            if pressure
-                && let Some(&(at, window_start)) = samples.front()
-                && now.duration_since(at) >= PRESSURE_WINDOW
-            {
-                target = target.max(window_start);
-            }
-            if target <= compacted.max(1) {
-                continue;
-            }
-            if pressure {
-                tracing::warn!(
-                    revision = target,
-                    bytes,
-                    quota,
-                    "the store holds more than half its quota: compacting to what the last {PRESSURE_WINDOW:?} wrote"
-                );
-            } else {
-                tracing::info!(revision = target, "auto-compaction");
-            }
-            if let Err(e) = self.propose(Command::Compact { revision: target }).await {
-                tracing::warn!(revision = target, error = %e, "auto-compaction failed");
-            }
-        }
-    }
-
     /// The members' ids and names, for logs.
     pub fn member_names(&self) -> BTreeMap<NodeId, String> {
         self.members().into_iter().map(|m| (m.id, m.name)).collect()
-    }
-}
-
-/// Peer URLs of member `id`, from the membership `raft` applied.
-pub(crate) fn peer_urls(raft: &Raft, id: NodeId) -> Option<Vec<String>> {
-    let m = raft.metrics();
-    let m = m.borrow();
-    m.membership_config
-        .membership()
-        .get_node(&id)
-        .map(|n| n.peer_urls.clone())
-}
-
-pub(crate) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Error::NotLeader,
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {
-            tracing::warn!(error = %err, "membership change refused");
-            Error::MembershipRejected
-        }
-        RaftError::Fatal(f) => {
-            tracing::error!(error = %f, "raft stopped");
-            Error::Unhealthy
-        }
     }
 }
 

@@ -1,17 +1,12 @@
-//! The server side of the peer port: Raft RPCs from the other members of this cluster, and
-//! the calls they forward to this member.
-//!
-//! Trust boundary: this service is served on the peer port only, never on the client port,
-//! because it accepts raw Raft messages. Only members of this cluster may reach it.
+//! What members say to each other over the peer port: the generated gRPC types, and the calls
+//! one member forwards to another with their answers. The service that answers them is
+//! [`crate::peer_service`]; the client side is [`crate::network`] and [`crate::propose`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::node::Node;
 use crate::raft_types::{Command, Member, NodeId, Reply};
 
 /// Generated gRPC types of `proto/peer.proto`.
@@ -89,54 +84,4 @@ pub enum PeerResponse {
     Replies(Vec<Result<Reply, Error>>),
     /// Answer to `Campaign`: the election started.
     Done,
-}
-
-/// The peer gRPC service.
-#[derive(Debug, Clone)]
-pub struct PeerService {
-    node: Arc<Node>,
-}
-
-impl PeerService {
-    /// Serves `node`'s Raft and forwarded calls.
-    pub fn new(node: Arc<Node>) -> pb::peer_server::PeerServer<Self> {
-        pb::peer_server::PeerServer::new(Self { node })
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX)
-    }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(req: Request<pb::Blob>) -> Result<T, Status> {
-    bincode::deserialize(&req.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Response<pb::Blob>, Status> {
-    let data = bincode::serialize(value)
-        .map_err(|e| Status::internal(format!("unencodable peer payload: {e}")))?;
-    Ok(Response::new(pb::Blob { data }))
-}
-
-#[tonic::async_trait]
-impl pb::peer_server::Peer for PeerService {
-    async fn append_entries(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        let rpc = decode(req)?;
-        encode(&self.node.raft.append_entries(rpc).await)
-    }
-
-    async fn vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        let rpc = decode(req)?;
-        encode(&self.node.raft.vote(rpc).await)
-    }
-
-    async fn install_snapshot(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        let rpc = decode(req)?;
-        encode(&self.node.raft.install_snapshot(rpc).await)
-    }
-
-    async fn call(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        let call: PeerRequest = decode(req)?;
-        let result: Result<PeerResponse, Error> = self.node.serve_peer_call(call).await;
-        encode(&result)
-    }
 }

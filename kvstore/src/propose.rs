@@ -19,12 +19,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::Error;
 use crate::network::Peers;
 use crate::peer::{PeerRequest, PeerResponse};
-use crate::raft_types::{Command, Outcome, Raft, Reply};
+
+use crate::raft_types::{Command, Member, NodeId, Outcome, Raft, Reply};
 
 /// Batches out at once; more arriving commands wait and join the next batch.
 pub const MAX_IN_FLIGHT: usize = 2;
@@ -176,7 +178,7 @@ impl ToRaft {
         match tokio::time::timeout(self.timeout, self.raft.client_write(cmd)).await {
             Err(_) => Err(Error::Timeout),
             Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(e)) => Err(crate::node::write_error(e)),
+            Ok(Err(e)) => Err(write_error(e)),
         }
     }
 }
@@ -212,7 +214,7 @@ impl Sink for ToLeader {
         };
         let leader = current.filter(|l| *l != me);
         let Some((leader, urls)) =
-            leader.and_then(|l| crate::node::peer_urls(&self.raft, l).map(|urls| (l, urls)))
+            leader.and_then(|l| peer_urls(&self.raft, l).map(|urls| (l, urls)))
         else {
             let none = if current == Some(me) {
                 Error::NotLeader
@@ -244,6 +246,30 @@ impl Sink for ToLeader {
                 tracing::debug!(leader, error = %e, "forwarding writes to the leader failed");
                 vec![Err(Error::Timeout); n]
             }
+        }
+    }
+}
+
+/// Peer URLs of member `id`, from the membership `raft` applied.
+pub(crate) fn peer_urls(raft: &Raft, id: NodeId) -> Option<Vec<String>> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.peer_urls.clone())
+}
+
+pub(crate) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Error::NotLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {
+            tracing::warn!(error = %err, "membership change refused");
+            Error::MembershipRejected
+        }
+        RaftError::Fatal(f) => {
+            tracing::error!(error = %f, "raft stopped");
+            Error::Unhealthy
         }
     }
 }

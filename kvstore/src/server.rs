@@ -29,7 +29,8 @@ use crate::membership::{InitialClusterError, parse_initial_cluster};
 use crate::metrics::Metrics;
 use crate::network::{Network, Peers};
 use crate::node::{Node, NodeSettings};
-use crate::peer::{PeerRequest, PeerResponse, PeerService};
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::peer_service::PeerService;
 use crate::raft_types::{Member as RaftMember, NodeId, Raft};
 use crate::state_machine::StateMachine;
 use crate::tls::HandshakeStats;
@@ -95,32 +96,6 @@ pub struct Config {
     pub restore_from: Option<PathBuf>,
 }
 
-/// How much the store holds before it refuses more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreLimits {
-    /// `--quota-backend-bytes`: past this ([`crate::mvcc::Mvcc::bytes`]), writes raise the
-    /// NOSPACE alarm and fail until an operator frees space and disarms it.
-    pub quota_bytes: u64,
-    /// `--max-leases`: live leases; a grant past it fails.
-    pub max_leases: usize,
-    /// `--max-watchers-per-stream`: watchers on one watch stream; a create past it is
-    /// canceled.
-    pub max_watchers_per_stream: usize,
-    /// What one agent or remote identity may hold.
-    pub per_identity: crate::per_identity::IdentityLimits,
-}
-
-impl Default for StoreLimits {
-    fn default() -> Self {
-        Self {
-            quota_bytes: 2 << 30,
-            max_leases: 100_000,
-            max_watchers_per_stream: 10_000,
-            per_identity: crate::per_identity::IdentityLimits::default(),
-        }
-    }
-}
-
 /// What one HTTP/2 connection may do, and how dead ones are found, on both ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -157,6 +132,7 @@ fn builder(limits: &ConnectionLimits) -> Server {
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
 }
 
+pub use crate::limits::StoreLimits;
 pub use crate::tls::MemberTls;
 
 /// The sockets a member serves; bound by the caller so tests can use port 0.
