@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::Failure;
-use crate::context::{ClusterContext, ConfigFile, ContextEntry};
+use crate::context::{ConfigFile, ContextEntry};
 use crate::output::{Output, print, render};
 
 /// `meshctl config` subcommands.
@@ -84,7 +84,7 @@ pub fn run(command: Command) -> Result<(), Failure> {
                 key: a.key.map(absolute),
             };
             // Check that the files resolve before saving.
-            ClusterContext::from_entry(&a.name, &entry).map_err(Failure::BadInput)?;
+            entry.context(&a.name).map_err(Failure::BadInput)?;
             let replaced = file.contexts.insert(a.name.clone(), entry).is_some();
             if file.current_context.is_none() {
                 file.current_context = Some(a.name.clone());

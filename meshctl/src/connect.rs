@@ -26,7 +26,8 @@ use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
 use mesh_api::{Record, SCHEMA};
 use prost::Message as _;
 
-use crate::context::{ClusterContext, ConfigFile};
+use crate::cluster::ClusterContext;
+use crate::context::ConfigFile;
 use crate::{Failure, runtime};
 
 /// Bound on one request.

@@ -11,7 +11,8 @@ use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
 use serde_json::{Value, json};
 
 use crate::Failure;
-use crate::context::{ClusterContext, ConfigFile};
+use crate::cluster::ClusterContext;
+use crate::context::ConfigFile;
 use crate::output::{Output, print, render};
 
 /// Bound on one request.
