@@ -13,41 +13,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use localcluster::{Cluster, Flavor, Spec};
-use serde::Serialize;
 
 use crate::machine::{self, Machine};
 use crate::progress::Progress;
 use crate::report::{self, Report};
+pub use crate::report::{ServerRun, Size};
 pub use workloads::{Outcome, Sizes};
 use workloads::{Target, failover, footprint, get, leases, put, txn_cas, watch_fanout, watch_idle};
 
 use load::Load;
-
-/// Which sizes to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Size {
-    /// The sizes of the committed results (about 10 minutes on 2 cores).
-    Full,
-    /// Every workload, tiny; proves the benchmark runs (CI).
-    Smoke,
-}
-
-impl Size {
-    fn sizes(self) -> Sizes {
-        match self {
-            Size::Full => Sizes::full(),
-            Size::Smoke => Sizes::smoke(),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Size::Full => "full",
-            Size::Smoke => "smoke",
-        }
-    }
-}
 
 /// `mesh-bench kv`'s options.
 #[derive(Debug, clap::Args)]
@@ -86,20 +60,6 @@ const WORKLOADS: [&str; 11] = [
     "footprint",
     "failover",
 ];
-
-/// One server's outcomes, in workload order.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerRun {
-    pub server: &'static str,
-    pub version: String,
-    pub outcomes: Vec<Outcome>,
-}
-
-impl ServerRun {
-    pub fn outcome(&self, workload: &str) -> Option<&Outcome> {
-        self.outcomes.iter().find(|o| o.workload == workload)
-    }
-}
 
 pub async fn run(args: KvArgs, command: String) -> Result<()> {
     let raftmesh_bin = match args.raftmesh_bin {

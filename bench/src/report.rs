@@ -6,9 +6,49 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
-use crate::kv::{Outcome, ServerRun, Size, Sizes};
+use crate::kv::workloads::{Outcome, Sizes};
 use crate::machine::Machine;
 use crate::stats::Percentiles;
+
+/// Which sizes to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    /// The sizes of the committed results (about 10 minutes on 2 cores).
+    Full,
+    /// Every workload, tiny; proves the benchmark runs (CI).
+    Smoke,
+}
+
+impl Size {
+    pub fn sizes(self) -> Sizes {
+        match self {
+            Size::Full => Sizes::full(),
+            Size::Smoke => Sizes::smoke(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Full => "full",
+            Size::Smoke => "smoke",
+        }
+    }
+}
+
+/// One server's outcomes, in workload order.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerRun {
+    pub server: &'static str,
+    pub version: String,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl ServerRun {
+    pub fn outcome(&self, workload: &str) -> Option<&Outcome> {
+        self.outcomes.iter().find(|o| o.workload == workload)
+    }
+}
 
 /// Everything one run produced.
 #[derive(Debug, Serialize)]
