@@ -502,7 +502,18 @@ impl Node {
             }
             PeerRequest::ReadIndex => self.reads.read_index().await.map(PeerResponse::ReadIndex),
             PeerRequest::LeaseKeepAlive { id } => {
+                // A leader cut off from its peers believes it leads until it hears of a newer
+                // term, while the others elect a leader whose lessor runs the lease's clock:
+                // renewing here would tell the client its lease lives while the majority
+                // expires it. So leadership is confirmed with a quorum first (a ReadIndex
+                // round), and the lease renewed only in the term confirmed — etcd's
+                // ensureLeadership before a renewal (etcd-io/etcd#15247). Found by the
+                // chaos `lease` checker under isolate-member.
                 let term = self.leading_term().ok_or(Error::NotLeader)?;
+                self.reads.read_index().await?;
+                if self.leading_term() != Some(term) {
+                    return Err(Error::NotLeader);
+                }
                 self.lessor
                     .keep_alive(term, &self.shared, id)
                     .map(PeerResponse::LeaseRenewed)

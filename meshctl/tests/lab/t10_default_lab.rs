@@ -1,6 +1,8 @@
 //! The default lab, end to end: issue 14's acceptance points 1 to 5 on one lab.
 
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{PATIENCE, TestLab, bless, eventually, in_ns, leftovers, sibling};
@@ -71,6 +73,9 @@ fn default_lab() {
     // per-peer WireGuard families exist too) are the list the chart's dashboard is checked
     // against.
     exported_metrics_are_the_dashboards_list(&tag);
+
+    // An isolated leader renews no lease.
+    an_isolated_leader_renews_no_lease(&lab);
 
     // 3. infra's demo/db admits only apps' client pods: apps/client gets through, apps/other
     //    (no client label) does not, though it reaches infra's echo pods.
@@ -387,4 +392,80 @@ fn scrape_metric_families(tag: &str) -> BTreeSet<String> {
         );
     }
     scraped
+}
+
+/// A leader cut off from its peers (clients still reach it) must not renew a lease: the others
+/// elect a leader whose lessor runs the lease's clock, so a renewal there would tell the
+/// client its lease lives while the majority expires it (found by the chaos `lease` checker
+/// under isolate-member). Renewed with etcdctl against the isolated member alone.
+fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
+    let status = lab.status();
+    let apps = status["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "apps")
+        .unwrap()
+        .clone();
+    let leader_of = |s: &serde_json::Value| -> Option<String> {
+        s["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["leader"] == true)
+            .and_then(|m| m["name"].as_str().map(str::to_owned))
+    };
+    let old = eventually("apps has a leader", PATIENCE, || {
+        lab.mesh_status("apps").as_ref().and_then(leader_of)
+    });
+    let host_ip = apps["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == old.as_str())
+        .and_then(|m| m["hostIP"].as_str())
+        .unwrap()
+        .to_owned();
+    let granted = lab.etcdctl("apps", &["lease", "grant", "60"]);
+    let granted = String::from_utf8_lossy(&granted.stdout).into_owned();
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no lease granted: {granted}"))
+        .to_owned();
+    let pki = Path::new(apps["pki"].as_str().unwrap());
+    let keep_alive_at_old_leader = || {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{host_ip}:2379"))
+            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+            .arg(format!("--cert={}", pki.join("admin-admin.crt").display()))
+            .arg(format!("--key={}", pki.join("admin-admin.key").display()))
+            .args(["--command-timeout=8s", "--dial-timeout=3s"])
+            .args(["lease", "keep-alive", "--once", &id])
+            .output()
+            .unwrap()
+    };
+    // Before: the leader renews it.
+    let before = keep_alive_at_old_leader();
+    assert!(
+        String::from_utf8_lossy(&before.stdout).contains("keepalived with TTL"),
+        "{before:?}"
+    );
+    lab.ok(&["lab", "isolate", &format!("apps/{old}")]);
+    eventually("apps' other members elect a leader", PATIENCE, || {
+        lab.mesh_status("apps").as_ref().and_then(|s| {
+            s["members"].as_array().and_then(|ms| {
+                ms.iter()
+                    .find(|m| m["leader"] == true && m["name"] != old.as_str())
+                    .map(|_| ())
+            })
+        })
+    });
+    let after = keep_alive_at_old_leader();
+    lab.ok(&["lab", "rejoin", &format!("apps/{old}")]);
+    assert!(
+        !String::from_utf8_lossy(&after.stdout).contains("keepalived with TTL"),
+        "the isolated former leader renewed lease {id}: {after:?}"
+    );
+    lab.etcdctl("apps", &["lease", "revoke", &id]);
 }
