@@ -24,8 +24,8 @@ pub mod session;
 pub mod validate;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
@@ -39,8 +39,8 @@ use prost::Message as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::metrics::MirrorMetrics;
 use self::metrics::{Live, LiveCollector};
+pub use self::metrics::{MirrorMetrics, RemoteState};
 use self::session::{Session, SessionError, now_ms};
 use self::validate::Validator;
 use crate::config::MirrorSettings;
@@ -67,24 +67,6 @@ pub struct MirrorConfig {
     /// This cluster's id, when known: a remote with the same id is refused (its identities
     /// would be ours, its rules our rules).
     pub cluster_id: Option<u16>,
-}
-
-/// What the metrics show of one running remote, shared by its task and the collector.
-#[derive(Debug, Default)]
-pub struct RemoteState {
-    /// A watch on the remote works.
-    pub connected: AtomicBool,
-    /// When the mirror last knew it was current, Unix ms (0: never).
-    pub current_at_ms: AtomicI64,
-    /// Keys mirrored.
-    pub keys: AtomicU64,
-    /// Bytes mirrored.
-    pub bytes: AtomicU64,
-    /// When the remote client certificate expires, Unix ms.
-    pub cert_not_after_ms: AtomicI64,
-    /// What the remote's changes may still write (`--remote-write-mib-per-minute`), across
-    /// its sessions; made at the first write.
-    pub write_allowance: Mutex<Option<kvstore::per_identity::TokenBucket>>,
 }
 
 /// The mirroring controller.

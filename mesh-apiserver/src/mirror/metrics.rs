@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::collector::Collector;
@@ -13,9 +14,26 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use super::RemoteState;
 use super::session::now_ms;
 use super::validate;
+
+/// What the metrics show of one running remote, shared by its task and the collector.
+#[derive(Debug, Default)]
+pub struct RemoteState {
+    /// A watch on the remote works.
+    pub connected: AtomicBool,
+    /// When the mirror last knew it was current, Unix ms (0: never).
+    pub current_at_ms: AtomicI64,
+    /// Keys mirrored.
+    pub keys: AtomicU64,
+    /// Bytes mirrored.
+    pub bytes: AtomicU64,
+    /// When the remote client certificate expires, Unix ms.
+    pub cert_not_after_ms: AtomicI64,
+    /// What the remote's changes may still write (`--remote-write-mib-per-minute`), across
+    /// its sessions; made at the first write.
+    pub write_allowance: Mutex<Option<kvstore::per_identity::TokenBucket>>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ClusterLabels {
