@@ -249,6 +249,18 @@ struct LabGuard(Option<Lab>);
 impl Drop for LabGuard {
     fn drop(&mut self) {
         if let Some(lab) = self.0.take() {
+            // With RAFTMESH_KEEP_LOGS, every process's log outlives the lab.
+            if std::env::var_os("RAFTMESH_KEEP_LOGS").is_some() {
+                let kept = std::env::temp_dir().join(format!("{}-logs", lab.state.name));
+                let copied = std::process::Command::new("cp")
+                    .arg("-r")
+                    .arg(lab.dir.join("logs"))
+                    .arg(&kept)
+                    .status();
+                if copied.is_ok_and(|s| s.success()) {
+                    eprintln!("logs kept in {}", kept.display());
+                }
+            }
             let _ = lab.down(&mut |_: &str| {});
         }
     }
