@@ -394,10 +394,13 @@ fn scrape_metric_families(tag: &str) -> BTreeSet<String> {
     scraped
 }
 
-/// A leader cut off from its peers (clients still reach it) must not renew a lease: the others
-/// elect a leader whose lessor runs the lease's clock, so a renewal there would tell the
-/// client its lease lives while the majority expires it (found by the chaos `lease` checker
-/// under isolate-member). Renewed with etcdctl against the isolated member alone.
+/// A leader cut off from its peers (clients still reach it) must neither renew a lease nor
+/// revoke one: the others elect a leader whose lessor runs the lease's clock, so a renewal at
+/// the isolated member would tell the client its lease lives while the majority expires it,
+/// and a revoke it decided when its own clock ran out must not reach the new leader when it
+/// rejoins (both found by the chaos `lease` checker under isolate-member). Judged with
+/// etcdctl: renewals at the isolated member alone, then through the majority for longer than
+/// the lease's TTL, then the lease must still live after the rejoin.
 fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
     let status = lab.status();
     let apps = status["clusters"]
@@ -417,41 +420,50 @@ fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
     let old = eventually("apps has a leader", PATIENCE, || {
         lab.mesh_status("apps").as_ref().and_then(leader_of)
     });
-    let host_ip = apps["members"]
-        .as_array()
-        .unwrap()
+    let url = |m: &serde_json::Value| format!("https://{}:2379", m["hostIP"].as_str().unwrap());
+    let members = apps["members"].as_array().unwrap();
+    let isolated = url(members.iter().find(|m| m["name"] == old.as_str()).unwrap());
+    let majority: Vec<String> = members
         .iter()
-        .find(|m| m["name"] == old.as_str())
-        .and_then(|m| m["hostIP"].as_str())
-        .unwrap()
-        .to_owned();
-    let granted = lab.etcdctl("apps", &["lease", "grant", "60"]);
+        .filter(|m| m["name"] != old.as_str())
+        .map(url)
+        .collect();
+    let pki = Path::new(apps["pki"].as_str().unwrap());
+    let etcdctl = |endpoints: &str, args: &[&str], timeout: &str| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+            .arg(format!("--cert={}", pki.join("admin-admin.crt").display()))
+            .arg(format!("--key={}", pki.join("admin-admin.key").display()))
+            .arg(format!("--command-timeout={timeout}"))
+            .arg("--dial-timeout=2s")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let renewed = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout).contains("keepalived with TTL")
+    };
+    // A short lease, so the isolated member's clock runs out while isolated.
+    let granted = lab.etcdctl("apps", &["lease", "grant", "10"]);
     let granted = String::from_utf8_lossy(&granted.stdout).into_owned();
     let id = granted
         .split_whitespace()
         .nth(1)
         .unwrap_or_else(|| panic!("no lease granted: {granted}"))
         .to_owned();
-    let pki = Path::new(apps["pki"].as_str().unwrap());
-    let keep_alive_at_old_leader = || {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{host_ip}:2379"))
-            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("admin-admin.crt").display()))
-            .arg(format!("--key={}", pki.join("admin-admin.key").display()))
-            .args(["--command-timeout=8s", "--dial-timeout=3s"])
-            .args(["lease", "keep-alive", "--once", &id])
-            .output()
-            .unwrap()
-    };
-    // Before: the leader renews it.
-    let before = keep_alive_at_old_leader();
-    assert!(
-        String::from_utf8_lossy(&before.stdout).contains("keepalived with TTL"),
-        "{before:?}"
-    );
+    let before = etcdctl(&isolated, &["lease", "keep-alive", "--once", &id], "5s");
+    assert!(renewed(&before), "{before:?}");
     lab.ok(&["lab", "isolate", &format!("apps/{old}")]);
+    let keep_alive_through_majority = |what: &str| {
+        let out = etcdctl(
+            &majority.join(","),
+            &["lease", "keep-alive", "--once", &id],
+            "5s",
+        );
+        assert!(renewed(&out), "{what}: {out:?}");
+    };
     eventually("apps' other members elect a leader", PATIENCE, || {
         lab.mesh_status("apps").as_ref().and_then(|s| {
             s["members"].as_array().and_then(|ms| {
@@ -461,11 +473,22 @@ fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
             })
         })
     });
-    let after = keep_alive_at_old_leader();
+    keep_alive_through_majority("right after the election");
+    let at_isolated = etcdctl(&isolated, &["lease", "keep-alive", "--once", &id], "2s");
+    // Kept alive by the majority for longer than the TTL, while the isolated member's clock
+    // runs out.
+    for _ in 0..14 {
+        keep_alive_through_majority("while the old leader is isolated");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     lab.ok(&["lab", "rejoin", &format!("apps/{old}")]);
     assert!(
-        !String::from_utf8_lossy(&after.stdout).contains("keepalived with TTL"),
-        "the isolated former leader renewed lease {id}: {after:?}"
+        !renewed(&at_isolated),
+        "the isolated former leader renewed lease {id}: {at_isolated:?}"
     );
+    for _ in 0..6 {
+        keep_alive_through_majority("after the old leader rejoined");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     lab.etcdctl("apps", &["lease", "revoke", &id]);
 }
