@@ -48,6 +48,12 @@ use super::validate::{Rejection, Validator};
 use super::{MirrorMetrics, RemoteState};
 use crate::config::MirrorSettings;
 
+mod batch;
+mod read;
+
+pub use self::batch::{Batch, Position, Resume};
+pub use self::read::{ReadError, read_all};
+
 /// How often the mirror asks the remote for watch progress.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How long the remote may stay silent (no event, no progress answer) before it counts as
@@ -139,124 +145,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Where the mirror is in the remote's history.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Position {
-    /// Every event up to this revision is applied.
-    pub revision: i64,
-    /// So are the first `partial` events of `revision + 1`.
-    pub partial: u32,
-}
-
-impl Position {
-    /// One more event, at `rev`, is applied (events come in revision order).
-    pub fn advance(&mut self, rev: i64) {
-        if rev == self.revision + 1 {
-            self.partial += 1;
-        } else if rev > self.revision + 1 {
-            self.revision = rev - 1;
-            self.partial = 1;
-        }
-    }
-
-    /// Every event up to `rev` is applied.
-    pub fn complete(&mut self, rev: i64) {
-        if rev >= self.revision + i64::from(self.partial > 0) {
-            self.revision = self.revision.max(rev);
-            self.partial = 0;
-        }
-    }
-}
-
-/// The events of a resumed watch's first revision that were applied before it stopped (the
-/// position's `partial`): they are skipped, and not counted again.
-#[derive(Debug, Clone, Copy)]
-pub struct Resume {
-    revision: i64,
-    left: u32,
-}
-
-impl Resume {
-    /// Resuming at `pos`: the watch starts at `pos.revision + 1`.
-    pub fn at(pos: Position) -> Self {
-        Self {
-            revision: pos.revision + 1,
-            left: pos.partial,
-        }
-    }
-
-    /// Whether the event at `rev` was applied before.
-    pub fn applied_before(&mut self, rev: i64) -> bool {
-        if self.left > 0 && rev == self.revision {
-            self.left -= 1;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Changes waiting to be written in one Txn: the last wanted state of each key (`None`: absent).
-#[derive(Debug, Default)]
-pub struct Batch {
-    ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    bytes: usize,
-}
-
-impl Batch {
-    /// Operations waiting.
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    /// Nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    /// Whether adding `key` with `value` would take the batch past a limit (an empty batch
-    /// takes anything).
-    pub fn would_overflow(&self, key: &[u8], value: Option<&[u8]>) -> bool {
-        if self.ops.is_empty() {
-            return false;
-        }
-        let replaced = match self.ops.get(key) {
-            Some(old) => key.len() + old.as_ref().map_or(0, Vec::len),
-            None if self.ops.len() + 1 > MAX_OPS => return true,
-            None => 0,
-        };
-        self.bytes - replaced + key.len() + value.map_or(0, <[u8]>::len) > MAX_BYTES
-    }
-
-    /// Wants `key` to hold `value` (or be absent), given which keys exist (`present`).
-    pub fn set(&mut self, key: &[u8], value: Option<Vec<u8>>, present: impl Fn(&[u8]) -> bool) {
-        if let Some(Some(old)) = self.ops.get(key) {
-            self.bytes -= key.len() + old.len();
-        } else if let Some(None) = self.ops.get(key) {
-            self.bytes -= key.len();
-        }
-        match value {
-            Some(v) => {
-                self.bytes += key.len() + v.len();
-                self.ops.insert(key.to_vec(), Some(v));
-            }
-            None if present(key) => {
-                self.bytes += key.len();
-                self.ops.insert(key.to_vec(), None);
-            }
-            // Absent before the batch and absent after it: nothing to write.
-            None => {
-                self.ops.remove(key);
-            }
-        }
-    }
-
-    fn take(&mut self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        self.bytes = 0;
-        std::mem::take(&mut self.ops)
-    }
 }
 
 /// The local side of one remote's mirror: the status record and what is mirrored.
@@ -838,82 +726,6 @@ impl<'a> Session<'a> {
         self.written = self.status.clone();
         self.written_at = Instant::now();
         Ok(())
-    }
-}
-
-/// Why [`read_all`] stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// A request failed.
-    #[error("{0}")]
-    Request(String),
-    /// More than the budget: reading stopped there.
-    #[error("over budget after {keys} keys and {bytes} bytes")]
-    OverBudget {
-        /// Keys read.
-        keys: u64,
-        /// Bytes read.
-        bytes: u64,
-    },
-    /// The server returned keys out of order (a broken or hostile server).
-    #[error("the server returned keys out of order")]
-    OutOfOrder,
-}
-
-/// Every key and value under `prefix` at one revision (the first page's, unless given),
-/// read in pages, stopping once more than `budget` (keys, bytes) were read; returns the
-/// revision and the store's etcd cluster id too.
-pub async fn read_all(
-    client: &mut Client,
-    prefix: &str,
-    revision: Option<i64>,
-    budget: Option<(u64, u64)>,
-) -> Result<(i64, u64, Vec<(Vec<u8>, Vec<u8>)>), ReadError> {
-    let end = prefix_end(prefix);
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-    let mut from = prefix.as_bytes().to_vec();
-    let mut at = revision.unwrap_or(0);
-    let mut cluster_id = 0;
-    let mut out = Vec::new();
-    let mut bytes = 0u64;
-    loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        if at > 0 {
-            options = options.with_revision(at);
-        }
-        let resp = bounded(kv.get(from.clone(), Some(options)))
-            .await
-            .map_err(ReadError::Request)?;
-        if let Some(h) = resp.header() {
-            if at == 0 {
-                at = h.revision();
-            }
-            cluster_id = h.cluster_id();
-        }
-        let kvs = resp.kvs();
-        for kv in kvs {
-            // Strictly increasing and inside the range, or a server could keep us reading.
-            if kv.key() < from.as_slice() || kv.key() >= end.as_slice() {
-                return Err(ReadError::OutOfOrder);
-            }
-            bytes += (kv.key().len() + kv.value().len()) as u64;
-            out.push((kv.key().to_vec(), kv.value().to_vec()));
-        }
-        if let Some((max_keys, max_bytes)) = budget
-            && (out.len() as u64 > max_keys || bytes > max_bytes)
-        {
-            return Err(ReadError::OverBudget {
-                keys: out.len() as u64,
-                bytes,
-            });
-        }
-        match kvs.last() {
-            Some(last) if resp.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => return Ok((at, cluster_id, out)),
-        }
     }
 }
 
