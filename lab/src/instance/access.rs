@@ -4,6 +4,17 @@
 use super::*;
 
 impl Lab {
+    /// The plan of `cluster/pod`, a pod [`Lab::target`] accepted.
+    pub(super) fn pod_plan(&self, cluster: &str, pod: &str) -> Result<PodPlan> {
+        let c = self.cluster(cluster)?;
+        Ok(self
+            .plan
+            .pods(c)
+            .into_iter()
+            .find(|p| p.spec.name == pod)
+            .expect("a target's pod is in the plan"))
+    }
+
     /// A node's pin directory.
     pub fn pins(&self, cluster: &str, node: &str) -> PathBuf {
         self.plan.pins().join(format!("{cluster}-{node}"))
@@ -182,13 +193,7 @@ impl Lab {
             return Err(refused(format!("{pod:?} is not a pod")));
         };
         anyhow::ensure!(!argv.is_empty(), "no command to run");
-        let c = self.cluster(cluster)?;
-        let p = self
-            .plan
-            .pods(c)
-            .into_iter()
-            .find(|p| p.spec.name == *pod)
-            .expect("pod");
+        let p = self.pod_plan(cluster, pod)?;
         let bin_dir = self
             .state
             .bins

@@ -337,13 +337,7 @@ impl Lab {
                 (n.netns, bins.node_agent.clone(), args)
             }
             Target::Pod { cluster, pod } => {
-                let c = self.cluster(cluster)?;
-                let p = self
-                    .plan
-                    .pods(c)
-                    .into_iter()
-                    .find(|p| p.spec.name == *pod)
-                    .expect("pod");
+                let p = self.pod_plan(cluster, pod)?;
                 let args = vec![
                     "serve".into(),
                     "--name".into(),
