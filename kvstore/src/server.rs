@@ -341,7 +341,18 @@ impl Member {
             let tls = tls
                 .as_ref()
                 .map(|t| (t.client.clone(), metrics.client_handshakes.clone()));
-            tasks.spawn(serve(router, l, tls, "client", stopped(stop_rx.clone())));
+            let (n, stop) = (node.clone(), stop_rx.clone());
+            tasks.spawn(async move {
+                // etcd serves clients only once the member is ready; a member that joined by
+                // MemberAdd has no membership until the leader's log reaches it, and would
+                // answer MemberList with nobody. Until it knows itself, connections wait in
+                // the listen backlog, as they do with etcd.
+                tokio::select! {
+                    () = knows_itself(&n) => {}
+                    () = stopped(stop.clone()) => return,
+                }
+                serve(router, l, tls, "client", stopped(stop)).await
+            });
         }
         if let Some(tls) = &tls {
             tasks.spawn(crate::tls::reload_periodically(
@@ -453,6 +464,26 @@ async fn track_leading(
 async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow_and_update() {
         if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Returns once `node`'s membership lists `node` itself: at once for a founding or restarted
+/// member, after the first replication for one added by MemberAdd.
+async fn knows_itself(node: &Node) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if metrics
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == node.id)
+        {
+            return;
+        }
+        if metrics.changed().await.is_err() {
             return;
         }
     }

@@ -890,6 +890,14 @@ async fn member_list_add_remove() {
     // A member added and started for real joins, catches up and serves reads.
     let added = c.add_member().await.expect("member n4 joins");
     assert_eq!(added, 3);
+    // From the moment it serves, the new member knows the membership (it serves clients only
+    // once its log lists itself, as etcd serves only once ready): asked alone, it lists all four.
+    let out = etcdctl_with(c.etcdctl_for(added), &["member", "list"], None).await;
+    assert_eq!(
+        (out.code, out.stdout.lines().count()),
+        (Some(0), 4),
+        "the new member's own list: {out:?}"
+    );
     members.push(started_member(&c, added).await);
     members.sort_by_key(|m| m.id);
     // A member serves before its name and client URLs are applied (etcd's "unstarted" until
