@@ -1,4 +1,4 @@
-//! Compiles the C eBPF programs in `../ebpf/` with clang into `$OUT_DIR`, where
+//! Compiles the C eBPF programs in `ebpf/` with clang into `$OUT_DIR`, where
 //! `src/datapath.rs` includes them.
 
 use std::env;
@@ -9,7 +9,7 @@ const PROGRAMS: [&str; 2] = ["sock_lb", "policy"];
 
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let src = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("../ebpf");
+    let src = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("ebpf");
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
     println!("cargo:rerun-if-changed={}", src.join("common.h").display());
     println!("cargo:rerun-if-env-changed=CLANG");
