@@ -63,35 +63,6 @@ struct icmp_echo {
 	__u16 sequence;
 };
 
-struct ipcache_key {
-	__u32 prefixlen;
-	__u32 ip; /* network order */
-};
-
-struct ipcache_value {
-	__u32 identity;
-	__u16 cluster_id;
-	__u16 flags; /* see ipcache_flags in maps.rs */
-};
-#define IPCACHE_POD 1
-
-struct policy_key {
-	__u32 endpoint;
-	__u32 peer;
-	__u16 port; /* host order; 0 = any */
-	__u8 proto; /* 0 = any */
-	__u8 pad;
-};
-
-struct flow_key {
-	__u32 pod_ip;
-	__u32 peer_ip;
-	__u16 pod_port;
-	__u16 peer_port;
-	__u8 proto;
-	__u8 pad[3];
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -121,16 +92,6 @@ struct {
 #define FLOW_SLOTS 1024
 #define FLOW_TIMEOUT_NS (120ULL * 1000000000ULL)
 
-struct pod_flow_key {
-	__u32 ifindex;
-	__u32 slot;
-};
-
-struct pod_flow_value {
-	struct flow_key flow;
-	__u64 seen; /* bpf_ktime_get_ns of its last packet from the pod */
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -139,16 +100,7 @@ struct {
 	__type(value, struct pod_flow_value);
 } pol_pod_flows SEC(".maps");
 
-/* What is behind a pod interface (key: its ifindex). */
-#define IFACE_DENY_UNKNOWN 1 /* --enforce-unknown-pods */
-
-struct iface_value {
-	__u32 identity; /* the pod's, 0 while unknown */
-	__u32 flags;
-	__u32 pod_ip; /* network order; 0 when the agent does not know it */
-	__u32 host;   /* this node's host identity */
-};
-
+/* What is behind a pod interface (key: its ifindex; struct iface_value in abi.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -156,17 +108,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct iface_value);
 } pol_ifaces SEC(".maps");
-
-/* The verdicts of pol_verdicts (its key's third field). */
-#define VERDICT_ALLOWED 0
-#define VERDICT_DENIED 1
-#define VERDICT_UNKNOWN 2 /* the source has no identity (peer 0) */
-
-struct verdict_key {
-	__u32 endpoint;
-	__u32 peer;
-	__u32 verdict;
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);

@@ -8,50 +8,12 @@
  * picks a slot. The backend a socket was sent to is remembered by socket cookie, so a UDP
  * reply (recvmsg) and getpeername() show the VIP the application asked for.
  *
- * Maps are pinned and adopted across agent restarts; see node-agent/src/maps.rs for the
- * layouts and the update order that keeps a concurrent connect safe. */
+ * Maps are pinned and adopted across agent restarts; their keys and values are in abi.h; see
+ * node-agent/src/maps.rs for the update order that keeps a concurrent connect safe. */
 #include "common.h"
 
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
-
-/* A frontend: VIP, port (network order) and protocol. */
-struct svc_key {
-	__u32 vip;
-	__u16 port;
-	__u8 proto;
-	__u8 pad;
-};
-
-struct svc_value {
-	__u32 count; /* backend slots 0..count; 0 = no usable backend: refuse */
-	__u32 flags;
-};
-
-struct backend_key {
-	struct svc_key svc;
-	__u32 slot;
-};
-
-struct backend_value {
-	__u32 ip;
-	__u16 port; /* network order */
-	__u16 cluster_id;
-	__u32 flags; /* for people: see BACKEND_* in maps.rs */
-};
-
-struct revnat_key {
-	__u64 cookie;
-	__u32 ip;
-	__u16 port;
-	__u16 pad;
-};
-
-struct revnat_value {
-	__u32 vip;
-	__u16 port;
-	__u16 pad;
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

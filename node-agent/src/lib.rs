@@ -12,8 +12,9 @@
 //! - [`config`]: flags and their validation.
 //! - [`state`]: the mesh's records, kept compact ([`state::MeshState`]).
 //! - [`desired`]: records → tables, pure (golden-tested).
-//! - [`maps`]: the maps' names and the byte layout of keys and values (an ABI with
-//!   `ebpf/*.bpf.c`), and the decoded [`maps::Tables`].
+//! - [`maps`]: the maps' names, the encoding of keys and values (the structs of
+//!   `ebpf/abi.h`, mirrored in [`maps::abi`] and checked against the header at build time),
+//!   and the decoded [`maps::Tables`].
 //! - [`reconcile`]: desired vs applied → writes, never removing on a partial view.
 //! - [`datapath`]: loading, attaching (tcx, or legacy tc on older kernels), adopting and
 //!   uninstalling with aya; the maps as a [`reconcile::Programmer`].

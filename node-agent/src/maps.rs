@@ -1,8 +1,10 @@
-//! The eBPF maps: their names, the byte layout of every key and value (an ABI with
-//! `ebpf/*.bpf.c`), and [`Tables`], the decoded contents the agent computes and compares.
+//! The eBPF maps: their names, the encoding of every key and value, and [`Tables`], the
+//! decoded contents the agent computes and compares.
 //!
-//! Keys and values cross into the kernel as byte arrays, encoded and decoded here field by
-//! field, so no `unsafe` `Pod` implementation is needed and the layout is in one place. IPv4
+//! The keys and values are the C structs of `ebpf/abi.h`, which the programs include. Here
+//! they cross into the kernel as byte arrays, encoded and decoded field by field at the
+//! offsets of [`abi`] — the Rust mirror of that header, checked against what the C compiler
+//! makes of it when the crate builds — so no `unsafe` `Pod` implementation is needed. IPv4
 //! addresses and service ports are in network order (as the socket hooks see them); policy
 //! ports, identities and counters in host order (as the programs compute them).
 //!
@@ -17,6 +19,31 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::Serialize;
+
+use abi::{get, put};
+
+pub mod abi;
+
+/// `struct svc_key` as bytes.
+pub type SvcKey = [u8; abi::svc_key::SIZE];
+/// `struct svc_value` as bytes.
+pub type SvcValue = [u8; abi::svc_value::SIZE];
+/// `struct backend_key` as bytes.
+pub type BackendKey = [u8; abi::backend_key::SIZE];
+/// `struct backend_value` as bytes.
+pub type BackendValue = [u8; abi::backend_value::SIZE];
+/// `struct ipcache_value` as bytes.
+pub type IpcacheValue = [u8; abi::ipcache_value::SIZE];
+/// `struct policy_key` as bytes.
+pub type PolicyKey = [u8; abi::policy_key::SIZE];
+/// `struct verdict_key` as bytes.
+pub type VerdictKey = [u8; abi::verdict_key::SIZE];
+/// `struct iface_value` as bytes.
+pub type IfaceValue = [u8; abi::iface_value::SIZE];
+/// `struct pod_flow_key` as bytes.
+pub type PodFlowKey = [u8; abi::pod_flow_key::SIZE];
+/// `struct pod_flow_value` as bytes.
+pub type PodFlowValue = [u8; abi::pod_flow_value::SIZE];
 
 /// Socket load balancing: frontend → slot count.
 pub const LB_SERVICES: &str = "lb_services";
@@ -80,24 +107,30 @@ pub struct Iface {
 }
 
 /// `struct iface_value`.
-pub fn iface_value(i: &Iface) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[0..4].copy_from_slice(&i.identity.to_ne_bytes());
-    v[4..8].copy_from_slice(&i.flags.to_ne_bytes());
-    v[8..12].copy_from_slice(&i.pod_ip.octets());
-    v[12..16].copy_from_slice(&i.host.to_ne_bytes());
+pub fn iface_value(i: &Iface) -> IfaceValue {
+    use abi::iface_value as l;
+    let mut v = [0u8; l::SIZE];
+    put(&mut v, l::IDENTITY, i.identity.to_ne_bytes());
+    put(&mut v, l::FLAGS, i.flags.to_ne_bytes());
+    put(&mut v, l::POD_IP, i.pod_ip.octets());
+    put(&mut v, l::HOST, i.host.to_ne_bytes());
     v
 }
 
 /// Decodes `struct iface_value`.
-pub fn iface_of(v: &[u8; 16]) -> Iface {
-    let word = |i: usize| u32::from_ne_bytes(v[i..i + 4].try_into().expect("4 bytes"));
+pub fn iface_of(v: &IfaceValue) -> Iface {
+    use abi::iface_value as l;
     Iface {
-        identity: word(0),
-        flags: word(4),
-        pod_ip: Ipv4Addr::new(v[8], v[9], v[10], v[11]),
-        host: word(12),
+        identity: u32::from_ne_bytes(get(v, l::IDENTITY)),
+        flags: u32::from_ne_bytes(get(v, l::FLAGS)),
+        pod_ip: Ipv4Addr::from(get::<4>(v, l::POD_IP)),
+        host: u32::from_ne_bytes(get(v, l::HOST)),
     }
+}
+
+/// The interface of a `struct pod_flow_key`.
+pub fn pod_flow_ifindex(k: &PodFlowKey) -> u32 {
+    u32::from_ne_bytes(get(k, abi::pod_flow_key::IFINDEX))
 }
 
 /// The verdicts of [`POL_VERDICTS`], by number.
@@ -116,14 +149,15 @@ pub struct Verdict {
     pub flows: u64,
 }
 
-/// A [`POL_VERDICTS`] key: endpoint, peer, verdict, host order.
-pub fn verdict_of(key: &[u8; 12], flows: u64) -> Verdict {
-    let word = |i: usize| u32::from_ne_bytes(key[i..i + 4].try_into().expect("4 bytes"));
+/// A [`POL_VERDICTS`] key (`struct verdict_key`): endpoint, peer, verdict, host order.
+pub fn verdict_of(key: &VerdictKey, flows: u64) -> Verdict {
+    use abi::verdict_key as l;
+    let word = |f| u32::from_ne_bytes(get(key, f));
     Verdict {
-        endpoint: word(0),
-        peer: word(4),
+        endpoint: word(l::ENDPOINT),
+        peer: word(l::PEER),
         verdict: VERDICT_NAMES
-            .get(word(8) as usize)
+            .get(word(l::VERDICT) as usize)
             .copied()
             .unwrap_or("other"),
         flows,
@@ -285,108 +319,117 @@ impl Tables {
 }
 
 /// `struct svc_key`.
-pub fn svc_key(f: &Frontend) -> [u8; 8] {
-    let mut k = [0u8; 8];
-    k[0..4].copy_from_slice(&f.vip.octets());
-    k[4..6].copy_from_slice(&f.port.to_be_bytes());
-    k[6] = f.proto;
+pub fn svc_key(f: &Frontend) -> SvcKey {
+    use abi::svc_key as l;
+    let mut k = [0u8; l::SIZE];
+    put(&mut k, l::VIP, f.vip.octets());
+    put(&mut k, l::PORT, f.port.to_be_bytes());
+    put(&mut k, l::PROTO, [f.proto]);
     k
 }
 
 /// Decodes `struct svc_key`.
-pub fn frontend_of(k: &[u8; 8]) -> Frontend {
+pub fn frontend_of(k: &SvcKey) -> Frontend {
+    use abi::svc_key as l;
     Frontend {
-        vip: Ipv4Addr::new(k[0], k[1], k[2], k[3]),
-        port: u16::from_be_bytes([k[4], k[5]]),
-        proto: k[6],
+        vip: Ipv4Addr::from(get::<4>(k, l::VIP)),
+        port: u16::from_be_bytes(get(k, l::PORT)),
+        proto: get::<1>(k, l::PROTO)[0],
     }
 }
 
 /// `struct svc_value`.
-pub fn svc_value(count: u32) -> [u8; 8] {
-    let mut v = [0u8; 8];
-    v[0..4].copy_from_slice(&count.to_ne_bytes());
+pub fn svc_value(count: u32) -> SvcValue {
+    use abi::svc_value as l;
+    let mut v = [0u8; l::SIZE];
+    put(&mut v, l::COUNT, count.to_ne_bytes());
     v
 }
 
 /// The slot count of a `struct svc_value`.
-pub fn count_of(v: &[u8; 8]) -> u32 {
-    u32::from_ne_bytes([v[0], v[1], v[2], v[3]])
+pub fn count_of(v: &SvcValue) -> u32 {
+    u32::from_ne_bytes(get(v, abi::svc_value::COUNT))
 }
 
 /// `struct backend_key`.
-pub fn backend_key(f: &Frontend, slot: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[0..8].copy_from_slice(&svc_key(f));
-    k[8..12].copy_from_slice(&slot.to_ne_bytes());
+pub fn backend_key(f: &Frontend, slot: u32) -> BackendKey {
+    use abi::backend_key as l;
+    let mut k = [0u8; l::SIZE];
+    put(&mut k, l::SVC, svc_key(f));
+    put(&mut k, l::SLOT, slot.to_ne_bytes());
     k
 }
 
 /// Decodes `struct backend_key`.
-pub fn slot_of(k: &[u8; 12]) -> (Frontend, u32) {
-    let mut f = [0u8; 8];
-    f.copy_from_slice(&k[0..8]);
+pub fn slot_of(k: &BackendKey) -> (Frontend, u32) {
+    use abi::backend_key as l;
     (
-        frontend_of(&f),
-        u32::from_ne_bytes([k[8], k[9], k[10], k[11]]),
+        frontend_of(&get(k, l::SVC)),
+        u32::from_ne_bytes(get(k, l::SLOT)),
     )
 }
 
 /// `struct backend_value`.
-pub fn backend_value(b: &Backend) -> [u8; 12] {
-    let mut v = [0u8; 12];
-    v[0..4].copy_from_slice(&b.ip.octets());
-    v[4..6].copy_from_slice(&b.port.to_be_bytes());
-    v[6..8].copy_from_slice(&b.cluster_id.to_ne_bytes());
-    v[8..12].copy_from_slice(&b.flags.to_ne_bytes());
+pub fn backend_value(b: &Backend) -> BackendValue {
+    use abi::backend_value as l;
+    let mut v = [0u8; l::SIZE];
+    put(&mut v, l::IP, b.ip.octets());
+    put(&mut v, l::PORT, b.port.to_be_bytes());
+    put(&mut v, l::CLUSTER_ID, b.cluster_id.to_ne_bytes());
+    put(&mut v, l::FLAGS, b.flags.to_ne_bytes());
     v
 }
 
 /// Decodes `struct backend_value`.
-pub fn backend_of(v: &[u8; 12]) -> Backend {
+pub fn backend_of(v: &BackendValue) -> Backend {
+    use abi::backend_value as l;
     Backend {
-        ip: Ipv4Addr::new(v[0], v[1], v[2], v[3]),
-        port: u16::from_be_bytes([v[4], v[5]]),
-        cluster_id: u16::from_ne_bytes([v[6], v[7]]),
-        flags: u32::from_ne_bytes([v[8], v[9], v[10], v[11]]),
+        ip: Ipv4Addr::from(get::<4>(v, l::IP)),
+        port: u16::from_be_bytes(get(v, l::PORT)),
+        cluster_id: u16::from_ne_bytes(get(v, l::CLUSTER_ID)),
+        flags: u32::from_ne_bytes(get(v, l::FLAGS)),
     }
 }
 
 /// `struct ipcache_value`.
-pub fn ipcache_value(i: &IpInfo) -> [u8; 8] {
-    let mut v = [0u8; 8];
-    v[0..4].copy_from_slice(&i.identity.to_ne_bytes());
-    v[4..6].copy_from_slice(&i.cluster_id.to_ne_bytes());
-    v[6..8].copy_from_slice(&i.flags.to_ne_bytes());
+pub fn ipcache_value(i: &IpInfo) -> IpcacheValue {
+    use abi::ipcache_value as l;
+    let mut v = [0u8; l::SIZE];
+    put(&mut v, l::IDENTITY, i.identity.to_ne_bytes());
+    put(&mut v, l::CLUSTER_ID, i.cluster_id.to_ne_bytes());
+    put(&mut v, l::FLAGS, i.flags.to_ne_bytes());
     v
 }
 
 /// Decodes `struct ipcache_value`.
-pub fn ipinfo_of(v: &[u8; 8]) -> IpInfo {
+pub fn ipinfo_of(v: &IpcacheValue) -> IpInfo {
+    use abi::ipcache_value as l;
     IpInfo {
-        identity: u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
-        cluster_id: u16::from_ne_bytes([v[4], v[5]]),
-        flags: u16::from_ne_bytes([v[6], v[7]]),
+        identity: u32::from_ne_bytes(get(v, l::IDENTITY)),
+        cluster_id: u16::from_ne_bytes(get(v, l::CLUSTER_ID)),
+        flags: u16::from_ne_bytes(get(v, l::FLAGS)),
     }
 }
 
 /// `struct policy_key`.
-pub fn rule_key(r: &Rule) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[0..4].copy_from_slice(&r.endpoint.to_ne_bytes());
-    k[4..8].copy_from_slice(&r.peer.to_ne_bytes());
-    k[8..10].copy_from_slice(&r.port.to_ne_bytes());
-    k[10] = r.proto;
+pub fn rule_key(r: &Rule) -> PolicyKey {
+    use abi::policy_key as l;
+    let mut k = [0u8; l::SIZE];
+    put(&mut k, l::ENDPOINT, r.endpoint.to_ne_bytes());
+    put(&mut k, l::PEER, r.peer.to_ne_bytes());
+    put(&mut k, l::PORT, r.port.to_ne_bytes());
+    put(&mut k, l::PROTO, [r.proto]);
     k
 }
 
 /// Decodes `struct policy_key`.
-pub fn rule_of(k: &[u8; 12]) -> Rule {
+pub fn rule_of(k: &PolicyKey) -> Rule {
+    use abi::policy_key as l;
     Rule {
-        endpoint: u32::from_ne_bytes([k[0], k[1], k[2], k[3]]),
-        peer: u32::from_ne_bytes([k[4], k[5], k[6], k[7]]),
-        port: u16::from_ne_bytes([k[8], k[9]]),
-        proto: k[10],
+        endpoint: u32::from_ne_bytes(get(k, l::ENDPOINT)),
+        peer: u32::from_ne_bytes(get(k, l::PEER)),
+        port: u16::from_ne_bytes(get(k, l::PORT)),
+        proto: get::<1>(k, l::PROTO)[0],
     }
 }
 

@@ -6,16 +6,16 @@ use super::*;
 
 /// The programmable maps, opened.
 pub struct KernelMaps {
-    services: HashMap<MapData, [u8; 8], [u8; 8]>,
-    backends: HashMap<MapData, [u8; 12], [u8; 12]>,
-    ipcache: LpmTrie<MapData, [u8; 4], [u8; 8]>,
+    services: HashMap<MapData, maps::SvcKey, maps::SvcValue>,
+    backends: HashMap<MapData, maps::BackendKey, maps::BackendValue>,
+    ipcache: LpmTrie<MapData, [u8; 4], maps::IpcacheValue>,
     enforced: HashMap<MapData, u32, u32>,
-    rules: HashMap<MapData, [u8; 12], u32>,
+    rules: HashMap<MapData, maps::PolicyKey, u32>,
     lb_counters: PerCpuArray<MapData, u64>,
     pol_counters: PerCpuArray<MapData, u64>,
-    verdicts: PerCpuHashMap<MapData, [u8; 12], u64>,
-    ifaces: HashMap<MapData, u32, [u8; 16]>,
-    pod_flows: HashMap<MapData, [u8; 8], [u8; 24]>,
+    verdicts: PerCpuHashMap<MapData, maps::VerdictKey, u64>,
+    ifaces: HashMap<MapData, u32, maps::IfaceValue>,
+    pod_flows: HashMap<MapData, maps::PodFlowKey, maps::PodFlowValue>,
 }
 
 impl std::fmt::Debug for KernelMaps {
@@ -111,11 +111,11 @@ impl KernelMaps {
     /// Forgets pod interface `ifindex` (gone): its entry and its flow slots.
     pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
         ignore_missing(self.ifaces.remove(&ifindex)).map_err(map_err(maps::POL_IFACES))?;
-        let slots: Vec<[u8; 8]> = self
+        let slots: Vec<maps::PodFlowKey> = self
             .pod_flows
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) == ifindex)
+            .filter(|k| maps::pod_flow_ifindex(k) == ifindex)
             .collect();
         for k in slots {
             ignore_missing(self.pod_flows.remove(&k)).map_err(map_err(maps::POL_POD_FLOWS))?;
