@@ -18,6 +18,7 @@
 //! - [`report`]: the markdown table, the raw JSON and the PNG chart.
 //! - [`machine`]: cores, CPU, kernel, versions.
 //! - [`stats`]: latency samples and percentiles.
+//! - [`synthetic`]: clusters of a given size as manifests, for `publish` and `mirror`.
 //! - [`progress`]: progress lines on stderr.
 
 mod agent;
@@ -31,6 +32,7 @@ mod propagation;
 mod publish;
 mod report;
 mod stats;
+mod synthetic;
 mod wireguard;
 
 use std::process::ExitCode;

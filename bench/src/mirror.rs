@@ -26,13 +26,13 @@ use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use localcluster::{Cluster, Flavor, Spec};
 use mesh_api::records::NodeKeyRecord;
 use mesh_api::{Record, SCHEMA};
-use mesh_apiserver::publish::synthetic::Shape;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::machine::Machine;
 use crate::publish::expected_keys;
 use crate::stats::{Percentiles, Samples};
+use crate::synthetic::Shape;
 
 /// `mesh-bench mirror`'s options.
 #[derive(Debug, clap::Args)]

@@ -13,12 +13,12 @@ use etcd_client::GetOptions;
 use localcluster::{Cluster, Flavor, Spec};
 use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::objects::Objects;
-use mesh_apiserver::publish::synthetic::Shape;
 use serde_json::json;
 use tokio::time::Instant;
 
 use crate::kv::workloads::{allocated_bytes, rss_bytes};
 use crate::machine::Machine;
+use crate::synthetic::Shape;
 
 /// `mesh-bench publish`'s options.
 #[derive(Debug, clap::Args)]

@@ -13,4 +13,3 @@ pub mod convert;
 pub mod live;
 pub mod objects;
 pub mod store;
-pub mod synthetic;

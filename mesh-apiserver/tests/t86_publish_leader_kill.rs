@@ -4,6 +4,10 @@
 //!
 //! raftmesh only.
 
+/// The benchmarks' synthetic clusters (test data, kept out of the product), by path: this
+/// crate does not depend on `bench`.
+#[path = "../../bench/src/synthetic.rs"]
+mod synthetic;
 #[path = "support/util.rs"]
 mod util;
 
@@ -16,7 +20,7 @@ use localcluster::Cluster;
 use mesh_api::Record;
 use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::objects::Objects;
-use mesh_apiserver::publish::synthetic::Shape;
+use synthetic::Shape;
 use tokio::time::Instant;
 use util::{connect, eventually, flavor, publishing_spec, raftmesh_only};
 

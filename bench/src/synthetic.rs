@@ -1,7 +1,12 @@
-//! Synthetic clusters of a given size, as manifests, for tests and benchmarks: `nodes` nodes
-//! (pod CIDR `10.<n>.0.0/16` each), `services` services each selecting its own label set with
-//! one EndpointSlice of `pods / services` endpoints, and `pods` running pods spread over the
-//! nodes and the services' label sets.
+//! Synthetic clusters of a given size, as manifests, for the benchmarks (`publish`, `mirror`):
+//! `nodes` nodes (pod CIDR `10.<n>.0.0/16` each), `services` services each selecting its own
+//! label set with one EndpointSlice of `pods / services` endpoints, and `pods` running pods
+//! spread over the nodes and the services' label sets.
+//!
+//! Test data, not product code: it lives here rather than in mesh-apiserver, which reads
+//! manifests but never makes them. It uses only `std`, so mesh-apiserver's acceptance test
+//! `t86_publish_leader_kill` includes this file by path (`#[path]`) for the same large
+//! cluster, without depending on this crate.
 
 use std::fmt::Write as _;
 
