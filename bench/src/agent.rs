@@ -21,12 +21,12 @@ use anyhow::{Context, Result, bail, ensure};
 use etcd_client::{Client, Txn, TxnOp};
 use lab::cgroup::Cgroup;
 use lab::process::Process;
-use localcluster::{Cluster, Flavor, Spec};
 use mesh_api::records::*;
 use mesh_api::{Key, Kind, Record, SCHEMA};
 use node_agent::datapath::{KernelMaps, Pins};
 use node_agent::maps::{Frontend, PROTO_TCP};
 use serde_json::json;
+use testkit::localcluster::{Cluster, Flavor, Spec};
 
 use crate::kv::workloads::rss_bytes;
 use crate::machine::Machine;

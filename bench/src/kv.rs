@@ -12,7 +12,7 @@ pub(crate) mod workloads;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use localcluster::{Cluster, Flavor, Spec};
+use testkit::localcluster::{Cluster, Flavor, Spec};
 
 use crate::machine::{self, Machine};
 use crate::progress::Progress;
@@ -37,7 +37,7 @@ pub struct KvArgs {
     #[arg(long)]
     pub raftmesh_bin: Option<PathBuf>,
     /// The etcd binary (Debian's etcd-server package installs /usr/bin/etcd).
-    #[arg(long, default_value = localcluster::flavor::DEFAULT_ETCD_BIN)]
+    #[arg(long, default_value = testkit::localcluster::flavor::DEFAULT_ETCD_BIN)]
     pub etcd_bin: PathBuf,
     /// Run only these workloads (comma-separated), e.g. to profile one: put-1, put-256,
     /// get-linearizable, get-serializable, get-shared, txn-cas, watch-fanout, watch-idle,

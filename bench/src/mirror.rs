@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
-use localcluster::{Cluster, Flavor, Spec};
 use mesh_api::records::NodeKeyRecord;
 use mesh_api::{Record, SCHEMA};
 use serde_json::{Value, json};
+use testkit::localcluster::{Cluster, Flavor, Spec};
 use tokio::time::Instant;
 
 use crate::machine::Machine;
@@ -65,10 +65,10 @@ pub struct MirrorArgs {
     #[arg(long)]
     pub meshctl_bin: Option<PathBuf>,
     /// The etcd binary.
-    #[arg(long, default_value = localcluster::flavor::DEFAULT_ETCD_BIN)]
+    #[arg(long, default_value = testkit::localcluster::flavor::DEFAULT_ETCD_BIN)]
     pub etcd_bin: PathBuf,
     /// The etcdctl binary (its make-mirror is the anchor).
-    #[arg(long, default_value = localcluster::cluster::DEFAULT_ETCDCTL_BIN)]
+    #[arg(long, default_value = testkit::localcluster::cluster::DEFAULT_ETCDCTL_BIN)]
     pub etcdctl_bin: PathBuf,
 }
 

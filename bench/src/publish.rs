@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use etcd_client::GetOptions;
-use localcluster::{Cluster, Flavor, Spec};
 use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::objects::Objects;
 use serde_json::json;
+use testkit::localcluster::{Cluster, Flavor, Spec};
 use tokio::time::Instant;
 
 use crate::kv::workloads::{allocated_bytes, rss_bytes};

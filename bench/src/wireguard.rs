@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use lab::mesh::{Binaries, Mesh};
 use lab::process::Process;
 use serde_json::json;
+use testkit::mesh::{Binaries, Mesh};
 
 use crate::machine::Machine;
 

@@ -112,7 +112,7 @@ async fn run(names: &[&str], args: &RunArgs, command: &str) -> Result<usize> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("mesh-chaos's directory")?;
     let work = tempfile::tempdir()?;
-    let mut bins = lab::mesh::Binaries::find(dir)?;
+    let mut bins = lab::binaries::Binaries::find(dir)?;
     if let Some(a) = &args.apiserver {
         anyhow::ensure!(a.is_file(), "--apiserver {}: no such file", a.display());
         bins.apiserver = a.clone();

@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use lab::binaries::Binaries;
 use lab::faults::Degrade;
 use lab::instance::{Lab, Target, UpOptions};
-use lab::mesh::Binaries;
 use lab::plan::{self, Plan};
 use lab::spec::{LabSpec, PodSpec, PortSpec, ServiceSpec};
 use serde::Serialize;

@@ -25,8 +25,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::binaries::Binaries;
 use crate::faults::{Degrade, Faults};
-use crate::mesh::Binaries;
 use crate::plan::{self, CLIENT_PORT, ECHO_PORT, PEER_PORT, Plan, PodPlan, WG_PORT, indexed};
 use crate::spec::{ClusterSpec, LabSpec, parse_duration};
 

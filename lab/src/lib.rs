@@ -1,16 +1,16 @@
 //! The lab: real clusters on one Linux box, out of network namespaces, veth pairs, cgroups and
-//! processes (ARCHITECTURE.md, "The lab"). Two kinds of users: `meshctl lab` builds a lab from a spec
-//! that outlives the command ([`instance`]), and privileged tests use building blocks that own
-//! what they create and remove it on drop, also when a test panics.
+//! processes (ARCHITECTURE.md, "The lab"). `meshctl lab` builds a lab from a spec that outlives
+//! the command ([`instance`]). The building blocks that own what they create and remove it on
+//! drop ([`netns`], [`cgroup`], [`process`]) are also what the test harness (the `testkit`
+//! crate: topologies, the WireGuard tests' mesh) and privileged tests build on; the harness
+//! itself is not here, so meshctl does not link it.
 //!
 //! # Layout
 //! - [`netns`]: network namespaces ([`netns::Netns`]), veth pairs and bridges, commands inside a
 //!   namespace.
 //! - [`cgroup`]: cgroup v2 directories ([`cgroup::Cgroup`]) and running a command inside one.
 //! - [`process`]: child processes killed on drop ([`process::Process`]).
-//! - [`topology`]: clusters of nodes with pods joined by a fabric ([`topology::Topology`]).
-//! - [`mesh`]: a running mesh on a topology (API servers, `meshctl connect`, agents with
-//!   WireGuard), the harness of the WireGuard tests and benchmark.
+//! - [`binaries`]: the programs a lab runs ([`binaries::Binaries`]), found in a build's directory.
 //! - [`spec`]: the lab's YAML spec (`meshctl lab up --spec`), validated.
 //! - [`flavor`]: nodes built as Talos (Flannel) and EKS (the VPC CNI) build them.
 //! - [`plan`]: a lab's names and addresses, derived from its spec and slot.
@@ -21,17 +21,16 @@
 //!
 //! Names are unique per process ([`unique`]), so tests and a developer's lab run side by side.
 
+pub mod binaries;
 pub mod cgroup;
 pub mod faults;
 pub mod flavor;
 pub mod instance;
 pub mod manifests;
-pub mod mesh;
 pub mod netns;
 pub mod plan;
 pub mod process;
 pub mod spec;
-pub mod topology;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

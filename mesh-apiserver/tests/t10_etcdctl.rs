@@ -11,8 +11,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use localcluster::{Cluster, Flavor, Spec};
 use serde_json::{Value, json};
+use testkit::localcluster::{Cluster, Flavor, Spec};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
 use tokio::time::Instant;
@@ -832,7 +832,7 @@ async fn member_list_add_remove() {
     // etcdctl member add prints the new member's id and the environment to start it with.
     let peer = format!(
         "http://127.0.0.1:{}",
-        localcluster::ports::pick_free_ports(1).unwrap()[0]
+        testkit::localcluster::ports::pick_free_ports(1).unwrap()[0]
     );
     let peer_flag = format!("--peer-urls={peer}");
     let text = ok_when_healthy(&c, &["member", "add", "n9", &peer_flag]).await;

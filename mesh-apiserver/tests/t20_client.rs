@@ -16,7 +16,7 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse, WatchOptions,
 };
-use localcluster::{Cluster, Spec};
+use testkit::localcluster::{Cluster, Spec};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 use util::{connect, connect_stream, current_revision, flavor, grpc_status};

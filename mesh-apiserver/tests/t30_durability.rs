@@ -11,7 +11,7 @@ mod util;
 use std::time::Duration;
 
 use etcd_client::PutOptions;
-use localcluster::{Cluster, Spec};
+use testkit::localcluster::{Cluster, Spec};
 use tokio::time::Instant;
 use util::{
     Writers, check_acks_in, connect, current_revision, eventually, exclusive, flavor, read_prefix,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use etcd_client::{Client, ConnectOptions};
-use localcluster::{Cluster, Spec};
+use testkit::localcluster::{Cluster, Spec};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use util::{flavor, grpc_status};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use etcd_client::{EventType, WatchOptions, WatchStream};
-use localcluster::{Cluster, Spec};
+use testkit::localcluster::{Cluster, Spec};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use util::{Writers, connect, connect_stream, current_revision, flavor};

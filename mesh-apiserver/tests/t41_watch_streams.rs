@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, WatchOptions, WatchResponseStream};
-use localcluster::{Cluster, Spec};
+use testkit::localcluster::{Cluster, Spec};
 use util::{connect, connect_stream, flavor, raftmesh_only};
 
 /// Bound on a message the server owes (a liveness bound, not a timing assertion).

@@ -6,7 +6,7 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use localcluster::{Cluster, Spec};
+use testkit::localcluster::{Cluster, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use util::{flavor, raftmesh_only};

@@ -20,10 +20,10 @@ use std::time::{Duration, SystemTime};
 
 use certs::pki::{CA_DAYS, CertificateAuthority, LEAF_DAYS, LeafSpec, Validity, write_pem};
 use certs::{Identity, Role};
-use localcluster::{Cluster, Spec};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tempfile::TempDir;
+use testkit::localcluster::{Cluster, Spec};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -837,8 +837,8 @@ async fn handshakes_without_an_acceptable_certificate_are_refused() {
 /// etcdctl that trusts `ca` but presents no certificate.
 fn localcluster_etcdctl_plain(c: &Cluster, ca: &Path) -> Command {
     let mut command = Command::new(
-        std::env::var_os(localcluster::cluster::ETCDCTL_BIN_ENV)
-            .unwrap_or_else(|| localcluster::cluster::DEFAULT_ETCDCTL_BIN.into()),
+        std::env::var_os(testkit::localcluster::cluster::ETCDCTL_BIN_ENV)
+            .unwrap_or_else(|| testkit::localcluster::cluster::DEFAULT_ETCDCTL_BIN.into()),
     );
     command
         .env("ETCDCTL_API", "3")

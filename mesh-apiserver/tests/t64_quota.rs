@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use etcd_client::{Client, ConnectOptions};
-use localcluster::{Cluster, Spec};
+use testkit::localcluster::{Cluster, Spec};
 use util::{etcdctl_stdout as etcdctl, flavor, grpc_status, raftmesh_only};
 
 /// etcd's refusal while NOSPACE is raised.

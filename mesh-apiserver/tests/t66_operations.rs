@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use etcd_client::{GetOptions, PutOptions};
-use localcluster::{Cluster, Spec};
 use serde_json::Value;
+use testkit::localcluster::{Cluster, Spec};
 use tokio::task::JoinSet;
 use util::{connect, etcdctl_stdout as etcdctl, eventually, flavor, raftmesh_only};
 

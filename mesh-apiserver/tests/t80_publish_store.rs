@@ -10,8 +10,8 @@ mod util;
 use std::collections::{BTreeMap, BTreeSet};
 
 use etcd_client::GetOptions;
-use localcluster::{Cluster, Spec};
 use mesh_apiserver::publish::store::{Changes, allocate, identities, reconcile};
+use testkit::localcluster::{Cluster, Spec};
 use util::{connect, current_revision, flavor};
 
 fn label_sets(n: usize) -> BTreeSet<Vec<String>> {

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use etcd_client::{Client, GetOptions};
-use localcluster::Cluster;
 use mesh_api::{Key, Record};
+use testkit::localcluster::Cluster;
 use util::{
     connect, current_revision, eventually, flavor, metric_opt, publishing_spec, raftmesh_only,
     restart_together, scrape_metrics,

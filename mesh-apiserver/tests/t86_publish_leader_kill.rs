@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use etcd_client::{Client, GetOptions};
-use localcluster::Cluster;
 use mesh_api::Record;
 use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::objects::Objects;
 use synthetic::Shape;
+use testkit::localcluster::Cluster;
 use tokio::time::Instant;
 use util::{connect, eventually, flavor, publishing_spec, raftmesh_only};
 

@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use localcluster::{Cluster, Flavor, Spec};
 use mesh_apiserver::publish::controller::{PublisherConfig, Source, pass};
 use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::live::{LiveSource, mesh_policy_resource};
+use testkit::localcluster::{Cluster, Flavor, Spec};
 use tokio::time::Instant;
 
 async fn ready_source() -> LiveSource {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use etcd_client::{Client, GetOptions};
-use localcluster::Cluster;
 use mesh_api::{Key, Record};
+use testkit::localcluster::Cluster;
 use util::{
     connect, eventually, flavor, metric_opt, publishing_spec, raftmesh_only, scrape_metrics,
 };

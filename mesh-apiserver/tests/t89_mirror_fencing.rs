@@ -5,11 +5,11 @@
 #[path = "support/util.rs"]
 mod util;
 
-use localcluster::{Cluster, Spec};
 use mesh_apiserver::config::MirrorSettings;
 use mesh_apiserver::mirror::session::{Session, SessionError};
 use mesh_apiserver::mirror::validate::Validator;
 use mesh_apiserver::mirror::{MirrorMetrics, RemoteState};
+use testkit::localcluster::{Cluster, Spec};
 use util::{connect, flavor, raftmesh_only};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use lab::binaries::Binaries;
 use lab::faults::Degrade;
 use lab::instance::{Lab, Refused, Target, UpOptions, base_dir};
-use lab::mesh::Binaries;
 use lab::spec::LabSpec;
 use serde_json::Value;
 

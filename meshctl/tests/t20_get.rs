@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use localcluster::{Cluster, Flavor, Spec};
 use mesh_api::records::{IdentityRecord, NodeKeyRecord};
 use mesh_api::{Key, Record, SCHEMA};
+use testkit::localcluster::{Cluster, Flavor, Spec};
 
 fn meshctl() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshctl"));

@@ -1,9 +1,8 @@
 //! The agent bootstrap end to end (unprivileged): a mesh-apiserver serving
-//! --listen-bootstrap-urls and reviewing tokens through a Kubernetes API (here a small HTTP
-//! server answering TokenReviews as the API does), and the agent's side getting a certificate
+//! --listen-bootstrap-urls and reviewing tokens through a Kubernetes API (here the test kit's fake
+//! API answering TokenReviews as the API does), and the agent's side getting a certificate
 //! for its node, which then writes that node's key and no other's.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,72 +11,37 @@ use std::time::{Duration, SystemTime};
 use certs::identity::{Identity, Role};
 use certs::pki::{CertificateAuthority, LeafSpec, Validity, write_pem};
 use etcd_client::{Certificate, Client, ConnectOptions, TlsOptions};
-use localcluster::{Cluster, Flavor, Spec};
 use node_agent::bootstrap::{Bootstrap, Files, renew, renew_at, usable};
 use serde_json::{Value, json};
+use testkit::kube::FakeApi;
+use testkit::localcluster::{Cluster, Flavor, Spec};
 
 /// Answers TokenReviews: `good-token` is the agent of node-1, anything else is invalid.
 /// Records the reviews it was asked for.
 fn fake_api(reviews: Arc<Mutex<Vec<Value>>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let reviews = reviews.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let mut length = 0;
-                loop {
-                    let mut header = String::new();
-                    reader.read_line(&mut header).unwrap();
-                    if header.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = header.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        length = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                let (status, answer) = if line
-                    .starts_with("POST /apis/authentication.k8s.io/v1/tokenreviews")
-                {
-                    let review: Value = serde_json::from_slice(&body).unwrap();
-                    reviews.lock().unwrap().push(review.clone());
-                    let status = if review["spec"]["token"] == "good-token" {
-                        json!({"authenticated": true, "audiences": ["raftmesh"],
-                               "user": {"username": "system:serviceaccount:mesh:r1-agent",
-                                        "uid": "4d0a7b5e-9c1f-4e2a-8b3d-6f5e4c3b2a19",
-                                        "groups": ["system:serviceaccounts", "system:authenticated"],
-                                        "extra": {"authentication.kubernetes.io/node-name": ["node-1"],
-                                                  "authentication.kubernetes.io/pod-name": ["r1-agent-x7k2p"],
-                                                  "authentication.kubernetes.io/pod-uid": ["8e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"]}}})
-                    } else {
-                        json!({"authenticated": false, "user": {},
-                               "error": "[invalid bearer token, token lookup failed]"})
-                    };
-                    let mut done = review;
-                    done["status"] = status;
-                    ("201 Created", done)
-                } else {
-                    ("404 Not Found", json!({"kind": "Status", "code": 404}))
-                };
-                let answer = answer.to_string();
-                let mut stream = stream;
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-            });
-        }
-    });
-    url
+    let api = FakeApi::default();
+    api.on_create(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        move |review: Value| {
+            reviews.lock().unwrap().push(review.clone());
+            let status = if review["spec"]["token"] == "good-token" {
+                json!({"authenticated": true, "audiences": ["raftmesh"],
+                       "user": {"username": "system:serviceaccount:mesh:r1-agent",
+                                "uid": "4d0a7b5e-9c1f-4e2a-8b3d-6f5e4c3b2a19",
+                                "groups": ["system:serviceaccounts", "system:authenticated"],
+                                "extra": {"authentication.kubernetes.io/node-name": ["node-1"],
+                                          "authentication.kubernetes.io/pod-name": ["r1-agent-x7k2p"],
+                                          "authentication.kubernetes.io/pod-uid": ["8e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"]}}})
+            } else {
+                json!({"authenticated": false, "user": {},
+                       "error": "[invalid bearer token, token lookup failed]"})
+            };
+            let mut done = review;
+            done["status"] = status;
+            done
+        },
+    );
+    api.serve()
 }
 
 fn free_port() -> u16 {

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use certs::identity::{Identity, Role};
 use certs::pki::{CertificateAuthority, LeafSpec, Validity, write_pem};
-use localcluster::{Cluster, Flavor, Spec};
 use mesh_api::records::{ClusterRecord, ServiceRecord};
 use mesh_api::{Key, Record, SCHEMA};
 use node_agent::config::Config;
 use node_agent::source::{self, Watch};
+use testkit::localcluster::{Cluster, Flavor, Spec};
 
 fn issue(dir: &Path, ca: &CertificateAuthority, role: Role, name: &str, file: &str) {
     let issued = ca

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
-use localcluster::Cluster;
 use serde::Serialize;
+use testkit::localcluster::Cluster;
 use tokio::task::JoinSet;
 
 use super::load::{self, Load, Measured};

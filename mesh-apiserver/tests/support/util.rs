@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use etcd_client::{Client, ConnectOptions, Error, GetOptions};
 use futures::FutureExt;
-use localcluster::{Cluster, Flavor};
+use testkit::localcluster::{Cluster, Flavor};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -84,28 +84,17 @@ pub fn grpc_status(err: &Error) -> Option<(String, String)> {
     }
 }
 
-/// Runs `attempt` until it returns `Ok`, each attempt and the whole wait bounded by `patience`.
+/// Runs `attempt` until it returns `Ok`, every [`POLL_INTERVAL`]
+/// ([`testkit::eventually_async`]).
 ///
 /// # Panics
 /// When `patience` runs out, with `what` and the last error.
 pub async fn eventually<T>(
     what: &str,
     patience: Duration,
-    mut attempt: impl AsyncFnMut() -> Result<T>,
+    attempt: impl AsyncFnMut() -> Result<T>,
 ) -> T {
-    let deadline = Instant::now() + patience;
-    let mut last = anyhow!("no attempt finished");
-    loop {
-        match tokio::time::timeout_at(deadline, attempt()).await {
-            Ok(Ok(value)) => return value,
-            Ok(Err(e)) => last = e,
-            Err(_) => last = last.context("the last attempt was still running at the deadline"),
-        }
-        if Instant::now() >= deadline {
-            panic!("{what}: still failing after {patience:?}; last error: {last:#}");
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    testkit::eventually_async(what, patience, POLL_INTERVAL, attempt).await
 }
 
 /// The header revision of a linearizable read: the store's current revision.
@@ -364,8 +353,8 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 /// A 3-member spec whose members publish the manifests in `dir` as cluster `apps`, id 7.
-pub fn publishing_spec(dir: &std::path::Path, extra: &[&str]) -> localcluster::Spec {
-    let mut spec = localcluster::Spec::with_members(3);
+pub fn publishing_spec(dir: &std::path::Path, extra: &[&str]) -> testkit::localcluster::Spec {
+    let mut spec = testkit::localcluster::Spec::with_members(3);
     spec.extra_args = ["--cluster-name", "apps", "--cluster-id", "7"]
         .iter()
         .chain(extra)

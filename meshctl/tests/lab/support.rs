@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-pub use lab::mesh::{PATIENCE, eventually};
+pub use testkit::eventually;
+pub use testkit::mesh::PATIENCE;
 
 /// A lab's name, directories and config; `down` on drop.
 pub struct TestLab {

@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use etcd_client::{Client, GetOptions};
-use localcluster::{Cluster, Flavor, Spec};
 use mesh_api::records::NodeKeyRecord;
 use mesh_api::remote::RemoteStatusRecord;
 use mesh_api::{Key, Record, SCHEMA};
 use tempfile::TempDir;
-use tokio::time::Instant;
+use testkit::localcluster::{Cluster, Flavor, Spec};
 
 /// How often eventual conditions are checked.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -39,28 +38,12 @@ pub fn server() -> PathBuf {
     bin
 }
 
-/// Runs `f` until it returns `Ok`, each try and the whole wait bounded by `patience`.
+/// Runs `f` until it returns `Ok`, every [`POLL`] ([`testkit::eventually_async`]).
 ///
 /// # Panics
 /// When `patience` runs out, with `what` and the last error.
-pub async fn eventually<T>(
-    what: &str,
-    patience: Duration,
-    mut f: impl AsyncFnMut() -> Result<T>,
-) -> T {
-    let deadline = Instant::now() + patience;
-    let mut last = anyhow!("no attempt finished");
-    loop {
-        match tokio::time::timeout_at(deadline, f()).await {
-            Ok(Ok(v)) => return v,
-            Ok(Err(e)) => last = e,
-            Err(_) => last = last.context("the last attempt was still running at the deadline"),
-        }
-        if Instant::now() >= deadline {
-            panic!("{what}: still failing after {patience:?}; last error: {last:#}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+pub async fn eventually<T>(what: &str, patience: Duration, f: impl AsyncFnMut() -> Result<T>) -> T {
+    testkit::eventually_async(what, patience, POLL, f).await
 }
 
 /// A test's clusters and the meshctl config file that names them.

@@ -1,146 +1,16 @@
 //! meshctl on kubeconfig contexts (issue 16): `--context` names a kubeconfig context, meshctl
-//! finds the install through the Kubernetes API (here a small HTTP server answering with the
+//! finds the install through the Kubernetes API (here [`FakeApi`], a small HTTP server answering with the
 //! objects a cluster with the chart would hold) and reaches the API servers the way another
 //! cluster does: through the remote Service's address, checking the certificate against the
 //! name the Service's annotation gives.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use mesh_api::remote::RemoteConfigRecord;
 use serde_json::{Value, json};
+use testkit::kube::FakeApi;
 
 use crate::support::*;
-
-/// A Kubernetes API that answers GETs from a table of paths, creates (POST to a collection)
-/// and replaces (PUT, with the resourceVersion read) objects, and records the requests.
-#[derive(Debug, Clone, Default)]
-struct FakeApi {
-    objects: Arc<Mutex<BTreeMap<String, Value>>>,
-    requests: Arc<Mutex<Vec<String>>>,
-    writes: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeApi {
-    /// Serves on a loopback port until the test ends; returns its URL.
-    fn serve(&self) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let api = self.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let api = api.clone();
-                std::thread::spawn(move || api.answer(stream));
-            }
-        });
-        url
-    }
-
-    fn answer(&self, stream: std::net::TcpStream) {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut line = String::new();
-        if reader.read_line(&mut line).is_err() {
-            return;
-        }
-        let mut length = 0;
-        let mut header = String::new();
-        while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-            if let Some((k, v)) = header.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap();
-            }
-            header.clear();
-        }
-        let mut body = vec![0; length];
-        std::io::Read::read_exact(&mut reader, &mut body).unwrap();
-        let method = line.split_whitespace().next().unwrap_or("").to_owned();
-        let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-        self.requests.lock().unwrap().push(target.clone());
-        let path = target.split('?').next().unwrap_or("").to_owned();
-        let status = |code: u16, reason: &str, message: String| {
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": message, "reason": reason, "code": code})
-        };
-        let mut objects = self.objects.lock().unwrap();
-        let (status, body) = match method.as_str() {
-            "GET" => match objects.get(&path) {
-                Some(v) => ("200 OK", v.clone()),
-                None => (
-                    "404 Not Found",
-                    status(404, "NotFound", format!("{path} not found")),
-                ),
-            },
-            "POST" | "PUT" => {
-                self.writes.lock().unwrap().push(format!("{method} {path}"));
-                let mut object: Value = serde_json::from_slice(&body).unwrap();
-                let at = if method == "POST" {
-                    format!("{path}/{}", object["metadata"]["name"].as_str().unwrap())
-                } else {
-                    path.clone()
-                };
-                let stored = objects
-                    .get(&at)
-                    .map(|o| o["metadata"]["resourceVersion"].clone());
-                match (method.as_str(), stored) {
-                    ("POST", Some(_)) => (
-                        "409 Conflict",
-                        status(409, "AlreadyExists", format!("{at} already exists")),
-                    ),
-                    ("PUT", None) => ("404 Not Found", status(404, "NotFound", at)),
-                    ("PUT", Some(v)) if v != object["metadata"]["resourceVersion"] => (
-                        "409 Conflict",
-                        status(409, "Conflict", format!("{at} was modified")),
-                    ),
-                    (_, v) => {
-                        let next = v
-                            .and_then(|v| v.as_str().and_then(|v| v.parse::<u64>().ok()))
-                            .unwrap_or(0)
-                            + 1;
-                        object["metadata"]["resourceVersion"] = next.to_string().into();
-                        objects.insert(at, object.clone());
-                        (
-                            if method == "POST" {
-                                "201 Created"
-                            } else {
-                                "200 OK"
-                            },
-                            object,
-                        )
-                    }
-                }
-            }
-            _ => (
-                "405 Method Not Allowed",
-                status(405, "MethodNotAllowed", method.clone()),
-            ),
-        };
-        drop(objects);
-        let body = body.to_string();
-        let mut stream = stream;
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    }
-
-    fn put(&self, path: &str, v: Value) {
-        self.objects.lock().unwrap().insert(path.to_owned(), v);
-    }
-
-    fn remove(&self, path: &str) {
-        self.objects.lock().unwrap().remove(path);
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-}
 
 /// A file as a Secret's data value (base64).
 fn file(dir: &Path, name: &str) -> Value {
@@ -314,7 +184,7 @@ async fn kubeconfig_contexts_find_the_install_and_connect_through_its_service() 
         "a NodePort lists the nodes: {requests:?}"
     );
     // An unready pod is an unhealthy member, with the reason.
-    let mut pods: Value = apps_api.objects.lock().unwrap()["/api/v1/namespaces/mesh/pods"].clone();
+    let mut pods: Value = apps_api.get("/api/v1/namespaces/mesh/pods");
     pods["items"][1]["status"]["conditions"][0] = json!({"type": "Ready", "status": "False", "message": "containers with unready status: [apiserver]"});
     apps_api.put("/api/v1/namespaces/mesh/pods", pods);
     let table = ok(&["status", "--context", "kube-apps"]);
@@ -445,12 +315,12 @@ fn pki_sync_secrets_makes_the_secrets_once_and_replaces_only_what_changed() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let secrets = "/api/v1/namespaces/mesh/secrets";
-    let writes = || std::mem::take(&mut *api.writes.lock().unwrap());
+    let writes = || api.take_writes();
 
     let out = sync(&[]);
     assert!(out.contains("wrote Secret mesh/r1-ca (no CA yet)"), "{out}");
     assert_eq!(writes(), vec![format!("POST {secrets}"); 3]);
-    let stored = |name: &str| api.objects.lock().unwrap()[&format!("{secrets}/{name}")].clone();
+    let stored = |name: &str| api.get(&format!("{secrets}/{name}"));
     assert_eq!(stored("r1-apiserver-tls")["type"], "kubernetes.io/tls");
     assert_eq!(
         stored("r1-apiserver-tls")["metadata"]["annotations"]["raftmesh.io/sans"],
@@ -486,7 +356,7 @@ fn pki_sync_secrets_makes_the_secrets_once_and_replaces_only_what_changed() {
     );
     let configmaps = "/api/v1/namespaces/mesh-agent/configmaps";
     assert_eq!(writes(), [format!("POST {configmaps}")]);
-    let cm = api.objects.lock().unwrap()[&format!("{configmaps}/r1-ca")].clone();
+    let cm = api.get(&format!("{configmaps}/r1-ca"));
     let data = cm["data"].as_object().unwrap();
     assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt"]);
     let secret_ca = String::from_utf8(base64_decode(

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lab::cgroup::Cgroup;
 use lab::netns::{self, Netns};
@@ -24,17 +24,12 @@ use mesh_api::{Key, Kind, Record, SCHEMA};
 use node_agent::datapath::{KernelMaps, Pins};
 use node_agent::maps::Tables;
 use serde_json::Value;
+use testkit::args::{AgentArgs, ApiServerArgs};
 
-/// Waits until `f` returns `Some`, for at most `patience`.
-pub fn eventually<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + patience;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Waits until `f` returns `Some`, trying every 50 ms, for at most `patience`
+/// ([`testkit::eventually_every`]).
+pub fn eventually<T>(what: &str, patience: Duration, f: impl FnMut() -> Option<T>) -> T {
+    testkit::eventually_every(what, patience, Duration::from_millis(50), f)
 }
 
 /// A binary built next to this test's `node-agent`.
@@ -52,25 +47,16 @@ pub fn sibling(name: &str) -> PathBuf {
 /// 127.0.0.1:2379; the agent uses 127.0.0.2:2379, so a test can cut the agent off alone.
 fn apiserver_command(ns: &Netns, dir: &Path) -> Command {
     let mut cmd = ns.command(sibling("mesh-apiserver"));
-    cmd.args(["--name", "n1", "--data-dir"])
-        .arg(dir.join("store"))
-        .args([
-            "--listen-client-urls",
-            "http://127.0.0.1:2379,http://127.0.0.2:2379",
-            "--advertise-client-urls",
-            "http://127.0.0.1:2379",
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "n1=http://127.0.0.1:2380",
-            "--initial-cluster-state",
-            "new",
-            "--initial-cluster-token",
-            "t",
-            "--insecure-plaintext",
-        ]);
+    ApiServerArgs::new(
+        "n1",
+        &dir.join("store"),
+        "http://127.0.0.1:2379",
+        "http://127.0.0.1:2380",
+        "t",
+    )
+    .also_listen("http://127.0.0.2:2379")
+    .plaintext()
+    .apply(&mut cmd);
     cmd
 }
 
@@ -245,23 +231,17 @@ impl Node {
     /// The agent's command line.
     pub fn agent_command(&self) -> Command {
         let mut cmd = self.ns.command(env!("CARGO_BIN_EXE_node-agent"));
-        cmd.args(["--node", "n1", "--cluster", CLUSTER])
-            .args([
-                "--endpoints",
-                "http://127.0.0.2:2379",
-                "--insecure-plaintext",
-            ])
-            .arg("--cgroup-root")
-            .arg(self.cgroup.path())
-            .arg("--bpffs")
-            .arg(self.pins.0.root())
-            .arg("--state-dir")
-            .arg(self.dir.path().join("agent"))
-            .args(["--listen-metrics", METRICS])
+        AgentArgs::new("n1", CLUSTER, "http://127.0.0.2:2379")
+            .plaintext()
+            .cgroup_root(self.cgroup.path())
+            .bpffs(self.pins.0.root())
+            .state_dir(&self.dir.path().join("agent"))
+            .listen_metrics(METRICS)
             .args(["--remote-stale-after", "2s"])
             .args(["--policy-attach", self.policy_attach])
             .args(["--wg-backend", "none"])
-            .args(["--log-level", "info,node_agent=debug"]);
+            .args(["--log-level", "info,node_agent=debug"])
+            .apply(&mut cmd);
         cmd
     }
 

@@ -1,6 +1,7 @@
-//! The mesh of these tests is the lab's ([`lab::mesh`]), run from this build's binaries.
+//! The mesh of these tests is the test kit's ([`testkit::mesh`]), run from this build's binaries.
 
-pub use lab::mesh::*;
+pub use testkit::eventually;
+pub use testkit::mesh::*;
 
 /// Two connected clusters of two nodes, no agents yet.
 pub fn mesh() -> Mesh {

@@ -48,7 +48,7 @@ impl Scratch {
             .args(["--listen-metrics", "127.0.0.1:9964"])
             .args(["--wg-backend", backend, "--wg-interface", &self.interface])
             .arg("--wg-userspace-program")
-            .arg(lab::mesh::find_boringtun().expect("boringtun-cli"));
+            .arg(lab::binaries::find_boringtun().expect("boringtun-cli"));
         cmd
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A port is "free" when the kernel hands it out for `bind(127.0.0.1:0)`. The listener is dropped
 //! before the port is returned, so another process can still take it before our child binds it;
-//! [`crate::Cluster::start`] retries when a child fails with "address already in use".
+//! [`super::Cluster::start`] retries when a child fails with "address already in use".
 
 use std::collections::HashSet;
 use std::io;

@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use localcluster::{Cluster, Flavor, Spec};
+//! use testkit::localcluster::{Cluster, Flavor, Spec};
 //! let flavor = Flavor::from_env("target/debug/mesh-apiserver");
 //! let mut cluster = Cluster::start(flavor, Spec::default()).await?;
 //! let leader = cluster.leader().await?;

@@ -1,4 +1,5 @@
-//! The network of a lab: clusters of nodes with pods, joined by a fabric.
+//! A test network: clusters of nodes with pods, joined by a fabric (the harness of
+//! [`crate::mesh`]; a `meshctl lab` instance builds its own network from its plan).
 //!
 //! ```text
 //!                         fabric netns (routes between the cluster networks)
@@ -18,7 +19,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 
-use crate::netns::{self, Netns};
+use lab::netns::{self, Netns};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -275,7 +276,7 @@ impl Topology {
             .output()?;
         anyhow::ensure!(out.status.success(), "nft list: no fabric filter");
         let text = String::from_utf8_lossy(&out.stdout);
-        let packets = |comment| crate::nft_packets(&text, comment).unwrap_or(0);
+        let packets = |comment| lab::nft_packets(&text, comment).unwrap_or(0);
         Ok((packets("tunnel"), packets("other")))
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// The shape of a cluster and the optional flags every member gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
-    /// Number of members started by [`crate::Cluster::start`] (at least 1).
+    /// Number of members started by [`super::Cluster::start`] (at least 1).
     pub members: usize,
     /// `--snapshot-count N` when set.
     pub snapshot_count: Option<u64>,

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use super::{Bootstrap, ClusterState, MemberConfig, MemberPorts, initial_cluster};
-use crate::{Flavor, Spec};
+use crate::localcluster::{Flavor, Spec};
 
 fn member(metrics: Option<u16>) -> MemberConfig {
     MemberConfig {

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 
 use etcd_client::GetOptions;
-use localcluster::{Cluster, Flavor, Spec};
+use testkit::localcluster::{Cluster, Flavor, Spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn etcd() -> Flavor {

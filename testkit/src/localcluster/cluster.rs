@@ -18,8 +18,8 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 use tokio::time::Instant;
 
-use crate::member::{Bootstrap, ClusterState, MemberConfig, MemberPorts, initial_cluster};
-use crate::{Flavor, Spec};
+use super::member::{Bootstrap, ClusterState, MemberConfig, MemberPorts, initial_cluster};
+use super::{Flavor, Spec};
 
 /// How long [`Cluster::start`], [`Cluster::restart`] and [`Cluster::add_member`] wait for
 /// members to serve, and [`Cluster::leader`] for a leader.

@@ -11,7 +11,7 @@ pub const ETCD_BIN_ENV: &str = "RAFTMESH_ETCD_BIN";
 /// The etcd binary used when [`ETCD_BIN_ENV`] is not set (Debian's `etcd-server` package).
 pub const DEFAULT_ETCD_BIN: &str = "/usr/bin/etcd";
 
-/// The server a [`crate::Cluster`] runs. Both flavors are started with the same etcd flags.
+/// The server a [`super::Cluster`] runs. Both flavors are started with the same etcd flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flavor {
     /// raftmesh's `mesh-apiserver` at this path.

@@ -10,102 +10,28 @@
 //! test panics.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::cgroup::Cgroup;
-use crate::process::Process;
+pub use lab::binaries::{Binaries, find_boringtun};
+
+use lab::cgroup::Cgroup;
+use lab::process::Process;
+
+use crate::args::{AgentArgs, ApiServerArgs};
+use crate::eventually::eventually;
 use crate::topology::{ClusterSpec, NodeNet, Topology};
 
 pub const WG_PORT: u16 = 51871;
 pub const CLUSTERS: [(&str, u8); 2] = [("apps", 1), ("infra", 2)];
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Waits until `f` returns `Some`, for at most `patience`.
-pub fn eventually<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + patience;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The programs a mesh runs.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Binaries {
-    /// `node-agent`.
-    pub node_agent: PathBuf,
-    /// `mesh-apiserver`.
-    pub apiserver: PathBuf,
-    /// `meshctl`.
-    pub meshctl: PathBuf,
-    /// `mesh-echo`.
-    pub echo: PathBuf,
-    /// `mesh-delay`, the lab's delay stage (empty in the state of a lab made before it
-    /// existed, which `down` must still read).
-    #[serde(default)]
-    pub delay: PathBuf,
-    /// `boringtun-cli`.
-    pub boringtun: PathBuf,
-}
-
-impl Binaries {
-    /// The workspace's binaries in `dir` (a target directory's `debug` or `release`), and
-    /// boringtun from PATH or cargo's bin directory; panics if one is missing.
-    pub fn in_dir(dir: &Path) -> Binaries {
-        Binaries::find(dir).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// The workspace's binaries in `dir`, and boringtun from PATH or cargo's bin directory.
-    pub fn find(dir: &Path) -> anyhow::Result<Binaries> {
-        let bin = |name: &str| {
-            let p = dir.join(name);
-            anyhow::ensure!(
-                p.is_file(),
-                "{} is missing: build the workspace (cargo build --workspace) first",
-                p.display()
-            );
-            Ok(p)
-        };
-        Ok(Binaries {
-            node_agent: bin("node-agent")?,
-            apiserver: bin("mesh-apiserver")?,
-            meshctl: bin("meshctl")?,
-            echo: bin("mesh-echo")?,
-            delay: bin("mesh-delay")?,
-            boringtun: find_boringtun().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "boringtun-cli is missing: `cargo install --locked boringtun-cli` (scripts/lab and scripts/test install it)"
-                )
-            })?,
-        })
-    }
-}
-
 /// `boringtun-cli`, from PATH or cargo's bin directory.
 fn boringtun() -> PathBuf {
     find_boringtun()
         .expect("boringtun-cli is missing: scripts/test installs it (cargo install boringtun-cli)")
-}
-
-/// `boringtun-cli`, from PATH or cargo's bin directory, if it is there.
-pub fn find_boringtun() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        dirs.push(PathBuf::from(home).join("bin"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("boringtun-cli"))
-        .find(|p| p.is_file())
 }
 
 fn check(out: Output, what: &str) -> String {
@@ -188,9 +114,9 @@ impl Mesh {
             nix::unistd::Uid::effective().is_root(),
             "a lab mesh needs root (CI runs as root)"
         );
-        crate::ensure_bpffs().expect("bpffs");
-        let id = crate::unique("rw");
-        let dir = crate::workdir(&id).expect("tempdir");
+        lab::ensure_bpffs().expect("bpffs");
+        let id = lab::unique("rw");
+        let dir = lab::workdir(&id).expect("tempdir");
         let spec: Vec<ClusterSpec> = CLUSTERS
             .iter()
             .map(|(name, id)| ClusterSpec {
@@ -314,30 +240,23 @@ impl Mesh {
         }
         let url = |port| format!("https://{}:{port}", c.api_ip);
         let mut cmd = c.api.command(&self.bins.apiserver);
-        cmd.args(["--name", "n1", "--data-dir"])
-            .arg(self.path(&format!("{name}-store")))
-            .args(["--listen-client-urls", &url(2379)])
-            .args(["--advertise-client-urls", &url(2379)])
-            .args(["--listen-peer-urls", &url(2380)])
-            .args(["--initial-advertise-peer-urls", &url(2380)])
-            .args(["--initial-cluster", &format!("n1={}", url(2380))])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", name]);
-        for prefix in ["--", "--peer-"] {
-            cmd.arg(format!("{prefix}cert-file"))
-                .arg(pki.join("apiserver-n1.crt"))
-                .arg(format!("{prefix}key-file"))
-                .arg(pki.join("apiserver-n1.key"))
-                .arg(format!("{prefix}trusted-ca-file"))
-                .arg(pki.join("ca.crt"))
-                .arg(format!("{prefix}client-cert-auth"));
-        }
-        cmd.args(["--cluster-name", name])
-            .args(["--cluster-id", &c.id.to_string()])
-            .args(["--pod-cidr", &c.pod_range()])
-            .arg("--manifests-dir")
-            .arg(self.path(&format!("{name}-manifests")))
-            .args(["--disconnect-grace", "3s"]);
+        ApiServerArgs::new(
+            "n1",
+            &self.path(&format!("{name}-store")),
+            &url(2379),
+            &url(2380),
+            name,
+        )
+        .tls(&pki)
+        .args(["--cluster-name", name])
+        .args(["--cluster-id", &c.id.to_string()])
+        .args(["--pod-cidr", &c.pod_range()])
+        .args([
+            OsStr::new("--manifests-dir"),
+            self.path(&format!("{name}-manifests")).as_os_str(),
+        ])
+        .args(["--disconnect-grace", "3s"])
+        .apply(&mut cmd);
         let log = self.path(&format!("{name}-apiserver.log"));
         let p = Process::spawn(cmd, Some(&log)).expect("mesh-apiserver");
         self.apiservers.insert(name.to_owned(), p);
@@ -411,15 +330,14 @@ impl Mesh {
     pub fn start_agent(&mut self, cluster: &str, node: &str) {
         let key = (cluster.to_owned(), node.to_owned());
         if !self.agents.contains_key(&key) {
-            let tag = crate::unique("wg");
+            let tag = lab::unique("wg");
             let agent = Agent {
                 cluster: cluster.to_owned(),
                 node: node.to_owned(),
                 process: None,
                 daemon: None,
                 state_dir: self.path(&format!("{cluster}-{node}-state")),
-                cgroup: Cgroup::new(&crate::cgroup2_root().expect("cgroup2"), &tag)
-                    .expect("cgroup"),
+                cgroup: Cgroup::new(&lab::cgroup2_root().expect("cgroup2"), &tag).expect("cgroup"),
                 pins: PathBuf::from("/sys/fs/bpf").join(&tag),
                 log: self.path(&format!("{cluster}-{node}-agent.log")),
                 interface: tag,
@@ -434,32 +352,20 @@ impl Mesh {
         let a = &self.agents[&key];
         let n = self.node(cluster, node);
         let mut cmd = n.ns.command(&self.bins.node_agent);
-        cmd.args([
-            "--node",
-            node,
-            "--cluster",
-            cluster,
-            "--endpoints",
-            &endpoint,
-        ])
-        .arg("--cacert")
-        .arg(pki.join("ca.crt"))
-        .arg("--cert")
-        .arg(pki.join(format!("agent-{node}.crt")))
-        .arg("--key")
-        .arg(pki.join(format!("agent-{node}.key")))
-        .arg("--cgroup-root")
-        .arg(a.cgroup.path())
-        .arg("--bpffs")
-        .arg(&a.pins)
-        .arg("--state-dir")
-        .arg(&a.state_dir)
-        .args(["--listen-metrics", "127.0.0.1:9964"])
-        .args(["--wg-backend", "userspace", "--wg-interface", &a.interface])
-        .args(["--wg-port", &WG_PORT.to_string()])
-        .arg("--wg-userspace-program")
-        .arg(boringtun())
-        .args(["--log-level", "info,node_agent=debug"]);
+        AgentArgs::new(node, cluster, &endpoint)
+            .tls(&pki)
+            .cgroup_root(a.cgroup.path())
+            .bpffs(&a.pins)
+            .state_dir(&a.state_dir)
+            .listen_metrics("127.0.0.1:9964")
+            .args(["--wg-backend", "userspace", "--wg-interface", &a.interface])
+            .args(["--wg-port", &WG_PORT.to_string()])
+            .args([
+                OsStr::new("--wg-userspace-program"),
+                boringtun().as_os_str(),
+            ])
+            .args(["--log-level", "info,node_agent=debug"])
+            .apply(&mut cmd);
         if self.external_wireguard {
             cmd.args(["--wg-userspace-daemon", "external"]);
         }

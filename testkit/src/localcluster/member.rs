@@ -4,8 +4,8 @@ use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
 
-use crate::ports::pick_free_ports;
-use crate::{Flavor, Spec};
+use super::ports::pick_free_ports;
+use super::{Flavor, Spec};
 
 /// `--initial-cluster-state`: whether a member bootstraps a new cluster or joins a running one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
