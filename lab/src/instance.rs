@@ -208,11 +208,7 @@ fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 fn in_netns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{ns}"))
-        .arg("--")
-        .arg(program);
-    c
+    crate::netns::command_in(ns, program)
 }
 
 fn nft(ns: &str, script: &str) -> Result<()> {

@@ -1,4 +1,6 @@
-//! Network namespaces and the links between them, built with iproute2.
+//! Network namespaces and the links between them, built with iproute2: the one implementation,
+//! both owned ([`Netns`], deleted on drop: tests and the harness) and by name ([`create`],
+//! [`command_in`], [`veth`]: a `meshctl lab` instance, whose namespaces outlive the command).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,25 +31,19 @@ impl Netns {
 
     /// `/run/netns/<name>`.
     pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        path_of(&self.name)
     }
 
     /// `ip -n <name> args…`.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
+        ip_in(&self.name, args)
     }
 
     /// A command that runs `program` inside the namespace. Only the network namespace is
     /// entered (`nsenter --net`), not a new mount namespace as `ip netns exec` makes, so
     /// bpffs and cgroup mounts stay visible.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .arg(program);
-        c
+        command_in(&self.name, program)
     }
 
     /// Adds `addr` (CIDR) to `dev` and brings it up.
@@ -81,23 +77,63 @@ pub fn pod_link(
     addr: &str,
     gateway: &str,
 ) -> anyhow::Result<()> {
-    host.ip(&[
-        "link",
-        "add",
-        host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.name(),
-    ])?;
+    veth(host.name(), host_if, bridge, pod.name(), addr, gateway)
+}
+
+// By name: namespaces that outlive this process (a `meshctl lab` instance's) have no guard.
+
+/// `/run/netns/<name>`.
+pub fn path_of(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+/// Creates namespace `name` with its loopback up; nothing deletes it (see [`Netns`] for that).
+pub fn create(name: &str) -> anyhow::Result<()> {
+    run("ip", &["netns", "add", name])?;
+    ip_in(name, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// `ip -n <name> args…`.
+pub fn ip_in(name: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["-n", name];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+/// A command that runs `program` inside namespace `name`. Only the network namespace is
+/// entered (`nsenter --net`), not a new mount namespace as `ip netns exec` makes, so bpffs and
+/// cgroup mounts stay visible.
+pub fn command_in(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", path_of(name).display()))
+        .arg("--")
+        .arg(program);
+    c
+}
+
+/// A veth pair from namespace `host` (`host_if`, attached to `bridge` when given, up) to `eth0`
+/// in namespace `inner`, with `addr` (CIDR) and a default route via `gateway` there.
+pub fn veth(
+    host: &str,
+    host_if: &str,
+    bridge: Option<&str>,
+    inner: &str,
+    addr: &str,
+    gateway: &str,
+) -> anyhow::Result<()> {
+    ip_in(
+        host,
+        &[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", inner,
+        ],
+    )?;
     if let Some(br) = bridge {
-        host.ip(&["link", "set", host_if, "master", br])?;
+        ip_in(host, &["link", "set", host_if, "master", br])?;
     }
-    host.ip(&["link", "set", host_if, "up"])?;
-    pod.address("eth0", addr)?;
-    pod.ip(&["route", "add", "default", "via", gateway])?;
+    ip_in(host, &["link", "set", host_if, "up"])?;
+    ip_in(inner, &["addr", "add", addr, "dev", "eth0"])?;
+    ip_in(inner, &["link", "set", "eth0", "up"])?;
+    ip_in(inner, &["route", "add", "default", "via", gateway])?;
     Ok(())
 }

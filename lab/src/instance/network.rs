@@ -2,6 +2,7 @@
 //! faults in force), and the ENI pods of `eks` nodes.
 
 use super::*;
+use crate::netns;
 
 impl Lab {
     pub(super) fn build_network(&self) -> Result<()> {
@@ -62,8 +63,8 @@ impl Lab {
             )?;
             ip_in(&fabric, &["link", "set", &bridge, "up"])?;
             for m in p.members(i, c) {
-                new_netns(&m.netns)?;
-                veth(
+                netns::create(&m.netns)?;
+                netns::veth(
                     &fabric,
                     &m.fabric_if,
                     Some(&bridge),
@@ -87,8 +88,8 @@ impl Lab {
                 )?;
             }
             for n in p.nodes(c) {
-                new_netns(&n.netns)?;
-                veth(
+                netns::create(&n.netns)?;
+                netns::veth(
                     &fabric,
                     &n.fabric_if,
                     Some(&bridge),
@@ -153,11 +154,11 @@ impl Lab {
                     .into_iter()
                     .find(|n| n.name == pod.node)
                     .expect("validated node");
-                new_netns(&pod.netns)?;
+                netns::create(&pod.netns)?;
                 match c.flavor.bridge() {
                     Some(bridge) => {
                         let gw = Ipv4Addr::from(u32::from(node.pod_net) + 1);
-                        veth(
+                        netns::veth(
                             &node.netns,
                             &pod.host_if,
                             Some(bridge),
@@ -279,38 +280,6 @@ pub(super) fn router(ns: &str) -> Result<()> {
     ] {
         sh(in_netns(ns, "sysctl").args(["-qw", s]))?;
     }
-    Ok(())
-}
-
-pub(super) fn new_netns(name: &str) -> Result<()> {
-    ip(&["netns", "add", name])?;
-    ip_in(name, &["link", "set", "lo", "up"])?;
-    Ok(())
-}
-
-/// A veth from `host` (named `host_if`, on `bridge`) to `eth0` in `inner`, with `addr` and a
-/// default route via `gateway` there.
-pub(super) fn veth(
-    host: &str,
-    host_if: &str,
-    bridge: Option<&str>,
-    inner: &str,
-    addr: &str,
-    gateway: &str,
-) -> Result<()> {
-    ip_in(
-        host,
-        &[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", inner,
-        ],
-    )?;
-    if let Some(br) = bridge {
-        ip_in(host, &["link", "set", host_if, "master", br])?;
-    }
-    ip_in(host, &["link", "set", host_if, "up"])?;
-    ip_in(inner, &["addr", "add", addr, "dev", "eth0"])?;
-    ip_in(inner, &["link", "set", "eth0", "up"])?;
-    ip_in(inner, &["route", "add", "default", "via", gateway])?;
     Ok(())
 }
 
