@@ -11,11 +11,15 @@
 //!   on, that answers and knows a leader — one member at a time, checked before use;
 //!   [`answering`]: the same, settling for a member without a leader (to show a cluster's
 //!   own state); [`balanced`]: over every member, as clientv3 does — for tests only.
+//! - [`contexts`] (feature `contexts`): named clusters as meshctl's config file and kubeconfig
+//!   contexts give them, resolved to endpoints and credentials.
 //! - [`remote`] (feature `remote`): a remote cluster's API server as the mirror reaches it —
 //!   endpoints resolved on every attempt, the connection's own TLS material.
 //!
 //! See ARCHITECTURE.md (the crates and who may depend on whom).
 
+#[cfg(feature = "contexts")]
+pub mod contexts;
 pub mod pki;
 #[cfg(feature = "remote")]
 pub mod remote;

@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::Failure;
-use crate::context::{ConfigFile, ContextEntry};
 use crate::output::{Output, print, render};
+use mesh_client::contexts::{ConfigFile, ContextEntry};
 
 /// `meshctl config` subcommands.
 #[derive(Debug, Subcommand)]

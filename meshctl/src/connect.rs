@@ -26,9 +26,9 @@ use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
 use mesh_api::{Record, SCHEMA};
 use prost::Message as _;
 
-use crate::cluster::ClusterContext;
-use crate::context::ConfigFile;
 use crate::{Failure, runtime};
+use mesh_client::contexts::ClusterContext;
+use mesh_client::contexts::ConfigFile;
 
 /// Bound on one request.
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -13,7 +13,7 @@ use mesh_client::{Credentials, Settings};
 use serde_json::{Value, json};
 
 use crate::Failure;
-use crate::context::ConfigFile;
+use mesh_client::contexts::ConfigFile;
 
 /// Print the records at a key (or under a prefix), decoded.
 ///

@@ -14,7 +14,7 @@ use lab::spec::LabSpec;
 use serde_json::Value;
 
 use crate::Failure;
-use crate::context::{ConfigFile, config_path};
+use mesh_client::contexts::{ConfigFile, config_path};
 use crate::output::{Output, print, render};
 
 /// Which lab.

@@ -17,12 +17,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cluster;
 mod config;
 mod connect;
-mod context;
 mod get;
-mod kubecontext;
 mod lab;
 mod output;
 mod pki;

@@ -14,8 +14,8 @@ use mesh_api::records::{Affinity, EndpointsRecord, ServiceRecord};
 use serde_json::{Value, json};
 
 use crate::Failure;
-use crate::context::ConfigFile;
 use crate::output::{Output, print, render};
+use mesh_client::contexts::ConfigFile;
 
 /// Show the global services and their backends in every cluster (ready, serving,
 /// terminating), as the cluster's own store holds them.

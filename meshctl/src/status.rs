@@ -11,9 +11,9 @@ use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
 use serde_json::{Value, json};
 
 use crate::Failure;
-use crate::cluster::ClusterContext;
-use crate::context::ConfigFile;
 use crate::output::{Output, print, render};
+use mesh_client::contexts::ClusterContext;
+use mesh_client::contexts::ConfigFile;
 
 /// Bound on one request.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -118,9 +118,9 @@ async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
     // pods' readiness (/healthz), the leader as the member behind the Service sees it.
     let kube = match &ctx.kube {
         Some(install) => {
-            let pods = crate::kubecontext::member_pods(&ctx.name, install).await?;
+            let pods = mesh_client::contexts::kube::member_pods(&ctx.name, install).await?;
             let leader = client.status().await.context("status")?.leader();
-            Some((crate::kubecontext::member_health(&pods), leader))
+            Some((mesh_client::contexts::kube::member_health(&pods), leader))
         }
         None => None,
     };

@@ -1,15 +1,16 @@
 //! A context resolved: the cluster it names, with its endpoints and credentials in files (or,
 //! for a kubeconfig context, the install found through the cluster's API), and the clients
-//! meshctl makes of it. [`crate::context`] resolves meshctl's contexts into it,
-//! [`crate::kubecontext`] kubeconfig contexts.
+//! made of it. [`super::ConfigFile`] resolves meshctl's contexts into it, [`super::kube`]
+//! kubeconfig contexts.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pki::PkiDir;
+use crate::{Credentials, Settings};
 use anyhow::{Context as _, anyhow, bail};
 use certs::pki::CertificateAuthority;
 use etcd_client::Client;
-use mesh_client::{Credentials, Settings};
 
 /// A CA certificate with its key, in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +62,9 @@ impl ClusterContext {
     pub async fn client(&self, timeout: Duration) -> anyhow::Result<Client> {
         let settings = Settings::timeouts(Duration::from_secs(5), Some(timeout));
         let credentials = self.credentials();
-        let (client, _) =
-            mesh_client::with_leader(&self.endpoints, 0, credentials.as_ref(), &settings)
-                .await
-                .with_context(|| format!("connecting to {}", self.name))?;
+        let (client, _) = crate::with_leader(&self.endpoints, 0, credentials.as_ref(), &settings)
+            .await
+            .with_context(|| format!("connecting to {}", self.name))?;
         Ok(client)
     }
 
@@ -73,17 +73,16 @@ impl ClusterContext {
     pub async fn any_client(&self, timeout: Duration) -> anyhow::Result<Client> {
         let settings = Settings::timeouts(Duration::from_secs(5), Some(timeout));
         let credentials = self.credentials();
-        let (client, _) =
-            mesh_client::answering(&self.endpoints, 0, credentials.as_ref(), &settings)
-                .await
-                .with_context(|| format!("connecting to {}", self.name))?;
+        let (client, _) = crate::answering(&self.endpoints, 0, credentials.as_ref(), &settings)
+            .await
+            .with_context(|| format!("connecting to {}", self.name))?;
         Ok(client)
     }
 
     /// A client of one member's `url`, with the context's credentials.
     pub async fn member_client(&self, url: &str, timeout: Duration) -> anyhow::Result<Client> {
         let settings = Settings::timeouts(timeout, Some(timeout));
-        Ok(mesh_client::member(url, self.credentials().as_ref(), &settings).await?)
+        Ok(crate::member(url, self.credentials().as_ref(), &settings).await?)
     }
 
     /// The context's credentials (`None`: plaintext).
@@ -130,9 +129,7 @@ impl ClusterContext {
                 self.name
             )
         })?;
-        Ok(CertificateAuthority::load(
-            &dir.join("ca.crt"),
-            &dir.join("ca.key"),
-        )?)
+        let pki = PkiDir::new(dir);
+        Ok(CertificateAuthority::load(&pki.ca_cert(), &pki.ca_key())?)
     }
 }

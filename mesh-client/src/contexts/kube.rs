@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::cluster::{CaPem, ClusterContext, KubeInstall};
+use super::{CaPem, ClusterContext, KubeInstall};
 
 /// The remote Service the chart labels for meshctl.
 pub const REMOTE_SELECTOR: &str =

@@ -6,7 +6,7 @@
 //! remote certificates) or with explicit CA, certificate and key files.
 //!
 //! A name that is no meshctl context but a kubeconfig context resolves through the cluster's
-//! API (see [`crate::kube`]).
+//! API (see [`super::kube`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::ClusterContext;
+use super::ClusterContext;
+use crate::pki::PkiDir;
 
 /// Environment variable naming the config file.
 pub const CONFIG_ENV: &str = "RAFTMESH_CONFIG";
@@ -62,7 +63,7 @@ impl ContextEntry {
             (Some(ca), Some(cert), Some(key), _) => Some((ca.clone(), cert.clone(), key.clone())),
             (None, None, None, Some(dir)) => {
                 let (cert, key) = admin_files(dir)?;
-                Some((dir.join("ca.crt"), cert, key))
+                Some((PkiDir::new(dir).ca_cert(), cert, key))
             }
             (None, None, None, None) => None,
             _ => bail!("context {name:?}: give --cacert, --cert and --key together (or --pki-dir)"),
@@ -124,7 +125,7 @@ impl ConfigFile {
         if let Some(entry) = self.contexts.get(&name) {
             return entry.context(&name);
         }
-        if crate::kubecontext::has_context(&name) {
+        if super::kube::has_context(&name) {
             return resolve_kube(&name);
         }
         let known: Vec<&str> = self.contexts.keys().map(String::as_str).collect();
@@ -146,13 +147,13 @@ fn resolve_kube(name: &str) -> anyhow::Result<ClusterContext> {
         .parent()
         .map(|p| p.join("kube"))
         .ok_or_else(|| anyhow!("the meshctl config path has no directory"))?;
-    let cache = crate::kubecontext::cache_dir(&base, name);
+    let cache = super::kube::cache_dir(&base, name);
     std::thread::scope(|s| {
         s.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(crate::kubecontext::resolve(name, &cache))
+                .block_on(super::kube::resolve(name, &cache))
         })
         .join()
         .unwrap_or_else(|_| Err(anyhow!("resolving kubeconfig context {name:?} panicked")))
