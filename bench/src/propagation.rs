@@ -60,15 +60,11 @@ pub struct PropagationArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// How long one change may take to be answered before the run fails.
-    #[arg(long, default_value = "30s", value_parser = parse_secs)]
+    #[arg(long, default_value = "30s", value_parser = mesh_api::duration::parse)]
     pub patience: Duration,
     /// Where to write propagation.md and propagation.json.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    lab::spec::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 30s"))
 }
 
 /// The pods that take turns as the one ready backend.

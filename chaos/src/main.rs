@@ -38,13 +38,13 @@ struct RunArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// How long the faults last (e.g. 60s).
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(long, default_value = "60s", value_parser = mesh_api::duration::parse)]
     duration: Duration,
     /// Workloads alone before the faults and after convergence.
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, default_value = "5s", value_parser = mesh_api::duration::parse)]
     settle: Duration,
     /// How long convergence may take after the faults end before it is a violation.
-    #[arg(long, default_value = "60s", value_parser = duration)]
+    #[arg(long, default_value = "60s", value_parser = mesh_api::duration::parse)]
     converge_within: Duration,
     /// Where to write the reports.
     #[arg(long, default_value = "chaos/results")]
@@ -53,10 +53,6 @@ struct RunArgs {
     /// must-fail test runs one built with test faults).
     #[arg(long)]
     apiserver: Option<PathBuf>,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    lab::spec::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 60s or 500ms"))
 }
 
 fn main() -> ExitCode {

@@ -151,7 +151,7 @@ impl Report {
 /// The lab a scenario runs on; agents call a remote stale after `stale_after`.
 pub fn chaos_spec(stale_after: Duration) -> LabSpec {
     let mut spec = LabSpec::default_lab();
-    spec.remote_stale_after = format!("{}ms", stale_after.as_millis());
+    spec.remote_stale_after = stale_after;
     let port = |name: &str, port: u16| PortSpec {
         name: name.to_owned(),
         port,

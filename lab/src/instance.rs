@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::binaries::Binaries;
 use crate::faults::{Degrade, Faults};
 use crate::plan::{self, CLIENT_PORT, ECHO_PORT, PEER_PORT, Plan, PodPlan, WG_PORT, indexed};
-use crate::spec::{ClusterSpec, LabSpec, parse_duration};
+use crate::spec::{ClusterSpec, LabSpec};
 
 mod access;
 mod network;
@@ -415,9 +415,7 @@ impl Lab {
                 "apply changes labels, readiness, services and policies only: clusters (and their flavors), members, nodes and pods (names and nodes) must stay as they are",
             ));
         }
-        if parse_duration(&spec.remote_stale_after)
-            != parse_duration(&self.state.spec.remote_stale_after)
-        {
+        if spec.remote_stale_after != self.state.spec.remote_stale_after {
             return Err(refused("remoteStaleAfter takes effect at `lab up` only"));
         }
         self.state.spec = spec;

@@ -49,9 +49,13 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabSpec {
-    /// The agents' `--remote-stale-after` (e.g. `10s`).
-    #[serde(default = "default_stale")]
-    pub remote_stale_after: String,
+    /// The agents' `--remote-stale-after` (written `10s`, `500ms`).
+    #[serde(
+        default = "default_stale",
+        serialize_with = "mesh_api::duration::text::serialize",
+        deserialize_with = "stale_after"
+    )]
+    pub remote_stale_after: Duration,
     /// The clusters (1..=15).
     pub clusters: Vec<ClusterSpec>,
     /// More flags for every API server (e.g. `[--remote-write-mib-per-minute, "2"]`).
@@ -62,8 +66,14 @@ pub struct LabSpec {
     pub agent_args: Vec<String>,
 }
 
-fn default_stale() -> String {
-    "10s".to_owned()
+fn default_stale() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `remoteStaleAfter`, its name in the error (serde names no top-level field).
+fn stale_after<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    mesh_api::duration::text::deserialize(d)
+        .map_err(|e| serde::de::Error::custom(format!("remoteStaleAfter: {e}")))
 }
 
 /// One cluster.
@@ -208,18 +218,6 @@ pub fn dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Parses `10s`, `500ms`, `2m`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
-    }
-}
-
 impl LabSpec {
     /// Parses and validates a spec.
     pub fn parse(text: &str) -> Result<LabSpec, SpecError> {
@@ -253,15 +251,6 @@ impl LabSpec {
     }
 
     fn validate(&self) -> Result<(), SpecError> {
-        if parse_duration(&self.remote_stale_after).is_none() {
-            return Err(invalid(
-                "remoteStaleAfter",
-                format!(
-                    "{:?} is not a duration like 10s, 500ms or 2m",
-                    self.remote_stale_after
-                ),
-            ));
-        }
         for (field, args) in [
             ("apiserverArgs", &self.apiserver_args),
             ("agentArgs", &self.agent_args),

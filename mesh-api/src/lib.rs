@@ -13,6 +13,8 @@
 //!   `mesh/status/remotes/`).
 //! - [`endpoint`]: API server endpoints (`https://host:port`).
 //! - [`bootstrap`]: the agent bootstrap exchange (token and signing request for a certificate).
+//! - [`duration`]: durations as text (`500ms`, `10s`, `2m`): the one parser and printer of
+//!   every flag and spec.
 //! - [`codec`]: encoding (protobuf) and decoding checked against the key's kind, and the
 //!   human-readable form meshctl prints.
 //!
@@ -30,6 +32,7 @@
 pub mod bootstrap;
 pub mod cidr;
 pub mod codec;
+pub mod duration;
 pub mod endpoint;
 pub mod identity;
 pub mod keys;

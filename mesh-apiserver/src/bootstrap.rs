@@ -422,7 +422,7 @@ pub async fn serve(
         max_connections,
         max_connections.div_ceil(8),
     )));
-    while let Some(stream) = crate::http::accept(&listener, &stop, "bootstrap").await {
+    while let Some(stream) = admin_http::accept(&listener, &stop, "bootstrap").await {
         let Ok(remote) = stream.peer_addr() else {
             continue;
         };

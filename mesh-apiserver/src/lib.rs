@@ -10,7 +10,6 @@
 //! - [`server`]: the composition root ([`run`]): the member, the metrics registry, the
 //!   controllers, the shutdown signal.
 //! - [`controller`]: the leader-gated controller shape and its supervisor.
-//! - [`http`]: `/metrics` and `/healthz`.
 //! - [`bootstrap`]: agent certificates for ServiceAccount tokens (TokenReview).
 //! - [`publish`]: Kubernetes objects → mesh records, one conversion path for every source of
 //!   objects.
@@ -19,7 +18,6 @@
 pub mod bootstrap;
 pub mod config;
 pub mod controller;
-pub mod http;
 pub mod mirror;
 pub mod publish;
 pub mod server;

@@ -43,7 +43,6 @@ use self::metrics::{Live, LiveCollector};
 pub use self::metrics::{MirrorMetrics, RemoteState};
 use self::session::{Session, SessionError, now_ms};
 use self::validate::Validator;
-use crate::config::MirrorSettings;
 use crate::controller::{Context, Controller, LOCAL_TIMEOUT};
 use mesh_client::remote::{self as connect, Resolver};
 
@@ -56,11 +55,12 @@ const LONG_PAUSE: Duration = Duration::from_secs(30);
 /// Certificates closer than this to expiry are warned about.
 pub const CERT_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
-/// What the mirror needs besides its context.
-#[derive(Debug, Clone)]
-pub struct MirrorConfig {
+/// What the mirror needs besides its context: validated from the command line once
+/// (`crate::config`), used as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
     /// Grace, budgets.
-    pub settings: MirrorSettings,
+    pub settings: Settings,
     /// This cluster's name, when known: a connection to it is refused, and its own records
     /// are never deleted.
     pub cluster: Option<String>,
@@ -69,17 +69,30 @@ pub struct MirrorConfig {
     pub cluster_id: Option<u16>,
 }
 
+/// How long a disconnected remote's records stay, and what a remote may cost this cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// `--disconnect-grace`.
+    pub disconnect_grace: Duration,
+    /// `--remote-max-keys`.
+    pub max_keys: u64,
+    /// `--remote-max-mib`, in bytes.
+    pub max_bytes: u64,
+    /// `--remote-write-mib-per-minute`, in bytes.
+    pub write_bytes_per_minute: u64,
+}
+
 /// The mirroring controller.
 #[derive(Debug)]
 pub struct Mirror {
-    config: MirrorConfig,
+    config: Config,
     metrics: Arc<MirrorMetrics>,
     live: Live,
 }
 
 impl Mirror {
     /// A mirror with `config`.
-    pub fn new(config: MirrorConfig) -> Self {
+    pub fn new(config: Config) -> Self {
         Self {
             config,
             metrics: Arc::default(),
@@ -346,7 +359,7 @@ struct RemoteTask {
     value: Vec<u8>,
     own: Option<String>,
     own_id: Option<u16>,
-    settings: MirrorSettings,
+    settings: Settings,
     state: Arc<RemoteState>,
     metrics: Arc<MirrorMetrics>,
     ctx: Context,

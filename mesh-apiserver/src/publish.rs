@@ -13,3 +13,5 @@ pub mod convert;
 pub mod live;
 pub mod objects;
 pub mod store;
+
+pub use controller::{Config, SourceConfig};

@@ -15,12 +15,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bootstrap;
-use crate::config::{Config, SourceConfig};
+use crate::config::Config;
 use crate::controller::{self, Context, Controller, LocalClient};
-use crate::http;
-use crate::mirror::{Mirror, MirrorConfig};
-use crate::publish::controller::{Publisher, PublisherConfig, RecordSettings, Source};
-use crate::publish::convert::Settings;
+use crate::mirror::Mirror;
+use crate::publish::SourceConfig;
+use crate::publish::controller::{Publisher, Source};
 use crate::publish::live::LiveSource;
 
 /// The sockets a server serves, bound by the caller (tests bind port 0).
@@ -140,6 +139,22 @@ async fn bootstrap_issuer(
     Ok(Arc::new(issuer))
 }
 
+/// `/healthz`: healthy while the member knows a leader (etcd's `/health` body).
+fn member_health(node: Arc<kvstore::node::Node>) -> admin_http::HealthFn {
+    Arc::new(move || {
+        let healthy = node.leader().is_some();
+        admin_http::Health {
+            healthy,
+            body: if healthy {
+                "{\"health\":\"true\"}\n".to_owned()
+            } else {
+                "{\"health\":\"false\",\"reason\":\"no leader\"}\n".to_owned()
+            },
+            content_type: "application/json",
+        }
+    })
+}
+
 /// Serves until `shutdown` completes (or the store fails), then stops everything in order:
 /// controllers and metrics first, the member last.
 pub async fn run(
@@ -160,36 +175,19 @@ pub async fn run(
     member.register_metrics(&mut registry);
 
     let mut controllers: Vec<Arc<dyn Controller>> = Vec::new();
-    if let (Some(p), Some(c)) = (&config.publisher, &config.cluster) {
+    if let Some(p) = &config.publisher {
         let source = match &p.source {
             SourceConfig::Manifests(dir) => Source::Manifests(dir.clone()),
             SourceConfig::Kubernetes => {
                 Source::Live(LiveSource::start(kube_client(&config).await?))
             }
         };
-        tracing::info!(source = ?p.source, cluster = %c.name, "publishing the cluster's objects while this member leads");
-        let publisher = Publisher::new(PublisherConfig {
-            identity_gc_grace: p.identity_gc_grace,
-            settings: Settings {
-                cluster: c.name.clone(),
-                cluster_id: c.id,
-            },
-            record: RecordSettings {
-                pod_cidrs: c.pod_cidrs.iter().map(ToString::to_string).collect(),
-                service_cidrs: c.service_cidrs.iter().map(ToString::to_string).collect(),
-                remote_urls: c.remote_urls.clone(),
-                ca_fingerprint: c.ca_fingerprint.clone(),
-            },
-            source,
-        });
+        tracing::info!(source = ?p.source, cluster = %p.settings.cluster, "publishing the cluster's objects while this member leads");
+        let publisher = Publisher::new(p.clone(), source);
         publisher.register(&mut registry);
         controllers.push(Arc::new(publisher));
     }
-    let mirror = Mirror::new(MirrorConfig {
-        settings: config.mirror,
-        cluster: cluster_name.clone(),
-        cluster_id: config.cluster.as_ref().map(|c| c.id),
-    });
+    let mirror = Mirror::new(config.mirror.clone());
     mirror.register(&mut registry);
     controllers.push(Arc::new(mirror));
 
@@ -231,12 +229,14 @@ pub async fn run(
         tracing::info!(listen = ?settings.listen, "serving the agent bootstrap");
     }
     let registry = Arc::new(registry);
+    let health = member_health(member.node().clone());
     for l in listeners.metrics {
-        tasks.spawn(http::serve(
+        tasks.spawn(admin_http::serve(
             l,
             registry.clone(),
-            member.node().clone(),
+            health.clone(),
             stop.clone(),
+            "metrics",
         ));
     }
     let local = LocalClient {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mesh_apiserver::publish::controller::{PublisherConfig, Source, pass};
+use mesh_apiserver::publish::controller::{Config, Source, SourceConfig, pass};
 use mesh_apiserver::publish::convert::{Settings, desired};
 use mesh_apiserver::publish::live::{LiveSource, mesh_policy_resource};
 use testkit::localcluster::{Cluster, Flavor, Spec};
@@ -82,17 +82,18 @@ async fn the_live_source_publishes_into_a_store() {
     let cluster = Cluster::start(Flavor::Raftmesh(server), Spec::with_members(3))
         .await
         .unwrap();
-    let config = PublisherConfig {
+    let config = Config {
         identity_gc_grace: Duration::from_secs(900),
         settings: Settings {
             cluster: "live".into(),
             cluster_id: 1,
         },
         record: Default::default(),
-        source: Source::Live(live),
+        source: SourceConfig::Kubernetes,
     };
+    let source = Source::Live(live);
     let mut client = cluster.client_for(0).await.unwrap();
-    let report = pass(&mut client, &config, &[], &mut Default::default())
+    let report = pass(&mut client, &config, &source, &[], &mut Default::default())
         .await
         .unwrap();
     assert!(report.records.puts >= node_count);

@@ -5,7 +5,7 @@
 #[path = "support/util.rs"]
 mod util;
 
-use mesh_apiserver::config::MirrorSettings;
+use mesh_apiserver::mirror::Settings as MirrorSettings;
 use mesh_apiserver::mirror::session::{Session, SessionError};
 use mesh_apiserver::mirror::validate::Validator;
 use mesh_apiserver::mirror::{MirrorMetrics, RemoteState};

@@ -14,8 +14,8 @@ use lab::spec::LabSpec;
 use serde_json::Value;
 
 use crate::Failure;
-use mesh_client::contexts::{ConfigFile, config_path};
 use crate::output::{Output, print, render};
+use mesh_client::contexts::{ConfigFile, config_path};
 
 /// Which lab.
 #[derive(Debug, Args)]
@@ -238,7 +238,8 @@ pub fn run(args: LabArgs) -> Result<(), Failure> {
         }
         Command::Degrade(d) => {
             let ms = |flag: &str, v: &str| {
-                lab::spec::parse_duration(v)
+                mesh_api::duration::parse(v)
+                    .ok()
                     .and_then(|d| u32::try_from(d.as_millis()).ok())
                     .ok_or_else(|| {
                         Failure::BadInput(anyhow::anyhow!(

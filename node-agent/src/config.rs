@@ -57,7 +57,7 @@ pub struct Flags {
     pub listen_metrics: SocketAddr,
     /// A remote whose mirror has been disconnected this long has its backends used only when
     /// no other backend is ready (e.g. `30s`, `500ms`, `2m`).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = mesh_api::duration::parse)]
     pub remote_stale_after: Duration,
     /// A remote with more nodes than this has none of them in the ipcache or as WireGuard
     /// peers (reported in the log and raftmesh_agent_remote_over_limit) until it is back
@@ -478,35 +478,4 @@ fn wg_config(flags: &Flags) -> Result<Option<WgConfig>, ConfigError> {
         rule_priority: flags.rule_priority,
         kernel_refused: None,
     }))
-}
-
-/// `30s`, `500ms`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("{s:?}: give a unit (ms, s, m, h)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().map_err(|_| format!("{s:?}: not a number"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("30").is_err());
-        assert!(parse_duration("3x").is_err());
-    }
 }

@@ -252,26 +252,6 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
-        if let (Some(bootstrap), Some((ca, cert, key))) = (&config.bootstrap, &config.tls) {
-            // The certificate first: nothing works without it. Renewed in the background.
-            let files = node_agent::bootstrap::OwnedFiles {
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-                cluster: config.cluster.clone(),
-                node: config.node.clone(),
-            };
-            let (ready, got) = tokio::sync::oneshot::channel();
-            tokio::spawn(node_agent::bootstrap::keep_renewed(
-                bootstrap.clone(),
-                files,
-                Some(ready),
-            ));
-            tokio::select! {
-                _ = got => {}
-                () = shutdown_signal() => return Ok(()),
-            }
-        }
         let listener = node_agent::agent::bind_metrics(&config).await?;
         node_agent::agent::run(config, listener, shutdown_signal()).await
     });

@@ -1,4 +1,5 @@
-//! The agent's Prometheus metrics (one registry) and the HTTP endpoint serving them.
+//! The agent's Prometheus metrics (one registry) and what `/healthz` says; the admin-http
+//! crate serves both.
 
 use std::sync::Arc;
 
@@ -8,9 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::datapath::Counters;
 use crate::maps::Tables;
@@ -90,22 +88,29 @@ pub struct Health {
 }
 
 impl Health {
-    /// The status line and body of `/healthz`.
-    pub fn response(&self) -> (&'static str, String) {
-        if !self.programmed {
-            return (
-                "503 Service Unavailable",
-                "not yet programmed from the store\n".to_owned(),
-            );
+    /// What `/healthz` answers: 503 until programmed, then 200 (`ok`, or `degraded` and why).
+    pub fn response(&self) -> admin_http::Health {
+        let (healthy, body) = if !self.programmed {
+            (false, "not yet programmed from the store\n".to_owned())
+        } else if self.degraded.is_empty() {
+            (true, "ok\n".to_owned())
+        } else {
+            let mut body = String::from("degraded\n");
+            for (component, why) in &self.degraded {
+                body.push_str(&format!("{component}: {why}\n"));
+            }
+            (true, body)
+        };
+        admin_http::Health {
+            healthy,
+            body,
+            content_type: "text/plain; charset=utf-8",
         }
-        if self.degraded.is_empty() {
-            return ("200 OK", "ok\n".to_owned());
-        }
-        let mut body = String::from("degraded\n");
-        for (component, why) in &self.degraded {
-            body.push_str(&format!("{component}: {why}\n"));
-        }
-        ("200 OK", body)
+    }
+
+    /// `/healthz` answered from the latest of `health`.
+    pub fn served(health: tokio::sync::watch::Receiver<Health>) -> admin_http::HealthFn {
+        std::sync::Arc::new(move || health.borrow().response())
     }
 }
 
@@ -405,53 +410,5 @@ impl Metrics {
             }
         }
         *last = now;
-    }
-}
-
-/// Serves `GET /metrics` and `GET /healthz` until `shutdown` changes.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    health: watch::Receiver<Health>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let (mut conn, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("metrics: accept: {e}");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let registry = registry.clone();
-        let health = health.borrow().response();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match conn.read(&mut buf).await {
-                Ok(n) => n,
-                Err(_) => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => {
-                    let mut body = String::new();
-                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                        Ok(()) => ("200 OK", body),
-                        Err(e) => ("500 Internal Server Error", format!("{e}\n")),
-                    }
-                }
-                "/healthz" => health,
-                _ => ("404 Not Found", "try /metrics or /healthz\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(response.as_bytes()).await;
-        });
     }
 }

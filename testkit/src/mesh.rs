@@ -71,7 +71,7 @@ pub struct Mesh {
     pub external_wireguard: bool,
     /// The agents' `--remote-stale-after` (their default, 30 s, when `None`); set before the
     /// agents start.
-    pub remote_stale_after: Option<String>,
+    pub remote_stale_after: Option<std::time::Duration>,
     // Drop order: agents (and their interfaces, see Drop), API servers, namespaces, files.
     pub agents: BTreeMap<(String, String), Agent>,
     pub apiservers: BTreeMap<String, Process>,
@@ -369,8 +369,8 @@ impl Mesh {
         if self.external_wireguard {
             cmd.args(["--wg-userspace-daemon", "external"]);
         }
-        if let Some(after) = &self.remote_stale_after {
-            cmd.args(["--remote-stale-after", after]);
+        if let Some(after) = self.remote_stale_after {
+            cmd.args(["--remote-stale-after", &mesh_api::duration::format(after)]);
         }
         let mut log = std::fs::OpenOptions::new()
             .create(true)

@@ -7,8 +7,7 @@ impl Run<'_> {
     /// Waits until mirrors and maps agree; the time from `since` and the last differences.
     pub(super) async fn converge(&self, since: Instant) -> Result<(Option<f64>, Vec<Value>)> {
         let deadline = since + self.opts.converge_within;
-        let stale_ms = lab::spec::parse_duration(&self.lab.state.spec.remote_stale_after)
-            .map_or(10_000, |d| d.as_millis() as i64);
+        let stale_ms = self.lab.state.spec.remote_stale_after.as_millis() as i64;
         loop {
             let mut diffs: Vec<Value> = Vec::new();
             let mut clients = BTreeMap::new();
@@ -114,8 +113,7 @@ impl Run<'_> {
         converged: Instant,
         report: &mut Report,
     ) {
-        let stale = lab::spec::parse_duration(&self.lab.state.spec.remote_stale_after)
-            .unwrap_or(Duration::from_secs(10));
+        let stale = self.lab.state.spec.remote_stale_after;
         let from = began + stale.max(MIRROR_SILENCE) + Duration::from_secs(2);
         let (connections, failed, local) = tally(answers, from, ended, "apps");
         let (after_heal, _, remote_after_heal) = tally(answers, converged, Instant::now(), "infra");

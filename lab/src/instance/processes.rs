@@ -322,7 +322,7 @@ impl Lab {
                     "--listen-metrics".into(),
                     "0.0.0.0:9964".into(),
                     "--remote-stale-after".into(),
-                    self.state.spec.remote_stale_after.clone(),
+                    mesh_api::duration::format(self.state.spec.remote_stale_after),
                     "--wg-backend".into(),
                     "userspace".into(),
                     "--wg-interface".into(),

@@ -1,3 +1,5 @@
+use clap::Parser;
+
 use super::*;
 
 fn flags(args: &[&str]) -> Flags {
@@ -27,9 +29,10 @@ fn error(args: &[&str]) -> String {
 fn defaults_validate() {
     let c = Config::validate(&flags(&[])).unwrap();
     assert_eq!(c.listen_client, ["127.0.0.1:2379"]);
-    assert!(c.cluster.is_none() && c.publisher.is_none() && c.local_tls.is_none());
-    assert_eq!(c.mirror.disconnect_grace, Duration::from_secs(180));
-    assert_eq!(c.mirror.max_bytes, 256 << 20);
+    assert!(c.publisher.is_none() && c.local_tls.is_none());
+    assert_eq!((c.mirror.cluster, c.mirror.cluster_id), (None, None));
+    assert_eq!(c.mirror.settings.disconnect_grace, Duration::from_secs(180));
+    assert_eq!(c.mirror.settings.max_bytes, 256 << 20);
 }
 
 #[test]
@@ -51,12 +54,20 @@ fn the_cluster_record_flags_are_checked_and_kept() {
         "https://lb.apps.example.com:2379",
     ]))
     .unwrap();
-    let cluster = c.cluster.unwrap();
-    assert_eq!(cluster.name, "apps");
-    assert_eq!(cluster.pod_cidrs.len(), 2);
-    assert_eq!(cluster.service_cidrs[0].to_string(), "10.96.0.0/12");
-    assert_eq!(cluster.remote_urls, ["https://lb.apps.example.com:2379"]);
-    assert!(cluster.ca_fingerprint.is_empty(), "plaintext: no CA");
+    assert_eq!(c.mirror.cluster.as_deref(), Some("apps"));
+    assert_eq!(c.mirror.cluster_id, Some(1));
+    let publisher = c.publisher.unwrap();
+    assert_eq!(publisher.settings.cluster, "apps");
+    assert_eq!(publisher.settings.cluster_id, 1);
+    assert_eq!(
+        publisher.source,
+        crate::publish::SourceConfig::Manifests(d.into())
+    );
+    let record = publisher.record;
+    assert_eq!(record.pod_cidrs.len(), 2);
+    assert_eq!(record.service_cidrs[0].to_string(), "10.96.0.0/12");
+    assert_eq!(record.remote_urls, ["https://lb.apps.example.com:2379"]);
+    assert!(record.ca_fingerprint.is_empty(), "plaintext: no CA");
 }
 
 #[test]
@@ -104,17 +115,30 @@ fn tls_is_required_unless_plaintext_is_asked_for() {
 }
 
 #[test]
-fn durations_take_units() {
-    assert_eq!(parse_duration("90s", 1.0).unwrap(), Duration::from_secs(90));
-    assert_eq!(parse_duration("3m", 1.0).unwrap(), Duration::from_secs(180));
+fn durations_take_units_or_etcds_bare_numbers() {
+    let secs = Duration::from_secs(1);
+    let hours = Duration::from_secs(3600);
     assert_eq!(
-        parse_duration("1.5h", 1.0).unwrap(),
-        Duration::from_secs(5400)
+        member::duration_or_number("90s", secs),
+        Ok(Duration::from_secs(90))
     );
     assert_eq!(
-        parse_duration("2", 3600.0).unwrap(),
-        Duration::from_secs(7200)
+        member::duration_or_number("3m", secs),
+        Ok(Duration::from_secs(180))
     );
-    assert!(parse_duration("-1s", 1.0).is_err());
-    assert!(parse_duration("", 1.0).is_err());
+    assert_eq!(
+        member::duration_or_number("1.5h", secs),
+        Ok(Duration::from_secs(5400))
+    );
+    assert_eq!(
+        member::duration_or_number("250ms", secs),
+        Ok(Duration::from_millis(250))
+    );
+    assert_eq!(
+        member::duration_or_number("2", hours),
+        Ok(Duration::from_secs(7200))
+    );
+    assert!(member::duration_or_number("-1s", secs).is_err());
+    assert!(member::duration_or_number("-1", secs).is_err());
+    assert!(member::duration_or_number("", secs).is_err());
 }

@@ -44,9 +44,9 @@ use prost::Message as _;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Settings;
 use super::validate::{Rejection, Validator};
 use super::{MirrorMetrics, RemoteState};
-use crate::config::MirrorSettings;
 
 mod batch;
 mod read;
@@ -152,7 +152,7 @@ pub struct Session<'a> {
     /// The remote's name.
     cluster: &'a str,
     validator: &'a Validator,
-    settings: MirrorSettings,
+    settings: Settings,
     state: &'a RemoteState,
     metrics: &'a MirrorMetrics,
     local: Client,
@@ -187,7 +187,7 @@ impl<'a> Session<'a> {
     pub async fn load(
         cluster: &'a str,
         validator: &'a Validator,
-        settings: MirrorSettings,
+        settings: Settings,
         state: &'a RemoteState,
         metrics: &'a MirrorMetrics,
         mut local: Client,

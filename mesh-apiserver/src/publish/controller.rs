@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use etcd_client::Client;
 use futures::future::BoxFuture;
 use kvstore::node::MemberInfo;
+use mesh_api::cidr::Cidr;
 use mesh_api::keys::{Kind, kind_prefix};
 use mesh_api::records::{ClusterRecord, SyncedRecord};
 use mesh_api::{Key, Record, SCHEMA};
@@ -173,26 +174,36 @@ impl PublisherMetrics {
     }
 }
 
-/// What the publisher publishes, and from where.
-#[derive(Debug, Clone)]
-pub struct PublisherConfig {
+/// What the publisher publishes, and from where: validated from the command line once
+/// (`crate::config`), used as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
     /// How long an identity stays after its last workload went away.
     pub identity_gc_grace: Duration,
     /// Cluster name and id.
     pub settings: Settings,
     /// The cluster record's fields that come from flags.
     pub record: RecordSettings,
-    /// The objects.
-    pub source: Source,
+    /// Where the objects come from.
+    pub source: SourceConfig,
+}
+
+/// Where the publisher takes objects from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// `--manifests-dir`.
+    Manifests(PathBuf),
+    /// `--kubernetes` (connected when the server starts: [`Source::Live`]).
+    Kubernetes,
 }
 
 /// The cluster record's fields that do not come from objects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecordSettings {
     /// `--pod-cidr`, published with the Nodes' pod CIDRs.
-    pub pod_cidrs: Vec<String>,
+    pub pod_cidrs: Vec<Cidr>,
     /// `--service-cidr`.
-    pub service_cidrs: Vec<String>,
+    pub service_cidrs: Vec<Cidr>,
     /// `--advertise-remote-urls`; empty: every member's client URLs.
     pub remote_urls: Vec<String>,
     /// SHA-256 of the cluster's CA, hex.
@@ -203,15 +214,17 @@ pub struct RecordSettings {
 /// the source's objects call for.
 #[derive(Debug)]
 pub struct Publisher {
-    config: PublisherConfig,
+    config: Config,
+    source: Source,
     metrics: PublisherMetrics,
 }
 
 impl Publisher {
-    /// A publisher of `config`.
-    pub fn new(config: PublisherConfig) -> Self {
+    /// A publisher of `config`, reading `source` (the one `config.source` names).
+    pub fn new(config: Config, source: Source) -> Self {
         Self {
             config,
+            source,
             metrics: PublisherMetrics::default(),
         }
     }
@@ -295,7 +308,7 @@ impl Publisher {
                 }
             }
             let c = client.as_mut().expect("connected above");
-            let fingerprint = match config.source.version() {
+            let fingerprint = match self.source.version() {
                 Ok(Some(v)) => v,
                 Ok(None) => {
                     tracing::debug!("publisher: the source is not ready yet");
@@ -320,7 +333,7 @@ impl Publisher {
                 continue;
             }
             let started = Instant::now();
-            match pass(c, config, &endpoints, &mut gc).await {
+            match pass(c, config, &self.source, &endpoints, &mut gc).await {
                 Ok(report) => {
                     self.metrics.record(&report, started.elapsed());
                     for p in &report.problems {
@@ -429,11 +442,12 @@ impl IdentityGc {
 /// One pass: read, convert, allocate, reconcile, mark, collect unused identities.
 pub async fn pass(
     client: &mut Client,
-    config: &PublisherConfig,
+    config: &Config,
+    source: &Source,
     api_endpoints: &[String],
     gc: &mut IdentityGc,
 ) -> Result<PassReport, PassError> {
-    let objects = config.source.objects()?;
+    let objects = source.objects()?;
     let settings = &config.settings;
     let c = &settings.cluster;
     let d = desired(settings, &objects);
@@ -585,14 +599,18 @@ fn cluster_record(
             _ => None,
         })
         .flatten()
-        .chain(flags.pod_cidrs.iter().cloned())
+        .chain(flags.pod_cidrs.iter().map(ToString::to_string))
         .collect();
     ClusterRecord {
         schema: SCHEMA,
         name: settings.cluster.clone(),
         id: u32::from(settings.cluster_id),
         pod_cidrs: pod_cidrs.into_iter().collect(),
-        service_cidrs: flags.service_cidrs.clone(),
+        service_cidrs: flags
+            .service_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         api_endpoints: api_endpoints.to_vec(),
         ca_fingerprint: flags.ca_fingerprint.clone(),
     }

@@ -8,7 +8,7 @@ use crate::support::*;
 fn keys_survive_restarts_and_peers_follow_the_records() {
     let mut mesh = mesh();
     // Short, so the frozen remote below is surely stale while it is checked.
-    mesh.remote_stale_after = Some("2s".to_owned());
+    mesh.remote_stale_after = Some(std::time::Duration::from_secs(2));
     mesh.start_agents();
     mesh.wait_full_mesh();
     let infra1 = mesh.pod_ip("infra", "node-1");
