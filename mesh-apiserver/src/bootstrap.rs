@@ -10,8 +10,12 @@
 //! is used, so a token of one node never yields another node's certificate.
 //!
 //! HTTPS with the member's server certificate and no client certificate (the agents have
-//! none yet); one request per connection, head and body bounded in size and time, like the
-//! metrics endpoint. At most [`MAX_CONNECTIONS`] are in progress, and an eighth of that from
+//! none yet), HTTP/1.1 by hyper, one request per connection, bounded like the metrics
+//! endpoint: the TLS handshake must end within `READ_TIMEOUT` (10 s), and the request then
+//! arrive within as long again, its head in at most `MAX_HEAD` bytes (32 KiB; hyper answers
+//! 431 beyond) and its body in at most [`MAX_REQUEST`] (a 400 beyond, like any other refusal,
+//! with an [`ErrorResponse`]); the Kubernetes API has another `READ_TIMEOUT` to review the
+//! token. At most [`MAX_CONNECTIONS`] are in progress, and an eighth of that from
 //! one source address; a new connection beyond either closes the oldest in progress
 //! ([`kvstore::admission`], as on the client port), so idle sockets cannot hold the port shut
 //! against agents — an attacker must keep opening connections faster than an agent completes
@@ -23,12 +27,18 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use certs::pki::{CertificateAuthority, LeafSpec, Validity};
 use certs::tls::ServerTls;
 use certs::{Identity, Role};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -39,12 +49,14 @@ use mesh_api::bootstrap::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// How long a client has for its TLS handshake and request.
+/// How long a client has for its TLS handshake, and then for its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request head (request line and headers) read: as large as the largest body.
+const MAX_HEAD: usize = MAX_REQUEST;
 /// Most connections in progress at once: the port takes clients without certificates, so a
 /// flood of them must not grow without bound (nor turn into a flood of TokenReviews). Beyond
 /// it the oldest is closed; agents retry.
@@ -128,12 +140,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn status(&self) -> &'static str {
+    fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest(_) => "400 Bad Request",
-            Refusal::Unauthenticated(_) => "401 Unauthorized",
-            Refusal::Forbidden(_) => "403 Forbidden",
-            Refusal::Unavailable(_) => "503 Service Unavailable",
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -437,12 +449,12 @@ pub async fn serve(
         let (issuer, admission) = (issuer.clone(), admission.clone());
         tokio::spawn(async move {
             let exchange = async {
-                let Ok(Ok(mut stream)) =
+                let Ok(Ok(stream)) =
                     tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await
                 else {
                     return;
                 };
-                answer(&mut stream, &issuer).await;
+                connection(stream, issuer.clone()).await;
             };
             tokio::select! {
                 () = exchange => {}
@@ -457,9 +469,52 @@ pub async fn serve(
     }
 }
 
-/// Reads one request from `stream` and answers it.
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, issuer: &Issuer) {
-    let (code, body) = match tokio::time::timeout(READ_TIMEOUT, read_request(stream)).await {
+/// Serves one connection: one request, HTTP/1.1 by hyper. The request head and body must
+/// arrive within [`READ_TIMEOUT`] of the connection's start (hyper's header timeout bounds the
+/// head alone), the head must fit in [`MAX_HEAD`] bytes and the body in [`MAX_REQUEST`].
+async fn connection<S>(stream: S, issuer: Arc<Issuer>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    // Whether a request head reached the service, which then counts its outcome itself.
+    let reached = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (issuer, reached) = (issuer.clone(), reached.clone());
+        hyper::service::service_fn(move |req| {
+            reached.store(true, Ordering::Relaxed);
+            let issuer = issuer.clone();
+            async move { answer(req, &issuer, deadline).await }
+        })
+    };
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        // The read buffer, and exactly the head (the buffer alone may take in a little more).
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = served {
+        // A head hyper refused (it answered 400, or 431 when too large) or a connection closed
+        // within it is a bad request, as a refusal of the service is; a head not sent in time
+        // or a request not answered is not counted.
+        if !reached.load(Ordering::Relaxed) && (e.is_parse() || e.is_incomplete_message()) {
+            issuer.count("bad_request");
+        }
+        tracing::debug!(error = %e, "bootstrap connection ended with an error");
+    }
+}
+
+/// Answers one request; `Err` (the request was not read by `deadline`) closes the connection
+/// without an answer.
+async fn answer(
+    req: Request<Incoming>,
+    issuer: &Issuer,
+    deadline: tokio::time::Instant,
+) -> Result<Response<Full<Bytes>>, String> {
+    let (status, body) = match tokio::time::timeout_at(deadline, read_request(req)).await {
         Ok(Ok(req)) => match tokio::time::timeout(READ_TIMEOUT, issuer.issue(&req))
             .await
             .unwrap_or_else(|_| {
@@ -467,7 +522,10 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, issuer: &Issu
                     "the Kubernetes API did not answer in time".to_owned(),
                 ))
             }) {
-            Ok(resp) => ("200 OK", serde_json::to_string(&resp).unwrap_or_default()),
+            Ok(resp) => (
+                StatusCode::OK,
+                serde_json::to_string(&resp).unwrap_or_default(),
+            ),
             Err(refusal) => {
                 tracing::warn!(%refusal, "refused an agent certificate request");
                 (refusal.status(), error_body(&refusal.to_string()))
@@ -477,14 +535,25 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, issuer: &Issu
             issuer.count(refusal.outcome());
             (refusal.status(), error_body(&refusal.to_string()))
         }
-        Err(_) => return,
+        Err(_) => return Err("the request was not read in time".to_owned()),
     };
-    let resp = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(resp.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// `e` and its sources, `: `-separated.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(e) = source {
+        text = format!("{text}: {e}");
+        source = e.source();
+    }
+    text
 }
 
 fn error_body(error: &str) -> String {
@@ -495,58 +564,30 @@ fn error_body(error: &str) -> String {
 }
 
 /// Reads `POST PATH` with a JSON body of at most [`MAX_REQUEST`] bytes.
-async fn read_request<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<AgentCertificateRequest, Refusal> {
+async fn read_request(req: Request<Incoming>) -> Result<AgentCertificateRequest, Refusal> {
     let bad = |why: &str| Refusal::BadRequest(why.to_owned());
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        if buf.len() > MAX_REQUEST {
-            return Err(bad("request head too large"));
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| bad(&e.to_string()))?;
-        if n == 0 {
-            return Err(bad("connection closed before the request was complete"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut start = lines.next().unwrap_or_default().split_whitespace();
-    let (method, path) = (start.next(), start.next());
-    if path != Some(PATH) {
+    if req.uri().path() != PATH {
         return Err(bad(&format!("no such path (POST {PATH})")));
     }
-    if method != Some("POST") {
+    if req.method() != Method::POST {
         return Err(bad(&format!("only POST {PATH}")));
     }
-    let length: usize = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .ok_or_else(|| bad("no Content-Length"))?;
-    if length > MAX_REQUEST {
-        return Err(bad("request body too large"));
+    let too_large = || bad("request body too large");
+    // A Content-Length beyond the bound is refused unread.
+    if req.body().size_hint().lower() > MAX_REQUEST as u64 {
+        return Err(too_large());
     }
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < length {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| bad(&e.to_string()))?;
-        if n == 0 {
-            return Err(bad("connection closed before the body was complete"));
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(length);
+    let body = Limited::new(req.into_body(), MAX_REQUEST)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                too_large()
+            } else {
+                bad(&format!("reading the body: {}", with_sources(&*e)))
+            }
+        })?
+        .to_bytes();
     serde_json::from_slice(&body).map_err(|e| bad(&format!("body: {e}")))
 }
 

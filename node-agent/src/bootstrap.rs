@@ -7,18 +7,27 @@
 //! whose certificate chains to `--cacert` and names the host dialled. Key and certificate are
 //! written atomically (0600) to `--key` and `--cert`, which the agent's client reads at every
 //! connection, so a renewal needs no restart.
+//!
+//! The exchange is one HTTP/1.1 request by hyper over TLS (`POST` [`PATH`], JSON both ways):
+//! connecting, the handshake, the request and the answer together are bounded by `TIMEOUT`
+//! (15 s), and the answer's head and its body are each read to at most `MAX_ANSWER` (64 KiB).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use certs::{Identity, Role};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use mesh_api::bootstrap::{AgentCertificateRequest, AgentCertificateResponse, ErrorResponse, PATH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
 
 /// Bound on one exchange (connect, handshake, answer).
 const TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest answer read.
+/// Largest answer head, and largest answer body, read.
 const MAX_ANSWER: usize = 64 * 1024;
 /// Retry pace after a failed exchange.
 const RETRY: Duration = Duration::from_secs(10);
@@ -197,41 +206,63 @@ pub async fn exchange(
     let config = certs::tls::client_without_identity(ca_pem, cluster)?;
     let server_name = rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|e| anyhow!("--bootstrap-url host {host:?}: {e}"))?;
-    let body = serde_json::to_string(request)?;
+    // The authority as dialled: an IPv6 address in brackets, and the port.
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let post = Request::post(PATH)
+        .header(HOST, authority)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(request)?)))?;
     tokio::time::timeout(TIMEOUT, async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .with_context(|| format!("connecting to {url}"))?;
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(server_name, tcp)
             .await
             .with_context(|| format!("TLS with {url}"))?;
-        let head = format!(
-            "POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        tls.write_all(head.as_bytes()).await?;
-        tls.write_all(body.as_bytes()).await?;
-        tls.flush().await?;
-        let mut answer = Vec::new();
-        (&mut tls)
-            .take(MAX_ANSWER as u64)
-            .read_to_end(&mut answer)
+        // The answer's head is bounded by the read buffer, its body below.
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_ANSWER)
+            .handshake(TokioIo::new(tls))
             .await
-            .with_context(|| format!("reading the answer of {url}"))?;
-        let text = String::from_utf8_lossy(&answer);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| anyhow!("{url} answered no HTTP response"))?;
-        let status = head.split_whitespace().nth(1).unwrap_or_default();
-        if status != "200" {
-            let why = serde_json::from_str::<ErrorResponse>(body)
+            .with_context(|| format!("HTTP with {url}"))?;
+        // Ends with the exchange, also when it is abandoned (the timeout).
+        let _connection = AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "bootstrap connection ended with an error");
+            }
+        }));
+        let answer = sender
+            .send_request(post)
+            .await
+            .with_context(|| format!("asking {url}"))?;
+        let status = answer.status();
+        let body = Limited::new(answer.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the answer of {url}: {e}"))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let why = serde_json::from_slice::<ErrorResponse>(&body)
                 .map(|e| e.error)
-                .unwrap_or_else(|_| body.to_owned());
-            bail!("{url} refused: {status}: {why}");
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            bail!("{url} refused: {}: {why}", status.as_u16());
         }
-        serde_json::from_str(body).with_context(|| format!("the answer of {url}"))
+        serde_json::from_slice(&body).with_context(|| format!("the answer of {url}"))
     })
     .await
     .map_err(|_| anyhow!("no answer from {url} within {TIMEOUT:?}"))?
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -243,11 +243,47 @@ async fn the_exchange_signs_the_node_the_token_proves_and_counts_outcomes() {
     }
 }
 
+/// Sends `raw` on a connection served as the bootstrap port serves one after TLS (hyper and
+/// the real service), closing the sending side after it if `close`, and returns the raw
+/// answer, read until the server ends the connection.
+async fn over_http(issuer: &Arc<Issuer>, raw: &str, close: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, server) = tokio::io::duplex(4 * MAX_REQUEST);
+    let served = tokio::spawn(connection(server, issuer.clone()));
+    // The server may answer and close before it has read all of an oversized request.
+    let _ = client.write_all(raw.as_bytes()).await;
+    if close {
+        let _ = client.shutdown().await;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the server ends the connection");
+    served.await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code and body of a raw HTTP/1.1 answer.
+fn status_and_body(answer: &str) -> (&str, &str) {
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    (head.split_whitespace().nth(1).unwrap_or_default(), body)
+}
+
 #[tokio::test]
 async fn requests_are_read_bounded_and_only_at_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let reviewer = Arc::new(Recorded {
+        reviews: BTreeMap::from([("node-token", "review-node.json")]),
+        pods: Vec::new(),
+        pod_reads: Mutex::new(0),
+    });
+    let issuer = Arc::new(issuer(dir.path(), reviewer));
+    let mut registry = Registry::default();
+    issuer.register(&mut registry);
+    let (csr, _key) = certs::pki::signing_request().unwrap();
     let body = serde_json::to_string(&AgentCertificateRequest {
-        token: "t".to_owned(),
-        csr: "c".to_owned(),
+        token: "node-token".to_owned(),
+        csr,
     })
     .unwrap();
     let request = |method: &str, path: &str, body: &str| {
@@ -256,36 +292,96 @@ async fn requests_are_read_bounded_and_only_at_the_path() {
             body.len()
         )
     };
-    let read = |raw: String| async move { read_request(&mut raw.as_bytes()).await };
-    assert_eq!(read(request("POST", PATH, &body)).await.unwrap().token, "t");
+
+    // The exchange: JSON in, the certificate of the token's node out.
+    let answer = over_http(&issuer, &request("POST", PATH, &body), false).await;
+    let (status, text) = status_and_body(&answer);
+    assert_eq!(status, "200", "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{answer}"
+    );
+    let got: AgentCertificateResponse = serde_json::from_str(text).unwrap();
+    let (identity, _) = certs::pki::leaf_info(&got.certificate).unwrap();
+    assert_eq!(identity.name, "ip-10-0-12-34.eu-west-1.compute.internal");
+
+    // Refused by the service, with the reason as JSON.
+    let chunked = |size: usize| {
+        format!(
+            "POST {PATH} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size:x}\r\n{}\r\n0\r\n\r\n",
+            "x".repeat(size)
+        )
+    };
     for (raw, why) in [
         (request("GET", PATH, ""), "only POST"),
         (request("POST", "/metrics", &body), "no such path"),
+        // Without a Content-Length (nor chunks) the body is empty.
         (
-            format!("POST {PATH} HTTP/1.1\r\n\r\n{body}"),
-            "no Content-Length",
+            format!("POST {PATH} HTTP/1.1\r\nHost: x\r\n\r\n{body}"),
+            "body: EOF",
         ),
+        // Refused on the Content-Length alone, unread.
         (
             format!(
-                "POST {PATH} HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
                 MAX_REQUEST + 1
             ),
-            "too large",
+            "request body too large",
         ),
+        // Refused once more than the bound has been read.
+        (chunked(MAX_REQUEST + 1), "request body too large"),
         (request("POST", PATH, "{"), "body:"),
-        (
-            format!("POST {PATH} HTTP/1.1\r\nContent-Length: 100\r\n\r\n{{}}"),
-            "closed before the body",
-        ),
     ] {
-        let err = read(raw).await.unwrap_err();
-        assert!(err.to_string().contains(why), "{why}: {err}");
+        let answer = over_http(&issuer, &raw, false).await;
+        let (status, text) = status_and_body(&answer);
+        assert_eq!(status, "400", "{why}: {answer}");
+        let error: ErrorResponse = serde_json::from_str(text).unwrap();
+        assert!(error.error.contains(why), "{why}: {}", error.error);
+    }
+
+    // Refused by hyper before the service: a head beyond the bound, and what is not HTTP.
+    let huge = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+        "x".repeat(MAX_HEAD)
+    );
+    let answer = over_http(&issuer, &huge, false).await;
+    assert_eq!(status_and_body(&answer).0, "431", "{answer}");
+    let answer = over_http(&issuer, "HELLO\r\n\r\n", false).await;
+    assert_eq!(status_and_body(&answer).0, "400", "{answer}");
+    // A head cut short by the client's close: nothing to answer, a bad request all the same.
+    let answer = over_http(&issuer, &format!("POST {PATH} HTTP/1.1\r\nHo"), true).await;
+    assert_eq!(answer, "");
+    // A connection closed before any request is no request: not answered, not counted.
+    assert_eq!(over_http(&issuer, "", true).await, "");
+
+    // A body shorter than its Content-Length, then closed: no certificate.
+    let short = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len() + 100
+    );
+    let answer = over_http(&issuer, &short, true).await;
+    let (status, text) = status_and_body(&answer);
+    assert_eq!(status, "400", "{answer}");
+    let error: ErrorResponse = serde_json::from_str(text).unwrap();
+    assert!(
+        error.error.contains("reading the body") && error.error.contains("end of file"),
+        "{}",
+        error.error
+    );
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for (outcome, n) in [("issued", 1), ("bad_request", 10)] {
+        let line = format!("bootstrap_requests_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(text.contains(&line), "{line} in {text}");
     }
 }
 
 #[tokio::test]
 async fn idle_connections_cannot_hold_the_port_shut() {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let reviewer = Arc::new(Recorded {
         reviews: BTreeMap::new(),
