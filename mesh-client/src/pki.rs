@@ -42,7 +42,11 @@ impl PkiDir {
 
     /// The certificate and key of `role` for `name`.
     pub fn pair(&self, role: Role, name: &str) -> (PathBuf, PathBuf) {
-        let stem = Self::stem(role, name);
+        self.files(&Self::stem(role, name))
+    }
+
+    /// The certificate and key named `<stem>.crt|key` (a stem as [`PkiDir::stem`] makes).
+    pub fn files(&self, stem: &str) -> (PathBuf, PathBuf) {
         (
             self.dir.join(format!("{stem}.crt")),
             self.dir.join(format!("{stem}.key")),

@@ -14,6 +14,8 @@ use certs::{Error, Identity, Role};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
 
+use mesh_client::pki::PkiDir;
+
 use crate::Failure;
 
 /// The longest validity accepted, in days (X.509 dates end in the year 9999 anyway).
@@ -109,7 +111,8 @@ pub fn run(command: Command) -> Result<(), Failure> {
 fn init(args: &InitArgs) -> Result<(), Failure> {
     certs::identity::check_name("cluster", &args.cluster).map_err(classify)?;
     check_distinct("--member", &args.members)?;
-    let ca_files = [args.out.join("ca.crt"), args.out.join("ca.key")];
+    let out = PkiDir::new(&args.out);
+    let ca_files = [out.ca_cert(), out.ca_key()];
     refuse_existing(&ca_files, "refusing to replace an existing CA")?;
 
     let ca = CertificateAuthority::generate(&args.cluster, Validity::days_from_now(args.ca_days))
@@ -149,13 +152,13 @@ fn init(args: &InitArgs) -> Result<(), Failure> {
 fn issue(args: &IssueArgs) -> Result<(), Failure> {
     // Check the name before the CA, so a bad name is reported as such.
     certs::identity::check_name("name", &args.name).map_err(classify)?;
-    let ca = CertificateAuthority::load(&args.dir.join("ca.crt"), &args.dir.join("ca.key"))
-        .map_err(|e| match &e {
-            Error::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
-                Failure::BadInput(anyhow!(e).context("--dir is not a PKI directory"))
-            }
-            _ => Failure::Other(e.into()),
-        })?;
+    let dir = PkiDir::new(&args.dir);
+    let ca = CertificateAuthority::load(&dir.ca_cert(), &dir.ca_key()).map_err(|e| match &e {
+        Error::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
+            Failure::BadInput(anyhow!(e).context("--dir is not a PKI directory"))
+        }
+        _ => Failure::Other(e.into()),
+    })?;
     let out = args.out.as_deref().unwrap_or(&args.dir);
     let sans = if args.role == Role::Apiserver {
         let defaults = DEFAULT_SANS.map(str::to_owned);
@@ -188,7 +191,7 @@ fn leaf(
     sans: Vec<String>,
     validity: Validity,
 ) -> Result<[PemFile; 2], Failure> {
-    let stem = format!("{}-{}", identity.role, identity.name);
+    let (cert, key) = PkiDir::new(dir).pair(identity.role, &identity.name);
     let spec = LeafSpec {
         identity,
         sans,
@@ -197,11 +200,11 @@ fn leaf(
     let issued = ca.issue(&spec).map_err(classify)?;
     Ok([
         PemFile {
-            path: dir.join(format!("{stem}.crt")),
+            path: cert,
             contents: issued.cert_pem,
         },
         PemFile {
-            path: dir.join(format!("{stem}.key")),
+            path: key,
             contents: issued.key_pem,
         },
     ])

@@ -7,6 +7,9 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use certs::Role;
+use mesh_client::pki::PkiDir;
+
 /// How a program reaches or serves the store.
 #[derive(Debug, Clone)]
 enum Transport {
@@ -71,9 +74,9 @@ impl ApiServerArgs {
     /// directory (`apiserver-<name>.crt`, `.key`, `ca.crt`, as `meshctl pki init` writes).
     pub fn tls(mut self, pki: &Path) -> Self {
         self.transport = Some(Transport::Tls {
-            ca: pki.join("ca.crt"),
-            cert: pki.join(format!("apiserver-{}.crt", self.name)),
-            key: pki.join(format!("apiserver-{}.key", self.name)),
+            ca: PkiDir::new(pki).ca_cert(),
+            cert: PkiDir::new(pki).pair(Role::Apiserver, &self.name).0,
+            key: PkiDir::new(pki).pair(Role::Apiserver, &self.name).1,
         });
         self
     }
@@ -173,9 +176,9 @@ impl AgentArgs {
     /// `ca.crt`, as `meshctl pki issue --role agent` writes).
     pub fn tls(mut self, pki: &Path) -> Self {
         self.transport = Some(Transport::Tls {
-            ca: pki.join("ca.crt"),
-            cert: pki.join(format!("agent-{}.crt", self.node)),
-            key: pki.join(format!("agent-{}.key", self.node)),
+            ca: PkiDir::new(pki).ca_cert(),
+            cert: PkiDir::new(pki).pair(Role::Agent, &self.node).0,
+            key: PkiDir::new(pki).pair(Role::Agent, &self.node).1,
         });
         self
     }

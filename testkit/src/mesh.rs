@@ -20,6 +20,9 @@ pub use lab::binaries::{Binaries, find_boringtun};
 use lab::cgroup::Cgroup;
 use lab::process::Process;
 
+use certs::Role;
+use mesh_client::pki::PkiDir;
+
 use crate::args::{AgentArgs, ApiServerArgs};
 use crate::eventually::eventually;
 use crate::topology::{ClusterSpec, NodeNet, Topology};
@@ -205,7 +208,7 @@ impl Mesh {
     pub fn start_apiserver(&mut self, name: &str) {
         let c = self.topo.cluster(name);
         let pki = self.pki(name);
-        if !pki.join("ca.crt").exists() {
+        if !PkiDir::new(&pki).ca_cert().exists() {
             check(
                 Command::new(&self.bins.meshctl)
                     .args(["pki", "init", "--cluster", name, "--member", "n1", "--san"])
@@ -290,9 +293,18 @@ impl Mesh {
             .command("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint(name)))
-            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("admin-admin.crt").display()))
-            .arg(format!("--key={}", pki.join("admin-admin.key").display()))
+            .arg(format!(
+                "--cacert={}",
+                PkiDir::new(&pki).ca_cert().display()
+            ))
+            .arg(format!(
+                "--cert={}",
+                PkiDir::new(&pki).pair(Role::Admin, "admin").0.display()
+            ))
+            .arg(format!(
+                "--key={}",
+                PkiDir::new(&pki).pair(Role::Admin, "admin").1.display()
+            ))
             .args(["--command-timeout=3s", "--dial-timeout=2s"])
             .args(args)
             .output()

@@ -1,6 +1,9 @@
 //! The lab's processes: targets (members, agents), their cgroups, starting them with their
 //! command lines, signals, and taking cgroups down.
 
+use certs::Role;
+use mesh_client::pki::PkiDir;
+
 use super::*;
 
 impl Lab {
@@ -259,14 +262,16 @@ impl Lab {
                     "--initial-cluster-token".into(),
                     format!("{}-{cluster}", self.plan.tag()),
                 ];
+                let files = PkiDir::new(&pki);
+                let (cert, key) = files.pair(Role::Apiserver, member);
                 for prefix in ["--", "--peer-"] {
                     args.extend([
                         format!("{prefix}cert-file"),
-                        d(pki.join(format!("apiserver-{member}.crt"))),
+                        d(cert.clone()),
                         format!("{prefix}key-file"),
-                        d(pki.join(format!("apiserver-{member}.key"))),
+                        d(key.clone()),
                         format!("{prefix}trusted-ca-file"),
-                        d(pki.join("ca.crt")),
+                        d(files.ca_cert()),
                         format!("{prefix}client-cert-auth"),
                     ]);
                 }
@@ -308,11 +313,11 @@ impl Lab {
                     "--endpoints".into(),
                     endpoints.join(","),
                     "--cacert".into(),
-                    d(pki.join("ca.crt")),
+                    d(PkiDir::new(&pki).ca_cert()),
                     "--cert".into(),
-                    d(pki.join(format!("agent-{node}.crt"))),
+                    d(PkiDir::new(&pki).pair(Role::Agent, node).0),
                     "--key".into(),
-                    d(pki.join(format!("agent-{node}.key"))),
+                    d(PkiDir::new(&pki).pair(Role::Agent, node).1),
                     "--cgroup-root".into(),
                     d(self.agent_cgroup_root(c, node)),
                     "--bpffs".into(),

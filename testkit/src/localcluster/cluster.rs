@@ -367,11 +367,8 @@ impl Cluster {
     pub async fn client_as(&self, i: usize, cert: &str) -> Result<Client> {
         let tls = self.spec.tls.as_deref().map(|dir| {
             let pki = PkiDir::new(dir);
-            Credentials::new(
-                pki.ca_cert(),
-                dir.join(format!("{cert}.crt")),
-                dir.join(format!("{cert}.key")),
-            )
+            let (c, k) = pki.files(cert);
+            Credentials::new(pki.ca_cert(), c, k)
         });
         connect(&[self.client_url(i)], tls.as_ref()).await
     }
@@ -611,16 +608,12 @@ impl Cluster {
 
     fn tls_flags(&self, command: &mut Command, cert: &str) {
         if let Some(dir) = &self.spec.tls {
+            let pki = PkiDir::new(dir);
+            let (c, k) = pki.files(cert);
             command
-                .arg(format!("--cacert={}", dir.join("ca.crt").display()))
-                .arg(format!(
-                    "--cert={}",
-                    dir.join(format!("{cert}.crt")).display()
-                ))
-                .arg(format!(
-                    "--key={}",
-                    dir.join(format!("{cert}.key")).display()
-                ));
+                .arg(format!("--cacert={}", pki.ca_cert().display()))
+                .arg(format!("--cert={}", c.display()))
+                .arg(format!("--key={}", k.display()));
         }
     }
 

@@ -126,9 +126,9 @@ impl MemberConfig {
         }
         match &self.tls {
             Some(dir) => {
-                let cert = dir.join(format!("apiserver-{}.crt", self.name));
-                let key = dir.join(format!("apiserver-{}.key", self.name));
-                let ca = dir.join("ca.crt");
+                let pki = mesh_client::pki::PkiDir::new(dir);
+                let (cert, key) = pki.pair(certs::Role::Apiserver, &self.name);
+                let ca = pki.ca_cert();
                 for prefix in ["--", "--peer-"] {
                     args.extend([
                         format!("{prefix}cert-file").into(),
