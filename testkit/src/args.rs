@@ -23,6 +23,19 @@ enum Transport {
     },
 }
 
+impl Transport {
+    /// Mutual TLS with `role`'s certificate for `name` from the PKI directory `pki`.
+    fn from_pki(pki: &Path, role: Role, name: &str) -> Transport {
+        let dir = PkiDir::new(pki);
+        let (cert, key) = dir.pair(role, name);
+        Transport::Tls {
+            ca: dir.ca_cert(),
+            cert,
+            key,
+        }
+    }
+}
+
 /// A one-member `mesh-apiserver` that founds a new cluster:
 ///
 /// ```text
@@ -73,11 +86,7 @@ impl ApiServerArgs {
     /// Mutual TLS on the client and peer ports with the member's certificate from a PKI
     /// directory (`apiserver-<name>.crt`, `.key`, `ca.crt`, as `meshctl pki init` writes).
     pub fn tls(mut self, pki: &Path) -> Self {
-        self.transport = Some(Transport::Tls {
-            ca: PkiDir::new(pki).ca_cert(),
-            cert: PkiDir::new(pki).pair(Role::Apiserver, &self.name).0,
-            key: PkiDir::new(pki).pair(Role::Apiserver, &self.name).1,
-        });
+        self.transport = Some(Transport::from_pki(pki, Role::Apiserver, &self.name));
         self
     }
 
@@ -175,11 +184,7 @@ impl AgentArgs {
     /// With the node's agent certificate from a PKI directory (`agent-<node>.crt`, `.key`,
     /// `ca.crt`, as `meshctl pki issue --role agent` writes).
     pub fn tls(mut self, pki: &Path) -> Self {
-        self.transport = Some(Transport::Tls {
-            ca: PkiDir::new(pki).ca_cert(),
-            cert: PkiDir::new(pki).pair(Role::Agent, &self.node).0,
-            key: PkiDir::new(pki).pair(Role::Agent, &self.node).1,
-        });
+        self.transport = Some(Transport::from_pki(pki, Role::Agent, &self.node));
         self
     }
 
