@@ -287,24 +287,16 @@ impl Mesh {
 
     /// `etcdctl` as cluster `name`'s admin, from the fabric.
     pub fn etcdctl(&self, name: &str, args: &[&str]) -> Output {
-        let pki = self.pki(name);
+        let pki = PkiDir::new(self.pki(name));
+        let (cert, key) = pki.pair(Role::Admin, "admin");
         self.topo
             .fabric
             .command("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint(name)))
-            .arg(format!(
-                "--cacert={}",
-                PkiDir::new(&pki).ca_cert().display()
-            ))
-            .arg(format!(
-                "--cert={}",
-                PkiDir::new(&pki).pair(Role::Admin, "admin").0.display()
-            ))
-            .arg(format!(
-                "--key={}",
-                PkiDir::new(&pki).pair(Role::Admin, "admin").1.display()
-            ))
+            .arg(format!("--cacert={}", pki.ca_cert().display()))
+            .arg(format!("--cert={}", cert.display()))
+            .arg(format!("--key={}", key.display()))
             .args(["--command-timeout=3s", "--dial-timeout=2s"])
             .args(args)
             .output()

@@ -298,7 +298,8 @@ impl Lab {
                     .into_iter()
                     .find(|n| n.name == *node)
                     .expect("node");
-                let pki = self.pki_dir(cluster);
+                let pki = PkiDir::new(self.pki_dir(cluster));
+                let (cert, key) = pki.pair(Role::Agent, node);
                 let endpoints: Vec<String> = self
                     .plan
                     .members(self.index(cluster), c)
@@ -313,11 +314,11 @@ impl Lab {
                     "--endpoints".into(),
                     endpoints.join(","),
                     "--cacert".into(),
-                    d(PkiDir::new(&pki).ca_cert()),
+                    d(pki.ca_cert()),
                     "--cert".into(),
-                    d(PkiDir::new(&pki).pair(Role::Agent, node).0),
+                    d(cert),
                     "--key".into(),
-                    d(PkiDir::new(&pki).pair(Role::Agent, node).1),
+                    d(key),
                     "--cgroup-root".into(),
                     d(self.agent_cgroup_root(c, node)),
                     "--bpffs".into(),
