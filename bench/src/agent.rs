@@ -106,6 +106,7 @@ fn service(cluster: &str, i: u32) -> (String, Vec<u8>) {
             global: true,
             shared: true,
             affinity: Affinity::None as i32,
+            ..Default::default()
         })
         .encode(),
     )

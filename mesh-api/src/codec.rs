@@ -160,7 +160,8 @@ impl Record {
     /// zone names resolved.
     pub fn to_json(&self) -> Value {
         match self {
-            Record::Cluster(r) => json!({
+            Record::Cluster(r) => {
+                let mut v = json!({
                 "schema": r.schema,
                 "name": r.name,
                 "id": r.id,
@@ -168,7 +169,12 @@ impl Record {
                 "serviceCIDRs": r.service_cidrs,
                 "apiEndpoints": r.api_endpoints,
                 "caFingerprint": r.ca_fingerprint,
-            }),
+                });
+                if !r.clusterset_cidr.is_empty() {
+                    v["clustersetCIDR"] = json!(r.clusterset_cidr);
+                }
+                v
+            }
             Record::Node(r) => json!({
                 "schema": r.schema,
                 "name": r.name,
@@ -191,21 +197,32 @@ impl Record {
                 "nodeIP": r.node_ip,
                 "pod": r.pod,
             }),
-            Record::Service(r) => json!({
-                "schema": r.schema,
-                "namespace": r.namespace,
-                "name": r.name,
-                "clusterIPs": r.cluster_ips,
-                "ports": ports(&r.ports),
-                "global": r.global,
-                "shared": r.shared,
-                "affinity": match Affinity::try_from(r.affinity) {
-                    Ok(Affinity::None) => "none".to_owned(),
-                    Ok(Affinity::Local) => "local".to_owned(),
-                    Ok(Affinity::Remote) => "remote".to_owned(),
-                    Err(_) => format!("unknown ({})", r.affinity),
-                },
-            }),
+            Record::Service(r) => {
+                let mut v = json!({
+                    "schema": r.schema,
+                    "namespace": r.namespace,
+                    "name": r.name,
+                    "clusterIPs": r.cluster_ips,
+                    "ports": ports(&r.ports),
+                    "global": r.global,
+                    "shared": r.shared,
+                    "affinity": match Affinity::try_from(r.affinity) {
+                        Ok(Affinity::None) => "none".to_owned(),
+                        Ok(Affinity::Local) => "local".to_owned(),
+                        Ok(Affinity::Remote) => "remote".to_owned(),
+                        Err(_) => format!("unknown ({})", r.affinity),
+                    },
+                });
+                if r.exported {
+                    v["export"] = json!({
+                        "created": r.export_created,
+                        "headless": r.headless,
+                        "sessionAffinity": if r.client_ip_affinity { "ClientIP" } else { "None" },
+                        "affinityTimeoutSeconds": r.affinity_timeout,
+                    });
+                }
+                v
+            }
             Record::Endpoints(r) => {
                 let pick = |table: &[String], i: u32| {
                     (i as usize)
@@ -218,14 +235,18 @@ impl Record {
                     .endpoints
                     .iter()
                     .map(|e| {
-                        json!({
+                        let mut v = json!({
                             "addresses": e.addresses.iter().map(|a| address(a)).collect::<Vec<_>>(),
                             "node": pick(&r.nodes, e.node),
                             "zone": pick(&r.zones, e.zone),
                             "ready": e.ready,
                             "serving": e.serving,
                             "terminating": e.terminating,
-                        })
+                        });
+                        if !e.hostname.is_empty() {
+                            v["hostname"] = json!(e.hostname);
+                        }
+                        v
                     })
                     .collect();
                 json!({ "schema": r.schema, "ports": ports(&r.ports), "endpoints": endpoints })

@@ -390,6 +390,12 @@ pub fn is_name(s: &str) -> bool {
         && !s.ends_with(['-', '.'])
 }
 
+/// Whether `s` is a DNS-1123 label (a pod's hostname, one label of a DNS name): at most 63
+/// lowercase letters, digits and `-`, not starting or ending with `-`.
+pub fn is_label(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && is_name(s)
+}
+
 fn name(s: &str) -> Result<String, String> {
     let ok = is_name(s);
     if ok {

@@ -9,6 +9,8 @@
 //! - [`identity`]: security identities (cluster id and number) and the reserved ones, whose
 //!   labels every reader defines itself.
 //! - [`cidr`]: IP prefixes (pod and service CIDRs): parsing, containment, overlap.
+//! - [`clusterset`]: the Multi-Cluster Services API's derived state: a `ServiceImport` merged
+//!   from every cluster's export, and ClusterSetIPs the same in every cluster.
 //! - [`remote`]: the records of remote-cluster connections (`mesh/config/remotes/`,
 //!   `mesh/status/remotes/`).
 //! - [`endpoint`]: API server endpoints (`https://host:port`).
@@ -31,6 +33,7 @@
 
 pub mod bootstrap;
 pub mod cidr;
+pub mod clusterset;
 pub mod codec;
 pub mod duration;
 pub mod endpoint;

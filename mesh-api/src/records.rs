@@ -30,6 +30,11 @@ pub struct ClusterRecord {
     /// SHA-256 of the cluster CA's DER, hex.
     #[prost(string, tag = "7")]
     pub ca_fingerprint: String,
+    /// The range ClusterSetIPs are allocated from (`--clusterset-service-cidr`; empty: this
+    /// cluster gives imports no ClusterSetIP). Every cluster of a clusterset must use the same
+    /// range for an import to have the same address everywhere ([`crate::clusterset`]).
+    #[prost(string, tag = "8")]
+    pub clusterset_cidr: String,
 }
 
 /// `mesh/v1/<c>/nodes/<node>`.
@@ -169,6 +174,24 @@ pub struct ServiceRecord {
     /// Backend preference.
     #[prost(enumeration = "Affinity", tag = "8")]
     pub affinity: i32,
+    /// Exported by a `ServiceExport` (multicluster.x-k8s.io): every cluster of the clusterset
+    /// imports it ([`crate::clusterset`]). Exported services are also global and shared.
+    #[prost(bool, tag = "9")]
+    pub exported: bool,
+    /// The `ServiceExport`'s creation time (Unix seconds): the oldest export of a service
+    /// decides its imported properties when exports conflict. Set once, when the export is
+    /// created, so it never changes an unchanged record's bytes.
+    #[prost(int64, tag = "10")]
+    pub export_created: i64,
+    /// `clusterIP: None`: a headless service.
+    #[prost(bool, tag = "11")]
+    pub headless: bool,
+    /// `sessionAffinity: ClientIP` (false: `None`).
+    #[prost(bool, tag = "12")]
+    pub client_ip_affinity: bool,
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds` when [`Self::client_ip_affinity`].
+    #[prost(uint32, tag = "13")]
+    pub affinity_timeout: u32,
 }
 
 /// One endpoint of a slice.
@@ -192,6 +215,10 @@ pub struct Endpoint {
     /// Terminating.
     #[prost(bool, tag = "6")]
     pub terminating: bool,
+    /// The endpoint's `hostname` (a StatefulSet pod's name, or the pod's `spec.hostname`);
+    /// names the pod in `clusterset.local` DNS. Empty when it has none.
+    #[prost(string, tag = "7")]
+    pub hostname: String,
 }
 
 /// `mesh/v1/<c>/endpoints/<ns>/<service>/<slice>`: at most 100 endpoints.

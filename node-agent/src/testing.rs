@@ -138,6 +138,7 @@ impl Mesh {
                 global,
                 shared,
                 affinity: affinity as i32,
+                ..Default::default()
             }),
         );
         self

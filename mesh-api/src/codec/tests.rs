@@ -29,6 +29,7 @@ fn slice_of_100() -> EndpointsRecord {
                 ready: true,
                 serving: true,
                 terminating: false,
+                ..Default::default()
             })
             .collect(),
         nodes,
@@ -56,6 +57,7 @@ fn every_record() -> Vec<Record> {
             service_cidrs: vec!["10.96.0.0/12".into()],
             api_endpoints: vec!["https://apps.example:2379".into()],
             ca_fingerprint: "ab".repeat(32),
+            ..Default::default()
         }),
         Record::Node(NodeRecord {
             schema: SCHEMA,
@@ -95,6 +97,7 @@ fn every_record() -> Vec<Record> {
             global: true,
             shared: true,
             affinity: Affinity::Local as i32,
+            ..Default::default()
         }),
         Record::Endpoints(slice_of_100()),
         Record::Policy(PolicyRecord {

@@ -234,6 +234,13 @@ pub struct Flags {
     #[arg(long, help_heading = "Publishing", value_delimiter = ',')]
     pub service_cidr: Vec<String>,
 
+    /// The IPv4 range ClusterSetIPs of Multi-Cluster Services imports are allocated from.
+    /// Every cluster of the clusterset must give the same range: an import's address is
+    /// computed from its namespace/name, the same in every cluster. Must not overlap the
+    /// pod or service CIDRs. Unset: imports get no ClusterSetIP (headless ones still work).
+    #[arg(long, help_heading = "Publishing", value_name = "CIDR")]
+    pub clusterset_service_cidr: Option<String>,
+
     /// Where other clusters reach this cluster's API server (comma-separated https:// URLs: a
     /// load balancer name, NodePort addresses), published in the cluster record for `meshctl
     /// connect`. Give every member the same value. Default: every member's

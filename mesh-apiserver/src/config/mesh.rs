@@ -26,6 +26,7 @@ pub(super) fn cluster(
     };
     let pod_cidrs = cidrs("--pod-cidr", &flags.pod_cidr)?;
     let service_cidrs = cidrs("--service-cidr", &flags.service_cidr)?;
+    let clusterset_cidr = clusterset_cidr(flags, &pod_cidrs, &service_cidrs)?;
     for url in &flags.advertise_remote_urls {
         mesh_api::endpoint::host_port(url)
             .map_err(|e| invalid("--advertise-remote-urls", url, e.to_string()))?;
@@ -35,10 +36,11 @@ pub(super) fn cluster(
         (None, None) => {
             if !(pod_cidrs.is_empty()
                 && service_cidrs.is_empty()
+                && clusterset_cidr.is_none()
                 && flags.advertise_remote_urls.is_empty())
             {
                 return Err(ConfigError::Combination(
-                    "--pod-cidr, --service-cidr and --advertise-remote-urls describe the cluster record: they need --cluster-name and --cluster-id",
+                    "--pod-cidr, --service-cidr, --clusterset-service-cidr and --advertise-remote-urls describe the cluster record: they need --cluster-name and --cluster-id",
                 ));
             }
             return Ok(None);
@@ -86,10 +88,45 @@ pub(super) fn cluster(
         record: RecordSettings {
             pod_cidrs,
             service_cidrs,
+            clusterset_cidr,
             remote_urls: flags.advertise_remote_urls.clone(),
             ca_fingerprint,
         },
     }))
+}
+
+/// `--clusterset-service-cidr`: IPv4, and clear of the cluster's own ranges (a ClusterSetIP
+/// that is also a pod or Service address would take its connections).
+fn clusterset_cidr(
+    flags: &Flags,
+    pod_cidrs: &[Cidr],
+    service_cidrs: &[Cidr],
+) -> Result<Option<Cidr>, ConfigError> {
+    const FLAG: &str = "--clusterset-service-cidr";
+    let Some(text) = &flags.clusterset_service_cidr else {
+        return Ok(None);
+    };
+    let range: Cidr = text
+        .parse()
+        .map_err(|e: mesh_api::cidr::CidrError| invalid(FLAG, text, e.reason))?;
+    if !range.addr().is_ipv4() {
+        return Err(invalid(FLAG, text, "ClusterSetIPs are IPv4 for now"));
+    }
+    if range.bits() > 30 {
+        return Err(invalid(FLAG, text, "too small: give at least a /30"));
+    }
+    if let Some(other) = pod_cidrs
+        .iter()
+        .chain(service_cidrs)
+        .find(|c| c.overlaps(&range))
+    {
+        return Err(invalid(
+            FLAG,
+            text,
+            format!("overlaps the cluster's range {other}"),
+        ));
+    }
+    Ok(Some(range))
 }
 
 /// The publisher's source and `--identity-gc-grace`, when a source is given (it needs

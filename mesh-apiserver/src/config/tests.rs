@@ -142,3 +142,41 @@ fn durations_take_units_or_etcds_bare_numbers() {
     assert!(member::duration_or_number("-1", secs).is_err());
     assert!(member::duration_or_number("", secs).is_err());
 }
+
+#[test]
+fn the_clusterset_range_is_ipv4_large_enough_and_clear_of_the_clusters_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let base = [
+        "--cluster-name",
+        "apps",
+        "--cluster-id",
+        "1",
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--manifests-dir",
+        d,
+    ];
+    let with = |range: &'static str| {
+        let mut args = base.to_vec();
+        args.extend(["--clusterset-service-cidr", range]);
+        args
+    };
+    let c = Config::validate(&flags(&with("198.18.0.0/16"))).unwrap();
+    let range = c.publisher.unwrap().record.clusterset_cidr.unwrap();
+    assert_eq!(range.to_string(), "198.18.0.0/16");
+    for (range, says) in [
+        ("10.100.0.0/16", "overlaps the cluster's range 10.96.0.0/12"),
+        ("fd00::/64", "IPv4"),
+        ("198.18.0.0/31", "at least a /30"),
+        ("198.18.0.1/16", "host bits"),
+    ] {
+        let e = error(&with(range));
+        assert!(
+            e.contains("--clusterset-service-cidr") && e.contains(says),
+            "{range}: {e}"
+        );
+    }
+    let e = error(&["--clusterset-service-cidr", "198.18.0.0/16"]);
+    assert!(e.contains("need --cluster-name"), "{e}");
+}

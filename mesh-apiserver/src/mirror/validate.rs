@@ -216,6 +216,20 @@ impl Validator {
                 Ok(())
             }
             (_, Record::Endpoints(r)) => {
+                // A hostname becomes a DNS name in every cluster (`clusterset.local`).
+                if let Some(e) = r
+                    .endpoints
+                    .iter()
+                    .find(|e| !e.hostname.is_empty() && !mesh_api::keys::is_label(&e.hostname))
+                {
+                    return Err(Rejection::Value {
+                        key: key.to_owned(),
+                        source: DecodeError::Malformed {
+                            kind: mesh_api::Kind::Endpoints,
+                            reason: format!("hostname {:?} is not a DNS-1123 label", e.hostname),
+                        },
+                    });
+                }
                 for a in r.endpoints.iter().flat_map(|e| &e.addresses) {
                     let ip = match a.len() {
                         4 => IpAddr::from(<[u8; 4]>::try_from(a.as_slice()).expect("4 bytes")),

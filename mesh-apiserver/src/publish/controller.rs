@@ -204,6 +204,8 @@ pub struct RecordSettings {
     pub pod_cidrs: Vec<Cidr>,
     /// `--service-cidr`.
     pub service_cidrs: Vec<Cidr>,
+    /// `--clusterset-service-cidr`.
+    pub clusterset_cidr: Option<Cidr>,
     /// `--advertise-remote-urls`; empty: every member's client URLs.
     pub remote_urls: Vec<String>,
     /// SHA-256 of the cluster's CA, hex.
@@ -613,6 +615,11 @@ fn cluster_record(
             .collect(),
         api_endpoints: api_endpoints.to_vec(),
         ca_fingerprint: flags.ca_fingerprint.clone(),
+        clusterset_cidr: flags
+            .clusterset_cidr
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 

@@ -11,6 +11,9 @@
 //!   agents balance its VIP over them; other clusters' agents ignore them (its record says
 //!   not shared);
 //! - every MeshPolicy (`policies/<ns>/<name>`);
+//! - a Service with a `ServiceExport` (multicluster.x-k8s.io) is `exported` with the export's
+//!   creation time, and global and shared whatever its annotations say; the export's other
+//!   properties (headless, session affinity, ports) are the Service's, as the KEP defines;
 //! - for every pod with an IP: its identity's label set and its IP ([`Workload`]), which
 //!   become `identities/<id>` and `ipcache/<ip>` once ids are allocated ([`identity_records`]).
 
@@ -243,6 +246,15 @@ pub fn desired(settings: &Settings, objects: &Objects) -> Desired {
             sliced.insert((ns.clone(), svc));
         }
     }
+    // ServiceExports by namespace/name: the earliest creation time (an object listed in two
+    // versions is one export).
+    let mut exports: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for export in &objects.exports {
+        if let Some(key) = named(&export.metadata, "ServiceExport", &mut d.problems) {
+            let created = exports.entry(key).or_insert(i64::MAX);
+            *created = (*created).min(export.created());
+        }
+    }
     // Services whose slices are published.
     let mut shared: BTreeSet<(String, String)> = BTreeSet::new();
     for svc in &objects.services {
@@ -260,7 +272,8 @@ pub fn desired(settings: &Settings, objects: &Objects) -> Desired {
             d.problems.push(Problem::NoBackends { service: full });
             continue;
         }
-        let record = service_record(&ns, &name, svc, &mut d.problems);
+        let export = exports.get(&(ns.clone(), name.clone())).copied();
+        let record = service_record(&ns, &name, svc, export, &mut d.problems);
         if record.shared || record.global {
             shared.insert((ns.clone(), name.clone()));
         }
@@ -454,10 +467,13 @@ fn annotation<'a>(
     .find_map(|key| annotations.get(&key).map(|v| (key, v.as_str())))
 }
 
+/// The record of Service `ns/name`; `export` is its ServiceExport's creation time, if it has
+/// one: an exported service is global and shared whatever its annotations say.
 fn service_record(
     ns: &str,
     name: &str,
     svc: &Service,
+    export: Option<i64>,
     problems: &mut Vec<Problem>,
 ) -> ServiceRecord {
     let spec = svc.spec.clone().unwrap_or_default();
@@ -475,8 +491,8 @@ fn service_record(
             default
         }
     };
-    let global = flag("global", false);
-    let shared = flag("shared", true);
+    let global = flag("global", false) || export.is_some();
+    let shared = flag("shared", true) || export.is_some();
     let affinity = match annotation(&annotations, "affinity") {
         None => Affinity::None,
         Some((_, v)) if v.eq_ignore_ascii_case("local") => Affinity::Local,
@@ -495,7 +511,15 @@ fn service_record(
     if cluster_ips.is_empty() {
         cluster_ips.extend(spec.cluster_ip);
     }
-    cluster_ips.retain(|ip| ip.parse::<IpAddr>().is_ok()); // "None" for headless services.
+    let headless = cluster_ips.iter().any(|ip| ip == "None");
+    cluster_ips.retain(|ip| ip.parse::<IpAddr>().is_ok());
+    let client_ip_affinity = spec.session_affinity.as_deref() == Some("ClientIP");
+    let affinity_timeout = spec
+        .session_affinity_config
+        .and_then(|c| c.client_ip?.timeout_seconds)
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|_| client_ip_affinity)
+        .unwrap_or(0);
     ServiceRecord {
         schema: SCHEMA,
         namespace: ns.to_owned(),
@@ -514,6 +538,11 @@ fn service_record(
         global,
         shared,
         affinity: affinity as i32,
+        exported: export.is_some(),
+        export_created: export.unwrap_or(0),
+        headless,
+        client_ip_affinity,
+        affinity_timeout,
     }
 }
 
@@ -576,6 +605,7 @@ fn endpoint_records(
                 ready,
                 serving: conditions.serving.unwrap_or(ready),
                 terminating,
+                hostname: e.hostname.clone().unwrap_or_default(),
             });
         }
         out.push(record);

@@ -1,12 +1,16 @@
 //! The live Kubernetes API as a source of objects: kube-rs reflectors on Node, Pod, Service,
-//! EndpointSlice and the `MeshPolicy` custom resource, in-cluster or from a kubeconfig.
+//! EndpointSlice, the `MeshPolicy` custom resource and the MCS API's `ServiceExport` (one
+//! reflector per version, `v1beta1` and `v1alpha1`), in-cluster or from a kubeconfig.
 //!
 //! The source is not ready until every reflector has completed its initial list: publishing
-//! before that would delete the records of objects merely not listed yet. Every watch event
-//! bumps a generation, which is how the publisher notices a change.
+//! before that would delete the records of objects merely not listed yet. A `ServiceExport`
+//! version the API does not serve (its list answers 404: the CRD, or that version of it, is
+//! not installed) counts as listed and empty, so a cluster without the MCS CRDs still
+//! publishes; its reflector keeps retrying and picks exports up once the CRD is installed.
+//! Every watch event bumps a generation, which is how the publisher notices a change.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -15,7 +19,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use super::objects::{MeshPolicy, Objects};
+use super::objects::{MCS_GROUP, MCS_VERSIONS, MeshPolicy, Objects, ServiceExport};
 
 /// The MeshPolicy custom resource's group, version, kind and plural.
 pub fn mesh_policy_resource() -> ApiResource {
@@ -23,6 +27,23 @@ pub fn mesh_policy_resource() -> ApiResource {
         &GroupVersionKind::gvk("mesh.raftmesh.io", "v1alpha1", "MeshPolicy"),
         "meshpolicies",
     )
+}
+
+/// The ServiceExport resource of one MCS API version.
+pub fn service_export_resource(version: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(MCS_GROUP, version, "ServiceExport"),
+        "serviceexports",
+    )
+}
+
+/// The reflector of one version of a custom resource that may not be installed.
+#[derive(Clone)]
+struct Optional {
+    version: &'static str,
+    store: Store<DynamicObject>,
+    /// The last list answered 404.
+    absent: Arc<AtomicBool>,
 }
 
 /// Reflected objects of every kind the mesh publishes.
@@ -33,6 +54,7 @@ pub struct LiveSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     policies: Store<DynamicObject>,
+    exports: Vec<Optional>,
     /// Bumped by every watch event of any kind.
     generation: Arc<AtomicU64>,
 }
@@ -53,23 +75,31 @@ impl LiveSource {
         let pods = reflect(Api::<Pod>::all(client.clone()), &generation);
         let services = reflect(Api::<Service>::all(client.clone()), &generation);
         let slices = reflect(Api::<EndpointSlice>::all(client.clone()), &generation);
-        let ar = mesh_policy_resource();
-        let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-        let reader = writer.as_reader();
-        let stream = reflector::reflector(
-            writer,
-            watcher(
-                Api::<DynamicObject>::all_with(client, &ar),
-                watcher::Config::default(),
-            ),
-        );
-        spawn_drive(stream, generation.clone(), "MeshPolicy");
+        let policies = reflect_dynamic(&client, mesh_policy_resource(), &generation, None);
+        let exports = MCS_VERSIONS
+            .into_iter()
+            .map(|version| {
+                let absent = Arc::new(AtomicBool::new(false));
+                let store = reflect_dynamic(
+                    &client,
+                    service_export_resource(version),
+                    &generation,
+                    Some(absent.clone()),
+                );
+                Optional {
+                    version,
+                    store,
+                    absent,
+                }
+            })
+            .collect();
         LiveSource {
             nodes,
             pods,
             services,
             slices,
-            policies: reader,
+            policies,
+            exports,
             generation,
         }
     }
@@ -87,6 +117,10 @@ impl LiveSource {
             && listed(&self.services)
             && listed(&self.slices)
             && listed(&self.policies)
+            && self
+                .exports
+                .iter()
+                .all(|e| e.absent.load(Relaxed) || listed(&e.store))
     }
 
     /// A number that changes whenever an object may have changed.
@@ -106,6 +140,24 @@ impl LiveSource {
                     Ok(p) => Some(p),
                     Err(e) => {
                         tracing::warn!(name = ?o.metadata.name, error = %e, "skipped a MeshPolicy that does not parse");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let exports = self
+            .exports
+            .iter()
+            .flat_map(|e| e.store.state().into_iter().map(move |o| (e.version, o)))
+            .filter_map(|(version, o)| {
+                let value = serde_json::to_value(o.as_ref()).ok()?;
+                match serde_json::from_value::<ServiceExport>(value) {
+                    Ok(mut export) => {
+                        export.version = version.to_owned();
+                        Some(export)
+                    }
+                    Err(e) => {
+                        tracing::warn!(name = ?o.metadata.name, error = %e, "skipped a ServiceExport that does not parse");
                         None
                     }
                 }
@@ -137,6 +189,7 @@ impl LiveSource {
                 .map(|o| o.as_ref().clone())
                 .collect(),
             policies,
+            exports,
         }
     }
 }
@@ -158,7 +211,37 @@ where
     reader
 }
 
+/// A reflector of a custom resource; with `absent`, a 404 on list sets it (the resource is
+/// not installed) instead of being logged as a failure at every retry.
+fn reflect_dynamic(
+    client: &kube::Client,
+    ar: ApiResource,
+    generation: &Arc<AtomicU64>,
+    absent: Option<Arc<AtomicBool>>,
+) -> Store<DynamicObject> {
+    let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+    let reader = writer.as_reader();
+    let stream = reflector::reflector(
+        writer,
+        watcher(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            watcher::Config::default(),
+        ),
+    );
+    let kind = format!("{}/{}", ar.api_version, ar.kind);
+    drive(stream, generation.clone(), kind, absent);
+    reader
+}
+
 fn spawn_drive<S, K>(stream: S, generation: Arc<AtomicU64>, kind: &'static str)
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    drive(stream, generation, kind.to_owned(), None)
+}
+
+fn drive<S, K>(stream: S, generation: Arc<AtomicU64>, kind: String, absent: Option<Arc<AtomicBool>>)
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
@@ -168,7 +251,23 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => {
+                    if let Some(absent) = &absent
+                        && absent.swap(false, Relaxed)
+                    {
+                        tracing::info!(kind, "the resource is served now");
+                    }
                     generation.fetch_add(1, Relaxed);
+                }
+                Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                    if status.is_not_found() && absent.is_some() =>
+                {
+                    if !absent.as_ref().is_some_and(|a| a.swap(true, Relaxed)) {
+                        tracing::info!(
+                            kind,
+                            "the resource is not served (CRD not installed); none are read until it is"
+                        );
+                        generation.fetch_add(1, Relaxed);
+                    }
                 }
                 Err(e) => tracing::warn!(kind, error = %e, "watching Kubernetes failed; retrying"),
             }

@@ -64,6 +64,34 @@ pub struct MeshPolicyPort {
     pub protocol: String,
 }
 
+/// The API group of the Multi-Cluster Services API.
+pub const MCS_GROUP: &str = "multicluster.x-k8s.io";
+/// The versions of it read and written: mcs-api's current (`v1beta1`) and the one most
+/// clusters still serve (`v1alpha1`). `ServiceExport` has the same shape in both.
+pub const MCS_VERSIONS: [&str; 2] = ["v1beta1", "v1alpha1"];
+
+/// A `ServiceExport` (multicluster.x-k8s.io, `v1alpha1` or `v1beta1`): exports the Service of
+/// the same namespace and name to every cluster of the clusterset. It has no spec; its
+/// creation time orders conflicting exports (the oldest wins).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct ServiceExport {
+    /// Standard object metadata (name, namespace, creationTimestamp are used).
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    /// The version it was read in (its status is written back in the same one).
+    #[serde(skip)]
+    pub version: String,
+}
+
+impl ServiceExport {
+    /// `creationTimestamp` as Unix seconds; 0 when unset (a manifest written without one).
+    pub fn created(&self) -> i64 {
+        self.metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second())
+    }
+}
+
 /// Every object of the kinds the mesh publishes.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
@@ -77,6 +105,8 @@ pub struct Objects {
     pub slices: Vec<EndpointSlice>,
     /// MeshPolicies.
     pub policies: Vec<MeshPolicy>,
+    /// ServiceExports.
+    pub exports: Vec<ServiceExport>,
 }
 
 /// A manifest that could not be read.
@@ -154,6 +184,16 @@ impl Objects {
             ("discovery.k8s.io/v1", "EndpointSlice") => self.slices.push(parse(value, document)?),
             ("mesh.raftmesh.io/v1alpha1", "MeshPolicy") => {
                 self.policies.push(parse(value, document)?)
+            }
+            (api, "ServiceExport")
+                if api
+                    .strip_prefix(MCS_GROUP)
+                    .and_then(|v| v.strip_prefix('/'))
+                    .is_some_and(|v| MCS_VERSIONS.contains(&v)) =>
+            {
+                let mut export: ServiceExport = parse(value, document)?;
+                export.version = api[MCS_GROUP.len() + 1..].to_owned();
+                self.exports.push(export)
             }
             _ => return Ok(0),
         }

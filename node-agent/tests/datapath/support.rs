@@ -536,6 +536,7 @@ pub fn service(cluster: &str, vip: &str, shared: bool) -> (Key, Option<Record>) 
             global: true,
             shared,
             affinity: Affinity::None as i32,
+            ..Default::default()
         })),
     )
 }

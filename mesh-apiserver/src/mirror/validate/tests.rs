@@ -216,3 +216,27 @@ fn values_are_bounded_by_kind() {
         "too-large"
     );
 }
+
+#[test]
+fn an_endpoint_hostname_must_be_a_dns_label() {
+    let slice = |hostname: &str| {
+        Record::Endpoints(EndpointsRecord {
+            schema: SCHEMA,
+            endpoints: vec![Endpoint {
+                addresses: vec![address_bytes("10.2.3.4".parse().unwrap())],
+                ready: true,
+                hostname: hostname.to_owned(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    };
+    for good in ["", "db-0", "a"] {
+        check("mesh/v1/infra/endpoints/default/db/a", &slice(good)).unwrap();
+    }
+    // A dot would let a remote publish a name under another service or cluster.
+    for bad in ["db-0.apps", "Db", "-x", &"a".repeat(64), "x y"] {
+        let e = check("mesh/v1/infra/endpoints/default/db/a", &slice(bad)).unwrap_err();
+        assert!(e.to_string().contains("DNS-1123 label"), "{bad}: {e}");
+    }
+}

@@ -113,3 +113,101 @@ fn slices_are_published_for_shared_or_global_services_only() {
         ]
     );
 }
+
+#[test]
+fn a_service_export_makes_the_service_exported_global_and_shared() {
+    let mut objects = Objects::default();
+    let taken = objects
+        .add_yaml(
+            r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+  annotations: {mesh.raftmesh.io/global: "false", mesh.raftmesh.io/shared: "false"}
+spec:
+  selector: {app: web}
+  clusterIP: 10.96.0.9
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: web, namespace: demo, creationTimestamp: "2026-12-01T10:00:00Z"}
+---
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceExport
+metadata: {name: web, namespace: demo, creationTimestamp: "2026-12-01T09:00:00Z"}
+---
+apiVersion: multicluster.x-k8s.io/v2
+kind: ServiceExport
+metadata: {name: other, namespace: demo}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: demo}
+spec: {selector: {app: db}, clusterIP: None, ports: [{name: pg, port: 5432}]}
+---
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceExport
+metadata: {name: db, namespace: demo}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-1
+  namespace: demo
+  labels: {kubernetes.io/service-name: db}
+addressType: IPv4
+ports: [{name: pg, port: 5432}]
+endpoints:
+- {addresses: ["10.1.0.7"], hostname: db-0}
+- {addresses: ["10.1.0.8"]}
+"#,
+        )
+        .unwrap();
+    assert_eq!(taken, 6, "an unknown MCS version is not taken");
+    assert_eq!(objects.exports[0].version, "v1alpha1");
+    assert_eq!(objects.exports[1].version, "v1beta1");
+    let d = desired(
+        &Settings {
+            cluster: "apps".into(),
+            cluster_id: 1,
+        },
+        &objects,
+    );
+    assert!(d.problems.is_empty(), "{:?}", d.problems);
+    let service = |name: &str| match &d.records[&Key::Service {
+        cluster: "apps".into(),
+        namespace: "demo".into(),
+        name: name.into(),
+    }] {
+        Record::Service(s) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    let web = service("web");
+    assert!(web.exported && web.global && web.shared, "{web:?}");
+    // The earlier of the two versions' objects (one export listed twice).
+    assert_eq!(web.export_created, 1_796_115_600); // 2026-12-01T09:00:00Z
+    assert!(web.client_ip_affinity && !web.headless);
+    assert_eq!(web.affinity_timeout, 600);
+    let db = service("db");
+    assert!(db.exported && db.headless && db.cluster_ips.is_empty());
+    assert_eq!(db.export_created, 0, "no creationTimestamp in the manifest");
+    let Record::Endpoints(slice) = &d.records[&Key::Endpoints {
+        cluster: "apps".into(),
+        namespace: "demo".into(),
+        service: "db".into(),
+        slice: "db-1".into(),
+    }] else {
+        panic!()
+    };
+    let hostnames: Vec<&str> = slice
+        .endpoints
+        .iter()
+        .map(|e| e.hostname.as_str())
+        .collect();
+    assert_eq!(hostnames, ["db-0", ""]);
+}
