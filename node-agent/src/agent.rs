@@ -540,6 +540,16 @@ impl Agent<'_> {
     /// rest of the pass is written, the failure is logged and counted, and the next tick
     /// tries what failed again.
     fn reconcile(&mut self, touched: &Touched, started: Instant) -> Result<u64, Error> {
+        let imports = self.state.refresh_clusterset(&self.local.cluster);
+        let widened;
+        let touched = if imports.is_empty() {
+            touched
+        } else {
+            let mut t = touched.clone();
+            t.services.extend(imports);
+            widened = t;
+            &widened
+        };
         let writes = match self.reconciler.reconcile(
             &self.state,
             &self.local,

@@ -15,6 +15,15 @@
 //! | local | ready local → ready fresh remote → ready stale remote → terminating-serving |
 //! | remote | ready fresh remote → ready local → ready stale remote → terminating-serving |
 //!
+//! # Imports (the Multi-Cluster Services API)
+//! Every service exported by any cluster (a `ServiceExport`) is imported by this node whether
+//! or not this cluster has a Service of that name: its ClusterSetIP (the same address in every
+//! cluster, [`mesh_api::clusterset`]) is a frontend for each of the import's merged TCP/UDP
+//! ports, and its backends are the endpoints of every exporting cluster, in the same tiers,
+//! with the backend preference of the export that decides the import. Session affinity
+//! (`ClientIP`) is carried into the `ServiceImport` and DNS but not yet honoured by the
+//! datapath.
+//!
 //! A remote is stale when its mirror has been disconnected longer than `stale_after`
 //! (`mesh/status/remotes/<c>`): its backends stay programmed but only as a last resort, so a
 //! partition does not black-hole a share of the connections. No tier with a backend leaves an
@@ -233,15 +242,22 @@ pub fn tables(state: &MeshState, local: &Local, now_ms: i64) -> Tables {
     }
 }
 
-/// Every global service's frontends.
+/// Every global service's and every import's frontends.
 pub fn services(state: &MeshState, local: &Local, now_ms: i64) -> BTreeMap<Frontend, Vec<Backend>> {
     let mut out = BTreeMap::new();
-    if let Some(own) = state.clusters.get(&local.cluster) {
-        for name in own.services.keys() {
-            out.extend(service(state, local, name, now_ms));
-        }
+    for name in service_names(state, local) {
+        out.extend(service(state, local, name, now_ms));
     }
     out
+}
+
+/// The services that may have frontends on this node: this cluster's, and every import.
+pub fn service_names<'a>(state: &'a MeshState, local: &Local) -> BTreeSet<&'a String> {
+    let own = state.clusters.get(&local.cluster);
+    own.into_iter()
+        .flat_map(|c| c.services.keys())
+        .chain(state.clusterset.imports.keys())
+        .collect()
 }
 
 /// Whether remote `cluster` is stale at `now_ms`.
@@ -252,7 +268,8 @@ pub fn stale(state: &MeshState, local: &Local, cluster: &str, now_ms: i64) -> bo
         })
 }
 
-/// The frontends of service `name` (`namespace/name`) with their backends, in slot order.
+/// The frontends of service `name` (`namespace/name`) with their backends, in slot order:
+/// this cluster's global service at its cluster IPs, and the import at its ClusterSetIP.
 pub fn service(
     state: &MeshState,
     local: &Local,
@@ -260,21 +277,72 @@ pub fn service(
     now_ms: i64,
 ) -> BTreeMap<Frontend, Vec<Backend>> {
     let mut out = BTreeMap::new();
-    let Some(own) = state.clusters.get(&local.cluster) else {
-        return out;
-    };
-    let Some(svc) = own.services.get(name).filter(|s| s.global) else {
-        return out;
-    };
-    // The clusters contributing backends: this one, and every remote sharing the service.
-    let contributing: Vec<(&ClusterState, u32)> = state
+    let own = state.clusters.get(&local.cluster);
+    if let Some(svc) = own.and_then(|c| c.services.get(name)).filter(|s| s.global) {
+        // This cluster, and every remote sharing the service.
+        let contributing = contributing(state, local, name, now_ms, |cluster, s| {
+            cluster == local.cluster || (s.global && s.shared)
+        });
+        let ports = svc.ports.iter().map(|p| (p.name.as_ref(), p.port, p.proto));
+        for (port, chosen) in frontend_ports(&contributing, name, ports, svc.affinity) {
+            for vip in &svc.vips {
+                out.insert(
+                    Frontend {
+                        vip: *vip,
+                        port: port.1,
+                        proto: port.2,
+                    },
+                    chosen.clone(),
+                );
+            }
+        }
+    }
+    if let (Some(import), Some(vip)) = (
+        state.clusterset.imports.get(name),
+        state.clusterset.ips.get(name),
+    ) {
+        // Every exporting cluster; the deciding export's backend preference.
+        let contributing = contributing(state, local, name, now_ms, |_, s| s.export.is_some());
+        let affinity = state
+            .clusters
+            .get(&import.decided_by)
+            .and_then(|c| c.services.get(name))
+            .map_or(Affinity::None, |s| s.affinity);
+        let ports = import.ports.iter().filter_map(|p| {
+            Some((
+                p.name.as_str(),
+                p.port,
+                crate::maps::protocol_number(&p.protocol)?,
+            ))
+        });
+        for (port, chosen) in frontend_ports(&contributing, name, ports, affinity) {
+            out.insert(
+                Frontend {
+                    vip: *vip,
+                    port: port.1,
+                    proto: port.2,
+                },
+                chosen,
+            );
+        }
+    }
+    out
+}
+
+/// The clusters whose service `name` passes `takes`, with their backends' cluster flags.
+fn contributing<'a>(
+    state: &'a MeshState,
+    local: &Local,
+    name: &str,
+    now_ms: i64,
+    takes: impl Fn(&str, &crate::state::Service) -> bool,
+) -> Vec<(&'a ClusterState, u32)> {
+    state
         .clusters
         .iter()
         .filter_map(|(cname, c)| {
             let is_local = *cname == local.cluster;
-            if !is_local {
-                c.services.get(name).filter(|s| s.global && s.shared)?;
-            }
+            c.services.get(name).filter(|s| takes(cname, s))?;
             let mut flags = 0;
             if is_local {
                 flags |= backend_flags::LOCAL;
@@ -284,20 +352,27 @@ pub fn service(
             }
             Some((c, flags))
         })
-        .collect();
-    for port in svc
-        .ports
-        .iter()
-        .filter(|p| matches!(p.proto, PROTO_TCP | PROTO_UDP))
-    {
+        .collect()
+}
+
+/// For each TCP or UDP port `(name, number, protocol)`: the backends chosen among the
+/// contributing clusters' endpoints whose slice port has the same name and protocol.
+fn frontend_ports<'p>(
+    contributing: &[(&ClusterState, u32)],
+    name: &str,
+    ports: impl Iterator<Item = (&'p str, u16, u8)>,
+    affinity: Affinity,
+) -> Vec<((&'p str, u16, u8), Vec<Backend>)> {
+    let mut out = Vec::new();
+    for port in ports.filter(|p| matches!(p.2, PROTO_TCP | PROTO_UDP)) {
         let mut candidates: Vec<Backend> = Vec::new();
-        for (c, cluster_flags) in &contributing {
+        for (c, cluster_flags) in contributing {
             let cluster_id = c.id.unwrap_or(0);
             for slice in c.slices_of(name) {
                 let Some(target) = slice
                     .ports
                     .iter()
-                    .find(|p| p.name == port.name && p.proto == port.proto)
+                    .find(|p| &*p.name == port.0 && p.proto == port.2)
                 else {
                     continue;
                 };
@@ -323,17 +398,7 @@ pub fn service(
                 }
             }
         }
-        let chosen = choose(candidates, svc.affinity);
-        for vip in &svc.vips {
-            out.insert(
-                Frontend {
-                    vip: *vip,
-                    port: port.port,
-                    proto: port.proto,
-                },
-                chosen.clone(),
-            );
-        }
+        out.push((port, choose(candidates, affinity)));
     }
     out
 }

@@ -195,14 +195,12 @@ impl Reconciler {
         if touched.all_services {
             let mut desired_all = BTreeMap::new();
             let mut owners: BTreeMap<String, BTreeSet<Frontend>> = BTreeMap::new();
-            if let Some(own) = state.clusters.get(&local.cluster) {
-                for name in own.services.keys() {
-                    let frontends = desired::service(state, local, name, now_ms);
-                    if !frontends.is_empty() {
-                        owners.insert(name.clone(), frontends.keys().copied().collect());
-                    }
-                    desired_all.extend(frontends);
+            for name in desired::service_names(state, local) {
+                let frontends = desired::service(state, local, name, now_ms);
+                if !frontends.is_empty() {
+                    owners.insert(name.clone(), frontends.keys().copied().collect());
                 }
+                desired_all.extend(frontends);
             }
             let applied: Vec<Frontend> = self.applied.services.keys().copied().collect();
             let frontends: BTreeSet<Frontend> = applied

@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
+use mesh_api::cidr::Cidr;
+use mesh_api::clusterset::{self, Import, ImportPort, ImportType, SessionAffinity};
 use mesh_api::records::{Affinity, PolicyRecord};
 use mesh_api::remote::RemoteStatusRecord;
 use mesh_api::{Key, Kind, Record};
@@ -40,6 +42,19 @@ pub struct Service {
     pub shared: bool,
     /// Backend preference.
     pub affinity: Affinity,
+    /// Its `ServiceExport`, if it has one.
+    pub export: Option<Export>,
+}
+
+/// What a service's export contributes to its import ([`mesh_api::clusterset`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// The `ServiceExport`'s creation time (Unix seconds).
+    pub created: i64,
+    /// The Service is headless.
+    pub headless: bool,
+    /// Its session affinity.
+    pub session_affinity: SessionAffinity,
 }
 
 /// Endpoint flags in [`Slice::endpoints`].
@@ -59,6 +74,9 @@ pub struct Slice {
     pub ports: Vec<PortSpec>,
     /// IPv4 address and [`endpoint_flags`].
     pub endpoints: Vec<(Ipv4Addr, u8)>,
+    /// The endpoints that have a hostname (valid DNS labels only), by address: few, so kept
+    /// apart.
+    pub hostnames: Vec<(Ipv4Addr, Box<str>)>,
 }
 
 /// A node's addresses.
@@ -105,6 +123,8 @@ pub struct ClusterState {
     pub pod_cidrs: Vec<(Ipv4Addr, u8)>,
     /// The cluster record's service CIDRs (IPv4).
     pub service_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// The cluster record's ClusterSetIP range (this node's cluster's is the one used).
+    pub clusterset_cidr: Option<Cidr>,
     /// Kinds whose `synced/` marker is present.
     pub synced: BTreeSet<Kind>,
     /// Nodes by name.
@@ -215,6 +235,19 @@ pub struct Skipped {
     pub undecodable: u64,
 }
 
+/// Every import of the clusterset, derived from the clusters' exports
+/// ([`MeshState::refresh_clusterset`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Clusterset {
+    /// Imports by `namespace/name`.
+    pub imports: BTreeMap<String, Import>,
+    /// ClusterSetIPs by `namespace/name` (ClusterSetIP imports, when this node's cluster has a
+    /// range).
+    pub ips: BTreeMap<String, Ipv4Addr>,
+    /// The range they were allocated from.
+    pub range: Option<Cidr>,
+}
+
 /// The mesh as the agent sees it.
 #[derive(Debug, Clone, Default)]
 pub struct MeshState {
@@ -224,6 +257,12 @@ pub struct MeshState {
     pub remotes: BTreeMap<String, RemoteHealth>,
     /// What was skipped, cumulative.
     pub skipped: Skipped,
+    /// The imports, as of the last [`MeshState::refresh_clusterset`].
+    pub clusterset: Clusterset,
+    /// Services (`namespace/name`) whose exports changed since then.
+    exports_changed: BTreeSet<String>,
+    /// A cluster record's range changed since then.
+    ranges_changed: bool,
 }
 
 impl MeshState {
@@ -279,6 +318,14 @@ impl MeshState {
         let was_complete = c.complete();
         match (parsed, record) {
             (Key::Cluster { .. }, r) => {
+                let clusterset_cidr = match &r {
+                    Some(Record::Cluster(r)) => r.clusterset_cidr.parse::<Cidr>().ok(),
+                    _ => None,
+                };
+                if c.clusterset_cidr != clusterset_cidr {
+                    c.clusterset_cidr = clusterset_cidr;
+                    self.ranges_changed = true;
+                }
                 let (id, pod_cidrs, service_cidrs) = match r {
                     Some(Record::Cluster(r)) => (
                         u16::try_from(r.id).ok(),
@@ -385,6 +432,10 @@ impl MeshState {
                 r,
             ) => {
                 let full = format!("{namespace}/{name}");
+                let old_export = c
+                    .services
+                    .get(&full)
+                    .and_then(|s| Some((s.export.clone()?, s.ports.clone())));
                 match r {
                     Some(Record::Service(r)) => {
                         let vips = r
@@ -398,12 +449,30 @@ impl MeshState {
                             global: r.global,
                             shared: r.shared,
                             affinity: Affinity::try_from(r.affinity).unwrap_or(Affinity::None),
+                            export: r.exported.then(|| Export {
+                                created: r.export_created,
+                                headless: r.headless,
+                                session_affinity: if r.client_ip_affinity {
+                                    SessionAffinity::ClientIp {
+                                        timeout: r.affinity_timeout,
+                                    }
+                                } else {
+                                    SessionAffinity::None
+                                },
+                            }),
                         };
                         c.services.insert(full.clone(), service);
                     }
                     _ => {
                         c.services.remove(&full);
                     }
+                }
+                let new_export = c
+                    .services
+                    .get(&full)
+                    .and_then(|s| Some((s.export.clone()?, s.ports.clone())));
+                if old_export != new_export {
+                    self.exports_changed.insert(full.clone());
                 }
                 touched.services.insert(full);
             }
@@ -420,7 +489,17 @@ impl MeshState {
                 match r {
                     Some(Record::Endpoints(r)) => {
                         let mut endpoints = Vec::with_capacity(r.endpoints.len());
+                        let mut hostnames = Vec::new();
                         for e in &r.endpoints {
+                            if !e.hostname.is_empty()
+                                && mesh_api::keys::is_label(&e.hostname)
+                                && let Some(Ok(b)) = e
+                                    .addresses
+                                    .first()
+                                    .map(|a| <[u8; 4]>::try_from(a.as_slice()))
+                            {
+                                hostnames.push((Ipv4Addr::from(b), e.hostname.as_str().into()));
+                            }
                             let flags = (u8::from(e.ready) * endpoint_flags::READY)
                                 | (u8::from(e.serving) * endpoint_flags::SERVING)
                                 | (u8::from(e.terminating) * endpoint_flags::TERMINATING);
@@ -435,6 +514,7 @@ impl MeshState {
                         let slice = Slice {
                             ports: ports(r.ports.iter().map(|p| (&p.name, p.port, &p.protocol))),
                             endpoints,
+                            hostnames,
                         };
                         c.slices.insert(full, slice);
                     }
@@ -473,6 +553,95 @@ impl MeshState {
             // Every key of the cluster is gone (a drained remote): a complete, empty view.
             self.clusters.remove(parsed_cluster.as_str());
             touched.merge(Touched::everything());
+        }
+        touched
+    }
+
+    /// Brings [`MeshState::clusterset`] up to date with the exports applied since the last
+    /// call, the ClusterSetIP range being cluster `own`'s. Returns the services whose import
+    /// or ClusterSetIP changed (they need their frontends recomputed). Cheap when no export
+    /// changed; otherwise one merge per changed service and, when the set of imports or
+    /// their ages changed, one allocation over all of them.
+    pub fn refresh_clusterset(&mut self, own: &str) -> BTreeSet<String> {
+        let range = self.clusters.get(own).and_then(|c| c.clusterset_cidr);
+        let changed = std::mem::take(&mut self.exports_changed);
+        let ranges_changed = std::mem::take(&mut self.ranges_changed);
+        if changed.is_empty() && !ranges_changed {
+            return changed;
+        }
+        let mut touched = BTreeSet::new();
+        let before: BTreeMap<String, i64> = self
+            .clusterset
+            .imports
+            .iter()
+            .filter(|(_, i)| i.type_ == ImportType::ClusterSetIp)
+            .map(|(n, i)| (n.clone(), i.created))
+            .collect();
+        for name in changed {
+            let exports: Vec<clusterset::Export> = self
+                .clusters
+                .iter()
+                .filter_map(|(cluster, c)| {
+                    let s = c.services.get(&name)?;
+                    let e = s.export.as_ref()?;
+                    Some(clusterset::Export {
+                        cluster: cluster.clone(),
+                        created: e.created,
+                        headless: e.headless,
+                        ports: s
+                            .ports
+                            .iter()
+                            .map(|p| ImportPort {
+                                name: p.name.to_string(),
+                                port: p.port,
+                                protocol: crate::maps::protocol_name(p.proto).to_owned(),
+                            })
+                            .collect(),
+                        session_affinity: e.session_affinity,
+                    })
+                })
+                .collect();
+            let new = clusterset::merge(&exports);
+            if self.clusterset.imports.get(&name) != new.as_ref() {
+                match new {
+                    Some(i) => self.clusterset.imports.insert(name.clone(), i),
+                    None => self.clusterset.imports.remove(&name),
+                };
+                touched.insert(name);
+            }
+        }
+        let after: BTreeMap<String, i64> = self
+            .clusterset
+            .imports
+            .iter()
+            .filter(|(_, i)| i.type_ == ImportType::ClusterSetIp)
+            .map(|(n, i)| (n.clone(), i.created))
+            .collect();
+        if before != after || range != self.clusterset.range {
+            let ips = match &range {
+                Some(range) => {
+                    let keyed = after
+                        .iter()
+                        .filter_map(|(n, t)| {
+                            let (ns, name) = n.split_once('/')?;
+                            Some(((ns.to_owned(), name.to_owned()), *t))
+                        })
+                        .collect();
+                    clusterset::allocate(range, &keyed)
+                        .into_iter()
+                        .map(|((ns, name), ip)| (format!("{ns}/{name}"), ip))
+                        .collect()
+                }
+                None => BTreeMap::new(),
+            };
+            let old = std::mem::replace(&mut self.clusterset.ips, ips);
+            let names: BTreeSet<&String> = old.keys().chain(self.clusterset.ips.keys()).collect();
+            for name in names {
+                if old.get(name) != self.clusterset.ips.get(name) {
+                    touched.insert(name.clone());
+                }
+            }
+            self.clusterset.range = range;
         }
         touched
     }

@@ -144,6 +144,114 @@ impl Mesh {
         self
     }
 
+    /// Service `ns/name` of `cluster` exported (a `ServiceExport` created at `created`), not
+    /// headless, at `vips` (none: a cluster exporting pods only through the import), ports
+    /// `http` 80/TCP and `dns` 53/UDP.
+    pub fn exported(
+        &mut self,
+        cluster: &str,
+        name: &str,
+        vips: &[&str],
+        created: i64,
+    ) -> &mut Self {
+        self.export_with(
+            cluster,
+            name,
+            vips,
+            created,
+            false,
+            vec![port("http", 80, "TCP"), port("dns", 53, "UDP")],
+        )
+    }
+
+    /// An exported service with its headlessness and ports given.
+    pub fn export_with(
+        &mut self,
+        cluster: &str,
+        name: &str,
+        vips: &[&str],
+        created: i64,
+        headless: bool,
+        ports: Vec<Port>,
+    ) -> &mut Self {
+        let (ns, svc) = name.split_once('/').expect("ns/name");
+        self.put(
+            Key::Service {
+                cluster: cluster.to_owned(),
+                namespace: ns.to_owned(),
+                name: svc.to_owned(),
+            },
+            Record::Service(ServiceRecord {
+                schema: SCHEMA,
+                namespace: ns.to_owned(),
+                name: svc.to_owned(),
+                cluster_ips: vips.iter().map(|s| (*s).to_owned()).collect(),
+                ports,
+                global: true,
+                shared: true,
+                exported: true,
+                export_created: created,
+                headless,
+                ..Default::default()
+            }),
+        );
+        self
+    }
+
+    /// This test's cluster `name` with a ClusterSetIP range (and every synced marker).
+    pub fn cluster_in_clusterset(&mut self, name: &str, id: u32, range: &str) -> &mut Self {
+        self.cluster(name, id);
+        self.put(
+            Key::Cluster {
+                cluster: name.to_owned(),
+            },
+            Record::Cluster(ClusterRecord {
+                schema: SCHEMA,
+                name: name.to_owned(),
+                id,
+                clusterset_cidr: range.to_owned(),
+                ..Default::default()
+            }),
+        );
+        self
+    }
+
+    /// A slice whose endpoints carry hostnames: `(ip, hostname)`, all ready; port `http`.
+    pub fn named_slice(
+        &mut self,
+        cluster: &str,
+        name: &str,
+        slice: &str,
+        target: u32,
+        eps: &[(&str, &str)],
+    ) -> &mut Self {
+        let (ns, svc) = name.split_once('/').expect("ns/name");
+        self.put(
+            Key::Endpoints {
+                cluster: cluster.to_owned(),
+                namespace: ns.to_owned(),
+                service: svc.to_owned(),
+                slice: slice.to_owned(),
+            },
+            Record::Endpoints(EndpointsRecord {
+                schema: SCHEMA,
+                ports: vec![port("http", target, "TCP")],
+                endpoints: eps
+                    .iter()
+                    .map(|(ip, hostname)| Endpoint {
+                        addresses: vec![address(ip)],
+                        ready: true,
+                        serving: true,
+                        hostname: (*hostname).to_owned(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+        );
+        self
+    }
+
     /// A global, shared service without affinity at one cluster IP.
     pub fn global(&mut self, cluster: &str, name: &str, vip: &str) -> &mut Self {
         self.service(cluster, name, &[vip], true, true, Affinity::None)

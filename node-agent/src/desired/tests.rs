@@ -706,3 +706,150 @@ fn a_remote_cannot_take_another_remotes_node_address() {
         Some("192.168.2.1:51871".parse().unwrap())
     );
 }
+
+/// apps (this node's, range 198.18.0.0/16) and infra; `demo/echo` exported by infra only,
+/// with no Service of that name in apps.
+fn exported_by_infra() -> Mesh {
+    let mut m = Mesh::default();
+    m.cluster_in_clusterset("apps", 1, "198.18.0.0/16")
+        .cluster("infra", 2)
+        .exported("infra", "demo/echo", &["10.100.0.10"], 100)
+        .slice(
+            "infra",
+            "demo/echo",
+            "x",
+            9090,
+            &[ready("10.2.0.21"), ready("10.2.0.22")],
+        );
+    m
+}
+
+fn clusterset_ip(m: &Mesh, name: &str) -> Ipv4Addr {
+    m.state.clusterset.ips[name]
+}
+
+#[test]
+fn an_import_is_programmed_at_its_clusterset_ip_with_no_local_service() {
+    let mut m = exported_by_infra();
+    let changed = m.state.refresh_clusterset("apps");
+    assert_eq!(changed, BTreeSet::from(["demo/echo".to_owned()]));
+    let ip = clusterset_ip(&m, "demo/echo");
+    let keyed = BTreeMap::from([(("demo".to_owned(), "echo".to_owned()), 100)]);
+    let range = "198.18.0.0/16".parse().unwrap();
+    assert_eq!(
+        ip,
+        mesh_api::clusterset::allocate(&range, &keyed)[&("demo".to_owned(), "echo".to_owned())]
+    );
+    assert_eq!(
+        tcp(&m),
+        [
+            format!("{ip}:80/TCP -> 10.2.0.21:9090 c2 ready"),
+            format!("{ip}:80/TCP -> 10.2.0.22:9090 c2 ready"),
+        ]
+    );
+    // Nothing changed: nothing to recompute.
+    assert!(m.state.refresh_clusterset("apps").is_empty());
+}
+
+#[test]
+fn exported_in_both_the_import_has_both_and_the_local_vip_stays_global() {
+    let mut m = exported_by_infra();
+    m.exported("apps", "demo/echo", &["10.96.0.10"], 200).slice(
+        "apps",
+        "demo/echo",
+        "a",
+        8080,
+        &[ready("10.1.0.11")],
+    );
+    m.state.refresh_clusterset("apps");
+    let ip = clusterset_ip(&m, "demo/echo");
+    let lines = tcp(&m);
+    for vip in [ip.to_string(), "10.96.0.10".to_owned()] {
+        for backend in ["10.1.0.11:8080 c1 ready,local", "10.2.0.21:9090 c2 ready"] {
+            let line = format!("{vip}:80/TCP -> {backend}");
+            assert!(lines.contains(&line), "{line} not in {lines:#?}");
+        }
+    }
+    // Unexported in infra: only apps' backends remain behind the ClusterSetIP.
+    m.service(
+        "infra",
+        "demo/echo",
+        &["10.100.0.10"],
+        false,
+        true,
+        Affinity::None,
+    );
+    let changed = m.state.refresh_clusterset("apps");
+    assert!(changed.contains("demo/echo"));
+    assert_eq!(
+        clusterset_ip(&m, "demo/echo"),
+        ip,
+        "a surviving import keeps its address"
+    );
+    let lines: Vec<String> = tcp(&m)
+        .into_iter()
+        .filter(|l| l.starts_with(&ip.to_string()))
+        .collect();
+    assert_eq!(
+        lines,
+        [format!("{ip}:80/TCP -> 10.1.0.11:8080 c1 ready,local")]
+    );
+    // Unexported everywhere: no import, no frontend at the ClusterSetIP.
+    m.service(
+        "apps",
+        "demo/echo",
+        &["10.96.0.10"],
+        false,
+        true,
+        Affinity::None,
+    );
+    m.state.refresh_clusterset("apps");
+    assert!(m.state.clusterset.imports.is_empty() && m.state.clusterset.ips.is_empty());
+    assert!(
+        !tcp(&m).iter().any(|l| l.starts_with(&ip.to_string())),
+        "{:#?}",
+        tcp(&m)
+    );
+}
+
+#[test]
+fn a_headless_import_and_a_cluster_without_a_range_get_no_clusterset_ip() {
+    let mut m = Mesh::default();
+    m.cluster_in_clusterset("apps", 1, "198.18.0.0/16")
+        .cluster("infra", 2);
+    m.export_with(
+        "infra",
+        "demo/db",
+        &[],
+        100,
+        true,
+        vec![port("pg", 5432, "TCP")],
+    );
+    m.state.refresh_clusterset("apps");
+    assert_eq!(
+        m.state.clusterset.imports["demo/db"].type_,
+        mesh_api::clusterset::ImportType::Headless
+    );
+    assert!(m.state.clusterset.ips.is_empty());
+
+    let mut m = exported_by_infra();
+    m.cluster("apps", 1); // The cluster record again, without the range.
+    m.state.refresh_clusterset("apps");
+    assert!(m.state.clusterset.imports.contains_key("demo/echo"));
+    assert!(m.state.clusterset.ips.is_empty());
+    assert!(tcp(&m).is_empty(), "{:#?}", tcp(&m));
+}
+
+#[test]
+fn a_stale_exporting_remote_is_the_last_resort_behind_the_clusterset_ip() {
+    let mut m = exported_by_infra();
+    m.exported("apps", "demo/echo", &[], 200)
+        .slice("apps", "demo/echo", "a", 8080, &[ready("10.1.0.11")])
+        .remote_status("infra", false, NOW - 60_000);
+    m.state.refresh_clusterset("apps");
+    let ip = clusterset_ip(&m, "demo/echo");
+    assert_eq!(
+        tcp(&m),
+        [format!("{ip}:80/TCP -> 10.1.0.11:8080 c1 ready,local")]
+    );
+}
