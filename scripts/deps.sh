@@ -18,6 +18,8 @@ if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ]; then
   command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
   command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
+  # The clusterset DNS tests and benchmark ask the agents with dig.
+  command -v dig >/dev/null 2>&1 || need_apt+=(dnsutils)
   # mesh-bench wireguard measures throughput with iperf3.
   command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
   # mesh-bench draws its chart's text with DejaVu Sans.

@@ -169,6 +169,8 @@ fn bench_spec() -> LabSpec {
         global: true,
         shared: true,
         affinity: "none".to_owned(),
+        exported: false,
+        headless: false,
         selector: BTreeMap::from([("app".to_owned(), "bench".to_owned())]),
         ports: vec![PortSpec {
             name: "tcp".to_owned(),

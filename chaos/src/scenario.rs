@@ -165,6 +165,8 @@ pub fn chaos_spec(stale_after: Duration) -> LabSpec {
             global: true,
             shared: true,
             affinity: "none".to_owned(),
+            exported: false,
+            headless: false,
             selector: BTreeMap::from([("app".to_owned(), "churn".to_owned())]),
             ports: vec![port("tcp", 9000)],
         });
@@ -176,6 +178,8 @@ pub fn chaos_spec(stale_after: Duration) -> LabSpec {
             global: true,
             shared: false,
             affinity: "local".to_owned(),
+            exported: false,
+            headless: false,
             selector: BTreeMap::from([("app".to_owned(), "echo".to_owned())]),
             ports: vec![port("tcp", 80)],
         });

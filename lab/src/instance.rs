@@ -474,6 +474,19 @@ impl Lab {
                 }
             }
         }
+        // Pods' resolv.conf (a namespace already gone leaves its directory too).
+        for entry in std::fs::read_dir("/etc/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{tag}-"))
+                && let Err(e) = std::fs::remove_dir_all(entry.path())
+            {
+                errors.push(format!("{}: {e}", entry.path().display()));
+            }
+        }
         if Path::new("/sys/class/net")
             .join(self.plan.host_if())
             .exists()

@@ -1,5 +1,5 @@
 //! A lab cluster's Kubernetes objects, as `kubectl get -o yaml` would print them: Nodes, Pods,
-//! Services, EndpointSlices and MeshPolicies, one file per kind in the directory the cluster's
+//! Services, EndpointSlices, MeshPolicies and ServiceExports, one file per kind in the directory the cluster's
 //! API servers publish from (`--manifests-dir`). Files are written whole and renamed into
 //! place, so a publisher never reads half of one.
 
@@ -63,8 +63,24 @@ pub fn render(plan: &Plan, c: &ClusterSpec) -> Vec<(&'static str, Vec<Value>)> {
         .collect();
     let mut services = Vec::new();
     let mut slices = Vec::new();
+    let mut exports = Vec::new();
     for (i, s) in c.services.iter().enumerate() {
-        let vip = Plan::vip(c, i).to_string();
+        let vip = if s.headless {
+            "None".to_owned()
+        } else {
+            Plan::vip(c, i).to_string()
+        };
+        if s.exported {
+            exports.push(json!({
+                "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+                "kind": "ServiceExport",
+                "metadata": {
+                    "name": s.name,
+                    "namespace": s.namespace,
+                    "creationTimestamp": export_created(c),
+                },
+            }));
+        }
         let mut annotations = serde_json::Map::new();
         if s.global {
             annotations.insert("mesh.raftmesh.io/global".into(), json!("true"));
@@ -91,12 +107,16 @@ pub fn render(plan: &Plan, c: &ClusterSpec) -> Vec<(&'static str, Vec<Value>)> {
         let endpoints: Vec<Value> = selected(s, &pods)
             .into_iter()
             .map(|p| {
-                json!({
+                let mut e = json!({
                     "addresses": [p.ip.to_string()],
                     "conditions": {"ready": p.spec.ready, "serving": p.spec.ready, "terminating": false},
                     "nodeName": p.node,
                     "targetRef": {"kind": "Pod", "name": p.spec.name, "namespace": p.spec.namespace},
-                })
+                });
+                if s.headless {
+                    e["hostname"] = json!(p.spec.name);
+                }
+                e
             })
             .collect();
         slices.push(json!({
@@ -132,7 +152,15 @@ pub fn render(plan: &Plan, c: &ClusterSpec) -> Vec<(&'static str, Vec<Value>)> {
         ("services.yaml", services),
         ("endpointslices.yaml", slices),
         ("meshpolicies.yaml", policies),
+        ("serviceexports.yaml", exports),
     ]
+}
+
+/// The creation time of cluster `c`'s ServiceExports: fixed, so rewriting the manifests never
+/// changes it, and ordered by cluster id, so where exports conflict the cluster with the lower
+/// id exported first (the oldest export wins, as the MCS API says).
+fn export_created(c: &ClusterSpec) -> String {
+    format!("2026-01-01T00:{:02}:{:02}Z", c.id / 60, c.id % 60)
 }
 
 /// One YAML stream of `objects` (`---` between documents).

@@ -13,7 +13,10 @@
 //! `s` is the lab's slot (0..=511, one /24 of 198.18.0.0/15, the benchmarking range RFC 2544
 //! reserves, so it is unlikely to be in use; `up` checks), `k` a cluster's id, `i` its index
 //! in the spec, `m` a member and `n` a node number. Services get VIPs 10.255.<k>.10 …, outside
-//! every pod range (cluster ids stop at 250). Every name starts with the lab's tag `rl<s>`:
+//! every pod range (cluster ids stop at 250), and imports ClusterSetIPs in 10.254.0.0/16
+//! ([`CLUSTERSET_CIDR`]). Each node's agent answers `clusterset.local` DNS on the node's
+//! address, port 53, and its pods' `resolv.conf` (`/etc/netns/<pod netns>/resolv.conf`, which
+//! `ip netns exec` mounts) names it. Every name starts with the lab's tag `rl<s>`:
 //! namespaces `rl<s>-…`, interfaces `rl<s>…`, the cgroup `raftmesh-lab-rl<s>`, the pin
 //! directory `/sys/fs/bpf/raftmesh-lab-rl<s>`, so labs never share anything.
 
@@ -30,6 +33,10 @@ pub const PEER_PORT: u16 = 2380;
 pub const WG_PORT: u16 = 51871;
 /// The port every pod's echo workload serves, TCP and UDP.
 pub const ECHO_PORT: u16 = 8080;
+/// The range ClusterSetIPs are allocated from, the same in every cluster of a lab.
+pub const CLUSTERSET_CIDR: &str = "10.254.0.0/16";
+/// The port node agents answer `clusterset.local` DNS on (at the node's address).
+pub const DNS_PORT: u16 = 53;
 /// Slots of 198.18.0.0/15.
 pub const SLOTS: u16 = 512;
 

@@ -159,6 +159,14 @@ pub struct ServiceSpec {
     /// `mesh.raftmesh.io/affinity`: `local`, `remote` or `none`.
     #[serde(default = "default_affinity")]
     pub affinity: String,
+    /// A `ServiceExport` beside it (the Multi-Cluster Services API): every cluster of the
+    /// clusterset imports it, and its pods answer `<name>.<namespace>.svc.clusterset.local`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exported: bool,
+    /// `clusterIP: None`: a headless service; its endpoints carry their pods' names as
+    /// hostnames (as a StatefulSet's do).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
     /// Labels the backends carry.
     pub selector: BTreeMap<String, String>,
     /// Its ports.

@@ -172,7 +172,25 @@ pub async fn run(
     );
     let mut reconciler = Reconciler::adopt(applied);
 
-    let (metrics, registry) = Metrics::new();
+    let (metrics, mut registry) = Metrics::new();
+    // DNS before the first list: until then it answers NXDOMAIN for everything in its zone,
+    // which is what a resolver sees of a name not exported yet.
+    let dns = match &config.dns {
+        Some((addr, zone)) => {
+            let zone =
+                Arc::new(crate::dns::Zone::new(zone).expect("the zone was checked with the flags"));
+            let dns_metrics = crate::dns::DnsMetrics::register(&mut registry);
+            let server = crate::dns::serve(*addr, zone.clone(), dns_metrics)
+                .await
+                .map_err(|source| Error::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+            tracing::info!(%addr, zone = %config.dns.as_ref().map_or("", |d| d.1.as_str()), "serving clusterset DNS");
+            Some((zone, server))
+        }
+        None => None,
+    };
     metrics
         .policy_attach
         .get_or_create(&ModeLabel {
@@ -229,6 +247,7 @@ pub async fn run(
         established: false,
         wg: wg.as_mut(),
         publisher: publisher.as_mut(),
+        dns: dns.as_ref().map(|(zone, _)| zone.clone()),
     };
     let result = tokio::select! {
         r = agent.sync_forever() => r,
@@ -296,6 +315,8 @@ struct Agent<'a> {
     wg: Option<&'a mut Wg>,
     /// The node key record, with WireGuard.
     publisher: Option<&'a mut Publisher>,
+    /// The clusterset DNS zone, with `--dns-listen`.
+    dns: Option<Arc<crate::dns::Zone>>,
 }
 
 impl Agent<'_> {
@@ -541,6 +562,19 @@ impl Agent<'_> {
     /// tries what failed again.
     fn reconcile(&mut self, touched: &Touched, started: Instant) -> Result<u64, Error> {
         let imports = self.state.refresh_clusterset(&self.local.cluster);
+        if let Some(zone) = &self.dns {
+            if touched.all_services {
+                zone.replace(&self.state);
+            } else {
+                let imported = &self.state.clusterset.imports;
+                let names = touched
+                    .services
+                    .iter()
+                    .chain(&imports)
+                    .filter(|n| imported.contains_key(*n) || imports.contains(*n));
+                zone.update(&self.state, names);
+            }
+        }
         let widened;
         let touched = if imports.is_empty() {
             touched

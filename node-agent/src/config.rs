@@ -55,6 +55,15 @@ pub struct Flags {
     /// Serve Prometheus metrics on http://ADDR/metrics (and /healthz).
     #[arg(long, default_value = "0.0.0.0:9964")]
     pub listen_metrics: SocketAddr,
+    /// Answer the Multi-Cluster Services API's DNS names (`<svc>.<ns>.svc.clusterset.local`)
+    /// on ADDR, UDP and TCP, from the agent's memory: a node-local address the node's pods
+    /// reach (the chart uses a link-local one). Off when unset. Point CoreDNS at it for the
+    /// zone (a stub domain), or pods' resolv.conf.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_listen: Option<SocketAddr>,
+    /// The zone answered on --dns-listen.
+    #[arg(long, default_value = crate::dns::DEFAULT_ZONE, value_name = "ZONE")]
+    pub dns_zone: String,
     /// A remote whose mirror has been disconnected this long has its backends used only when
     /// no other backend is ready (e.g. `30s`, `500ms`, `2m`).
     #[arg(long, default_value = "30s", value_parser = mesh_api::duration::parse)]
@@ -214,6 +223,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The metrics address.
     pub listen_metrics: SocketAddr,
+    /// `--dns-listen` and `--dns-zone`, when DNS is served.
+    pub dns: Option<(SocketAddr, String)>,
     /// `--remote-stale-after`.
     pub remote_stale_after: Duration,
     /// `--remote-node-limit`, `--remote-pod-limit`.
@@ -330,6 +341,8 @@ impl Config {
                 ));
             }
         };
+        crate::dns::Zone::new(&flags.dns_zone).map_err(|e| bad("dns-zone", e))?;
+        let dns = flags.dns_listen.map(|addr| (addr, flags.dns_zone.clone()));
         let bootstrap = match &flags.bootstrap_url {
             None => None,
             Some(_) if tls.is_none() => {
@@ -403,6 +416,7 @@ impl Config {
             cgroup_root: flags.cgroup_root.clone(),
             state_dir: flags.state_dir.clone(),
             listen_metrics: flags.listen_metrics,
+            dns,
             remote_stale_after: flags.remote_stale_after,
             remote_limits: Limits {
                 nodes: flags.remote_node_limit as usize,

@@ -355,14 +355,17 @@ fn contributing<'a>(
         .collect()
 }
 
+/// A port as frontends name it: name, number, protocol.
+type PortKey<'p> = (&'p str, u16, u8);
+
 /// For each TCP or UDP port `(name, number, protocol)`: the backends chosen among the
 /// contributing clusters' endpoints whose slice port has the same name and protocol.
 fn frontend_ports<'p>(
     contributing: &[(&ClusterState, u32)],
     name: &str,
-    ports: impl Iterator<Item = (&'p str, u16, u8)>,
+    ports: impl Iterator<Item = PortKey<'p>>,
     affinity: Affinity,
-) -> Vec<((&'p str, u16, u8), Vec<Backend>)> {
+) -> Vec<(PortKey<'p>, Vec<Backend>)> {
     let mut out = Vec::new();
     for port in ports.filter(|p| matches!(p.2, PROTO_TCP | PROTO_UDP)) {
         let mut candidates: Vec<Backend> = Vec::new();

@@ -12,6 +12,8 @@
 //! - [`config`]: flags and their validation.
 //! - [`state`]: the mesh's records, kept compact ([`state::MeshState`]).
 //! - [`desired`]: records → tables, pure (golden-tested).
+//! - [`dns`]: `clusterset.local` DNS (the Multi-Cluster Services API's names) from the imports
+//!   in memory, served with hickory-server on `--dns-listen`.
 //! - [`maps`]: the maps' names, the encoding of keys and values (the structs of
 //!   `ebpf/abi.h`, mirrored in [`maps::abi`] and checked against the header at build time),
 //!   and the decoded [`maps::Tables`].
@@ -34,6 +36,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod datapath;
 pub mod desired;
+pub mod dns;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;

@@ -449,7 +449,7 @@ impl MeshState {
                             global: r.global,
                             shared: r.shared,
                             affinity: Affinity::try_from(r.affinity).unwrap_or(Affinity::None),
-                            export: r.exported.then(|| Export {
+                            export: r.exported.then_some(Export {
                                 created: r.export_created,
                                 headless: r.headless,
                                 session_affinity: if r.client_ip_affinity {

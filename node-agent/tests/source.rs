@@ -39,6 +39,7 @@ fn config(endpoints: Vec<String>, dir: &Path, file: &str) -> Config {
         bpffs: PathBuf::from("/sys/fs/bpf/raftmesh/node-1"),
         state_dir: dir.join("agent"),
         listen_metrics: "127.0.0.1:0".parse().unwrap(),
+        dns: None,
         remote_stale_after: Duration::from_secs(30),
         remote_limits: node_agent::desired::Limits::default(),
         enforce_unknown_pods: true,

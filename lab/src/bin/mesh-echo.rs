@@ -8,7 +8,9 @@
 //! [--timeout-ms MS] [--until FILE]` makes N attempts (or until FILE exists) and prints one
 //! JSON line per attempt — `{"ok":true,"reply":"NAME","peer":"ADDR:PORT"}` or
 //! `{"ok":false,"error":"…"}` — where `peer` is what getpeername (TCP, connected UDP) or
-//! recvfrom (UDP) said, so socket load balancing's address rewrites show. `--connect-only`
+//! recvfrom (UDP) said, so socket load balancing's address rewrites show. ADDR may be a host
+//! name: each attempt then resolves it first (getaddrinfo, as a client connecting by name
+//! does), takes the first IPv4 address and says which (`"addr"`). `--connect-only`
 //! (TCP) closes right after connect; `--summary` prints one line at the end instead:
 //! `{"attempts":N,"failures":F,"p50_us":…,"p90_us":…,"p99_us":…,"per_second":…}`. Exits 0
 //! when every attempt succeeded, 1 otherwise.
@@ -120,7 +122,7 @@ enum Mode {
 }
 
 fn probe(args: &[String]) -> ExitCode {
-    let mut target: Option<(Mode, SocketAddr)> = None;
+    let mut target: Option<(Mode, String)> = None;
     let mut count = 1u64;
     let mut interval = Duration::ZERO;
     let mut timeout = Duration::from_secs(2);
@@ -148,10 +150,10 @@ fn probe(args: &[String]) -> ExitCode {
             _ => None,
         };
         if let Some(mode) = mode {
-            match v.parse() {
-                Ok(addr) => target = Some((mode, addr)),
-                Err(_) => return usage(),
+            if !v.contains(':') {
+                return usage();
             }
+            target = Some((mode, v.clone()));
             continue;
         }
         let n: Option<u64> = v.parse().ok();
@@ -166,9 +168,10 @@ fn probe(args: &[String]) -> ExitCode {
             _ => return usage(),
         }
     }
-    let Some((mode, addr)) = target else {
+    let Some((mode, target)) = target else {
         return usage();
     };
+    let literal: Option<SocketAddr> = target.parse().ok();
     let mut failures = 0u64;
     let mut attempts = 0u64;
     let mut micros: Vec<u64> = Vec::new();
@@ -179,18 +182,26 @@ fn probe(args: &[String]) -> ExitCode {
         }
         attempts += 1;
         let started = Instant::now();
-        let result = match mode {
-            Mode::Tcp if connect_only => TcpStream::connect_timeout(&addr, timeout)
-                .and_then(|c| Ok((String::new(), c.peer_addr()?))),
-            Mode::Tcp => tcp_once(addr, timeout),
-            Mode::Udp => udp_once(addr, timeout, false),
-            Mode::UdpConnected => udp_once(addr, timeout, true),
+        let resolved = match literal {
+            Some(addr) => Ok(addr),
+            None => resolve(&target),
+        };
+        let (result, addr) = match resolved {
+            Err(e) => (Err(e), None),
+            Ok(addr) => (attempt(mode, addr, timeout, connect_only), Some(addr)),
         };
         let took = started.elapsed().as_micros() as u64;
         let line = match result {
             Ok((reply, peer)) => {
                 micros.push(took);
-                json!({"ok": true, "reply": reply, "peer": peer.to_string(), "micros": took})
+                let mut line =
+                    json!({"ok": true, "reply": reply, "peer": peer.to_string(), "micros": took});
+                if literal.is_none()
+                    && let Some(addr) = addr
+                {
+                    line["addr"] = json!(addr.to_string());
+                }
+                line
             }
             Err(e) => {
                 failures += 1;
@@ -230,6 +241,37 @@ fn probe(args: &[String]) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// One attempt at `addr`.
+fn attempt(
+    mode: Mode,
+    addr: SocketAddr,
+    timeout: Duration,
+    connect_only: bool,
+) -> std::io::Result<(String, SocketAddr)> {
+    match mode {
+        Mode::Tcp if connect_only => TcpStream::connect_timeout(&addr, timeout)
+            .and_then(|c| Ok((String::new(), c.peer_addr()?))),
+        Mode::Tcp => tcp_once(addr, timeout),
+        Mode::Udp => udp_once(addr, timeout, false),
+        Mode::UdpConnected => udp_once(addr, timeout, true),
+    }
+}
+
+/// The first IPv4 address of `host:port` (getaddrinfo).
+fn resolve(target: &str) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    target
+        .to_socket_addrs()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("resolving {target}: {e}")))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("resolving {target}: no IPv4 address"),
+            )
+        })
 }
 
 fn tcp_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {

@@ -204,13 +204,18 @@ impl Lab {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut dirs = vec![bin_dir];
         dirs.extend(std::env::split_paths(&path));
-        let mut cmd = in_netns(&p.netns, "sh");
+        // Into the pod's cgroup first (its socket programs apply), then `ip netns exec`: its
+        // network namespace, and a mount namespace where the pod's resolv.conf
+        // (`/etc/netns/<netns>/resolv.conf`) is `/etc/resolv.conf`, so names resolve as in the
+        // pod. (`ip netns exec` remounts /sys, hence the cgroup before it.)
+        let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(format!(
-                "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+                "echo $$ > '{}/cgroup.procs' && ns=$1 && shift && exec ip netns exec \"$ns\" \"$@\"",
                 self.cgroup_of(&t).display()
             ))
             .arg("sh")
+            .arg(&p.netns)
             .args(argv)
             .env("PATH", std::env::join_paths(dirs)?);
         Ok(cmd)

@@ -155,6 +155,7 @@ impl Lab {
                     .find(|n| n.name == pod.node)
                     .expect("validated node");
                 netns::create(&pod.netns)?;
+                resolv_conf(&pod.netns, &pod.spec.namespace, node.ip)?;
                 match c.flavor.bridge() {
                     Some(bridge) => {
                         let gw = Ipv4Addr::from(u32::from(node.pod_net) + 1);
@@ -272,6 +273,27 @@ impl Lab {
 }
 
 /// A router: forwarding on, and no reverse-path filter (replies may come back another way).
+/// `/etc/netns/<netns>/resolv.conf` of a pod: its node's agent answers `clusterset.local`, with
+/// the search path a pod of `namespace` has for it. `ip netns exec` mounts it over
+/// `/etc/resolv.conf`, so glibc's resolver (getaddrinfo) in the pod uses it.
+pub(super) fn resolv_conf(netns: &str, namespace: &str, node: Ipv4Addr) -> Result<()> {
+    let dir = resolv_dir(netns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let text = format!(
+        "# Written by the raftmesh lab: this pod's node agent answers clusterset.local.\n\
+         nameserver {node}\n\
+         search {namespace}.svc.clusterset.local svc.clusterset.local\n\
+         options ndots:5 timeout:1 attempts:2\n"
+    );
+    let file = dir.join("resolv.conf");
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))
+}
+
+/// `/etc/netns/<netns>`: what `ip netns exec` mounts into namespace `netns`.
+pub(super) fn resolv_dir(netns: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(netns)
+}
+
 pub(super) fn router(ns: &str) -> Result<()> {
     for s in [
         "net.ipv4.ip_forward=1",

@@ -282,6 +282,8 @@ impl Lab {
                     c.id.to_string(),
                     "--pod-cidr".into(),
                     Plan::pod_range(c),
+                    "--clusterset-service-cidr".into(),
+                    crate::plan::CLUSTERSET_CIDR.into(),
                     "--manifests-dir".into(),
                     d(self.manifests_dir(cluster)),
                     "--listen-metrics-urls".into(),
@@ -337,6 +339,8 @@ impl Lab {
                     WG_PORT.to_string(),
                     "--wg-userspace-program".into(),
                     d(bins.boringtun.clone()),
+                    "--dns-listen".into(),
+                    format!("{}:{}", n.ip, crate::plan::DNS_PORT),
                 ];
                 args.extend(c.flavor.agent_args());
                 args.extend(self.state.spec.agent_args.iter().cloned());

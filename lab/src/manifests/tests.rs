@@ -24,7 +24,8 @@ fn a_cluster_renders_every_kind() {
             ("pods.yaml", 4),
             ("services.yaml", 2),
             ("endpointslices.yaml", 2),
-            ("meshpolicies.yaml", 1)
+            ("meshpolicies.yaml", 1),
+            ("serviceexports.yaml", 0)
         ]
     );
     let yaml = to_yaml(&files[3].1);
@@ -94,4 +95,33 @@ fn write_replaces_changed_files_only() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty());
+}
+
+#[test]
+fn an_exported_headless_service_has_an_export_and_named_endpoints() {
+    let mut spec = LabSpec::default_lab();
+    let infra = spec
+        .clusters
+        .iter_mut()
+        .find(|c| c.name == "infra")
+        .unwrap();
+    infra.services[1].exported = true;
+    infra.services[1].headless = true;
+    let files = render(&Plan::new(0), infra);
+    let exports = docs(&to_yaml(&files[5].1));
+    assert_eq!(exports.len(), 1);
+    assert_eq!(exports[0]["kind"], "ServiceExport");
+    assert_eq!(exports[0]["metadata"]["name"], "db");
+    // infra's id is 2: two seconds after the base, after apps' (id 1).
+    assert_eq!(
+        exports[0]["metadata"]["creationTimestamp"],
+        "2026-01-01T00:00:02Z"
+    );
+    let db = &docs(&to_yaml(&files[2].1))[1];
+    assert_eq!(db["spec"]["clusterIP"], "None");
+    let slice = &docs(&to_yaml(&files[3].1))[1];
+    assert_eq!(slice["endpoints"][0]["hostname"], "db");
+    // The publisher takes the export and the hostnames as written.
+    let echo = &docs(&to_yaml(&files[3].1))[0];
+    assert!(echo["endpoints"][0].get("hostname").is_none());
 }

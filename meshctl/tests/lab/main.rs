@@ -11,3 +11,4 @@ mod support;
 mod t10_default_lab;
 mod t20_refusals;
 mod t30_flavors;
+mod t40_mcs;
