@@ -9,12 +9,15 @@
 //! The exports of one `namespace/name` are ordered oldest first (the `ServiceExport`'s creation
 //! time, then the cluster name), and the oldest decides, as the KEP's conflict resolution
 //! says: its type (ClusterSetIP or Headless) and its session affinity are the import's, and
-//! an export that differs gets a [`Conflict`] with the mcs-api reason (`TypeConflict`,
-//! `SessionAffinityConflict`, `SessionAffinityConfigConflict`). Ports are the union of every
-//! export's ports; a port whose name an older export already uses for another number or
-//! protocol, or whose number and protocol an older export uses under another name, is left
-//! out and the newer export gets a `PortConflict`. Conflicting exports still contribute their
-//! endpoints: a conflict changes what the import looks like, never which pods serve it.
+//! every property on which an export differs is a [`Conflict`] with the mcs-api reason
+//! (`TypeConflict`, `SessionAffinityConflict`, `SessionAffinityConfigConflict`). Ports are the
+//! union of every export's ports, merged by name, then by number and protocol; a port whose
+//! name an older export already uses for another number or protocol, or whose number and
+//! protocol an older export uses under another name, is left out. Exports whose ports differ
+//! at all (a port left out, or ports the others lack) are a `PortConflict`, as the KEP and the
+//! conformance suite have it. A conflict is reported on every export of the service (the
+//! KEP's recommendation, which the conformance suite checks), and never removes the import nor
+//! any endpoint: it changes what the import looks like, not which pods serve it.
 //!
 //! # ClusterSetIPs ([`allocate`])
 //! A ClusterSetIP is the same address in every cluster, with no coordination: it is computed
@@ -108,10 +111,10 @@ pub struct Export {
     pub session_affinity: SessionAffinity,
 }
 
-/// Why an export's properties were not taken.
+/// What exports of one service disagree on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ConflictReason {
-    /// A port name or number the oldest export defines differently.
+    /// Their ports differ (the import has their union, the oldest export's where they clash).
     Port,
     /// Headless where the oldest export is not, or the other way round.
     Type,
@@ -133,12 +136,15 @@ impl ConflictReason {
     }
 }
 
-/// A conflict of one export with the import: the reason and what differs, in words.
+/// One disagreement of an export with the oldest: the reason, the cluster whose export
+/// disagrees, and what differs, in words.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Conflict {
     /// The reason.
     pub reason: ConflictReason,
-    /// What differs, e.g. `port "http": 8080/TCP here, 80/TCP in infra (exported first)`.
+    /// The cluster whose export disagrees.
+    pub cluster: String,
+    /// What differs, e.g. `port "http": 8080/TCP in apps, 80/TCP in infra (exported first)`.
     pub message: String,
 }
 
@@ -163,8 +169,21 @@ pub struct Import {
     pub created: i64,
     /// The cluster whose export decides (the oldest).
     pub decided_by: String,
-    /// The exports in conflict, by cluster (a cluster with several conflicts has each).
-    pub conflicts: BTreeMap<String, Vec<Conflict>>,
+    /// Every disagreement, in the order of the exports (oldest first); empty when they agree.
+    pub conflicts: Vec<Conflict>,
+}
+
+impl Import {
+    /// The `Conflict` condition's reason: the reasons of every conflict, comma-separated
+    /// (as mcs-api allows), each once, in [`ConflictReason`] order.
+    pub fn conflict_reasons(&self) -> String {
+        let reasons: BTreeSet<ConflictReason> = self.conflicts.iter().map(|c| c.reason).collect();
+        reasons
+            .iter()
+            .map(|r| r.reason())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// The import of the service whose exports are `exports` (any order); `None` when there are
@@ -185,85 +204,107 @@ pub fn merge(exports: &[Export]) -> Option<Import> {
         clusters: ordered.iter().map(|e| e.cluster.clone()).collect(),
         created: oldest.created,
         decided_by: oldest.cluster.clone(),
-        conflicts: BTreeMap::new(),
+        conflicts: Vec::new(),
     };
     import.clusters.sort();
     import.clusters.dedup();
-    // Port name → (number, protocol, cluster) and (number, protocol) → name, first come.
+    let first = format!("in {} (exported first)", oldest.cluster);
+    // Port name → (port, cluster) and (number, protocol) → (name, cluster), first come.
     let mut by_name: BTreeMap<&str, (&ImportPort, &str)> = BTreeMap::new();
     let mut by_number: BTreeMap<(u16, &str), (&str, &str)> = BTreeMap::new();
     for export in &ordered {
-        let mut conflicts = Vec::new();
+        let here = format!("in {}", export.cluster);
+        let mut conflict = |reason, message: String| {
+            import.conflicts.push(Conflict {
+                reason,
+                cluster: export.cluster.clone(),
+                message,
+            })
+        };
         if export.headless != oldest.headless {
             let kind = |h: bool| if h { "Headless" } else { "ClusterSetIP" };
-            conflicts.push(Conflict {
-                reason: ConflictReason::Type,
-                message: format!(
-                    "{} here, {} in {} (exported first)",
+            conflict(
+                ConflictReason::Type,
+                format!(
+                    "{} {here}, {} {first}",
                     kind(export.headless),
-                    kind(oldest.headless),
-                    oldest.cluster
+                    kind(oldest.headless)
                 ),
-            });
+            );
         }
         match (export.session_affinity, oldest.session_affinity) {
             (
                 SessionAffinity::ClientIp { timeout: a },
                 SessionAffinity::ClientIp { timeout: b },
-            ) if a != b => conflicts.push(Conflict {
-                reason: ConflictReason::SessionAffinityConfig,
-                message: format!(
-                    "ClientIP timeout {a}s here, {b}s in {} (exported first)",
-                    oldest.cluster
-                ),
-            }),
-            (a, b) if a.as_str() != b.as_str() => conflicts.push(Conflict {
-                reason: ConflictReason::SessionAffinity,
-                message: format!(
-                    "sessionAffinity {} here, {} in {} (exported first)",
+            ) if a != b => conflict(
+                ConflictReason::SessionAffinityConfig,
+                format!("ClientIP timeout {a}s {here}, {b}s {first}"),
+            ),
+            (a, b) if a.as_str() != b.as_str() => conflict(
+                ConflictReason::SessionAffinity,
+                format!(
+                    "sessionAffinity {} {here}, {} {first}",
                     a.as_str(),
-                    b.as_str(),
-                    oldest.cluster
+                    b.as_str()
                 ),
-            }),
+            ),
             _ => {}
         }
         for port in &export.ports {
-            if let Some((first, owner)) = by_name.get(port.name.as_str()) {
-                if (first.port, &first.protocol) != (port.port, &port.protocol) {
-                    conflicts.push(Conflict {
-                        reason: ConflictReason::Port,
-                        message: format!(
-                            "port {:?}: {}/{} here, {}/{} in {owner} (exported first)",
-                            port.name, port.port, port.protocol, first.port, first.protocol
+            if let Some((taken, owner)) = by_name.get(port.name.as_str()) {
+                if (taken.port, &taken.protocol) != (port.port, &port.protocol) {
+                    conflict(
+                        ConflictReason::Port,
+                        format!(
+                            "port {:?}: {}/{} {here}, {}/{} in {owner} (exported first)",
+                            port.name, port.port, port.protocol, taken.port, taken.protocol
                         ),
-                    });
+                    );
                 }
                 continue;
             }
             if let Some((name, owner)) = by_number.get(&(port.port, port.protocol.as_str())) {
-                conflicts.push(Conflict {
-                    reason: ConflictReason::Port,
-                    message: format!(
-                        "port {}/{} is named {:?} here, {name:?} in {owner} (exported first)",
+                conflict(
+                    ConflictReason::Port,
+                    format!(
+                        "port {}/{} is named {:?} {here}, {name:?} in {owner} (exported first)",
                         port.port, port.protocol, port.name
                     ),
-                });
+                );
                 continue;
             }
             by_name.insert(&port.name, (port, &export.cluster));
             by_number.insert((port.port, &port.protocol), (&port.name, &export.cluster));
             import.ports.push(port.clone());
         }
-        if !conflicts.is_empty() {
-            import
-                .conflicts
-                .entry(export.cluster.clone())
-                .or_default()
-                .extend(conflicts);
-        }
     }
     import.ports.sort();
+    // Exports that agree on every shared port but not on the set: the import has the union.
+    if !import
+        .conflicts
+        .iter()
+        .any(|c| c.reason == ConflictReason::Port)
+    {
+        let union: BTreeSet<&ImportPort> = import.ports.iter().collect();
+        for export in &ordered {
+            let own: BTreeSet<&ImportPort> = export.ports.iter().collect();
+            if own != union {
+                let missing: Vec<String> = union
+                    .difference(&own)
+                    .map(|p| format!("{:?} {}/{}", p.name, p.port, p.protocol))
+                    .collect();
+                import.conflicts.push(Conflict {
+                    reason: ConflictReason::Port,
+                    cluster: export.cluster.clone(),
+                    message: format!(
+                        "the export in {} lacks port {}: the import has the union of the exports' ports",
+                        export.cluster,
+                        missing.join(", ")
+                    ),
+                });
+            }
+        }
+    }
     Some(import)
 }
 

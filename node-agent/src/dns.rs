@@ -263,9 +263,17 @@ impl Zone {
                             .collect(),
                     ),
                     RecordType::SRV => {
+                        // Every named port's records, each (port, target) once: `tcp` and
+                        // `udp` on one number are one record, as CoreDNS answers and the
+                        // conformance suite expects.
                         let mut all = Vec::new();
+                        let mut seen = std::collections::BTreeSet::new();
                         for (port, proto, _) in &e.ports {
-                            all.extend(self.srv(qname, svc, ns, e, port, proto));
+                            for r in self.srv(qname, svc, ns, e, port, proto) {
+                                if seen.insert(r.data.to_string()) {
+                                    all.push(r);
+                                }
+                            }
                         }
                         found(all)
                     }

@@ -88,6 +88,12 @@ fn answers_are_as_the_mcs_dns_specification_says() {
             "NoError | _dns._udp.echo.demo.svc.clusterset.local. 5 0 100 53 echo.demo.svc.clusterset.local.".into(),
         ),
         ("_http._udp.echo.demo.svc.clusterset.local.", RecordType::SRV, "NXDomain | soa".into()),
+        // The bare name: every named port, as CoreDNS answers it.
+        (
+            "echo.demo.svc.clusterset.local.",
+            RecordType::SRV,
+            "NoError | echo.demo.svc.clusterset.local. 5 0 100 53 echo.demo.svc.clusterset.local. | echo.demo.svc.clusterset.local. 5 0 100 80 echo.demo.svc.clusterset.local.".into(),
+        ),
         // Headless: the ready endpoints of both clusters; not-ready ones left out.
         (
             "db.demo.svc.clusterset.local.",
@@ -188,4 +194,25 @@ fn another_zone_name_is_served_and_a_bad_one_refused() {
         format!("echo.demo.svc.mesh.example. A -> NoError | echo.demo.svc.mesh.example. 5 {ip}")
     );
     assert!(Zone::new("bad..zone").is_err());
+}
+
+#[test]
+fn a_bare_srv_query_names_each_port_number_once() {
+    // The conformance suite's `hello`: `tcp` 42/TCP and `udp` 42/UDP → one SRV record.
+    let mut m = Mesh::default();
+    m.cluster_in_clusterset("apps", 1, "198.18.0.0/16")
+        .export_with(
+            "apps",
+            "demo/hello",
+            &["10.96.0.42"],
+            1,
+            false,
+            vec![port("tcp", 42, "TCP"), port("udp", 42, "UDP")],
+        );
+    m.state.refresh_clusterset("apps");
+    let z = zone(&m);
+    assert_eq!(
+        ask(&z, "hello.demo.svc.clusterset.local.", RecordType::SRV),
+        "hello.demo.svc.clusterset.local. SRV -> NoError | hello.demo.svc.clusterset.local. 5 0 100 42 hello.demo.svc.clusterset.local."
+    );
 }
