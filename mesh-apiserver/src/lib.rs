@@ -18,6 +18,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod controller;
+pub mod mcs;
 pub mod mirror;
 pub mod publish;
 pub mod server;

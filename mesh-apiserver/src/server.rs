@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::bootstrap;
 use crate::config::Config;
 use crate::controller::{self, Context, Controller, LocalClient};
+use crate::mcs::Mcs;
+use crate::mcs::sink::{LiveSink, ManifestsSink, Sink};
 use crate::mirror::Mirror;
 use crate::publish::SourceConfig;
 use crate::publish::controller::{Publisher, Source};
@@ -183,6 +185,13 @@ pub async fn run(
             }
         };
         tracing::info!(source = ?p.source, cluster = %p.settings.cluster, "publishing the cluster's objects while this member leads");
+        let sink = match &source {
+            Source::Manifests(dir) => Sink::Manifests(ManifestsSink::new(dir.join("mcs"))),
+            Source::Live(live) => Sink::Live(Box::new(LiveSink::new(live.client()))),
+        };
+        let mcs = Mcs::new(p.settings.cluster.clone(), source.clone(), sink);
+        mcs.register(&mut registry);
+        controllers.push(Arc::new(mcs));
         let publisher = Publisher::new(p.clone(), source);
         publisher.register(&mut registry);
         controllers.push(Arc::new(publisher));

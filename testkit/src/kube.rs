@@ -1,6 +1,7 @@
 //! A fake Kubernetes API ([`FakeApi`]): plain HTTP on a loopback port, enough of the API for
-//! what meshctl and mesh-apiserver ask of one — GETs from a table of paths, creates and
-//! replaces with resource versions, and handlers for create-only resources (a TokenReview).
+//! what meshctl and mesh-apiserver ask of one — GETs from a table of paths, lists made of the
+//! stored objects of a collection, creates, replaces (also of the `status` subresource) with
+//! resource versions, deletes, and handlers for create-only resources (a TokenReview).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -72,7 +73,7 @@ impl FakeApi {
         self.requests.lock().unwrap().clone()
     }
 
-    /// The writes since the last call, as `POST <path>` or `PUT <path>`.
+    /// The writes since the last call, as `POST <path>`, `PUT <path>` or `DELETE <path>`.
     pub fn take_writes(&self) -> Vec<String> {
         std::mem::take(&mut *self.writes.lock().unwrap())
     }
@@ -125,6 +126,31 @@ impl FakeApi {
         );
     }
 
+    /// A GET of a collection with stored objects: those objects, as a list —
+    /// `…/namespaces/<ns>/<resource>` lists that namespace's, `…/<resource>` every namespace's
+    /// (label selectors are not applied). `None` when no stored object is of the collection.
+    fn list(objects: &BTreeMap<String, Value>, path: &str) -> Option<Value> {
+        let (prefix, resource) = path.rsplit_once('/')?;
+        let items: Vec<Value> = objects
+            .iter()
+            .filter(|(p, _)| {
+                let Some((collection, _name)) = p.rsplit_once('/') else {
+                    return false;
+                };
+                collection == path
+                    || collection.rsplit_once('/').is_some_and(|(ns_path, r)| {
+                        r == resource
+                            && ns_path
+                                .rsplit_once('/')
+                                .and_then(|(p, _)| p.strip_suffix("/namespaces"))
+                                == Some(prefix)
+                    })
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        (!items.is_empty()).then(|| json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}))
+    }
+
     /// A request answered from the table of objects.
     fn table(&self, method: &str, path: &str, body: &[u8]) -> (&'static str, Value) {
         let status = |code: u16, reason: &str, message: String| {
@@ -133,13 +159,53 @@ impl FakeApi {
         };
         let mut objects = self.objects.lock().unwrap();
         match method {
-            "GET" => match objects.get(path) {
-                Some(v) => ("200 OK", v.clone()),
+            // A collection with stored objects lists them; otherwise the table answers (an
+            // empty collection is a table entry the test puts).
+            "GET" => match Self::list(&objects, path).or_else(|| objects.get(path).cloned()) {
+                Some(v) => ("200 OK", v),
                 None => (
                     "404 Not Found",
                     status(404, "NotFound", format!("{path} not found")),
                 ),
             },
+            "DELETE" => {
+                self.writes.lock().unwrap().push(format!("DELETE {path}"));
+                match objects.remove(path) {
+                    Some(_) => (
+                        "200 OK",
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    ),
+                    None => ("404 Not Found", status(404, "NotFound", path.to_owned())),
+                }
+            }
+            "PUT" if path.ends_with("/status") => {
+                self.writes.lock().unwrap().push(format!("PUT {path}"));
+                let parent = path.trim_end_matches("/status");
+                let sent: Value = serde_json::from_slice(body).unwrap();
+                match objects.get_mut(parent) {
+                    None => ("404 Not Found", status(404, "NotFound", parent.to_owned())),
+                    Some(o)
+                        if o["metadata"]["resourceVersion"]
+                            != sent["metadata"]["resourceVersion"] =>
+                    {
+                        (
+                            "409 Conflict",
+                            status(409, "Conflict", format!("{parent} was modified")),
+                        )
+                    }
+                    Some(o) => {
+                        // Only the status changes through the subresource.
+                        o["status"] = sent["status"].clone();
+                        let next = o["metadata"]["resourceVersion"]
+                            .as_str()
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(0)
+                            + 1;
+                        o["metadata"]["resourceVersion"] = next.to_string().into();
+                        ("200 OK", o.clone())
+                    }
+                }
+            }
             "POST" | "PUT" => {
                 self.writes.lock().unwrap().push(format!("{method} {path}"));
                 let mut object: Value = serde_json::from_slice(body).unwrap();

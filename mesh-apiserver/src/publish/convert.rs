@@ -293,6 +293,9 @@ pub fn desired(settings: &Settings, objects: &Objects) -> Desired {
         .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
         .collect();
     for slice in &objects.slices {
+        if imported(slice) {
+            continue;
+        }
         let Some((ns, slice_name)) = named(&slice.metadata, "EndpointSlice", &mut d.problems)
         else {
             continue;
@@ -544,6 +547,17 @@ fn service_record(
         client_ip_affinity,
         affinity_timeout,
     }
+}
+
+/// An EndpointSlice the MCS controller wrote (another cluster's endpoints of an import): not
+/// this cluster's to publish.
+fn imported(slice: &EndpointSlice) -> bool {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("endpointslice.kubernetes.io/managed-by"))
+        .is_some_and(|m| m == crate::mcs::desired::MANAGED_BY)
 }
 
 fn service_of(slice: &EndpointSlice) -> Option<String> {

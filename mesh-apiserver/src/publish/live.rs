@@ -55,6 +55,8 @@ pub struct LiveSource {
     slices: Store<EndpointSlice>,
     policies: Store<DynamicObject>,
     exports: Vec<Optional>,
+    /// The client the reflectors use.
+    client: kube::Client,
     /// Bumped by every watch event of any kind.
     generation: Arc<AtomicU64>,
 }
@@ -76,6 +78,7 @@ impl LiveSource {
         let services = reflect(Api::<Service>::all(client.clone()), &generation);
         let slices = reflect(Api::<EndpointSlice>::all(client.clone()), &generation);
         let policies = reflect_dynamic(&client, mesh_policy_resource(), &generation, None);
+        let kube = client.clone();
         let exports = MCS_VERSIONS
             .into_iter()
             .map(|version| {
@@ -100,8 +103,14 @@ impl LiveSource {
             slices,
             policies,
             exports,
+            client: kube,
             generation,
         }
+    }
+
+    /// The client its reflectors use (for writers of the same cluster's objects).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
     }
 
     /// Whether every reflector has listed its kind once.
