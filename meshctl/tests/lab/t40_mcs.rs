@@ -33,8 +33,9 @@ fn service(name: &str, exported: bool, headless: bool) -> ServiceSpec {
 }
 
 /// The default lab plus: `web` exported by infra only (apps has no Service of that name),
-/// `both` exported by both clusters, `hl` headless and exported by both; all select the echo
-/// pods (two per cluster).
+/// `both` exported by both clusters, `hl` headless and exported by both, `clash` exported by
+/// both with port 81 in apps and 80 in infra; all select the echo pods (two per cluster). The
+/// lab dates a cluster's exports by its id: apps (1) exported first.
 fn spec() -> LabSpec {
     let mut spec = LabSpec::default_lab();
     for c in &mut spec.clusters {
@@ -43,8 +44,33 @@ fn spec() -> LabSpec {
         }
         c.services.push(service("both", true, false));
         c.services.push(service("hl", true, true));
+        let mut clash = service("clash", true, false);
+        clash.ports[0].port = if c.name == "apps" { 81 } else { 80 };
+        c.services.push(clash);
     }
     spec
+}
+
+/// The objects of `file` the MCS controller of `cluster` wrote (the lab's manifests sink).
+fn mcs_objects(lab: &TestLab, cluster: &str, file: &str) -> Vec<serde_json::Value> {
+    let dir = lab.status()["dir"].as_str().unwrap().to_owned();
+    let path = std::path::Path::new(&dir)
+        .join("manifests")
+        .join(cluster)
+        .join("mcs")
+        .join(file);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+/// The ServiceImport `demo/name` in `cluster`, if there is one.
+fn service_import(lab: &TestLab, cluster: &str, name: &str) -> Option<serde_json::Value> {
+    mcs_objects(lab, cluster, "serviceimports.yaml")
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name && o["metadata"]["namespace"] == "demo")
 }
 
 /// `meshctl lab exec POD -- ARGS`: stdout (whatever the exit status: dig and getent say
@@ -121,6 +147,19 @@ fn multi_cluster_services() {
         (clusters, failures),
         (BTreeSet::from(["infra".to_owned()]), 0)
     );
+    // The ServiceImport in both clusters (conformance: "ServiceImport lifecycle",
+    // "An IP should be allocated for a ClusterSetIP ServiceImport"), with the address DNS gives.
+    for cluster in ["apps", "infra"] {
+        let import = eventually("the ServiceImport of web", PATIENCE, || {
+            service_import(&lab, cluster, "web")
+        });
+        assert_eq!(import["spec"]["type"], "ClusterSetIP");
+        assert_eq!(import["spec"]["ips"], serde_json::json!([ip]));
+        assert_eq!(
+            import["status"]["clusters"],
+            serde_json::json!([{"cluster": "infra"}])
+        );
+    }
     // Short names through the pod's search path, as a pod of namespace demo writes them.
     assert_eq!(
         getaddrinfo(&lab, "apps/client", "web"),
@@ -163,6 +202,33 @@ fn multi_cluster_services() {
         (dig(&lab, "apps/client", both, "A").0 == "NXDOMAIN").then_some(())
     });
     assert!(getaddrinfo(&lab, "apps/client", both).is_empty());
+    eventually("the ServiceImport of both goes", PATIENCE, || {
+        service_import(&lab, "apps", "both").is_none().then_some(())
+    });
+
+    // 4. A port conflict (conformance: "conflicting ports should apply the conflict
+    //    resolution policy and report a Conflict condition on each ServiceExport"): apps
+    //    exported first, so the import has its port 81; both exports say why.
+    let import = eventually("the ServiceImport of clash", PATIENCE, || {
+        service_import(&lab, "infra", "clash")
+    });
+    assert_eq!(import["spec"]["ports"][0]["port"], 81);
+    for cluster in ["apps", "infra"] {
+        let conflict = eventually("the Conflict condition", PATIENCE, || {
+            let statuses = mcs_objects(&lab, cluster, "serviceexports-status.yaml");
+            let clash = statuses.iter().find(|o| o["metadata"]["name"] == "clash")?;
+            clash["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Conflict" && c["status"] == "True")
+                .cloned()
+        });
+        assert_eq!(conflict["reason"], "PortConflict");
+        assert_eq!(
+            conflict["message"],
+            r#"using the oldest export's (apps) where exports disagree: PortConflict: port "http": 80/TCP in infra, 81/TCP in apps (exported first)"#
+        );
+    }
 
     // 3. Headless, exported by both (conformance: "Headless" type with no IP, DNS "A records
     //    of a headless import" and "SRV records"): A records are the ready pods of both

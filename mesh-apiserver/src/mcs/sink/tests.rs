@@ -97,8 +97,7 @@ fn the_manifests_sink_writes_imports_slices_and_conditions_and_only_changes() {
     let d = desired(&view(), "apps", &local("v1alpha1"));
     let w = sink.apply(&d).unwrap();
     assert_eq!((w.written, w.statuses), (2, 1));
-    let read =
-        |file: &str| parse_documents(&std::fs::read_to_string(out.join(file)).unwrap());
+    let read = |file: &str| parse_documents(&std::fs::read_to_string(out.join(file)).unwrap());
     let imports = read("serviceimports.yaml");
     let names: Vec<&str> = imports
         .iter()
