@@ -1,5 +1,8 @@
 //! `meshctl services`: the global services a cluster knows, with their backends per cluster,
-//! read from that cluster's own store (its records and its mirrors of every remote).
+//! and the Multi-Cluster Services imports (every service exported anywhere: type,
+//! ClusterSetIP, merged ports, exporting clusters, conflicts), read from that cluster's own
+//! store (its records and its mirrors of every remote) and computed as its agents and its
+//! MCS controller compute them ([`mesh_api::clusterset`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,6 +11,8 @@ use anyhow::Context as _;
 use clap::Args;
 use etcd_client::{Client, GetOptions};
 use mesh_api::Record;
+use mesh_api::cidr::Cidr;
+use mesh_api::clusterset::{self, Export, ImportPort, ImportType, SessionAffinity};
 use mesh_api::codec::address;
 use mesh_api::keys::{CONFIG_REMOTES, Key, Kind, kind_prefix};
 use mesh_api::records::{Affinity, EndpointsRecord, ServiceRecord};
@@ -18,12 +23,19 @@ use crate::output::{Output, print, render};
 use mesh_client::contexts::ConfigFile;
 
 /// Show the global services and their backends in every cluster (ready, serving,
-/// terminating), as the cluster's own store holds them.
+/// terminating), whether each cluster exports them (a ServiceExport), and the import every
+/// exported service has (its ClusterSetIP, the same in every cluster), as the cluster's own
+/// store holds them.
 #[derive(Debug, Args)]
 pub struct ServicesArgs {
     /// The cluster's context (default: the current context).
     #[arg(long)]
     context: Option<String>,
+    /// Show the clusterset's imports instead (the Multi-Cluster Services API): every service
+    /// exported by any cluster, its type, ClusterSetIP and ports, the clusters exporting it,
+    /// and where their exports conflict.
+    #[arg(long)]
+    clusterset: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -43,7 +55,12 @@ pub fn run(args: ServicesArgs) -> Result<(), Failure> {
             services(&mut client, own).await
         })
         .map_err(Failure::Other)?;
-    print(args.output, &value, || table(&value)).map_err(Failure::Other)
+    if args.clusterset {
+        let imports = value["imports"].clone();
+        return print(args.output, &imports, || imports_table(&imports)).map_err(Failure::Other);
+    }
+    let services = value["services"].clone();
+    print(args.output, &services, || table(&services)).map_err(Failure::Other)
 }
 
 /// The clusters whose records this store holds: its own and every configured remote.
@@ -78,10 +95,24 @@ async fn records(client: &mut Client, prefix: &str) -> anyhow::Result<Vec<(Key, 
         .collect())
 }
 
-/// Global services by `namespace/name`, each with one entry per cluster that has it.
+/// `{"services": […], "imports": […]}`: global and exported services by `namespace/name`,
+/// each with one entry per cluster that has it; and every import.
 async fn services(client: &mut Client, own: Option<String>) -> anyhow::Result<Value> {
     let mut by_name: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for cluster in clusters(client, own).await? {
+    let mut exports: BTreeMap<(String, String), Vec<Export>> = BTreeMap::new();
+    let mut range: Option<Cidr> = None;
+    for cluster in clusters(client, own.clone()).await? {
+        if own.as_deref() == Some(cluster.as_str()) {
+            let key = Key::Cluster {
+                cluster: cluster.clone(),
+            }
+            .to_string();
+            for (_, record) in records(client, &key).await? {
+                if let Record::Cluster(c) = record {
+                    range = c.clusterset_cidr.parse().ok();
+                }
+            }
+        }
         let mut slices: BTreeMap<(String, String), Vec<EndpointsRecord>> = BTreeMap::new();
         for (key, record) in records(client, &kind_prefix(&cluster, Kind::Endpoints)).await? {
             if let (
@@ -96,6 +127,12 @@ async fn services(client: &mut Client, own: Option<String>) -> anyhow::Result<Va
         }
         for (_, record) in records(client, &kind_prefix(&cluster, Kind::Service)).await? {
             let Record::Service(s) = record else { continue };
+            if s.exported {
+                exports
+                    .entry((s.namespace.clone(), s.name.clone()))
+                    .or_default()
+                    .push(export(&cluster, &s));
+            }
             if !s.global {
                 continue;
             }
@@ -109,12 +146,143 @@ async fn services(client: &mut Client, own: Option<String>) -> anyhow::Result<Va
                 .push(entry(&cluster, &s, backends));
         }
     }
-    Ok(json!(
-        by_name
+    let imports = imports(&exports, range.as_ref());
+    let services: Vec<Value> = by_name
+        .into_iter()
+        .map(|(name, clusters)| {
+            let mut v = json!({ "service": name, "clusters": clusters });
+            if let Some(i) = imports.iter().find(|i| i["service"] == name.as_str()) {
+                v["import"] = i.clone();
+            }
+            v
+        })
+        .collect();
+    Ok(json!({ "services": services, "imports": imports }))
+}
+
+/// A service record's export, as [`clusterset::merge`] takes it.
+fn export(cluster: &str, s: &ServiceRecord) -> Export {
+    Export {
+        cluster: cluster.to_owned(),
+        created: s.export_created,
+        headless: s.headless,
+        ports: s
+            .ports
+            .iter()
+            .filter_map(|p| {
+                Some(ImportPort {
+                    name: p.name.clone(),
+                    port: u16::try_from(p.port).ok()?,
+                    protocol: p.protocol.clone(),
+                })
+            })
+            .collect(),
+        session_affinity: if s.client_ip_affinity {
+            SessionAffinity::ClientIp {
+                timeout: s.affinity_timeout,
+            }
+        } else {
+            SessionAffinity::None
+        },
+    }
+}
+
+/// Every import, with its ClusterSetIP from `range` (this cluster's).
+fn imports(exports: &BTreeMap<(String, String), Vec<Export>>, range: Option<&Cidr>) -> Vec<Value> {
+    let merged: BTreeMap<(String, String), clusterset::Import> = exports
+        .iter()
+        .filter_map(|(k, e)| Some((k.clone(), clusterset::merge(e)?)))
+        .collect();
+    let ips = range.map_or_else(BTreeMap::new, |r| {
+        let set = merged
+            .iter()
+            .filter(|(_, i)| i.type_ == ImportType::ClusterSetIp)
+            .map(|(k, i)| (k.clone(), i.created))
+            .collect();
+        clusterset::allocate(r, &set)
+    });
+    merged
+        .iter()
+        .map(|(key @ (ns, name), i)| {
+            json!({
+                "service": format!("{ns}/{name}"),
+                "type": i.type_.as_str(),
+                "clustersetIP": ips.get(key).map(ToString::to_string),
+                "ports": i.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "protocol": p.protocol})).collect::<Vec<_>>(),
+                "sessionAffinity": i.session_affinity.as_str(),
+                "clusters": i.clusters,
+                "decidedBy": i.decided_by,
+                "conflicts": i.conflicts.iter().map(|c| json!({"reason": c.reason.reason(), "cluster": c.cluster, "message": c.message})).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// The `--clusterset` table: one row per import.
+fn imports_table(v: &Value) -> String {
+    let imports = v.as_array().cloned().unwrap_or_default();
+    if imports.is_empty() {
+        return "no service is exported in the clusterset\n".to_owned();
+    }
+    let mut rows = vec![
+        [
+            "SERVICE",
+            "TYPE",
+            "CLUSTERSET-IP",
+            "PORTS",
+            "CLUSTERS",
+            "CONFLICTS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in &imports {
+        let ports: Vec<String> = i["ports"]
+            .as_array()
             .into_iter()
-            .map(|(name, clusters)| json!({ "service": name, "clusters": clusters }))
-            .collect::<Vec<_>>()
-    ))
+            .flatten()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap_or_default();
+                let number = format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("?"));
+                if name.is_empty() {
+                    number
+                } else {
+                    format!("{name}:{number}")
+                }
+            })
+            .collect();
+        let clusters: Vec<&str> = i["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let conflicts: Vec<String> = i["conflicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c["reason"].as_str().unwrap_or("?"),
+                    c["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        rows.push(vec![
+            i["service"].as_str().unwrap_or("?").to_owned(),
+            i["type"].as_str().unwrap_or("?").to_owned(),
+            i["clustersetIP"].as_str().unwrap_or("-").to_owned(),
+            ports.join(","),
+            clusters.join(","),
+            if conflicts.is_empty() {
+                "-".to_owned()
+            } else {
+                conflicts.join("; ")
+            },
+        ]);
+    }
+    render(&rows)
 }
 
 fn entry(cluster: &str, s: &ServiceRecord, slices: &[EndpointsRecord]) -> Value {
@@ -147,6 +315,7 @@ fn entry(cluster: &str, s: &ServiceRecord, slices: &[EndpointsRecord]) -> Value 
         "cluster": cluster,
         "clusterIPs": s.cluster_ips,
         "shared": s.shared,
+        "exported": s.exported,
         "affinity": match Affinity::try_from(s.affinity) {
             Ok(Affinity::Local) => "local",
             Ok(Affinity::Remote) => "remote",
@@ -162,13 +331,15 @@ fn entry(cluster: &str, s: &ServiceRecord, slices: &[EndpointsRecord]) -> Value 
 fn table(v: &Value) -> String {
     let services = v.as_array().cloned().unwrap_or_default();
     if services.is_empty() {
-        return "no global services\n".to_owned();
+        return "no global or exported services\n".to_owned();
     }
     let mut rows = vec![
         [
             "SERVICE",
+            "CLUSTERSET-IP",
             "CLUSTER",
             "SHARED",
+            "EXPORTED",
             "AFFINITY",
             "READY",
             "SERVING",
@@ -198,14 +369,22 @@ fn table(v: &Value) -> String {
                     format!("{}{port}{state}", b["address"].as_str().unwrap_or("?"))
                 })
                 .collect();
+            let import = match (&s["import"]["clustersetIP"], &s["import"]["type"]) {
+                (Value::String(ip), _) => ip.clone(),
+                (_, Value::String(t)) if t == "Headless" => "headless".to_owned(),
+                (_, Value::String(_)) => "(no range)".to_owned(),
+                _ => "-".to_owned(),
+            };
             rows.push(vec![
                 if i == 0 {
                     s["service"].as_str().unwrap_or("?").to_owned()
                 } else {
                     String::new()
                 },
+                if i == 0 { import } else { String::new() },
                 c["cluster"].as_str().unwrap_or("?").to_owned(),
                 if c["shared"] == true { "yes" } else { "no" }.to_owned(),
+                if c["exported"] == true { "yes" } else { "no" }.to_owned(),
                 c["affinity"].as_str().unwrap_or("none").to_owned(),
                 c["ready"].to_string(),
                 c["serving"].to_string(),

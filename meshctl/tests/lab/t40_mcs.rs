@@ -160,6 +160,24 @@ fn multi_cluster_services() {
             serde_json::json!([{"cluster": "infra"}])
         );
     }
+    // meshctl shows the import and its address, as the cluster's store and agents have it.
+    let imports: serde_json::Value = serde_json::from_str(&lab.ok(&[
+        "services",
+        "--clusterset",
+        "--context",
+        "apps",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let shown = imports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["service"] == "demo/web")
+        .unwrap();
+    assert_eq!(shown["clustersetIP"], ip.as_str());
+    assert_eq!(shown["clusters"], serde_json::json!(["infra"]));
     // Short names through the pod's search path, as a pod of namespace demo writes them.
     assert_eq!(
         getaddrinfo(&lab, "apps/client", "web"),
