@@ -147,38 +147,68 @@ fn the_api_servers_are_three_spread_members_with_a_budget_and_readiness() {
 }
 
 #[test]
-fn rbac_reads_the_published_kinds_reviews_tokens_and_nothing_more() {
+fn rbac_reads_the_published_kinds_reviews_tokens_writes_the_mcs_objects_and_nothing_more() {
     let objects = rendered(None);
     let role = object(&objects, "ClusterRole", "r1-apiserver");
-    let mut resources = Vec::new();
-    let rules = role["rules"].as_array().unwrap();
-    // The agents' bootstrap: TokenReviews, create only.
-    let (reviews, reads): (Vec<&Value>, Vec<&Value>) = rules
+    let rules: Vec<(String, String, String)> = role["rules"]
+        .as_array()
+        .unwrap()
         .iter()
-        .partition(|r| r["apiGroups"] == json!(["authentication.k8s.io"]));
-    assert_eq!(
-        reviews,
-        [
-            &json!({"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]})
-        ]
-    );
-    for rule in reads {
-        assert_eq!(rule["verbs"], json!(["get", "list", "watch"]), "{rule}");
-        for r in rule["resources"].as_array().unwrap() {
-            resources.push(r.as_str().unwrap().to_owned());
-        }
-    }
-    resources.sort();
-    assert_eq!(
-        resources,
-        [
-            "endpointslices",
-            "meshpolicies",
-            "nodes",
-            "pods",
-            "services"
-        ]
-    );
+        .flat_map(|r| {
+            let group = r["apiGroups"][0].as_str().unwrap().to_owned();
+            let verbs: Vec<&str> = r["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let verbs = verbs.join(",");
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |res| {
+                    (
+                        group.clone(),
+                        res.as_str().unwrap().to_owned(),
+                        verbs.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let read = "get,list,watch";
+    let written = "get,list,watch,create,update,delete";
+    let want: Vec<(String, String, String)> = [
+        ("", "nodes", read),
+        ("", "pods", read),
+        ("", "services", read),
+        // The published kinds are read; imported EndpointSlices are written too.
+        ("discovery.k8s.io", "endpointslices", written),
+        ("multicluster.x-k8s.io", "serviceexports", read),
+        (
+            "multicluster.x-k8s.io",
+            "serviceexports/status",
+            "get,update",
+        ),
+        ("multicluster.x-k8s.io", "serviceimports", written),
+        (
+            "multicluster.x-k8s.io",
+            "serviceimports/status",
+            "get,update",
+        ),
+        ("mesh.raftmesh.io", "meshpolicies", read),
+        // The agents' bootstrap: TokenReviews, create only.
+        ("authentication.k8s.io", "tokenreviews", "create"),
+    ]
+    .iter()
+    .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+    .collect();
+    let mut got = rules.clone();
+    got.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted);
     // The agent gets no API token: only a projected token for the bootstrap (below).
     let agent_sa = object(&objects, "ServiceAccount", "r1-agent");
     assert_eq!(agent_sa["automountServiceAccountToken"], false);
@@ -1110,4 +1140,76 @@ fn the_image_pins_the_boringtun_the_tests_run_and_ships_nft() {
     let runtime = containerfile.rsplit("FROM ").next().unwrap();
     assert!(runtime.contains("nftables"), "{runtime}");
     assert!(runtime.contains("org.opencontainers.image.source"));
+}
+
+#[test]
+fn mcs_crds_the_clusterset_range_and_dns_reach_the_cluster() {
+    let objects = rendered(None);
+    for crd in [
+        "serviceexports.multicluster.x-k8s.io",
+        "serviceimports.multicluster.x-k8s.io",
+    ] {
+        let o = object(&objects, "CustomResourceDefinition", crd);
+        let versions: Vec<(&str, bool)> = o["spec"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap(), v["storage"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(versions, [("v1beta1", true), ("v1alpha1", false)], "{crd}");
+        let v = &o["spec"]["versions"];
+        assert_eq!(
+            v[0]["schema"], v[1]["schema"],
+            "{crd}: one schema in both versions"
+        );
+        assert_eq!(v[0]["subresources"], json!({"status": {}}));
+    }
+    let sts = object(&objects, "StatefulSet", "r1-apiserver");
+    assert!(args(sts).contains(&"--clusterset-service-cidr=198.18.0.0/16".to_owned()));
+    let ds = object(&objects, "DaemonSet", "r1-agent");
+    let agent = args(ds);
+    assert!(
+        agent.contains(&"--dns-listen=$(HOST_IP):8053".to_owned()),
+        "{agent:?}"
+    );
+    assert!(agent.contains(&"--dns-zone=clusterset.local".to_owned()));
+    assert_eq!(
+        env(ds, "HOST_IP"),
+        None,
+        "HOST_IP comes from the downward API"
+    );
+    let host_ip = container(ds)["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "HOST_IP")
+        .unwrap();
+    assert_eq!(
+        host_ip["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    let svc = object(&objects, "Service", "r1-clusterset-dns");
+    assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 53);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "dns");
+    // Off: no flags, no Service; an empty range: no ClusterSetIPs.
+    let off = render(&[
+        "--set",
+        "cluster.name=apps,cluster.id=1,mcs.dns.enabled=false,mcs.clustersetServiceCIDR=",
+    ])
+    .unwrap();
+    assert!(
+        !off.iter()
+            .any(|o| o["kind"] == "Service" && o["metadata"]["name"] == "r1-clusterset-dns")
+    );
+    assert!(
+        !args(object(&off, "DaemonSet", "r1-agent"))
+            .iter()
+            .any(|a| a.starts_with("--dns"))
+    );
+    assert!(
+        !args(object(&off, "StatefulSet", "r1-apiserver"))
+            .iter()
+            .any(|a| a.starts_with("--clusterset"))
+    );
 }
