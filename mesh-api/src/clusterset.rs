@@ -53,6 +53,17 @@ pub struct ImportPort {
     pub protocol: String,
 }
 
+impl ImportPort {
+    /// A record's port; `None` for a number that is no port.
+    pub fn of_record(p: &crate::records::Port) -> Option<ImportPort> {
+        Some(ImportPort {
+            name: p.name.clone(),
+            port: u16::try_from(p.port).ok()?,
+            protocol: p.protocol.clone(),
+        })
+    }
+}
+
 /// Session affinity of an export or an import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum SessionAffinity {
@@ -109,6 +120,25 @@ pub struct Export {
     pub ports: Vec<ImportPort>,
     /// Its session affinity.
     pub session_affinity: SessionAffinity,
+}
+
+impl Export {
+    /// `cluster`'s export as its service record says it (the record must be `exported`).
+    pub fn of_record(cluster: &str, s: &crate::records::ServiceRecord) -> Export {
+        Export {
+            cluster: cluster.to_owned(),
+            created: s.export_created,
+            headless: s.headless,
+            ports: s.ports.iter().filter_map(ImportPort::of_record).collect(),
+            session_affinity: if s.client_ip_affinity {
+                SessionAffinity::ClientIp {
+                    timeout: s.affinity_timeout,
+                }
+            } else {
+                SessionAffinity::None
+            },
+        }
+    }
 }
 
 /// What exports of one service disagree on.
@@ -370,6 +400,34 @@ pub fn allocate(
         out.insert(key.clone(), Ipv4Addr::from(addr));
     }
     out
+}
+
+/// Every import of the clusterset and its ClusterSetIP: the exports of each service merged
+/// ([`merge`]), the ClusterSetIP imports given addresses from `range` ([`allocate`]; none
+/// without a range).
+pub fn imports(
+    exports: &BTreeMap<(String, String), Vec<Export>>,
+    range: Option<&Cidr>,
+) -> BTreeMap<(String, String), (Import, Option<Ipv4Addr>)> {
+    let merged: BTreeMap<(String, String), Import> = exports
+        .iter()
+        .filter_map(|(k, e)| Some((k.clone(), merge(e)?)))
+        .collect();
+    let ips = range.map_or_else(BTreeMap::new, |r| {
+        let set = merged
+            .iter()
+            .filter(|(_, i)| i.type_ == ImportType::ClusterSetIp)
+            .map(|(k, i)| (k.clone(), i.created))
+            .collect();
+        allocate(r, &set)
+    });
+    merged
+        .into_iter()
+        .map(|(k, i)| {
+            let ip = ips.get(&k).copied();
+            (k, (i, ip))
+        })
+        .collect()
 }
 
 #[cfg(test)]

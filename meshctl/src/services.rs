@@ -12,7 +12,7 @@ use clap::Args;
 use etcd_client::{Client, GetOptions};
 use mesh_api::Record;
 use mesh_api::cidr::Cidr;
-use mesh_api::clusterset::{self, Export, ImportPort, ImportType, SessionAffinity};
+use mesh_api::clusterset::{self, Export};
 use mesh_api::codec::address;
 use mesh_api::keys::{CONFIG_REMOTES, Key, Kind, kind_prefix};
 use mesh_api::records::{Affinity, EndpointsRecord, ServiceRecord};
@@ -131,7 +131,7 @@ async fn services(client: &mut Client, own: Option<String>) -> anyhow::Result<Va
                 exports
                     .entry((s.namespace.clone(), s.name.clone()))
                     .or_default()
-                    .push(export(&cluster, &s));
+                    .push(Export::of_record(&cluster, &s));
             }
             if !s.global {
                 continue;
@@ -160,54 +160,15 @@ async fn services(client: &mut Client, own: Option<String>) -> anyhow::Result<Va
     Ok(json!({ "services": services, "imports": imports }))
 }
 
-/// A service record's export, as [`clusterset::merge`] takes it.
-fn export(cluster: &str, s: &ServiceRecord) -> Export {
-    Export {
-        cluster: cluster.to_owned(),
-        created: s.export_created,
-        headless: s.headless,
-        ports: s
-            .ports
-            .iter()
-            .filter_map(|p| {
-                Some(ImportPort {
-                    name: p.name.clone(),
-                    port: u16::try_from(p.port).ok()?,
-                    protocol: p.protocol.clone(),
-                })
-            })
-            .collect(),
-        session_affinity: if s.client_ip_affinity {
-            SessionAffinity::ClientIp {
-                timeout: s.affinity_timeout,
-            }
-        } else {
-            SessionAffinity::None
-        },
-    }
-}
-
 /// Every import, with its ClusterSetIP from `range` (this cluster's).
 fn imports(exports: &BTreeMap<(String, String), Vec<Export>>, range: Option<&Cidr>) -> Vec<Value> {
-    let merged: BTreeMap<(String, String), clusterset::Import> = exports
+    clusterset::imports(exports, range)
         .iter()
-        .filter_map(|(k, e)| Some((k.clone(), clusterset::merge(e)?)))
-        .collect();
-    let ips = range.map_or_else(BTreeMap::new, |r| {
-        let set = merged
-            .iter()
-            .filter(|(_, i)| i.type_ == ImportType::ClusterSetIp)
-            .map(|(k, i)| (k.clone(), i.created))
-            .collect();
-        clusterset::allocate(r, &set)
-    });
-    merged
-        .iter()
-        .map(|(key @ (ns, name), i)| {
+        .map(|((ns, name), (i, ip))| {
             json!({
                 "service": format!("{ns}/{name}"),
                 "type": i.type_.as_str(),
-                "clustersetIP": ips.get(key).map(ToString::to_string),
+                "clustersetIP": ip.map(|ip| ip.to_string()),
                 "ports": i.ports.iter().map(|p| json!({"name": p.name, "port": p.port, "protocol": p.protocol})).collect::<Vec<_>>(),
                 "sessionAffinity": i.session_affinity.as_str(),
                 "clusters": i.clusters,

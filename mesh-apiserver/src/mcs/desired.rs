@@ -123,61 +123,22 @@ pub struct SliceObject {
 pub fn desired(view: &View, own: &str, local: &Local) -> Desired {
     let mut out = Desired::default();
     // Every export of every cluster, by service.
-    let mut exports: BTreeMap<(&str, &str), Vec<Export>> = BTreeMap::new();
+    let mut exports: BTreeMap<(String, String), Vec<Export>> = BTreeMap::new();
     for ((cluster, ns, name), s) in &view.services {
-        if !s.exported {
-            continue;
+        if s.exported {
+            exports
+                .entry((ns.clone(), name.clone()))
+                .or_default()
+                .push(Export::of_record(cluster, s));
         }
-        exports.entry((ns, name)).or_default().push(Export {
-            cluster: cluster.clone(),
-            created: s.export_created,
-            headless: s.headless,
-            ports: s
-                .ports
-                .iter()
-                .filter_map(|p| {
-                    Some(ImportPort {
-                        name: p.name.clone(),
-                        port: u16::try_from(p.port).ok()?,
-                        protocol: p.protocol.clone(),
-                    })
-                })
-                .collect(),
-            session_affinity: if s.client_ip_affinity {
-                SessionAffinity::ClientIp {
-                    timeout: s.affinity_timeout,
-                }
-            } else {
-                SessionAffinity::None
-            },
-        });
     }
-    let imports: BTreeMap<(String, String), Import> = exports
-        .iter()
-        .filter_map(|((ns, name), e)| {
-            Some((
-                ((*ns).to_owned(), (*name).to_owned()),
-                clusterset::merge(e)?,
-            ))
-        })
-        .collect();
     let range: Option<Cidr> = view
         .clusters
         .get(own)
         .and_then(|c| c.clusterset_cidr.parse().ok());
-    let ips = match &range {
-        Some(range) => {
-            let set = imports
-                .iter()
-                .filter(|(_, i)| i.type_ == ImportType::ClusterSetIp)
-                .map(|(k, i)| (k.clone(), i.created))
-                .collect();
-            clusterset::allocate(range, &set)
-        }
-        None => BTreeMap::new(),
-    };
+    let imports = clusterset::imports(&exports, range.as_ref());
     let exists = |ns: &str| local.namespaces.as_ref().is_none_or(|n| n.contains(ns));
-    for (key, import) in &imports {
+    for (key, (import, ip)) in &imports {
         if !exists(&key.0) {
             continue;
         }
@@ -190,7 +151,7 @@ pub fn desired(view: &View, own: &str, local: &Local) -> Desired {
             key.clone(),
             ImportObject {
                 import: import.clone(),
-                ip: ips.get(key).copied(),
+                ip: *ip,
             },
         );
     }
@@ -203,7 +164,7 @@ pub fn desired(view: &View, own: &str, local: &Local) -> Desired {
         let conditions = conditions(
             local.services.get(&key).map(String::as_str),
             published,
-            imports.get(&key),
+            imports.get(&key).map(|(i, _)| i),
         );
         out.statuses.insert(key, (e.version.clone(), conditions));
     }
@@ -234,13 +195,7 @@ fn slices(
         let ports: Vec<ImportPort> = record
             .ports
             .iter()
-            .filter_map(|p| {
-                Some(ImportPort {
-                    name: p.name.clone(),
-                    port: u16::try_from(p.port).ok()?,
-                    protocol: p.protocol.clone(),
-                })
-            })
+            .filter_map(ImportPort::of_record)
             .collect();
         for e in &record.endpoints {
             let addresses: Vec<IpAddr> = e
