@@ -192,6 +192,9 @@ impl Mcs {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last: Option<Desired> = None;
+        // The last failure logged: the same one again (a missing CRD, every second) is logged
+        // at debug level only, until something else happens.
+        let mut failing: Option<String> = None;
         loop {
             tokio::select! {
                 () = term.cancelled() => return Ok(()),
@@ -236,10 +239,19 @@ impl Mcs {
                         );
                     }
                     last = Some(desired);
+                    if failing.take().is_some() {
+                        tracing::info!("writing the MCS objects works again");
+                    }
                 }
                 Err(e) => {
                     self.metrics.failures.inc();
-                    tracing::warn!(error = %e, "writing the MCS objects failed; trying again at the next pass");
+                    let text = e.to_string();
+                    if failing.as_ref() == Some(&text) {
+                        tracing::debug!(error = %text, "writing the MCS objects still fails");
+                    } else {
+                        tracing::warn!(error = %text, "writing the MCS objects failed; trying again every pass");
+                        failing = Some(text);
+                    }
                 }
             }
         }
