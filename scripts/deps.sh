@@ -20,6 +20,9 @@ if [ "${RAFTMESH_NEED_ETCD_SERVER:-0}" = 1 ]; then
   command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
   # The clusterset DNS tests and benchmark ask the agents with dig.
   command -v dig >/dev/null 2>&1 || need_apt+=(dnsutils)
+  # mesh-bench dns runs dnsmasq beside the agent's DNS server (dnsmasq-base: the program
+  # without the system service, so nothing binds port 53 on the host).
+  [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
   # mesh-bench wireguard measures throughput with iperf3.
   command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
   # mesh-bench draws its chart's text with DejaVu Sans.

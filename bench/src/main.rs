@@ -15,6 +15,8 @@
 //!   make-mirror).
 //! - [`propagation`]: `mesh-bench propagation`, a new backend in one lab cluster's manifests
 //!   to the other cluster's agents' maps and first connection, before and after a leader kill.
+//! - [`dns`]: `mesh-bench dns`, the agent's `clusterset.local` DNS: queries/s and latency with
+//!   10,000 imports against dnsmasq and a UDP echo floor; ServiceExport → resolution in the lab.
 //! - [`report`]: the markdown table, the raw JSON and the PNG chart.
 //! - [`machine`]: cores, CPU, kernel, versions.
 //! - [`stats`]: latency samples and percentiles.
@@ -24,6 +26,7 @@
 mod agent;
 mod churn;
 mod datapath;
+mod dns;
 mod kv;
 mod machine;
 mod mirror;
@@ -81,6 +84,12 @@ enum Command {
     /// the most apps takes from one remote, and while a stolen agent certificate rewrites as
     /// fast as one identity may, for --minutes each; with the store's quota and its bound.
     Churn(churn::ChurnArgs),
+    /// The node agent's clusterset.local DNS: queries/s and p50/p99 latency answered from
+    /// --services imports (default 10,000), against dnsmasq with the same names as host records
+    /// and a UDP echo floor, with the same client; with --lab (root), the time from a
+    /// ServiceExport in one lab cluster to the name resolving in the other (p50/p99). Needs
+    /// dnsmasq (Debian's dnsmasq-base).
+    Dns(dns::DnsArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +116,7 @@ fn main() -> ExitCode {
             Command::Wireguard(args) => wireguard::run(args, command).await,
             Command::Propagation(args) => propagation::run(args, command).await,
             Command::Churn(args) => churn::run(args, command).await,
+            Command::Dns(args) => dns::run(args, command).await,
         }
     });
     match result {
