@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
 use mesh_api::records::{ClusterRecord, EndpointsRecord, ServiceRecord};
-use mesh_api::{Key, Record};
+use mesh_api::{Key, Kind, Record};
 
 /// Keys per page of the initial list.
 const PAGE: i64 = 1000;
@@ -27,9 +27,21 @@ impl View {
     /// are ignored (an undecodable value removes what the key held: it is no longer that).
     /// Returns whether anything changed.
     pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> bool {
+        // Only these kinds are kept: the rest (identities, ipcache, nodes, …) is most of a
+        // cluster's writes, and is not even decoded.
+        if !key.contains("/services/") && !key.contains("/endpoints/") && !key.ends_with("/cluster")
+        {
+            return false;
+        }
         let Ok(parsed) = key.parse::<Key>() else {
             return false;
         };
+        if !matches!(
+            parsed.kind(),
+            Some(Kind::Service | Kind::Endpoints | Kind::Cluster)
+        ) {
+            return false;
+        }
         let record = match (parsed.kind(), value) {
             (Some(kind), Some(v)) => Record::decode(kind, v).ok(),
             _ => None,
