@@ -55,6 +55,35 @@ pub(crate) fn requires_leader<T>(req: &tonic::Request<T>) -> bool {
         .is_some_and(|v| v.as_bytes() == b"true")
 }
 
+/// Consecutive election timeouts without a leader after which a stream that requires one
+/// (watch, lease keep-alive) is ended with `ErrNoLeader`, as etcd's `monitorLeader` does
+/// (`maxNoLeaderCnt`): new streams are refused at once, open ones — which cost more to
+/// re-establish — only once the member has clearly lost its leader.
+pub const MAX_NO_LEADER_TIMEOUTS: u32 = 3;
+
+/// Completes once `node` has known no leader at [`MAX_NO_LEADER_TIMEOUTS`] consecutive checks,
+/// one per election timeout; never, for a stream that does not require a leader (`required`
+/// false). A select arm of the streams that honour `hasleader`.
+pub(crate) async fn leader_lost(node: &Node, required: bool) {
+    if !required {
+        return std::future::pending().await;
+    }
+    let mut check = tokio::time::interval(node.election_timeout());
+    check.reset();
+    let mut leaderless = 0u32;
+    while leaderless < MAX_NO_LEADER_TIMEOUTS {
+        check.tick().await;
+        leaderless = if node.leader().is_some() {
+            0
+        } else {
+            leaderless + 1
+        };
+    }
+    tracing::debug!(
+        "ending a stream that requires a leader: none for {leaderless} election timeouts"
+    );
+}
+
 /// Largest gRPC message the client port decodes: the request limit plus room for framing,
 /// so an oversized request gets etcd's `ErrRequestTooLarge` rather than a transport error.
 pub const MAX_DECODE_BYTES: usize = crate::validate::MAX_REQUEST_BYTES + 512 * 1024;

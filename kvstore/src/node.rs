@@ -381,6 +381,12 @@ impl Node {
         self.settings.min_lease_ttl
     }
 
+    /// The election timeout (`--election-timeout`): how long a follower waits for its
+    /// leader before it stands for election.
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max)
+    }
+
     /// The leader this member knows, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader

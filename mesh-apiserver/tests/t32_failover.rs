@@ -175,3 +175,101 @@ async fn write(
         });
     }
 }
+
+/// A watch (and a lease keep-alive stream) that requires a leader — clientv3's
+/// `WithRequireLeader` (gRPC metadata `hasleader: true`, which etcdctl watch sends) — on a
+/// member that has lost its leader ends with etcd's `ErrNoLeader` (Unavailable, `etcdserver: no leader`) once the member has been
+/// leaderless for 3 election timeouts (etcd's `monitorLeader`), so the client reconnects to a
+/// member that has one; a watch without it stays open, as on etcd. Here the member's two peers
+/// are killed, so it can never elect one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_requires_a_leader_ends_when_its_member_has_none() -> Result<()> {
+    let mut cluster = Cluster::start(flavor(), Spec::with_members(3)).await?;
+    let leader = cluster.leader().await?;
+    let lonely = (leader + 1) % 3;
+    let url = cluster.client_url(lonely);
+    let required = ConnectOptions::new().with_require_leader(true);
+    let mut client = Client::connect([url.clone()], Some(required)).await?;
+    let mut requiring = client.watch("k", None).await?;
+    // A lease keep-alive stream of the same client requires a leader too.
+    let lease = client.lease_grant(60, None).await?.id();
+    let (mut keeper, mut keep_alive) = client.lease_keep_alive(lease).await?;
+    keeper.keep_alive().await?;
+    keep_alive.message().await?;
+    let mut plain_client = Client::connect([url], None).await?;
+    let mut plain = plain_client.watch("k", None).await?;
+    let mut etcdctl = tokio::process::Command::from(cluster.etcdctl_for(lonely));
+    etcdctl
+        .args(["watch", "k"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let etcdctl = etcdctl.spawn()?;
+    // Let etcdctl's stream open before the member loses its leader.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for i in (0..3).filter(|i| *i != lonely) {
+        cluster.kill(i);
+    }
+    let killed = Instant::now();
+    // Three election timeouts (1 s each by default) and the election that finds no quorum:
+    // well within 30 s on any machine.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match requiring.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .context("the watch that requires a leader was not ended")?;
+    println!(
+        "the watch requiring a leader ended after {:?}",
+        killed.elapsed()
+    );
+    let error = ended.expect_err("ended with an error, not a clean end of stream");
+    assert_eq!(
+        grpc_status(&error),
+        Some(("Unavailable".to_owned(), "etcdserver: no leader".to_owned())),
+        "{error:?}"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match keep_alive.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .context("the keep-alive stream that requires a leader was not ended")?;
+    let error = ended.expect_err("the keep-alive stream ended with an error");
+    assert_eq!(
+        grpc_status(&error),
+        Some(("Unavailable".to_owned(), "etcdserver: no leader".to_owned())),
+        "{error:?}"
+    );
+    // etcdctl watch says so and exits.
+    let out = tokio::time::timeout(Duration::from_secs(30), etcdctl.wait_with_output())
+        .await
+        .context("etcdctl watch did not exit")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "etcdctl watch exited 0: {stderr}");
+    assert!(stderr.contains("etcdserver: no leader"), "{stderr}");
+    // The plain watch is still open: nothing but its creation (and progress) came, no end.
+    let still_open = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match plain.message().await {
+                Ok(Some(r)) if r.events().is_empty() && !r.canceled() => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        still_open.is_err(),
+        "a watch that does not require a leader stays open: {still_open:?}"
+    );
+    Ok(())
+}

@@ -16,7 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{allow, convert, status};
+use super::{allow, convert, requires_leader, status};
 use crate::auth::Operation;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -171,6 +171,12 @@ impl PbLeaseService for Lease {
         &self,
         req: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        // As etcd: a stream that requires a leader is refused without one, and ended once its
+        // member has lost it.
+        let required = requires_leader(&req);
+        if required && self.node.leader().is_none() {
+            return Err(status(Error::NoLeader));
+        }
         let caller = self.node.auth().caller(req.extensions());
         let limits = self.node.auth().lease_limits(&caller).map_err(status)?;
         let mut requests = req.into_inner();
@@ -178,7 +184,19 @@ impl PbLeaseService for Lease {
         let node = self.node.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            while let Some(Ok(req)) = requests.next().await {
+            let lost = super::leader_lost(&node, required);
+            tokio::pin!(lost);
+            loop {
+                let req = tokio::select! {
+                    () = &mut lost => {
+                        let _ = tx.send(Err(status(Error::NoLeader))).await;
+                        return;
+                    }
+                    req = requests.next() => match req {
+                        Some(Ok(req)) => req,
+                        _ => return,
+                    },
+                };
                 let _t = metrics.rpc("LeaseKeepAlive");
                 // A limited caller keeps alive only its own leases (owners never change, so
                 // the current state decides).

@@ -99,8 +99,10 @@ impl PbWatchService for Watch {
                 }
             },
         };
+        let requires_leader = requires_leader(&req);
         let (tx, rx) = mpsc::channel(64);
         let session = Session {
+            requires_leader,
             caller,
             guard,
             registration: self.node.shared.hub.register(),
@@ -132,6 +134,10 @@ struct Watcher {
 
 /// One client stream and its watchers.
 struct Session {
+    /// The client asked for `hasleader` (clientv3's `WithRequireLeader`, etcdctl watch): the
+    /// stream ends with `ErrNoLeader` once this member has lost its leader
+    /// ([`super::leader_lost`]).
+    requires_leader: bool,
     /// Who opened the stream; every watch it creates is checked against it.
     caller: Caller,
     /// What the stream holds of a limited identity's bounds (none for trusted callers).
@@ -157,8 +163,15 @@ impl Session {
         // A client that closes its send side still gets events, as from etcd, until it
         // cancels (it cannot any more) or goes away.
         let mut half_closed = false;
+        let node = self.node.clone();
+        let lost = super::leader_lost(&node, self.requires_leader);
+        tokio::pin!(lost);
         loop {
             let step = tokio::select! {
+                () = &mut lost => {
+                    let _ = self.tx.send(Err(status(Error::NoLeader))).await;
+                    Err(Closed)
+                }
                 req = requests.next(), if !half_closed => match req {
                     Some(Ok(req)) => self.handle(req).await,
                     None => {
