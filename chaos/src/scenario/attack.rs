@@ -105,6 +105,21 @@ impl Run<'_> {
         Ok(out)
     }
 
+    /// Where apps' members serve their metrics.
+    fn apps_member_hosts(&self) -> Vec<std::net::Ipv4Addr> {
+        plan::indexed(&self.lab.state.spec)
+            .find(|(_, c)| c.name == "apps")
+            .map(|(index, apps)| {
+                self.lab
+                    .plan
+                    .members(index, apps)
+                    .into_iter()
+                    .map(|m| m.host_ip)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The size of apps' store (`raftmesh_mvcc_bytes` of its first member).
     pub(super) async fn apps_bytes(&self) -> Option<f64> {
         let (index, apps) = plan::indexed(&self.lab.state.spec).find(|(_, c)| c.name == "apps")?;
@@ -119,6 +134,14 @@ impl Run<'_> {
         };
         attack.stop.cancel();
         let _ = attack.status.await;
+        // A pause between two polls of the status record shows in the mirror's counter.
+        if !attack.seen.paused.load(Ordering::Relaxed) {
+            for host in self.apps_member_hosts() {
+                if hostile::pauses(host).await.is_ok_and(|n| n > 0.0) {
+                    attack.seen.paused.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         let after = self.apps_agents()?;
         let growth = match (attack.bytes_before, self.apps_bytes().await) {
             (Some(b), Some(a)) => Some((

@@ -291,6 +291,29 @@ pub async fn watch_status(apps: Connect, seen: Arc<Seen>, stop: CancellationToke
 
 /// `raftmesh_mvcc_bytes` of the member whose metrics are at `host`.
 pub async fn mvcc_bytes(host: Ipv4Addr) -> Result<f64> {
+    metric(host, "raftmesh_mvcc_bytes ").await
+}
+
+/// How often the member whose metrics are at `host` paused its mirror of hostile
+/// (`raftmesh_remote_paused_total{cluster="hostile"}`; only a leader's mirror counts, 0 when
+/// the member never mirrored). A counter, so a pause short enough to fall between two polls
+/// of the status record is still seen.
+pub async fn pauses(host: Ipv4Addr) -> Result<f64> {
+    match metric(
+        host,
+        &format!("raftmesh_remote_paused_total{{cluster=\"{NAME}\"}} "),
+    )
+    .await
+    {
+        Ok(n) => Ok(n),
+        Err(e) if e.to_string().starts_with("no ") => Ok(0.0),
+        Err(e) => Err(e),
+    }
+}
+
+/// The value of the sample whose line starts with `prefix` (name, labels and a space) in the
+/// metrics of the member at `host`.
+async fn metric(host: Ipv4Addr, prefix: &str) -> Result<f64> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let addr = format!("{host}:{METRICS_PORT}");
     let mut tcp = tokio::time::timeout(
@@ -308,9 +331,9 @@ pub async fn mvcc_bytes(host: Ipv4Addr) -> Result<f64> {
         .await
         .context("reading")??;
     body.lines()
-        .find_map(|l| l.strip_prefix("raftmesh_mvcc_bytes "))
+        .find_map(|l| l.strip_prefix(prefix))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no raftmesh_mvcc_bytes at {addr}"))
+        .with_context(|| format!("no {} at {addr}", prefix.trim_end()))
 }
 
 /// One apps agent's maps, as far as the checks need them.
