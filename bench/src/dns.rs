@@ -46,7 +46,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use clap::Args;
-use etcd_client::{EventType, GetOptions, WatchOptions};
 use hickory_server::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_server::proto::rr::{Name, RData, RecordType};
 use lab::binaries::Binaries;

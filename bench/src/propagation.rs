@@ -419,11 +419,24 @@ async fn watch_once(
         .keep_alive(Duration::from_secs(1), Duration::from_secs(1), false);
     let mut client =
         mesh_client::member(endpoint, Some(&PkiDir::new(pki).admin()), &settings).await?;
+    on_every_put(&mut client, prefix, |key, value| {
+        note_record(key, value, stage, shared)
+    })
+    .await
+}
+
+/// Calls `note` with every key and value under `prefix`: those listed, then every put the watch
+/// from the next revision brings. Returns only with an error (the watch ended or failed).
+pub(crate) async fn on_every_put(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+    mut note: impl FnMut(&str, &[u8]),
+) -> Result<()> {
     let list = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
     for kv in list.kvs() {
-        note_record(kv.key_str()?, kv.value(), stage, shared);
+        note(kv.key_str()?, kv.value());
     }
     let revision = list.header().map_or(0, |h| h.revision());
     let mut stream = client
@@ -444,7 +457,7 @@ async fn watch_once(
             if ev.event_type() == EventType::Put
                 && let Some(kv) = ev.kv()
             {
-                note_record(kv.key_str()?, kv.value(), stage, shared);
+                note(kv.key_str()?, kv.value());
             }
         }
     }

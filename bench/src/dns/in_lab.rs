@@ -326,34 +326,5 @@ pub(super) async fn watch_once(
                 .or_insert_with(Instant::now);
         }
     };
-    let list = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
-    for kv in list.kvs() {
-        note(kv.key_str()?, kv.value());
-    }
-    let revision = list.header().map_or(0, |h| h.revision());
-    let mut stream = client
-        .watch(
-            prefix,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
-        )
-        .await?;
-    while let Some(resp) = stream.message().await? {
-        if resp.canceled() {
-            bail!("watch canceled: {}", resp.cancel_reason());
-        }
-        for ev in resp.events() {
-            if ev.event_type() == EventType::Put
-                && let Some(kv) = ev.kv()
-            {
-                note(kv.key_str()?, kv.value());
-            }
-        }
-    }
-    bail!("the watch ended")
+    crate::propagation::on_every_put(&mut client, prefix, note).await
 }
