@@ -81,6 +81,7 @@ async fn a_new_leader_completes_an_interrupted_initial_sync() {
             count(&mut client, "mesh/v1/apps/").await,
             count(&mut client, "mesh/v1/apps/synced/").await,
         ) else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
         assert_eq!(

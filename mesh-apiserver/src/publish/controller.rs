@@ -37,7 +37,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::convert::{
-    FIRST_LOCAL_ID, Problem, Settings, desired, identity_records, reserved_identities,
+    Desired, FIRST_LOCAL_ID, Problem, Settings, desired, identity_records, reserved_identities,
 };
 use super::live::LiveSource;
 use super::objects::Objects;
@@ -268,6 +268,9 @@ pub enum PassError {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The runtime shut down during the pass; nothing more was written.
+    #[error("the pass was cancelled: the member is shutting down")]
+    Cancelled,
 }
 
 /// What one pass did.
@@ -449,10 +452,9 @@ pub async fn pass(
     api_endpoints: &[String],
     gc: &mut IdentityGc,
 ) -> Result<PassReport, PassError> {
-    let objects = source.objects()?;
     let settings = &config.settings;
     let c = &settings.cluster;
-    let d = desired(settings, &objects);
+    let d = convert_off_runtime(source, settings).await?;
     let reserved: BTreeMap<Vec<u8>, Vec<u8>> = reserved_identities(settings)
         .iter()
         .map(|(k, r)| (k.to_string().into_bytes(), r.encode()))
@@ -544,6 +546,19 @@ pub async fn pass(
         identities: ids.len(),
         problems,
     })
+}
+
+/// Reads the source and converts it on a blocking thread: a large cluster's conversion takes
+/// long enough (seconds for 10,000 pods on a busy machine) that, on one of the runtime's
+/// workers, it would delay this member's own Raft heartbeats and peer RPCs, and under load
+/// depose the leader; every new leader would then start the same pass again.
+async fn convert_off_runtime(source: &Source, settings: &Settings) -> Result<Desired, PassError> {
+    let (source, settings) = (source.clone(), settings.clone());
+    match tokio::task::spawn_blocking(move || Ok(desired(&settings, &source.objects()?))).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(PassError::Cancelled),
+    }
 }
 
 /// Connected clusters (`mesh/config/remotes/<c>`) whose mirrored cluster record claims this
