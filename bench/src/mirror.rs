@@ -392,6 +392,7 @@ fn record(value: &str) -> Vec<u8> {
         public_key: value.to_owned(),
         listen_port: 51871,
         boot_id: String::new(),
+        probe_port: 0,
     })
     .encode()
 }

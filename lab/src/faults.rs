@@ -7,6 +7,10 @@
 //! - Loss drops a share of them: `numgen random mod 100 < P` (per packet, both ways).
 //! - An isolated member drops every packet to and from its cluster's other members, in its own
 //!   namespace ([`isolation_ruleset`]); the host, the agents and remote clusters still reach it.
+//! - An unplugged node drops every packet to and from its address and its pod range that
+//!   crosses the fabric: to the rest of the world it is a dead node (its processes run on,
+//!   and its cluster's records still call its pods ready, as Kubernetes' do for 40 s or more
+//!   after a node dies).
 //! - Delay: this kernel has no netem, so delayed packets go to an NFQUEUE, one per degraded
 //!   pair, that the lab's delay stage (the `mesh-delay` program, in the fabric) serves: it
 //!   holds each packet for the pair's delay (± jitter) before it accepts it. The kernel has no
@@ -51,6 +55,9 @@ pub struct Faults {
     /// sorted); clients and agents still reach them.
     #[serde(default)]
     pub isolated: Vec<String>,
+    /// Nodes cut off from the network (`cluster/node-1`, sorted).
+    #[serde(default)]
+    pub unplugged: Vec<String>,
 }
 
 /// The key of a pair, its names sorted: `a|b`.
@@ -108,6 +115,23 @@ impl Faults {
         true
     }
 
+    /// Cuts node `node` (`cluster/node-1`) off the network; false if it was already.
+    pub fn unplug(&mut self, node: &str) -> bool {
+        if self.unplugged.iter().any(|n| n == node) {
+            return false;
+        }
+        self.unplugged.push(node.to_owned());
+        self.unplugged.sort();
+        true
+    }
+
+    /// Puts node `node` back on the network; false if it was not unplugged.
+    pub fn plug(&mut self, node: &str) -> bool {
+        let before = self.unplugged.len();
+        self.unplugged.retain(|n| n != node);
+        before != self.unplugged.len()
+    }
+
     /// Lets member `member` reach its peers again; false if it was not isolated.
     pub fn rejoin(&mut self, member: &str) -> bool {
         let before = self.isolated.len();
@@ -159,6 +183,17 @@ impl Faults {
                 ));
             }
         }
+        for label in &self.unplugged {
+            let Some(node) = unplugged_node(plan, spec, label) else {
+                continue;
+            };
+            let set = format!("{{ {}, {}/24 }}", node.ip, node.pod_net);
+            for dir in ["saddr", "daddr"] {
+                out.push_str(&format!(
+                    "\t\tip {dir} {set} counter drop comment \"unplugged {label}\"\n"
+                ));
+            }
+        }
         for (key, d) in &self.degraded {
             let (a, b) = key.split_once('|').expect("pair keys hold |");
             for (x, y) in [(a, b), (b, a)] {
@@ -179,6 +214,13 @@ impl Faults {
         out.push_str("\t}\n}\n");
         out
     }
+}
+
+/// The plan of node `label` (`cluster/node-1`), if the lab has it.
+fn unplugged_node(plan: &Plan, spec: &LabSpec, label: &str) -> Option<crate::plan::NodePlan> {
+    let (cluster, node) = label.split_once('/')?;
+    let c = spec.clusters.iter().find(|c| c.name == cluster)?;
+    plan.nodes(c).into_iter().find(|n| n.name == node)
 }
 
 /// The nftables table that isolates a member (in the member's own namespace: members of a

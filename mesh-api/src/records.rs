@@ -91,6 +91,10 @@ pub struct NodeKeyRecord {
     /// The node's boot id (a reboot means a new key).
     #[prost(string, tag = "4")]
     pub boot_id: String,
+    /// The UDP port where the node's agent answers reachability probes, at the same address
+    /// as the WireGuard endpoint; 0: it answers none (it is not probed).
+    #[prost(uint32, tag = "5")]
+    pub probe_port: u32,
 }
 
 /// `mesh/v1/<c>/identities/<id>`: the label set an identity stands for.

@@ -65,6 +65,12 @@ enum Command {
     Isolate(TargetArgs),
     /// Let an isolated member reach its peers again.
     Rejoin(TargetArgs),
+    /// Cut a node (`infra/node-2`) off the network at the fabric: every packet to or from
+    /// its address and pod range is dropped, as if it had died; its processes run on and its
+    /// cluster's records still call its pods ready (as Kubernetes' do until it notices).
+    Unplug(TargetArgs),
+    /// Put an unplugged node back on the network.
+    Plug(TargetArgs),
     /// kill -9 a member (`apps/m1`), a node's agent (`apps/node-1`) or a pod's workload.
     Kill(TargetArgs),
     /// Start a member, agent or pod workload again (on its data).
@@ -302,6 +308,36 @@ pub fn run(args: LabArgs) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Unplug(t) => {
+            let mut lab = find()?;
+            let target = lab.target(&t.target).map_err(fail)?;
+            let changed = lab.unplug(&target).map_err(fail)?;
+            println!(
+                "{}: {}",
+                target.label(),
+                if changed {
+                    "unplugged (no packet reaches or leaves it)"
+                } else {
+                    "already unplugged"
+                }
+            );
+            Ok(())
+        }
+        Command::Plug(t) => {
+            let mut lab = find()?;
+            let target = lab.target(&t.target).map_err(fail)?;
+            let changed = lab.plug(&target).map_err(fail)?;
+            println!(
+                "{}: {}",
+                target.label(),
+                if changed {
+                    "plugged back in"
+                } else {
+                    "was not unplugged"
+                }
+            );
+            Ok(())
+        }
         Command::Kill(t) => act(find()?, &t.target, "killed (SIGKILL)", |lab, t| lab.kill(t)),
         Command::Start(t) => act(find()?, &t.target, "started", |lab, t| lab.start(t)),
         Command::Freeze(t) => act(find()?, &t.target, "frozen (SIGSTOP)", |lab, t| {
@@ -446,6 +482,9 @@ fn table(s: &Value) -> String {
     }
     for m in faults["isolated"].as_array().into_iter().flatten() {
         out.push_str(&format!("fault: {} isolated from its peers\n", str_of(m)));
+    }
+    for n in faults["unplugged"].as_array().into_iter().flatten() {
+        out.push_str(&format!("fault: {} unplugged from the network\n", str_of(n)));
     }
     for c in s["clusters"].as_array().into_iter().flatten() {
         out.push_str(&format!(

@@ -66,6 +66,7 @@ async fn get_prints_records_decoded() {
         public_key: "pub".into(),
         listen_port: 51820,
         boot_id: "b1".into(),
+        probe_port: 0,
     });
     let mut client = cluster.client().await.unwrap();
     client

@@ -141,9 +141,35 @@ pub async fn run(
         }
         None => None,
     };
-    let mut publisher = wg
-        .as_ref()
-        .map(|w| Publisher::new(&config.cluster, &config.node, *w.public_key(), w.port()));
+    let (metrics, mut registry) = Metrics::new();
+    // Reachability probing rides on WireGuard: its port is published in the node key record.
+    let probe = config.wg.as_ref().and_then(|c| c.probe);
+    let prober = match probe {
+        Some(settings) => {
+            let reach_metrics = crate::reach::ReachMetrics::register(&mut registry);
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], settings.port));
+            let prober = crate::reach::Prober::start(settings, reach_metrics)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            tracing::info!(
+                port = settings.port,
+                interval = ?settings.interval,
+                timeout = ?settings.timeout,
+                "answering and sending reachability probes"
+            );
+            Some(prober)
+        }
+        None => None,
+    };
+    let mut publisher = wg.as_ref().map(|w| {
+        Publisher::new(
+            &config.cluster,
+            &config.node,
+            *w.public_key(),
+            w.port(),
+            probe.map(|p| p.port),
+        )
+    });
     let (mut programs, mut kernel, report) =
         Programs::install(&pins, &config.cgroup_root, config.attach)?;
     record_cgroup(&config)?;
@@ -172,7 +198,6 @@ pub async fn run(
     );
     let mut reconciler = Reconciler::adopt(applied);
 
-    let (metrics, mut registry) = Metrics::new();
     // DNS before the first list: until then it answers NXDOMAIN for everything in its zone,
     // which is what a resolver sees of a name not exported yet.
     let dns = match &config.dns {
@@ -248,6 +273,7 @@ pub async fn run(
         wg: wg.as_mut(),
         publisher: publisher.as_mut(),
         dns: dns.as_ref().map(|(zone, _)| zone.clone()),
+        prober,
     };
     let result = tokio::select! {
         r = agent.sync_forever() => r,
@@ -259,6 +285,14 @@ pub async fn run(
     stop_server.cancel();
     let _ = server.await;
     result
+}
+
+/// The prober's next judgement; never, without one.
+async fn reach_changed(prober: Option<&mut crate::reach::Prober>) -> crate::reach::Unreachable {
+    match prober {
+        Some(p) => p.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A background task that ends with its owner.
@@ -317,6 +351,8 @@ struct Agent<'a> {
     publisher: Option<&'a mut Publisher>,
     /// The clusterset DNS zone, with `--dns-listen`.
     dns: Option<Arc<crate::dns::Zone>>,
+    /// Reachability probing of remote nodes, with WireGuard and a `--reachability-port`.
+    prober: Option<crate::reach::Prober>,
 }
 
 impl Agent<'_> {
@@ -357,6 +393,7 @@ impl Agent<'_> {
                             () = tokio::time::sleep_until(deadline) => break,
                             _ = tick.tick() => self.tick()?,
                             () = LinkEvents::next(links) => self.scan_interfaces()?,
+                            u = reach_changed(self.prober.as_mut()) => self.reachability(u)?,
                         }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -381,8 +418,9 @@ impl Agent<'_> {
             Some(r) => r,
             None => {
                 let started = Instant::now();
-                let (state, revision) = source::list(&mut client).await?;
+                let (mut state, revision) = source::list(&mut client).await?;
                 self.metrics.lists.inc();
+                state.unreachable = std::mem::take(&mut self.state.unreachable);
                 self.state = state;
                 self.stale = self.stale_now();
                 self.guard_remotes(&Touched::everything());
@@ -431,6 +469,10 @@ impl Agent<'_> {
                     self.scan_interfaces()?;
                     continue;
                 }
+                u = reach_changed(self.prober.as_mut()) => {
+                    self.reachability(u)?;
+                    continue;
+                }
             };
             let started = Instant::now();
             let changes = match changes {
@@ -476,8 +518,44 @@ impl Agent<'_> {
     fn reconcile_wg(&mut self) {
         if let Some(wg) = self.wg.as_deref_mut() {
             wg.listed = true;
-            wg.reconcile(&self.state, &self.local, &self.metrics);
+            let peers = wg.reconcile(&self.state, &self.local, &self.metrics);
+            if let Some(prober) = &self.prober {
+                prober.set_targets(crate::reach::targets(&self.state, peers.values()));
+            }
         }
+    }
+
+    /// Takes the prober's new judgement: the backends on nodes that stopped (or started
+    /// again) answering change tier at once.
+    fn reachability(&mut self, unreachable: crate::reach::Unreachable) -> Result<(), Error> {
+        if unreachable == self.state.unreachable {
+            return Ok(());
+        }
+        for c in unreachable
+            .clusters
+            .symmetric_difference(&self.state.unreachable.clusters)
+        {
+            let now = unreachable.clusters.contains(c);
+            tracing::info!(
+                remote = %c,
+                unreachable = now,
+                "remote {}",
+                if now {
+                    "answers no probe on any node: its backends are now a last resort"
+                } else {
+                    "answers probes again"
+                }
+            );
+        }
+        self.state.unreachable = unreachable;
+        if self.programmed() {
+            let touched = Touched {
+                all_services: true,
+                ..Touched::default()
+            };
+            self.reconcile(&touched, Instant::now())?;
+        }
+        Ok(())
     }
 
     /// Reports remotes over the limits and refused remote node addresses when they change; a

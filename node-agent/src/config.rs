@@ -146,6 +146,24 @@ pub struct Flags {
     /// to its socket).
     #[arg(long, value_enum, default_value_t = WgDaemon::Own)]
     pub wg_userspace_daemon: WgDaemon,
+    /// The UDP port where this agent answers other agents' reachability probes and sends its
+    /// own from (published in its node key record, at the WireGuard endpoint's address; open
+    /// it between the nodes of connected clusters as --wg-port). 0: it neither probes nor
+    /// answers, and remote nodes are judged by their cluster's mirror alone. Needs WireGuard.
+    #[arg(long, default_value_t = 51872)]
+    pub reachability_port: u16,
+    /// How often each remote node is probed.
+    #[arg(long, default_value = "200ms", value_parser = mesh_api::duration::parse)]
+    pub reachability_interval: Duration,
+    /// A remote node that has answered no probe for this long is unreachable: its backends
+    /// become a last resort until it answers 3 probes in a row. At least twice
+    /// --reachability-interval.
+    #[arg(long, default_value = "800ms", value_parser = mesh_api::duration::parse)]
+    pub reachability_timeout: Duration,
+    /// Probes a second at most, over every remote node: beyond it, each node is probed less
+    /// often and the timeout grows in proportion.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reachability_max_rate: u32,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -480,8 +498,30 @@ fn wg_config(flags: &Flags) -> Result<Option<WgConfig>, ConfigError> {
     if !(1280..=65_535).contains(&flags.wg_mtu) {
         return Err(bad("wg-mtu", "must be 1280 to 65535"));
     }
+    if flags.reachability_port != 0 && flags.reachability_port == flags.wg_port {
+        return Err(bad(
+            "reachability-port",
+            "must differ from --wg-port (both are UDP on the same addresses)",
+        ));
+    }
+    if flags.reachability_interval < Duration::from_millis(10) {
+        return Err(bad("reachability-interval", "must be at least 10ms"));
+    }
+    if flags.reachability_timeout < flags.reachability_interval * 2 {
+        return Err(bad(
+            "reachability-timeout",
+            "must be at least twice --reachability-interval (one lost probe is no outage)",
+        ));
+    }
+    let probe = (flags.reachability_port != 0).then_some(crate::reach::Settings {
+        port: flags.reachability_port,
+        interval: flags.reachability_interval,
+        timeout: flags.reachability_timeout,
+        max_rate: flags.reachability_max_rate,
+    });
     Ok(Some(WgConfig {
         interface,
+        probe,
         port: flags.wg_port,
         mtu: flags.wg_mtu,
         intra_cluster: flags.wg_intra_cluster,

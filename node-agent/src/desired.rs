@@ -25,8 +25,10 @@
 //! datapath.
 //!
 //! A remote is stale when its mirror has been disconnected longer than `stale_after`
-//! (`mesh/status/remotes/<c>`): its backends stay programmed but only as a last resort, so a
-//! partition does not black-hole a share of the connections. No tier with a backend leaves an
+//! (`mesh/status/remotes/<c>`), or when none of its probed nodes answers this agent's
+//! reachability probes ([`crate::reach`]); a remote backend is stale when its node answers
+//! none. Stale backends stay programmed but only as a last resort, so a partition or a dead
+//! node does not black-hole a share of the connections. No tier with a backend leaves an
 //! empty slot list, which makes connects fail at once.
 //!
 //! # ipcache
@@ -329,14 +331,40 @@ pub fn service(
     out
 }
 
-/// The clusters whose service `name` passes `takes`, with their backends' cluster flags.
+/// A cluster whose service contributes backends: its state, the flags of all its backends,
+/// and the addresses of its nodes that answer no probe (the backends on them are stale).
+struct Contributor<'a> {
+    cluster: &'a ClusterState,
+    flags: u32,
+    down: BTreeSet<Ipv4Addr>,
+}
+
+impl Contributor<'_> {
+    /// The flags of a backend at `ip`.
+    fn flags_of(&self, ip: Ipv4Addr) -> u32 {
+        let on_down_node = !self.down.is_empty()
+            && (self.down.contains(&ip)
+                || self
+                    .cluster
+                    .ipcache
+                    .get(&ip)
+                    .is_some_and(|pod| self.down.contains(&pod.node)));
+        if on_down_node {
+            self.flags | backend_flags::STALE
+        } else {
+            self.flags
+        }
+    }
+}
+
+/// The clusters whose service `name` passes `takes`.
 fn contributing<'a>(
     state: &'a MeshState,
     local: &Local,
     name: &str,
     now_ms: i64,
     takes: impl Fn(&str, &crate::state::Service) -> bool,
-) -> Vec<(&'a ClusterState, u32)> {
+) -> Vec<Contributor<'a>> {
     state
         .clusters
         .iter()
@@ -347,10 +375,19 @@ fn contributing<'a>(
             if is_local {
                 flags |= backend_flags::LOCAL;
             }
-            if stale(state, local, cname, now_ms) {
+            if stale(state, local, cname, now_ms) || state.unreachable.clusters.contains(cname) {
                 flags |= backend_flags::STALE;
             }
-            Some((c, flags))
+            let down = if is_local {
+                BTreeSet::new()
+            } else {
+                state.unreachable.node_ips(state, cname)
+            };
+            Some(Contributor {
+                cluster: c,
+                flags,
+                down,
+            })
         })
         .collect()
 }
@@ -361,7 +398,7 @@ type PortKey<'p> = (&'p str, u16, u8);
 /// For each TCP or UDP port `(name, number, protocol)`: the backends chosen among the
 /// contributing clusters' endpoints whose slice port has the same name and protocol.
 fn frontend_ports<'p>(
-    contributing: &[(&ClusterState, u32)],
+    contributing: &[Contributor<'_>],
     name: &str,
     ports: impl Iterator<Item = PortKey<'p>>,
     affinity: Affinity,
@@ -369,7 +406,8 @@ fn frontend_ports<'p>(
     let mut out = Vec::new();
     for port in ports.filter(|p| matches!(p.2, PROTO_TCP | PROTO_UDP)) {
         let mut candidates: Vec<Backend> = Vec::new();
-        for (c, cluster_flags) in contributing {
+        for contributor in contributing {
+            let c = contributor.cluster;
             let cluster_id = c.id.unwrap_or(0);
             for slice in c.slices_of(name) {
                 let Some(target) = slice
@@ -396,7 +434,7 @@ fn frontend_ports<'p>(
                         ip: *ip,
                         port: target.port,
                         cluster_id,
-                        flags: cluster_flags | state_flag,
+                        flags: contributor.flags_of(*ip) | state_flag,
                     });
                 }
             }

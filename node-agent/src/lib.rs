@@ -41,6 +41,7 @@ pub mod maps;
 pub mod metrics;
 pub mod netlink;
 pub mod podnet;
+pub mod reach;
 pub mod reconcile;
 pub mod show;
 pub mod source;

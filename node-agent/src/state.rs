@@ -100,6 +100,9 @@ pub struct NodeKey {
     pub public_key: [u8; 32],
     /// WireGuard listen port.
     pub port: u16,
+    /// Where the node's agent answers reachability probes (at the WireGuard endpoint's
+    /// address); `None`: it answers none.
+    pub probe_port: Option<u16>,
     /// The record's create revision in this store: of two nodes with the same key, the
     /// earlier keeps it.
     pub created: i64,
@@ -259,6 +262,9 @@ pub struct MeshState {
     pub skipped: Skipped,
     /// The imports, as of the last [`MeshState::refresh_clusterset`].
     pub clusterset: Clusterset,
+    /// Remote nodes and clusters that answer no reachability probe (not a record: what this
+    /// agent's prober found, [`crate::reach`]).
+    pub unreachable: crate::reach::Unreachable,
     /// Services (`namespace/name`) whose exports changed since then.
     exports_changed: BTreeSet<String>,
     /// A cluster record's range changed since then.
@@ -382,7 +388,7 @@ impl MeshState {
             (Key::NodeKey { node, .. }, r) => {
                 let key = match r {
                     Some(Record::NodeKey(r)) => {
-                        let k = node_key(&r.public_key, r.listen_port, created);
+                        let k = node_key(&r.public_key, r.listen_port, r.probe_port, created);
                         skipped.undecodable += u64::from(k.is_none());
                         k
                     }
@@ -682,13 +688,15 @@ fn cidr_v4(s: &str, skipped: &mut Skipped) -> Option<(Ipv4Addr, u8)> {
     }
 }
 
-/// A node key record's key, if it is a valid base64 Curve25519 key and the port is valid.
-fn node_key(public_key: &str, port: u32, created: i64) -> Option<NodeKey> {
+/// A node key record's key, if it is a valid base64 Curve25519 key and the port is valid (a
+/// probe port that is not is no probe port).
+fn node_key(public_key: &str, port: u32, probe_port: u32, created: i64) -> Option<NodeKey> {
     let public_key = crate::wg::key::decode(public_key)?;
     Some(NodeKey {
         public_key,
         created,
         port: u16::try_from(port).ok().filter(|p| *p != 0)?,
+        probe_port: u16::try_from(probe_port).ok().filter(|p| *p != 0),
     })
 }
 

@@ -323,7 +323,8 @@ impl Mesh {
         self
     }
 
-    /// `node`'s WireGuard key: [`test_key`]`(seed)`, listening on `port`.
+    /// `node`'s WireGuard key: [`test_key`]`(seed)`, listening on `port`; its agent answers
+    /// reachability probes on `port + 1`.
     pub fn nodekey(&mut self, cluster: &str, node: &str, seed: u8, port: u32) -> &mut Self {
         self.put(
             Key::NodeKey {
@@ -335,6 +336,7 @@ impl Mesh {
                 public_key: crate::wg::key::encode(&test_key(seed)),
                 listen_port: port,
                 boot_id: "boot".to_owned(),
+                probe_port: port + 1,
             }),
         );
         self

@@ -45,6 +45,8 @@ pub struct WgConfig {
     pub interface: Interface,
     /// The listen port.
     pub port: u16,
+    /// Reachability probing of the peers' nodes, unless `--reachability-port 0`.
+    pub probe: Option<crate::reach::Settings>,
     /// The interface's MTU.
     pub mtu: u32,
     /// Peers with this cluster's other nodes too.
@@ -190,9 +192,15 @@ impl Wg {
         self.config.interface.backend_name()
     }
 
-    /// Makes the interface's peers and routes match the records. A failure is logged and
-    /// counted, and retried at the next tick; it never stops the agent.
-    pub fn reconcile(&mut self, state: &MeshState, local: &Local, metrics: &Metrics) {
+    /// Makes the interface's peers and routes match the records, and returns the peers it
+    /// should have. A failure is logged and counted, and retried at the next tick; it never
+    /// stops the agent.
+    pub fn reconcile(
+        &mut self,
+        state: &MeshState,
+        local: &Local,
+        metrics: &Metrics,
+    ) -> BTreeMap<peers::PublicKey, peers::Peer> {
         let (desired, conflicts) =
             peers::desired(state, local, self.public_key(), self.config.intra_cluster);
         metrics.wg_key_conflicts.set(conflicts.len() as i64);
@@ -220,6 +228,7 @@ impl Wg {
         }
         metrics.wg_peers.set(self.table.applied().len() as i64);
         self.sync_exemption(state, local, metrics, false);
+        desired
     }
 
     /// Makes the masquerade exemption cover this node's pods to every peer's CIDRs. With

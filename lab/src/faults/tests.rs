@@ -144,3 +144,27 @@ fn an_isolated_member_drops_its_peers_both_ways_and_rejoining_removes_the_table(
     assert!(!f.rejoin("apps/m2"));
     assert_eq!(f.isolated, ["apps/m1"]);
 }
+
+#[test]
+fn an_unplugged_node_loses_its_address_and_pod_range_both_ways() {
+    let spec = crate::spec::LabSpec::default_lab();
+    let plan = Plan::new(4);
+    let mut f = Faults::default();
+    assert!(f.unplug("infra/node-2"));
+    assert!(!f.unplug("infra/node-2"), "already");
+    let rules = f.ruleset(&plan, &spec);
+    for dir in ["saddr", "daddr"] {
+        let rule = format!(
+            "ip {dir} {{ 192.168.2.2, 10.2.2.0/24 }} counter drop comment \"unplugged infra/node-2\""
+        );
+        assert!(rules.contains(&rule), "{rules}");
+    }
+    // Nothing else of infra is cut.
+    assert_eq!(rules.matches("drop").count(), 2, "{rules}");
+    assert!(f.plug("infra/node-2"));
+    assert!(!f.plug("infra/node-2"));
+    assert!(!f.ruleset(&plan, &spec).contains("drop"));
+    // A node the lab does not have cuts nothing (the lab refuses it before it is recorded).
+    f.unplug("infra/node-9");
+    assert!(!f.ruleset(&plan, &spec).contains("drop"));
+}

@@ -1,5 +1,5 @@
-//! Faults between clusters and members, as the fabric's ruleset enforces them: partitions,
-//! isolation, degradation.
+//! Faults between clusters, members and nodes, as the fabric's ruleset enforces them:
+//! partitions, isolation, unplugged nodes, degradation.
 
 use super::*;
 
@@ -52,6 +52,27 @@ impl Lab {
     pub fn rejoin(&mut self, t: &Target) -> Result<bool> {
         let mut faults = self.state.faults.clone();
         let changed = faults.rejoin(&t.label());
+        self.enforce(faults)?;
+        Ok(changed)
+    }
+
+    /// Cuts node `t` off the network at the fabric: every packet to or from its address and
+    /// pod range is dropped, so to everyone else it is a dead node. Returns false if it was
+    /// unplugged already.
+    pub fn unplug(&mut self, t: &Target) -> Result<bool> {
+        let Target::Node { .. } = t else {
+            return Err(refused(format!("{} is not a node", t.label())));
+        };
+        let mut faults = self.state.faults.clone();
+        let changed = faults.unplug(&t.label());
+        self.enforce(faults)?;
+        Ok(changed)
+    }
+
+    /// Puts an unplugged node back on the network. Returns false if it was not unplugged.
+    pub fn plug(&mut self, t: &Target) -> Result<bool> {
+        let mut faults = self.state.faults.clone();
+        let changed = faults.plug(&t.label());
         self.enforce(faults)?;
         Ok(changed)
     }

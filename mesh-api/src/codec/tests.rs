@@ -73,6 +73,7 @@ fn every_record() -> Vec<Record> {
             public_key: "k".into(),
             listen_port: 51820,
             boot_id: "b".into(),
+            probe_port: 51821,
         }),
         Record::Identity(IdentityRecord {
             schema: SCHEMA,

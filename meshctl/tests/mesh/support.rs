@@ -342,6 +342,7 @@ pub fn node_key(key: &str) -> Vec<u8> {
         public_key: key.to_owned(),
         listen_port: 51871,
         boot_id: "boot".to_owned(),
+        probe_port: 0,
     })
     .encode()
 }

@@ -198,6 +198,62 @@ fn a_stale_remote_is_the_last_resort_before_terminating_backends() {
 }
 
 #[test]
+fn backends_on_a_remote_node_that_answers_no_probe_are_a_last_resort() {
+    let mut m = three_clusters(Affinity::None);
+    // infra's pods 10.2.0.21 on node-1, 10.2.0.22 on node-2 (as the ipcache places them).
+    m.node("infra", "node-1", "172.20.1.1")
+        .node("infra", "node-2", "172.20.1.2")
+        .pod_on("infra", "10.2.0.21", 100, "172.20.1.1")
+        .pod_on("infra", "10.2.0.22", 100, "172.20.1.2");
+    assert_eq!(tcp(&m).len(), 3);
+    // node-1 answers no probe: its backend leaves the tier; node-2's stays.
+    m.state.unreachable = crate::reach::Unreachable {
+        nodes: BTreeMap::from([("infra".into(), BTreeSet::from(["node-1".into()]))]),
+        clusters: BTreeSet::new(),
+    };
+    assert_eq!(
+        tcp(&m),
+        [
+            "10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local",
+            "10.96.0.10:80/TCP -> 10.2.0.22:9090 c2 ready",
+        ]
+    );
+    // The whole cluster answers none: local only; and with nothing local ready, the
+    // unreachable backends rather than none.
+    m.state.unreachable.clusters.insert("infra".into());
+    m.state
+        .unreachable
+        .nodes
+        .get_mut("infra")
+        .unwrap()
+        .insert("node-2".into());
+    assert_eq!(
+        tcp(&m),
+        ["10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local"]
+    );
+    m.slice("apps", "demo/echo", "a", 8080, &[not_ready("10.1.0.11")]);
+    assert_eq!(
+        tcp(&m),
+        [
+            "10.96.0.10:80/TCP -> 10.2.0.21:9090 c2 ready,stale",
+            "10.96.0.10:80/TCP -> 10.2.0.22:9090 c2 ready,stale",
+        ]
+    );
+    // A host-network endpoint at the node's own address is on that node too.
+    let mut m = three_clusters(Affinity::None);
+    m.node("infra", "node-1", "10.2.0.21");
+    m.state.unreachable.nodes =
+        BTreeMap::from([("infra".into(), BTreeSet::from(["node-1".into()]))]);
+    assert_eq!(
+        tcp(&m),
+        [
+            "10.96.0.10:80/TCP -> 10.1.0.11:8080 c1 ready,local",
+            "10.96.0.10:80/TCP -> 10.2.0.22:9090 c2 ready",
+        ]
+    );
+}
+
+#[test]
 fn ipv6_is_skipped_and_counted() {
     let mut m = Mesh::default();
     m.cluster("apps", 1)

@@ -30,6 +30,7 @@ pub struct Publisher {
     value: Vec<u8>,
     public_key: [u8; 32],
     port: u16,
+    probe_port: Option<u16>,
     cluster: String,
     node: String,
     lease: Option<i64>,
@@ -46,13 +47,21 @@ fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> source::Error {
 }
 
 impl Publisher {
-    /// The record of `node` in `cluster`: `public_key`, `port` and this boot's id.
-    pub fn new(cluster: &str, node: &str, public_key: [u8; 32], port: u16) -> Publisher {
+    /// The record of `node` in `cluster`: `public_key`, `port`, where the agent answers
+    /// reachability probes, and this boot's id.
+    pub fn new(
+        cluster: &str,
+        node: &str,
+        public_key: [u8; 32],
+        port: u16,
+        probe_port: Option<u16>,
+    ) -> Publisher {
         let record = Record::NodeKey(NodeKeyRecord {
             schema: SCHEMA,
             public_key: super::key::encode(&public_key),
             listen_port: u32::from(port),
             boot_id: super::key::boot_id(),
+            probe_port: probe_port.map_or(0, u32::from),
         });
         Publisher {
             key: Key::NodeKey {
@@ -63,6 +72,7 @@ impl Publisher {
             value: record.encode(),
             public_key,
             port,
+            probe_port,
             cluster: cluster.to_owned(),
             node: node.to_owned(),
             lease: None,
@@ -81,7 +91,10 @@ impl Publisher {
                 .clusters
                 .get(&self.cluster)
                 .and_then(|c| c.nodekeys.get(&self.node))
-                .is_none_or(|k: &NodeKey| (k.public_key, k.port) != (self.public_key, self.port))
+                .is_none_or(|k: &NodeKey| {
+                    (k.public_key, k.port, k.probe_port)
+                        != (self.public_key, self.port, self.probe_port)
+                })
     }
 
     /// Writes the record under the lease (a new one if there is none or it expired).

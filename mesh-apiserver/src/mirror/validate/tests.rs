@@ -195,6 +195,7 @@ fn values_are_bounded_by_kind() {
             public_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
             listen_port: 51871,
             boot_id: "b".repeat(boot_id_bytes),
+            probe_port: 0,
         })
     };
     let key = "mesh/v1/infra/nodekeys/infra-1";
