@@ -77,6 +77,15 @@ pub fn markdown(r: &Report, command: &str) -> String {
             g["local"], g["connections"], g["failed"], g["remote_after_heal"], g["after_heal"]
         );
     }
+    if let Some(f) = r.availability.get("apps").and_then(|a| a.get("failover")) {
+        let _ = write!(
+            md,
+            "\nFailover: apps/client's connections to demo/echo (backends in both clusters) \
+             begun in the first {} s of the fault: {} failed of {}; after that until the fault \
+             ended: {} failed of {}.\n",
+            f["window_s"], f["failed_within"], f["within"], f["failed_after"], f["after"]
+        );
+    }
     if r.violation_count() > 0 {
         md.push_str("\n## Violation details\n\n```json\n");
         md.push_str(&serde_json::to_string_pretty(&r.violations).unwrap_or_default());

@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::check::available::{self, Answer, Preference, tally};
+use crate::check::available::{self, Answer, Failover, Preference, tally};
 use crate::check::{linear, lost, watch};
 use crate::converge;
 use crate::rng::Rng;
@@ -64,6 +64,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "long-disconnect",
         "the partition held past the agents' --remote-stale-after, so they stop preferring the remote's backends; then healed, and they use them again",
+    ),
+    (
+        "node-down",
+        "infra/node-1 (an echo backend of the global demo/echo) unplugged from the network for the fault time while its cluster's records still call its pods ready, KV load and churn on both sides; apps' connections to demo/echo must stop failing within 1.5 s",
     ),
     (
         "agent-kill",
@@ -471,6 +475,7 @@ impl<'a> Run<'a> {
             "convergence",
             "availability",
             "remote-preference",
+            "failover",
             "workload",
             "inactive",
             "lease",
@@ -561,11 +566,17 @@ impl<'a> Run<'a> {
             }
             let (all, failed, _) = tally(&answers, fault_began, fault_ended, &cluster);
             // Judged only if something was done: the attacker's own work is not judged.
-            let activity = available::Activity::new(
+            let mut activity = available::Activity::new(
                 kv_served.get(&cluster).copied().unwrap_or(0),
                 all,
                 fault_ended.saturating_duration_since(fault_began),
             );
+            if self.name == "node-down" && timeline::unplugged_cluster() == cluster {
+                // Its client's local connections go to the unplugged node half the time and
+                // wait out their timeout: the fault itself, inside the cluster (its own
+                // Kubernetes' to notice), and neither judged nor required.
+                activity.connections_minimum = 0;
+            }
             if self.honest(&cluster) {
                 for problem in activity.violations() {
                     report
@@ -614,6 +625,22 @@ impl<'a> Run<'a> {
                     .push(json!({"cluster": "apps", "failed_global_connections": failed}));
             }
             self.check_attack(&mut report).await?;
+        }
+        if matches!(self.name, "partition" | "node-down") {
+            // apps' connections to demo/echo, whose backends are in both clusters: the ones
+            // on the far side of the fault fail until the agents stop choosing them.
+            let f = Failover::of(&answers, fault_began, fault_ended);
+            for problem in f.violations() {
+                report
+                    .violations
+                    .get_mut("failover")
+                    .expect("inserted")
+                    .push(json!({"cluster": "apps", "problem": problem}));
+            }
+            report
+                .availability
+                .entry("apps".to_owned())
+                .or_insert(json!({}))["failover"] = json!(f);
         }
         if self.name == "long-disconnect" {
             self.check_staleness(

@@ -1,5 +1,6 @@
 //! Availability: local writes and connections to local backends while the clusters are cut
-//! apart, and where connections to a global service go while a remote is stale.
+//! apart, where connections to a global service go while a remote is stale, and how soon
+//! they stop failing once a remote node or cluster stops answering ([`Failover`]).
 //!
 //! Writes are placed by their call position on the workload's clock (the faults' begin and
 //! end take positions on the same clock); connections by when the attempt began (the time the
@@ -128,6 +129,66 @@ impl Preference {
             out.push(format!(
                 "none of {} connections after healing reached the remote's backends",
                 self.after_heal
+            ));
+        }
+        out
+    }
+}
+
+/// How long after a remote node or cluster stops answering connections to a global service
+/// may still fail: the agents' reachability timeout (800 ms) and probe interval, then a map
+/// write (issue 31's target).
+pub const FAILOVER_WINDOW: Duration = Duration::from_millis(1_500);
+
+/// apps' connections to a global service with backends in both clusters, from the moment a
+/// fault cut some of them off to its end: those begun inside [`FAILOVER_WINDOW`] may fail
+/// (they were sent before anyone could know), none after it may.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Failover {
+    /// The window (s).
+    pub window_s: f64,
+    /// Connections begun inside it.
+    pub within: u64,
+    /// …that failed.
+    pub failed_within: u64,
+    /// Connections begun after it, until the fault ended.
+    pub after: u64,
+    /// …that failed.
+    pub failed_after: u64,
+}
+
+impl Failover {
+    /// Tallies `answers` of a fault from `began` to `ended`.
+    pub fn of(answers: &[Answer], began: Instant, ended: Instant) -> Failover {
+        let cut = (began + FAILOVER_WINDOW).min(ended);
+        let (within, failed_within, _) = tally(answers, began, cut, "");
+        let after: Vec<Answer> = answers
+            .iter()
+            .filter(|(at, ..)| *at > cut)
+            .cloned()
+            .collect();
+        let (after, failed_after, _) = tally(&after, cut, ended, "");
+        Failover {
+            window_s: FAILOVER_WINDOW.as_secs_f64(),
+            within,
+            failed_within,
+            after,
+            failed_after,
+        }
+    }
+
+    /// What broke: a connection failing after the window, or none made after it.
+    pub fn violations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.after == 0 {
+            out.push(format!(
+                "no connections more than {} s into the fault (fault too short?)",
+                self.window_s
+            ));
+        } else if self.failed_after > 0 {
+            out.push(format!(
+                "{} of {} connections begun more than {} s into the fault failed",
+                self.failed_after, self.after, self.window_s
             ));
         }
         out

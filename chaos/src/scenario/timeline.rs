@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// The node `node-down` unplugs: infra's node-1 serves demo/echo (echo-1) and two churn pods,
+/// but not infra's client, whose probe must keep running.
+const UNPLUGGED: &str = "infra/node-1";
+
+/// The cluster of the node `node-down` unplugs.
+pub(super) fn unplugged_cluster() -> &'static str {
+    UNPLUGGED.split_once('/').map_or(UNPLUGGED, |(c, _)| c)
+}
+
 impl Run<'_> {
     /// Churns services for `d`: every 300 ms a random churn pod of a random cluster flips
     /// readiness.
@@ -65,6 +74,11 @@ impl Run<'_> {
                     progress,
                 );
                 self.isolated = Some(t);
+            }
+            "node-down" => {
+                let t = self.lab.target(UNPLUGGED)?;
+                tokio::task::block_in_place(|| self.lab.unplug(&t))?;
+                self.note(format!("unplug {UNPLUGGED}"), progress);
             }
             "agent-kill" => {
                 let t = self.lab.target("apps/node-1")?;
@@ -150,6 +164,11 @@ impl Run<'_> {
                 let t = self.isolated.take().context("the isolated member")?;
                 tokio::task::block_in_place(|| self.lab.rejoin(&t))?;
                 self.note(format!("rejoin {}", t.label()), progress);
+            }
+            "node-down" => {
+                let t = self.lab.target(UNPLUGGED)?;
+                tokio::task::block_in_place(|| self.lab.plug(&t))?;
+                self.note(format!("plug {UNPLUGGED} back in"), progress);
             }
             "agent-kill" => {
                 let t: Target = self.lab.target("apps/node-1")?;

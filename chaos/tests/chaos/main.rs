@@ -94,6 +94,12 @@ fn run_short(scenario: &str) {
         );
     }
     assert!(json["convergence_s"].is_number(), "{report}");
+    if matches!(scenario, "partition" | "node-down") {
+        // The failover was measured: connections were made after its window (none failed,
+        // or the run would have exited 1).
+        let f = &json["availability"]["apps"]["failover"];
+        assert!(f["after"].as_u64().unwrap_or(0) > 0, "{report}");
+    }
     if scenario == "hostile-remote" {
         // The attack ran: hostile rewrote its record, and apps paused it.
         let h = &json["availability"]["apps"]["hostile"];
@@ -122,6 +128,7 @@ fn expected_faults(scenario: &str) -> &'static [&'static str] {
             "heal apps infra",
         ],
         "agent-kill" => &["kill -9 apps/node-1", "start apps/node-1"],
+        "node-down" => &["unplug infra/node-1", "plug infra/node-1 back in"],
         "degraded" => &["degrade apps infra", "heal apps infra"],
         "hostile-remote" => &["hostile: claims", "hostile stops"],
         other => panic!("no expected faults for {other}"),
@@ -151,6 +158,11 @@ fn remote_compacted() {
 #[test]
 fn long_disconnect() {
     run_short("long-disconnect");
+}
+
+#[test]
+fn node_down() {
+    run_short("node-down");
 }
 
 #[test]

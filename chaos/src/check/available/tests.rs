@@ -96,3 +96,30 @@ fn a_window_with_too_little_work_is_inactive() {
     assert_eq!(timing_out.violations().len(), 1);
     assert!(timing_out.violations()[0].contains("4 probe connections"));
 }
+
+#[test]
+fn failures_count_against_the_failover_only_after_its_window() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let ok = |ms| (at(ms), true, Some("apps".to_owned()));
+    let failed = |ms| (at(ms), false, None);
+    // Failures up to 1.5 s in: expected, reported, no violation.
+    let answers = vec![ok(100), failed(200), failed(1_400), ok(1_600), ok(4_000)];
+    let f = Failover::of(&answers, t0, at(5_000));
+    assert_eq!(
+        (f.within, f.failed_within, f.after, f.failed_after),
+        (3, 2, 2, 0)
+    );
+    assert!(f.violations().is_empty());
+    // One failure after the window is a violation.
+    let answers = vec![ok(100), failed(1_501), ok(2_000)];
+    let f = Failover::of(&answers, t0, at(5_000));
+    assert_eq!((f.after, f.failed_after), (2, 1));
+    assert_eq!(f.violations().len(), 1);
+    // Nothing tried after the window proves nothing: a violation too.
+    let f = Failover::of(&[ok(100), failed(200)], t0, at(5_000));
+    assert_eq!(f.violations().len(), 1);
+    // Connections after the fault ended are not the fault's.
+    let f = Failover::of(&[ok(2_000), failed(6_000)], t0, at(5_000));
+    assert_eq!((f.after, f.failed_after), (1, 0));
+}
