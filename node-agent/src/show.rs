@@ -307,6 +307,8 @@ pub mod wg {
         pub transfer_age_secs: Option<i64>,
         /// Persistent keepalive.
         pub keepalive: Option<u16>,
+        /// Whether the node answers the agent's reachability probes (`None`: not probed).
+        pub reachable: Option<bool>,
     }
 
     /// Reads `interface` and the notes in `state_dir`.
@@ -339,6 +341,7 @@ pub mod wg {
                     rx: s.rx,
                     tx: s.tx,
                     keepalive: s.applied.keepalive,
+                    reachable: note.and_then(|n| n.reachable),
                 }
             })
             .collect())
@@ -358,6 +361,7 @@ pub mod wg {
                 "txBytes": r.tx,
                 "transferAgeSeconds": r.transfer_age_secs,
                 "persistentKeepalive": r.keepalive,
+                "reachable": r.reachable,
             })).collect::<Vec<_>>(),
         })
     }
@@ -386,6 +390,15 @@ pub mod wg {
             if let Some(k) = r.keepalive {
                 let _ = writeln!(out, "  persistent keepalive: every {k} s");
             }
+            let _ = writeln!(
+                out,
+                "  reachability: {}",
+                match r.reachable {
+                    Some(true) => "answers probes",
+                    Some(false) => "answers no probe (its backends are a last resort)",
+                    None => "not probed",
+                }
+            );
         }
         out
     }

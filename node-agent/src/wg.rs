@@ -69,6 +69,10 @@ pub struct PeerNote {
     pub node: String,
     /// When its transfer counters last changed (Unix ms), if they have since the agent started.
     pub changed_at_ms: Option<i64>,
+    /// Whether its node answers this agent's reachability probes; `None` when it is not
+    /// probed (probing off, or its agent publishes no probe port).
+    #[serde(default)]
+    pub reachable: Option<bool>,
 }
 
 /// Counters seen at the last tick.
@@ -511,6 +515,7 @@ impl Wg {
             notes.insert(
                 key::encode(key),
                 PeerNote {
+                    reachable: reachable(self.config.probe.is_some(), state, &cluster, &node),
                     cluster,
                     node,
                     changed_at_ms: seen.changed_at_ms,
@@ -583,4 +588,25 @@ impl Wg {
 
 fn index_of(interface: &Interface) -> Option<u32> {
     route::index(interface.name())
+}
+
+/// Whether node `node` of `cluster` answers this agent's probes, if it is probed (`probing`:
+/// the agent probes at all).
+fn reachable(probing: bool, state: &MeshState, cluster: &str, node: &str) -> Option<bool> {
+    if !probing {
+        return None;
+    }
+    state
+        .clusters
+        .get(cluster)?
+        .nodekeys
+        .get(node)?
+        .probe_port?;
+    Some(
+        !state
+            .unreachable
+            .nodes
+            .get(cluster)
+            .is_some_and(|n| n.contains(node)),
+    )
 }

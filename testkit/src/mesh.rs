@@ -28,6 +28,8 @@ use crate::eventually::eventually;
 use crate::topology::{ClusterSpec, NodeNet, Topology};
 
 pub const WG_PORT: u16 = 51871;
+/// The agents' reachability probe port (their default).
+pub const PROBE_PORT: u16 = 51872;
 pub const CLUSTERS: [(&str, u8); 2] = [("apps", 1), ("infra", 2)];
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -364,6 +366,7 @@ impl Mesh {
             .listen_metrics("127.0.0.1:9964")
             .args(["--wg-backend", "userspace", "--wg-interface", &a.interface])
             .args(["--wg-port", &WG_PORT.to_string()])
+            .args(["--reachability-port", &PROBE_PORT.to_string()])
             .args([
                 OsStr::new("--wg-userspace-program"),
                 boringtun().as_os_str(),

@@ -224,10 +224,12 @@ impl Topology {
             .collect()
     }
 
-    /// Lets only UDP to `port` between node addresses (what WireGuard sends) and traffic to
-    /// or from the API servers cross the fabric; everything else (pod traffic in the clear,
-    /// anything else between nodes) is dropped and counted.
-    pub fn only_tunnels_and_api_servers(&self, port: u16) -> Result<()> {
+    /// Lets only UDP to `port` between node addresses (what WireGuard sends), UDP to
+    /// `probe_port` between them (the agents' reachability probes and answers: 12 bytes of
+    /// nonce, counted apart) and traffic to or from the API servers cross the fabric;
+    /// everything else (pod traffic in the clear, anything else between nodes) is dropped and
+    /// counted.
+    pub fn only_tunnels_and_api_servers(&self, port: u16, probe_port: u16) -> Result<()> {
         let list = |ips: Vec<Ipv4Addr>| {
             ips.iter()
                 .map(Ipv4Addr::to_string)
@@ -245,6 +247,7 @@ impl Topology {
              \t\tip saddr @apis accept\n\
              \t\tip daddr @apis accept\n\
              \t\tip saddr @nodes ip daddr @nodes udp dport {port} counter accept comment \"tunnel\"\n\
+             \t\tip saddr @nodes ip daddr @nodes udp dport {probe_port} udp length 20 counter accept comment \"probe\"\n\
              \t\tcounter drop comment \"other\"\n\
              \t}}\n\
              }}\n"

@@ -19,7 +19,7 @@ fn pods_of_two_clusters_talk_through_the_tunnels_only() {
     // what works afterwards went through the tunnels.
     mesh.wait_ping("apps", "node-1", infra_pods[0]);
     mesh.topo
-        .only_tunnels_and_api_servers(WG_PORT)
+        .only_tunnels_and_api_servers(WG_PORT, PROBE_PORT)
         .expect("fabric filter");
     assert!(
         !mesh.ping("apps", "node-1", infra_pods[0]),
@@ -140,6 +140,19 @@ fn pods_of_two_clusters_talk_through_the_tunnels_only() {
             .then_some(m)
     });
     assert!(metrics.contains("raftmesh_agent_wg_peers 2"), "{metrics}");
+    // Both infra nodes answer apps/node-1's reachability probes, as `node-agent wg` and the
+    // metrics say.
+    eventually("both peers shown answering probes", PATIENCE, || {
+        let peers = shown(a)["peers"].as_array().unwrap().clone();
+        peers.iter().all(|p| p["reachable"] == true).then_some(())
+    });
+    let m = mesh.metrics("apps", "node-1");
+    for line in [
+        "raftmesh_agent_remote_nodes_probed{cluster=\"infra\"} 2",
+        "raftmesh_agent_remote_nodes_unreachable{cluster=\"infra\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
     assert!(
         metrics.contains("raftmesh_agent_wg_transfer_bytes{cluster=\"infra\",direction=\"rx\"}"),
         "{metrics}"
