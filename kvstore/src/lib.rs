@@ -53,6 +53,7 @@ pub mod node;
 pub mod peer;
 pub mod peer_service;
 pub mod per_identity;
+pub mod prevote;
 pub mod propose;
 pub mod raft_types;
 pub mod read_index;

@@ -229,7 +229,7 @@ impl Collector for StoreCollector {
             (
                 "raft_has_leader",
                 "1 if this member knows a leader.",
-                i64::from(m.current_leader.is_some()),
+                i64::from(node.leader().is_some()),
             ),
             (
                 "raft_applied_index",

@@ -99,6 +99,8 @@ pub struct Node {
     leading_since: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
     /// Watch streams and watchers held per limited identity.
     usage: Arc<crate::per_identity::Usage>,
+    /// When this member last heard from a leader (for pre-vote).
+    pub contact: crate::prevote::Contact,
     settings: NodeSettings,
 }
 
@@ -190,6 +192,7 @@ impl Node {
             forwarder,
             leading_since,
             usage: Arc::default(),
+            contact: crate::prevote::Contact::default(),
             settings,
         }
     }
@@ -387,9 +390,12 @@ impl Node {
         Duration::from_millis(self.raft.config().election_timeout_max)
     }
 
-    /// The leader this member knows, if any.
+    /// The leader this member knows, if any: itself while it leads, else the one it follows
+    /// while it has heard from it within an election timeout (past that, a follower stands
+    /// for election or asks for pre-votes, and knows no leader — as etcd's pre-candidate).
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let leader = self.raft.metrics().borrow().current_leader?;
+        (leader == self.id || self.contact.silence() < self.election_timeout()).then_some(leader)
     }
 
     /// This member's term while it leads, else `None`.
@@ -400,8 +406,41 @@ impl Node {
     }
 
     /// Peer URLs of `id`, from the membership this member applied.
-    fn peer_urls(&self, id: NodeId) -> Option<Vec<String>> {
+    pub(crate) fn peer_urls(&self, id: NodeId) -> Option<Vec<String>> {
         crate::propose::peer_urls(&self.raft, id)
+    }
+
+    /// The channels to the other members.
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// The id of the last entry in this member's log.
+    pub(crate) async fn last_log_id(&self) -> Result<Option<crate::prevote::LogId>, Error> {
+        use openraft::storage::RaftLogStorage as _;
+        let mut log = self.log.clone();
+        let state = log.get_log_state().await.map_err(|_| Error::Unhealthy)?;
+        Ok(state.last_log_id)
+    }
+
+    /// Whether to grant pre-vote `req` ([`crate::prevote`]).
+    async fn grant_pre_vote(&self, req: &crate::prevote::PreVote) -> Result<bool, Error> {
+        let last_log_id = self.last_log_id().await?;
+        let (leading, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.vote.leader_id().term)
+        };
+        let granted = crate::prevote::grant(
+            req,
+            leading,
+            self.contact.silence(),
+            self.election_timeout(),
+            term,
+            last_log_id.as_ref(),
+        );
+        tracing::debug!(term = req.term, granted, "pre-vote asked");
+        Ok(granted)
     }
 
     /// Runs `req` on the leader: here if this member leads, else forwarded. Retries while
@@ -486,6 +525,7 @@ impl Node {
                     .map_err(|_| Error::Unhealthy)?;
                 Ok(PeerResponse::Done)
             }
+            PeerRequest::PreVote(req) => self.grant_pre_vote(&req).await.map(PeerResponse::PreVote),
             PeerRequest::Members => Ok(PeerResponse::Members(
                 self.raft
                     .metrics()
@@ -536,7 +576,7 @@ impl Node {
                 self.add_member_as_leader(peer_urls, learner).await
             }
             PeerRequest::RemoveMember { id } => self.remove_member_as_leader(id).await,
-            PeerRequest::Members | PeerRequest::Campaign => {
+            PeerRequest::Members | PeerRequest::Campaign | PeerRequest::PreVote(_) => {
                 unreachable!("served by serve_peer_call")
             }
         }

@@ -50,6 +50,8 @@ pub enum PeerRequest {
     ProposeBatch(Vec<Command>),
     /// Stand for election now (sent by the leader to the member leadership moves to).
     Campaign,
+    /// Would you vote for this candidate? ([`crate::prevote`]; any member, changes nothing.)
+    PreVote(crate::prevote::PreVote),
 }
 
 /// A lease's remaining time as the leader sees it.
@@ -84,4 +86,6 @@ pub enum PeerResponse {
     Replies(Vec<Result<Reply, Error>>),
     /// Answer to `Campaign`: the election started.
     Done,
+    /// Answer to `PreVote`: granted or not.
+    PreVote(bool),
 }

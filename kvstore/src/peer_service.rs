@@ -43,7 +43,13 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<pb::Blob>, Status> {
 impl pb::peer_server::Peer for PeerService {
     async fn append_entries(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
         let rpc = decode(req)?;
-        encode(&self.node.raft.append_entries(rpc).await)
+        let result = self.node.raft.append_entries(rpc).await;
+        // Any answer but a higher vote means the sender is the leader this member follows.
+        if matches!(&result, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.node.contact.heard();
+        }
+        encode(&result)
     }
 
     async fn vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {

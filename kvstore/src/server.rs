@@ -78,6 +78,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// `--election-timeout`.
     pub election_timeout: Duration,
+    /// `--pre-vote`: stand for election only with a majority's pre-vote ([`crate::prevote`]).
+    pub pre_vote: bool,
     /// `--auto-compaction-mode` and `--auto-compaction-retention`.
     pub auto_compaction: AutoCompaction,
     /// How long a request may wait for the leader.
@@ -267,6 +269,8 @@ impl Member {
             election_timeout_min,
             election_timeout_max,
             install_snapshot_timeout: 5_000,
+            // With pre-vote, elections are started by crate::prevote::drive.
+            enable_elect: !config.pre_vote,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
             ..Default::default()
@@ -353,6 +357,9 @@ impl Member {
                 }
                 serve(router, l, tls, "client", stopped(stop)).await
             });
+        }
+        if config.pre_vote {
+            tasks.spawn(crate::prevote::drive(node.clone(), stopped(stop_rx.clone())));
         }
         if let Some(tls) = &tls {
             tasks.spawn(crate::tls::reload_periodically(

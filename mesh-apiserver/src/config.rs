@@ -162,6 +162,7 @@ impl Config {
             snapshot_count: flags.snapshot_count,
             heartbeat_interval: Duration::from_millis(flags.heartbeat_interval),
             election_timeout: Duration::from_millis(flags.election_timeout),
+            pre_vote: flags.pre_vote,
             auto_compaction: retention(
                 flags.auto_compaction_mode,
                 &flags.auto_compaction_retention,

@@ -127,7 +127,7 @@ impl PbMaintenanceService for Maintenance {
             header: convert::header(self.node.current_header()),
             version: ETCD_API_VERSION.to_owned(),
             db_size,
-            leader: m.current_leader.unwrap_or(0),
+            leader: self.node.leader().unwrap_or(0),
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),

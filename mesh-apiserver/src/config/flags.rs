@@ -75,6 +75,12 @@ pub struct Flags {
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
 
+    /// Stand for election only once a majority of the members have not heard from a leader
+    /// either (Raft's pre-vote, as etcd's --pre-vote): a member that rejoins after being cut
+    /// off does not depose a healthy leader.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pre_vote: bool,
+
     /// `revision`: keep --auto-compaction-retention revisions; `periodic`: keep that much
     /// time (e.g. 1h, 30m, or hours as a number); `off`: compact only on request.
     #[arg(long, value_enum, default_value_t = CompactionArg::Revision)]

@@ -76,6 +76,8 @@ fn default_lab() {
 
     // An isolated leader renews no lease.
     an_isolated_leader_renews_no_lease(&lab);
+    // A follower cut off and back does not depose the leader (pre-vote).
+    a_rejoining_follower_does_not_depose_the_leader(&lab);
 
     // 3. infra's demo/db admits only apps' client pods: apps/client gets through, apps/other
     //    (no client label) does not, though it reaches infra's echo pods.
@@ -429,19 +431,8 @@ fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
         .map(url)
         .collect();
     let pki = Path::new(apps["pki"].as_str().unwrap());
-    let etcdctl = |endpoints: &str, args: &[&str], timeout: &str| {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoints}"))
-            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("admin-admin.crt").display()))
-            .arg(format!("--key={}", pki.join("admin-admin.key").display()))
-            .arg(format!("--command-timeout={timeout}"))
-            .arg("--dial-timeout=2s")
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let etcdctl =
+        |endpoints: &str, args: &[&str], timeout: &str| etcdctl_at(pki, endpoints, args, timeout);
     let renewed = |out: &std::process::Output| {
         String::from_utf8_lossy(&out.stdout).contains("keepalived with TTL")
     };
@@ -491,4 +482,84 @@ fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
         std::thread::sleep(Duration::from_secs(1));
     }
     lab.etcdctl("apps", &["lease", "revoke", &id]);
+}
+
+/// etcdctl with apps' admin certificate (`pki`) against `endpoints`.
+fn etcdctl_at(pki: &Path, endpoints: &str, args: &[&str], timeout: &str) -> std::process::Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+        .arg(format!("--cert={}", pki.join("admin-admin.crt").display()))
+        .arg(format!("--key={}", pki.join("admin-admin.key").display()))
+        .arg(format!("--command-timeout={timeout}"))
+        .arg("--dial-timeout=2s")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Pre-vote: a follower cut off from its peers for four election timeouts (without pre-vote
+/// it stands for election each time, raising its term) rejoins as a follower: the leader
+/// keeps its leadership and its term. Judged with `etcdctl endpoint status` (leader id and
+/// Raft term, as etcd reports them).
+fn a_rejoining_follower_does_not_depose_the_leader(lab: &TestLab) {
+    let status = lab.status();
+    let apps = status["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "apps")
+        .unwrap()
+        .clone();
+    let pki = Path::new(apps["pki"].as_str().unwrap());
+    let members: Vec<(String, String)> = apps["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_owned(),
+                format!("https://{}:2379", m["hostIP"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    // (leader id, term) as member `url` reports them.
+    let seen_by = |url: &str| -> Option<(u64, u64)> {
+        let out = etcdctl_at(pki, url, &["endpoint", "status", "-w", "json"], "3s");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let s = &v.as_array()?.first()?["Status"];
+        Some((s["leader"].as_u64()?, s["raftTerm"].as_u64()?))
+    };
+    // Every member agrees on the leader and the term (the previous step's rejoin settled).
+    let agreed = || -> Option<(u64, u64)> {
+        let seen: Vec<(u64, u64)> = members
+            .iter()
+            .map(|(_, url)| seen_by(url))
+            .collect::<Option<_>>()?;
+        (seen[0].0 != 0 && seen.iter().all(|s| *s == seen[0])).then_some(seen[0])
+    };
+    let (leader, term) = eventually("apps' members agreeing on a leader", PATIENCE, agreed);
+    let id_of = |url: &str| -> u64 {
+        let out = etcdctl_at(pki, url, &["endpoint", "status", "-w", "json"], "3s");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
+    };
+    let (follower, _) = members
+        .iter()
+        .find(|(_, url)| id_of(url) != leader)
+        .unwrap();
+    lab.ok(&["lab", "isolate", &format!("apps/{follower}")]);
+    std::thread::sleep(Duration::from_secs(4));
+    lab.ok(&["lab", "rejoin", &format!("apps/{follower}")]);
+    // Past a few heartbeats and an election timeout: every member, the rejoined one too,
+    // still names the same leader in the same term.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = eventually("apps' members agreeing again", PATIENCE, agreed);
+    assert_eq!(
+        after,
+        (leader, term),
+        "apps/{follower} rejoined and the leadership changed (leader, term): before {:?}, after {after:?}",
+        (leader, term)
+    );
 }
