@@ -82,7 +82,10 @@ pub fn grant(
     term: u64,
     last_log_id: Option<&LogId>,
 ) -> bool {
-    !leading && silence >= election_timeout && req.term > term && req.last_log_id.as_ref() >= last_log_id
+    !leading
+        && silence >= election_timeout
+        && req.term > term
+        && req.last_log_id.as_ref() >= last_log_id
 }
 
 /// A random election timeout in [`e`, 2`e`), from the clock's low bits and the member id (no
@@ -214,7 +217,14 @@ mod tests {
         assert!(grant(&req, false, silent, e, 5, log(4, 200).as_ref()));
         // A leader, or a member that heard from one within the election timeout: no.
         assert!(!grant(&req, true, silent, e, 5, log(5, 100).as_ref()));
-        assert!(!grant(&req, false, Duration::from_millis(999), e, 5, log(5, 100).as_ref()));
+        assert!(!grant(
+            &req,
+            false,
+            Duration::from_millis(999),
+            e,
+            5,
+            log(5, 100).as_ref()
+        ));
         // A candidate behind: an older last term, or a shorter log in the same term.
         assert!(!grant(&req, false, silent, e, 5, log(6, 1).as_ref()));
         assert!(!grant(&req, false, silent, e, 5, log(5, 101).as_ref()));

@@ -359,7 +359,10 @@ impl Member {
             });
         }
         if config.pre_vote {
-            tasks.spawn(crate::prevote::drive(node.clone(), stopped(stop_rx.clone())));
+            tasks.spawn(crate::prevote::drive(
+                node.clone(),
+                stopped(stop_rx.clone()),
+            ));
         }
         if let Some(tls) = &tls {
             tasks.spawn(crate::tls::reload_periodically(

@@ -484,7 +484,10 @@ fn table(s: &Value) -> String {
         out.push_str(&format!("fault: {} isolated from its peers\n", str_of(m)));
     }
     for n in faults["unplugged"].as_array().into_iter().flatten() {
-        out.push_str(&format!("fault: {} unplugged from the network\n", str_of(n)));
+        out.push_str(&format!(
+            "fault: {} unplugged from the network\n",
+            str_of(n)
+        ));
     }
     for c in s["clusters"].as_array().into_iter().flatten() {
         out.push_str(&format!(

@@ -278,7 +278,11 @@ impl Tracker {
         if seq == 0 || seq > p.seq || p.seq - seq >= WINDOW || seq <= p.answered {
             return false;
         }
-        p.streak = if seq == p.answered + 1 { p.streak + 1 } else { 1 };
+        p.streak = if seq == p.answered + 1 {
+            p.streak + 1
+        } else {
+            1
+        };
         p.answered = seq;
         p.heard = now;
         debug_assert_eq!(self.nonce(slot, seq), nonce);

@@ -31,12 +31,7 @@ fn answered(probe: &[u8; LEN]) -> [u8; LEN] {
 
 /// Runs the tracker from `start` for `steps` ticks of 50 ms; the nodes in `silent` answer
 /// nothing, the others every probe. Returns the transitions with the tick they happened at.
-fn run(
-    t: &mut Tracker,
-    start: Instant,
-    steps: u32,
-    silent: &[NodeRef],
-) -> Vec<(u32, Transition)> {
+fn run(t: &mut Tracker, start: Instant, steps: u32, silent: &[NodeRef]) -> Vec<(u32, Transition)> {
     let mut out = Vec::new();
     let addresses: BTreeMap<SocketAddrV4, NodeRef> =
         t.nodes.iter().map(|(n, p)| (p.addr, n.clone())).collect();
@@ -82,10 +77,7 @@ fn a_silent_node_is_unreachable_after_the_timeout_and_back_after_three_answers()
     assert_eq!(
         t.unreachable(),
         Unreachable {
-            nodes: BTreeMap::from([(
-                "infra".to_owned(),
-                BTreeSet::from(["node-2".to_owned()])
-            )]),
+            nodes: BTreeMap::from([("infra".to_owned(), BTreeSet::from(["node-2".to_owned()]))]),
             clusters: BTreeSet::new(),
         }
     );
@@ -94,7 +86,11 @@ fn a_silent_node_is_unreachable_after_the_timeout_and_back_after_three_answers()
     let changes = run(&mut t, back_from, 40, &[]);
     assert_eq!(changes.len(), 1, "{changes:?}");
     assert!(!changes[0].1.down);
-    assert!((8..=13).contains(&changes[0].0), "back at tick {}", changes[0].0);
+    assert!(
+        (8..=13).contains(&changes[0].0),
+        "back at tick {}",
+        changes[0].0
+    );
     assert!(t.unreachable().is_empty());
 }
 
