@@ -19,7 +19,9 @@ use crate::progress::Progress;
 use crate::report::{self, Report};
 pub use crate::report::{ServerRun, Size};
 pub use workloads::{Outcome, Sizes};
-use workloads::{Target, failover, footprint, get, leases, put, txn_cas, watch_fanout, watch_idle};
+use workloads::{
+    Target, failover, footprint, get, leases, put, txn_cas, watch_agents, watch_fanout, watch_idle,
+};
 
 use load::Load;
 
@@ -40,14 +42,14 @@ pub struct KvArgs {
     #[arg(long, default_value = testkit::localcluster::flavor::DEFAULT_ETCD_BIN)]
     pub etcd_bin: PathBuf,
     /// Run only these workloads (comma-separated), e.g. to profile one: put-1, put-256,
-    /// get-linearizable, get-serializable, get-shared, txn-cas, watch-fanout, watch-idle,
-    /// leases, footprint, failover.
+    /// get-linearizable, get-serializable, get-shared, txn-cas, watch-fanout, watch-agents,
+    /// watch-idle, leases, footprint, failover.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(WORKLOADS))]
     pub workloads: Vec<String>,
 }
 
 /// The names `--workloads` accepts, in run order.
-const WORKLOADS: [&str; 11] = [
+const WORKLOADS: [&str; 12] = [
     "put-1",
     "put-256",
     "get-linearizable",
@@ -55,6 +57,7 @@ const WORKLOADS: [&str; 11] = [
     "get-shared",
     "txn-cas",
     "watch-fanout",
+    "watch-agents",
     "watch-idle",
     "leases",
     "footprint",
@@ -177,6 +180,10 @@ async fn run_server(
     }
     if wanted("watch-fanout") {
         outcomes.push(watch_fanout(&target, sizes.watchers, sizes.watch_puts).await?);
+    }
+    if wanted("watch-agents") {
+        outcomes
+            .push(watch_agents(&cluster, &target, sizes.agent_watchers, sizes.watch_puts).await?);
     }
     if wanted("watch-idle") {
         outcomes.push(watch_idle(&target, sizes.idle_watchers, sizes.idle_puts).await?);

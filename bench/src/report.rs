@@ -105,6 +105,11 @@ pub const ROWS: &[Row] = &[
         "events/s",
         target(2.0, true, "≥ 2× etcd, p99 ≤ etcd"),
     ),
+    row(
+        "watch-agents",
+        "events/s",
+        target(2.0, true, "≥ 2× etcd, p99 ≤ etcd"),
+    ),
     row("lease-grant", "ops/s", None),
     row("lease-keepalive", "ops/s", None),
     lower("rss", "MiB", target(1.0, false, "≤ etcd")),
@@ -150,6 +155,10 @@ impl Row {
             "watch-fanout" => format!(
                 "watch fan-out, {} watchers × {} puts",
                 s.watchers, s.watch_puts
+            ),
+            "watch-agents" => format!(
+                "watch as agents do: {} streams on one follower, one per connection, prefix mesh/v1/ × {} puts",
+                s.agent_watchers, s.watch_puts
             ),
             "lease-grant" => "lease grant, 16 clients".to_owned(),
             "lease-keepalive" => format!("lease keep-alive, {} leases", s.leases),

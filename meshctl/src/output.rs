@@ -22,8 +22,12 @@ pub fn print(output: Output, value: &Value, table: impl FnOnce() -> String) -> a
         Output::Yaml => serde_yaml::to_string(value)?,
         Output::Table => table(),
     };
-    println!("{}", text.trim_end());
-    Ok(())
+    // A reader that went away (`| head`) is no error: what it wanted was printed.
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{}", text.trim_end()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Rows as columns padded to their widest cell, two spaces apart.

@@ -33,6 +33,8 @@ pub struct Sizes {
     pub txns: usize,
     pub watchers: usize,
     pub watch_puts: usize,
+    /// Streams of the agents' fan-out (one per connection, on one member).
+    pub agent_watchers: usize,
     pub leases: usize,
     pub keepalive_secs: u64,
     pub footprint_keys: usize,
@@ -51,6 +53,7 @@ impl Sizes {
             txns: 20_000,
             watchers: 100,
             watch_puts: 2_000,
+            agent_watchers: 1_000,
             leases: 1_000,
             keepalive_secs: 10,
             footprint_keys: 100_000,
@@ -69,6 +72,7 @@ impl Sizes {
             txns: 200,
             watchers: 20,
             watch_puts: 100,
+            agent_watchers: 50,
             leases: 50,
             keepalive_secs: 1,
             footprint_keys: 1_000,
@@ -237,15 +241,83 @@ fn cas_key(client: usize) -> String {
 /// every delivered event gives a delivery latency; the rate is events delivered per second from
 /// the first put to the last delivery.
 pub async fn watch_fanout(target: &Target, watchers: usize, puts: usize) -> Result<Outcome> {
-    let workload = "watch-fanout";
+    let spread = FanOut {
+        workload: "watch-fanout",
+        watch_endpoints: &target.endpoints,
+        connections: watchers.min(10),
+        prefix: "w/",
+    };
+    fan_out(target, spread, watchers, puts, || Ok(())).await
+}
+
+/// Watch fan-out as the agents watch: `watchers` streams on one member (a follower), each on
+/// its own connection, each a prefix watch of `mesh/v1/`, while 16 clients put `puts` keys under
+/// it through every member. The detail gives the member's RSS growth per open stream.
+pub async fn watch_agents(
+    cluster: &Cluster,
+    target: &Target,
+    watchers: usize,
+    puts: usize,
+) -> Result<Outcome> {
+    let member = (cluster.leader().await? + 1) % cluster.len();
+    let pid = cluster.pid(member).context("member not running")?;
+    let url = [cluster.client_url(member)];
+    let before = rss_bytes(pid)?;
+    let grown = Arc::new(Mutex::new(0u64));
+    let measure = {
+        let grown = grown.clone();
+        move || {
+            *grown.lock().expect("not poisoned") = rss_bytes(pid)?.saturating_sub(before);
+            Ok(())
+        }
+    };
+    let agents = FanOut {
+        workload: "watch-agents",
+        watch_endpoints: &url,
+        connections: watchers,
+        prefix: "mesh/v1/",
+    };
+    let mut outcome = fan_out(target, agents, watchers, puts, measure).await?;
+    let grown = *grown.lock().expect("not poisoned");
+    outcome.detail = Some(format!(
+        "member RSS {:.1} MiB with no stream, +{:.1} MiB with {watchers} open: {:.1} KiB per stream",
+        before as f64 / MIB,
+        grown as f64 / MIB,
+        grown as f64 / 1024.0 / watchers.max(1) as f64
+    ));
+    Ok(outcome)
+}
+
+/// Where a fan-out's watchers watch.
+struct FanOut<'a> {
+    workload: &'static str,
+    /// The members the watchers' connections go to (in turn).
+    watch_endpoints: &'a [String],
+    /// Connections the watchers' streams share (as many as watchers: one stream each).
+    connections: usize,
+    /// The prefix watched and written under.
+    prefix: &'static str,
+}
+
+/// `watchers` streams as `spread` says, `opened` called once they all are, then `puts` puts
+/// by 16 clients; every delivered event is timed by the send time its value carries.
+async fn fan_out(
+    target: &Target,
+    spread: FanOut<'_>,
+    watchers: usize,
+    puts: usize,
+    opened: impl FnOnce() -> Result<()>,
+) -> Result<Outcome> {
+    let workload = spread.workload;
+    let prefix = spread.prefix;
     let progress = target.progress.workload(workload);
     let base = Instant::now();
-    let connections = load::connect(&target.endpoints, watchers.min(10)).await?;
+    let connections = load::connect(spread.watch_endpoints, spread.connections.max(1)).await?;
     let mut tasks = JoinSet::new();
     for w in 0..watchers {
         let mut client = connections[w % connections.len()].clone();
         let mut stream = client
-            .watch("w/", Some(WatchOptions::new().with_prefix()))
+            .watch(prefix, Some(WatchOptions::new().with_prefix()))
             .await
             .with_context(|| format!("creating watcher {w}"))?;
         let created = stream.message().await?.context("watch stream ended")?;
@@ -271,6 +343,7 @@ pub async fn watch_fanout(target: &Target, watchers: usize, puts: usize) -> Resu
             Ok::<_, anyhow::Error>((samples, last))
         });
     }
+    opened()?;
     let writes_started = base.elapsed();
     let load = Load {
         clients: 16,
@@ -285,7 +358,7 @@ pub async fn watch_fanout(target: &Target, watchers: usize, puts: usize) -> Resu
             let mut value = vec![b'v'; VALUE_BYTES];
             let sent = u64::try_from(base.elapsed().as_nanos())?;
             value[..8].copy_from_slice(&sent.to_le_bytes());
-            client.put(format!("w/{n:07}"), value, None).await?;
+            client.put(format!("{prefix}{n:07}"), value, None).await?;
             Ok(())
         },
     )
