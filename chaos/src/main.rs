@@ -53,6 +53,10 @@ struct RunArgs {
     /// must-fail test runs one built with test faults).
     #[arg(long)]
     apiserver: Option<PathBuf>,
+    /// More flags for every node agent, one per use (e.g. `--agent-arg=--reachability-port=0`:
+    /// the suite's must-fail failover test runs the agents without their probes).
+    #[arg(long, allow_hyphen_values = true)]
+    agent_arg: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -120,6 +124,7 @@ async fn run(names: &[&str], args: &RunArgs, command: &str) -> Result<usize> {
         converge_within: args.converge_within,
         bins,
         base: work.path().to_owned(),
+        agent_args: args.agent_arg.clone(),
     };
     let mut violations = 0;
     for name in names {

@@ -106,6 +106,8 @@ pub struct Options {
     pub bins: Binaries,
     /// Where labs are made (a scenario's lab is removed when it ends).
     pub base: PathBuf,
+    /// More flags for every node agent.
+    pub agent_args: Vec<String>,
 }
 
 /// What one fault did, when.
@@ -228,6 +230,7 @@ pub async fn run(name: &str, opts: &Options, progress: &(dyn Fn(&str) + Sync)) -
         if name == "hostile-remote" {
             spec = hostile::spec(spec);
         }
+        spec.agent_args.extend(opts.agent_args.iter().cloned());
         let opts = UpOptions {
             base: opts.base.clone(),
             name: lab_name.clone(),

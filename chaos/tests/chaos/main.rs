@@ -14,6 +14,7 @@ fn short_run(
     scenario: &str,
     apiserver: Option<&PathBuf>,
     fault: Option<&str>,
+    agent_args: &[&str],
 ) -> (Output, serde_json::Value, String) {
     if !nix::unistd::Uid::effective().is_root() {
         panic!("the chaos scenarios need root (the lab); CI runs as root");
@@ -49,6 +50,9 @@ fn short_run(
     if let Some(f) = fault {
         command.env("RAFTMESH_TEST_FAULT", f);
     }
+    for a in agent_args {
+        command.arg(format!("--agent-arg={a}"));
+    }
     let run = command.output().unwrap();
     let report = std::fs::read_to_string(out.path().join(format!("{scenario}.md")))
         .unwrap_or_else(|e| format!("(no report: {e})"));
@@ -65,7 +69,7 @@ fn short_run(
 }
 
 fn run_short(scenario: &str) {
-    let (run, json, report) = short_run(scenario, None, None);
+    let (run, json, report) = short_run(scenario, None, None, &[]);
     assert!(
         run.status.success(),
         "{scenario}: exit {:?}\n{report}\nstderr:\n{}",
@@ -200,10 +204,29 @@ fn a_lost_acknowledged_write_is_reported() {
         "partition",
         Some(&faulty),
         Some("lose-acked-put:chaos/partition/:20"),
+        &[],
     );
     assert_eq!(run.status.code(), Some(1), "{report}");
     let count = |checker: &str| json["violations"][checker].as_array().map_or(0, Vec::len);
     let caught = count("watch") + count("lost-writes") + count("linearizable");
     assert!(caught > 0, "the lost write went unnoticed\n{report}");
+    assert_eq!(count("inactive") + count("workload"), 0, "{report}");
+}
+
+/// The failover checker can fail: with the agents' reachability probes off, apps' connections
+/// to infra's backends keep failing through the partition (until --remote-stale-after, 10 s,
+/// longer than the short fault), and the run must report them, otherwise judged (active, no
+/// broken workload).
+#[test]
+fn failover_without_probes_is_reported() {
+    let (run, json, report) = short_run("partition", None, None, &["--reachability-port=0"]);
+    assert_eq!(run.status.code(), Some(1), "{report}");
+    let count = |checker: &str| json["violations"][checker].as_array().map_or(0, Vec::len);
+    assert!(
+        count("failover") > 0,
+        "the failed connections went unnoticed\n{report}"
+    );
+    let f = &json["availability"]["apps"]["failover"];
+    assert!(f["failed_after"].as_u64().unwrap_or(0) > 0, "{report}");
     assert_eq!(count("inactive") + count("workload"), 0, "{report}");
 }
