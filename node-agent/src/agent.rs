@@ -520,7 +520,11 @@ impl Agent<'_> {
             wg.listed = true;
             let peers = wg.reconcile(&self.state, &self.local, &self.metrics);
             if let Some(prober) = &self.prober {
-                prober.set_targets(crate::reach::targets(&self.state, peers.values()));
+                prober.set_targets(crate::reach::targets(
+                    &self.state,
+                    &self.local.cluster,
+                    peers.values(),
+                ));
             }
         }
     }

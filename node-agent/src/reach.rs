@@ -95,28 +95,37 @@ impl Settings {
 /// A remote node: cluster and name.
 pub type NodeRef = (String, String);
 
-/// The nodes to probe, with where.
-pub type Targets = BTreeMap<NodeRef, SocketAddrV4>;
+/// Every remote node the records know, with where to probe it: `None` for one that is not
+/// probed (no WireGuard peer, no endpoint, or an agent that publishes no probe port).
+pub type Targets = BTreeMap<NodeRef, Option<SocketAddrV4>>;
 
-/// The remote nodes of the WireGuard peers (`peers`) whose agents answer probes, at their
-/// endpoint address and published probe port.
-pub fn targets<'a>(state: &MeshState, peers: impl IntoIterator<Item = &'a Peer>) -> Targets {
-    peers
-        .into_iter()
-        .filter_map(|p| {
-            let endpoint = p.endpoint?;
-            let port = state
-                .clusters
-                .get(&p.cluster)?
-                .nodekeys
-                .get(&p.node)?
-                .probe_port?;
-            Some((
+/// The remote nodes of clusters other than `own`, the WireGuard peers (`peers`) among them
+/// whose agents answer probes at their endpoint address and published probe port.
+pub fn targets<'a>(
+    state: &MeshState,
+    own: &str,
+    peers: impl IntoIterator<Item = &'a Peer>,
+) -> Targets {
+    let mut out: Targets = state
+        .clusters
+        .iter()
+        .filter(|(c, _)| c.as_str() != own)
+        .flat_map(|(c, cs)| cs.nodes.keys().map(|n| ((c.clone(), n.clone()), None)))
+        .collect();
+    for p in peers.into_iter().filter(|p| p.cluster != own) {
+        let port = state
+            .clusters
+            .get(&p.cluster)
+            .and_then(|c| c.nodekeys.get(&p.node))
+            .and_then(|k| k.probe_port);
+        if let (Some(endpoint), Some(port)) = (p.endpoint, port) {
+            out.insert(
                 (p.cluster.clone(), p.node.clone()),
-                SocketAddrV4::new(*endpoint.ip(), port),
-            ))
-        })
-        .collect()
+                Some(SocketAddrV4::new(*endpoint.ip(), port)),
+            );
+        }
+    }
+    out
 }
 
 /// Remote nodes found unreachable, and clusters none of whose probed nodes is reachable.
@@ -172,6 +181,10 @@ pub struct Tracker {
     settings: Settings,
     secret: u64,
     nodes: BTreeMap<NodeRef, Probed>,
+    /// Nodes found unreachable that are no longer probed (their WireGuard peer went: their
+    /// key expired, say) but that the records still have: still unreachable, until probed
+    /// again and answering.
+    lost: BTreeSet<NodeRef>,
     by_slot: BTreeMap<u32, NodeRef>,
     next_slot: u32,
     interval: Duration,
@@ -194,6 +207,7 @@ impl Tracker {
             settings,
             secret,
             nodes: BTreeMap::new(),
+            lost: BTreeSet::new(),
             by_slot: BTreeMap::new(),
             next_slot: 1,
             interval: settings.interval,
@@ -206,34 +220,60 @@ impl Tracker {
         (self.interval, self.timeout)
     }
 
-    /// Probes `targets` from now on: new nodes start reachable (heard from now), their first
-    /// probes spread over one interval; a node whose address changed is probed afresh; nodes
-    /// no longer targets are forgotten.
+    /// Probes the nodes of `targets` that have an address from now on: new nodes start
+    /// reachable (heard from now), their first probes spread over one interval; a node whose
+    /// address changed is probed afresh. A node no longer probed is forgotten — unless it was
+    /// unreachable and the records still have it: then it stays unreachable, and must answer
+    /// [`UP_AFTER`] probes in a row once it is probed again.
     pub fn set_targets(&mut self, targets: &Targets, now: Instant) {
-        self.nodes
-            .retain(|node, p| targets.get(node).is_some_and(|a| *a == p.addr));
+        let before = self.lost.clone();
+        let mut was_down = std::mem::take(&mut self.lost);
+        self.nodes.retain(|node, p| {
+            let same = targets.get(node).copied().flatten() == Some(p.addr);
+            if !same && p.down {
+                was_down.insert(node.clone());
+            }
+            same
+        });
         self.by_slot.retain(|_, node| self.nodes.contains_key(node));
-        (self.interval, self.timeout) = self.settings.effective(targets.len());
-        let count = targets.len().max(1) as u32;
-        for (i, (node, addr)) in targets.iter().enumerate() {
+        let probed: Vec<(&NodeRef, SocketAddrV4)> = targets
+            .iter()
+            .filter_map(|(n, a)| Some((n, (*a)?)))
+            .collect();
+        (self.interval, self.timeout) = self.settings.effective(probed.len());
+        let count = probed.len().max(1) as u32;
+        for (i, (node, addr)) in probed.into_iter().enumerate() {
             if self.nodes.contains_key(node) {
                 continue;
             }
+            let down = was_down.remove(node);
             let slot = self.next_slot;
             self.next_slot = self.next_slot.wrapping_add(1).max(1);
             self.by_slot.insert(slot, node.clone());
             self.nodes.insert(
                 node.clone(),
                 Probed {
-                    addr: *addr,
+                    addr,
                     slot,
                     seq: 0,
                     next_at: now + self.interval * (i as u32 % count) / count,
                     heard: now,
                     answered: 0,
                     streak: 0,
-                    down: false,
+                    down,
                 },
+            );
+        }
+        // What is left was unreachable and is not probed now: kept while the records know it.
+        self.lost = was_down
+            .into_iter()
+            .filter(|n| targets.contains_key(n))
+            .collect();
+        for (cluster, node) in self.lost.difference(&before) {
+            tracing::info!(
+                remote = %cluster,
+                node = %node,
+                "remote node no longer probed (no tunnel to it): still a last resort until it answers again"
             );
         }
     }
@@ -311,36 +351,41 @@ impl Tracker {
         out
     }
 
+    /// Every judged node (probed, or lost while unreachable) and whether it is unreachable.
+    fn judged(&self) -> impl Iterator<Item = (&NodeRef, bool)> {
+        self.nodes
+            .iter()
+            .map(|(n, p)| (n, p.down))
+            .chain(self.lost.iter().map(|n| (n, true)))
+    }
+
     /// The nodes and clusters unreachable now.
     pub fn unreachable(&self) -> Unreachable {
         let mut out = Unreachable::default();
-        let mut probed: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for ((cluster, node), p) in &self.nodes {
-            let counts = probed.entry(cluster).or_default();
-            counts.0 += 1;
-            if p.down {
-                counts.1 += 1;
+        for ((cluster, node), down) in self.judged() {
+            if down {
                 out.nodes
                     .entry(cluster.clone())
                     .or_default()
                     .insert(node.clone());
             }
         }
-        out.clusters = probed
+        out.clusters = self
+            .counts()
             .into_iter()
             .filter(|(_, (all, down))| all == down)
-            .map(|(c, _)| c.to_owned())
+            .map(|(c, _)| c)
             .collect();
         out
     }
 
-    /// Probed and unreachable nodes by cluster.
+    /// Judged and unreachable nodes by cluster.
     pub fn counts(&self) -> BTreeMap<String, (usize, usize)> {
         let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-        for ((cluster, _), p) in &self.nodes {
+        for ((cluster, _), down) in self.judged() {
             let c = out.entry(cluster.clone()).or_default();
             c.0 += 1;
-            c.1 += usize::from(p.down);
+            c.1 += usize::from(down);
         }
         out
     }
@@ -401,7 +446,7 @@ impl ReachMetrics {
         );
         registry.register(
             "remote_nodes_probed",
-            "Remote nodes this agent probes, by cluster",
+            "Remote nodes this agent judges (probed, or unreachable when last probed), by cluster",
             m.probed.clone(),
         );
         registry.register(

@@ -48,6 +48,9 @@ impl Run<'_> {
         }
         self.faulted = true;
         let third = self.opts.fault / 3;
+        // The fault window opens before the fault is made: applying it takes a moment (nft in
+        // the fabric, the lab's state saved), and what fails meanwhile is the fault's.
+        let began = Instant::now();
         match self.name {
             "partition" | "partition-leader-kill" | "remote-compacted" | "long-disconnect" => {
                 tokio::task::block_in_place(|| self.lab.partition("apps", "infra"))?;
@@ -98,7 +101,6 @@ impl Run<'_> {
             }
             _ => unreachable!("checked in run"),
         }
-        let began = Instant::now();
         if self.name == "partition-leader-kill" {
             self.churn_for(third).await?;
             let mut killed = Vec::new();

@@ -78,6 +78,8 @@ fn default_lab() {
     an_isolated_leader_renews_no_lease(&lab);
     // A follower cut off and back does not depose the leader (pre-vote).
     a_rejoining_follower_does_not_depose_the_leader(&lab);
+    // A remote node that answers no probe leaves the programmed backends, and comes back.
+    an_unplugged_remote_node_is_a_last_resort(&lab, &tag);
 
     // 3. infra's demo/db admits only apps' client pods: apps/client gets through, apps/other
     //    (no client label) does not, though it reaches infra's echo pods.
@@ -562,4 +564,59 @@ fn a_rejoining_follower_does_not_depose_the_leader(lab: &TestLab) {
         "apps/{follower} rejoined and the leadership changed (leader, term): before {:?}, after {after:?}",
         (leader, term)
     );
+}
+
+/// Reachability: infra/node-2 unplugged (its records still call echo-2 ready) leaves the
+/// backends apps/node-1 programs for demo/echo at once — stale, behind infra's node-1 and
+/// apps' own — and is programmed again once plugged back in. Read from the pinned maps
+/// (`node-agent maps`), as an operator would.
+fn an_unplugged_remote_node_is_a_last_resort(lab: &TestLab, tag: &str) {
+    let echo_backends = || -> Vec<String> {
+        let out = std::process::Command::new(sibling("node-agent"))
+            .args(["maps", "-o", "json", "--bpffs"])
+            .arg(format!("/sys/fs/bpf/raftmesh-lab-{tag}/apps-node-1"))
+            .output()
+            .unwrap();
+        let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        maps["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["frontend"] == ECHO_VIP && s["protocol"] == "TCP")
+            .flat_map(|s| s["backends"].as_array().unwrap().clone())
+            .map(|b| b["address"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let infra_echo_2 = "10.2.2.10:8080";
+    eventually("infra/echo-2 among demo/echo's backends", PATIENCE, || {
+        echo_backends()
+            .iter()
+            .any(|b| b == infra_echo_2)
+            .then_some(())
+    });
+    lab.ok(&["lab", "unplug", "infra/node-2"]);
+    let without = eventually("infra/echo-2 dropped from demo/echo", PATIENCE, || {
+        let b = echo_backends();
+        (!b.iter().any(|a| a == infra_echo_2)).then_some(b)
+    });
+    assert!(
+        without.iter().any(|b| b == "10.2.1.10:8080"),
+        "infra/echo-1, on a node that answers, went too: {without:?}"
+    );
+    let metrics = in_ns(
+        &format!("{tag}-apps-node-1"),
+        "curl",
+        &["-sf", "--max-time", "10", "http://127.0.0.1:9964/metrics"],
+    );
+    assert!(
+        metrics.contains("raftmesh_agent_remote_nodes_unreachable{cluster=\"infra\"} 1"),
+        "{metrics}"
+    );
+    lab.ok(&["lab", "plug", "infra/node-2"]);
+    eventually("infra/echo-2 programmed again", PATIENCE, || {
+        echo_backends()
+            .iter()
+            .any(|b| b == infra_echo_2)
+            .then_some(())
+    });
 }

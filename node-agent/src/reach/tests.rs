@@ -20,7 +20,7 @@ fn node(cluster: &str, name: &str) -> NodeRef {
 fn listed(nodes: &[(&str, &str, &str)]) -> Targets {
     nodes
         .iter()
-        .map(|(c, n, addr)| (node(c, n), addr.parse().unwrap()))
+        .map(|(c, n, addr)| (node(c, n), Some(addr.parse().unwrap())))
         .collect()
 }
 
@@ -205,11 +205,16 @@ fn targets_come_and_go_and_a_new_address_is_probed_afresh() {
     t.set_targets(&listed(&[("infra", "node-1", "10.1.0.11:51872")]), start);
     run(&mut t, start, 40, &[node("infra", "node-1")]);
     assert!(!t.unreachable().is_empty());
-    // The node comes back at another address: a new target, reachable until proven not.
+    // The node comes back at another address: probed there, and still unreachable until it
+    // answers 3 probes in a row.
     let later = start + Duration::from_secs(2);
     t.set_targets(&listed(&[("infra", "node-1", "10.1.0.99:51872")]), later);
+    assert!(!t.unreachable().is_empty());
+    let back = run(&mut t, later, 20, &[]);
+    assert_eq!(back.len(), 1, "{back:?}");
     assert!(t.unreachable().is_empty());
-    // A node no longer a peer is forgotten, and so are late answers to its probes.
+    // A node the records no longer have is forgotten, and so are late answers to its probes.
+    let later = later + Duration::from_secs(1);
     let probe = t.due(later + Duration::from_millis(200))[0].1;
     t.set_targets(&Targets::new(), later + Duration::from_millis(250));
     assert!(t.unreachable().is_empty());
@@ -220,7 +225,7 @@ fn targets_come_and_go_and_a_new_address_is_probed_afresh() {
         .map(|i| {
             (
                 node("infra", &format!("node-{i}")),
-                SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, i), 51872),
+                Some(SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, i), 51872)),
             )
         })
         .collect();
@@ -228,6 +233,51 @@ fn targets_come_and_go_and_a_new_address_is_probed_afresh() {
     fresh.set_targets(&many, start);
     assert_eq!(fresh.due(start).len(), 1);
     assert_eq!(fresh.due(start + Duration::from_millis(199)).len(), 7);
+}
+
+#[test]
+fn a_node_unreachable_when_its_peer_goes_stays_unreachable_while_the_records_have_it() {
+    let start = Instant::now();
+    let mut t = Tracker::new(settings(), SECRET);
+    let both = listed(&[
+        ("infra", "node-1", "10.1.0.11:51872"),
+        ("infra", "node-2", "10.1.0.12:51872"),
+    ]);
+    t.set_targets(&both, start);
+    run(&mut t, start, 40, &[node("infra", "node-1")]);
+    assert_eq!(t.unreachable().nodes["infra"].len(), 1);
+    // node-1's WireGuard peer goes (its key expired while it was cut off), node-2's stays:
+    // node-1 is no longer probed but still unreachable, and node-2, reachable, is not
+    // demoted for it.
+    let later = start + Duration::from_secs(2);
+    let mut unprobed = both.clone();
+    unprobed.insert(node("infra", "node-1"), None);
+    t.set_targets(&unprobed, later);
+    let u = t.unreachable();
+    assert_eq!(u.nodes["infra"], BTreeSet::from(["node-1".to_owned()]));
+    assert!(u.clusters.is_empty());
+    assert_eq!(t.counts()["infra"], (2, 1));
+    // Its peer comes back: probed again, but unreachable until it answers 3 in a row.
+    t.set_targets(&both, later + Duration::from_secs(1));
+    assert_eq!(t.unreachable().nodes["infra"].len(), 1);
+    let changes = run(&mut t, later + Duration::from_secs(1), 20, &[]);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(!changes[0].1.down);
+    assert!(t.unreachable().is_empty());
+    // A node that was reachable when it stopped being probed is simply forgotten, and one
+    // the records lost is forgotten even if it was unreachable.
+    run(
+        &mut t,
+        later + Duration::from_secs(3),
+        40,
+        &[node("infra", "node-2")],
+    );
+    let mut gone = both.clone();
+    gone.remove(&node("infra", "node-2"));
+    gone.insert(node("infra", "node-1"), None);
+    t.set_targets(&gone, later + Duration::from_secs(6));
+    assert!(t.unreachable().is_empty(), "{:?}", t.unreachable());
+    assert!(t.counts().is_empty());
 }
 
 #[test]
@@ -247,7 +297,7 @@ fn the_probe_rate_is_bounded_and_the_timeout_grows_with_the_interval() {
         .map(|i| {
             (
                 node("c", &i.to_string()),
-                SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 51872),
+                Some(SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 51872)),
             )
         })
         .collect();
@@ -284,8 +334,14 @@ fn targets_are_the_peers_whose_agents_answer_probes() {
         },
     ];
     assert_eq!(
-        targets(&m.state, &peers),
-        BTreeMap::from([(node("infra", "node-1"), "10.1.0.11:51872".parse().unwrap())])
+        targets(&m.state, "apps", &peers),
+        BTreeMap::from([
+            (
+                node("infra", "node-1"),
+                Some("10.1.0.11:51872".parse().unwrap())
+            ),
+            (node("infra", "node-2"), None),
+        ])
     );
     // An agent that publishes no probe port is not probed.
     let mut record = m.state.clusters["infra"].nodekeys["node-1"];
@@ -296,7 +352,11 @@ fn targets_are_the_peers_whose_agents_answer_probes() {
         .unwrap()
         .nodekeys
         .insert("node-1".into(), record);
-    assert!(targets(&m.state, &peers).is_empty());
+    assert!(
+        targets(&m.state, "apps", &peers)
+            .values()
+            .all(Option::is_none)
+    );
 }
 
 /// Waits (on the prober's changes) until its judgement satisfies `done`.
@@ -337,7 +397,7 @@ async fn two_probers_judge_each_other_over_loopback() {
         .unwrap();
     a.set_targets(BTreeMap::from([(
         node("infra", "node-1"),
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, pb),
+        Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, pb)),
     )]));
     // b answers; then it is gone: a finds node-1, and so its cluster, unreachable.
     tokio::time::sleep(Duration::from_millis(300)).await;
