@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Every row `mesh-bench kv` reports, per server.
-const WORKLOADS: [&str; 14] = [
+const WORKLOADS: [&str; 15] = [
     "put-1",
     "put-256",
     "get-linearizable",
@@ -15,6 +15,7 @@ const WORKLOADS: [&str; 14] = [
     "get-shared",
     "txn-cas",
     "watch-fanout",
+    "watch-agents",
     "watch-idle",
     "lease-grant",
     "lease-keepalive",
@@ -75,7 +76,14 @@ fn kv_smoke_run_writes_a_complete_report() {
     }
 
     let md = std::fs::read_to_string(out.path().join("kv-smoke.md")).unwrap();
-    for title in ["put, 256 clients", "watch fan-out", "RSS after", "| met |"] {
+    for title in [
+        "put, 256 clients",
+        "watch fan-out",
+        "watch as agents do",
+        "KiB per stream",
+        "RSS after",
+        "| met |",
+    ] {
         assert!(md.contains(title), "{title} missing from:\n{md}");
     }
     let png = std::fs::read(out.path().join("kv-smoke.png")).unwrap();
