@@ -166,8 +166,11 @@ pub async fn drive(node: Arc<Node>, stop: impl std::future::Future<Output = ()>)
 }
 
 /// Asks every other voter for a pre-vote, in parallel, each within one election timeout;
-/// returns (grants counting this member's own, voters).
+/// returns (grants counting this member's own, voters) as soon as a majority granted or every
+/// voter answered — a voter that cannot be reached (the one cut off, often the old leader)
+/// must not hold the election back by its timeout.
 async fn ask(node: &Node, req: PreVote) -> (usize, usize) {
+    use futures::StreamExt as _;
     let voters: Vec<NodeId> = node
         .raft
         .metrics()
@@ -177,24 +180,31 @@ async fn ask(node: &Node, req: PreVote) -> (usize, usize) {
         .voter_ids()
         .collect();
     let timeout = node.election_timeout();
-    let asks = voters.iter().filter(|v| **v != node.id).map(|v| {
-        let urls = node.peer_urls(*v);
-        async move {
-            let Some(urls) = urls else { return false };
-            matches!(
-                node.peers()
-                    .call(&urls, &PeerRequest::PreVote(req), timeout)
-                    .await,
-                Ok(Ok(PeerResponse::PreVote(true)))
-            )
+    let mut asks: futures::stream::FuturesUnordered<_> = voters
+        .iter()
+        .filter(|v| **v != node.id)
+        .map(|v| {
+            let urls = node.peer_urls(*v);
+            async move {
+                let Some(urls) = urls else { return false };
+                matches!(
+                    node.peers()
+                        .call(&urls, &PeerRequest::PreVote(req), timeout)
+                        .await,
+                    Ok(Ok(PeerResponse::PreVote(true)))
+                )
+            }
+        })
+        .collect();
+    let mut granted = 1;
+    while granted * 2 <= voters.len() {
+        match asks.next().await {
+            Some(true) => granted += 1,
+            Some(false) => {}
+            None => break,
         }
-    });
-    let granted = futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .filter(|g| *g)
-        .count();
-    (granted + 1, voters.len())
+    }
+    (granted, voters.len())
 }
 
 #[cfg(test)]

@@ -487,10 +487,12 @@ impl Lab {
                 errors.push(format!("{}: {e}", entry.path().display()));
             }
         }
-        if Path::new("/sys/class/net")
-            .join(self.plan.host_if())
-            .exists()
+        // The host link is a veth whose other end was in the fabric's namespace: deleting
+        // that namespace deletes it too, but a moment later. Gone either way is what counts.
+        let host_link = Path::new("/sys/class/net").join(self.plan.host_if());
+        if host_link.exists()
             && let Err(e) = ip(&["link", "del", &self.plan.host_if()])
+            && host_link.exists()
         {
             errors.push(format!("{e:#}"));
         }
