@@ -27,7 +27,9 @@ use serde_json::{Value, json};
 
 use crate::binaries::Binaries;
 use crate::faults::{Degrade, Faults};
-use crate::plan::{self, CLIENT_PORT, ECHO_PORT, PEER_PORT, Plan, PodPlan, WG_PORT, indexed};
+use crate::plan::{
+    self, CLIENT_PORT, ECHO_PORT, PEER_PORT, PROBE_PORT, Plan, PodPlan, WG_PORT, indexed,
+};
 use crate::spec::{ClusterSpec, LabSpec};
 
 mod access;

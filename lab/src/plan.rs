@@ -31,6 +31,9 @@ pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 /// The WireGuard port of every node.
 pub const WG_PORT: u16 = 51871;
+/// The agents' reachability probe port (their `--reachability-port` default, not passed, so a
+/// spec's `agentArgs` can change it).
+pub const PROBE_PORT: u16 = 51872;
 /// The port every pod's echo workload serves, TCP and UDP.
 pub const ECHO_PORT: u16 = 8080;
 /// The range ClusterSetIPs are allocated from, the same in every cluster of a lab.

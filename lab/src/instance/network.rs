@@ -177,8 +177,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Counters of traffic between clusters at the fabric, by pair: WireGuard (UDP to the
-    /// WireGuard port between node addresses) and pod traffic in the clear.
+    /// Counters of traffic between clusters at the fabric, by pair: WireGuard (UDP between
+    /// node addresses, but for the agents' reachability probes) and pod traffic in the clear.
+    /// Not UDP to the WireGuard port alone: the EKS flavor's SNAT (`--random-fully`, as the VPC
+    /// CNI's) gives a node's own WireGuard packets a random source port when it opens the
+    /// flow, and the peer then sends to that port (WireGuard's roaming), so either port may be
+    /// another.
     pub(super) fn watch_ruleset(&self) -> String {
         let spec = &self.state.spec;
         let mut out = format!("table ip {WATCH_TABLE} {{\n");
@@ -196,7 +200,7 @@ impl Lab {
             for b in spec.clusters.iter().filter(|b| b.name != a.name) {
                 let (x, y) = (a.id, b.id);
                 out.push_str(&format!(
-                    "\t\tip saddr @nodes_{x} ip daddr @nodes_{y} udp dport {WG_PORT} counter comment \"tunnel {} {}\"\n\
+                    "\t\tip saddr @nodes_{x} ip daddr @nodes_{y} udp sport != {PROBE_PORT} udp dport != {PROBE_PORT} counter comment \"tunnel {} {}\"\n\
                      \t\tip saddr @pods_{x} ip daddr @pods_{y} counter comment \"clear {} {}\"\n",
                     a.name, b.name, a.name, b.name
                 ));
