@@ -262,14 +262,7 @@ impl Node {
         if self.leading_term().is_none() {
             return Err(Error::NotLeader);
         }
-        let voter = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == target);
+        let voter = self.voters().contains(&target);
         if target == self.id || !voter {
             return Err(Error::BadLeaderTransferee);
         }
@@ -408,6 +401,17 @@ impl Node {
     /// Peer URLs of `id`, from the membership this member applied.
     pub(crate) fn peer_urls(&self, id: NodeId) -> Option<Vec<String>> {
         crate::propose::peer_urls(&self.raft, id)
+    }
+
+    /// The voters of the membership this member applied.
+    pub(crate) fn voters(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     /// The channels to the other members.

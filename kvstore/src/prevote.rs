@@ -117,18 +117,12 @@ pub async fn drive(node: Arc<Node>, stop: impl std::future::Future<Output = ()>)
             () = &mut stop => return,
             () = tokio::time::sleep(tick) => {}
         }
-        let (leading, voter, term) = {
+        let (leading, term) = {
             let m = node.raft.metrics();
             let m = m.borrow();
-            (
-                m.state == ServerState::Leader,
-                m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == node.id),
-                m.vote.leader_id().term,
-            )
+            (m.state == ServerState::Leader, m.vote.leader_id().term)
         };
+        let voter = node.voters().contains(&node.id);
         if leading || !voter || node.contact.silence() < timeout || Instant::now() < not_before {
             continue;
         }
@@ -171,14 +165,7 @@ pub async fn drive(node: Arc<Node>, stop: impl std::future::Future<Output = ()>)
 /// must not hold the election back by its timeout.
 async fn ask(node: &Node, req: PreVote) -> (usize, usize) {
     use futures::StreamExt as _;
-    let voters: Vec<NodeId> = node
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect();
+    let voters = node.voters();
     let timeout = node.election_timeout();
     let mut asks: futures::stream::FuturesUnordered<_> = voters
         .iter()

@@ -278,10 +278,6 @@ impl Tracker {
         }
     }
 
-    fn nonce(&self, slot: u32, seq: u32) -> u64 {
-        self.secret ^ ((u64::from(slot) << 32) | u64::from(seq))
-    }
-
     /// The probes due at `now`, with their destinations.
     pub fn due(&mut self, now: Instant) -> Vec<(SocketAddrV4, [u8; LEN])> {
         let mut out = Vec::new();
@@ -293,7 +289,7 @@ impl Tracker {
             p.seq = p.seq.wrapping_add(1).max(1);
             // A late timer does not send a burst: the next probe is an interval from now.
             p.next_at = (p.next_at + interval).max(now + interval / 2);
-            let nonce = secret ^ ((u64::from(p.slot) << 32) | u64::from(p.seq));
+            let nonce = nonce(secret, p.slot, p.seq);
             let mut packet = [0u8; LEN];
             packet[..4].copy_from_slice(&PROBE);
             packet[4..].copy_from_slice(&nonce.to_be_bytes());
@@ -325,7 +321,6 @@ impl Tracker {
         };
         p.answered = seq;
         p.heard = now;
-        debug_assert_eq!(self.nonce(slot, seq), nonce);
         true
     }
 
@@ -389,6 +384,12 @@ impl Tracker {
         }
         out
     }
+}
+
+/// The nonce of probe `seq` to the node in `slot`: the per-process secret mixed with both, so
+/// an answer names the probe it answers and no one else can make one up.
+fn nonce(secret: u64, slot: u32, seq: u32) -> u64 {
+    secret ^ ((u64::from(slot) << 32) | u64::from(seq))
 }
 
 /// The nonce of a packet that starts with `magic` and has the length of one.

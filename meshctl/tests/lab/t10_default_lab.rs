@@ -406,14 +406,7 @@ fn scrape_metric_families(tag: &str) -> BTreeSet<String> {
 /// etcdctl: renewals at the isolated member alone, then through the majority for longer than
 /// the lease's TTL, then the lease must still live after the rejoin.
 fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
-    let status = lab.status();
-    let apps = status["clusters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "apps")
-        .unwrap()
-        .clone();
+    let apps = lab_cluster(lab, "apps");
     let leader_of = |s: &serde_json::Value| -> Option<String> {
         s["members"]
             .as_array()?
@@ -506,14 +499,7 @@ fn etcdctl_at(pki: &Path, endpoints: &str, args: &[&str], timeout: &str) -> std:
 /// keeps its leadership and its term. Judged with `etcdctl endpoint status` (leader id and
 /// Raft term, as etcd reports them).
 fn a_rejoining_follower_does_not_depose_the_leader(lab: &TestLab) {
-    let status = lab.status();
-    let apps = status["clusters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "apps")
-        .unwrap()
-        .clone();
+    let apps = lab_cluster(lab, "apps");
     let pki = Path::new(apps["pki"].as_str().unwrap());
     let members: Vec<(String, String)> = apps["members"]
         .as_array()
@@ -619,4 +605,15 @@ fn an_unplugged_remote_node_is_a_last_resort(lab: &TestLab, tag: &str) {
             .any(|b| b == infra_echo_2)
             .then_some(())
     });
+}
+
+/// Cluster `name` as `meshctl lab status -o json` shows it.
+fn lab_cluster(lab: &TestLab, name: &str) -> serde_json::Value {
+    lab.status()["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+        .clone()
 }
