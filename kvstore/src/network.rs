@@ -36,6 +36,8 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Opens TLS connections; `None` for plaintext (`--insecure-plaintext`).
     tls: Option<PeerConnector>,
+    /// When each peer last accepted this member's AppendEntries.
+    acks: crate::prevote::Acks,
 }
 
 /// A failure to reach a peer or to understand its answer.
@@ -88,7 +90,13 @@ impl Peers {
         Self {
             channels: Arc::default(),
             tls: tls.map(PeerConnector::new),
+            acks: Default::default(),
         }
+    }
+
+    /// When each peer last accepted this member's AppendEntries.
+    pub(crate) fn acks(&self) -> &crate::prevote::Acks {
+        &self.acks
     }
 
     fn channel(&self, urls: &[String]) -> Result<(String, Channel), PeerError> {
@@ -229,7 +237,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.send(Method::AppendEntries, &rpc, &option).await
+        let resp = self.send(Method::AppendEntries, &rpc, &option).await?;
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.peers.acks.acked(self.target);
+        }
+        Ok(resp)
     }
 
     async fn install_snapshot(

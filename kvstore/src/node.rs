@@ -383,12 +383,25 @@ impl Node {
         Duration::from_millis(self.raft.config().election_timeout_max)
     }
 
-    /// The leader this member knows, if any: itself while it leads, else the one it follows
-    /// while it has heard from it within an election timeout (past that, a follower stands
-    /// for election or asks for pre-votes, and knows no leader — as etcd's pre-candidate).
+    /// The leader this member knows, if any: itself while it leads and a majority of the
+    /// voters acknowledged it within an election timeout (or it took over less than one ago;
+    /// [`crate::prevote::Acks`]), else the one it follows while it has heard from it within an
+    /// election timeout (past that, a follower stands for election or asks for pre-votes, and
+    /// knows no leader — as etcd's pre-candidate).
     pub fn leader(&self) -> Option<NodeId> {
         let leader = self.raft.metrics().borrow().current_leader?;
-        (leader == self.id || self.contact.silence() < self.election_timeout()).then_some(leader)
+        let e = self.election_timeout();
+        let known = if leader == self.id {
+            let since = *self.leading_since.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = |t: Instant| t.elapsed() < e;
+            since.is_some_and(|(_, t)| fresh(t))
+                || (self.peers.acks())
+                    .quorum_at(self.id, &self.voters())
+                    .is_some_and(|t| fresh(t.into_std()))
+        } else {
+            self.contact.silence() < e
+        };
+        known.then_some(leader)
     }
 
     /// This member's term while it leads, else `None`.

@@ -23,6 +23,7 @@
 //! persisted vote). A leader moving its leadership (`Campaign`) skips the pre-vote, as etcd's
 //! `MsgTimeoutNow` does.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -69,6 +70,52 @@ impl Contact {
     pub fn silence(&self) -> Duration {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }
+}
+
+/// When each peer last acknowledged this member as its leader (answered an AppendEntries,
+/// heartbeats included, without a higher vote). A leader that has not heard from a majority
+/// within an election timeout may have been replaced by one the others elected, so it reports
+/// no leader ([`Node::leader`]) — what etcd's CheckQuorum, on by default, does by stepping down.
+/// Without it, a leader cut off from its peers while clients still reach it answered status
+/// calls as the leader, and a client picking "a member that knows a leader" stuck to it.
+#[derive(Debug, Clone, Default)]
+pub struct Acks(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Acks {
+    /// `peer` acknowledged this member's leadership now.
+    pub fn acked(&self, peer: NodeId) {
+        let mut acks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        acks.insert(peer, Instant::now());
+    }
+
+    /// When a majority of `voters` (this member, `own`, counting itself) last acknowledged it.
+    pub fn quorum_at(&self, own: NodeId, voters: &[NodeId]) -> Option<Instant> {
+        let acks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        quorum_at(own, voters, &acks, Instant::now())
+    }
+}
+
+/// The latest time by which a majority of `voters` had acknowledged `own`: `own` counts as of
+/// `now`, the others as of their last acknowledgement in `acks`; `None` if no majority ever did.
+pub fn quorum_at(
+    own: NodeId,
+    voters: &[NodeId],
+    acks: &HashMap<NodeId, Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    let mut times: Vec<Instant> = voters
+        .iter()
+        .filter_map(|v| {
+            if *v == own {
+                Some(now)
+            } else {
+                acks.get(v).copied()
+            }
+        })
+        .collect();
+    let majority = voters.len() / 2 + 1;
+    times.sort_unstable_by(|a, b| b.cmp(a));
+    times.get(majority - 1).copied()
 }
 
 /// What a member's state says about a pre-vote: whether to grant `req`, given its role, its
@@ -200,6 +247,22 @@ mod tests {
 
     fn log(term: u64, index: u64) -> Option<LogId> {
         Some(LogId::new(openraft::CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn a_leader_counts_a_majority_with_itself() {
+        let now = Instant::now();
+        let ago = |ms| now - Duration::from_millis(ms);
+        let acks: HashMap<NodeId, Instant> = [(2, ago(100)), (3, ago(5_000))].into();
+        // Three voters: itself and the more recent of the other two.
+        assert_eq!(quorum_at(1, &[1, 2, 3], &acks, now), Some(ago(100)));
+        // Five voters: itself and both others it heard from; the fourth and fifth never.
+        assert_eq!(quorum_at(1, &[1, 2, 3, 4, 5], &acks, now), Some(ago(5_000)));
+        assert_eq!(quorum_at(1, &[1, 2, 3, 4, 5, 6, 7], &acks, now), None);
+        // Alone it is its own majority.
+        assert_eq!(quorum_at(1, &[1], &HashMap::new(), now), Some(now));
+        // Nobody answered yet.
+        assert_eq!(quorum_at(1, &[1, 2, 3], &HashMap::new(), now), None);
     }
 
     #[test]

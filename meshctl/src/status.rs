@@ -146,6 +146,9 @@ async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
         match member_status(ctx, &url).await {
             Ok(s) => {
                 row["healthy"] = json!(s.leader() != 0);
+                if s.leader() == 0 {
+                    row["error"] = json!("knows no leader");
+                }
                 row["leader"] = json!(s.leader() == m.id());
                 row["revision"] = json!(s.header().map_or(0, |h| h.revision()));
                 row["raftIndex"] = json!(s.raft_index());

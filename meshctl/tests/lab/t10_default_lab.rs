@@ -460,6 +460,14 @@ fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
         })
     });
     keep_alive_through_majority("right after the election");
+    // Nor does it call itself the leader any more once a majority has been silent for an
+    // election timeout (etcd's CheckQuorum): clients that look for a member knowing a leader,
+    // `meshctl status` among them, move on to the majority.
+    eventually(
+        "the isolated former leader knowing no leader",
+        PATIENCE,
+        || leader_and_term(pki, &isolated).and_then(|(leader, _)| (leader == 0).then_some(())),
+    );
     let at_isolated = etcdctl(&isolated, &["lease", "keep-alive", "--once", &id], "2s");
     // Kept alive by the majority for longer than the TTL, while the isolated member's clock
     // runs out.
@@ -477,6 +485,15 @@ fn an_isolated_leader_renews_no_lease(lab: &TestLab) {
         std::thread::sleep(Duration::from_secs(1));
     }
     lab.etcdctl("apps", &["lease", "revoke", &id]);
+}
+
+/// (leader id, Raft term) as the member at `url` reports them (`etcdctl endpoint status`).
+fn leader_and_term(pki: &Path, url: &str) -> Option<(u64, u64)> {
+    let out = etcdctl_at(pki, url, &["endpoint", "status", "-w", "json"], "3s");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = &v.as_array()?.first()?["Status"];
+    // etcdctl's JSON leaves out zero fields: no `leader` is leader 0 (none known).
+    Some((s["leader"].as_u64().unwrap_or(0), s["raftTerm"].as_u64()?))
 }
 
 /// etcdctl with apps' admin certificate (`pki`) against `endpoints`.
@@ -512,13 +529,7 @@ fn a_rejoining_follower_does_not_depose_the_leader(lab: &TestLab) {
             )
         })
         .collect();
-    // (leader id, term) as member `url` reports them.
-    let seen_by = |url: &str| -> Option<(u64, u64)> {
-        let out = etcdctl_at(pki, url, &["endpoint", "status", "-w", "json"], "3s");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let s = &v.as_array()?.first()?["Status"];
-        Some((s["leader"].as_u64()?, s["raftTerm"].as_u64()?))
-    };
+    let seen_by = |url: &str| leader_and_term(pki, url);
     // Every member agrees on the leader and the term (the previous step's rejoin settled).
     let agreed = || -> Option<(u64, u64)> {
         let seen: Vec<(u64, u64)> = members
