@@ -336,7 +336,7 @@ async fn raftmesh(
     ))
 }
 
-/// Waits until B's status says its mirror of A is connected and current.
+/// Waits until B's status says its mirror of A is connected and it holds A's current key.
 async fn wait_connected(b: &Cluster) -> Result<()> {
     let mut c = b.client().await?;
     let key = format!("mesh/status/remotes/{A}");
@@ -346,19 +346,15 @@ async fn wait_connected(b: &Cluster) -> Result<()> {
             && let Some(kv) = r.kvs().first()
             && let Ok(s) = mesh_api::remote::RemoteStatusRecord::decode_checked(kv.value())
             && s.connected
-            && now_ms() - s.current_at_ms < 2_000
+            && c.get(format!("mesh/status/current/{A}"), None)
+                .await
+                .is_ok_and(|r| !r.kvs().is_empty())
         {
             return Ok(());
         }
         ensure!(Instant::now() < deadline, "B's mirror did not reconnect");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn snapshot(client: &mut Client) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {

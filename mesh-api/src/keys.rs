@@ -14,6 +14,9 @@ pub const ROOT: &str = "mesh/v1/";
 pub const CONFIG_REMOTES: &str = "mesh/config/remotes/";
 /// Remote-cluster status (written by the API server's leader).
 pub const STATUS_REMOTES: &str = "mesh/status/remotes/";
+/// Remote clusters the leader's mirror is current with: one key per remote, bound to a lease
+/// the mirror renews on every answer from the remote (see `remote::CURRENT_TTL_SECONDS`).
+pub const STATUS_CURRENT: &str = "mesh/status/current/";
 
 /// The kinds of records under a cluster's prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -183,6 +186,11 @@ pub enum Key {
         /// The remote cluster.
         cluster: String,
     },
+    /// Present while the mirror is current with a remote cluster (bound to a lease).
+    RemoteCurrent {
+        /// The remote cluster.
+        cluster: String,
+    },
 }
 
 /// A key that does not follow the layout.
@@ -209,7 +217,8 @@ impl Key {
             | Key::Policy { cluster, .. }
             | Key::Synced { cluster, .. }
             | Key::RemoteConfig { cluster }
-            | Key::RemoteStatus { cluster } => cluster,
+            | Key::RemoteStatus { cluster }
+            | Key::RemoteCurrent { cluster } => cluster,
         }
     }
 
@@ -225,7 +234,9 @@ impl Key {
             Key::Endpoints { .. } => Kind::Endpoints,
             Key::Policy { .. } => Kind::Policy,
             Key::Synced { .. } => Kind::Synced,
-            Key::RemoteConfig { .. } | Key::RemoteStatus { .. } => return None,
+            Key::RemoteConfig { .. } | Key::RemoteStatus { .. } | Key::RemoteCurrent { .. } => {
+                return None;
+            }
         })
     }
 }
@@ -282,6 +293,7 @@ impl fmt::Display for Key {
             Key::Synced { cluster, kind } => write!(f, "{ROOT}{cluster}/synced/{kind}"),
             Key::RemoteConfig { cluster } => write!(f, "{CONFIG_REMOTES}{cluster}"),
             Key::RemoteStatus { cluster } => write!(f, "{STATUS_REMOTES}{cluster}"),
+            Key::RemoteCurrent { cluster } => write!(f, "{STATUS_CURRENT}{cluster}"),
         }
     }
 }
@@ -304,8 +316,15 @@ impl FromStr for Key {
                 cluster: name(c).map_err(|r| bad(&r))?,
             });
         }
+        if let Some(c) = key.strip_prefix(STATUS_CURRENT) {
+            return Ok(Key::RemoteCurrent {
+                cluster: name(c).map_err(|r| bad(&r))?,
+            });
+        }
         let rest = key.strip_prefix(ROOT).ok_or_else(|| {
-            bad("does not start with mesh/v1/, mesh/config/remotes/ or mesh/status/remotes/")
+            bad(
+                "does not start with mesh/v1/, mesh/config/remotes/, mesh/status/remotes/ or mesh/status/current/",
+            )
         })?;
         let parts: Vec<&str> = rest.split('/').collect();
         let cluster = name(parts[0]).map_err(|r| bad(&format!("cluster: {r}")))?;

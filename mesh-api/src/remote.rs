@@ -2,6 +2,12 @@
 //! reaches remote `<c>`, written by `meshctl connect`, readable by admins only since it holds
 //! a private key) and `mesh/status/remotes/<c>` (how the mirror of `<c>` is doing, written by
 //! the API server's leader). Protobuf like every record; field 1 is the schema version.
+//!
+//! `mesh/status/current/<c>` holds no record: it exists while the mirror is current with `<c>`,
+//! bound to a lease of [`CURRENT_TTL_SECONDS`] that the mirror renews on every answer from the
+//! remote. Renewals are the leader's memory, not Raft writes, so readers learn the freshness
+//! to the second ([`lease_freshness`]) without a write per second per remote; the key goes when
+//! the mirror stops answering for the lease's TTL or records a disconnect.
 
 use prost::Message;
 use serde_json::{Value, json};
@@ -40,9 +46,26 @@ pub struct RemoteConfigRecord {
     pub pod_cidrs: Vec<String>,
 }
 
+/// The TTL of the lease behind `mesh/status/current/<c>`, in seconds: the mirror renews it on
+/// every answer from the remote (about every second), so it lapses after about this long
+/// without one.
+pub const CURRENT_TTL_SECONDS: i64 = 3;
+
+/// The value of `mesh/status/current/<c>`, for people reading the store.
+pub const CURRENT_VALUE: &str = "the mirror is current with this remote while this key lives; freshness: at most the lease's granted TTL minus its remaining TTL";
+
+/// How long ago the mirror was last current at most, in whole seconds, from the lease of
+/// `mesh/status/current/<c>` as LeaseTimeToLive reports it: `granted_ttl - ttl`, since `ttl` is
+/// the remaining time rounded down (as etcd reports it), so the last renewal was between one
+/// second less and this long ago. `None` once the lease has run out (`ttl` ≤ 0).
+pub fn lease_freshness(granted_ttl: i64, ttl: i64) -> Option<f64> {
+    (ttl > 0).then(|| (granted_ttl - ttl).max(0) as f64)
+}
+
 /// `mesh/status/remotes/<c>`. Written with every batch the mirror applies (the revision
 /// reached lives here, in the same Txn as the data it covers) and on every change of state,
-/// but not on every tick: readers compute the freshness age from `current_at_ms`.
+/// never for the freshness alone: while connected, readers take the freshness from the lease of
+/// `mesh/status/current/<c>`; after a disconnect, from `current_at_ms`, written with it.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct RemoteStatusRecord {
     /// Schema version.

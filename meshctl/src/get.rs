@@ -159,6 +159,9 @@ fn entry(key: &[u8], value: &[u8], revision: i64) -> Value {
                 .map_or(0, |d| d.as_millis() as i64);
             Some(RemoteStatusRecord::decode_checked(value).map(|r| r.to_json(now)))
         }
+        Ok(Key::RemoteCurrent { .. }) => {
+            return json!({ "key": key, "modRevision": revision, "value": String::from_utf8_lossy(value) });
+        }
         _ => None,
     };
     match remote {

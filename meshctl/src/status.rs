@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use etcd_client::{Client, GetOptions};
-use mesh_api::keys::{CONFIG_REMOTES, Key, STATUS_REMOTES};
-use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
+use mesh_api::keys::{CONFIG_REMOTES, Key, STATUS_CURRENT, STATUS_REMOTES};
+use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord, lease_freshness};
 use serde_json::{Value, json};
 
 use crate::Failure;
@@ -251,6 +251,31 @@ async fn remotes(client: &mut Client) -> anyhow::Result<Vec<Value>> {
             Err(e) => row["error"] = json!(format!("unreadable status: {e}")),
         }
     }
+    // While the mirror is current with a remote, the freshness comes from the lease it renews
+    // on every answer (to the second); otherwise the record's, written at the disconnect.
+    let current = client
+        .get(STATUS_CURRENT, Some(GetOptions::new().with_prefix()))
+        .await
+        .context("reading mesh/status/current/")?;
+    for kv in current.kvs() {
+        let Ok(Key::RemoteCurrent { cluster }) = String::from_utf8_lossy(kv.key()).parse::<Key>()
+        else {
+            continue;
+        };
+        let (Some(row), lease) = (out.get_mut(&cluster), kv.lease()) else {
+            continue;
+        };
+        if lease == 0 || row["connected"] != true {
+            continue;
+        }
+        // The lease may run out between the two reads: then the record's figure stands.
+        if let Ok(ttl) = client.lease_time_to_live(lease, None).await
+            && let Some(age) = lease_freshness(ttl.granted_ttl(), ttl.ttl())
+        {
+            row["freshnessAgeSeconds"] = json!(age);
+            row["freshnessFrom"] = json!("lease");
+        }
+    }
     Ok(out.into_values().collect())
 }
 
@@ -361,9 +386,15 @@ fn table(s: &Value) -> String {
             (true, true) => "yes".to_owned(),
             (true, false) => "no".to_owned(),
         };
-        let age = r["freshnessAgeSeconds"]
-            .as_f64()
-            .map_or("never".to_owned(), |a| format!("{a:.1}s"));
+        // From the current lease: a bound in whole seconds.
+        let age = match (
+            r["freshnessAgeSeconds"].as_f64(),
+            r["freshnessFrom"] == "lease",
+        ) {
+            (None, _) => "never".to_owned(),
+            (Some(a), true) => format!("≤{a:.0}s"),
+            (Some(a), false) => format!("{a:.1}s"),
+        };
         let mut error = text(&r["error"]);
         if let Some(w) = r["warning"].as_str() {
             error = if error == "-" || error.is_empty() {

@@ -550,7 +550,10 @@ impl MeshState {
                     c.synced.remove(&kind);
                 }
             }
-            (Key::RemoteConfig { .. } | Key::RemoteStatus { .. }, _) => {}
+            (
+                Key::RemoteConfig { .. } | Key::RemoteStatus { .. } | Key::RemoteCurrent { .. },
+                _,
+            ) => {}
         }
         if c.complete() != was_complete {
             touched.merge(Touched::everything());

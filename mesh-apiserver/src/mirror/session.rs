@@ -28,18 +28,27 @@
 //! the remote answering only once every event up to the answer's revision was sent, as
 //! raftmesh's API server does (etcd 3.4 answers at once, ahead of a watcher still catching
 //! up, so an etcd remote is not supported). After [`SILENCE`] without any answer the remote counts as
-//! disconnected. The time it was last current is kept in the status record, written with
-//! every batch, on every change of state, and otherwise at most every [`STATUS_EVERY`].
+//! disconnected. While connected, the mirror holds `mesh/status/current/<c>` bound to a lease
+//! of `CURRENT_TTL_SECONDS` that it renews at most every [`RENEW_EVERY`] when it is current, so
+//! readers see the freshness to the second from the lease's remaining TTL: renewals are the
+//! leader's memory, not Raft writes. The status record is written with every batch and on
+//! every change of state (a disconnect records when the remote was last current), never for
+//! the freshness alone. A new session (another leader, a restart) takes the last-current time
+//! from a lease still running, so a disconnect it records right away is not dated back to the
+//! last batch.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, WatchOptions,
+};
 use mesh_api::Kind;
 use mesh_api::SCHEMA;
 use mesh_api::keys::{Key, prefix_end};
-use mesh_api::remote::RemoteStatusRecord;
+use mesh_api::remote::{CURRENT_TTL_SECONDS, CURRENT_VALUE, RemoteStatusRecord, lease_freshness};
 use prost::Message as _;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -59,8 +68,10 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How long the remote may stay silent (no event, no progress answer) before it counts as
 /// disconnected.
 pub const SILENCE: Duration = Duration::from_secs(3);
-/// A status with only a newer freshness or position is written at most this often.
+/// A status with only a newer position (or rejected count) is written at most this often.
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// The lease of `mesh/status/current/<c>` is renewed at most this often.
+pub const RENEW_EVERY: Duration = Duration::from_millis(500);
 /// Most operations of one local Txn besides the status put: etcd's `--max-txn-ops` (128)
 /// minus one.
 pub const MAX_OPS: usize = 127;
@@ -129,6 +140,20 @@ fn local_err(e: impl std::fmt::Display) -> SessionError {
     SessionError::Local(e.to_string())
 }
 
+/// Seconds since the mirror was last current, from the lease of `key` (`None`: no key, no
+/// lease, or the lease has run out).
+async fn lease_age(local: &mut Client, key: &str) -> Result<Option<f64>, SessionError> {
+    let resp = bounded(local.get(key, None)).await.map_err(local_err)?;
+    let Some(lease) = resp.kvs().first().map(|kv| kv.lease()).filter(|l| *l != 0) else {
+        return Ok(None);
+    };
+    // A lease that ran out between the two reads is no error: there is no age to take.
+    Ok(bounded(local.lease_time_to_live(lease, None))
+        .await
+        .ok()
+        .and_then(|ttl| lease_freshness(ttl.granted_ttl(), ttl.ttl())))
+}
+
 /// Runs `call` with a deadline.
 async fn bounded<T, E: std::fmt::Display>(
     call: impl Future<Output = Result<T, E>>,
@@ -171,6 +196,18 @@ pub struct Session<'a> {
     pos: Position,
     /// When a rejection was last logged (a hostile remote must not flood the log).
     logged_rejection: Option<Instant>,
+    /// `mesh/status/current/<c>`.
+    current_key: String,
+    /// Its lease while connected.
+    current: Option<Current>,
+}
+
+/// The lease behind `mesh/status/current/<c>` and its keep-alive stream.
+struct Current {
+    lease: i64,
+    keeper: LeaseKeeper,
+    answers: LeaseKeepAliveStream,
+    renewed: Instant,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -222,6 +259,16 @@ impl<'a> Session<'a> {
         status.schema = SCHEMA;
         // The connection exists again (a disconnect within the grace period was undone).
         status.removed_at_ms = 0;
+        let current_key = Key::RemoteCurrent {
+            cluster: cluster.to_owned(),
+        }
+        .to_string();
+        // A lease still running (the previous session's, on this or a former leader) knows
+        // when the remote was last current better than the record, which is not rewritten
+        // for the freshness alone.
+        if let Some(age) = lease_age(&mut local, &current_key).await? {
+            status.current_at_ms = status.current_at_ms.max(now_ms() - (age * 1000.0) as i64);
+        }
         let pos = Position {
             revision: status.remote_revision,
             partial: status.partial_events,
@@ -241,6 +288,8 @@ impl<'a> Session<'a> {
             index,
             pos,
             logged_rejection: None,
+            current_key,
+            current: None,
         };
         session.count_index();
         state
@@ -260,6 +309,13 @@ impl<'a> Session<'a> {
     /// news.
     pub async fn disconnected(&mut self, error: &SessionError) {
         self.state.connected.store(false, Relaxed);
+        if let Some(current) = self.current.take() {
+            // Not current any more: readers fall back to the record written below.
+            let revoked = bounded(self.local.lease_revoke(current.lease)).await;
+            if let Err(e) = revoked {
+                tracing::debug!(cluster = self.cluster, error = %e, "current lease not revoked (it lapses)");
+            }
+        }
         // Only what was committed: the session may have stopped in the middle of a batch (its
         // position then runs ahead of the data) or of a list.
         let mut status = self.written.clone();
@@ -494,15 +550,16 @@ impl<'a> Session<'a> {
             self.mark_current();
             if resp.created() {
                 self.state.connected.store(true, Relaxed);
-                if !self.status.connected {
-                    self.status.connected = true;
-                    self.status.error.clear();
-                    self.status.over_budget = false;
-                    self.write_status(true).await?;
+                self.status.connected = true;
+                self.status.error.clear();
+                self.status.over_budget = false;
+                if self.current.is_none() {
+                    self.hold_current().await?;
                     tracing::info!(cluster = self.cluster, from = start, "watching the remote");
                 }
                 continue;
             }
+            self.renew_current().await?;
             if resp.events().is_empty() {
                 // A progress answer: every event up to its revision has been sent (and, since
                 // events are handled as they come, applied). A member that lags behind the one
@@ -701,12 +758,74 @@ impl<'a> Session<'a> {
             || s.list_revision != w.list_revision
             || s.removed_at_ms != w.removed_at_ms
             || s.cert_not_after_ms != w.cert_not_after_ms;
-        let moved = s != w;
+        // The freshness alone is no reason to write: the current lease carries it.
+        let moved = s != w
+            && (s.current_at_ms == w.current_at_ms || {
+                let mut s = s.clone();
+                s.current_at_ms = w.current_at_ms;
+                s != *w
+            });
         if !(news || (moved && self.written_at.elapsed() >= STATUS_EVERY)) {
             return Ok(());
         }
         let put = TxnOp::put(self.status_key.clone(), self.status.encode_to_vec(), None);
         self.commit(vec![put]).await
+    }
+
+    /// Grants the lease of `mesh/status/current/<c>` and writes the key with the status (one
+    /// guarded Txn, so a fenced mirror cannot hold it).
+    async fn hold_current(&mut self) -> Result<(), SessionError> {
+        let lease = bounded(self.local.lease_grant(CURRENT_TTL_SECONDS, None))
+            .await
+            .map_err(local_err)?
+            .id();
+        let (keeper, answers) = bounded(self.local.lease_keep_alive(lease))
+            .await
+            .map_err(local_err)?;
+        self.current = Some(Current {
+            lease,
+            keeper,
+            answers,
+            renewed: Instant::now(),
+        });
+        self.status.remote_revision = self.pos.revision;
+        self.status.partial_events = self.pos.partial;
+        let status = TxnOp::put(self.status_key.clone(), self.status.encode_to_vec(), None);
+        let current = TxnOp::put(
+            self.current_key.clone(),
+            CURRENT_VALUE,
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        self.commit(vec![status, current]).await
+    }
+
+    /// Renews the current lease (the remote just answered), at most every [`RENEW_EVERY`];
+    /// holds a new one if it had lapsed (this member was too slow to renew it in time).
+    async fn renew_current(&mut self) -> Result<(), SessionError> {
+        let Some(current) = self.current.as_mut() else {
+            return self.hold_current().await;
+        };
+        if current.renewed.elapsed() < RENEW_EVERY {
+            return Ok(());
+        }
+        current.renewed = Instant::now();
+        bounded(current.keeper.keep_alive())
+            .await
+            .map_err(local_err)?;
+        let answer = bounded(current.answers.message())
+            .await
+            .map_err(local_err)?;
+        match answer {
+            Some(a) if a.ttl() > 0 => Ok(()),
+            _ => {
+                tracing::info!(
+                    cluster = self.cluster,
+                    "the current lease lapsed: holding a new one"
+                );
+                self.current = None;
+                self.hold_current().await
+            }
+        }
     }
 
     /// One Txn guarded by the status key's mod revision.

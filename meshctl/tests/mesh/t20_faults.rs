@@ -328,6 +328,26 @@ async fn a_remote_compacted_while_disconnected_costs_one_resync_of_the_differenc
     );
 }
 
+/// `mesh/status/current/infra` at apps and its lease, as etcdctl shows them: the lease id
+/// (hex) and `(granted TTL, remaining TTL)`, or `None` without the key.
+fn current_lease(apps: &testkit::localcluster::Cluster) -> Option<(String, i64, i64)> {
+    let out = apps
+        .etcdctl()
+        .args(["get", "mesh/status/current/infra", "-w", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let lease = v["kvs"].as_array()?.first()?["lease"].as_i64()?;
+    let hex = format!("{lease:x}");
+    let out = apps
+        .etcdctl()
+        .args(["lease", "timetolive", &hex, "-w", "json"])
+        .output()
+        .unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((hex, t["granted-ttl"].as_i64()?, t["ttl"].as_i64()?))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_remote_is_served_stale_with_a_growing_age_and_caught_up_by_a_delta() {
     let mut mesh = connected_pair().await;
@@ -337,6 +357,41 @@ async fn a_frozen_remote_is_served_stale_with_a_growing_age_and_caught_up_by_a_d
         "infra",
     )
     .await;
+    // Healthy and at rest: the freshness comes from the lease behind mesh/status/current/infra,
+    // renewed on every answer from infra (etcdctl sees it), and the status record is not
+    // rewritten for the freshness alone — only when the position moves.
+    let apps = &mesh.get("apps").cluster;
+    let (lease, granted, _) =
+        eventually("apps holds infra's current lease", PATIENCE, async || {
+            current_lease(apps).context("no current key")
+        })
+        .await;
+    assert_eq!(granted, mesh_api::remote::CURRENT_TTL_SECONDS);
+    let (at_rest, rev) = status(apps, "infra").await.unwrap();
+    // Past the lease's TTL and the record's old 5 s rewrite period: still held (renewed).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (held, _, remaining) = current_lease(apps).expect("the current key lapsed at rest");
+    assert_eq!(held, lease, "a new lease was taken at rest");
+    assert!(remaining > 0, "remaining TTL {remaining}");
+    let (later, later_rev) = status(apps, "infra").await.unwrap();
+    assert!(
+        later_rev == rev || later.remote_revision != at_rest.remote_revision,
+        "the status was rewritten at rest with no new position: {at_rest:?} then {later:?}"
+    );
+    let json = mesh.meshctl_ok(&["status", "--context", "apps", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = json["remotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cluster"] == "infra")
+        .unwrap()
+        .clone();
+    assert_eq!(row["freshnessFrom"], "lease", "{row}");
+    assert!(
+        row["freshnessAgeSeconds"].as_f64().unwrap() < granted as f64,
+        "{row}"
+    );
     let infra = &mut mesh.get_mut("infra").cluster;
     for i in 0..infra.len() {
         infra.pause(i);
@@ -352,6 +407,9 @@ async fn a_frozen_remote_is_served_stale_with_a_growing_age_and_caught_up_by_a_d
         Ok((s, age))
     })
     .await;
+    // Not current any more: the key is gone (revoked at the disconnect), and meshctl status
+    // takes the age from the record.
+    assert_eq!(current_lease(apps), None);
     // Local writes go on, and the mirrored records are still served.
     let mut client = apps.client().await.unwrap();
     for i in 0..20 {
