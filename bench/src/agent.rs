@@ -153,9 +153,10 @@ async fn put_all(client: &mut Client, kvs: Vec<(String, Vec<u8>)>) -> Result<()>
     Ok(())
 }
 
-struct Agent {
-    process: Process,
-    pins: Pins,
+/// A node agent run by a benchmark, stopped and unpinned when dropped.
+pub(crate) struct Agent {
+    pub(crate) process: Process,
+    pub(crate) pins: Pins,
 }
 
 impl Drop for Agent {
@@ -165,8 +166,12 @@ impl Drop for Agent {
     }
 }
 
-fn start_agent(
+/// Starts the agent `bin` as node `node` of `cluster` against the plaintext store at
+/// `endpoints`, its programs attached to `cgroup` and pinned under `/sys/fs/bpf/<id>`, logging
+/// to `log`; WireGuard off.
+pub(crate) fn start_agent(
     bin: &Path,
+    (node, cluster): (&str, &str),
     endpoints: &str,
     cgroup: &Cgroup,
     id: &str,
@@ -176,9 +181,9 @@ fn start_agent(
     let mut cmd = Command::new(bin);
     cmd.args([
         "--node",
-        "bench-1",
+        node,
         "--cluster",
-        "apps",
+        cluster,
         "--endpoints",
         endpoints,
     ])
@@ -263,6 +268,7 @@ pub async fn run(args: AgentArgs, command: String) -> Result<()> {
     let empty_rss = {
         let agent = start_agent(
             &agent_bin,
+            ("bench-1", "apps"),
             &endpoints,
             &cgroup,
             &format!("{id}e"),
@@ -308,6 +314,7 @@ pub async fn run(args: AgentArgs, command: String) -> Result<()> {
     let started = Instant::now();
     let agent = start_agent(
         &agent_bin,
+        ("bench-1", "apps"),
         &endpoints,
         &cgroup,
         &format!("{id}f"),

@@ -17,6 +17,8 @@
 //!   to the other cluster's agents' maps and first connection, before and after a leader kill.
 //! - [`dns`]: `mesh-bench dns`, the agent's `clusterset.local` DNS: queries/s and latency with
 //!   10,000 imports against dnsmasq and a UDP echo floor; ServiceExport → resolution in the lab.
+//! - [`scale`]: `mesh-bench scale`, one cluster with real agents mirroring up to 255
+//!   synthetic remotes (served by this process).
 //! - [`report`]: the markdown table, the raw JSON and the PNG chart.
 //! - [`machine`]: cores, CPU, kernel, versions.
 //! - [`stats`]: latency samples and percentiles.
@@ -30,10 +32,12 @@ mod dns;
 mod kv;
 mod machine;
 mod mirror;
+mod procfs;
 mod progress;
 mod propagation;
 mod publish;
 mod report;
+mod scale;
 mod stats;
 mod synthetic;
 mod wireguard;
@@ -90,6 +94,27 @@ enum Command {
     /// ServiceExport in one lab cluster to the name resolving in the other (p50/p99). Needs
     /// dnsmasq (Debian's dnsmasq-base).
     Dns(dns::DnsArgs),
+    /// One real 3-member cluster with real agents mirroring 10 to 255 synthetic remote
+    /// clusters (each 100 nodes, 1,000 endpoints by default, served over TLS by this process):
+    /// initial mirror, leader memory and CPU per remote, propagation under churn, a new agent,
+    /// a restart of every member; scale.md, scale.json and a PNG plot of each series against
+    /// the number of clusters (root).
+    Scale(scale::ScaleArgs),
+}
+
+/// Resolves with the signal's name on SIGINT or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 fn main() -> ExitCode {
@@ -107,16 +132,25 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Kv(args) => kv::run(args, command).await,
-            Command::Publish(args) => publish::run(args, command).await,
-            Command::Mirror(args) => mirror::run(args, command).await,
-            Command::Datapath(args) => datapath::run(args, command).await,
-            Command::Agent(args) => agent::run(args, command).await,
-            Command::Wireguard(args) => wireguard::run(args, command).await,
-            Command::Propagation(args) => propagation::run(args, command).await,
-            Command::Churn(args) => churn::run(args, command).await,
-            Command::Dns(args) => dns::run(args, command).await,
+        let run = async {
+            match cli.command {
+                Command::Kv(args) => kv::run(args, command).await,
+                Command::Publish(args) => publish::run(args, command).await,
+                Command::Mirror(args) => mirror::run(args, command).await,
+                Command::Datapath(args) => datapath::run(args, command).await,
+                Command::Agent(args) => agent::run(args, command).await,
+                Command::Wireguard(args) => wireguard::run(args, command).await,
+                Command::Propagation(args) => propagation::run(args, command).await,
+                Command::Churn(args) => churn::run(args, command).await,
+                Command::Dns(args) => dns::run(args, command).await,
+                Command::Scale(args) => scale::run(args, command).await,
+            }
+        };
+        // On Ctrl-C or SIGTERM the run is dropped, so the clusters, agents, pins and cgroups
+        // it started are stopped and removed by their guards, as on an error.
+        tokio::select! {
+            result = run => result,
+            signal = interrupted() => Err(anyhow::anyhow!("stopped by {signal}")),
         }
     });
     match result {

@@ -310,19 +310,30 @@ pub fn write(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
 /// The font the chart's text is drawn with (Debian's fonts-dejavu-core).
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
+/// Registers [`FONT`] as plotters' "sans-serif", once per process.
+pub fn register_font() -> Result<()> {
+    use plotters::style::FontStyle;
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let font = std::fs::read(FONT)
+                .map_err(|e| format!("reading {FONT}: {e} (apt-get install fonts-dejavu-core)"))?;
+            plotters::style::register_font(
+                "sans-serif",
+                FontStyle::Normal,
+                Box::leak(font.into_boxed_slice()),
+            )
+            .map_err(|_| format!("{FONT} is not a usable font"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
 /// A horizontal bar per row: raftmesh's advantage over etcd, with 1× and the target marked.
 fn chart(report: &Report, path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    use plotters::style::{FontStyle, register_font};
 
-    let font = std::fs::read(FONT)
-        .with_context(|| format!("reading {FONT} (apt-get install fonts-dejavu-core)"))?;
-    register_font(
-        "sans-serif",
-        FontStyle::Normal,
-        Box::leak(font.into_boxed_slice()),
-    )
-    .map_err(|_| anyhow!("{FONT} is not a usable font"))?;
+    register_font()?;
 
     let rows = pairs(report);
     let (width, left, right) = (1100i32, 380i32, 1020i32);

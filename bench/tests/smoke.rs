@@ -1,4 +1,5 @@
-//! CI's smoke run of `mesh-bench kv`: every workload at a tiny size against etcd and raftmesh.
+//! CI's smoke runs of `mesh-bench kv` (every workload at a tiny size against etcd and raftmesh)
+//! and `mesh-bench scale` (two tiny sizes).
 //! It asserts that the run completes and its outputs are whole, never how fast anything was.
 
 use std::path::PathBuf;
@@ -182,4 +183,84 @@ fn mirror_smoke_run_writes_a_complete_report() {
     }
     assert_eq!(runs[0]["restarts"].as_array().unwrap().len(), 2);
     assert!(out.path().join("mirror-10x50.md").is_file());
+}
+
+/// CI's smoke run of `mesh-bench scale` (root: the agents' eBPF): two tiny sizes, every
+/// figure present for both, the plot drawn and no mirror error; never how fast.
+#[test]
+fn scale_smoke_run_writes_a_complete_report() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_mesh-bench"));
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&bench)
+        .args([
+            "scale",
+            "--clusters",
+            "2,3",
+            "--nodes",
+            "3",
+            "--endpoints",
+            "12",
+            "--services",
+            "2",
+            "--agents",
+            "1",
+            "--churn",
+            "20",
+            "--probe-rate",
+            "2",
+            "--idle-seconds",
+            "1",
+            "--churn-seconds",
+            "3",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "mesh-bench scale failed:\n{stderr}");
+    let json = std::fs::read_to_string(out.path().join("scale.json")).unwrap();
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let sizes = report["sizes"].as_array().unwrap();
+    assert_eq!(
+        sizes
+            .iter()
+            .map(|s| s["clusters"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 3]
+    );
+    for size in sizes {
+        // 3 nodes, 12 endpoints in 2 services: 41 keys per remote.
+        assert_eq!(
+            size["remote_keys"].as_u64().unwrap(),
+            41 * size["clusters"].as_u64().unwrap()
+        );
+        for figure in [
+            "initial_mirror_s",
+            "initial_programmed_s",
+            "leader_rss_mib",
+            "new_agent_s",
+            "agent_rss_mib",
+            "restart_leader_s",
+            "restart_connected_s",
+            "restart_reconverged_s",
+        ] {
+            assert!(size[figure].as_f64().unwrap() > 0.0, "{figure}: {size}");
+        }
+        assert!(size["probes"].as_u64().unwrap() >= 1, "{size}");
+        for p in ["mirror", "store_to_agent", "end_to_end"] {
+            assert!(size[p]["p99_ms"].as_f64().is_some(), "{p}: {size}");
+        }
+        for (name, value) in size["mirror_errors"].as_object().unwrap() {
+            assert_eq!(value.as_f64(), Some(0.0), "{name}: {size}");
+        }
+    }
+    assert!(
+        std::fs::metadata(out.path().join("scale.png"))
+            .unwrap()
+            .len()
+            > 10_000
+    );
+    let md = std::fs::read_to_string(out.path().join("scale.md")).unwrap();
+    assert!(md.contains("| 2 clusters | 3 clusters | target |"), "{md}");
 }

@@ -5,7 +5,7 @@
 //! [`status`], with etcd's codes and strings.
 
 pub mod cluster;
-pub(crate) mod convert;
+pub mod convert;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;

@@ -13,14 +13,7 @@ pub(super) struct Target {
     pub(super) check: Check,
 }
 
-/// The user + system CPU ticks in a `/proc/…/stat` file.
-pub(super) fn cpu_ticks(stat: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(stat).ok()?;
-    // Fields after the command's closing parenthesis: state is the first, utime the 12th.
-    let rest = text.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
+pub(super) use crate::procfs::cpu_ticks;
 
 /// A port on 127.0.0.1 free for UDP at the time of asking (the servers bind it themselves;
 /// they retry on a race).

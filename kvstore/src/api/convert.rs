@@ -19,7 +19,8 @@ use crate::request::{
 /// `mvccpb.Event.EventType.DELETE`.
 const EVENT_DELETE: i32 = 1;
 
-pub(crate) fn header(h: Header) -> Option<PbResponseHeader> {
+/// A response header.
+pub fn header(h: Header) -> Option<PbResponseHeader> {
     Some(PbResponseHeader {
         cluster_id: h.cluster_id,
         member_id: h.member_id,
@@ -28,7 +29,8 @@ pub(crate) fn header(h: Header) -> Option<PbResponseHeader> {
     })
 }
 
-pub(crate) fn kv(kv: KeyValue) -> PbKeyValue {
+/// A key-value.
+pub fn kv(kv: KeyValue) -> PbKeyValue {
     PbKeyValue {
         key: kv.key.into(),
         create_revision: kv.create_revision,
@@ -39,7 +41,8 @@ pub(crate) fn kv(kv: KeyValue) -> PbKeyValue {
     }
 }
 
-pub(crate) fn event(e: Event) -> PbEvent {
+/// A watch event.
+pub fn event(e: Event) -> PbEvent {
     PbEvent {
         r#type: match e.kind {
             EventKind::Put => 0,
@@ -50,7 +53,8 @@ pub(crate) fn event(e: Event) -> PbEvent {
     }
 }
 
-pub(crate) fn range_request(r: PbRangeRequest) -> RangeRequest {
+/// A Range request.
+pub fn range_request(r: PbRangeRequest) -> RangeRequest {
     RangeRequest {
         key: Bytes::from(r.key),
         range_end: Bytes::from(r.range_end),
@@ -78,7 +82,8 @@ pub(crate) fn range_request(r: PbRangeRequest) -> RangeRequest {
     }
 }
 
-pub(crate) fn range_response(r: RangeResponse, h: Header) -> PbRangeResponse {
+/// A Range response with header `h`.
+pub fn range_response(r: RangeResponse, h: Header) -> PbRangeResponse {
     PbRangeResponse {
         header: header(h),
         kvs: r.kvs.into_iter().map(kv).collect(),

@@ -1,0 +1,391 @@
+//! `scale.md`, `scale.json` and `scale.png`: every figure against the number of clusters,
+//! with the issue's targets.
+
+use anyhow::{Result, anyhow};
+use serde_json::json;
+
+use super::{Figures, ScaleArgs, Shape};
+use crate::machine::Machine;
+use crate::stats::Percentiles;
+
+/// One reported series: its label, unit, how it is read off a size, and its target (a bound
+/// the figure must stay at or under).
+struct Series {
+    label: &'static str,
+    unit: &'static str,
+    value: fn(&Figures) -> Option<f64>,
+    target: Option<f64>,
+}
+
+fn p(f: Option<Percentiles>, p99: bool) -> Option<f64> {
+    f.map(|p| if p99 { p.p99_ms } else { p.p50_ms })
+}
+
+const SERIES: &[Series] = &[
+    Series {
+        label: "initial mirror (connect → every key local)",
+        unit: "s",
+        value: |f| Some(f.initial_mirror_s),
+        target: None,
+    },
+    Series {
+        label: "initial mirror → every agent programmed",
+        unit: "s",
+        value: |f| Some(f.initial_programmed_s),
+        target: None,
+    },
+    Series {
+        label: "leader RSS",
+        unit: "MiB",
+        value: |f| Some(f.leader_rss_mib),
+        target: None,
+    },
+    Series {
+        label: "leader RSS per remote",
+        unit: "MiB",
+        value: |f| Some(f.leader_rss_per_remote_mib),
+        target: Some(40.0),
+    },
+    Series {
+        label: "follower RSS (largest)",
+        unit: "MiB",
+        value: |f| f.follower_rss_mib.iter().copied().reduce(f64::max),
+        target: None,
+    },
+    Series {
+        label: "leader CPU with no remote, at rest",
+        unit: "ms/s",
+        value: |f| Some(f.leader_cpu_alone_ms_per_s),
+        target: None,
+    },
+    Series {
+        label: "leader CPU per remote, at rest",
+        unit: "ms/s",
+        value: |f| Some(f.leader_cpu_idle_ms_per_s_per_remote),
+        target: None,
+    },
+    Series {
+        label: "leader CPU per remote, under churn",
+        unit: "ms/s",
+        value: |f| Some(f.leader_cpu_churn_ms_per_s_per_remote),
+        target: None,
+    },
+    Series {
+        label: "churn achieved",
+        unit: "changes/s",
+        value: |f| Some(f.churn_per_s),
+        target: None,
+    },
+    Series {
+        label: "remote write → local store, p50",
+        unit: "ms",
+        value: |f| p(f.mirror, false),
+        target: None,
+    },
+    Series {
+        label: "remote write → local store, p99",
+        unit: "ms",
+        value: |f| p(f.mirror, true),
+        target: None,
+    },
+    Series {
+        label: "local store → agent map, p50",
+        unit: "ms",
+        value: |f| p(f.store_to_agent, false),
+        target: None,
+    },
+    Series {
+        label: "local store → agent map, p99",
+        unit: "ms",
+        value: |f| p(f.store_to_agent, true),
+        target: Some(1_000.0),
+    },
+    Series {
+        label: "remote write → agent map, p99",
+        unit: "ms",
+        value: |f| p(f.end_to_end, true),
+        target: None,
+    },
+    Series {
+        label: "new agent → every backend programmed",
+        unit: "s",
+        value: |f| Some(f.new_agent_s),
+        target: Some(10.0),
+    },
+    Series {
+        label: "agent RSS",
+        unit: "MiB",
+        value: |f| Some(f.agent_rss_mib),
+        target: None,
+    },
+    Series {
+        label: "agent bytes per remote endpoint",
+        unit: "B",
+        value: |f| Some(f.agent_bytes_per_remote_endpoint),
+        target: Some(500.0),
+    },
+    Series {
+        label: "restart of every member → leader",
+        unit: "s",
+        value: |f| Some(f.restart_leader_s),
+        target: None,
+    },
+    Series {
+        label: "restart → every remote connected",
+        unit: "s",
+        value: |f| Some(f.restart_connected_s),
+        target: None,
+    },
+    Series {
+        label: "restart → a change on every remote in every agent",
+        unit: "s",
+        value: |f| Some(f.restart_reconverged_s),
+        target: Some(60.0),
+    },
+];
+
+/// The panels of the PNG (indexes into [`SERIES`]).
+const PANELS: [usize; 8] = [0, 3, 4, 7, 12, 14, 16, 19];
+
+fn cell(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+/// The markdown table.
+pub fn markdown(
+    args: &ScaleArgs,
+    shape: Shape,
+    machine: &Machine,
+    command: &str,
+    all: &[Figures],
+) -> String {
+    let mut md = format!(
+        "# mesh-bench scale\n\nCommand: `{command}`\n\n- Machine: {machine}\n- Remotes: synthetic (one process serves them all over TLS, etcd's Range and Watch with progress, from the store's own MVCC engine), each {} nodes, {} endpoints in {} services (slices of ≤ 100), one ipcache entry per endpoint, {} keys per remote.\n- Local cluster: 3 real `mesh-apiserver` members (plaintext client port; the mirror's remote connections are mutual TLS), a global Service per remote service; {} real `node-agent`s (host namespace, WireGuard off).\n- Churn: {} pod replacements/s over all remotes (one remote revision each), probe flips {}/s timed remote write → local store (a watch of the bench) → every agent's map (lookup each ms); idle window {} s, churn window {} s.\n- Targets from issue 31; a figure over its target is marked ✗.\n\n| figure | unit |",
+        shape.nodes,
+        shape.endpoints,
+        shape.services,
+        shape.keys(),
+        args.agents,
+        args.churn,
+        args.probe_rate,
+        args.idle_seconds,
+        args.churn_seconds,
+    );
+    for f in all {
+        md.push_str(&format!(" {} clusters |", f.clusters));
+    }
+    md.push_str(" target |\n|---|---|");
+    for _ in all {
+        md.push_str("---:|");
+    }
+    md.push_str("---:|\n");
+    for s in SERIES {
+        md.push_str(&format!("| {} | {} |", s.label, s.unit));
+        for f in all {
+            let v = (s.value)(f);
+            let over = matches!((v, s.target), (Some(v), Some(t)) if v > t);
+            md.push_str(&format!(" {}{} |", cell(v), if over { " ✗" } else { "" }));
+        }
+        md.push_str(&format!(
+            " {} |\n",
+            s.target
+                .map_or(String::new(), |t| format!("≤ {}", cell(Some(t))))
+        ));
+    }
+    md.push_str("\n| size | mirrored keys | remote endpoints | probe flips | mirror errors |\n|---:|---:|---:|---:|---|\n");
+    for f in all {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            f.clusters,
+            f.remote_keys,
+            f.remote_endpoints,
+            f.probes,
+            if f.mirror_errors.values().all(|v| *v == 0.0) {
+                "none".to_owned()
+            } else {
+                format!("{:?}", f.mirror_errors)
+            }
+        ));
+    }
+    md
+}
+
+/// Writes the three files.
+pub fn write(
+    args: &ScaleArgs,
+    shape: Shape,
+    machine: &Machine,
+    command: &str,
+    all: &[Figures],
+) -> Result<()> {
+    let md = markdown(args, shape, machine, command, all);
+    let raw = json!({
+        "command": command,
+        "machine": machine.to_string(),
+        "shape": {"nodes": shape.nodes, "endpoints": shape.endpoints, "services": shape.services, "keys": shape.keys()},
+        "sizes": all,
+    });
+    crate::report::write_table(&args.out, "scale", &md, &raw)?;
+    let png = args.out.join("scale.png");
+    chart(all, &machine.to_string(), &png)?;
+    eprintln!("wrote {}", png.display());
+    Ok(())
+}
+
+/// One panel per chosen series against the number of clusters, targets as red lines.
+pub fn chart(all: &[Figures], subtitle: &str, path: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+
+    crate::report::register_font()?;
+    let root = BitMapBackend::new(path, (1600, 900)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(60);
+    title.draw(&Text::new(
+        "raftmesh: one cluster mirroring N synthetic remotes (x: remote clusters)",
+        (20, 10),
+        ("sans-serif", 22.0).into_font(),
+    ))?;
+    title.draw(&Text::new(
+        subtitle.to_owned(),
+        (20, 38),
+        ("sans-serif", 13.0)
+            .into_font()
+            .color(&RGBColor(90, 90, 90)),
+    ))?;
+    let x_max = all.iter().map(|f| f.clusters).max().unwrap_or(1) as f64 * 1.05;
+    for (area, &k) in body.split_evenly((2, 4)).iter().zip(PANELS.iter()) {
+        let s = &SERIES[k];
+        let points: Vec<(f64, f64)> = all
+            .iter()
+            .filter_map(|f| Some((f.clusters as f64, (s.value)(f)?)))
+            .collect();
+        let y_max = points
+            .iter()
+            .map(|p| p.1)
+            .chain(s.target)
+            .fold(0.0f64, f64::max)
+            .max(1e-3)
+            * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{} ({})", s.label, s.unit),
+                ("sans-serif", 14.0).into_font(),
+            )
+            .margin(12)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .y_labels(6)
+            .label_style(("sans-serif", 12.0).into_font())
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        if let Some(t) = s.target {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(0.0, t), (x_max, t)],
+                    RED.stroke_width(2),
+                )))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        let blue = RGBColor(40, 90, 170);
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                points.clone(),
+                blue.stroke_width(2),
+            )))
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, blue.filled())),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(clusters: usize) -> Figures {
+        let p = Some(Percentiles {
+            p50_ms: 5.0,
+            p99_ms: 40.0,
+            p999_ms: 50.0,
+            max_ms: 60.0,
+        });
+        Figures {
+            clusters,
+            remote_keys: clusters * 1_200,
+            remote_endpoints: clusters * 1_000,
+            initial_mirror_s: clusters as f64 * 0.1,
+            initial_programmed_s: clusters as f64 * 0.2,
+            leader_rss_mib: 100.0,
+            leader_rss_per_remote_mib: 0.5,
+            follower_rss_mib: vec![90.0, 95.0],
+            leader_cpu_alone_ms_per_s: 20.0,
+            leader_cpu_idle_ms_per_s_per_remote: 0.2,
+            leader_cpu_churn_ms_per_s_per_remote: 1.0,
+            churn_per_s: 325.0,
+            mirror: p,
+            store_to_agent: p,
+            end_to_end: p,
+            probes: 100,
+            new_agent_s: 3.0,
+            agent_rss_mib: 80.0,
+            agent_bytes_per_remote_endpoint: 600.0,
+            restart_leader_s: 2.0,
+            restart_connected_s: 10.0,
+            restart_reconverged_s: 12.0,
+            mirror_errors: Default::default(),
+        }
+    }
+
+    #[test]
+    fn every_series_has_a_cell_and_a_missed_target_is_marked() {
+        let args = <ScaleArgs as clap::FromArgMatches>::from_arg_matches(
+            &<ScaleArgs as clap::Args>::augment_args(clap::Command::new("scale"))
+                .get_matches_from(["scale"]),
+        )
+        .unwrap();
+        let shape = Shape {
+            nodes: 100,
+            endpoints: 1_000,
+            services: 10,
+        };
+        let machine = Machine::read([]);
+        let md = markdown(&args, shape, &machine, "cmd", &[figures(10), figures(50)]);
+        for s in SERIES {
+            assert!(md.contains(s.label), "{}", s.label);
+        }
+        // 600 B per endpoint is over the 500 B target.
+        assert!(
+            md.contains("| agent bytes per remote endpoint | B | 600 ✗ | 600 ✗ | ≤ 500 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| new agent → every backend programmed | s | 3.00 | 3.00 | ≤ 10.0 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_chart_draws() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("scale.png");
+        chart(&[figures(10), figures(50), figures(255)], "test", &png).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 10_000);
+    }
+}
