@@ -30,7 +30,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::per_identity::StreamGuard;
-use crate::request::{EventKind, KeyRange};
+use crate::request::{Event, EventKind, KeyRange};
 
 /// `WatchCreateRequest.FilterType.NOPUT`.
 const FILTER_NOPUT: i32 = 0;
@@ -44,6 +44,10 @@ const TOO_MANY_IDENTITY_WATCHERS: &str = "etcdserver: too many watchers for this
 const TOO_MANY_STREAMS: &str = "etcdserver: too many watch streams for this identity";
 /// Most events in one message (a revision is never split; a large one may exceed this).
 const MAX_EVENTS_PER_MESSAGE: usize = 1000;
+/// Most key and value bytes in one message, likewise: a far-behind watcher of large revisions
+/// (a mirror's Txns carry up to 1 MiB each) must not get them in one message larger than its
+/// client accepts (gRPC's default is 4 MiB; the agents were refused a 10 MB catch-up).
+const MAX_BYTES_PER_MESSAGE: usize = 1 << 20;
 
 /// The Watch service of one member.
 #[derive(Debug, Clone)]
@@ -363,6 +367,7 @@ impl Session {
                     .mvcc
                     .events(&w.range, w.next, to, w.prev_kv)
                     .expect("watcher position checked against the compacted revision");
+                let (events, to) = within_one_message(events, to);
                 (current, None, events, to)
             }
         };
@@ -412,9 +417,78 @@ impl Session {
     }
 }
 
+/// The first whole revisions of `events` (revisions up to `to`, in order) that fit in one
+/// message — at most [`MAX_EVENTS_PER_MESSAGE`] events and [`MAX_BYTES_PER_MESSAGE`] bytes,
+/// but always the first revision whole — and the last revision the message covers.
+fn within_one_message(mut events: Vec<Event>, to: i64) -> (Vec<Event>, i64) {
+    let size = |e: &Event| {
+        e.kv.key.len() + e.kv.value.len() + e.prev_kv.as_ref().map_or(0, |p| p.value.len())
+    };
+    let (mut count, mut bytes, mut start) = (0usize, 0usize, 0usize);
+    while start < events.len() {
+        let revision = events[start].kv.mod_revision;
+        let end = events[start..]
+            .iter()
+            .position(|e| e.kv.mod_revision != revision)
+            .map_or(events.len(), |k| start + k);
+        let n = end - start;
+        let b: usize = events[start..end].iter().map(size).sum();
+        if start > 0 && (count + n > MAX_EVENTS_PER_MESSAGE || bytes + b > MAX_BYTES_PER_MESSAGE) {
+            // The next message starts at the first revision left out.
+            events.truncate(start);
+            return (events, revision - 1);
+        }
+        (count, bytes, start) = (count + n, bytes + b, end);
+    }
+    (events, to)
+}
+
 /// The last revision of a catch-up step starting at `from`: up to `current`, but bounded so a
 /// far-behind watcher gets its history in messages of about [`MAX_EVENTS_PER_MESSAGE`].
 fn revision_limit(from: i64, current: i64) -> i64 {
     let span = i64::try_from(MAX_EVENTS_PER_MESSAGE).unwrap_or(i64::MAX);
     current.min(from.saturating_add(span - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::KeyValue;
+
+    fn event(revision: i64, bytes: usize) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: bytes::Bytes::from(format!("k{revision}")),
+                mod_revision: revision,
+                value: bytes::Bytes::from(vec![0u8; bytes]),
+                ..KeyValue::default()
+            },
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn a_message_holds_whole_revisions_up_to_its_byte_and_event_bounds() {
+        // Revisions 10..=29, two 200 KiB events each: five revisions fit in 1 MiB (with keys,
+        // a sixth would not); the next message starts at the sixth.
+        let events: Vec<Event> = (10..30)
+            .flat_map(|r| [event(r, 100 << 10), event(r, 100 << 10)])
+            .collect();
+        let (first, to) = within_one_message(events, 40);
+        assert_eq!(first.len(), 10);
+        assert_eq!(first.last().unwrap().kv.mod_revision, 14);
+        assert_eq!(to, 14);
+        // Everything fits: the step's own limit stands.
+        let (all, to) = within_one_message(vec![event(3, 10), event(7, 10)], 9);
+        assert_eq!((all.len(), to), (2, 9));
+        // One revision larger than the bound goes whole, alone.
+        let big = vec![event(5, 3 << 20), event(6, 10)];
+        let (one, to) = within_one_message(big, 6);
+        assert_eq!((one.len(), to), (1, 5));
+        // The event bound: 1,500 one-event revisions go 1,000 at a time.
+        let many: Vec<Event> = (1..=1_500).map(|r| event(r, 1)).collect();
+        let (first, to) = within_one_message(many, 1_500);
+        assert_eq!((first.len(), to), (MAX_EVENTS_PER_MESSAGE, 1_000));
+    }
 }
