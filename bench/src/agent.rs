@@ -209,6 +209,21 @@ pub(crate) fn start_agent(
     })
 }
 
+/// The `node-agent` and `mesh-apiserver` next to this `mesh-bench`, which must exist.
+pub(crate) fn binaries() -> Result<(PathBuf, PathBuf)> {
+    let here = std::env::current_exe()?;
+    let agent_bin = here.with_file_name("node-agent");
+    let server_bin = here.with_file_name("mesh-apiserver");
+    for b in [&agent_bin, &server_bin] {
+        ensure!(
+            b.is_file(),
+            "{} is missing (cargo build --release --workspace)",
+            b.display()
+        );
+    }
+    Ok((agent_bin, server_bin))
+}
+
 /// Waits until the maps hold `frontends` frontends and `backends` slots; returns when.
 fn wait_programmed(
     pins: &Pins,
@@ -241,16 +256,7 @@ pub async fn run(args: AgentArgs, command: String) -> Result<()> {
         args.endpoints <= 100,
         "--endpoints: at most 100 (one slice)"
     );
-    let here = std::env::current_exe()?;
-    let agent_bin = here.with_file_name("node-agent");
-    let server_bin = here.with_file_name("mesh-apiserver");
-    for b in [&agent_bin, &server_bin] {
-        ensure!(
-            b.is_file(),
-            "{} is missing (cargo build --release --workspace)",
-            b.display()
-        );
-    }
+    let (agent_bin, server_bin) = binaries()?;
     lab::ensure_bpffs()?;
     let machine = Machine::read([("raftmesh", server_bin.as_path())]);
     let cluster =

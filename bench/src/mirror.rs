@@ -159,7 +159,8 @@ fn run_ok(program: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result<String
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn count(client: &mut Client, prefix: &str) -> Result<i64> {
+/// Keys under `prefix` (a count-only Range).
+pub(crate) async fn count(client: &mut Client, prefix: &str) -> Result<i64> {
     Ok(client
         .get(
             prefix,

@@ -47,6 +47,7 @@ use testkit::localcluster::{Cluster, Flavor, Spec};
 use crate::agent::{Agent, start_agent};
 use crate::kv::workloads::rss_bytes;
 use crate::machine::Machine;
+use crate::mirror::count;
 use crate::procfs::{MS_PER_TICK, cpu_ticks};
 use crate::stats::{Percentiles, Samples};
 use shape::Shape;
@@ -148,16 +149,7 @@ pub async fn run(args: ScaleArgs, command: String) -> Result<()> {
         args.churn > 0.0 && args.probe_rate > 0.0,
         "--churn and --probe-rate must be positive"
     );
-    let here = std::env::current_exe()?;
-    let agent_bin = here.with_file_name("node-agent");
-    let server_bin = here.with_file_name("mesh-apiserver");
-    for b in [&agent_bin, &server_bin] {
-        ensure!(
-            b.is_file(),
-            "{} is missing (cargo build --release --workspace)",
-            b.display()
-        );
-    }
+    let (agent_bin, server_bin) = crate::agent::binaries()?;
     lab::ensure_bpffs()?;
     let machine = Machine::read([("raftmesh", server_bin.as_path())]);
     eprintln!("mesh-bench scale: {machine}");
@@ -464,16 +456,6 @@ async fn wait_for_maps(agents: &[Agent]) -> Result<Vec<KernelMaps>> {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-}
-
-async fn count(client: &mut Client, prefix: &str) -> Result<i64> {
-    Ok(client
-        .get(
-            prefix,
-            Some(GetOptions::new().with_prefix().with_count_only()),
-        )
-        .await?
-        .count())
 }
 
 /// Keys under `mesh/v1/` before any remote is connected.
