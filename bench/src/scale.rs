@@ -93,10 +93,13 @@ pub struct ScaleArgs {
     /// Directory for scale.md, scale.json and scale.png.
     #[arg(long, default_value = "bench/results")]
     pub out: PathBuf,
+    /// Only draw scale.png again (into --out) from the scale.json of an earlier run.
+    #[arg(long, value_name = "SCALE_JSON")]
+    pub replot: Option<PathBuf>,
 }
 
 /// One size's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Figures {
     pub clusters: usize,
     pub remote_keys: usize,
@@ -127,6 +130,9 @@ pub struct Figures {
 }
 
 pub async fn run(args: ScaleArgs, command: String) -> Result<()> {
+    if let Some(json) = &args.replot {
+        return report::replot(json, &args.out);
+    }
     ensure!(
         nix::unistd::Uid::effective().is_root(),
         "mesh-bench scale needs root (the agents' eBPF)"

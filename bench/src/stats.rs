@@ -56,7 +56,7 @@ impl Samples {
 }
 
 /// Latency percentiles of one measurement, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub p50_ms: f64,
     pub p99_ms: f64,

@@ -144,8 +144,8 @@ const SERIES: &[Series] = &[
     },
 ];
 
-/// The panels of the PNG (indexes into [`SERIES`]).
-const PANELS: [usize; 8] = [0, 3, 4, 7, 12, 14, 16, 19];
+/// The PNG's grid: every series, in [`SERIES`]' order.
+const GRID: (usize, usize) = (4, 6);
 
 fn cell(v: Option<f64>) -> String {
     match v {
@@ -237,12 +237,24 @@ pub fn write(
     Ok(())
 }
 
-/// One panel per chosen series against the number of clusters, targets as red lines.
+/// Draws `<out>/scale.png` again from an earlier run's `scale.json`.
+pub fn replot(json: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+    let sizes: Vec<Figures> = serde_json::from_value(raw["sizes"].clone())?;
+    let machine = raw["machine"].as_str().unwrap_or_default();
+    std::fs::create_dir_all(out)?;
+    let png = out.join("scale.png");
+    chart(&sizes, machine, &png)?;
+    eprintln!("wrote {}", png.display());
+    Ok(())
+}
+
+/// One panel per series against the number of clusters, targets as red lines.
 pub fn chart(all: &[Figures], subtitle: &str, path: &std::path::Path) -> Result<()> {
     use plotters::prelude::*;
 
     crate::report::register_font()?;
-    let root = BitMapBackend::new(path, (1600, 900)).into_drawing_area();
+    let root = BitMapBackend::new(path, (2400, 1500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (title, body) = root.split_vertically(60);
     title.draw(&Text::new(
@@ -258,8 +270,7 @@ pub fn chart(all: &[Figures], subtitle: &str, path: &std::path::Path) -> Result<
             .color(&RGBColor(90, 90, 90)),
     ))?;
     let x_max = all.iter().map(|f| f.clusters).max().unwrap_or(1) as f64 * 1.05;
-    for (area, &k) in body.split_evenly((2, 4)).iter().zip(PANELS.iter()) {
-        let s = &SERIES[k];
+    for (area, s) in body.split_evenly(GRID).iter().zip(SERIES) {
         let points: Vec<(f64, f64)> = all
             .iter()
             .filter_map(|f| Some((f.clusters as f64, (s.value)(f)?)))
@@ -387,5 +398,13 @@ mod tests {
         let png = dir.path().join("scale.png");
         chart(&[figures(10), figures(50), figures(255)], "test", &png).unwrap();
         assert!(std::fs::metadata(&png).unwrap().len() > 10_000);
+        assert!(GRID.0 * GRID.1 >= SERIES.len(), "a series has no panel");
+        // Drawn again from a run's JSON.
+        let json = dir.path().join("scale.json");
+        let raw = json!({"machine": "m", "sizes": [figures(10), figures(20)]});
+        std::fs::write(&json, raw.to_string()).unwrap();
+        let again = dir.path().join("again");
+        replot(&json, &again).unwrap();
+        assert!(std::fs::metadata(again.join("scale.png")).unwrap().len() > 10_000);
     }
 }
