@@ -96,6 +96,10 @@ pub struct ScaleArgs {
     /// Only draw scale.png again (into --out) from the scale.json of an earlier run.
     #[arg(long, value_name = "SCALE_JSON")]
     pub replot: Option<PathBuf>,
+    /// Only summarize earlier runs (their scale.json files) into `<out>/scale-runs.md`: each
+    /// figure's range over the runs that measured the size, the worst against its target.
+    #[arg(long, value_name = "SCALE_JSON", num_args = 1.., conflicts_with = "replot")]
+    pub summarize: Vec<PathBuf>,
 }
 
 /// One size's figures.
@@ -132,6 +136,9 @@ pub struct Figures {
 pub async fn run(args: ScaleArgs, command: String) -> Result<()> {
     if let Some(json) = &args.replot {
         return report::replot(json, &args.out);
+    }
+    if !args.summarize.is_empty() {
+        return report::summarize(&args.summarize, &args.out);
     }
     ensure!(
         nix::unistd::Uid::effective().is_root(),
@@ -188,7 +195,8 @@ async fn one_size(
     server_bin: &std::path::Path,
     agent_bin: &std::path::Path,
 ) -> Result<Figures> {
-    let dir = tempfile::tempdir()?;
+    // With RAFTMESH_KEEP_LOGS set, this directory (agents' logs) and the members' logs stay.
+    let dir = lab::workdir("rms")?;
     let say = |what: &str| eprintln!("[scale {n}] {what}");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests)?;

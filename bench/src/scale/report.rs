@@ -249,6 +249,79 @@ pub fn replot(json: &std::path::Path, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `<out>/scale-runs.md`: for each figure and size, the range over the runs in `jsons`
+/// that measured that size, marked when the worst of them misses the target.
+pub fn summarize(jsons: &[std::path::PathBuf], out: &std::path::Path) -> Result<()> {
+    let mut runs: Vec<(String, Vec<Figures>)> = Vec::new();
+    for path in jsons {
+        let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let sizes: Vec<Figures> = serde_json::from_value(raw["sizes"].clone())?;
+        let command = raw["command"].as_str().unwrap_or_default().to_owned();
+        runs.push((command, sizes));
+    }
+    let md = ranges(&runs)?;
+    std::fs::create_dir_all(out)?;
+    let path = out.join("scale-runs.md");
+    std::fs::write(&path, &md)?;
+    println!("{md}");
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn ranges(runs: &[(String, Vec<Figures>)]) -> Result<String> {
+    let sizes: std::collections::BTreeSet<usize> = runs
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|f| f.clusters))
+        .collect();
+    if sizes.is_empty() {
+        return Err(anyhow!("no run has any size"));
+    }
+    // For each size, the figures of every run that measured it.
+    let at = |n: usize| -> Vec<&Figures> {
+        runs.iter()
+            .filter_map(|(_, s)| s.iter().find(|f| f.clusters == n))
+            .collect()
+    };
+    let mut md = format!(
+        "# mesh-bench scale: {} runs\n\nEach cell is the range over the runs that measured that size (min–max); ✗ when the worst misses the target. The runs:\n\n",
+        runs.len()
+    );
+    for (command, _) in runs {
+        md.push_str(&format!("- `{command}`\n"));
+    }
+    md.push_str("\n| figure | unit |");
+    for &n in &sizes {
+        md.push_str(&format!(" {n} clusters ({} runs) |", at(n).len()));
+    }
+    md.push_str(" target |\n|---|---|");
+    for _ in &sizes {
+        md.push_str("---:|");
+    }
+    md.push_str("---:|\n");
+    for s in SERIES {
+        md.push_str(&format!("| {} | {} |", s.label, s.unit));
+        for &n in &sizes {
+            let values: Vec<f64> = at(n).into_iter().filter_map(|f| (s.value)(f)).collect();
+            let lo = values.iter().copied().reduce(f64::min);
+            let hi = values.iter().copied().reduce(f64::max);
+            let over = matches!((hi, s.target), (Some(v), Some(t)) if v > t);
+            let range = match (lo, hi) {
+                (Some(lo), Some(hi)) if cell(Some(lo)) != cell(Some(hi)) => {
+                    format!("{}–{}", cell(Some(lo)), cell(Some(hi)))
+                }
+                _ => cell(lo),
+            };
+            md.push_str(&format!(" {range}{} |", if over { " ✗" } else { "" }));
+        }
+        md.push_str(&format!(
+            " {} |\n",
+            s.target
+                .map_or(String::new(), |t| format!("≤ {}", cell(Some(t))))
+        ));
+    }
+    Ok(md)
+}
+
 /// One panel per series against the number of clusters, targets as red lines.
 pub fn chart(all: &[Figures], subtitle: &str, path: &std::path::Path) -> Result<()> {
     use plotters::prelude::*;
@@ -390,6 +463,34 @@ mod tests {
             md.contains("| new agent → every backend programmed | s | 3.00 | 3.00 | ≤ 10.0 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn runs_are_summarized_as_ranges_over_the_runs_of_each_size() {
+        let mut slow = figures(10);
+        slow.new_agent_s = 12.0;
+        let runs = vec![
+            ("a".to_owned(), vec![figures(10)]),
+            ("b".to_owned(), vec![slow]),
+        ];
+        let md = ranges(&runs).unwrap();
+        assert!(md.contains("| 10 clusters (2 runs) | target |"), "{md}");
+        assert!(
+            md.contains("| new agent → every backend programmed | s | 3.00–12.0 ✗ | ≤ 10.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| churn achieved | changes/s | 325 |  |"),
+            "{md}"
+        );
+        // A size only some runs measured is ranged over those.
+        let other = vec![runs[0].clone(), ("c".to_owned(), vec![figures(50)])];
+        let md = ranges(&other).unwrap();
+        assert!(
+            md.contains("| 10 clusters (1 runs) | 50 clusters (1 runs) |"),
+            "{md}"
+        );
+        assert!(ranges(&[]).is_err());
     }
 
     #[test]
