@@ -85,19 +85,27 @@ fn cluster_records(name: &str, id: u32) -> Vec<(String, Vec<u8>)> {
 }
 
 fn service(cluster: &str, i: u32) -> (String, Vec<u8>) {
-    let name = format!("svc-{i}");
+    global_service(cluster, &format!("svc-{i}"), vec![vip(i).to_string()])
+}
+
+/// A global, shared Service record `bench/<name>` of `cluster` (port 80/TCP) and its key.
+pub(crate) fn global_service(
+    cluster: &str,
+    name: &str,
+    cluster_ips: Vec<String>,
+) -> (String, Vec<u8>) {
     (
         Key::Service {
             cluster: cluster.into(),
             namespace: "bench".into(),
-            name: name.clone(),
+            name: name.into(),
         }
         .to_string(),
         Record::Service(ServiceRecord {
             schema: SCHEMA,
             namespace: "bench".into(),
-            name,
-            cluster_ips: vec![vip(i).to_string()],
+            name: name.into(),
+            cluster_ips,
             ports: vec![Port {
                 name: "http".into(),
                 port: 80,
@@ -142,7 +150,8 @@ fn slice(i: u32, endpoints: u32) -> (String, Vec<u8>) {
     )
 }
 
-async fn put_all(client: &mut Client, kvs: Vec<(String, Vec<u8>)>) -> Result<()> {
+/// Puts `kvs`, 100 to a Txn.
+pub(crate) async fn put_all(client: &mut Client, kvs: Vec<(String, Vec<u8>)>) -> Result<()> {
     for chunk in kvs.chunks(100) {
         let ops: Vec<TxnOp> = chunk
             .iter()

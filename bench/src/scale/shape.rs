@@ -260,7 +260,7 @@ impl Remote {
                 || !matches!(&self.slices[s - 1].key, Key::Endpoints { service, .. } if service == svc);
             if first_of_service {
                 out.push(self.identity(slice.identity, svc));
-                out.push(service_record(&cluster, svc, s as u32));
+                out.push(crate::agent::global_service(&cluster, svc, vec![]));
             }
             for &(ip, n, _) in &slice.endpoints {
                 out.push(self.ipcache(ip, n, slice.identity));
@@ -411,33 +411,6 @@ impl Remote {
         let (key, value) = self.slice(self.slices.last().expect("the probe slice"));
         (Op::Put(key, value), ready)
     }
-}
-
-fn service_record(cluster: &str, name: &str, _index: u32) -> (String, Vec<u8>) {
-    (
-        Key::Service {
-            cluster: cluster.into(),
-            namespace: NAMESPACE.into(),
-            name: name.into(),
-        }
-        .to_string(),
-        Record::Service(ServiceRecord {
-            schema: SCHEMA,
-            namespace: NAMESPACE.into(),
-            name: name.into(),
-            cluster_ips: vec![],
-            ports: vec![Port {
-                name: "http".into(),
-                port: 80,
-                protocol: "TCP".into(),
-            }],
-            global: true,
-            shared: true,
-            affinity: Affinity::None as i32,
-            ..Default::default()
-        })
-        .encode(),
-    )
 }
 
 /// The local cluster's manifests: a global Service (with a selector no local pod matches) of
