@@ -759,12 +759,10 @@ impl<'a> Session<'a> {
             || s.removed_at_ms != w.removed_at_ms
             || s.cert_not_after_ms != w.cert_not_after_ms;
         // The freshness alone is no reason to write: the current lease carries it.
-        let moved = s != w
-            && (s.current_at_ms == w.current_at_ms || {
-                let mut s = s.clone();
-                s.current_at_ms = w.current_at_ms;
-                s != *w
-            });
+        let moved = RemoteStatusRecord {
+            current_at_ms: w.current_at_ms,
+            ..s.clone()
+        } != *w;
         if !(news || (moved && self.written_at.elapsed() >= STATUS_EVERY)) {
             return Ok(());
         }
