@@ -475,13 +475,18 @@ impl Agent<'_> {
                 }
             };
             let started = Instant::now();
-            let changes = match changes {
+            let mut changes = match changes {
                 Ok(c) => c,
                 Err(e) => {
                     *resume = Some([mesh.revision, status.revision]);
                     return Err(e.into());
                 }
             };
+            // Responses already received are applied with this one: a burst (a remote's
+            // initial mirror, hundreds of remotes connecting) costs one reconcile, not one
+            // per response. A watch that ended meanwhile ends the session after what came
+            // before it is applied (its revision already counts those changes).
+            let ended = take_arrived(&mut mesh, &mut status, &mut changes).await;
             let mut touched = Touched::default();
             for c in &changes {
                 touched.merge(self.state.apply(&c.key, c.value.as_deref(), c.created));
@@ -495,6 +500,9 @@ impl Agent<'_> {
             }
             if touched.peers {
                 self.reconcile_wg();
+            }
+            if let Some(e) = ended {
+                return Err(e.into());
             }
             self.publish(&mut client, mesh.revision).await?;
         }
@@ -812,6 +820,31 @@ impl Agent<'_> {
         self.metrics.degraded.set(i64::from(!degraded.is_empty()));
         self.health.send_modify(|h| h.degraded = degraded);
     }
+}
+
+/// Responses one reconcile takes at most (a bound on how long the maps wait during a burst).
+const ARRIVED_AT_ONCE: usize = 64;
+
+/// Appends the changes of responses that have already arrived on either watch to `changes`,
+/// without waiting for more; returns the error of a watch that ended meanwhile.
+async fn take_arrived(
+    mesh: &mut Watch,
+    status: &mut Watch,
+    changes: &mut Vec<source::Change>,
+) -> Option<source::Error> {
+    for _ in 1..ARRIVED_AT_ONCE {
+        let next = tokio::select! {
+            biased;
+            c = mesh.next() => c,
+            c = status.next() => c,
+            () = std::future::ready(()) => return None,
+        };
+        match next {
+            Ok(c) => changes.extend(c),
+            Err(e) => return Some(e),
+        }
+    }
+    None
 }
 
 enum SessionError {
