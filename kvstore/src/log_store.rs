@@ -33,6 +33,14 @@ use crate::wal::Wal;
 type Entry = openraft::Entry<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
+/// Encoded bytes of entries one AppendEntries carries at most, beyond its first entry (as
+/// etcd's `MaxSizePerMsg`, 1 MiB). openraft 0.9 bounds a batch only by count (300 entries) and
+/// gives each AppendEntries one heartbeat interval; a follower behind by hundreds of large Txns
+/// (a mirror's initial copy at 255 remotes) was sent payloads it could not take in that time,
+/// and every timeout sent them again: seen as replication timeouts and a follower growing to
+/// 1.7 GiB while it caught up (`mesh-bench scale`).
+pub const APPEND_BYTES: usize = 1024 * 1024;
+
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
@@ -171,6 +179,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         Ok(out)
     }
+
+    /// What the leader sends a follower in one AppendEntries: entries from `start`, at most
+    /// [`APPEND_BYTES`] of them (always at least one).
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> StorageResult<Vec<Entry>> {
+        let wal = self.wal();
+        let start = wal.first().map_or(start, |first| start.max(first));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for index in start..end {
+            let raw = match wal.read(index) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(StorageIOError::read_log_at_index(index, AnyError::new(&e)).into());
+                }
+            };
+            if !out.is_empty() && bytes + raw.len() > APPEND_BYTES {
+                break;
+            }
+            bytes += raw.len();
+            out.push(decode_entry(&raw)?);
+        }
+        Ok(out)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -283,3 +315,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -32,8 +32,12 @@ use crate::raft_types::{Command, Member, NodeId, Outcome, Raft, Reply};
 pub const MAX_IN_FLIGHT: usize = 2;
 /// Most commands in one batch.
 const MAX_COMMANDS: usize = 1024;
-/// A batch stops growing once its commands' encoded size passes this.
-const MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// A batch stops growing before its commands' encoded size passes this: a batch is one log
+/// entry, and an entry travels to the followers within one AppendEntries that openraft 0.9
+/// gives one heartbeat interval ([`crate::log_store::APPEND_BYTES`]). 4 MiB batches timed out
+/// in that interval on a loaded 2-core machine while a mirror copied 255 remotes, and every
+/// retry sent them again (`mesh-bench scale`).
+const MAX_BYTES: u64 = crate::log_store::APPEND_BYTES as u64;
 
 type Waiter = oneshot::Sender<Result<Reply, Error>>;
 
