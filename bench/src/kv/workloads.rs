@@ -279,8 +279,9 @@ pub async fn watch_agents(
     };
     let mut outcome = fan_out(target, agents, watchers, puts, measure).await?;
     let grown = *grown.lock().expect("not poisoned");
+    let writers = outcome.detail.take().unwrap_or_default();
     outcome.detail = Some(format!(
-        "member RSS {:.1} MiB with no stream, +{:.1} MiB with {watchers} open: {:.1} KiB per stream",
+        "member RSS {:.1} MiB with no stream, +{:.1} MiB with {watchers} open: {:.1} KiB per stream; {writers}",
         before as f64 / MIB,
         grown as f64 / MIB,
         grown as f64 / 1024.0 / watchers.max(1) as f64
@@ -399,7 +400,14 @@ async fn fan_out(
             .or_else(|| (delivered < expected).then(|| format!("no event for {WATCH_STALL:?}"))),
         seconds: elapsed.as_secs_f64(),
         latency: samples.summary(),
-        detail: None,
+        // What bounds the rate when delivery keeps up: events cannot arrive faster than
+        // the puts that make them.
+        detail: Some(format!(
+            "the puts took {:.2} s ({:.0} puts/s): at most {:.0}k events/s while delivery keeps up",
+            writes.elapsed.as_secs_f64(),
+            writes.ops_per_sec(),
+            writes.ops_per_sec() * watchers as f64 / 1000.0
+        )),
     })
 }
 
