@@ -439,6 +439,7 @@ async fn propagation(
         args.changes, args.churn
     );
     let started = Instant::now();
+    let mut slowest: Option<(usize, Duration)> = None;
     for i in 0..args.changes {
         let value = record(&format!("p{i}"));
         let sent = Instant::now();
@@ -454,7 +455,11 @@ async fn propagation(
                 break;
             }
         }
-        samples.record(sent.elapsed());
+        let took = sent.elapsed();
+        if slowest.is_none_or(|(_, t)| took > t) {
+            slowest = Some((i, took));
+        }
+        samples.record(took);
         if (i + 1) % 200 == 0 {
             eprintln!("  {}/{} changes", i + 1, args.changes);
         }
@@ -464,6 +469,9 @@ async fn propagation(
     churn.await?;
     let rate = churned.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     eprintln!("  background churn ran at {rate:.0}/s");
+    if let Some((i, took)) = slowest {
+        eprintln!("  the slowest change: #{i} of {}, {took:.2?}", args.changes);
+    }
     Ok((samples.summary(), args.changes))
 }
 

@@ -45,7 +45,7 @@ use serde::Serialize;
 use testkit::localcluster::{Cluster, Flavor, Spec};
 
 use crate::agent::{Agent, start_agent};
-use crate::kv::workloads::rss_bytes;
+use crate::kv::workloads::{peak_rss_bytes, rss_bytes};
 use crate::machine::Machine;
 use crate::mirror::count;
 use crate::procfs::{MS_PER_TICK, cpu_ticks};
@@ -113,6 +113,11 @@ pub struct Figures {
     pub leader_rss_mib: f64,
     pub leader_rss_per_remote_mib: f64,
     pub follower_rss_mib: Vec<f64>,
+    /// The largest high-water mark of any member's RSS (`VmHWM`) before the restart: what the
+    /// initial mirror, the churn and the new agent's list cost at their peak. Absent in runs
+    /// made before it was measured.
+    #[serde(default)]
+    pub member_peak_rss_mib: Option<f64>,
     /// The leader's CPU at rest before any remote was connected.
     pub leader_cpu_alone_ms_per_s: f64,
     /// Beyond `leader_cpu_alone_ms_per_s`, over the number of remotes.
@@ -363,9 +368,13 @@ async fn one_size(
     let agent_rss = rss_bytes(bench.agents[0].process.pid())?;
     let leader_rss = rss_bytes(leader_pid)?;
     let mut follower_rss = Vec::new();
-    for i in (0..bench.cluster.len()).filter(|i| *i != leader) {
+    let mut peak_rss = 0;
+    for i in 0..bench.cluster.len() {
         if let Some(pid) = bench.cluster.pid(i) {
-            follower_rss.push(mib(rss_bytes(pid)?));
+            if i != leader {
+                follower_rss.push(mib(rss_bytes(pid)?));
+            }
+            peak_rss = peak_rss.max(peak_rss_bytes(pid)?);
         }
     }
     let mirror_errors = mirror_errors(&bench.cluster, leader).await?;
@@ -411,6 +420,7 @@ async fn one_size(
         leader_rss_mib: mib(leader_rss),
         leader_rss_per_remote_mib: mib(leader_rss.saturating_sub(leader_rss_before)) / n as f64,
         follower_rss_mib: follower_rss,
+        member_peak_rss_mib: Some(mib(peak_rss)),
         leader_cpu_alone_ms_per_s: idle_alone,
         leader_cpu_idle_ms_per_s_per_remote: (idle - idle_alone).max(0.0) / n as f64,
         leader_cpu_churn_ms_per_s_per_remote: (busy - idle_alone).max(0.0) / n as f64,

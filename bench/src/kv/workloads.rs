@@ -676,11 +676,21 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// Resident set size of a process, from `/proc/<pid>/status`.
 pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The most resident memory the process has had (`VmHWM`, its high-water mark).
+pub(crate) fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS line")?;
+        .find_map(|l| l.strip_prefix(field))
+        .with_context(|| format!("no {field} line"))?;
     let kib: u64 = line.trim().trim_end_matches("kB").trim().parse()?;
     Ok(kib * 1024)
 }

@@ -53,6 +53,12 @@ const SERIES: &[Series] = &[
         target: None,
     },
     Series {
+        label: "member RSS at its peak (largest VmHWM)",
+        unit: "MiB",
+        value: |f| f.member_peak_rss_mib,
+        target: None,
+    },
+    Series {
         label: "leader CPU with no remote, at rest",
         unit: "ms/s",
         value: |f| Some(f.leader_cpu_alone_ms_per_s),
@@ -419,6 +425,7 @@ mod tests {
             leader_rss_mib: 100.0,
             leader_rss_per_remote_mib: 0.5,
             follower_rss_mib: vec![90.0, 95.0],
+            member_peak_rss_mib: Some(120.0),
             leader_cpu_alone_ms_per_s: 20.0,
             leader_cpu_idle_ms_per_s_per_remote: 0.2,
             leader_cpu_churn_ms_per_s_per_remote: 1.0,
