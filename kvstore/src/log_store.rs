@@ -138,6 +138,28 @@ impl LogStore {
         Ok(())
     }
 
+    /// The entries from `start` until `stop` or the end of the WAL, stopping before the one
+    /// that would take their encoded size past `budget` (the first is always included).
+    fn entries(wal: &Wal, start: u64, stop: u64, budget: usize) -> StorageResult<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for index in start..stop {
+            let raw = match wal.read(index) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(StorageIOError::read_log_at_index(index, AnyError::new(&e)).into());
+                }
+            };
+            if !out.is_empty() && bytes.saturating_add(raw.len()) > budget {
+                break;
+            }
+            bytes = bytes.saturating_add(raw.len());
+            out.push(decode_entry(&raw)?);
+        }
+        Ok(out)
+    }
+
     /// The entry at `index`, if the WAL holds it.
     fn entry(wal: &Wal, index: u64) -> StorageResult<Option<Entry>> {
         match wal.read(index) {
@@ -173,11 +195,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => end,
         }
         .min(end);
-        let mut out = Vec::with_capacity(stop.saturating_sub(start) as usize);
-        for index in start..stop {
-            out.extend(Self::entry(&wal, index)?);
-        }
-        Ok(out)
+        Self::entries(&wal, start, stop, usize::MAX)
     }
 
     /// What the leader sends a follower in one AppendEntries: entries from `start`, at most
@@ -185,23 +203,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> StorageResult<Vec<Entry>> {
         let wal = self.wal();
         let start = wal.first().map_or(start, |first| start.max(first));
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for index in start..end {
-            let raw = match wal.read(index) {
-                Ok(Some(raw)) => raw,
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(StorageIOError::read_log_at_index(index, AnyError::new(&e)).into());
-                }
-            };
-            if !out.is_empty() && bytes + raw.len() > APPEND_BYTES {
-                break;
-            }
-            bytes += raw.len();
-            out.push(decode_entry(&raw)?);
-        }
-        Ok(out)
+        Self::entries(&wal, start, end, APPEND_BYTES)
     }
 }
 
