@@ -4,7 +4,7 @@
 //! | role | reads | writes | leases | members, compaction, maintenance |
 //! |---|---|---|---|---|
 //! | `admin`, `apiserver` | all | all | all | all |
-//! | `agent` (node `n`) | `mesh/v1/`, `mesh/status/` | `mesh/v1/<c>/nodekeys/<n>` only | grant; keep alive, attach to and revoke only leases it granted (revoke: when every attached key is its own); look up | list members, status |
+//! | `agent` (node `n`) | `mesh/v1/`, `mesh/status/` | `mesh/v1/<c>/nodekeys/<n>` and `mesh/status/reach/<c>/<n>` only | grant; keep alive, attach to and revoke only leases it granted (revoke: when every attached key is its own); look up | list members, status |
 //! | `remote` | `mesh/v1/<this cluster>/` | nothing | nothing | nothing |
 //!
 //! A range is allowed only when all of it lies inside an allowed prefix (a range running to
@@ -146,7 +146,7 @@ impl Authorizer {
             None => true,
             Some(id) => match id.role {
                 Role::Admin | Role::Apiserver => true,
-                Role::Agent => range_end.is_empty() && key == own_node_key(id).as_slice(),
+                Role::Agent => range_end.is_empty() && own_keys(id).iter().any(|k| k == key),
                 Role::Remote => false,
             },
         })
@@ -181,7 +181,7 @@ impl Authorizer {
                 Role::Agent | Role::Remote => Some(LeaseLimits {
                     owner: id.uri(),
                     keys: match id.role {
-                        Role::Agent => vec![own_node_key(id)],
+                        Role::Agent => own_keys(id),
                         _ => Vec::new(),
                     },
                 }),
@@ -228,9 +228,13 @@ fn identity(caller: &Caller) -> Result<Option<&Identity>, Error> {
     }
 }
 
-/// The one key an agent writes: `mesh/v1/<c>/nodekeys/<n>`.
-fn own_node_key(agent: &Identity) -> Vec<u8> {
-    format!("mesh/v1/{}/nodekeys/{}", agent.cluster, agent.name).into_bytes()
+/// The keys an agent writes: its node key, `mesh/v1/<c>/nodekeys/<n>`, and what it finds
+/// unreachable, `mesh/status/reach/<c>/<n>`.
+fn own_keys(agent: &Identity) -> Vec<Vec<u8>> {
+    vec![
+        format!("mesh/v1/{}/nodekeys/{}", agent.cluster, agent.name).into_bytes(),
+        format!("mesh/status/reach/{}/{}", agent.cluster, agent.name).into_bytes(),
+    ]
 }
 
 /// Whether every key of `key..range_end` starts with `prefix` (which ends in `/`).

@@ -17,6 +17,10 @@ pub const STATUS_REMOTES: &str = "mesh/status/remotes/";
 /// Remote clusters the leader's mirror is current with: one key per remote, bound to a lease
 /// the mirror renews on every answer from the remote (see `remote::CURRENT_TTL_SECONDS`).
 pub const STATUS_CURRENT: &str = "mesh/status/current/";
+/// What each node's agent finds unreachable among the remote nodes it probes:
+/// `mesh/status/reach/<cluster>/<node>`, written by the node's agent under its node key's
+/// lease (see [`crate::remote::ReachRecord`]). Local: never mirrored, never watched by agents.
+pub const STATUS_REACH: &str = "mesh/status/reach/";
 
 /// The kinds of records under a cluster's prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,6 +195,13 @@ pub enum Key {
         /// The remote cluster.
         cluster: String,
     },
+    /// What a node's agent finds unreachable, written by that agent.
+    NodeReach {
+        /// The node's (this) cluster.
+        cluster: String,
+        /// Node name.
+        node: String,
+    },
 }
 
 /// A key that does not follow the layout.
@@ -218,7 +229,8 @@ impl Key {
             | Key::Synced { cluster, .. }
             | Key::RemoteConfig { cluster }
             | Key::RemoteStatus { cluster }
-            | Key::RemoteCurrent { cluster } => cluster,
+            | Key::RemoteCurrent { cluster }
+            | Key::NodeReach { cluster, .. } => cluster,
         }
     }
 
@@ -234,9 +246,10 @@ impl Key {
             Key::Endpoints { .. } => Kind::Endpoints,
             Key::Policy { .. } => Kind::Policy,
             Key::Synced { .. } => Kind::Synced,
-            Key::RemoteConfig { .. } | Key::RemoteStatus { .. } | Key::RemoteCurrent { .. } => {
-                return None;
-            }
+            Key::RemoteConfig { .. }
+            | Key::RemoteStatus { .. }
+            | Key::RemoteCurrent { .. }
+            | Key::NodeReach { .. } => return None,
         })
     }
 }
@@ -294,6 +307,7 @@ impl fmt::Display for Key {
             Key::RemoteConfig { cluster } => write!(f, "{CONFIG_REMOTES}{cluster}"),
             Key::RemoteStatus { cluster } => write!(f, "{STATUS_REMOTES}{cluster}"),
             Key::RemoteCurrent { cluster } => write!(f, "{STATUS_CURRENT}{cluster}"),
+            Key::NodeReach { cluster, node } => write!(f, "{STATUS_REACH}{cluster}/{node}"),
         }
     }
 }
@@ -321,9 +335,18 @@ impl FromStr for Key {
                 cluster: name(c).map_err(|r| bad(&r))?,
             });
         }
+        if let Some(rest) = key.strip_prefix(STATUS_REACH) {
+            let Some((cluster, node)) = rest.split_once('/') else {
+                return Err(bad("reach keys are mesh/status/reach/<cluster>/<node>"));
+            };
+            return Ok(Key::NodeReach {
+                cluster: name(cluster).map_err(|r| bad(&format!("cluster: {r}")))?,
+                node: name(node).map_err(|r| bad(&format!("node: {r}")))?,
+            });
+        }
         let rest = key.strip_prefix(ROOT).ok_or_else(|| {
             bad(
-                "does not start with mesh/v1/, mesh/config/remotes/, mesh/status/remotes/ or mesh/status/current/",
+                "does not start with mesh/v1/, mesh/config/remotes/, mesh/status/remotes/, mesh/status/current/ or mesh/status/reach/",
             )
         })?;
         let parts: Vec<&str> = rest.split('/').collect();

@@ -13,6 +13,7 @@
 //!   from every cluster's export, and ClusterSetIPs the same in every cluster.
 //! - [`remote`]: the records of remote-cluster connections (`mesh/config/remotes/`,
 //!   `mesh/status/remotes/`).
+//! - [`reach`]: what each node's agent finds unreachable (`mesh/status/reach/`).
 //! - [`endpoint`]: API server endpoints (`https://host:port`).
 //! - [`bootstrap`]: the agent bootstrap exchange (token and signing request for a certificate).
 //! - [`duration`]: durations as text (`500ms`, `10s`, `2m`): the one parser and printer of
@@ -39,6 +40,7 @@ pub mod duration;
 pub mod endpoint;
 pub mod identity;
 pub mod keys;
+pub mod reach;
 pub mod records;
 pub mod remote;
 

@@ -145,7 +145,7 @@ pub enum RemoteDecodeError {
     },
 }
 
-fn decode<M: Message + Default>(
+pub(crate) fn decode<M: Message + Default>(
     what: &'static str,
     bytes: &[u8],
     schema: impl Fn(&M) -> u32,

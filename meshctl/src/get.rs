@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use etcd_client::GetOptions;
 use mesh_api::Record;
 use mesh_api::keys::Key;
+use mesh_api::reach::ReachRecord;
 use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord};
 use mesh_client::{Credentials, Settings};
 use serde_json::{Value, json};
@@ -159,6 +160,7 @@ fn entry(key: &[u8], value: &[u8], revision: i64) -> Value {
                 .map_or(0, |d| d.as_millis() as i64);
             Some(RemoteStatusRecord::decode_checked(value).map(|r| r.to_json(now)))
         }
+        Ok(Key::NodeReach { .. }) => Some(ReachRecord::decode_checked(value).map(|r| r.to_json())),
         Ok(Key::RemoteCurrent { .. }) => {
             return json!({ "key": key, "modRevision": revision, "value": String::from_utf8_lossy(value) });
         }

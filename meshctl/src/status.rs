@@ -1,12 +1,14 @@
 //! `meshctl status`: a cluster's members and, for every remote it mirrors, whether the mirror
-//! is connected and how fresh its copy is.
+//! is connected, how fresh its copy is, and whether this cluster's nodes reach its nodes (the
+//! agents' reachability records, `mesh/status/reach/<cluster>/<node>`).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use etcd_client::{Client, GetOptions};
-use mesh_api::keys::{CONFIG_REMOTES, Key, STATUS_CURRENT, STATUS_REMOTES};
+use mesh_api::keys::{CONFIG_REMOTES, Key, STATUS_CURRENT, STATUS_REACH, STATUS_REMOTES};
+use mesh_api::reach::ReachRecord;
 use mesh_api::remote::{RemoteConfigRecord, RemoteStatusRecord, lease_freshness};
 use serde_json::{Value, json};
 
@@ -21,7 +23,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const CERT_WARNING_DAYS: i64 = 30;
 
 /// Show a cluster's members (leader, revision, health) and its remote clusters (connected,
-/// freshness age, remote revision, keys mirrored, last error).
+/// freshness age, remote revision, keys mirrored, last error, and whether this cluster's nodes
+/// reach the remote's nodes: REACHABILITY, from the agents' probes; `-` when no agent probes).
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The cluster's context (default: the current context).
@@ -159,7 +162,8 @@ async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
         }
         members.push(row);
     }
-    let remotes = remotes(&mut client).await?;
+    let mut remotes = remotes(&mut client).await?;
+    let agents = reachability(&mut client, ctx.cluster().ok().as_deref(), &mut remotes).await?;
     let conflicts = match ctx.cluster() {
         Ok(own) => key_conflicts(&mut client, &own).await?,
         Err(_) => Vec::new(),
@@ -169,6 +173,7 @@ async fn status(ctx: &ClusterContext) -> anyhow::Result<Value> {
         "cluster": ctx.cluster().ok(),
         "members": members,
         "remotes": remotes,
+        "reachabilityReports": agents,
         "keyConflicts": conflicts,
     }))
 }
@@ -279,6 +284,101 @@ async fn remotes(client: &mut Client) -> anyhow::Result<Vec<Value>> {
     Ok(out.into_values().collect())
 }
 
+/// Adds to every remote row what this cluster's agents find (`reachability`): how many report,
+/// how many reach none of its probed nodes, which of its nodes they find unreachable and by
+/// how many. Returns the number of agents reporting.
+async fn reachability(
+    client: &mut Client,
+    own: Option<&str>,
+    remotes: &mut [Value],
+) -> anyhow::Result<usize> {
+    let prefix = match own {
+        Some(c) => format!("{STATUS_REACH}{c}/"),
+        None => STATUS_REACH.to_owned(),
+    };
+    let resp = client
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .with_context(|| format!("reading {prefix}"))?;
+    let reports: Vec<ReachRecord> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| ReachRecord::decode_checked(kv.value()).ok())
+        .collect();
+    for row in remotes.iter_mut() {
+        let cluster = row["cluster"].as_str().unwrap_or_default().to_owned();
+        row["reachability"] = reach_summary(&reports, &cluster);
+    }
+    Ok(reports.len())
+}
+
+/// What the `reports` of this cluster's agents say about remote `cluster`.
+fn reach_summary(reports: &[ReachRecord], cluster: &str) -> Value {
+    let mut whole = 0;
+    let mut partly = 0;
+    let mut unknown = 0;
+    let mut nodes: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut unnamed = 0;
+    for r in reports {
+        match r.cluster(cluster) {
+            Some(c) if c.whole() => whole += 1,
+            Some(c) => {
+                partly += 1;
+                if c.nodes.is_empty() {
+                    unnamed += 1;
+                }
+                for n in &c.nodes {
+                    *nodes.entry(n.as_str()).or_default() += 1;
+                }
+            }
+            // Left out of a full record: this agent's view of it is unknown.
+            None if r.omitted_clusters > 0 => unknown += 1,
+            None => {}
+        }
+    }
+    json!({
+        "agents": reports.len(),
+        "unreachableFrom": whole,
+        "partlyUnreachableFrom": partly,
+        "unreachableNodes": nodes,
+        "unnamedFrom": unnamed,
+        "unknownFrom": unknown,
+    })
+}
+
+/// The REACHABILITY cell: `ok (n nodes)`, or who finds what unreachable.
+fn reach_cell(r: &Value) -> String {
+    let n = r["agents"].as_u64().unwrap_or(0);
+    if n == 0 {
+        return "-".to_owned();
+    }
+    let count = |k: &str| r[k].as_u64().unwrap_or(0);
+    let mut parts = Vec::new();
+    if count("unreachableFrom") > 0 {
+        parts.push(format!(
+            "unreachable from {}/{n} nodes",
+            count("unreachableFrom")
+        ));
+    }
+    for (node, from) in r["unreachableNodes"].as_object().into_iter().flatten() {
+        parts.push(format!("{node} unreachable from {from}/{n}"));
+    }
+    if count("unnamedFrom") > 0 {
+        parts.push(format!(
+            "several nodes unreachable from {}/{n}",
+            count("unnamedFrom")
+        ));
+    }
+    if count("unknownFrom") > 0 {
+        parts.push(format!("not reported by {}/{n}", count("unknownFrom")));
+    }
+    if parts.is_empty() {
+        format!("ok ({n} node{})", if n == 1 { "" } else { "s" })
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// WireGuard public keys published by more than one node, in this cluster's store: who holds
 /// each (as the agents decide: [`mesh_api::records::nodekey_claim_rank`]) and whom the
 /// agents refuse. A copied state directory, or a remote or stolen agent certificate copying
@@ -374,6 +474,7 @@ fn table(s: &Value) -> String {
             "REMOTE-REVISION",
             "KEYS",
             "CERT-DAYS",
+            "REACHABILITY",
             "ERROR",
         ]
         .map(String::from)
@@ -410,6 +511,7 @@ fn table(s: &Value) -> String {
             text(&r["remoteRevision"]),
             text(&r["keys"]),
             text(&r["certExpiresInDays"]),
+            reach_cell(&r["reachability"]),
             if error.is_empty() {
                 "-".to_owned()
             } else {
@@ -449,3 +551,6 @@ fn conflicts_table(s: &Value) -> String {
         render(&rows)
     )
 }
+
+#[cfg(test)]
+mod tests;

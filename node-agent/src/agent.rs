@@ -162,13 +162,19 @@ pub async fn run(
         None => None,
     };
     let mut publisher = wg.as_ref().map(|w| {
-        Publisher::new(
+        let mut p = Publisher::new(
             &config.cluster,
             &config.node,
             *w.public_key(),
             w.port(),
             probe.map(|p| p.port),
-        )
+        );
+        if probe.is_some() {
+            // Nothing probed yet, nothing unreachable: what a probing agent says until it
+            // has judged.
+            p.set_reach(&crate::reach::Unreachable::default().record());
+        }
+        p
     });
     let (mut programs, mut kernel, report) =
         Programs::install(&pins, &config.cgroup_root, config.attach)?;
@@ -291,6 +297,14 @@ pub async fn run(
 async fn reach_changed(prober: Option<&mut crate::reach::Prober>) -> crate::reach::Unreachable {
     match prober {
         Some(p) => p.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Until `at`; never, without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -451,6 +465,7 @@ impl Agent<'_> {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.reset();
         loop {
+            let reach_due = self.publisher.as_deref().and_then(Publisher::reach_due);
             let changes = tokio::select! {
                 c = mesh.next() => c,
                 c = status.next() => c,
@@ -461,6 +476,7 @@ impl Agent<'_> {
                 _ = keepalive.tick(), if self.publisher.is_some() => {
                     if let Some(p) = self.publisher.as_deref_mut() {
                         p.keep_alive(&mut client).await?;
+                        p.check_reach(&mut client).await?;
                     }
                     self.publish(&mut client, mesh.revision).await?;
                     continue;
@@ -471,6 +487,12 @@ impl Agent<'_> {
                 }
                 u = reach_changed(self.prober.as_mut()) => {
                     self.reachability(u)?;
+                    continue;
+                }
+                () = sleep_until(reach_due) => {
+                    if let Some(p) = self.publisher.as_deref_mut() {
+                        p.publish_reach(&mut client).await;
+                    }
                     continue;
                 }
             };
@@ -540,7 +562,11 @@ impl Agent<'_> {
     /// Takes the prober's new judgement: the backends on nodes that stopped (or started
     /// again) answering change tier at once.
     fn reachability(&mut self, unreachable: crate::reach::Unreachable) -> Result<(), Error> {
-        if unreachable == self.state.unreachable {
+        if let Some(p) = self.publisher.as_deref_mut() {
+            p.set_reach(&unreachable.record());
+        }
+        if !unreachable.differs_in_judgement(&self.state.unreachable) {
+            self.state.unreachable = unreachable;
             return Ok(());
         }
         for c in unreachable

@@ -135,12 +135,25 @@ pub struct Unreachable {
     pub nodes: BTreeMap<String, BTreeSet<String>>,
     /// Clusters whose every probed node is unreachable.
     pub clusters: BTreeSet<String>,
+    /// The nodes probed (judged), by cluster: what the unreachable ones are out of.
+    pub probed: BTreeMap<String, usize>,
 }
 
 impl Unreachable {
     /// Whether nothing is unreachable.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+
+    /// Whether `other` finds other nodes or clusters unreachable (the number probed aside):
+    /// what changes the backends' tiers.
+    pub fn differs_in_judgement(&self, other: &Unreachable) -> bool {
+        (&self.nodes, &self.clusters) != (&other.nodes, &other.clusters)
+    }
+
+    /// The record the agent publishes at `mesh/status/reach/<cluster>/<node>`.
+    pub fn record(&self) -> mesh_api::reach::ReachRecord {
+        mesh_api::reach::ReachRecord::new(&self.probed, &self.nodes)
     }
 
     /// The addresses of `cluster`'s unreachable nodes (every address of their node records):
@@ -365,12 +378,12 @@ impl Tracker {
                     .insert(node.clone());
             }
         }
-        out.clusters = self
-            .counts()
-            .into_iter()
-            .filter(|(_, (all, down))| all == down)
-            .map(|(c, _)| c)
-            .collect();
+        for (cluster, (all, down)) in self.counts() {
+            if all == down {
+                out.clusters.insert(cluster.clone());
+            }
+            out.probed.insert(cluster, all);
+        }
         out
     }
 

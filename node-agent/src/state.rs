@@ -551,7 +551,10 @@ impl MeshState {
                 }
             }
             (
-                Key::RemoteConfig { .. } | Key::RemoteStatus { .. } | Key::RemoteCurrent { .. },
+                Key::RemoteConfig { .. }
+                | Key::RemoteStatus { .. }
+                | Key::RemoteCurrent { .. }
+                | Key::NodeReach { .. },
                 _,
             ) => {}
         }

@@ -43,13 +43,15 @@ fn admin_apiserver_and_plaintext_may_do_everything() {
 }
 
 #[test]
-fn agents_read_the_mesh_and_write_only_their_node_key() {
+fn agents_read_the_mesh_and_write_only_their_node_key_and_reachability() {
     let a = auth();
     let agent = who(Role::Agent, "node-1");
     a.read(&agent, b"mesh/v1/", b"mesh/v10").unwrap();
     a.read(&agent, b"mesh/v1/infra/services/x", b"").unwrap();
     a.read(&agent, b"mesh/status/", b"mesh/status0").unwrap();
     a.write(&agent, b"mesh/v1/apps/nodekeys/node-1", b"")
+        .unwrap();
+    a.write(&agent, b"mesh/status/reach/apps/node-1", b"")
         .unwrap();
 
     for (key, end) in [
@@ -75,6 +77,13 @@ fn agents_read_the_mesh_and_write_only_their_node_key() {
         ("mesh/v1/apps/nodekeys/node-10", ""),
         ("mesh/v1/infra/nodekeys/node-1", ""),
         ("mesh/config/x", ""),
+        ("mesh/status/reach/apps/node-2", ""),
+        ("mesh/status/reach/infra/node-1", ""),
+        (
+            "mesh/status/reach/apps/node-1",
+            "mesh/status/reach/apps/node-2",
+        ),
+        ("mesh/status/remotes/infra", ""),
     ] {
         assert_eq!(
             a.write(&agent, key.as_bytes(), end.as_bytes()),
@@ -92,7 +101,10 @@ fn agents_read_the_mesh_and_write_only_their_node_key() {
         a.lease_limits(&agent),
         Ok(Some(crate::auth::LeaseLimits {
             owner: "spiffe://raftmesh/cluster/apps/agent/node-1".into(),
-            keys: vec![b"mesh/v1/apps/nodekeys/node-1".to_vec()],
+            keys: vec![
+                b"mesh/v1/apps/nodekeys/node-1".to_vec(),
+                b"mesh/status/reach/apps/node-1".to_vec()
+            ],
         }))
     );
 }

@@ -50,6 +50,13 @@ fn every_key() -> Vec<Key> {
         Key::RemoteStatus {
             cluster: "infra".into(),
         },
+        Key::RemoteCurrent {
+            cluster: "infra".into(),
+        },
+        Key::NodeReach {
+            cluster: c(),
+            node: "node-1".into(),
+        },
     ]
 }
 
@@ -95,6 +102,10 @@ fn keys_off_the_layout_are_refused() {
         "mesh/v1/apps/synced/cluster",
         "mesh/config/remotes/",
         "mesh/status/remotes/a/b",
+        "mesh/status/reach/apps",
+        "mesh/status/reach/apps/",
+        "mesh/status/reach/apps/node-1/x",
+        "mesh/status/reach/Apps/node-1",
     ] {
         assert!(bad.parse::<Key>().is_err(), "{bad} was accepted");
     }

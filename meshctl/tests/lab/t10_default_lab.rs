@@ -153,6 +153,12 @@ fn default_lab() {
         (r["connected"] == false).then(|| r["freshnessAgeSeconds"].as_f64())?
     };
     let first_age = eventually("apps' mirror of infra disconnected", PATIENCE, || age(&lab));
+    // Every apps node finds infra unreachable (its probes), as `meshctl status` reports.
+    eventually("infra unreachable from every apps node", PATIENCE, || {
+        let s = lab.mesh_status("apps")?;
+        let r = &s["remotes"][0]["reachability"];
+        (r["agents"].as_u64()? > 0 && r["unreachableFrom"] == r["agents"]).then_some(())
+    });
     // Once infra is stale (the lab's remoteStaleAfter, 10s), every connection is local.
     eventually("every connection answered by apps", PATIENCE, || {
         only("apps")(&lab)
@@ -609,6 +615,29 @@ fn an_unplugged_remote_node_is_a_last_resort(lab: &TestLab, tag: &str) {
         metrics.contains("raftmesh_agent_remote_nodes_unreachable{cluster=\"infra\"} 1"),
         "{metrics}"
     );
+    // Every apps node's agent says so in the store (etcdctl sees the keys), and `meshctl
+    // status` names the node and how many of apps' nodes find it unreachable.
+    let apps_nodes = lab_cluster(lab, "apps")["nodes"].as_array().unwrap().len();
+    let keys = lab.etcdctl(
+        "apps",
+        &["get", "mesh/status/reach/", "--prefix", "--keys-only"],
+    );
+    let keys: Vec<String> = String::from_utf8_lossy(&keys.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(keys.len(), apps_nodes, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("mesh/status/reach/apps/")),
+        "{keys:?}"
+    );
+    let want = format!("node-2 unreachable from {apps_nodes}/{apps_nodes}");
+    eventually(&format!("meshctl status: {want}"), PATIENCE, || {
+        let table = lab.ok(&["status", "--context", "apps"]);
+        table.contains(&want).then_some(())
+    });
     lab.ok(&["lab", "plug", "infra/node-2"]);
     eventually("infra/echo-2 programmed again", PATIENCE, || {
         echo_backends()

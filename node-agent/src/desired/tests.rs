@@ -209,7 +209,7 @@ fn backends_on_a_remote_node_that_answers_no_probe_are_a_last_resort() {
     // node-1 answers no probe: its backend leaves the tier; node-2's stays.
     m.state.unreachable = crate::reach::Unreachable {
         nodes: BTreeMap::from([("infra".into(), BTreeSet::from(["node-1".into()]))]),
-        clusters: BTreeSet::new(),
+        ..Default::default()
     };
     assert_eq!(
         tcp(&m),

@@ -79,6 +79,7 @@ fn a_silent_node_is_unreachable_after_the_timeout_and_back_after_three_answers()
         Unreachable {
             nodes: BTreeMap::from([("infra".to_owned(), BTreeSet::from(["node-2".to_owned()]))]),
             clusters: BTreeSet::new(),
+            probed: BTreeMap::from([("infra".to_owned(), 2)]),
         }
     );
     // It answers again: reachable after three consecutive answers, i.e. three intervals.

@@ -6,8 +6,17 @@
 //! left to expire, holding no key once the record is put again), whenever the store's record
 //! differs from its own (deleted by hand, expired during an outage), and keeps the lease alive
 //! every [`KEEPALIVE`].
+//!
+//! With reachability probing, the agent also keeps `mesh/status/reach/<cluster>/<node>` (what
+//! it finds unreachable, [`mesh_api::reach`]) under the same lease: written when the judgement
+//! changes, at most every [`REACH_EVERY`], and again under a new lease. It is a report, not
+//! state anything depends on: a write that fails (an older API server refusing the key, the
+//! per-identity write rate) is logged and tried again after [`REACH_RETRY`], never ending the
+//! agent's session.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use etcd_client::{Client, PutOptions};
 use mesh_api::records::NodeKeyRecord;
@@ -22,6 +31,10 @@ pub const TTL_SECS: i64 = 60;
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long a keepalive reply may take before the connection is given up and made again.
 const KEEPALIVE_REPLY: Duration = Duration::from_secs(5);
+/// The reachability record is written at most this often.
+pub const REACH_EVERY: Duration = Duration::from_secs(1);
+/// After a failed write of the reachability record, the next attempt waits this long.
+pub const REACH_RETRY: Duration = Duration::from_secs(30);
 
 /// Publishes one node's key.
 #[derive(Debug)]
@@ -37,6 +50,22 @@ pub struct Publisher {
     /// The store revision of the last write: until the watch reaches it, the state cannot
     /// show the record yet.
     written_at: i64,
+    /// The reachability record: what is to be written and what was (value and lease).
+    reach: Reach,
+}
+
+/// The reachability record's writes.
+#[derive(Debug, Default)]
+struct Reach {
+    key: String,
+    /// The value to write; `None` without probing.
+    wanted: Option<Vec<u8>>,
+    /// The value and lease last written.
+    written: Option<(Vec<u8>, i64)>,
+    /// No write before this (the rate, or a failure's wait).
+    not_before: Option<Instant>,
+    /// The last failure logged, so a repeated one is logged once.
+    failed: Option<String>,
 }
 
 fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> source::Error {
@@ -77,6 +106,93 @@ impl Publisher {
             node: node.to_owned(),
             lease: None,
             written_at: 0,
+            reach: Reach {
+                key: Key::NodeReach {
+                    cluster: cluster.to_owned(),
+                    node: node.to_owned(),
+                }
+                .to_string(),
+                ..Reach::default()
+            },
+        }
+    }
+
+    /// The reachability record to publish from now on.
+    pub fn set_reach(&mut self, record: &mesh_api::reach::ReachRecord) {
+        self.reach.wanted = Some(prost::Message::encode_to_vec(record));
+    }
+
+    /// When the reachability record is to be written next: `None` if it is written already
+    /// (under the current lease) or there is no lease yet.
+    pub fn reach_due(&self) -> Option<Instant> {
+        let lease = self.lease?;
+        let wanted = self.reach.wanted.as_ref()?;
+        if self
+            .reach
+            .written
+            .as_ref()
+            .is_some_and(|(v, l)| v == wanted && *l == lease)
+        {
+            return None;
+        }
+        Some(self.reach.not_before.unwrap_or_else(Instant::now))
+    }
+
+    /// Reads the reachability record back (with the keepalive, every [`KEEPALIVE`]): one
+    /// deleted or changed by hand is written again. No agent watches these keys, so this read
+    /// is how the agent learns it.
+    pub async fn check_reach(&mut self, client: &mut Client) -> Result<(), source::Error> {
+        let Some((written, _)) = &self.reach.written else {
+            return Ok(());
+        };
+        let got = client
+            .get(self.reach.key.as_str(), None)
+            .await
+            .map_err(etcd("reading the reachability record back"))?;
+        if got.kvs().first().map(|kv| kv.value()) != Some(written.as_slice()) {
+            tracing::info!(key = %self.reach.key, "the reachability record was changed or deleted; writing it again");
+            self.reach.written = None;
+        }
+        Ok(())
+    }
+
+    /// Writes the reachability record under the node key's lease. A failure is logged and
+    /// retried later; it never fails the session (the watches notice a broken connection).
+    pub async fn publish_reach(&mut self, client: &mut Client) {
+        let (Some(lease), Some(value)) = (self.lease, self.reach.wanted.clone()) else {
+            return;
+        };
+        let put = client
+            .put(
+                self.reach.key.as_str(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await;
+        match put {
+            Ok(_) => {
+                self.reach.not_before = Some(Instant::now() + REACH_EVERY);
+                self.reach.written = Some((value, lease));
+                if self.reach.failed.take().is_some() {
+                    tracing::info!(key = %self.reach.key, "reachability record published again");
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                self.reach.not_before = Some(Instant::now() + REACH_RETRY);
+                if e.contains("lease not found") {
+                    // The node key's next check publishes it under a new lease.
+                    self.lease = None;
+                }
+                if self.reach.failed.as_ref() != Some(&e) {
+                    tracing::warn!(
+                        key = %self.reach.key,
+                        retry_in = ?REACH_RETRY,
+                        "could not publish the reachability record (meshctl status will not show this node's view): {e}"
+                    );
+                    self.reach.failed = Some(e);
+                }
+            }
         }
     }
 
