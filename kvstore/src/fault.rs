@@ -6,6 +6,10 @@
 //! put it receives under `<prefix>` without writing it: the put's own key is left alone, and the
 //! client gets the revision of a write made elsewhere (under `raftmesh-test-fault/`), as a
 //! store that lost the entry after answering would. The chaos checkers must report it.
+//!
+//! [`HOLD_FLUSH_FILE`] and [`LOSE_UNSYNCED_FILE`] (files a test creates in a member's Raft log
+//! directory) hold the log's flushes back and lose what was not flushed at a restart: the
+//! safety tests of the leader's flush running beside replication (`log_store`).
 
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -59,4 +63,34 @@ pub fn lose_put(key: &[u8]) -> bool {
         }
         None => false,
     }
+}
+
+/// While a file of this name exists in a member's Raft log directory (`<data dir>/raft/`), its
+/// log holds every flush (`fdatasync`) back, after the entries are written: the window
+/// between a write and its flush, held open for as long as a test wants.
+pub const HOLD_FLUSH_FILE: &str = "fault-hold-flush";
+
+/// A file of this name in a member's Raft log directory makes the log lose its unflushed tail
+/// the next time it is opened, as a power loss would (a process killed with SIGKILL otherwise
+/// keeps what it wrote: the page cache survives it). Every flush records how far the log is
+/// durable (`durable-end`, beside it); opening the log cuts it back to that point and removes
+/// this file.
+pub const LOSE_UNSYNCED_FILE: &str = "fault-lose-unsynced";
+
+/// Blocks while the hold file exists in `log_dir` (a test releases the flush by removing it).
+pub fn hold_flush(log_dir: &std::path::Path) {
+    let path = log_dir.join(HOLD_FLUSH_FILE);
+    let mut logged = false;
+    while path.exists() {
+        if !logged {
+            tracing::warn!(file = %path.display(), "test fault: holding the Raft log's flush");
+            logged = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Whether the log in `log_dir` is to lose its unflushed tail now (once: the file is removed).
+pub fn lose_unsynced(log_dir: &std::path::Path) -> bool {
+    std::fs::remove_file(log_dir.join(LOSE_UNSYNCED_FILE)).is_ok()
 }

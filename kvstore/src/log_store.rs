@@ -1,17 +1,38 @@
 //! The Raft log: entries in a write-ahead log ([`crate::wal`]), vote and purge/commit points
 //! in sled. The only module that knows sled.
 //!
-//! An append is acknowledged to Raft only after it is on disk: [`RaftLogStorage::append`]
-//! writes the records and runs `fdatasync` before it completes the callback. It does so inline
-//! on purpose. openraft 0.9's RaftCore waits for that callback before it does anything else
-//! (replicating the new entries included), so only one append is ever outstanding and a
-//! separate sync thread can form no groups; it only added two thread hand-offs per write
-//! (measured with `mesh-bench kv`: inline, put with 1 client +10%, put with 256 clients
-//! +10%). Throughput under load comes from batching requests into entries (`propose.rs`).
-//! Entries are bincode-encoded `openraft::Entry`s.
+//! # Flush, send, count
+//! [`RaftLogStorage::append`] writes the entries (to the page cache, where the replication
+//! tasks read them at once) and hands the flush to the log's flusher thread; it returns before
+//! the flush. The flusher takes every append queued meanwhile, runs one `fdatasync` for all of
+//! them, and completes their callbacks in append order (openraft's contract); a failed flush
+//! fails every callback of its batch, and openraft stops the member.
 //!
-//! The vote and the purge point are written to sled and flushed before the call returns; the
-//! committed index is written without a flush (losing it in a crash only means re-committing).
+//! On the leader, openraft (patched: `vendor/openraft/RAFTMESH-PATCH.md`) does not wait for
+//! that callback before it replicates: a write's entries go to the followers while the leader
+//! flushes them, and the leader counts itself toward the quorum only when its callback comes.
+//! So a write waits for one flush on its critical path, the fastest majority's, as with etcd
+//! (whose leader sends before it saves, Raft thesis §10.2.1), rather than the leader's flush
+//! and then a follower's. Followers still answer an AppendEntries only after their flush
+//! (openraft awaits the callback before responding), so every acknowledgement a quorum is
+//! counted from is durable: an entry the client was told is committed is on a majority's
+//! disks whichever single member then loses its unflushed tail.
+//!
+//! What the leader may do with entries not yet durable on its own disk, and why it is safe:
+//! - *Apply them* once committed (by the followers): if it then crashes and loses them, its
+//!   state machine may be ahead of its log; openraft then purges the log up to the applied
+//!   point at start-up (`StorageHelper::get_initial_state`) and the member catches up from the
+//!   leader, as after installing a snapshot.
+//! - *Record a committed index beyond them*: never. [`RaftLogStorage::save_committed`] writes
+//!   only a committed index inside the durable log (a lagging committed index only means
+//!   re-applying on restart; one past the log's end would ask openraft to re-apply entries that
+//!   no longer exist).
+//! - *Truncate or purge* while flushes are pending: [`RaftLogStorage::truncate`] and
+//!   [`RaftLogStorage::purge`] first wait for every queued flush to finish, so the durable
+//!   point moves only forward between them.
+//!
+//! Entries are bincode-encoded `openraft::Entry`s. The vote and the purge point are written
+//! to sled and flushed before the call returns.
 
 #![expect(
     clippy::result_large_err,
@@ -19,10 +40,11 @@
 )]
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -55,6 +77,38 @@ pub struct LogStore {
     wal: Arc<Mutex<Wal>>,
     /// Number of appends so far and number of disk syncs, for metrics.
     stats: Arc<FlushStats>,
+    /// The flusher thread's queue; the thread ends when the last clone is dropped.
+    flusher: Arc<Flusher>,
+    /// Where the fault-injection build records how far the log is durable.
+    #[cfg(feature = "fault-injection")]
+    dir: std::path::PathBuf,
+}
+
+/// An append waiting for its flush.
+struct Pending {
+    /// One past its last index.
+    end: u64,
+    /// The segment it was written to (earlier segments were synced when they filled up).
+    file: Option<Arc<File>>,
+    callback: LogFlushed<TypeConfig>,
+}
+
+/// The handle on the flusher thread.
+struct Flusher {
+    tx: Mutex<mpsc::Sender<Pending>>,
+    /// Appends queued, and the state the thread keeps.
+    progress: Arc<(Mutex<Progress>, Condvar)>,
+}
+
+/// How far the flusher has come.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Appends handed to the flusher.
+    queued: u64,
+    /// Appends whose flush has finished (well or not).
+    done: u64,
+    /// One past the last index known durable.
+    durable_end: u64,
 }
 
 /// Counters of the log's appends and disk syncs.
@@ -88,18 +142,61 @@ impl LogStore {
             .map_err(std::io::Error::other)?;
         let meta = db.open_tree("meta").map_err(std::io::Error::other)?;
         let mut wal = Wal::open(&dir.join("wal"))?;
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::lose_unsynced(dir) {
+            lose_unsynced_tail(dir, &mut wal)?;
+        }
         if let Some(bytes) = meta.get(LAST_PURGED).map_err(std::io::Error::other)? {
             let purged: LogId<NodeId> = bincode::deserialize(&bytes).map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, format!("purge point: {e}"))
             })?;
             wal.purge(purged.index)?;
         }
+        // What a previous process wrote is made durable before anything counts on it.
+        wal.sync()?;
+        let stats = Arc::new(FlushStats::default());
+        let progress = Arc::new((
+            Mutex::new(Progress {
+                durable_end: wal.end().unwrap_or(0),
+                ..Progress::default()
+            }),
+            Condvar::new(),
+        ));
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let (stats, progress, dir) = (stats.clone(), progress.clone(), dir.to_owned());
+            std::thread::Builder::new()
+                .name("raft-log-flush".into())
+                .spawn(move || flush_loop(&rx, &stats, &progress, &dir))?
+        };
+        drop(thread);
         Ok(Self {
             db,
             meta,
             wal: Arc::new(Mutex::new(wal)),
-            stats: Arc::new(FlushStats::default()),
+            stats,
+            flusher: Arc::new(Flusher {
+                tx: Mutex::new(tx),
+                progress,
+            }),
+            #[cfg(feature = "fault-injection")]
+            dir: dir.to_owned(),
         })
+    }
+
+    /// Waits until every append handed to the flusher so far is flushed (or failed).
+    fn drain(&self) {
+        let (lock, cond) = &*self.flusher.progress;
+        let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while p.done < p.queued {
+            p = cond.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// One past the last index known durable.
+    fn durable_end(&self) -> u64 {
+        let (lock, _) = &*self.flusher.progress;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).durable_end
     }
 
     /// Bytes the log and its metadata occupy on disk.
@@ -247,6 +344,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        // Only inside the durable log: the leader may learn of a commit (from its followers)
+        // before its own flush of those entries, and a committed index past the log's end
+        // after a crash would have openraft re-apply entries that are gone. Skipping it here
+        // only leaves the stored index behind; the next one is written.
+        if committed.is_some_and(|c| c.index >= self.durable_end()) {
+            return Ok(());
+        }
         // Not flushed on its own: a committed index lost in a crash is only an optimization
         // lost (Raft recommits it).
         self.write_meta(COMMITTED, &committed)
@@ -278,32 +382,50 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
-        let active = {
+        let end = first.index + encoded.len() as u64;
+        let file = {
             let mut wal = self.wal();
             wal.append(first.index, encoded.iter().map(Vec::as_slice))
                 .map_err(|e| StorageIOError::write_log_entry(first, AnyError::new(&e)))?;
             wal.active_file()
         };
-        // Outside the lock, so the replication tasks keep reading the log meanwhile.
-        let synced = active.map_or(Ok(()), |f| f.sync_data());
         self.stats.appends.fetch_add(1, Relaxed);
-        if let Err(e) = &synced {
-            tracing::error!(error = %e, "syncing the Raft log failed");
-        } else {
-            self.stats.flushes.fetch_add(1, Relaxed);
+        let (lock, _) = &*self.flusher.progress;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).queued += 1;
+        let pending = Pending {
+            end,
+            file,
+            callback,
+        };
+        if let Err(mpsc::SendError(p)) = self
+            .flusher
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(pending)
+        {
+            // Only if the flusher thread died (it does not return while a clone is alive).
+            p.callback
+                .log_io_completed(Err(std::io::Error::other("the log flusher has stopped")));
         }
-        callback.log_io_completed(synced);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.drain();
         self.wal()
             .truncate(log_id.index)
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+        let (lock, _) = &*self.flusher.progress;
+        let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+        p.durable_end = p.durable_end.min(log_id.index);
+        #[cfg(feature = "fault-injection")]
+        record_durable_end(&self.dir, p.durable_end);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.drain();
         // Make the purge point durable first: a crash before the segments are gone leaves
         // extra entries, never a hole.
         self.write_meta(LAST_PURGED, &log_id)
@@ -316,6 +438,89 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
         Ok(())
     }
+}
+
+/// The flusher thread: takes every append queued, flushes once for all of them, completes
+/// their callbacks in order. Ends when the last [`LogStore`] clone is dropped.
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    expect(unused_variables, reason = "`dir` holds the fault's durable-end file")
+)]
+fn flush_loop(
+    rx: &mpsc::Receiver<Pending>,
+    stats: &FlushStats,
+    progress: &(Mutex<Progress>, Condvar),
+    dir: &Path,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        #[cfg(feature = "fault-injection")]
+        crate::fault::hold_flush(dir);
+        // The last append's segment: every earlier one was synced when it filled up.
+        let synced = batch
+            .last()
+            .and_then(|p| p.file.as_ref())
+            .map_or(Ok(()), |f| f.sync_data());
+        let end = batch.last().map_or(0, |p| p.end);
+        match &synced {
+            Ok(()) => {
+                stats.flushes.fetch_add(1, Relaxed);
+                #[cfg(feature = "fault-injection")]
+                record_durable_end(dir, end);
+            }
+            Err(e) => tracing::error!(error = %e, "syncing the Raft log failed"),
+        }
+        {
+            let (lock, cond) = progress;
+            let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if synced.is_ok() {
+                p.durable_end = p.durable_end.max(end);
+            }
+            p.done += batch.len() as u64;
+            cond.notify_all();
+        }
+        for pending in batch {
+            let result = match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            pending.callback.log_io_completed(result);
+        }
+    }
+}
+
+/// The file beside the log where the fault-injection build records how far it is durable.
+#[cfg(feature = "fault-injection")]
+fn durable_end_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("durable-end")
+}
+
+#[cfg(feature = "fault-injection")]
+fn record_durable_end(dir: &Path, end: u64) {
+    let _ = std::fs::write(durable_end_file(dir), end.to_string());
+}
+
+/// Cuts the log back to where its last flush left it (test fault: a power loss).
+#[cfg(feature = "fault-injection")]
+fn lose_unsynced_tail(dir: &Path, wal: &mut Wal) -> std::io::Result<()> {
+    let Ok(text) = std::fs::read_to_string(durable_end_file(dir)) else {
+        return Ok(());
+    };
+    let Ok(durable) = text.trim().parse::<u64>() else {
+        return Ok(());
+    };
+    if let Some(end) = wal.end()
+        && end > durable
+    {
+        tracing::warn!(
+            durable_end = durable,
+            end,
+            "test fault: the Raft log loses its unflushed tail"
+        );
+        wal.truncate(durable.max(wal.first().unwrap_or(durable)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

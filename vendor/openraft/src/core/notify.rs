@@ -1,5 +1,6 @@
 use crate::core::sm;
 use crate::raft::VoteResponse;
+use crate::LogId;
 use crate::replication;
 use crate::MessageSummary;
 use crate::RaftTypeConfig;
@@ -47,6 +48,18 @@ where C: RaftTypeConfig
         /// ith tick
         i: u64,
     },
+
+    /// RAFTMESH PATCH (see RAFTMESH-PATCH.md): the leader's own append up to `log_id`, made
+    /// as leader with `vote`, is flushed (or failed). Only now does the leader count itself
+    /// toward the quorum for these entries.
+    LocalLogFlushed {
+        /// The leader's vote when it appended.
+        vote: Vote<C::NodeId>,
+        /// The last entry of the append.
+        log_id: LogId<C::NodeId>,
+        /// The flush's result.
+        result: Result<(), std::io::Error>,
+    },
 }
 
 impl<C> Notify<C>
@@ -87,6 +100,9 @@ where C: RaftTypeConfig
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)
+            }
+            Self::LocalLogFlushed { vote, log_id, result } => {
+                format!("Local log flushed: vote: {}, upto: {}, result: {:?}", vote, log_id, result)
             }
         }
     }

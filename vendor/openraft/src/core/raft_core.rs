@@ -730,6 +730,40 @@ where
         Ok(())
     }
 
+    /// RAFTMESH PATCH (see RAFTMESH-PATCH.md): submits the leader's own entries to the log
+    /// store and returns once they are submitted (the store has them and serves them to the
+    /// replication tasks), not once they are flushed. The flush's completion comes back as
+    /// [`Notify::LocalLogFlushed`], in the order of appends (the store completes callbacks in
+    /// order, as the `RaftLogStorage::append` contract asks).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub(crate) async fn submit_leader_append<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new(log_io_id, tx);
+
+        self.log_store.append(entries, callback).await?;
+
+        let tx_notify = self.tx_notify.clone();
+        let _ = C::AsyncRuntime::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(std::io::Error::other(format!("the log store dropped the flush callback: {}", e))),
+            };
+            let _ = tx_notify.send(Notify::LocalLogFlushed { vote, log_id: last_log_id, result });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1374,6 +1408,22 @@ where
                 }
             }
 
+            // RAFTMESH PATCH (see RAFTMESH-PATCH.md): the leader's own flush is done. A failed
+            // flush is fatal, as it is for an awaited append. A flush made under another vote
+            // (this node has stepped down since, or leads in a later term) counts for nothing:
+            // progress is only ever reported to the leader that appended.
+            Notify::LocalLogFlushed { vote, log_id, result } => {
+                if let Err(e) = result {
+                    tracing::error!(error = display(&e), "the leader's log flush failed: {}", func_name!());
+                    return Err(Fatal::from(StorageError::from(StorageIOError::write_logs(AnyError::error(e)))));
+                }
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if lh.leader.vote == vote {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::StateMachine { command_result } => {
                 tracing::debug!("sm::StateMachine command result: {:?}", command_result);
 
@@ -1636,6 +1686,17 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // RAFTMESH PATCH (see RAFTMESH-PATCH.md): the leader's own entries are
+                // submitted without waiting for the flush, so the Replicate commands queued
+                // after this one send them to the followers while they are flushed here. The
+                // leader counts itself toward the quorum only when the flush is reported
+                // (`Notify::LocalLogFlushed`). A follower's entries still wait: its
+                // AppendEntries response (queued after this command) must follow the flush.
+                if vote.is_committed() && vote.leader_id().voted_for().as_ref() == Some(&self.id) {
+                    self.submit_leader_append(entries, vote, last_log_id).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 

@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,18 +153,21 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // RAFTMESH PATCH (see RAFTMESH-PATCH.md): a restarted leader is never restored as
+        // leader. Its followers may hold entries of its term that it sent before flushing them
+        // itself and then lost (a power loss); leading again in the same term it would propose
+        // different entries under the same log ids, and the followers would take them as
+        // matching. It starts as a follower (or learner) instead, and an election in a later
+        // term picks a leader whose log holds every committed entry, as after any crash. Its
+        // vote stays a vote for itself in that term (no other vote in it), but no longer
+        // committed in memory: it does not call itself leader (`current_leader`).
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
-            return;
+            let term = self.state.vote_ref().leader_id().get_term();
+            tracing::info!(
+                term,
+                "RAFTMESH PATCH: was leader before the restart; starting as a follower, not as leader"
+            );
+            self.state.vote.update(C::now(), Vote::new(term, self.config.id.clone()));
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {
