@@ -20,7 +20,8 @@ use crate::report::{self, Report};
 pub use crate::report::{ServerRun, Size};
 pub use workloads::{Outcome, Sizes};
 use workloads::{
-    Target, failover, footprint, get, leases, put, txn_cas, watch_agents, watch_fanout, watch_idle,
+    Target, Via, failover, footprint, get, leases, put, txn_cas, watch_agents, watch_fanout,
+    watch_idle,
 };
 
 use load::Load;
@@ -41,21 +42,29 @@ pub struct KvArgs {
     /// The etcd binary (Debian's etcd-server package installs /usr/bin/etcd).
     #[arg(long, default_value = testkit::localcluster::flavor::DEFAULT_ETCD_BIN)]
     pub etcd_bin: PathBuf,
-    /// Run only these workloads (comma-separated), e.g. to profile one: put-1, put-256,
-    /// get-linearizable, get-serializable, get-shared, txn-cas, watch-fanout, watch-agents,
-    /// watch-idle, leases, footprint, failover.
+    /// Run only these workloads (comma-separated), e.g. to profile one: put-1,
+    /// put-1-follower, put-1-balanced, put-256, get-linearizable, get-serializable, get-shared,
+    /// txn-cas, watch-fanout-1w, watch-fanout, watch-agents, watch-idle, leases, footprint,
+    /// failover.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(WORKLOADS))]
     pub workloads: Vec<String>,
+    /// How many times to run everything (etcd, then raftmesh, each time); the table gives each
+    /// figure's range over the rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
 }
 
 /// The names `--workloads` accepts, in run order.
-const WORKLOADS: [&str; 12] = [
+const WORKLOADS: [&str; 15] = [
     "put-1",
+    "put-1-follower",
+    "put-1-balanced",
     "put-256",
     "get-linearizable",
     "get-serializable",
     "get-shared",
     "txn-cas",
+    "watch-fanout-1w",
     "watch-fanout",
     "watch-agents",
     "watch-idle",
@@ -85,30 +94,39 @@ pub async fn run(args: KvArgs, command: String) -> Result<()> {
     let sizes = args.size.sizes();
     let machine = Machine::read(servers.iter().map(|(name, f)| (*name, f.program())));
     eprintln!("mesh-bench kv ({}): {machine}", args.size.name());
+    let floor = crate::floor::measure(&std::env::temp_dir())?;
+    eprintln!("floor: {floor}");
 
     let mut runs = Vec::new();
-    for (name, flavor) in servers {
-        let version = machine::version_of(flavor.program());
-        let outcomes = run_server(name, flavor, sizes, &args.workloads).await?;
-        for outcome in outcomes.iter().filter(|o| o.errors > 0) {
-            eprintln!(
-                "[{name}] {}: {} errors, first: {}",
-                outcome.workload,
-                outcome.errors,
-                outcome.first_error.as_deref().unwrap_or("?")
-            );
+    for round in 1..=args.rounds {
+        for (name, flavor) in &servers {
+            if args.rounds > 1 {
+                eprintln!("[{name}] round {round} of {}", args.rounds);
+            }
+            let version = machine::version_of(flavor.program());
+            let outcomes = run_server(name, flavor.clone(), sizes, &args.workloads).await?;
+            for outcome in outcomes.iter().filter(|o| o.errors > 0) {
+                eprintln!(
+                    "[{name}] {}: {} errors, first: {}",
+                    outcome.workload,
+                    outcome.errors,
+                    outcome.first_error.as_deref().unwrap_or("?")
+                );
+            }
+            runs.push(ServerRun {
+                server: name,
+                version,
+                outcomes,
+            });
         }
-        runs.push(ServerRun {
-            server: name,
-            version,
-            outcomes,
-        });
     }
     let report = Report {
         command,
         size: args.size,
         sizes,
         machine,
+        floor,
+        rounds: args.rounds,
         runs,
     };
     let written = report::write(&report, &args.out)?;
@@ -133,13 +151,20 @@ async fn run_server(
     let cluster = Cluster::start(flavor.clone(), Spec::default()).await?;
     let target = connect_target(&cluster, progress.clone()).await?;
     let leader = [target.leader.clone()];
+    let follower = [target.follower.clone()];
     let one = Load {
         clients: 1,
         connections: 1,
         ops: sizes.put_one,
     };
-    if wanted("put-1") {
-        outcomes.push(put(&target, "put-1", &leader, one).await?);
+    for (workload, via) in [
+        ("put-1", Via::Members(&leader)),
+        ("put-1-follower", Via::Members(&follower)),
+        ("put-1-balanced", Via::Balanced(&target.endpoints)),
+    ] {
+        if wanted(workload) {
+            outcomes.push(put(&target, workload, via, one).await?);
+        }
     }
     let many = Load {
         clients: 256,
@@ -152,7 +177,7 @@ async fn run_server(
         || wanted("get-shared")
     {
         // The gets read the keys this workload writes.
-        outcomes.push(put(&target, "put-256", &target.endpoints, many).await?);
+        outcomes.push(put(&target, "put-256", Via::Members(&target.endpoints), many).await?);
     }
     let readers = |ops| Load {
         clients: 16,
@@ -178,8 +203,10 @@ async fn run_server(
     if wanted("txn-cas") {
         outcomes.push(txn_cas(&target, readers(sizes.txns)).await?);
     }
-    if wanted("watch-fanout") {
-        outcomes.push(watch_fanout(&target, sizes.watchers, sizes.watch_puts).await?);
+    for workload in ["watch-fanout-1w", "watch-fanout"] {
+        if wanted(workload) {
+            outcomes.push(watch_fanout(&target, workload, sizes.watchers, sizes.watch_puts).await?);
+        }
     }
     if wanted("watch-agents") {
         outcomes
@@ -213,6 +240,7 @@ async fn connect_target(cluster: &Cluster, progress: Progress) -> Result<Target>
     Ok(Target {
         endpoints: cluster.client_urls(),
         leader: cluster.client_url(leader),
+        follower: cluster.client_url((leader + 1) % cluster.len()),
         progress,
     })
 }

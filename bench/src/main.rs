@@ -29,6 +29,7 @@ mod agent;
 mod churn;
 mod datapath;
 mod dns;
+mod floor;
 mod kv;
 mod machine;
 mod mirror;

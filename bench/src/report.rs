@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
+use crate::floor::Floor;
 use crate::kv::workloads::{Outcome, Sizes};
 use crate::machine::Machine;
 use crate::stats::Percentiles;
@@ -58,7 +59,11 @@ pub struct Report {
     pub size: Size,
     pub sizes: Sizes,
     pub machine: Machine,
-    /// etcd first, then raftmesh.
+    /// One flush and one round trip on this machine, measured before the servers ran.
+    pub floor: Floor,
+    /// How many times everything ran.
+    pub rounds: u32,
+    /// For each round, etcd first, then raftmesh.
     pub runs: Vec<ServerRun>,
 }
 
@@ -91,6 +96,8 @@ const fn target(advantage: f64, p99_at_most_etcd: bool, text: &'static str) -> O
 
 pub const ROWS: &[Row] = &[
     row("put-1", "ops/s", target(1.5, false, "≥ 1.5× etcd")),
+    row("put-1-follower", "ops/s", target(1.5, false, "≥ 1.5× etcd")),
+    row("put-1-balanced", "ops/s", target(1.5, false, "≥ 1.5× etcd")),
     row(
         "put-256",
         "ops/s",
@@ -100,6 +107,11 @@ pub const ROWS: &[Row] = &[
     row("get-serializable", "ops/s", None),
     row("get-shared", "ops/s", None),
     row("txn-cas", "ops/s", None),
+    row(
+        "watch-fanout-1w",
+        "events/s",
+        target(1.5, true, "≥ 1.5× etcd, p99 ≤ etcd"),
+    ),
     row(
         "watch-fanout",
         "events/s",
@@ -142,6 +154,10 @@ impl Row {
     pub fn title(&self, s: &Sizes) -> String {
         match self.workload {
             "put-1" => "put, 1 client, 1 connection, to the leader".to_owned(),
+            "put-1-follower" => "put, 1 client, 1 connection, to a follower".to_owned(),
+            "put-1-balanced" => {
+                "put, 1 client balanced over the 3 members (as etcdctl, clientv3)".to_owned()
+            }
             "put-256" => "put, 256 clients, 16 connections".to_owned(),
             "get-linearizable" => "get, linearizable, 16 clients".to_owned(),
             "get-serializable" => "get, serializable, 16 clients".to_owned(),
@@ -152,8 +168,12 @@ impl Row {
             ),
             "failover" => "failover: leader killed, first write through a follower".to_owned(),
             "txn-cas" => "CAS txn, 16 clients".to_owned(),
+            "watch-fanout-1w" => format!(
+                "watch fan-out, {} watchers × {} puts by 1 sequential writer (to the leader)",
+                s.watchers, s.watch_puts
+            ),
             "watch-fanout" => format!(
-                "watch fan-out, {} watchers × {} puts",
+                "watch fan-out, {} watchers × {} puts by 16 writers",
                 s.watchers, s.watch_puts
             ),
             "watch-agents" => format!(
@@ -190,14 +210,29 @@ impl Row {
     }
 }
 
-/// The pair of outcomes of each row that both servers produced.
+/// Each round's etcd and raftmesh runs.
+fn rounds(report: &Report) -> Vec<(&ServerRun, &ServerRun)> {
+    report
+        .runs
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [e, r] if e.server == "etcd" && r.server == "raftmesh" => Some((e, r)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pair of outcomes of each row that both servers produced, in the first round.
 fn pairs(report: &Report) -> Vec<(&'static Row, &Outcome, &Outcome)> {
-    let (Some(etcd), Some(raftmesh)) = (
-        report.runs.iter().find(|r| r.server == "etcd"),
-        report.runs.iter().find(|r| r.server == "raftmesh"),
-    ) else {
-        return Vec::new();
-    };
+    rounds(report)
+        .first()
+        .map_or_else(Vec::new, |(etcd, raftmesh)| row_pairs(etcd, raftmesh))
+}
+
+fn row_pairs<'a>(
+    etcd: &'a ServerRun,
+    raftmesh: &'a ServerRun,
+) -> Vec<(&'static Row, &'a Outcome, &'a Outcome)> {
     ROWS.iter()
         .filter_map(|row| {
             Some((
@@ -207,6 +242,31 @@ fn pairs(report: &Report) -> Vec<(&'static Row, &Outcome, &Outcome)> {
             ))
         })
         .collect()
+}
+
+/// Every round's pair of outcomes of each row.
+fn row_rounds(report: &Report) -> Vec<(&'static Row, Vec<(&Outcome, &Outcome)>)> {
+    let rounds = rounds(report);
+    ROWS.iter()
+        .filter_map(|row| {
+            let pairs: Vec<(&Outcome, &Outcome)> = rounds
+                .iter()
+                .filter_map(|(e, r)| Some((e.outcome(row.workload)?, r.outcome(row.workload)?)))
+                .collect();
+            (!pairs.is_empty()).then_some((row, pairs))
+        })
+        .collect()
+}
+
+/// `lo–hi` of `values` with `digits` decimals, or the one value when they are all equal.
+fn range(values: impl IntoIterator<Item = f64>, digits: usize) -> String {
+    let (lo, hi) = values
+        .into_iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    let (a, b) = (format!("{lo:.digits$}"), format!("{hi:.digits$}"));
+    if a == b { a } else { format!("{a}–{b}") }
 }
 
 pub fn markdown(report: &Report) -> String {
@@ -221,6 +281,14 @@ pub fn markdown(report: &Report) -> String {
         m.cores, m.cpu, m.memory_gib, m.kernel, m.os
     );
     let _ = writeln!(md, "- Data dirs: {}", m.data_dir);
+    if report.rounds > 1 {
+        let _ = writeln!(
+            md,
+            "- Rounds: {} (etcd, then raftmesh, each round); each figure is its range over the \
+             rounds, the ratio is taken per round, latencies are p50 / p99",
+            report.rounds
+        );
+    }
     for (server, version) in &m.servers {
         let _ = writeln!(md, "- {server}: {version}");
     }
@@ -236,28 +304,97 @@ pub fn markdown(report: &Report) -> String {
          p50 / p99 / p99.9 ms | target | met |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---|");
-    for (row, etcd, raftmesh) in pairs(report) {
-        let met = match row.met(etcd, raftmesh) {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "",
+    for (row, rounds) in row_rounds(report) {
+        let met: Vec<Option<bool>> = rounds.iter().map(|(e, r)| row.met(e, r)).collect();
+        let met_in = met.iter().filter(|m| **m == Some(true)).count();
+        let met = match met.first() {
+            None | Some(None) => String::new(),
+            Some(Some(_)) if met_in == met.len() => "yes".to_owned(),
+            Some(Some(_)) if met_in == 0 => "**no**".to_owned(),
+            Some(Some(_)) => format!("in {met_in} of {}", met.len()),
         };
+        let figures = |side: usize| {
+            let outcomes: Vec<&Outcome> = rounds
+                .iter()
+                .map(|(e, r)| if side == 0 { *e } else { *r })
+                .collect();
+            if let [one] = outcomes.as_slice() {
+                return (figure(row, one), latency(one.latency));
+            }
+            let digits = if matches!(row.unit, "MiB" | "s") {
+                2
+            } else {
+                0
+            };
+            let errors: u64 = outcomes.iter().map(|o| o.errors).sum();
+            let mut value = format!(
+                "{} {}",
+                range(outcomes.iter().map(|o| o.value), digits),
+                row.unit
+            );
+            if errors > 0 {
+                value.push_str(&format!(" ({errors} errors)"));
+            }
+            let latencies: Vec<Percentiles> = outcomes.iter().filter_map(|o| o.latency).collect();
+            let latency = if latencies.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{} / {}",
+                    range(latencies.iter().map(|p| p.p50_ms), 2),
+                    range(latencies.iter().map(|p| p.p99_ms), 2)
+                )
+            };
+            (value, latency)
+        };
+        let ((etcd_value, etcd_latency), (raftmesh_value, raftmesh_latency)) =
+            (figures(0), figures(1));
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.2} | {} | {} | {} | {met} |",
+            "| {} | {etcd_value} | {raftmesh_value} | {} | {etcd_latency} | {raftmesh_latency} | {} | {met} |",
             row.title(&report.sizes),
-            figure(row, etcd),
-            figure(row, raftmesh),
-            raftmesh.value / etcd.value,
-            latency(etcd.latency),
-            latency(raftmesh.latency),
+            range(rounds.iter().map(|(e, r)| r.value / e.value), 2),
             row.target.map_or("", |t| t.text),
         );
     }
+    // The sequential puts against the physical floor (the issue's "within 2×").
+    let floor = &report.floor;
+    let mut against = Vec::new();
+    for (row, rounds) in row_rounds(report) {
+        if !row.workload.starts_with("put-1") {
+            continue;
+        }
+        let p50 = |side: usize| {
+            range(
+                rounds.iter().filter_map(|(e, r)| {
+                    let o = if side == 0 { e } else { r };
+                    o.latency.map(|p| p.p50_ms / floor.put_ms())
+                }),
+                1,
+            )
+        };
+        against.push(format!(
+            "{}: raftmesh p50 {}× the floor, etcd {}×",
+            row.workload,
+            p50(1),
+            p50(0)
+        ));
+    }
+    let _ = writeln!(md, "\nFloor (measured before the servers ran): {floor}.");
+    if !against.is_empty() {
+        let _ = writeln!(md, "Sequential puts against it: {}.", against.join("; "));
+    }
+    let rounds = report.rounds;
     let details: Vec<String> = report
         .runs
         .iter()
-        .flat_map(|run| {
+        .enumerate()
+        .flat_map(|(i, run)| {
+            let tag = if rounds > 1 {
+                format!(" (round {})", i / 2 + 1)
+            } else {
+                String::new()
+            };
             run.outcomes.iter().filter_map(move |o| {
                 let detail = o.detail.as_deref().map(|d| format!("{}: {d}", o.workload));
                 let errors = o
@@ -265,7 +402,7 @@ pub fn markdown(report: &Report) -> String {
                     .as_deref()
                     .map(|e| format!("{}: {} errors, first: {e}", o.workload, o.errors));
                 let text: Vec<String> = detail.into_iter().chain(errors).collect();
-                (!text.is_empty()).then(|| format!("- {} {}", run.server, text.join("; ")))
+                (!text.is_empty()).then(|| format!("- {}{tag} {}", run.server, text.join("; ")))
             })
         })
         .collect();
@@ -344,8 +481,13 @@ fn chart(report: &Report, path: &Path) -> Result<()> {
     let text = |size| ("sans-serif", size).into_font();
     root.draw(&Text::new(
         format!(
-            "raftmesh vs etcd 3-member clusters: advantage (× etcd, > 1 is better), {} size",
-            report.size.name()
+            "raftmesh vs etcd 3-member clusters: advantage (× etcd, > 1 is better), {} size{}",
+            report.size.name(),
+            if report.rounds > 1 {
+                format!(", round 1 of {}", report.rounds)
+            } else {
+                String::new()
+            }
         ),
         (20, 15),
         text(20.0),

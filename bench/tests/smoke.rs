@@ -8,13 +8,16 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Every row `mesh-bench kv` reports, per server.
-const WORKLOADS: [&str; 15] = [
+const WORKLOADS: [&str; 18] = [
     "put-1",
+    "put-1-follower",
+    "put-1-balanced",
     "put-256",
     "get-linearizable",
     "get-serializable",
     "get-shared",
     "txn-cas",
+    "watch-fanout-1w",
     "watch-fanout",
     "watch-agents",
     "watch-idle",
@@ -55,6 +58,8 @@ fn kv_smoke_run_writes_a_complete_report() {
             .contains("kv --size smoke")
     );
     assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(report["floor"]["fdatasync"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["floor"]["round_trip"]["p50_ms"].as_f64().unwrap() > 0.0);
     let runs = report["runs"].as_array().unwrap();
     let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
     assert_eq!(servers, ["etcd", "raftmesh"]);
@@ -79,7 +84,12 @@ fn kv_smoke_run_writes_a_complete_report() {
     let md = std::fs::read_to_string(out.path().join("kv-smoke.md")).unwrap();
     for title in [
         "put, 256 clients",
-        "watch fan-out",
+        "to a follower",
+        "balanced over the 3 members",
+        "by 1 sequential writer",
+        "by 16 writers",
+        "Floor (measured before the servers ran): fdatasync",
+        "Sequential puts against it: put-1: raftmesh p50",
         "watch as agents do",
         "KiB per stream",
         "RSS after",

@@ -54,6 +54,18 @@ pub async fn connect(endpoints: &[String], n: usize) -> Result<Vec<Client>> {
     Ok(clients)
 }
 
+/// One client whose requests are spread over every endpoint in turn (tonic's balanced
+/// channel), as etcdctl and clientv3 spread theirs over the endpoints they are given.
+pub async fn connect_balanced(endpoints: &[String]) -> Result<Client> {
+    ensure!(!endpoints.is_empty(), "no endpoints to connect to");
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(30));
+    Client::connect(endpoints, Some(options))
+        .await
+        .with_context(|| format!("connecting to {}", endpoints.join(",")))
+}
+
 /// Runs `load.ops` operations: `load.clients` tasks, task i using connection
 /// `i % load.connections`, each taking the next operation number n and awaiting
 /// `op(client, i, n)` before taking another. Failed operations are counted, not retried.
@@ -68,6 +80,21 @@ where
     Fut: Future<Output = Result<()>> + Send,
 {
     let connections = connect(endpoints, load.connections).await?;
+    run_on(connections, load, progress, op).await
+}
+
+/// [`run`] over connections already made (`load.connections` is not used).
+pub async fn run_on<F, Fut>(
+    connections: Vec<Client>,
+    load: Load,
+    progress: &Progress,
+    op: F,
+) -> Result<Measured>
+where
+    F: Fn(Client, usize, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    ensure!(!connections.is_empty(), "no connections to run on");
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let ticker = progress.track(load.ops as u64, done.clone());

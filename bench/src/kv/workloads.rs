@@ -133,7 +133,18 @@ pub struct Target {
     pub endpoints: Vec<String>,
     /// The leader's client URL; the single-client put talks to it alone.
     pub leader: String,
+    /// A follower's client URL.
+    pub follower: String,
     pub progress: Progress,
+}
+
+/// Where a workload's connections go.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// Connection j to `members[j % members.len()]`.
+    Members(&'a [String]),
+    /// One connection whose requests go to every member in turn (etcdctl's, clientv3's way).
+    Balanced(&'a [String]),
 }
 
 pub fn key(n: usize) -> String {
@@ -144,16 +155,20 @@ fn value() -> Vec<u8> {
     vec![b'v'; VALUE_BYTES]
 }
 
-/// Puts with `clients` clients over `connections` connections.
+/// Puts with `clients` clients over `connections` connections, made as `via` says.
 pub async fn put(
     target: &Target,
     workload: &'static str,
-    endpoints: &[String],
+    via: Via<'_>,
     load: Load,
 ) -> Result<Outcome> {
     let progress = target.progress.workload(workload);
     let value = Arc::new(value());
-    let measured = load::run(endpoints, load, &progress, move |mut client, _, n| {
+    let connections = match via {
+        Via::Members(endpoints) => load::connect(endpoints, load.connections).await?,
+        Via::Balanced(endpoints) => vec![load::connect_balanced(endpoints).await?],
+    };
+    let measured = load::run_on(connections, load, &progress, move |mut client, _, n| {
         let value = value.clone();
         async move {
             client.put(key(n), value.as_slice(), None).await?;
@@ -237,15 +252,29 @@ fn cas_key(client: usize) -> String {
 }
 
 /// Watch fan-out: `watchers` watchers on one prefix (each its own stream, over 10 connections)
-/// while 16 clients put `puts` keys under it. Each value starts with the time it was sent, so
-/// every delivered event gives a delivery latency; the rate is events delivered per second from
-/// the first put to the last delivery.
-pub async fn watch_fanout(target: &Target, watchers: usize, puts: usize) -> Result<Outcome> {
+/// while 16 clients put `puts` keys under it through every member (`watch-fanout`), or one
+/// client puts them one after another to the leader (`watch-fanout-1w`: a sequential writer,
+/// as the publisher and the mirror are). Each value starts with the time it was sent, so every
+/// delivered event gives a delivery latency; the rate is events delivered per second from the
+/// first put to the last delivery.
+pub async fn watch_fanout(
+    target: &Target,
+    workload: &'static str,
+    watchers: usize,
+    puts: usize,
+) -> Result<Outcome> {
+    let leader = [target.leader.clone()];
+    let (writers, write_endpoints): (usize, &[String]) = match workload {
+        "watch-fanout-1w" => (1, &leader),
+        _ => (16, &target.endpoints),
+    };
     let spread = FanOut {
-        workload: "watch-fanout",
+        workload,
         watch_endpoints: &target.endpoints,
         connections: watchers.min(10),
         prefix: "w/",
+        writers,
+        write_endpoints,
     };
     fan_out(target, spread, watchers, puts, || Ok(())).await
 }
@@ -276,6 +305,8 @@ pub async fn watch_agents(
         watch_endpoints: &url,
         connections: watchers,
         prefix: "mesh/v1/",
+        writers: 16,
+        write_endpoints: &target.endpoints,
     };
     let mut outcome = fan_out(target, agents, watchers, puts, measure).await?;
     let grown = *grown.lock().expect("not poisoned");
@@ -298,10 +329,14 @@ struct FanOut<'a> {
     connections: usize,
     /// The prefix watched and written under.
     prefix: &'static str,
+    /// Clients putting, each one put at a time.
+    writers: usize,
+    /// The members the writers' connections go to (in turn).
+    write_endpoints: &'a [String],
 }
 
 /// `watchers` streams as `spread` says, `opened` called once they all are, then `puts` puts
-/// by 16 clients; every delivered event is timed by the send time its value carries.
+/// by the spread's writers; every delivered event is timed by the send time its value carries.
 async fn fan_out(
     target: &Target,
     spread: FanOut<'_>,
@@ -347,12 +382,12 @@ async fn fan_out(
     opened()?;
     let writes_started = base.elapsed();
     let load = Load {
-        clients: 16,
-        connections: 4,
+        clients: spread.writers,
+        connections: spread.writers.min(4),
         ops: puts,
     };
     let writes = load::run(
-        &target.endpoints,
+        spread.write_endpoints,
         load,
         &progress,
         move |mut client, _, n| async move {
@@ -605,7 +640,7 @@ pub async fn footprint(
         connections: 16,
         ops: keys,
     };
-    let filled = put(target, "footprint-fill", &target.endpoints, load).await?;
+    let filled = put(target, "footprint-fill", Via::Members(&target.endpoints), load).await?;
     ensure!(
         filled.errors == 0,
         "{} puts failed while filling: {:?}",
