@@ -640,7 +640,13 @@ pub async fn footprint(
         connections: 16,
         ops: keys,
     };
-    let filled = put(target, "footprint-fill", Via::Members(&target.endpoints), load).await?;
+    let filled = put(
+        target,
+        "footprint-fill",
+        Via::Members(&target.endpoints),
+        load,
+    )
+    .await?;
     ensure!(
         filled.errors == 0,
         "{} puts failed while filling: {:?}",
