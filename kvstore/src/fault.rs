@@ -7,9 +7,10 @@
 //! client gets the revision of a write made elsewhere (under `raftmesh-test-fault/`), as a
 //! store that lost the entry after answering would. The chaos checkers must report it.
 //!
-//! [`HOLD_FLUSH_FILE`] and [`LOSE_UNSYNCED_FILE`] (files a test creates in a member's Raft log
-//! directory) hold the log's flushes back and lose what was not flushed at a restart: the
-//! safety tests of the leader's flush running beside replication (`log_store`).
+//! [`HOLD_FLUSH_FILE`], [`HOLD_ACK_FILE`] and [`LOSE_UNSYNCED_FILE`] (files a test creates in a
+//! member's Raft log directory) hold the log's flushes back, hold back what follows a flush, and
+//! lose what was not flushed at a restart: the safety tests of the leader's flush running
+//! beside replication (`log_store`).
 
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -70,6 +71,11 @@ pub fn lose_put(key: &[u8]) -> bool {
 /// between a write and its flush, held open for as long as a test wants.
 pub const HOLD_FLUSH_FILE: &str = "fault-hold-flush";
 
+/// While a file of this name exists in a member's Raft log directory, its log holds back the
+/// completion of each flush, after the `fdatasync`: the entries are durable, but openraft is not
+/// told, so the member does not acknowledge them (the window between flush and acknowledgement).
+pub const HOLD_ACK_FILE: &str = "fault-hold-ack";
+
 /// A file of this name in a member's Raft log directory makes the log lose its unflushed tail
 /// the next time it is opened, as a power loss would (a process killed with SIGKILL otherwise
 /// keeps what it wrote: the page cache survives it). Every flush records how far the log is
@@ -84,6 +90,19 @@ pub fn hold_flush(log_dir: &std::path::Path) {
     while path.exists() {
         if !logged {
             tracing::warn!(file = %path.display(), "test fault: holding the Raft log's flush");
+            logged = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Blocks while the hold-acknowledgement file exists in `log_dir`.
+pub fn hold_ack(log_dir: &std::path::Path) {
+    let path = log_dir.join(HOLD_ACK_FILE);
+    let mut logged = false;
+    while path.exists() {
+        if !logged {
+            tracing::warn!(file = %path.display(), "test fault: holding back a flushed append's acknowledgement");
             logged = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

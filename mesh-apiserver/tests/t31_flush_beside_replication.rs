@@ -1,10 +1,11 @@
 //! The leader's log flush runs beside replication (`vendor/openraft/RAFTMESH-PATCH.md`), and
 //! that costs no acknowledged write whichever single member loses its unflushed tail.
 //!
-//! Both tests run the `fault-injection` build of mesh-apiserver (`scripts/test` builds it into
+//! The tests run the `fault-injection` build of mesh-apiserver (`scripts/test` builds it into
 //! `target/fault-injection/`): a file in a member's Raft log directory holds its log's flushes
-//! back, and another makes the log lose what it had not flushed when it is next opened, as a
-//! power loss would (a SIGKILL alone loses nothing: the page cache survives it). Raftmesh-only:
+//! back, another holds back what follows a flush (the acknowledgement), and another makes the
+//! log lose what it had not flushed when it is next opened, as a power loss would (a SIGKILL
+//! alone loses nothing: the page cache survives it). Raftmesh-only:
 //! etcd has no such faults (`.config/nextest.toml` leaves the binary out against etcd).
 
 #[path = "support/util.rs"]
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::GetOptions;
+use testkit::localcluster::flavor::fault_injection_server;
 use testkit::localcluster::{Cluster, Flavor, Spec};
 use util::{connect, eventually, exclusive, raftmesh_only};
 
@@ -21,21 +23,20 @@ use util::{connect, eventually, exclusive, raftmesh_only};
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The fault files (`kvstore::fault`).
 const HOLD_FLUSH: &str = "fault-hold-flush";
+const HOLD_ACK: &str = "fault-hold-ack";
 const LOSE_UNSYNCED: &str = "fault-lose-unsynced";
 
-/// The fault-injection build of mesh-apiserver.
-fn faulty_server() -> Flavor {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_mesh-apiserver"))
-        .parent()
-        .unwrap()
-        .join("../fault-injection/mesh-apiserver");
-    assert!(
-        path.is_file(),
-        "{} is missing: scripts/test builds it (cargo build -p mesh-apiserver --features \
-         fault-injection, copied there)",
-        path.display()
-    );
-    Flavor::Raftmesh(path)
+/// A 3-member cluster of the fault-injection build of mesh-apiserver, its leader, and the
+/// turn that keeps other cluster tests off the cores meanwhile.
+async fn start() -> (Cluster, usize, tokio::sync::MutexGuard<'static, ()>) {
+    raftmesh_only("the fault-injection build's log faults");
+    let turn = exclusive().await;
+    let server = fault_injection_server(Path::new(env!("CARGO_BIN_EXE_mesh-apiserver")));
+    let cluster = Cluster::start(Flavor::Raftmesh(server), Spec::with_members(3))
+        .await
+        .expect("cluster starts");
+    let leader = cluster.leader().await.unwrap();
+    (cluster, leader, turn)
 }
 
 /// Member `i`'s Raft log directory.
@@ -95,12 +96,7 @@ async fn crash_losing_the_tail(cluster: &mut Cluster, i: usize) {
 /// it has caught up, and so does every other member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_commits_while_the_leaders_flush_is_held_and_survives_losing_it() {
-    raftmesh_only("the fault-injection build's log faults");
-    let _turn = exclusive().await;
-    let mut cluster = Cluster::start(faulty_server(), Spec::with_members(3))
-        .await
-        .expect("cluster starts");
-    let leader = cluster.leader().await.unwrap();
+    let (mut cluster, leader, _turn) = start().await;
     // A write before the hold, so the log has a durable part to fall back to.
     put_through(&cluster, leader, "before", "1").await;
     touch(&log_dir(&cluster, leader).join(HOLD_FLUSH));
@@ -134,12 +130,7 @@ async fn a_write_commits_while_the_leaders_flush_is_held_and_survives_losing_it(
 /// every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_loses_its_unflushed_tail_loses_no_acknowledged_write() {
-    raftmesh_only("the fault-injection build's log faults");
-    let _turn = exclusive().await;
-    let mut cluster = Cluster::start(faulty_server(), Spec::with_members(3))
-        .await
-        .expect("cluster starts");
-    let leader = cluster.leader().await.unwrap();
+    let (mut cluster, leader, _turn) = start().await;
     let follower = (leader + 1) % 3;
     put_through(&cluster, leader, "before", "1").await;
     served_by(&cluster, follower, "before", "1").await;
@@ -153,5 +144,49 @@ async fn a_follower_that_loses_its_unflushed_tail_loses_no_acknowledged_write() 
         for n in 0..10 {
             served_by(&cluster, i, &format!("held-{n}"), "2").await;
         }
+    }
+}
+
+/// kill -9 between flush and acknowledgement: both followers flush a write but do not
+/// acknowledge it, so it is not committed and its client gets no answer; the leader is killed.
+/// The write is on a majority's disks, so whichever follower becomes leader has it and commits
+/// it: every member, the restarted old leader too, serves it, and the cluster takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_flushed_by_a_majority_but_never_acknowledged_is_kept_after_the_leader_dies() {
+    let (mut cluster, leader, _turn) = start().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    put_through(&cluster, leader, "before", "1").await;
+    for &f in &followers {
+        served_by(&cluster, f, "before", "1").await;
+        touch(&log_dir(&cluster, f).join(HOLD_ACK));
+    }
+    let mut client = connect(&cluster.client_url(leader)).await.unwrap();
+    let unanswered = client.put("unanswered", "2", None).await;
+    assert!(
+        unanswered.is_err(),
+        "the put was acknowledged with no follower acknowledging it: {unanswered:?}"
+    );
+    cluster.kill(leader);
+    for &f in &followers {
+        std::fs::remove_file(log_dir(&cluster, f).join(HOLD_ACK)).unwrap();
+    }
+    for &f in &followers {
+        let log = std::fs::read_to_string(cluster.log_path(f)).unwrap();
+        assert!(
+            log.contains("test fault: holding back a flushed append's acknowledgement"),
+            "member {f} never held an acknowledgement back: the fault did not happen"
+        );
+    }
+    cluster
+        .restart(leader)
+        .await
+        .expect("the old leader restarts");
+    for i in 0..3 {
+        served_by(&cluster, i, "unanswered", "2").await;
+    }
+    let survivor = followers[0];
+    put_through(&cluster, survivor, "after", "3").await;
+    for i in 0..3 {
+        served_by(&cluster, i, "after", "3").await;
     }
 }

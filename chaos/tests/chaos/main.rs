@@ -5,7 +5,7 @@
 //! One run must fail: with an API server that loses an acknowledged write (built with the
 //! `fault-injection` feature, which `scripts/test` does), the checkers must say so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// What a short run of `scenario` left: how `mesh-chaos` exited, its JSON report, and the
@@ -190,16 +190,9 @@ fn hostile_remote() {
 /// judged (active, no broken workload).
 #[test]
 fn a_lost_acknowledged_write_is_reported() {
-    let faulty = PathBuf::from(env!("CARGO_BIN_EXE_mesh-chaos"))
-        .parent()
-        .unwrap()
-        .join("../fault-injection/mesh-apiserver");
-    assert!(
-        faulty.is_file(),
-        "{} is missing: scripts/test builds it (cargo build -p mesh-apiserver --features \
-         fault-injection, copied there)",
-        faulty.display()
-    );
+    let faulty = testkit::localcluster::flavor::fault_injection_server(Path::new(env!(
+        "CARGO_BIN_EXE_mesh-chaos"
+    )));
     let (run, json, report) = short_run(
         "partition",
         Some(&faulty),

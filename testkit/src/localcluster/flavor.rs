@@ -47,6 +47,26 @@ impl Flavor {
     }
 }
 
+/// The `fault-injection` build of mesh-apiserver (test-only faults, `kvstore::fault`), which
+/// `scripts/test` copies to `<target>/fault-injection/mesh-apiserver`, found from `beside`, a
+/// binary of the same build (`target/<profile>/…`).
+///
+/// # Panics
+/// When it is missing, saying how it is built: a test that needs it must not pass without it.
+pub fn fault_injection_server(beside: &Path) -> PathBuf {
+    let path = beside
+        .parent()
+        .expect("a binary has a directory")
+        .join("../fault-injection/mesh-apiserver");
+    assert!(
+        path.is_file(),
+        "{} is missing: scripts/test builds it (cargo build -p mesh-apiserver --features \
+         fault-injection, copied there)",
+        path.display()
+    );
+    path
+}
+
 /// [`Flavor::from_env`] without the environment, so it can be unit-tested without `set_var`.
 fn select(
     server: Option<&OsStr>,
