@@ -6,11 +6,9 @@
 //! tasks read them at once) and hands the flush to the log's flusher thread; it returns before
 //! the flush. The flusher takes every append queued meanwhile, runs one `fdatasync` for all of
 //! them, and completes their callbacks in append order (openraft's contract); a failed flush
-//! fails every callback of its batch, and openraft stops the member. One exception: an append
-//! openraft waits for (a follower's: `LogFlushed::is_awaited`, part of the patch) made while
-//! nothing is in flight is flushed inline, sparing two thread hand-offs on the follower's side
-//! of every write; the callbacks' order holds, since openraft appends from one task and the
-//! flusher counts a batch done only after completing its callbacks.
+//! fails every callback of its batch, and openraft stops the member. (Flushing a follower's
+//! append inline instead, on openraft's task, was measured: no difference in `mesh-bench kv`'s
+//! sequential puts, so the one path stays.)
 //!
 //! On the leader, openraft (patched: `vendor/openraft/RAFTMESH-PATCH.md`) does not wait for
 //! that callback before it replicates: a write's entries go to the followers while the leader
@@ -195,14 +193,6 @@ impl LogStore {
         while p.done < p.queued {
             p = cond.wait(p).unwrap_or_else(|e| e.into_inner());
         }
-    }
-
-    /// Where the fault-injection build keeps its files; `None` in any other build.
-    fn fault_dir(&self) -> Option<&Path> {
-        #[cfg(feature = "fault-injection")]
-        return Some(&self.dir);
-        #[cfg(not(feature = "fault-injection"))]
-        None
     }
 
     /// One past the last index known durable.
@@ -403,23 +393,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         self.stats.appends.fetch_add(1, Relaxed);
         let (lock, _) = &*self.flusher.progress;
-        let mut progress = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if callback.is_awaited() && progress.done == progress.queued {
-            // A follower's append (openraft waits for it) with nothing in flight: flushed
-            // here, which spares two thread hand-offs on the follower's side of every write.
-            // Nothing can queue meanwhile (openraft appends from one task), so callbacks still
-            // complete in order.
-            drop(progress);
-            let synced = flush(file.as_ref(), end, &self.stats, self.fault_dir());
-            if synced.is_ok() {
-                let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
-                p.durable_end = p.durable_end.max(end);
-            }
-            callback.log_io_completed(synced);
-            return Ok(());
-        }
-        progress.queued += 1;
-        drop(progress);
+        lock.lock().unwrap_or_else(|e| e.into_inner()).queued += 1;
         let pending = Pending {
             end,
             file,
@@ -481,7 +455,7 @@ fn flush_loop(
         batch.extend(rx.try_iter());
         let last = batch.last().expect("a batch has an append");
         // The last append's segment: every earlier one was synced when it filled up.
-        let synced = flush(last.file.as_ref(), last.end, stats, Some(dir));
+        let synced = flush(last.file.as_ref(), last.end, stats, dir);
         let (lock, cond) = progress;
         if synced.is_ok() {
             let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -495,8 +469,7 @@ fn flush_loop(
             };
             pending.callback.log_io_completed(result);
         }
-        // Counted done only once their callbacks are completed: an append flushed inline
-        // meanwhile must not complete before them.
+        // Counted done once their callbacks are completed.
         let mut p = lock.lock().unwrap_or_else(|e| e.into_inner());
         p.done += appends;
         cond.notify_all();
@@ -513,18 +486,16 @@ fn flush(
     file: Option<&Arc<File>>,
     end: u64,
     stats: &FlushStats,
-    dir: Option<&Path>,
+    dir: &Path,
 ) -> std::io::Result<()> {
     #[cfg(feature = "fault-injection")]
-    if let Some(dir) = dir {
-        crate::fault::hold_flush(dir);
-    }
+    crate::fault::hold_flush(dir);
     let synced = file.map_or(Ok(()), |f| f.sync_data());
     match &synced {
         Ok(()) => {
             stats.flushes.fetch_add(1, Relaxed);
             #[cfg(feature = "fault-injection")]
-            if let Some(dir) = dir {
+            {
                 record_durable_end(dir, end);
                 crate::fault::hold_ack(dir);
             }

@@ -17,9 +17,6 @@ where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
     tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
-    /// RAFTMESH PATCH (see RAFTMESH-PATCH.md): whether RaftCore waits for this callback before
-    /// it does anything else (a follower's append), or goes on (the leader's own append).
-    awaited: bool,
 }
 
 impl<C> LogFlushed<C>
@@ -29,24 +26,7 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self {
-            log_io_id,
-            tx,
-            awaited: true,
-        }
-    }
-
-    /// RAFTMESH PATCH: a callback RaftCore does not wait for (the leader's own append).
-    pub(crate) fn not_awaited(mut self) -> Self {
-        self.awaited = false;
-        self
-    }
-
-    /// RAFTMESH PATCH: whether RaftCore is blocked until this callback completes. A log store
-    /// may then flush inline (on RaftCore's task) when nothing else is in flight, saving the
-    /// hand-off to and from a flushing thread; it must still complete callbacks in order.
-    pub fn is_awaited(&self) -> bool {
-        self.awaited
+        Self { log_io_id, tx }
     }
 
     /// Report log io completion event.
