@@ -310,12 +310,8 @@ async fn raftmesh(
     ));
     let mut a = a;
     let from = start_counting(&b).await?;
-    for i in 0..a.len() {
-        a.kill(i);
-    }
-    for i in 0..a.len() {
-        a.restart(i).await?;
-    }
+    let all: Vec<usize> = (0..a.len()).collect();
+    a.restart_together(&all).await?;
     wait_connected(&b).await?;
     let (writes, keys) = settled_writes(&b, from).await?;
     restarts.push((

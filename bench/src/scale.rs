@@ -382,12 +382,8 @@ async fn one_size(
     say("restart: kill -9 and start of every member");
     let started = Instant::now();
     let killed_ms = now_ms();
-    for i in 0..bench.cluster.len() {
-        bench.cluster.kill(i);
-    }
-    for i in 0..bench.cluster.len() {
-        bench.cluster.restart(i).await?;
-    }
+    let all: Vec<usize> = (0..bench.cluster.len()).collect();
+    bench.cluster.restart_together(&all).await?;
     let mut client = bench.cluster.client().await?;
     let cluster = &bench.cluster;
     wait_until("a leader after the restart", || async move {

@@ -496,12 +496,8 @@ async fn a_quiet_prefix_on_a_busy_remote_keeps_up_with_its_compaction() {
     infra.compact(busy, None).await.unwrap();
     // Every member of apps restarts: the mirror starts from the stored position.
     let apps = &mut mesh.get_mut("apps").cluster;
-    for i in 0..apps.len() {
-        apps.kill(i);
-    }
-    for i in 0..apps.len() {
-        apps.restart(i).await.unwrap();
-    }
+    let all: Vec<usize> = (0..apps.len()).collect();
+    apps.restart_together(&all).await.unwrap();
     infra
         .put("mesh/v1/infra/nodekeys/late", node_key("late"), None)
         .await

@@ -483,21 +483,40 @@ impl Cluster {
     /// Restarts member `i` with the same data dir, ports and flags (killing it first if it is
     /// running) and waits until it serves.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
-        self.kill(i);
-        let member = &self.members[i];
-        {
-            let mut process = member.process();
-            ensure!(
-                !matches!(*process, Process::Removed),
-                "member {} was removed from the cluster",
-                member.config.name
-            );
-            log_event(&member.log_path, "restarting");
-            let child = spawn(self.flavor.program(), &member.args, &member.log_path)?;
-            *process = Process::Running(child);
-        }
+        self.respawn(i)?;
         let id = self.wait_serving(i, Instant::now() + READY_TIMEOUT).await?;
         self.members[i].id = Some(id);
+        Ok(())
+    }
+
+    /// Kills (SIGKILL) and starts again every member of `members` before waiting for any of
+    /// them: a member restarted alone cannot serve while no quorum is up (a restarted leader
+    /// does not resume its old term), so a whole cluster comes back together.
+    pub async fn restart_together(&mut self, members: &[usize]) -> Result<()> {
+        for &i in members {
+            self.respawn(i)?;
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for &i in members {
+            let id = self.wait_serving(i, deadline).await?;
+            self.members[i].id = Some(id);
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs member `i` and spawns it again with the same command line, without waiting.
+    fn respawn(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        let member = &self.members[i];
+        let mut process = member.process();
+        ensure!(
+            !matches!(*process, Process::Removed),
+            "member {} was removed from the cluster",
+            member.config.name
+        );
+        log_event(&member.log_path, "restarting");
+        let child = spawn(self.flavor.program(), &member.args, &member.log_path)?;
+        *process = Process::Running(child);
         Ok(())
     }
 
