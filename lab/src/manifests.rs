@@ -99,6 +99,8 @@ pub fn render(plan: &Plan, c: &ClusterSpec) -> Vec<(&'static str, Vec<Value>)> {
                 "selector": s.selector,
                 "clusterIP": vip,
                 "clusterIPs": [vip],
+                // As an API server defaults it (Kubernetes 1.26+); imports copy it.
+                "internalTrafficPolicy": "Cluster",
                 "ports": s.ports.iter().map(|p| json!({
                     "name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol,
                 })).collect::<Vec<_>>(),

@@ -8,9 +8,11 @@
 //! # Merging exports ([`merge`])
 //! The exports of one `namespace/name` are ordered oldest first (the `ServiceExport`'s creation
 //! time, then the cluster name), and the oldest decides, as the KEP's conflict resolution
-//! says: its type (ClusterSetIP or Headless) and its session affinity are the import's, and
-//! every property on which an export differs is a [`Conflict`] with the mcs-api reason
-//! (`TypeConflict`, `SessionAffinityConflict`, `SessionAffinityConfigConflict`). Ports are the
+//! says: its type (ClusterSetIP or Headless), its session affinity, `internalTrafficPolicy` and
+//! `trafficDistribution` are the import's, and every property on which an export differs is a
+//! [`Conflict`] with the mcs-api reason (`TypeConflict`, `SessionAffinityConflict`,
+//! `SessionAffinityConfigConflict`, `InternalTrafficPolicyConflict`,
+//! `TrafficDistributionConflict`). Ports are the
 //! union of every export's ports, merged by name, then by number and protocol; a port whose
 //! name an older export already uses for another number or protocol, or whose number and
 //! protocol an older export uses under another name, is left out. Exports whose ports differ
@@ -120,6 +122,10 @@ pub struct Export {
     pub ports: Vec<ImportPort>,
     /// Its session affinity.
     pub session_affinity: SessionAffinity,
+    /// Its `internalTrafficPolicy` (`Cluster` or `Local`), if set.
+    pub internal_traffic_policy: Option<String>,
+    /// Its `trafficDistribution` (e.g. `PreferClose`), if set.
+    pub traffic_distribution: Option<String>,
 }
 
 impl Export {
@@ -137,6 +143,11 @@ impl Export {
             } else {
                 SessionAffinity::None
             },
+            internal_traffic_policy: Some(s.internal_traffic_policy.clone())
+                .filter(|p| p == "Cluster" || p == "Local"),
+            traffic_distribution: Some(s.traffic_distribution.clone()).filter(|d| {
+                (1..=63).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_alphanumeric())
+            }),
         }
     }
 }
@@ -152,6 +163,10 @@ pub enum ConflictReason {
     SessionAffinity,
     /// Another ClientIP timeout.
     SessionAffinityConfig,
+    /// Another `internalTrafficPolicy`.
+    InternalTrafficPolicy,
+    /// Another `trafficDistribution`.
+    TrafficDistribution,
 }
 
 impl ConflictReason {
@@ -162,6 +177,8 @@ impl ConflictReason {
             ConflictReason::Type => "TypeConflict",
             ConflictReason::SessionAffinity => "SessionAffinityConflict",
             ConflictReason::SessionAffinityConfig => "SessionAffinityConfigConflict",
+            ConflictReason::InternalTrafficPolicy => "InternalTrafficPolicyConflict",
+            ConflictReason::TrafficDistribution => "TrafficDistributionConflict",
         }
     }
 }
@@ -193,6 +210,10 @@ pub struct Import {
     pub ports: Vec<ImportPort>,
     /// Session affinity (the oldest export's).
     pub session_affinity: SessionAffinity,
+    /// `internalTrafficPolicy` (the oldest export's).
+    pub internal_traffic_policy: Option<String>,
+    /// `trafficDistribution` (the oldest export's).
+    pub traffic_distribution: Option<String>,
     /// The exporting clusters, sorted.
     pub clusters: Vec<String>,
     /// The oldest export's creation time: the import's place in ClusterSetIP allocation.
@@ -231,6 +252,8 @@ pub fn merge(exports: &[Export]) -> Option<Import> {
         type_,
         ports: Vec::new(),
         session_affinity: oldest.session_affinity,
+        internal_traffic_policy: oldest.internal_traffic_policy.clone(),
+        traffic_distribution: oldest.traffic_distribution.clone(),
         clusters: ordered.iter().map(|e| e.cluster.clone()).collect(),
         created: oldest.created,
         decided_by: oldest.cluster.clone(),
@@ -279,6 +302,27 @@ pub fn merge(exports: &[Export]) -> Option<Import> {
                 ),
             ),
             _ => {}
+        }
+        let unset = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".to_owned());
+        if export.internal_traffic_policy != oldest.internal_traffic_policy {
+            conflict(
+                ConflictReason::InternalTrafficPolicy,
+                format!(
+                    "internalTrafficPolicy {} {here}, {} {first}",
+                    unset(&export.internal_traffic_policy),
+                    unset(&oldest.internal_traffic_policy)
+                ),
+            );
+        }
+        if export.traffic_distribution != oldest.traffic_distribution {
+            conflict(
+                ConflictReason::TrafficDistribution,
+                format!(
+                    "trafficDistribution {} {here}, {} {first}",
+                    unset(&export.traffic_distribution),
+                    unset(&oldest.traffic_distribution)
+                ),
+            );
         }
         for port in &export.ports {
             if let Some((taken, owner)) = by_name.get(port.name.as_str()) {

@@ -220,6 +220,12 @@ impl Record {
                         "sessionAffinity": if r.client_ip_affinity { "ClientIP" } else { "None" },
                         "affinityTimeoutSeconds": r.affinity_timeout,
                     });
+                    if !r.internal_traffic_policy.is_empty() {
+                        v["export"]["internalTrafficPolicy"] = json!(r.internal_traffic_policy);
+                    }
+                    if !r.traffic_distribution.is_empty() {
+                        v["export"]["trafficDistribution"] = json!(r.traffic_distribution);
+                    }
                 }
                 v
             }

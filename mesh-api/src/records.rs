@@ -196,6 +196,14 @@ pub struct ServiceRecord {
     /// `sessionAffinityConfig.clientIP.timeoutSeconds` when [`Self::client_ip_affinity`].
     #[prost(uint32, tag = "13")]
     pub affinity_timeout: u32,
+    /// `internalTrafficPolicy` as the Service has it (`Cluster` or `Local`; empty: not set),
+    /// in exported services' records only: the `ServiceImport` copies the oldest export's.
+    #[prost(string, tag = "14")]
+    pub internal_traffic_policy: String,
+    /// `trafficDistribution` as the Service has it (e.g. `PreferClose`; empty: not set), in
+    /// exported services' records only, as [`Self::internal_traffic_policy`].
+    #[prost(string, tag = "15")]
+    pub traffic_distribution: String,
 }
 
 /// One endpoint of a slice.

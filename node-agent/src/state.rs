@@ -55,6 +55,10 @@ pub struct Export {
     pub headless: bool,
     /// Its session affinity.
     pub session_affinity: SessionAffinity,
+    /// Its `internalTrafficPolicy`, if set (imports carry it; the datapath does not use it).
+    pub internal_traffic_policy: Option<String>,
+    /// Its `trafficDistribution`, if set (as [`Self::internal_traffic_policy`]).
+    pub traffic_distribution: Option<String>,
 }
 
 /// Endpoint flags in [`Slice::endpoints`].
@@ -455,16 +459,15 @@ impl MeshState {
                             global: r.global,
                             shared: r.shared,
                             affinity: Affinity::try_from(r.affinity).unwrap_or(Affinity::None),
-                            export: r.exported.then_some(Export {
-                                created: r.export_created,
-                                headless: r.headless,
-                                session_affinity: if r.client_ip_affinity {
-                                    SessionAffinity::ClientIp {
-                                        timeout: r.affinity_timeout,
-                                    }
-                                } else {
-                                    SessionAffinity::None
-                                },
+                            export: r.exported.then(|| {
+                                let e = clusterset::Export::of_record("", &r);
+                                Export {
+                                    created: e.created,
+                                    headless: e.headless,
+                                    session_affinity: e.session_affinity,
+                                    internal_traffic_policy: e.internal_traffic_policy,
+                                    traffic_distribution: e.traffic_distribution,
+                                }
                             }),
                         };
                         c.services.insert(full.clone(), service);
@@ -610,6 +613,8 @@ impl MeshState {
                             })
                             .collect(),
                         session_affinity: e.session_affinity,
+                        internal_traffic_policy: e.internal_traffic_policy.clone(),
+                        traffic_distribution: e.traffic_distribution.clone(),
                     })
                 })
                 .collect();

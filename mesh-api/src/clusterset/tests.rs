@@ -15,6 +15,8 @@ fn export(cluster: &str, created: i64, ports: Vec<ImportPort>) -> Export {
         headless: false,
         ports,
         session_affinity: SessionAffinity::None,
+        internal_traffic_policy: None,
+        traffic_distribution: None,
     }
 }
 
@@ -152,6 +154,65 @@ fn type_and_affinity_come_from_the_oldest_and_differences_are_conflicts() {
         import.conflicts[0].message,
         "ClusterSetIP in apps, Headless in infra (exported first)"
     );
+}
+
+/// Conformance: "The InternalTrafficPolicy (TrafficDistribution) for a ClusterSetIP
+/// ServiceImport should match the exported service's" (Required), and the mcs-api's conflict
+/// reasons for them.
+#[test]
+fn traffic_policy_and_distribution_come_from_the_oldest_and_differences_are_conflicts() {
+    let mut old = export("infra", 10, vec![port("", 80, "TCP")]);
+    old.internal_traffic_policy = Some("Local".into());
+    old.traffic_distribution = Some("PreferClose".into());
+    let alone = merge(std::slice::from_ref(&old)).unwrap();
+    assert_eq!(alone.internal_traffic_policy.as_deref(), Some("Local"));
+    assert_eq!(alone.traffic_distribution.as_deref(), Some("PreferClose"));
+    assert!(alone.conflicts.is_empty());
+
+    let mut newer = export("apps", 20, vec![port("", 80, "TCP")]);
+    newer.internal_traffic_policy = Some("Cluster".into());
+    let import = merge(&[newer, old]).unwrap();
+    assert_eq!(import.internal_traffic_policy.as_deref(), Some("Local"));
+    assert_eq!(import.traffic_distribution.as_deref(), Some("PreferClose"));
+    assert_eq!(
+        import.conflict_reasons(),
+        "InternalTrafficPolicyConflict,TrafficDistributionConflict"
+    );
+    assert_eq!(
+        import.conflicts[0].message,
+        "internalTrafficPolicy Cluster in apps, Local in infra (exported first)"
+    );
+    assert_eq!(
+        import.conflicts[1].message,
+        "trafficDistribution unset in apps, PreferClose in infra (exported first)"
+    );
+}
+
+/// A record's values reach an import only when they are what Kubernetes allows (a remote's
+/// records are not trusted to be).
+#[test]
+fn a_record_s_traffic_fields_are_taken_only_when_well_formed() {
+    let record = |itp: &str, td: &str| crate::records::ServiceRecord {
+        exported: true,
+        internal_traffic_policy: itp.into(),
+        traffic_distribution: td.into(),
+        ..Default::default()
+    };
+    let e = Export::of_record("infra", &record("Local", "PreferSameZone"));
+    assert_eq!(e.internal_traffic_policy.as_deref(), Some("Local"));
+    assert_eq!(e.traffic_distribution.as_deref(), Some("PreferSameZone"));
+    for (itp, td) in [
+        ("", ""),
+        ("Everywhere", "Prefer Close"),
+        ("local", &"x".repeat(64)),
+    ] {
+        let e = Export::of_record("infra", &record(itp, td));
+        assert_eq!(
+            (e.internal_traffic_policy, e.traffic_distribution),
+            (None, None),
+            "{itp:?} {td:?}"
+        );
+    }
 }
 
 fn imports(list: &[(&str, &str, i64)]) -> BTreeMap<(String, String), i64> {

@@ -335,6 +335,12 @@ pub fn import_object(ns: &str, name: &str, o: &ImportObject, version: &str) -> V
         spec["sessionAffinityConfig"] =
             json!({"clientIP": {"timeoutSeconds": if timeout == 0 { 10_800 } else { timeout }}});
     }
+    if let Some(policy) = &i.internal_traffic_policy {
+        spec["internalTrafficPolicy"] = json!(policy);
+    }
+    if let Some(distribution) = &i.traffic_distribution {
+        spec["trafficDistribution"] = json!(distribution);
+    }
     if let Some(ip) = o.ip {
         spec["ips"] = json!([ip.to_string()]);
         spec["ipFamilies"] = json!(["IPv4"]);

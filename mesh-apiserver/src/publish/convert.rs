@@ -516,6 +516,10 @@ fn service_record(
     }
     let headless = cluster_ips.iter().any(|ip| ip == "None");
     cluster_ips.retain(|ip| ip.parse::<IpAddr>().is_ok());
+    // Only a ServiceImport reads these: other services' records keep their bytes.
+    let for_import = |field: Option<String>| field.filter(|_| export.is_some()).unwrap_or_default();
+    let internal_traffic_policy = for_import(spec.internal_traffic_policy);
+    let traffic_distribution = for_import(spec.traffic_distribution);
     let client_ip_affinity = spec.session_affinity.as_deref() == Some("ClientIP");
     let affinity_timeout = spec
         .session_affinity_config
@@ -546,6 +550,8 @@ fn service_record(
         headless,
         client_ip_affinity,
         affinity_timeout,
+        internal_traffic_policy,
+        traffic_distribution,
     }
 }
 

@@ -5,7 +5,8 @@
 //! the resolv.conf the lab gives them.
 //!
 //! The mcs-api conformance suite (`sigs.k8s.io/mcs-api/conformance`) needs real clusters;
-//! each step below names the conformance behaviour it mirrors.
+//! each step below names the conformance specs it mirrors, as the suite words them (its
+//! `Context` and `Specify` texts; README's conformance table lists all 27 and what covers each).
 
 use std::collections::BTreeSet;
 
@@ -124,9 +125,9 @@ fn multi_cluster_services() {
     lab.up(&["--spec", path.to_str().unwrap()]);
 
     // 1. Exported in infra only, reached from apps by name with no Service of that name in
-    //    apps (conformance: "Connectivity to a service exported in another cluster", and the
-    //    ClusterSetIP import of "ServiceImport lifecycle"); the address is the same in both
-    //    clusters.
+    //    apps (conformance: "Connectivity to an exported ClusterIP service"; "A DNS lookup of
+    //    the <service>.<ns>.svc.clusterset.local domain for a ClusterIP service should resolve
+    //    to the clusterset IP"); the address is the same in both clusters.
     let web = "web.demo.svc.clusterset.local";
     let in_apps = eventually("web resolves in apps", PATIENCE, || {
         Some(getaddrinfo(&lab, "apps/client", web)).filter(|a| !a.is_empty())
@@ -147,14 +148,19 @@ fn multi_cluster_services() {
         (clusters, failures),
         (BTreeSet::from(["infra".to_owned()]), 0)
     );
-    // The ServiceImport in both clusters (conformance: "ServiceImport lifecycle",
-    // "An IP should be allocated for a ClusterSetIP ServiceImport"), with the address DNS gives.
+    // The ServiceImport in both clusters (conformance: "Exporting a ClusterIP service should
+    // create a ServiceImport of type ClusterSetIP in the service's namespace in each cluster";
+    // "An IP should be allocated for a ClusterSetIP ServiceImport for each IP family"), with
+    // the address DNS gives.
     for cluster in ["apps", "infra"] {
         let import = eventually("the ServiceImport of web", PATIENCE, || {
             service_import(&lab, cluster, "web")
         });
         assert_eq!(import["spec"]["type"], "ClusterSetIP");
         assert_eq!(import["spec"]["ips"], serde_json::json!([ip]));
+        // Conformance: "The InternalTrafficPolicy for a ClusterSetIP ServiceImport should
+        // match the exported service's InternalTrafficPolicy" (the lab's Services say Cluster).
+        assert_eq!(import["spec"]["internalTrafficPolicy"], "Cluster");
         assert_eq!(
             import["status"]["clusters"],
             serde_json::json!([{"cluster": "infra"}])
@@ -184,11 +190,13 @@ fn multi_cluster_services() {
         BTreeSet::from([ip.clone()])
     );
 
-    // 2. Exported in both: both clusters answer (conformance: "Connectivity" with endpoints in
-    //    every exporting cluster); unexported in apps: only infra, once the change has
-    //    propagated (the agents program it as it reaches them: PATIENCE bounds it here, the
-    //    benchmark measures it); unexported everywhere: NXDOMAIN (conformance: "an
-    //    unexported service is not reachable").
+    // 2. Exported in both: both clusters answer; unexported in apps: only infra, once the
+    //    change has propagated (the agents program it as it reaches them: PATIENCE bounds it
+    //    here, the benchmark measures it; conformance: "Connectivity to a ClusterIP service
+    //    existing in two clusters but exported from one"); unexported everywhere: the import
+    //    goes and the name is NXDOMAIN (conformance: "A ServiceImport should only exist as
+    //    long as there's at least one exporting cluster"; "Connectivity to a service that is
+    //    not exported").
     let both = "both.demo.svc.clusterset.local";
     eventually("both clusters answer for both", PATIENCE, || {
         let (clusters, failures) = by_name(&lab, "apps/client", both, 20);
@@ -224,8 +232,9 @@ fn multi_cluster_services() {
         service_import(&lab, "apps", "both").is_none().then_some(())
     });
 
-    // 4. A port conflict (conformance: "conflicting ports should apply the conflict
-    //    resolution policy and report a Conflict condition on each ServiceExport"): apps
+    // 4. A port conflict (conformance: "A ClusterIP service exported on two clusters with
+    //    conflicting ports should apply the conflict resolution policy and report a Conflict
+    //    condition on each ServiceExport"): apps
     //    exported first, so the import has its port 81; both exports say why.
     let import = eventually("the ServiceImport of clash", PATIENCE, || {
         service_import(&lab, "infra", "clash")
@@ -248,9 +257,16 @@ fn multi_cluster_services() {
         );
     }
 
-    // 3. Headless, exported by both (conformance: "Headless" type with no IP, DNS "A records
-    //    of a headless import" and "SRV records"): A records are the ready pods of both
-    //    clusters; per-pod names resolve; SRV lists the named port on each pod.
+    // 3. Headless, exported by both (conformance: "Exporting a headless service should create
+    //    a ServiceImport of type Headless …"; "No clusterset IP should be allocated for a
+    //    Headless ServiceImport"; "A DNS query of the <service>.<ns>.svc.clusterset.local
+    //    domain for a headless service should return the ready endpoint addresses of all the
+    //    backing pods"; "A DNS query of the <hostname>.<clusterid>.<service>.<ns>.svc.
+    //    clusterset.local domain for a headless StatefulSet service should return the
+    //    requested pod's endpoint address"; "A DNS SRV query of the <service>.<ns>.svc.
+    //    clusterset.local domain for a headless service should return valid SRV records"): A
+    //    records are the ready pods of both clusters; per-pod names resolve; SRV lists the
+    //    named port on each pod.
     let hl = "hl.demo.svc.clusterset.local";
     let pods =
         BTreeSet::from(["10.1.1.10", "10.1.2.10", "10.2.1.10", "10.2.2.10"].map(String::from));

@@ -480,7 +480,6 @@ pub fn parse_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The value of metric `name` (with its labels as written), or 0.
 /// The value of series `name` (with its labels, as exposed); `None` when it is absent, so a
 /// renamed metric never reads as zero.
 pub fn metric(text: &str, name: &str) -> Option<f64> {

@@ -128,6 +128,40 @@ fn an_export_of_one_cluster_is_imported_everywhere_with_the_same_address() {
         "NoConflicts"
     );
     assert!(in_apps.statuses.is_empty(), "apps exports nothing");
+    for unset in [
+        "internalTrafficPolicy",
+        "trafficDistribution",
+        "sessionAffinityConfig",
+    ] {
+        assert!(object["spec"].get(unset).is_none(), "{unset}: {object}");
+    }
+}
+
+/// Conformance (Required): "The InternalTrafficPolicy for a ClusterSetIP ServiceImport should
+/// match the exported service's InternalTrafficPolicy", and the same for TrafficDistribution.
+#[test]
+fn the_import_copies_the_exported_service_s_traffic_policy_and_distribution() {
+    let mut v = view();
+    export(
+        &mut v,
+        "infra",
+        "demo/web",
+        10,
+        false,
+        vec![port("http", 80)],
+    );
+    let record = v.services.values_mut().next().unwrap();
+    record.internal_traffic_policy = "Local".into();
+    record.traffic_distribution = "PreferClose".into();
+    let d = desired(&v, "apps", &Local::default());
+    let object = import_object(
+        "demo",
+        "web",
+        &d.imports[&("demo".into(), "web".into())],
+        "v1beta1",
+    );
+    assert_eq!(object["spec"]["internalTrafficPolicy"], "Local");
+    assert_eq!(object["spec"]["trafficDistribution"], "PreferClose");
 }
 
 #[test]

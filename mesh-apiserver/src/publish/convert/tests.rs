@@ -131,7 +131,14 @@ spec:
   clusterIP: 10.96.0.9
   sessionAffinity: ClientIP
   sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  internalTrafficPolicy: Local
+  trafficDistribution: PreferClose
   ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: unexported, namespace: demo}
+spec: {selector: {app: web}, clusterIP: 10.96.0.10, internalTrafficPolicy: Local, ports: [{port: 80}]}
 ---
 apiVersion: multicluster.x-k8s.io/v1alpha1
 kind: ServiceExport
@@ -168,7 +175,7 @@ endpoints:
 "#,
         )
         .unwrap();
-    assert_eq!(taken, 6, "an unknown MCS version is not taken");
+    assert_eq!(taken, 7, "an unknown MCS version is not taken");
     assert_eq!(objects.exports[0].version, "v1alpha1");
     assert_eq!(objects.exports[1].version, "v1beta1");
     let d = desired(
@@ -193,6 +200,16 @@ endpoints:
     assert_eq!(web.export_created, 1_796_115_600); // 2026-12-01T09:00:00Z
     assert!(web.client_ip_affinity && !web.headless);
     assert_eq!(web.affinity_timeout, 600);
+    assert_eq!(
+        (&*web.internal_traffic_policy, &*web.traffic_distribution),
+        ("Local", "PreferClose")
+    );
+    let unexported = service("unexported");
+    assert!(!unexported.exported);
+    assert_eq!(
+        unexported.internal_traffic_policy, "",
+        "only imports read it: an unexported service's record keeps its bytes"
+    );
     let db = service("db");
     assert!(db.exported && db.headless && db.cluster_ips.is_empty());
     assert_eq!(db.export_created, 0, "no creationTimestamp in the manifest");
