@@ -153,6 +153,21 @@ impl Peers {
         Ok(bincode::deserialize(&reply.into_inner().data)?)
     }
 
+    /// Opens an `AppendStream` call to the member at `urls`.
+    async fn open_appends(&self, urls: &[String]) -> Result<AppendStream, PeerError> {
+        let (url, ch) = self.channel(urls)?;
+        let mut client = PeerClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let (requests, outbound) = tokio::sync::mpsc::channel(1);
+        let answers = client
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await
+            .map_err(|status| PeerError::Rpc { url, status })?
+            .into_inner();
+        Ok(AppendStream { requests, answers })
+    }
+
     /// Sends `req` to the member at `urls` and returns its answer.
     pub async fn call(
         &self,
@@ -191,6 +206,21 @@ pub struct Connection {
     peers: Peers,
     target: NodeId,
     urls: Vec<String>,
+    /// The AppendEntries stream to the peer, once opened; dropped at any failure.
+    appends: Option<AppendStream>,
+    /// The peer does not serve `AppendStream` (a member of an older version, during a rolling
+    /// upgrade): AppendEntries go as unary calls.
+    unary: bool,
+}
+
+/// An open `AppendStream` call: AppendEntries requests go out through `requests`, and each is
+/// answered on `answers` in order. openraft sends a peer one AppendEntries at a time
+/// (`RaftNetwork::append_entries` takes `&mut self`), and the stream is dropped whenever a
+/// request fails or times out, so an answer is never read as the answer to a later request.
+#[derive(Debug)]
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<Blob>,
+    answers: tonic::Streaming<Blob>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -201,6 +231,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             peers: self.peers.clone(),
             target,
             urls: node.peer_urls.clone(),
+            appends: None,
+            unary: false,
         }
     }
 }
@@ -221,13 +253,61 @@ impl Connection {
             .peers
             .rpc(&self.urls, method, req, option.hard_ttl())
             .await
-            .map_err(|e| match &e {
-                PeerError::Rpc { status, .. } if status.code() == tonic::Code::Unavailable => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                _ => RPCError::Network(NetworkError::new(&e)),
-            })?;
+            .map_err(rpc_error)?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Sends one AppendEntries on the peer's stream (opening it first if need be) and
+    /// returns the answer; any failure, or no answer within `timeout`, drops the stream.
+    async fn append(&mut self, data: Vec<u8>, timeout: Duration) -> Result<Blob, PeerError> {
+        let url = self.urls.first().cloned().unwrap_or_default();
+        let exchange = async {
+            if self.appends.is_none() {
+                self.appends = Some(self.peers.open_appends(&self.urls).await?);
+            }
+            let stream = self.appends.as_mut().expect("opened above");
+            let closed = || PeerError::Rpc {
+                url: url.clone(),
+                status: tonic::Status::unavailable("the AppendEntries stream closed"),
+            };
+            stream
+                .requests
+                .send(Blob { data })
+                .await
+                .map_err(|_| closed())?;
+            match stream.answers.message().await {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) => Err(closed()),
+                Err(status) => Err(PeerError::Rpc {
+                    url: url.clone(),
+                    status,
+                }),
+            }
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(PeerError::Rpc {
+                url,
+                status: tonic::Status::deadline_exceeded(format!(
+                    "no AppendEntries answer within {timeout:?}"
+                )),
+            }),
+        };
+        if result.is_err() {
+            self.appends = None;
+        }
+        result
+    }
+}
+
+/// openraft's view of a failed peer call: unreachable (openraft backs off) when the peer
+/// could not be reached or its stream closed, a network error otherwise.
+fn rpc_error<E: std::error::Error>(e: PeerError) -> RPCError<NodeId, Member, E> {
+    match &e {
+        PeerError::Rpc { status, .. } if status.code() == tonic::Code::Unavailable => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
 
@@ -237,7 +317,30 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let resp = self.send(Method::AppendEntries, &rpc, &option).await?;
+        let mut streamed = None;
+        if !self.unary {
+            let data = bincode::serialize(&rpc).map_err(|e| rpc_error(e.into()))?;
+            match self.append(data, option.hard_ttl()).await {
+                Err(PeerError::Rpc { status, .. })
+                    if status.code() == tonic::Code::Unimplemented =>
+                {
+                    tracing::info!(
+                        peer = self.target,
+                        "the peer serves no AppendEntries stream: one call per AppendEntries"
+                    );
+                    self.unary = true;
+                }
+                answer => streamed = Some(answer.map_err(rpc_error)?),
+            }
+        }
+        let resp = match streamed {
+            Some(answer) => {
+                let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                    bincode::deserialize(&answer.data).map_err(|e| rpc_error(e.into()))?;
+                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?
+            }
+            None => self.send(Method::AppendEntries, &rpc, &option).await?,
+        };
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             self.peers.acks.acked(self.target);
         }
@@ -261,5 +364,86 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.send(Method::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use openraft::Vote;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+    use crate::peer::pb;
+
+    /// A peer of an older version: AppendEntries one call each, no stream.
+    #[derive(Default)]
+    struct OldPeer {
+        appends: Arc<AtomicUsize>,
+    }
+
+    #[tonic::async_trait]
+    impl pb::peer_server::Peer for OldPeer {
+        async fn append_entries(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                Ok(AppendEntriesResponse::Success);
+            Ok(Response::new(Blob {
+                data: bincode::serialize(&answer).unwrap(),
+            }))
+        }
+        type AppendStreamStream =
+            std::pin::Pin<Box<dyn futures::Stream<Item = Result<Blob, Status>> + Send>>;
+        async fn append_stream(
+            &self,
+            _: Request<tonic::Streaming<Blob>>,
+        ) -> Result<Response<Self::AppendStreamStream>, Status> {
+            Err(Status::unimplemented("not in this version"))
+        }
+        async fn vote(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn install_snapshot(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn call(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    /// A rolling upgrade: a member whose peer serves no AppendEntries stream (it answers
+    /// `Unimplemented`) still gets every AppendEntries, as unary calls.
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_unary_append_entries() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = OldPeer::default();
+        let appends = peer.appends.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::peer_server::PeerServer::new(peer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let member = Member {
+            peer_urls: vec![format!("http://{addr}")],
+            ..Default::default()
+        };
+        let mut connection = Network::default().new_client(2, &member).await;
+        for expected in 1..=2 {
+            let request = AppendEntriesRequest {
+                vote: Vote::new_committed(1, 1),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            };
+            let answer = connection
+                .append_entries(request, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            assert!(matches!(answer, AppendEntriesResponse::Success));
+            assert_eq!(appends.load(Ordering::SeqCst), expected);
+        }
+        assert!(connection.unary, "the fallback is remembered");
     }
 }

@@ -33,6 +33,19 @@ fn decode<T: serde::de::DeserializeOwned>(req: Request<pb::Blob>) -> Result<T, S
         .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
 }
 
+/// Serves one AppendEntries (unary or on a stream).
+async fn append(node: &Node, data: &[u8]) -> Result<pb::Blob, Status> {
+    let rpc = bincode::deserialize(data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))?;
+    let result = node.raft.append_entries(rpc).await;
+    // Any answer but a higher vote means the sender is the leader this member follows.
+    if matches!(&result, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+    {
+        node.contact.heard();
+    }
+    encode(&result).map(Response::into_inner)
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Response<pb::Blob>, Status> {
     let data = bincode::serialize(value)
         .map_err(|e| Status::internal(format!("unencodable peer payload: {e}")))?;
@@ -42,14 +55,34 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<pb::Blob>, Status> {
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
     async fn append_entries(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        let rpc = decode(req)?;
-        let result = self.node.raft.append_entries(rpc).await;
-        // Any answer but a higher vote means the sender is the leader this member follows.
-        if matches!(&result, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
-        {
-            self.node.contact.heard();
-        }
-        encode(&result)
+        append(&self.node, &req.into_inner().data)
+            .await
+            .map(Response::new)
+    }
+
+    type AppendStreamStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Blob, Status>> + Send>>;
+
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::Blob>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        // One request at a time, answered in order: the next is read only once this one is
+        // answered. The stream ends at the first failure (the leader opens another).
+        let state = Some((req.into_inner(), self.node.clone()));
+        let answers = futures::stream::unfold(state, |state| async move {
+            let (mut inbound, node) = state?;
+            match inbound.message().await {
+                Ok(Some(blob)) => {
+                    let answer = append(&node, &blob.data).await;
+                    let next = answer.is_ok().then_some((inbound, node));
+                    Some((answer, next))
+                }
+                Ok(None) => None,
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
