@@ -85,24 +85,26 @@ pub const LOSE_UNSYNCED_FILE: &str = "fault-lose-unsynced";
 
 /// Blocks while the hold file exists in `log_dir` (a test releases the flush by removing it).
 pub fn hold_flush(log_dir: &std::path::Path) {
-    let path = log_dir.join(HOLD_FLUSH_FILE);
-    let mut logged = false;
-    while path.exists() {
-        if !logged {
-            tracing::warn!(file = %path.display(), "test fault: holding the Raft log's flush");
-            logged = true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    hold_while(
+        &log_dir.join(HOLD_FLUSH_FILE),
+        "holding the Raft log's flush",
+    );
 }
 
 /// Blocks while the hold-acknowledgement file exists in `log_dir`.
 pub fn hold_ack(log_dir: &std::path::Path) {
-    let path = log_dir.join(HOLD_ACK_FILE);
+    hold_while(
+        &log_dir.join(HOLD_ACK_FILE),
+        "holding back a flushed append's acknowledgement",
+    );
+}
+
+/// Blocks while `file` exists, saying once what is held.
+fn hold_while(file: &std::path::Path, what: &str) {
     let mut logged = false;
-    while path.exists() {
+    while file.exists() {
         if !logged {
-            tracing::warn!(file = %path.display(), "test fault: holding back a flushed append's acknowledgement");
+            tracing::warn!(file = %file.display(), "test fault: {what}");
             logged = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

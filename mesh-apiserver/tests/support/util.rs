@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use etcd_client::{Client, ConnectOptions, Error, GetOptions};
-use futures::FutureExt;
 use testkit::localcluster::{Cluster, Flavor};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -188,24 +187,11 @@ pub fn check_acks_in(snapshot: &PrefixSnapshot, acks: &[Ack]) -> Result<()> {
     Ok(())
 }
 
-/// Restarts several members at once. [`Cluster::restart`] waits until the member serves with a
-/// leader, which one member of a fully stopped 3-member cluster never does alone; so every
-/// restart is driven only until it has spawned the process (`restart` kills and spawns before
-/// its first await), then the members are waited for together by asking for a leader.
-///
-/// localcluster has no "restart these members together" call; this relies on that ordering.
+/// Restarts several members at once ([`Cluster::restart`] waits until the member serves with
+/// a leader, which one member of a fully stopped cluster never does alone) and returns the
+/// leader's index.
 pub async fn restart_together(cluster: &mut Cluster, members: &[usize]) -> Result<usize> {
-    for &i in members {
-        // Polled once: spawns the process, then is dropped while it waits for readiness.
-        if let Some(result) = cluster.restart(i).now_or_never() {
-            result?;
-        }
-    }
-    for &i in members {
-        if !cluster.is_serving(i) {
-            bail!("member {i} did not start:\n{}", cluster.log_tail(i, 30));
-        }
-    }
+    cluster.restart_together(members).await?;
     cluster.leader().await
 }
 
