@@ -1,6 +1,7 @@
 //! The live Kubernetes source (issue 5, point 6). These need a Kubernetes API server
 //! (in-cluster, or KUBECONFIG / ~/.kube/config) with the MeshPolicy CRD
-//! (`deploy/helm/raftmesh/crds/meshpolicy.yaml`) installed; run them with `cargo test -- --ignored`.
+//! (`deploy/helm/raftmesh/crds/meshpolicy.yaml`) and, for the ServiceExport test, the mcs-api
+//! CRDs installed; run them with `cargo test -- --ignored`.
 //! The conversion they feed is the one the directory source uses, covered by
 //! `t70_publish_golden`; the CRD file's names are checked here without a cluster.
 
@@ -109,4 +110,45 @@ async fn the_live_source_publishes_into_a_store() {
         .await
         .unwrap();
     assert_eq!(nodes.count() as usize, node_count);
+}
+
+/// The live source reads the cluster's ServiceExports in every MCS version the cluster serves
+/// (the mcs-api CRDs, `deploy/helm/raftmesh/crds/mcs-api.yaml`): the same `namespace/name`s
+/// as a plain list of each version, and a version the cluster does not serve counts as none.
+#[tokio::test]
+#[ignore = "needs a cluster"]
+async fn the_live_source_reads_service_exports_of_every_served_version() {
+    use kube::api::{Api, DynamicObject, ListParams};
+    use mesh_apiserver::publish::live::service_export_resource;
+    use mesh_apiserver::publish::objects::MCS_VERSIONS;
+
+    let live = ready_source().await;
+    let client = kube::Client::try_default().await.unwrap();
+    let mut listed = std::collections::BTreeSet::new();
+    for version in MCS_VERSIONS {
+        let api: Api<DynamicObject> =
+            Api::all_with(client.clone(), &service_export_resource(version));
+        match api.list(&ListParams::default()).await {
+            Ok(list) => listed.extend(list.items.into_iter().map(|e| {
+                (
+                    e.metadata.namespace.unwrap_or_default(),
+                    e.metadata.name.unwrap_or_default(),
+                )
+            })),
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(e) => panic!("listing ServiceExports {version}: {e}"),
+        }
+    }
+    let read: std::collections::BTreeSet<(String, String)> = live
+        .objects()
+        .exports
+        .iter()
+        .map(|e| {
+            (
+                e.metadata.namespace.clone().unwrap_or_default(),
+                e.metadata.name.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(read, listed);
 }
