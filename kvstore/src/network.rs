@@ -1,6 +1,12 @@
 //! The client side of the peer port: openraft's network and the calls a member makes to the
 //! leader (forwarded writes, ReadIndex, lease renewal) or to any peer (discovery).
 //!
+//! A leader's AppendEntries to a follower go on one long-lived `AppendStream` call
+//! ([`Connection`]): a request message, then its answer, one at a time, as openraft sends them.
+//! Any failure or timeout drops the stream (the next AppendEntries opens another), so an answer
+//! is never read as a later request's; a peer without the call (an older member, answering
+//! `Unimplemented`) gets unary `AppendEntries` calls.
+//!
 //! Channels are created lazily and cached per peer URL; tonic reconnects on its own. With
 //! peer TLS configured, every connection is mutual TLS with the member's peer certificate and
 //! the other end must prove it is a member of the same cluster.
