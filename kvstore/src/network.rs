@@ -3,9 +3,9 @@
 //!
 //! A leader's AppendEntries to a follower go on one long-lived `AppendStream` call
 //! ([`Connection`]): a request message, then its answer, one at a time, as openraft sends them.
-//! Any failure or timeout drops the stream (the next AppendEntries opens another), so an answer
-//! is never read as a later request's; a peer without the call (an older member, answering
-//! `Unimplemented`) gets unary `AppendEntries` calls.
+//! Any failure or timeout drops the stream, so an answer is never read as a later request's; a
+//! request that fails on a stream opened earlier goes once more on a fresh one. A peer without
+//! the call (an older member, answering `Unimplemented`) gets unary `AppendEntries` calls.
 //!
 //! Channels are created lazily and cached per peer URL; tonic reconnects on its own. With
 //! peer TLS configured, every connection is mutual TLS with the member's peer certificate and
@@ -407,51 +407,32 @@ mod tests {
     use super::*;
     use crate::peer::pb;
 
-    /// A peer of an older version: AppendEntries one call each, no stream.
+    /// A fake peer that answers every AppendEntries with success: as an older member (`old`:
+    /// unary calls only, the stream `Unimplemented`), or as a current one that ends every
+    /// stream after its first answer, as a peer that restarted or lost the connection would.
     #[derive(Default)]
-    struct OldPeer {
+    struct FakePeer {
+        old: bool,
+        /// Unary AppendEntries answered.
         appends: Arc<AtomicUsize>,
     }
 
-    #[tonic::async_trait]
-    impl pb::peer_server::Peer for OldPeer {
-        async fn append_entries(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            self.appends.fetch_add(1, Ordering::SeqCst);
-            let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                Ok(AppendEntriesResponse::Success);
-            Ok(Response::new(Blob {
-                data: bincode::serialize(&answer).unwrap(),
-            }))
-        }
-        type AppendStreamStream =
-            std::pin::Pin<Box<dyn futures::Stream<Item = Result<Blob, Status>> + Send>>;
-        async fn append_stream(
-            &self,
-            _: Request<tonic::Streaming<Blob>>,
-        ) -> Result<Response<Self::AppendStreamStream>, Status> {
-            Err(Status::unimplemented("not in this version"))
-        }
-        async fn vote(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-        async fn install_snapshot(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-        async fn call(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Err(Status::unimplemented("not in this test"))
+    fn success() -> Blob {
+        let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            Ok(AppendEntriesResponse::Success);
+        Blob {
+            data: bincode::serialize(&answer).unwrap(),
         }
     }
 
-    /// A current peer that ends every stream after answering its first AppendEntries, as a
-    /// peer that restarted or lost the connection would have ended it.
-    struct StreamPeer;
-
     #[tonic::async_trait]
-    impl pb::peer_server::Peer for StreamPeer {
+    impl pb::peer_server::Peer for FakePeer {
         async fn append_entries(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Err(Status::internal(
-                "a current peer gets AppendEntries on the stream",
-            ))
+            if !self.old {
+                return Err(Status::internal("a current peer gets them on the stream"));
+            }
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(success()))
         }
         type AppendStreamStream =
             std::pin::Pin<Box<dyn futures::Stream<Item = Result<Blob, Status>> + Send>>;
@@ -459,14 +440,13 @@ mod tests {
             &self,
             req: Request<tonic::Streaming<Blob>>,
         ) -> Result<Response<Self::AppendStreamStream>, Status> {
+            if self.old {
+                return Err(Status::unimplemented("not in this version"));
+            }
             let mut inbound = req.into_inner();
             let answer = futures::stream::once(async move {
                 inbound.message().await?;
-                let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                    Ok(AppendEntriesResponse::Success);
-                Ok(Blob {
-                    data: bincode::serialize(&answer).unwrap(),
-                })
+                Ok(success())
             });
             Ok(Response::new(Box::pin(answer)))
         }
@@ -510,7 +490,7 @@ mod tests {
     async fn a_peer_that_ended_the_stream_gets_the_next_append_entries_on_a_fresh_one() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let _server = serve(listener, StreamPeer);
+        let _server = serve(listener, FakePeer::default());
         let member = Member {
             peer_urls: vec![format!("http://{addr}")],
             ..Default::default()
@@ -534,7 +514,10 @@ mod tests {
     async fn a_peer_without_the_stream_gets_unary_append_entries() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let peer = OldPeer::default();
+        let peer = FakePeer {
+            old: true,
+            ..Default::default()
+        };
         let appends = peer.appends.clone();
         let _server = serve(listener, peer);
         let member = Member {

@@ -303,26 +303,28 @@ pub fn merge(exports: &[Export]) -> Option<Import> {
             ),
             _ => {}
         }
-        let unset = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".to_owned());
-        if export.internal_traffic_policy != oldest.internal_traffic_policy {
-            conflict(
+        // Copied fields: the oldest export's value stands, any other is a conflict.
+        for (reason, field, own, decided) in [
+            (
                 ConflictReason::InternalTrafficPolicy,
-                format!(
-                    "internalTrafficPolicy {} {here}, {} {first}",
-                    unset(&export.internal_traffic_policy),
-                    unset(&oldest.internal_traffic_policy)
-                ),
-            );
-        }
-        if export.traffic_distribution != oldest.traffic_distribution {
-            conflict(
+                "internalTrafficPolicy",
+                &export.internal_traffic_policy,
+                &oldest.internal_traffic_policy,
+            ),
+            (
                 ConflictReason::TrafficDistribution,
-                format!(
-                    "trafficDistribution {} {here}, {} {first}",
-                    unset(&export.traffic_distribution),
-                    unset(&oldest.traffic_distribution)
-                ),
-            );
+                "trafficDistribution",
+                &export.traffic_distribution,
+                &oldest.traffic_distribution,
+            ),
+        ] {
+            if own != decided {
+                let shown = |v: &Option<String>| v.as_deref().unwrap_or("unset").to_owned();
+                conflict(
+                    reason,
+                    format!("{field} {} {here}, {} {first}", shown(own), shown(decided)),
+                );
+            }
         }
         for port in &export.ports {
             if let Some((taken, owner)) = by_name.get(port.name.as_str()) {
