@@ -134,6 +134,16 @@ impl Peers {
         Ok((url.clone(), ch))
     }
 
+    /// A client of the peer service at `urls`, on the cached channel, with no message size
+    /// limit (members of one cluster trust each other's sizes).
+    fn client(&self, urls: &[String]) -> Result<(String, PeerClient<Channel>), PeerError> {
+        let (url, ch) = self.channel(urls)?;
+        let client = PeerClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        Ok((url, client))
+    }
+
     async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         urls: &[String],
@@ -141,10 +151,7 @@ impl Peers {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
-        let (url, ch) = self.channel(urls)?;
-        let mut client = PeerClient::new(ch)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let (url, mut client) = self.client(urls)?;
         let mut request = tonic::Request::new(Blob {
             data: bincode::serialize(req)?,
         });
@@ -161,10 +168,7 @@ impl Peers {
 
     /// Opens an `AppendStream` call to the member at `urls`.
     async fn open_appends(&self, urls: &[String]) -> Result<AppendStream, PeerError> {
-        let (url, ch) = self.channel(urls)?;
-        let mut client = PeerClient::new(ch)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let (url, mut client) = self.client(urls)?;
         let (requests, outbound) = tokio::sync::mpsc::channel(1);
         let answers = client
             .append_stream(tokio_stream::wrappers::ReceiverStream::new(outbound))

@@ -80,15 +80,8 @@ fn local(exports: &[(&str, &str)], services: &[(&str, &str)]) -> Local {
     }
 }
 
-fn condition(d: &Desired, name: &str, type_: &str) -> (String, String, String) {
-    let (ns, svc) = name.split_once('/').unwrap();
-    let (_, conditions) = &d.statuses[&(ns.to_owned(), svc.to_owned())];
-    let c = conditions.iter().find(|c| c.type_ == type_).unwrap();
-    (c.status.to_owned(), c.reason.clone(), c.message.clone())
-}
-
-#[test]
-fn an_export_of_one_cluster_is_imported_everywhere_with_the_same_address() {
+/// The view with infra's export of `demo/web` (port `http` 80, created at 10).
+fn web_exported_by_infra() -> View {
     let mut v = view();
     export(
         &mut v,
@@ -98,6 +91,19 @@ fn an_export_of_one_cluster_is_imported_everywhere_with_the_same_address() {
         false,
         vec![port("http", 80)],
     );
+    v
+}
+
+fn condition(d: &Desired, name: &str, type_: &str) -> (String, String, String) {
+    let (ns, svc) = name.split_once('/').unwrap();
+    let (_, conditions) = &d.statuses[&(ns.to_owned(), svc.to_owned())];
+    let c = conditions.iter().find(|c| c.type_ == type_).unwrap();
+    (c.status.to_owned(), c.reason.clone(), c.message.clone())
+}
+
+#[test]
+fn an_export_of_one_cluster_is_imported_everywhere_with_the_same_address() {
+    let v = web_exported_by_infra();
     let in_apps = desired(&v, "apps", &Local::default());
     let in_infra = desired(
         &v,
@@ -141,15 +147,7 @@ fn an_export_of_one_cluster_is_imported_everywhere_with_the_same_address() {
 /// match the exported service's InternalTrafficPolicy", and the same for TrafficDistribution.
 #[test]
 fn the_import_copies_the_exported_service_s_traffic_policy_and_distribution() {
-    let mut v = view();
-    export(
-        &mut v,
-        "infra",
-        "demo/web",
-        10,
-        false,
-        vec![port("http", 80)],
-    );
+    let mut v = web_exported_by_infra();
     let record = v.services.values_mut().next().unwrap();
     record.internal_traffic_policy = "Local".into();
     record.traffic_distribution = "PreferClose".into();
@@ -167,15 +165,7 @@ fn the_import_copies_the_exported_service_s_traffic_policy_and_distribution() {
 #[test]
 fn a_port_conflict_is_won_by_the_oldest_export_and_reported_on_the_newer() {
     // Acceptance 4 (the pure part): infra exported first; apps' export says 8080.
-    let mut v = view();
-    export(
-        &mut v,
-        "infra",
-        "demo/web",
-        10,
-        false,
-        vec![port("http", 80)],
-    );
+    let mut v = web_exported_by_infra();
     export(
         &mut v,
         "apps",
@@ -301,15 +291,7 @@ fn headless_imports_have_a_labelled_slice_per_cluster_and_no_address() {
 
 #[test]
 fn imports_go_only_to_namespaces_that_exist() {
-    let mut v = view();
-    export(
-        &mut v,
-        "infra",
-        "demo/web",
-        10,
-        false,
-        vec![port("http", 80)],
-    );
+    let mut v = web_exported_by_infra();
     export(
         &mut v,
         "infra",
