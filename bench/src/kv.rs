@@ -237,10 +237,15 @@ async fn run_server(
 
 async fn connect_target(cluster: &Cluster, progress: Progress) -> Result<Target> {
     let leader = cluster.leader().await?;
+    let pids = (0..cluster.len())
+        .map(|i| cluster.pid(i).context("a member is not running"))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Target {
         endpoints: cluster.client_urls(),
         leader: cluster.client_url(leader),
         follower: cluster.client_url((leader + 1) % cluster.len()),
+        pids,
+        leader_index: leader,
         progress,
     })
 }

@@ -174,7 +174,7 @@ impl Metrics {
         node: Arc<Node>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut m = node.raft.metrics();
+        let mut m = node.raft.server_metrics();
         let mut leader = m.borrow().current_leader;
         loop {
             tokio::select! {

@@ -118,15 +118,17 @@ pub fn history_pressure(bytes: u64, quota: u64) -> bool {
 }
 
 /// Keeps `since` at the term this member leads in and when it began to, `None` while it
-/// follows.
+/// follows. Watches openraft's server metrics, which change only with the role, leader, vote
+/// or membership: the full `metrics()` are sent at every turn of Raft's loop, several times
+/// per write, and each would wake this task.
 async fn track_leadership(
-    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    mut metrics: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, Member>>,
     since: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
 ) {
     loop {
         let (leading, term) = {
             let m = metrics.borrow_and_update();
-            (m.state == ServerState::Leader, m.current_term)
+            (m.state == ServerState::Leader, m.vote.leader_id().term)
         };
         {
             let mut since = since.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,7 +181,7 @@ impl Node {
             timeout: settings.request_timeout,
         });
         let leading_since = Arc::new(std::sync::Mutex::new(None));
-        tokio::spawn(track_leadership(raft.metrics(), leading_since.clone()));
+        tokio::spawn(track_leadership(raft.server_metrics(), leading_since.clone()));
         Self {
             id,
             raft,
@@ -464,7 +466,7 @@ impl Node {
     /// the leadership moves, up to the request timeout.
     async fn on_leader(&self, req: PeerRequest) -> Result<PeerResponse, Error> {
         let deadline = Instant::now() + self.settings.request_timeout;
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         loop {
             let leader = metrics.borrow_and_update().current_leader;
             let outcome = match leader {

@@ -426,14 +426,14 @@ impl Member {
     /// Completes if Raft stops with an error (storage broken, a bug): the member cannot go
     /// on and must be stopped. Never completes otherwise.
     pub async fn failed(&self) -> ServerError {
-        let mut raft = self.node.raft.metrics();
-        loop {
-            if let Err(e) = &raft.borrow_and_update().running_state {
-                return ServerError::Raft(e.to_string());
-            }
-            if raft.changed().await.is_err() {
-                return ServerError::Raft("raft stopped".to_owned());
-            }
+        // The server metrics change only with the role, leader, vote or membership, and their
+        // sender goes when Raft's task ends; `metrics()` changes several times per write and
+        // would wake this task (the main thread's) for each.
+        let mut server = self.node.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        match &self.node.raft.metrics().borrow().running_state {
+            Err(e) => ServerError::Raft(e.to_string()),
+            Ok(()) => ServerError::Raft("raft stopped".to_owned()),
         }
     }
 
@@ -459,7 +459,7 @@ async fn track_leading(
     leading: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut m = node.raft.metrics();
+    let mut m = node.raft.server_metrics();
     loop {
         let now = m.borrow_and_update().state == openraft::ServerState::Leader;
         leading.send_if_modified(|was| std::mem::replace(was, now) != now);
@@ -482,7 +482,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 /// Returns once `node`'s membership lists `node` itself: at once for a founding or restarted
 /// member, after the first replication for one added by MemberAdd.
 async fn knows_itself(node: &Node) {
-    let mut metrics = node.raft.metrics();
+    let mut metrics = node.raft.server_metrics();
     loop {
         if metrics
             .borrow_and_update()

@@ -2,6 +2,7 @@
 //! servers.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use testkit::localcluster::Cluster;
 use tokio::task::JoinSet;
 
 use super::load::{self, Load, Measured};
+use crate::procfs::{MS_PER_TICK, cpu_ticks};
 use crate::progress::Progress;
 use crate::stats::{Percentiles, Samples};
 
@@ -135,7 +137,43 @@ pub struct Target {
     pub leader: String,
     /// A follower's client URL.
     pub follower: String,
+    /// The members' process ids, in the order of `endpoints`.
+    pub pids: Vec<u32>,
+    /// Which of them led when the workloads started.
+    pub leader_index: usize,
     pub progress: Progress,
+}
+
+impl Target {
+    /// Every member's CPU time so far (user + system, all threads), in clock ticks.
+    fn cpu_ticks(&self) -> Result<Vec<u64>> {
+        self.pids
+            .iter()
+            .map(|pid| {
+                let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+                cpu_ticks(&stat).with_context(|| format!("reading {}", stat.display()))
+            })
+            .collect()
+    }
+
+    /// The servers' CPU time per operation between `before` and now, the leader's first:
+    /// what a write costs on the machine, beside how long it takes.
+    fn cpu_per_op(&self, before: &[u64], ops: u64) -> Result<String> {
+        let after = self.cpu_ticks()?;
+        let ms = |i: usize| {
+            after[i].saturating_sub(before[i]) as f64 * MS_PER_TICK / ops.max(1) as f64
+        };
+        let followers: Vec<String> = (0..self.pids.len())
+            .filter(|&i| i != self.leader_index)
+            .map(|i| format!("{:.2}", ms(i)))
+            .collect();
+        let total: f64 = (0..self.pids.len()).map(ms).sum();
+        Ok(format!(
+            "servers' CPU {total:.2} ms per operation (leader {:.2}, followers {})",
+            ms(self.leader_index),
+            followers.join(" and ")
+        ))
+    }
 }
 
 /// Where a workload's connections go.
@@ -168,6 +206,7 @@ pub async fn put(
         Via::Members(endpoints) => load::connect(endpoints, load.connections).await?,
         Via::Balanced(endpoints) => vec![load::connect_balanced(endpoints).await?],
     };
+    let cpu_before = target.cpu_ticks()?;
     let measured = load::run_on(connections, load, &progress, move |mut client, _, n| {
         let value = value.clone();
         async move {
@@ -176,7 +215,10 @@ pub async fn put(
         }
     })
     .await?;
-    Ok(Outcome::throughput(workload, measured))
+    let cpu = target.cpu_per_op(&cpu_before, measured.ops)?;
+    let mut outcome = Outcome::throughput(workload, measured);
+    outcome.detail = Some(cpu);
+    Ok(outcome)
 }
 
 /// Single-key gets of keys the put workloads wrote, linearizable or serializable.
