@@ -171,11 +171,11 @@ impl Node {
         settings: NodeSettings,
     ) -> Self {
         let reads = ReadIndex::spawn(raft.clone(), settings.request_timeout);
-        let proposer = Proposer::spawn(ToRaft {
+        let proposer = Proposer::new(ToRaft {
             raft: raft.clone(),
             timeout: settings.request_timeout,
         });
-        let forwarder = Proposer::spawn(ToLeader {
+        let forwarder = Proposer::new(ToLeader {
             raft: raft.clone(),
             peers: peers.clone(),
             timeout: settings.request_timeout,
