@@ -741,3 +741,55 @@ fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
         .with_nodelay(Some(true))
         .with_keepalive(Some(crate::tls::TCP_KEEPALIVE))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `failed` completes once Raft stops (its server metrics' sender goes with Raft's task),
+    /// so the process stops rather than serving with a dead store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_completes_once_raft_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client_url = format!("http://{}", client.local_addr().unwrap());
+        let peer_url = format!("http://{}", peer.local_addr().unwrap());
+        let config = Config {
+            name: "m1".to_owned(),
+            data_dir: dir.path().join("m1"),
+            advertise_client_urls: vec![client_url],
+            initial_advertise_peer_urls: vec![peer_url.clone()],
+            initial_cluster: format!("m1={peer_url}"),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "failed-test".to_owned(),
+            snapshot_count: 100_000,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_secs(1),
+            pre_vote: true,
+            auto_compaction: AutoCompaction::Off,
+            request_timeout: Duration::from_secs(5),
+            progress_notify_interval: Duration::from_secs(600),
+            tls: None,
+            limits: ConnectionLimits::default(),
+            store_limits: StoreLimits::default(),
+            restore_from: None,
+        };
+        let listeners = Listeners {
+            client: vec![client],
+            peer: vec![peer],
+        };
+        let member = Member::start(config, listeners).await.unwrap();
+        let failed = member.failed();
+        tokio::pin!(failed);
+        assert!(
+            futures::poll!(&mut failed).is_pending(),
+            "failed() before anything failed"
+        );
+        member.node().raft.shutdown().await.unwrap();
+        let error = tokio::time::timeout(Duration::from_secs(30), failed)
+            .await
+            .expect("failed() never completed after Raft stopped");
+        assert!(matches!(error, ServerError::Raft(_)), "{error:?}");
+    }
+}
