@@ -181,7 +181,10 @@ impl Node {
             timeout: settings.request_timeout,
         });
         let leading_since = Arc::new(std::sync::Mutex::new(None));
-        tokio::spawn(track_leadership(raft.server_metrics(), leading_since.clone()));
+        tokio::spawn(track_leadership(
+            raft.server_metrics(),
+            leading_since.clone(),
+        ));
         Self {
             id,
             raft,

@@ -1,8 +1,8 @@
 //! The workloads, each written once against the etcd v3 API and run unchanged against both
 //! servers.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -160,9 +160,8 @@ impl Target {
     /// what a write costs on the machine, beside how long it takes.
     fn cpu_per_op(&self, before: &[u64], ops: u64) -> Result<String> {
         let after = self.cpu_ticks()?;
-        let ms = |i: usize| {
-            after[i].saturating_sub(before[i]) as f64 * MS_PER_TICK / ops.max(1) as f64
-        };
+        let ms =
+            |i: usize| after[i].saturating_sub(before[i]) as f64 * MS_PER_TICK / ops.max(1) as f64;
         let followers: Vec<String> = (0..self.pids.len())
             .filter(|&i| i != self.leader_index)
             .map(|i| format!("{:.2}", ms(i)))
