@@ -82,7 +82,15 @@ struct Inner {
 #[derive(Default)]
 struct Queue {
     in_flight: usize,
-    waiting: VecDeque<(Command, Waiter)>,
+    waiting: VecDeque<Waiting>,
+}
+
+/// A command waiting for a batch, with its encoded size (measured before the queue is locked)
+/// and where its result goes.
+struct Waiting {
+    cmd: Command,
+    bytes: u64,
+    waiter: Waiter,
 }
 
 impl std::fmt::Debug for Proposer {
@@ -122,7 +130,8 @@ impl Inner {
             return;
         };
         runtime.spawn(async move {
-            let (cmds, waiters): (Vec<Command>, Vec<Waiter>) = batch.into_iter().unzip();
+            let (cmds, waiters): (Vec<Command>, Vec<Waiter>) =
+                batch.into_iter().map(|w| (w.cmd, w.waiter)).unzip();
             let results = commit(slot.0.sink.as_ref(), cmds).await;
             drop(slot);
             for (waiter, result) in waiters.into_iter().zip(results) {
@@ -149,15 +158,15 @@ async fn commit(sink: &dyn DynSink, cmds: Vec<Command>) -> Vec<Result<Reply, Err
 
 /// The first waiting commands, in order, up to [`MAX_COMMANDS`] and [`MAX_BYTES`] (at least
 /// one).
-fn take_batch(waiting: &mut VecDeque<(Command, Waiter)>) -> Vec<(Command, Waiter)> {
+fn take_batch(waiting: &mut VecDeque<Waiting>) -> Vec<Waiting> {
     let mut bytes = 0;
     let mut batch = Vec::new();
-    while let Some((cmd, _)) = waiting.front() {
-        let size = encoded_size(cmd);
-        if !batch.is_empty() && (batch.len() >= MAX_COMMANDS || bytes + size > MAX_BYTES) {
+    while let Some(next) = waiting.front() {
+        let full = batch.len() >= MAX_COMMANDS || bytes + next.bytes > MAX_BYTES;
+        if !batch.is_empty() && full {
             break;
         }
-        bytes += size;
+        bytes += next.bytes;
         batch.push(waiting.pop_front().expect("looked at above"));
     }
     batch
@@ -176,14 +185,15 @@ impl Proposer {
 
     /// Commits `cmd` and returns what applying it produced.
     pub async fn propose(&self, cmd: Command) -> Result<Reply, Error> {
+        let bytes = encoded_size(&cmd);
         let waiting = {
             let mut queue = self.inner.lock();
             if queue.in_flight < MAX_IN_FLIGHT && queue.waiting.is_empty() {
                 queue.in_flight += 1;
                 Err(cmd)
             } else {
-                let (tx, rx) = oneshot::channel();
-                queue.waiting.push_back((cmd, tx));
+                let (waiter, rx) = oneshot::channel();
+                queue.waiting.push_back(Waiting { cmd, bytes, waiter });
                 Ok(rx)
             }
         };
@@ -201,13 +211,16 @@ impl Proposer {
     /// returns one result per command.
     pub async fn propose_all(&self, cmds: Vec<Command>) -> Vec<Result<Reply, Error>> {
         let mut waiting = Vec::with_capacity(cmds.len());
+        let mut queued = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (waiter, rx) = oneshot::channel();
+            let bytes = encoded_size(&cmd);
+            queued.push(Waiting { cmd, bytes, waiter });
+            waiting.push(rx);
+        }
         {
             let mut queue = self.inner.lock();
-            for cmd in cmds {
-                let (tx, rx) = oneshot::channel();
-                queue.waiting.push_back((cmd, tx));
-                waiting.push(rx);
-            }
+            queue.waiting.extend(queued);
             self.inner.launch(queue);
         }
         let mut results = Vec::with_capacity(waiting.len());
