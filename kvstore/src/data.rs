@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::mvcc::Mvcc;
 use crate::raft_types::{Command, Member, NodeId, Outcome, Reply};
 use crate::request::RequestOp;
+use crate::session::{Seen, Sessions};
 
 /// What a member published about itself (etcd's member attributes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,10 @@ pub struct Data {
     /// [`encode_data`]), so snapshots of the earlier format still read.
     #[serde(skip)]
     pub alarms: BTreeSet<(NodeId, i32)>,
+    /// Write sessions: whether they are on and what each member's writes got
+    /// ([`crate::session`]). Kept after the alarms in snapshots, like them.
+    #[serde(skip)]
+    pub sessions: Sessions,
 }
 
 /// etcd's `AlarmType` NOSPACE.
@@ -70,6 +75,35 @@ impl Data {
     }
 
     pub(crate) fn apply(&mut self, cmd: &Command) -> Reply {
+        if let Command::Once {
+            member,
+            seq,
+            done_below,
+            cmd,
+        } = cmd
+        {
+            let reply = match self.sessions.seen(*member, *seq) {
+                Seen::New => {
+                    let reply = self.apply(cmd);
+                    self.sessions.record(*member, *seq, reply.clone());
+                    reply
+                }
+                Seen::Applied(reply) => {
+                    tracing::debug!(
+                        member = format_args!("{member:x}"),
+                        seq,
+                        "a write applied before was sent again; answered with its reply"
+                    );
+                    reply
+                }
+                Seen::Late => Reply {
+                    revision: self.mvcc.revision(),
+                    result: Err(crate::error::Error::Timeout),
+                },
+            };
+            self.sessions.raise_floor(*member, *done_below);
+            return reply;
+        }
         if self.out_of_space() && grows(cmd) {
             return Reply {
                 revision: self.mvcc.revision(),
@@ -141,6 +175,11 @@ impl Data {
             Command::Batch(cmds) => Ok(Outcome::Batch(
                 cmds.iter().map(|cmd| self.apply(cmd)).collect(),
             )),
+            Command::EnableWriteSessions => {
+                self.sessions.enabled = true;
+                Ok(Outcome::Done)
+            }
+            Command::Once { .. } => unreachable!("applied above"),
         };
         Reply {
             revision: self.mvcc.revision(),
@@ -163,7 +202,7 @@ fn grows(cmd: &Command) -> bool {
     match cmd {
         Command::Put(_) | Command::LeaseGrant { .. } | Command::LeaseGrantOwned { .. } => true,
         Command::Txn(t) => puts(&t.success) || puts(&t.failure),
-        Command::As { cmd, .. } => grows(cmd),
+        Command::As { cmd, .. } | Command::Once { cmd, .. } => grows(cmd),
         _ => false,
     }
 }
@@ -188,18 +227,20 @@ pub(crate) fn attached_leases(cmd: &Command, out: &mut Vec<i64>) {
             walk(&t.success, out);
             walk(&t.failure, out);
         }
+        Command::Once { cmd, .. } => attached_leases(cmd, out),
         _ => {}
     }
 }
 
 /// The state machine's state as a snapshot holds it: the data, then the lease owners, then
-/// the alarms (which [`Data`]'s own encoding leaves out, so snapshots of the earlier formats
-/// still read).
+/// the alarms, then the write sessions (which [`Data`]'s own encoding leaves out, so snapshots
+/// of the earlier formats still read).
 pub fn encode_data(data: &Data) -> std::io::Result<Vec<u8>> {
     let mut bytes = bincode::serialize(data).map_err(std::io::Error::other)?;
     bincode::serialize_into(&mut bytes, &data.mvcc.lease_owners())
         .map_err(std::io::Error::other)?;
     bincode::serialize_into(&mut bytes, &data.alarms).map_err(std::io::Error::other)?;
+    bincode::serialize_into(&mut bytes, &data.sessions).map_err(std::io::Error::other)?;
     Ok(bytes)
 }
 
@@ -214,6 +255,9 @@ pub fn decode_data(bytes: &[u8]) -> std::io::Result<Data> {
     }
     if (cursor.position() as usize) < bytes.len() {
         data.alarms = bincode::deserialize_from(&mut cursor).map_err(std::io::Error::other)?;
+    }
+    if (cursor.position() as usize) < bytes.len() {
+        data.sessions = bincode::deserialize_from(&mut cursor).map_err(std::io::Error::other)?;
     }
     data.mvcc.recount();
     Ok(data)

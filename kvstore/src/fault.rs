@@ -10,7 +10,8 @@
 //! [`HOLD_FLUSH_FILE`], [`HOLD_ACK_FILE`] and [`LOSE_UNSYNCED_FILE`] (files a test creates in a
 //! member's Raft log directory) hold the log's flushes back, hold back what follows a flush, and
 //! lose what was not flushed at a restart: the safety tests of the leader's flush running
-//! beside replication (`log_store`).
+//! beside replication (`log_store`). [`LOSE_ANSWER_FILE`] loses the answer to a forwarded write
+//! (the write sessions of `session.rs`).
 
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -82,6 +83,21 @@ pub const HOLD_ACK_FILE: &str = "fault-hold-ack";
 /// durable (`durable-end`, beside it); opening the log cuts it back to that point and removes
 /// this file.
 pub const LOSE_UNSYNCED_FILE: &str = "fault-lose-unsynced";
+
+/// While a file of this name exists in a member's Raft log directory, the next write another
+/// member forwards to it is served (proposed, committed, applied) but its answer is replaced by
+/// a failure, as if the connection broke on the way back; the file is then removed. The
+/// forwarding member cannot tell whether the write went through (`session.rs`).
+pub const LOSE_ANSWER_FILE: &str = "fault-lose-answer";
+
+/// Whether to lose the answer to the forwarded write just served (once: the file is removed).
+pub fn lose_answer(log_dir: &std::path::Path) -> bool {
+    let lost = std::fs::remove_file(log_dir.join(LOSE_ANSWER_FILE)).is_ok();
+    if lost {
+        tracing::warn!("test fault: the answer to a forwarded write is lost");
+    }
+    lost
+}
 
 /// Blocks while the hold file exists in `log_dir` (a test releases the flush by removing it).
 pub fn hold_flush(log_dir: &std::path::Path) {

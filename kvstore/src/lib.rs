@@ -29,6 +29,8 @@
 //! - [`watch_hub`]: which watch streams a write concerns, so only those wake.
 //! - [`lessor`], [`read_index`], [`propose`]: the leader's lease deadlines, batched ReadIndex
 //!   and batched proposals.
+//! - [`session`]: write sessions: every write numbered, so a copy sent again after a failure in
+//!   transit is applied once.
 //! - [`membership`]: member and cluster ids; `--initial-cluster`.
 //! - [`metrics`]: Prometheus metrics and `/healthz`.
 //! - [`raft_types`]: the openraft type configuration, log command and reply.
@@ -59,6 +61,7 @@ pub mod raft_types;
 pub mod read_index;
 pub mod request;
 pub mod server;
+pub mod session;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod tls;

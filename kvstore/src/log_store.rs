@@ -133,6 +133,12 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
+    /// The directory the log is in (where the fault-injection build looks for fault files).
+    #[cfg(feature = "fault-injection")]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Opens (or creates) the log under `dir`: the WAL in `dir/wal`, the metadata in a sled
     /// database in `dir`.
     pub fn open(dir: &Path) -> std::io::Result<Self> {

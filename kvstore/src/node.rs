@@ -23,6 +23,7 @@ use crate::peer::{LeaseTtl, PeerRequest, PeerResponse};
 use crate::propose::{Proposer, ToLeader, ToRaft, write_error};
 use crate::raft_types::{Command, Member, NodeId, Raft, Reply};
 use crate::read_index::ReadIndex;
+use crate::session::WriteSession;
 use crate::state_machine::Shared;
 
 mod tasks;
@@ -95,6 +96,8 @@ pub struct Node {
     proposer: Proposer,
     /// Batches writes forwarded to the leader while this member follows.
     forwarder: Proposer,
+    /// Numbers this member's writes once the cluster has write sessions on.
+    session: WriteSession,
     /// The term this member leads in and since when, as it saw the change.
     leading_since: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
     /// Watch streams and watchers held per limited identity.
@@ -168,6 +171,7 @@ impl Node {
         shared: Arc<Shared>,
         log: LogStore,
         peers: Peers,
+        session: WriteSession,
         settings: NodeSettings,
     ) -> Self {
         let reads = ReadIndex::spawn(raft.clone(), settings.request_timeout);
@@ -195,6 +199,7 @@ impl Node {
             reads,
             proposer,
             forwarder,
+            session,
             leading_since,
             usage: Arc::default(),
             contact: crate::prevote::Contact::default(),
@@ -470,6 +475,9 @@ impl Node {
     async fn on_leader(&self, req: PeerRequest) -> Result<PeerResponse, Error> {
         let deadline = Instant::now() + self.settings.request_timeout;
         let mut metrics = self.raft.server_metrics();
+        // Whether an attempt may have reached a log: failing at the deadline then is
+        // "request timed out" (fate unknown), not "no leader".
+        let mut maybe_appended = false;
         loop {
             let leader = metrics.borrow_and_update().current_leader;
             let outcome = match leader {
@@ -486,13 +494,10 @@ impl Node {
             };
             match outcome {
                 Err(e @ (Error::NotLeader | Error::NoLeader)) => {
+                    maybe_appended |= e == Error::NotLeader;
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(if e == Error::NotLeader {
-                            Error::Timeout
-                        } else {
-                            e
-                        });
+                        return Err(if maybe_appended { Error::Timeout } else { e });
                     }
                     // Wait for the leadership to change, but poll too: the old leader may
                     // learn of its successor only from the next heartbeat.
@@ -548,6 +553,9 @@ impl Node {
                 Ok(PeerResponse::Done)
             }
             PeerRequest::PreVote(req) => self.grant_pre_vote(&req).await.map(PeerResponse::PreVote),
+            PeerRequest::Capabilities => Ok(PeerResponse::Capabilities(vec![
+                crate::session::CAPABILITY.to_owned(),
+            ])),
             PeerRequest::Members => Ok(PeerResponse::Members(
                 self.raft
                     .metrics()
@@ -598,14 +606,25 @@ impl Node {
                 self.add_member_as_leader(peer_urls, learner).await
             }
             PeerRequest::RemoveMember { id } => self.remove_member_as_leader(id).await,
-            PeerRequest::Members | PeerRequest::Campaign | PeerRequest::PreVote(_) => {
+            PeerRequest::Members
+            | PeerRequest::Campaign
+            | PeerRequest::PreVote(_)
+            | PeerRequest::Capabilities => {
                 unreachable!("served by serve_peer_call")
             }
         }
     }
 
-    /// Replicates `cmd` and returns what applying it produced.
+    /// Replicates `cmd` and returns what applying it produced. Once the cluster has write
+    /// sessions on, the write is numbered in this member's session, so that a copy sent again
+    /// after a failure in transit is applied once ([`crate::session`]).
     pub async fn propose(&self, cmd: Command) -> Result<Reply, Error> {
+        let (cmd, _outstanding) = if self.shared.sessions_enabled() {
+            let (cmd, ticket) = self.session.number(cmd)?;
+            (cmd, Some(ticket))
+        } else {
+            (cmd, None)
+        };
         match self.on_leader(PeerRequest::Propose(cmd)).await? {
             PeerResponse::Reply(r) => Ok(r),
             other => unexpected(other),

@@ -52,6 +52,9 @@ pub enum PeerRequest {
     Campaign,
     /// Would you vote for this candidate? ([`crate::prevote`]; any member, changes nothing.)
     PreVote(crate::prevote::PreVote),
+    /// What this member's version can do (any member, changes nothing). A member of an older
+    /// version cannot decode the request and refuses it.
+    Capabilities,
 }
 
 /// A lease's remaining time as the leader sees it.
@@ -88,4 +91,6 @@ pub enum PeerResponse {
     Done,
     /// Answer to `PreVote`: granted or not.
     PreVote(bool),
+    /// Answer to `Capabilities`: what this member can do (e.g. [`crate::session::CAPABILITY`]).
+    Capabilities(Vec<String>),
 }

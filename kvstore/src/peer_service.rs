@@ -97,7 +97,13 @@ impl pb::peer_server::Peer for PeerService {
 
     async fn call(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
         let call: PeerRequest = decode(req)?;
+        #[cfg(feature = "fault-injection")]
+        let write = matches!(call, PeerRequest::Propose(_) | PeerRequest::ProposeBatch(_));
         let result: Result<PeerResponse, Error> = self.node.serve_peer_call(call).await;
+        #[cfg(feature = "fault-injection")]
+        if write && result.is_ok() && crate::fault::lose_answer(self.node.log.dir()) {
+            return Err(Status::unavailable("test fault: the answer was lost"));
+        }
         encode(&result)
     }
 }

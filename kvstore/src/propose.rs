@@ -283,8 +283,10 @@ impl ToRaft {
 ///
 /// When this member has no leader, or leads itself, or cannot connect to the leader, every
 /// command fails with [`Error::NoLeader`] or [`Error::NotLeader`] and the caller retries until
-/// its deadline. A call that fails in transit fails every command with [`Error::Timeout`]: it
-/// may have reached the leader's log, so it is never sent again.
+/// its deadline. A call that fails in transit may have reached the leader's log: a numbered
+/// command ([`Command::Once`]) then fails with [`Error::NotLeader`] too, and its caller sends it
+/// again to whichever member leads next (the state machine applies it once); any other fails
+/// with [`Error::Timeout`] and is never sent again.
 pub struct ToLeader {
     /// This member's Raft, for the current leader and its address.
     pub raft: Raft,
@@ -319,6 +321,10 @@ impl Sink for ToLeader {
             };
             return vec![Err(none); n];
         };
+        let numbered: Vec<bool> = cmds
+            .iter()
+            .map(|c| matches!(c, Command::Once { .. }))
+            .collect();
         let req = if n == 1 {
             PeerRequest::Propose(cmds.pop().expect("one"))
         } else {
@@ -339,8 +345,23 @@ impl Sink for ToLeader {
                 vec![Err(Error::NoLeader); n]
             }
             Err(e) => {
-                tracing::debug!(leader, error = %e, "forwarding writes to the leader failed");
-                vec![Err(Error::Timeout); n]
+                tracing::info!(
+                    leader,
+                    error = %e,
+                    writes = n,
+                    "forwarding writes to the leader failed in transit; the numbered ones are \
+                     sent again once a leader answers, the others fail as timed out"
+                );
+                numbered
+                    .into_iter()
+                    .map(|once| {
+                        Err(if once {
+                            Error::NotLeader
+                        } else {
+                            Error::Timeout
+                        })
+                    })
+                    .collect()
             }
         }
     }

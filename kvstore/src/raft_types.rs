@@ -121,6 +121,21 @@ pub enum Command {
         /// etcd's `AlarmType` (1 NOSPACE, 2 CORRUPT).
         alarm: i32,
     },
+    /// A write of member `member`'s write session (`session.rs`): applied once however many
+    /// copies of it are sent, every copy answered with that application's reply.
+    Once {
+        /// The member that proposed it.
+        member: NodeId,
+        /// Its number in the member's session.
+        seq: u64,
+        /// The lowest number the member still had a caller waiting on when it numbered this.
+        done_below: u64,
+        /// The write.
+        cmd: Box<Command>,
+    },
+    /// Members number their writes from now on (proposed once every member can read
+    /// [`Command::Once`]).
+    EnableWriteSessions,
 }
 
 /// What a snapshot is of: its last log id and membership.

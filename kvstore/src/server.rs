@@ -299,12 +299,20 @@ impl Member {
             })?;
         }
 
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let seqs = crate::session::reserve(dir, now_ns).map_err(|source| ServerError::DataDir {
+            path: dir.join(crate::session::FILE),
+            source,
+        })?;
         let node = Arc::new(Node::new(
             id,
             raft.clone(),
             shared,
             log,
             peers,
+            crate::session::WriteSession::new(id, seqs),
             NodeSettings {
                 name: config.name.clone(),
                 client_urls: config.advertise_client_urls.clone(),
@@ -382,6 +390,11 @@ impl Member {
             let n = node.clone();
             let stop = stop_rx.clone();
             tasks.spawn(async move { n.publish_until_done(stop).await });
+        }
+        {
+            let n = node.clone();
+            let stop = stop_rx.clone();
+            tasks.spawn(async move { n.enable_write_sessions(stop).await });
         }
         match config.auto_compaction {
             AutoCompaction::Off => {}

@@ -42,6 +42,8 @@ pub struct Shared {
     /// [`Mvcc::bytes`] and whether NOSPACE is raised, as of the last apply: the quota check
     /// of every write reads these rather than taking the lock the applies need.
     usage: (AtomicU64, std::sync::atomic::AtomicBool),
+    /// Whether write sessions are on, as of the last apply.
+    sessions: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -58,9 +60,16 @@ impl Shared {
         )
     }
 
+    /// Whether members number their writes ([`crate::session`]), as of the last apply.
+    pub fn sessions_enabled(&self) -> bool {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
     fn record_usage(&self, data: &Data) {
         self.usage.0.store(data.mvcc.bytes(), Ordering::Relaxed);
         self.usage.1.store(data.out_of_space(), Ordering::Relaxed);
+        self.sessions
+            .store(data.sessions.enabled, Ordering::Relaxed);
     }
 
     /// Wakes when the revision changes.
@@ -109,6 +118,7 @@ impl StateMachine {
             revision,
             applied: AtomicU64::new(0),
             usage: Default::default(),
+            sessions: Default::default(),
             hub: Arc::default(),
         };
         shared.record_usage(&data);
@@ -339,6 +349,76 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(replies[2].result, Err(crate::error::Error::KeyNotFound));
+    }
+
+    fn once(seq: u64, done_below: u64, cmd: Command) -> Command {
+        Command::Once {
+            member: 9,
+            seq,
+            done_below,
+            cmd: Box::new(cmd),
+        }
+    }
+
+    #[test]
+    fn a_numbered_write_sent_twice_is_applied_once_and_both_copies_get_its_reply() {
+        let mut data = Data::default();
+        let Command::Put(mut p) = put("a", "1") else {
+            unreachable!()
+        };
+        p.prev_kv = true;
+        let first = data.apply(&once(10, 10, Command::Put(p.clone())));
+        let revision = data.mvcc.revision();
+        // The copy comes in a batch, behind another member's write to the same key.
+        let other = Command::Once {
+            member: 4,
+            seq: 10,
+            done_below: 10,
+            cmd: Box::new(put("a", "2")),
+        };
+        let reply = data.apply(&Command::Batch(vec![other, once(10, 10, Command::Put(p))]));
+        let Ok(Outcome::Batch(replies)) = reply.result else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            replies[1], first,
+            "the copy is answered with the first reply"
+        );
+        assert_eq!(
+            data.mvcc.revision(),
+            revision + 1,
+            "only member 4's write applied"
+        );
+
+        // The copy survives a snapshot: a member that installs one still knows it.
+        let mut back = decode_data(&encode_data(&data).unwrap()).unwrap();
+        assert_eq!(back.sessions, data.sessions);
+        let again = back.apply(&once(10, 10, put("a", "1")));
+        assert_eq!(again, first);
+        assert_eq!(back.mvcc.revision(), revision + 1);
+
+        // Once the member's waiting writes are past 10, its reply is forgotten and a late
+        // copy is refused, changing nothing.
+        back.apply(&once(11, 11, put("b", "1")));
+        assert!(!back.sessions.members[&9].replies.contains_key(&10));
+        let late = back.apply(&once(10, 10, put("a", "1")));
+        assert_eq!(late.result, Err(crate::error::Error::Timeout));
+        assert_eq!(back.mvcc.revision(), revision + 2);
+
+        // A snapshot written before sessions existed reads with them off.
+        assert!(
+            !decode_data(&bincode::serialize(&data).unwrap())
+                .unwrap()
+                .sessions
+                .enabled
+        );
+        back.apply(&Command::EnableWriteSessions);
+        assert!(
+            decode_data(&encode_data(&back).unwrap())
+                .unwrap()
+                .sessions
+                .enabled
+        );
     }
 
     fn put_leased(key: &str, lease: i64) -> Command {

@@ -1,5 +1,5 @@
-//! A member's background loops: publishing its own attributes, expiring leases while it leads,
-//! and compacting history by revision (auto-compaction).
+//! A member's background loops: publishing its own attributes, switching write sessions on,
+//! expiring leases while it leads, and compacting history by revision (auto-compaction).
 
 use std::time::{Duration, Instant};
 
@@ -7,8 +7,13 @@ use tokio::sync::watch;
 
 use super::{Node, PRESSURE_WINDOW, history_pressure};
 use crate::lessor;
-use crate::raft_types::Command;
+use crate::peer::{PeerRequest, PeerResponse};
+use crate::raft_types::{Command, NodeId};
+use crate::session::CAPABILITY;
 use crate::state_machine::Published;
+
+/// How long a member may take to say what it can do.
+const CAPABILITIES_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Node {
     /// Publishes this member's name and client URLs until the state machine has them.
@@ -35,6 +40,72 @@ impl Node {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// While write sessions are off and this member leads, asks every other member what its
+    /// version can do, and switches sessions on ([`Command::EnableWriteSessions`]) once every
+    /// member can read a numbered write ([`crate::session`]). Ends when they are on.
+    pub async fn enable_write_sessions(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut wait = Duration::ZERO;
+        let mut reported: Vec<NodeId> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            if self.shared.sessions_enabled() {
+                tracing::info!("write sessions are on");
+                return;
+            }
+            wait = Duration::from_millis(200);
+            if self.leading_term().is_none() {
+                continue;
+            }
+            let missing = self.members_without_sessions().await;
+            if !missing.is_empty() {
+                if missing != reported {
+                    tracing::info!(
+                        members = ?missing.iter().map(|m| format!("{m:x}")).collect::<Vec<_>>(),
+                        "write sessions stay off until these members run a version that has them"
+                    );
+                    reported = missing;
+                }
+                wait = Duration::from_secs(1);
+                continue;
+            }
+            if let Err(e) = self.proposer.propose(Command::EnableWriteSessions).await {
+                tracing::debug!(error = %e, "switching write sessions on; will retry");
+            }
+        }
+    }
+
+    /// The other members that did not answer that they have write sessions.
+    async fn members_without_sessions(&self) -> Vec<NodeId> {
+        let members: Vec<(NodeId, Vec<String>)> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, m)| (*id, m.peer_urls.clone()))
+            .collect();
+        let asks = members.into_iter().map(|(id, urls)| async move {
+            let answer = self
+                .peers()
+                .call(&urls, &PeerRequest::Capabilities, CAPABILITIES_TIMEOUT)
+                .await;
+            match answer {
+                Ok(Ok(PeerResponse::Capabilities(c))) if c.iter().any(|c| c == CAPABILITY) => None,
+                _ => Some(id),
+            }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// While this member leads, revokes leases whose deadline passed.

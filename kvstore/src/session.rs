@@ -1,0 +1,293 @@
+//! Write sessions: a write that may be sent twice is applied once.
+//!
+//! A follower forwards each write to the leader. When the call fails after the request may
+//! have gone out (the leader was killed with the request on the wire, or its answer was lost),
+//! the write's fate is unknown: the dying leader may have appended it, and the next leader may
+//! commit it. Sending it again could apply it twice; failing it tells the client "request timed
+//! out" for a write that often never reached anyone. A leader that loses its leadership with
+//! writes in its log is in the same place: openraft answers those writes `ForwardToLeader`
+//! when a newer leader's log overwrites them, yet in a cluster of five another member holding
+//! the entry can still be elected and commit it.
+//!
+//! So every write a member proposes carries its member id and a sequence number
+//! ([`Command::Once`]), and the state machine remembers, per member, the reply of each
+//! sequence number it applied (the Raft dissertation's client sessions, §6.3). A copy of a
+//! write already applied is answered with the first application's reply and changes nothing.
+//! Either way the member's caller is answered as if the write had gone through once, and a
+//! write whose first send failed in transit waits for the next leader instead of failing.
+//!
+//! What keeps the table small: each write also carries `done_below`, the lowest sequence number
+//! the member still has a caller waiting on. Applying it forgets the replies below, and from
+//! then on a copy below that floor is refused, changing nothing: its caller has had its answer
+//! (or gave up), so only a late duplicate can arrive there. The table holds, per member, the
+//! replies of the writes it had outstanding (bounded by its concurrency and the request
+//! timeout); it is part of the replicated state and its snapshots.
+//!
+//! Sequence numbers never repeat across a member's runs: each run takes a block starting at the
+//! later of the clock (nanoseconds since the epoch) and the end of the block recorded in the
+//! data directory ([`reserve`]), recorded (fsynced) before the member serves.
+//!
+//! A cluster switches sessions on once ([`Command::EnableWriteSessions`]): its leader proposes
+//! that after every member answered that it knows them ([`crate::peer::PeerRequest::Capabilities`]),
+//! because a member of an older version cannot read a [`Command::Once`] in its log. During a
+//! rolling upgrade writes go without sessions, as before, until the last member runs this
+//! version.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::raft_types::{Command, NodeId, Reply};
+
+/// The capability a member names when it can read and apply [`Command::Once`].
+pub const CAPABILITY: &str = "write-sessions";
+
+/// The file in the data directory that records the end of the last block of sequence numbers.
+pub const FILE: &str = "write-session";
+
+/// Sequence numbers one run may use (2^48: a million writes a second for nine years).
+const BLOCK: u64 = 1 << 48;
+
+/// Reserves this run's sequence numbers: a block from the later of `now_ns` and the end of the
+/// block recorded in `dir`, whose end is recorded (written, fsynced, renamed) before it
+/// returns. Either of the two alone keeps numbers from repeating: the file across restarts,
+/// the clock when the data directory was replaced.
+pub fn reserve(dir: &Path, now_ns: u64) -> io::Result<Range<u64>> {
+    let path = dir.join(FILE);
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not a sequence number: {e}", path.display()),
+            )
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    let start = now_ns.max(recorded);
+    let end = start.checked_add(BLOCK).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: sequence numbers used up ({recorded})", path.display()),
+        )
+    })?;
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    std::fs::write(&tmp, format!("{end}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(start..end)
+}
+
+/// This member's side of its write session: it numbers the writes it proposes and knows which
+/// are still outstanding.
+#[derive(Debug)]
+pub struct WriteSession {
+    member: NodeId,
+    seqs: Mutex<Seqs>,
+}
+
+#[derive(Debug)]
+struct Seqs {
+    next: u64,
+    end: u64,
+    /// Sequence numbers whose caller is still waiting.
+    open: BTreeSet<u64>,
+}
+
+impl WriteSession {
+    /// Member `member`'s session, numbering its writes from `seqs` (see [`reserve`]).
+    pub fn new(member: NodeId, seqs: Range<u64>) -> Self {
+        Self {
+            member,
+            seqs: Mutex::new(Seqs {
+                next: seqs.start,
+                end: seqs.end,
+                open: BTreeSet::new(),
+            }),
+        }
+    }
+
+    /// Numbers `cmd` as the next write of this session: the command to propose (and to send
+    /// again, as it is, after a failure in transit) and the ticket that keeps its number
+    /// outstanding until dropped.
+    pub fn number(&self, cmd: Command) -> Result<(Command, Ticket<'_>), Error> {
+        let mut seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
+        if seqs.next >= seqs.end {
+            tracing::error!("this run used up its write sequence numbers; restart the member");
+            return Err(Error::Unhealthy);
+        }
+        let seq = seqs.next;
+        seqs.next += 1;
+        seqs.open.insert(seq);
+        let done_below = *seqs.open.first().expect("seq was just inserted");
+        drop(seqs);
+        let once = Command::Once {
+            member: self.member,
+            seq,
+            done_below,
+            cmd: Box::new(cmd),
+        };
+        Ok((once, Ticket { session: self, seq }))
+    }
+}
+
+/// A write's number, outstanding while this lives.
+#[derive(Debug)]
+pub struct Ticket<'a> {
+    session: &'a WriteSession,
+    seq: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut seqs = self.session.seqs.lock().unwrap_or_else(|e| e.into_inner());
+        seqs.open.remove(&self.seq);
+    }
+}
+
+/// The state machine's side: whether sessions are on, and per member what its writes got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sessions {
+    /// Set by [`Command::EnableWriteSessions`]; members number their writes from then on.
+    pub enabled: bool,
+    /// Per member.
+    pub members: BTreeMap<NodeId, Record>,
+}
+
+/// What one member's writes got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Copies below this are refused: their callers have their answers.
+    pub floor: u64,
+    /// The reply of each write applied at or above the floor.
+    pub replies: BTreeMap<u64, Reply>,
+}
+
+/// What to do with a write numbered `seq` of `member`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Not applied yet: apply it and [`Sessions::record`] the reply.
+    New,
+    /// Applied before: answer with this reply, change nothing.
+    Applied(Reply),
+    /// Below the floor: a late copy whose caller has its answer; change nothing.
+    Late,
+}
+
+impl Sessions {
+    /// Whether `seq` of `member` was applied.
+    pub fn seen(&self, member: NodeId, seq: u64) -> Seen {
+        match self.members.get(&member) {
+            Some(r) if seq < r.floor => Seen::Late,
+            Some(r) => r
+                .replies
+                .get(&seq)
+                .map_or(Seen::New, |reply| Seen::Applied(reply.clone())),
+            None => Seen::New,
+        }
+    }
+
+    /// Records that `seq` of `member` was applied with `reply`.
+    pub fn record(&mut self, member: NodeId, seq: u64, reply: Reply) {
+        self.members
+            .entry(member)
+            .or_default()
+            .replies
+            .insert(seq, reply);
+    }
+
+    /// Forgets the replies of `member` below `done_below`, refusing copies below it from now on.
+    pub fn raise_floor(&mut self, member: NodeId, done_below: u64) {
+        let r = self.members.entry(member).or_default();
+        if done_below > r.floor {
+            r.floor = done_below;
+            r.replies = r.replies.split_off(&done_below);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put() -> Command {
+        Command::Compact { revision: 1 }
+    }
+
+    fn numbered(cmd: &Command) -> (u64, u64) {
+        match cmd {
+            Command::Once {
+                seq, done_below, ..
+            } => (*seq, *done_below),
+            other => panic!("not numbered: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn done_below_is_the_oldest_write_still_waiting() {
+        let session = WriteSession::new(7, 100..200);
+        let (a, ta) = session.number(put()).unwrap();
+        let (b, tb) = session.number(put()).unwrap();
+        assert_eq!(numbered(&a), (100, 100));
+        assert_eq!(numbered(&b), (101, 100));
+        drop(tb);
+        let (c, _tc) = session.number(put()).unwrap();
+        assert_eq!(numbered(&c), (102, 100), "100 still waits");
+        drop(ta);
+        let (d, _td) = session.number(put()).unwrap();
+        assert_eq!(numbered(&d), (103, 102));
+    }
+
+    #[test]
+    fn a_used_up_block_refuses_to_number() {
+        let session = WriteSession::new(7, 5..6);
+        let (_a, _ta) = session.number(put()).unwrap();
+        assert_eq!(session.number(put()).unwrap_err(), Error::Unhealthy);
+    }
+
+    #[test]
+    fn blocks_never_overlap_across_runs_even_with_the_clock_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = reserve(dir.path(), 1_000).unwrap();
+        assert_eq!(first.start, 1_000);
+        // The clock went back: the recorded end wins.
+        let second = reserve(dir.path(), 10).unwrap();
+        assert_eq!(second.start, first.end);
+        // The clock is ahead of the record: the clock wins.
+        let third = reserve(dir.path(), second.end + 5).unwrap();
+        assert_eq!(third.start, second.end + 5);
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_not_a_restart_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), "garbage").unwrap();
+        let err = reserve(dir.path(), 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn replies_are_kept_until_the_floor_passes_them() {
+        let reply = |revision| Reply {
+            revision,
+            result: Ok(crate::raft_types::Outcome::Done),
+        };
+        let mut s = Sessions::default();
+        assert_eq!(s.seen(1, 10), Seen::New);
+        s.record(1, 10, reply(5));
+        s.record(1, 11, reply(6));
+        assert_eq!(s.seen(1, 10), Seen::Applied(reply(5)));
+        assert_eq!(s.seen(2, 10), Seen::New, "sessions are per member");
+        s.raise_floor(1, 11);
+        assert_eq!(s.seen(1, 10), Seen::Late);
+        assert_eq!(s.seen(1, 11), Seen::Applied(reply(6)));
+        s.raise_floor(1, 3);
+        assert_eq!(s.members[&1].floor, 11, "the floor never goes down");
+    }
+}
