@@ -7,14 +7,19 @@
 //! request that fails on a stream opened earlier goes once more on a fresh one. A peer without
 //! the call (an older member, answering `Unimplemented`) gets unary `AppendEntries` calls.
 //!
+//! A follower forwards its writes to the leader the same way, on `CallStream` calls it keeps
+//! open ([`Peers::forward`]): one request, then its answer, on each; as many calls as writes
+//! in flight, each back in the idle set once answered and dropped at any failure.
+//!
 //! Channels are created lazily and cached per peer URL; tonic reconnects on its own. With
 //! peer TLS configured, every connection is mutual TLS with the member's peer certificate and
 //! the other end must prove it is a member of the same cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -44,7 +49,16 @@ pub struct Peers {
     tls: Option<PeerConnector>,
     /// When each peer last accepted this member's AppendEntries.
     acks: crate::prevote::Acks,
+    /// Open `CallStream` calls waiting for the next forwarded call, by peer URL.
+    idle_calls: Arc<Mutex<HashMap<String, Vec<BlobStream>>>>,
+    /// Peers (by URL) that answered `CallStream` with `Unimplemented` (an older member,
+    /// during a rolling upgrade): calls forwarded to them go as unary calls.
+    unary_calls: Arc<Mutex<HashSet<String>>>,
 }
+
+/// Most `CallStream` calls kept idle per peer: a follower has at most
+/// [`crate::propose::MAX_IN_FLIGHT`] batches of writes out at once.
+const IDLE_CALLS: usize = 4;
 
 /// A failure to reach a peer or to understand its answer.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +111,8 @@ impl Peers {
             channels: Arc::default(),
             tls: tls.map(PeerConnector::new),
             acks: Default::default(),
+            idle_calls: Arc::default(),
+            unary_calls: Arc::default(),
         }
     }
 
@@ -166,16 +182,99 @@ impl Peers {
         Ok(bincode::deserialize(&reply.into_inner().data)?)
     }
 
-    /// Opens an `AppendStream` call to the member at `urls`.
-    async fn open_appends(&self, urls: &[String]) -> Result<AppendStream, PeerError> {
+    /// Opens a streamed call (`AppendStream` or `CallStream`) to the member at `urls`.
+    async fn open_stream(
+        &self,
+        urls: &[String],
+        method: Streamed,
+    ) -> Result<BlobStream, PeerError> {
         let (url, mut client) = self.client(urls)?;
         let (requests, outbound) = tokio::sync::mpsc::channel(1);
-        let answers = client
-            .append_stream(tokio_stream::wrappers::ReceiverStream::new(outbound))
-            .await
-            .map_err(|status| PeerError::Rpc { url, status })?
-            .into_inner();
-        Ok(AppendStream { requests, answers })
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(outbound);
+        let answers = match method {
+            Streamed::Appends => client.append_stream(outbound).await,
+            Streamed::Calls => client.call_stream(outbound).await,
+        }
+        .map_err(|status| PeerError::Rpc { url, status })?
+        .into_inner();
+        Ok(BlobStream { requests, answers })
+    }
+
+    /// Sends `req` to the member at `urls`, as [`Peers::call`] does, but on one of the
+    /// `CallStream` calls kept open to it (a new one if none is idle), which spares each call
+    /// an HTTP/2 stream of its own. Fails as `call` would: a call answered with an error or
+    /// not at all may have been served (a numbered write is then sent again and applied once,
+    /// [`crate::session`]; this is what made kept-open calls safe for writes: on one, a write
+    /// sent just as the leader died fails after it may have gone out).
+    pub async fn forward(
+        &self,
+        urls: &[String],
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<Result<PeerResponse, Error>, PeerError> {
+        let url = urls
+            .first()
+            .ok_or_else(|| PeerError::NoUrl { urls: vec![] })?
+            .clone();
+        if self
+            .unary_calls
+            .lock()
+            .expect("not poisoned")
+            .contains(&url)
+        {
+            return self.call(urls, req, timeout).await;
+        }
+        let data = bincode::serialize(req)?;
+        let exchange = async {
+            let mut stream = match self.idle_call(&url) {
+                Some(stream) => stream,
+                None => self.open_stream(urls, Streamed::Calls).await?,
+            };
+            let answer = stream.exchange(&url, data).await?;
+            Ok::<_, PeerError>((stream, answer))
+        };
+        let (stream, answer) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(PeerError::Rpc { status, .. }))
+                if status.code() == tonic::Code::Unimplemented =>
+            {
+                // Refused before anything was served.
+                tracing::info!(
+                    peer = url,
+                    "the peer serves no call stream: one call per call"
+                );
+                self.unary_calls.lock().expect("not poisoned").insert(url);
+                return self.call(urls, req, timeout).await;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(PeerError::Rpc {
+                    url,
+                    status: tonic::Status::deadline_exceeded(format!(
+                        "no answer within {timeout:?}"
+                    )),
+                });
+            }
+        };
+        let mut idle = self.idle_calls.lock().expect("not poisoned");
+        let streams = idle.entry(url).or_default();
+        if streams.len() < IDLE_CALLS {
+            streams.push(stream);
+        }
+        drop(idle);
+        Ok(bincode::deserialize(&answer.data)?)
+    }
+
+    /// An idle `CallStream` call to `url` that is still open, if there is one.
+    fn idle_call(&self, url: &str) -> Option<BlobStream> {
+        let mut idle = self.idle_calls.lock().expect("not poisoned");
+        let streams = idle.get_mut(url)?;
+        while let Some(mut stream) = streams.pop() {
+            if stream.is_open() {
+                return Some(stream);
+            }
+        }
+        None
     }
 
     /// Sends `req` to the member at `urls` and returns its answer.
@@ -187,6 +286,13 @@ impl Peers {
     ) -> Result<Result<PeerResponse, Error>, PeerError> {
         self.rpc(urls, Method::Call, req, timeout).await
     }
+}
+
+/// The streamed calls of the peer service.
+#[derive(Debug, Clone, Copy)]
+enum Streamed {
+    Appends,
+    Calls,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -217,20 +323,49 @@ pub struct Connection {
     target: NodeId,
     urls: Vec<String>,
     /// The AppendEntries stream to the peer, once opened; dropped at any failure.
-    appends: Option<AppendStream>,
+    appends: Option<BlobStream>,
     /// The peer does not serve `AppendStream` (a member of an older version, during a rolling
     /// upgrade): AppendEntries go as unary calls.
     unary: bool,
 }
 
-/// An open `AppendStream` call: AppendEntries requests go out through `requests`, and each is
-/// answered on `answers` in order. openraft sends a peer one AppendEntries at a time
-/// (`RaftNetwork::append_entries` takes `&mut self`), and the stream is dropped whenever a
+/// An open streamed call (`AppendStream`, `CallStream`): requests go out through `requests`,
+/// and each is answered on `answers` in order. One request is out at a time (openraft sends a
+/// peer one AppendEntries at a time, `RaftNetwork::append_entries` takes `&mut self`; a
+/// forwarded call takes the stream out of the idle set), and the stream is dropped whenever a
 /// request fails or times out, so an answer is never read as the answer to a later request.
 #[derive(Debug)]
-struct AppendStream {
+struct BlobStream {
     requests: tokio::sync::mpsc::Sender<Blob>,
     answers: tonic::Streaming<Blob>,
+}
+
+impl BlobStream {
+    /// Sends one request and waits for its answer.
+    async fn exchange(&mut self, url: &str, data: Vec<u8>) -> Result<Blob, PeerError> {
+        let closed = || PeerError::Rpc {
+            url: url.to_owned(),
+            status: tonic::Status::unavailable("the peer's stream closed"),
+        };
+        self.requests
+            .send(Blob { data })
+            .await
+            .map_err(|_| closed())?;
+        match self.answers.message().await {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(closed()),
+            Err(status) => Err(PeerError::Rpc {
+                url: url.to_owned(),
+                status,
+            }),
+        }
+    }
+
+    /// Whether the call is still open, as far as can be told without waiting: the peer sends
+    /// nothing unasked, so an answer or an end that is ready now means the call is over.
+    fn is_open(&mut self) -> bool {
+        !self.requests.is_closed() && self.answers.message().now_or_never().is_none()
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -297,26 +432,14 @@ impl Connection {
         let url = self.urls.first().cloned().unwrap_or_default();
         let exchange = async {
             if self.appends.is_none() {
-                self.appends = Some(self.peers.open_appends(&self.urls).await?);
+                self.appends = Some(
+                    self.peers
+                        .open_stream(&self.urls, Streamed::Appends)
+                        .await?,
+                );
             }
             let stream = self.appends.as_mut().expect("opened above");
-            let closed = || PeerError::Rpc {
-                url: url.clone(),
-                status: tonic::Status::unavailable("the AppendEntries stream closed"),
-            };
-            stream
-                .requests
-                .send(Blob { data })
-                .await
-                .map_err(|_| closed())?;
-            match stream.answers.message().await {
-                Ok(Some(answer)) => Ok(answer),
-                Ok(None) => Err(closed()),
-                Err(status) => Err(PeerError::Rpc {
-                    url: url.clone(),
-                    status,
-                }),
-            }
+            stream.exchange(&url, data).await
         };
         let result = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
@@ -411,14 +534,29 @@ mod tests {
     use super::*;
     use crate::peer::pb;
 
-    /// A fake peer that answers every AppendEntries with success: as an older member (`old`:
-    /// unary calls only, the stream `Unimplemented`), or as a current one that ends every
-    /// stream after its first answer, as a peer that restarted or lost the connection would.
+    /// A fake peer that answers every AppendEntries with success and every forwarded call
+    /// with the number of calls it served: as an older member (`old`: unary calls only, the
+    /// streams `Unimplemented`), or as a current one that ends every AppendEntries stream
+    /// after its first answer, as a peer that restarted or lost the connection would.
     #[derive(Default)]
     struct FakePeer {
         old: bool,
         /// Unary AppendEntries answered.
         appends: Arc<AtomicUsize>,
+        /// Forwarded calls answered, unary or streamed.
+        calls: Arc<AtomicUsize>,
+        /// `CallStream` calls opened.
+        call_streams: Arc<AtomicUsize>,
+    }
+
+    impl FakePeer {
+        fn answer_call(&self) -> Blob {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let answer: Result<PeerResponse, Error> = Ok(PeerResponse::ReadIndex(n as u64));
+            Blob {
+                data: bincode::serialize(&answer).unwrap(),
+            }
+        }
     }
 
     fn success() -> Blob {
@@ -461,7 +599,33 @@ mod tests {
             Err(Status::unimplemented("not in this test"))
         }
         async fn call(&self, _: Request<Blob>) -> Result<Response<Blob>, Status> {
-            Err(Status::unimplemented("not in this test"))
+            if !self.old {
+                return Err(Status::internal("a current peer gets them on a stream"));
+            }
+            Ok(Response::new(self.answer_call()))
+        }
+        type CallStreamStream =
+            std::pin::Pin<Box<dyn futures::Stream<Item = Result<Blob, Status>> + Send>>;
+        async fn call_stream(
+            &self,
+            req: Request<tonic::Streaming<Blob>>,
+        ) -> Result<Response<Self::CallStreamStream>, Status> {
+            if self.old {
+                return Err(Status::unimplemented("not in this version"));
+            }
+            self.call_streams.fetch_add(1, Ordering::SeqCst);
+            let peer = FakePeer {
+                calls: self.calls.clone(),
+                ..Default::default()
+            };
+            let answers = futures::stream::unfold(
+                (req.into_inner(), peer),
+                |(mut inbound, peer)| async move {
+                    inbound.message().await.ok()??;
+                    Some((Ok(peer.answer_call()), (inbound, peer)))
+                },
+            );
+            Ok(Response::new(Box::pin(answers)))
         }
     }
 
@@ -538,5 +702,52 @@ mod tests {
             assert_eq!(appends.load(Ordering::SeqCst), expected);
         }
         assert!(connection.unary, "the fallback is remembered");
+    }
+
+    fn urls(addr: std::net::SocketAddr) -> Vec<String> {
+        vec![format!("http://{addr}")]
+    }
+
+    async fn forward_three(peers: &Peers, urls: &[String]) -> Vec<u64> {
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let answer = peers
+                .forward(urls, &PeerRequest::ReadIndex, Duration::from_secs(5))
+                .await;
+            match answer {
+                Ok(Ok(PeerResponse::ReadIndex(n))) => answers.push(n),
+                other => panic!("{other:?}"),
+            }
+        }
+        answers
+    }
+
+    /// Calls forwarded one after another go on one `CallStream` call, each answered in turn.
+    #[tokio::test]
+    async fn forwarded_calls_share_one_stream() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let urls = urls(listener.local_addr().unwrap());
+        let peer = FakePeer::default();
+        let streams = peer.call_streams.clone();
+        let _server = serve(listener, peer);
+        let peers = Peers::default();
+        assert_eq!(forward_three(&peers, &urls).await, [1, 2, 3]);
+        assert_eq!(streams.load(Ordering::SeqCst), 1);
+    }
+
+    /// A rolling upgrade: a leader whose peer service has no `CallStream` (it answers
+    /// `Unimplemented`, having served nothing) gets every forwarded call as a unary call.
+    #[tokio::test]
+    async fn a_peer_without_the_call_stream_gets_unary_calls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let urls = urls(listener.local_addr().unwrap());
+        let peer = FakePeer {
+            old: true,
+            ..Default::default()
+        };
+        let _server = serve(listener, peer);
+        let peers = Peers::default();
+        assert_eq!(forward_three(&peers, &urls).await, [1, 2, 3]);
+        assert!(peers.unary_calls.lock().unwrap().contains(&urls[0]));
     }
 }

@@ -29,15 +29,17 @@ impl PeerService {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(req: Request<pb::Blob>) -> Result<T, Status> {
-    bincode::deserialize(&req.into_inner().data)
+    from_bytes(&req.into_inner().data)
+}
+
+fn from_bytes<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(data)
         .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
 }
 
 /// Serves one AppendEntries (unary or on a stream).
 async fn append(node: &Node, data: &[u8]) -> Result<pb::Blob, Status> {
-    let rpc = bincode::deserialize(data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))?;
-    let result = node.raft.append_entries(rpc).await;
+    let result = node.raft.append_entries(from_bytes(data)?).await;
     // Any answer but a higher vote means the sender is the leader this member follows.
     if matches!(&result, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
     {
@@ -60,29 +62,32 @@ impl pb::peer_server::Peer for PeerService {
             .map(Response::new)
     }
 
-    type AppendStreamStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Blob, Status>> + Send>>;
+    type AppendStreamStream = AnswerStream;
 
     async fn append_stream(
         &self,
         req: Request<tonic::Streaming<pb::Blob>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        // One request at a time, answered in order: the next is read only once this one is
-        // answered. The stream ends at the first failure (the leader opens another).
-        let state = Some((req.into_inner(), self.node.clone()));
-        let answers = futures::stream::unfold(state, |state| async move {
-            let (mut inbound, node) = state?;
-            match inbound.message().await {
-                Ok(Some(blob)) => {
-                    let answer = append(&node, &blob.data).await;
-                    let next = answer.is_ok().then_some((inbound, node));
-                    Some((answer, next))
-                }
-                Ok(None) => None,
-                Err(status) => Some((Err(status), None)),
-            }
-        });
-        Ok(Response::new(Box::pin(answers)))
+        let answers = in_order(
+            req.into_inner(),
+            self.node.clone(),
+            |node, data| async move { append(&node, &data).await },
+        );
+        Ok(Response::new(answers))
+    }
+
+    type CallStreamStream = AnswerStream;
+
+    async fn call_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::Blob>>,
+    ) -> Result<Response<Self::CallStreamStream>, Status> {
+        let answers = in_order(
+            req.into_inner(),
+            self.node.clone(),
+            |node, data| async move { call(&node, &data).await },
+        );
+        Ok(Response::new(answers))
     }
 
     async fn vote(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
@@ -96,14 +101,51 @@ impl pb::peer_server::Peer for PeerService {
     }
 
     async fn call(&self, req: Request<pb::Blob>) -> Result<Response<pb::Blob>, Status> {
-        let call: PeerRequest = decode(req)?;
-        #[cfg(feature = "fault-injection")]
-        let write = matches!(call, PeerRequest::Propose(_) | PeerRequest::ProposeBatch(_));
-        let result: Result<PeerResponse, Error> = self.node.serve_peer_call(call).await;
-        #[cfg(feature = "fault-injection")]
-        if write && result.is_ok() && crate::fault::lose_answer(self.node.log.dir()) {
-            return Err(Status::unavailable("test fault: the answer was lost"));
-        }
-        encode(&result)
+        call(&self.node, &req.into_inner().data)
+            .await
+            .map(Response::new)
     }
+}
+
+/// The answers of a streamed call, one per request message.
+type AnswerStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Blob, Status>> + Send>>;
+
+/// Answers each message of `inbound` with `serve`, one at a time and in order: the next is
+/// read only once this one is answered. The stream ends at the first failure (the caller
+/// opens another).
+fn in_order<F, Fut>(inbound: tonic::Streaming<pb::Blob>, node: Arc<Node>, serve: F) -> AnswerStream
+where
+    F: Fn(Arc<Node>, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<pb::Blob, Status>> + Send + 'static,
+{
+    let serve = Arc::new(serve);
+    let answers = futures::stream::unfold(Some((inbound, node)), move |state| {
+        let serve = serve.clone();
+        async move {
+            let (mut inbound, node) = state?;
+            match inbound.message().await {
+                Ok(Some(blob)) => {
+                    let answer = serve(node.clone(), blob.data).await;
+                    let next = answer.is_ok().then_some((inbound, node));
+                    Some((answer, next))
+                }
+                Ok(None) => None,
+                Err(status) => Some((Err(status), None)),
+            }
+        }
+    });
+    Box::pin(answers)
+}
+
+/// Serves one forwarded call (unary or on a stream).
+async fn call(node: &Node, data: &[u8]) -> Result<pb::Blob, Status> {
+    let call: PeerRequest = from_bytes(data)?;
+    #[cfg(feature = "fault-injection")]
+    let write = matches!(call, PeerRequest::Propose(_) | PeerRequest::ProposeBatch(_));
+    let result: Result<PeerResponse, Error> = node.serve_peer_call(call).await;
+    #[cfg(feature = "fault-injection")]
+    if write && result.is_ok() && crate::fault::lose_answer(node.log.dir()) {
+        return Err(Status::unavailable("test fault: the answer was lost"));
+    }
+    encode(&result).map(Response::into_inner)
 }

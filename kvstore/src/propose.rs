@@ -330,7 +330,7 @@ impl Sink for ToLeader {
         } else {
             PeerRequest::ProposeBatch(cmds)
         };
-        match self.peers.call(&urls, &req, self.timeout).await {
+        match self.peers.forward(&urls, &req, self.timeout).await {
             Ok(Ok(PeerResponse::Reply(reply))) if n == 1 => vec![Ok(reply)],
             Ok(Ok(PeerResponse::Replies(results))) if results.len() == n => results,
             Ok(Ok(other)) => {

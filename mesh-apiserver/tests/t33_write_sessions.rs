@@ -1,5 +1,6 @@
 //! Write sessions (`kvstore::session`): a write a follower forwards is applied once even when it
-//! is sent twice.
+//! is sent twice: after the leader died with it on the wire, and after the leader's answer was
+//! lost.
 //!
 //! The test runs the `fault-injection` build of mesh-apiserver (`scripts/test` builds it into
 //! `target/fault-injection/`): a file in the leader's Raft log directory makes it lose its answer
@@ -15,7 +16,7 @@ mod util;
 use std::path::Path;
 use std::time::Duration;
 
-use etcd_client::PutOptions;
+use etcd_client::{Client, PutOptions, PutResponse};
 use testkit::localcluster::flavor::fault_injection_server;
 use testkit::localcluster::{Cluster, Flavor, Spec};
 use util::{connect, eventually, exclusive, raftmesh_only};
@@ -25,10 +26,11 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// The fault file (`kvstore::fault::LOSE_ANSWER_FILE`).
 const LOSE_ANSWER: &str = "fault-lose-answer";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forwarded_write_whose_answer_is_lost_is_sent_again_and_applied_once() {
-    raftmesh_only("the fault-injection build's lost answer");
-    let _turn = exclusive().await;
+/// A 3-member cluster of the fault-injection build, its leader and a follower that has seen
+/// write sessions switched on, with the turn that keeps other cluster tests off the cores.
+async fn start() -> (Cluster, usize, usize, tokio::sync::MutexGuard<'static, ()>) {
+    raftmesh_only("write sessions and the fault-injection build");
+    let turn = exclusive().await;
     let server = fault_injection_server(Path::new(env!("CARGO_BIN_EXE_mesh-apiserver")));
     let cluster = Cluster::start(Flavor::Raftmesh(server), Spec::with_members(3))
         .await
@@ -43,7 +45,67 @@ async fn a_forwarded_write_whose_answer_is_lost_is_sent_again_and_applied_once()
         Ok(())
     })
     .await;
+    (cluster, leader, follower, turn)
+}
 
+/// Checks that `put` of `k` = "1", sent through the follower after `k` held "0", was applied
+/// once: `k` has two versions, the put's answer saw "0" before it (a second application would
+/// have seen "1"), and nothing was applied after it.
+async fn applied_once(client: &mut Client, put: &PutResponse) {
+    let revision = put.header().unwrap().revision();
+    assert_eq!(put.prev_key().map(|kv| kv.value()), Some(&b"0"[..]));
+    let got = client.get("k", None).await.unwrap();
+    let kv = &got.kvs()[0];
+    assert_eq!(kv.value(), b"1");
+    assert_eq!(kv.version(), 2, "the write was applied twice: {kv:?}");
+    assert_eq!(kv.mod_revision(), revision);
+    assert_eq!(
+        got.header().unwrap().revision(),
+        revision,
+        "something applied after it"
+    );
+}
+
+/// The race a sequential writer meets when the leader dies under it: a write the follower sent
+/// reaches the leader's socket but is never read (the leader is stopped with SIGSTOP, then
+/// killed, and its kernel resets the connection). The follower cannot tell that from a write
+/// the leader took, so it sends it again to the next leader, which applies it once. Without
+/// sessions it fails with `request timed out` (t32's election test met this under CI load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_its_way_to_a_leader_that_dies_is_applied_once_by_the_next() {
+    let (mut cluster, leader, follower, _turn) = start().await;
+    let mut client = connect(&cluster.client_url(follower)).await.unwrap();
+    client.put("k", "0", None).await.unwrap();
+
+    cluster.pause(leader);
+    let mut writer = client.clone();
+    let put = tokio::spawn(async move {
+        writer
+            .put("k", "1", Some(PutOptions::new().with_prev_key()))
+            .await
+    });
+    // Long enough for the request to reach the stopped leader's socket, shorter than an
+    // election timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill(leader);
+    let put = put
+        .await
+        .unwrap()
+        .expect("the write on its way to the dead leader is applied by the next one");
+    let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap();
+    assert!(
+        log.contains("failed in transit"),
+        "the follower's send did not fail in transit: the race did not happen\n{}",
+        cluster.log_tail(follower, 30)
+    );
+    applied_once(&mut client, &put).await;
+}
+
+/// The leader serves a forwarded write but its answer is lost on the way back: the follower
+/// sends the write again and gets the first application's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_whose_answer_is_lost_is_sent_again_and_applied_once() {
+    let (cluster, leader, follower, _turn) = start().await;
     let mut client = connect(&cluster.client_url(follower)).await.unwrap();
     client.put("k", "0", None).await.unwrap();
     let lose = cluster
@@ -73,18 +135,6 @@ async fn a_forwarded_write_whose_answer_is_lost_is_sent_again_and_applied_once()
         cluster.log_tail(follower, 30)
     );
 
-    // Applied once: the key has two versions (the first put and this one), the copy's answer is
-    // the first application's (the previous value was 0, not 1), and nothing came after it.
-    let revision = put.header().unwrap().revision();
-    assert_eq!(put.prev_key().map(|kv| kv.value()), Some(&b"0"[..]));
-    let got = client.get("k", None).await.unwrap();
-    let kv = &got.kvs()[0];
-    assert_eq!(kv.value(), b"1");
-    assert_eq!(kv.version(), 2, "the write was applied twice: {kv:?}");
-    assert_eq!(kv.mod_revision(), revision);
-    assert_eq!(
-        got.header().unwrap().revision(),
-        revision,
-        "something applied after it"
-    );
+    // The copy's answer is the first application's (it saw 0, not 1).
+    applied_once(&mut client, &put).await;
 }
