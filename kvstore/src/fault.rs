@@ -11,7 +11,8 @@
 //! member's Raft log directory) hold the log's flushes back, hold back what follows a flush, and
 //! lose what was not flushed at a restart: the safety tests of the leader's flush running
 //! beside replication (`log_store`). [`LOSE_ANSWER_FILE`] loses the answer to a forwarded write
-//! (the write sessions of `session.rs`).
+//! (the write sessions of `session.rs`). [`HOLD_APPLY_FILE`], in the snapshot directory, holds
+//! the state machine's applies back.
 
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -97,6 +98,24 @@ pub fn lose_answer(log_dir: &std::path::Path) -> bool {
         tracing::warn!("test fault: the answer to a forwarded write is lost");
     }
     lost
+}
+
+/// While a file of this name exists in a member's snapshot directory (`<data dir>/snap/`), its
+/// state machine applies nothing: entries commit and the member acknowledges them, but its
+/// state lags behind its log, as a member's just elected may.
+pub const HOLD_APPLY_FILE: &str = "fault-hold-apply";
+
+/// Waits while the hold-apply file exists in `snap_dir`.
+pub async fn hold_apply(snap_dir: &std::path::Path) {
+    let file = snap_dir.join(HOLD_APPLY_FILE);
+    let mut logged = false;
+    while file.exists() {
+        if !logged {
+            tracing::warn!(file = %file.display(), "test fault: holding the state machine's applies");
+            logged = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Blocks while the hold file exists in `log_dir` (a test releases the flush by removing it).

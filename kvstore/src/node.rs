@@ -586,7 +586,7 @@ impl Node {
                 // ensureLeadership before a renewal (etcd-io/etcd#15247). Found by the
                 // chaos `lease` checker under isolate-member.
                 let term = self.leading_term().ok_or(Error::NotLeader)?;
-                self.reads.read_index().await?;
+                self.lead_and_catch_up().await?;
                 if self.leading_term() != Some(term) {
                     return Err(Error::NotLeader);
                 }
@@ -596,6 +596,7 @@ impl Node {
             }
             PeerRequest::LeaseTimeToLive { id } => {
                 let term = self.leading_term().ok_or(Error::NotLeader)?;
+                self.lead_and_catch_up().await?;
                 Ok(PeerResponse::LeaseTtl(self.lessor.time_to_live(
                     term,
                     &self.shared,
@@ -613,6 +614,22 @@ impl Node {
                 unreachable!("served by serve_peer_call")
             }
         }
+    }
+
+    /// Confirms with a quorum that this member leads (a ReadIndex round) and waits until it has
+    /// applied everything committed before. Leases are read from the applied state, and a member
+    /// just elected may not yet have applied what its predecessor committed: a keep-alive for a
+    /// lease granted just before the election would find no lease ("requested lease not
+    /// found", seen once in the lab's isolated-leader test). etcd waits the same way before
+    /// renewing a lease (`waitAppliedIndex` in `EtcdServer.LeaseRenew`).
+    async fn lead_and_catch_up(&self) -> Result<(), Error> {
+        let index = self.reads.read_index().await?;
+        self.raft
+            .wait(Some(self.settings.request_timeout))
+            .applied_index_at_least(Some(index), "lease request")
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Timeout)
     }
 
     /// Replicates `cmd` and returns what applying it produced. Once the cluster has write

@@ -101,6 +101,9 @@ pub struct StateMachine {
     file: Arc<SnapshotFile>,
     /// Snapshots built by this process, to give each a unique id.
     built: Arc<AtomicU64>,
+    /// Where the fault-injection build looks for its hold-apply file.
+    #[cfg(feature = "fault-injection")]
+    dir: std::path::PathBuf,
 }
 
 impl StateMachine {
@@ -127,6 +130,8 @@ impl StateMachine {
             shared: Arc::new(shared),
             file: Arc::new(file),
             built: Arc::new(AtomicU64::new(0)),
+            #[cfg(feature = "fault-injection")]
+            dir: dir.to_owned(),
         })
     }
 
@@ -200,6 +205,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::hold_apply(&self.dir).await;
         let mut replies = Vec::new();
         let revision = {
             let mut data = self
