@@ -91,7 +91,7 @@ impl Data {
                 Seen::Applied(reply) => {
                     tracing::debug!(
                         member = format_args!("{member:x}"),
-                        seq,
+                        seq = ?seq,
                         "a write applied before was sent again; answered with its reply"
                     );
                     reply

@@ -107,6 +107,10 @@ pub struct Node {
     settings: NodeSettings,
 }
 
+/// How long a lease request waits for this member's applies before it says so in the log (a
+/// leader applies what it committed within microseconds; a new leader may take longer).
+const CATCH_UP_QUIETLY: Duration = Duration::from_millis(100);
+
 /// What auto-compaction keeps while the store holds more than half its quota: the revisions
 /// of this last while.
 pub const PRESSURE_WINDOW: Duration = Duration::from_secs(2);
@@ -597,6 +601,9 @@ impl Node {
             PeerRequest::LeaseTimeToLive { id } => {
                 let term = self.leading_term().ok_or(Error::NotLeader)?;
                 self.lead_and_catch_up().await?;
+                if self.leading_term() != Some(term) {
+                    return Err(Error::NotLeader);
+                }
                 Ok(PeerResponse::LeaseTtl(self.lessor.time_to_live(
                     term,
                     &self.shared,
@@ -624,8 +631,20 @@ impl Node {
     /// renewing a lease (`waitAppliedIndex` in `EtcdServer.LeaseRenew`).
     async fn lead_and_catch_up(&self) -> Result<(), Error> {
         let index = self.reads.read_index().await?;
-        self.raft
-            .wait(Some(self.settings.request_timeout))
+        let quick = self.raft.wait(Some(CATCH_UP_QUIETLY));
+        if quick
+            .applied_index_at_least(Some(index), "lease request")
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tracing::info!(
+            index,
+            "a lease request waits until this member has applied what was committed before it"
+        );
+        let patient = self.raft.wait(Some(self.settings.request_timeout));
+        patient
             .applied_index_at_least(Some(index), "lease request")
             .await
             .map(|_| ())

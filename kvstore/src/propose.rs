@@ -330,7 +330,15 @@ impl Sink for ToLeader {
         } else {
             PeerRequest::ProposeBatch(cmds)
         };
-        match self.peers.forward(&urls, &req, self.timeout).await {
+        // On a kept-open call, a failure cannot tell a write the leader never read from one it
+        // took; numbered writes are sent again after such a failure and applied once, others
+        // go as unary calls, whose connect failures are known unsent.
+        let answer = if numbered.iter().all(|once| *once) {
+            self.peers.forward(&urls, &req, self.timeout).await
+        } else {
+            self.peers.call(&urls, &req, self.timeout).await
+        };
+        match answer {
             Ok(Ok(PeerResponse::Reply(reply))) if n == 1 => vec![Ok(reply)],
             Ok(Ok(PeerResponse::Replies(results))) if results.len() == n => results,
             Ok(Ok(other)) => {

@@ -127,9 +127,9 @@ pub enum Command {
         /// The member that proposed it.
         member: NodeId,
         /// Its number in the member's session.
-        seq: u64,
+        seq: crate::session::Seq,
         /// The lowest number the member still had a caller waiting on when it numbered this.
-        done_below: u64,
+        done_below: crate::session::Seq,
         /// The write.
         cmd: Box<Command>,
     },

@@ -299,20 +299,21 @@ impl Member {
             })?;
         }
 
-        let now_ns = std::time::SystemTime::now()
+        let now_secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let seqs = crate::session::reserve(dir, now_ns).map_err(|source| ServerError::DataDir {
-            path: dir.join(crate::session::FILE),
-            source,
-        })?;
+            .map_or(0, |d| d.as_secs());
+        let run =
+            crate::session::reserve(dir, now_secs).map_err(|source| ServerError::DataDir {
+                path: dir.join(crate::session::FILE),
+                source,
+            })?;
         let node = Arc::new(Node::new(
             id,
             raft.clone(),
             shared,
             log,
             peers,
-            crate::session::WriteSession::new(id, seqs),
+            crate::session::WriteSession::new(id, run),
             NodeSettings {
                 name: config.name.clone(),
                 client_urls: config.advertise_client_urls.clone(),

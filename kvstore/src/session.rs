@@ -23,9 +23,12 @@
 //! replies of the writes it had outstanding (bounded by its concurrency and the request
 //! timeout); it is part of the replicated state and its snapshots.
 //!
-//! Sequence numbers never repeat across a member's runs: each run takes a block starting at the
-//! later of the clock (nanoseconds since the epoch) and the end of the block recorded in the
-//! data directory ([`reserve`]), recorded (fsynced) before the member serves.
+//! Sequence numbers never repeat across a member's runs: a number is (run, n), ordered by run
+//! first, and each run of the member takes a run number above the last one recorded in its
+//! data directory and no lower than the clock in seconds since the epoch ([`reserve`]),
+//! recorded (fsynced) before the member serves. The record covers restarts whatever the clock
+//! does; the clock covers a data directory replaced or rolled back, unless the clock went back
+//! too.
 //!
 //! A cluster switches sessions on once ([`Command::EnableWriteSessions`]): its leader proposes
 //! that after every member answered that it knows them ([`crate::peer::PeerRequest::Capabilities`]),
@@ -35,7 +38,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -47,41 +49,48 @@ use crate::raft_types::{Command, NodeId, Reply};
 /// The capability a member names when it can read and apply [`Command::Once`].
 pub const CAPABILITY: &str = "write-sessions";
 
-/// The file in the data directory that records the end of the last block of sequence numbers.
+/// The file in the data directory that records the last run number taken.
 pub const FILE: &str = "write-session";
 
-/// Sequence numbers one run may use (2^48: a million writes a second for nine years).
-const BLOCK: u64 = 1 << 48;
+/// A write's number in its member's session: `n`-th of run `run`. Ordered by run, then `n`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Seq {
+    /// The member's run that numbered it ([`reserve`]).
+    pub run: u64,
+    /// Its place in the run.
+    pub n: u64,
+}
 
-/// Reserves this run's sequence numbers: a block from the later of `now_ns` and the end of the
-/// block recorded in `dir`, whose end is recorded (written, fsynced, renamed) before it
-/// returns. Either of the two alone keeps numbers from repeating: the file across restarts,
-/// the clock when the data directory was replaced.
-pub fn reserve(dir: &Path, now_ns: u64) -> io::Result<Range<u64>> {
+/// Takes this run's number: one above the run recorded in `dir`, or `now_secs` (the clock, in
+/// seconds since the epoch) if that is higher, recorded (written, fsynced, renamed) before it
+/// returns.
+pub fn reserve(dir: &Path, now_secs: u64) -> io::Result<u64> {
     let path = dir.join(FILE);
     let recorded = match std::fs::read_to_string(&path) {
         Ok(text) => text.trim().parse::<u64>().map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: not a sequence number: {e}", path.display()),
+                format!("{}: not a run number: {e}", path.display()),
             )
         })?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e),
     };
-    let start = now_ns.max(recorded);
-    let end = start.checked_add(BLOCK).ok_or_else(|| {
+    let next = recorded.checked_add(1).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{}: sequence numbers used up ({recorded})", path.display()),
+            format!("{}: run numbers used up", path.display()),
         )
     })?;
+    let run = next.max(now_secs);
     let tmp = dir.join(format!("{FILE}.tmp"));
-    std::fs::write(&tmp, format!("{end}\n"))?;
+    std::fs::write(&tmp, format!("{run}\n"))?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
-    Ok(start..end)
+    Ok(run)
 }
 
 /// This member's side of its write session: it numbers the writes it proposes and knows which
@@ -94,20 +103,18 @@ pub struct WriteSession {
 
 #[derive(Debug)]
 struct Seqs {
-    next: u64,
-    end: u64,
-    /// Sequence numbers whose caller is still waiting.
-    open: BTreeSet<u64>,
+    next: Seq,
+    /// Numbers whose caller is still waiting.
+    open: BTreeSet<Seq>,
 }
 
 impl WriteSession {
-    /// Member `member`'s session, numbering its writes from `seqs` (see [`reserve`]).
-    pub fn new(member: NodeId, seqs: Range<u64>) -> Self {
+    /// Member `member`'s session in run `run` (see [`reserve`]).
+    pub fn new(member: NodeId, run: u64) -> Self {
         Self {
             member,
             seqs: Mutex::new(Seqs {
-                next: seqs.start,
-                end: seqs.end,
+                next: Seq { run, n: 0 },
                 open: BTreeSet::new(),
             }),
         }
@@ -118,12 +125,12 @@ impl WriteSession {
     /// outstanding until dropped.
     pub fn number(&self, cmd: Command) -> Result<(Command, Ticket<'_>), Error> {
         let mut seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
-        if seqs.next >= seqs.end {
-            tracing::error!("this run used up its write sequence numbers; restart the member");
-            return Err(Error::Unhealthy);
-        }
         let seq = seqs.next;
-        seqs.next += 1;
+        let Some(n) = seq.n.checked_add(1) else {
+            tracing::error!("this run numbered 2^64 writes; restart the member");
+            return Err(Error::Unhealthy);
+        };
+        seqs.next.n = n;
         seqs.open.insert(seq);
         let done_below = *seqs.open.first().expect("seq was just inserted");
         drop(seqs);
@@ -141,7 +148,7 @@ impl WriteSession {
 #[derive(Debug)]
 pub struct Ticket<'a> {
     session: &'a WriteSession,
-    seq: u64,
+    seq: Seq,
 }
 
 impl Drop for Ticket<'_> {
@@ -164,9 +171,9 @@ pub struct Sessions {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Copies below this are refused: their callers have their answers.
-    pub floor: u64,
+    pub floor: Seq,
     /// The reply of each write applied at or above the floor.
-    pub replies: BTreeMap<u64, Reply>,
+    pub replies: BTreeMap<Seq, Reply>,
 }
 
 /// What to do with a write numbered `seq` of `member`.
@@ -182,7 +189,7 @@ pub enum Seen {
 
 impl Sessions {
     /// Whether `seq` of `member` was applied.
-    pub fn seen(&self, member: NodeId, seq: u64) -> Seen {
+    pub fn seen(&self, member: NodeId, seq: Seq) -> Seen {
         match self.members.get(&member) {
             Some(r) if seq < r.floor => Seen::Late,
             Some(r) => r
@@ -194,7 +201,7 @@ impl Sessions {
     }
 
     /// Records that `seq` of `member` was applied with `reply`.
-    pub fn record(&mut self, member: NodeId, seq: u64, reply: Reply) {
+    pub fn record(&mut self, member: NodeId, seq: Seq, reply: Reply) {
         self.members
             .entry(member)
             .or_default()
@@ -203,7 +210,7 @@ impl Sessions {
     }
 
     /// Forgets the replies of `member` below `done_below`, refusing copies below it from now on.
-    pub fn raise_floor(&mut self, member: NodeId, done_below: u64) {
+    pub fn raise_floor(&mut self, member: NodeId, done_below: Seq) {
         let r = self.members.entry(member).or_default();
         if done_below > r.floor {
             r.floor = done_below;
@@ -220,7 +227,11 @@ mod tests {
         Command::Compact { revision: 1 }
     }
 
-    fn numbered(cmd: &Command) -> (u64, u64) {
+    fn seq(n: u64) -> Seq {
+        Seq { run: 7, n }
+    }
+
+    fn numbered(cmd: &Command) -> (Seq, Seq) {
         match cmd {
             Command::Once {
                 seq, done_below, ..
@@ -231,37 +242,45 @@ mod tests {
 
     #[test]
     fn done_below_is_the_oldest_write_still_waiting() {
-        let session = WriteSession::new(7, 100..200);
+        let session = WriteSession::new(3, 7);
         let (a, ta) = session.number(put()).unwrap();
         let (b, tb) = session.number(put()).unwrap();
-        assert_eq!(numbered(&a), (100, 100));
-        assert_eq!(numbered(&b), (101, 100));
+        assert_eq!(numbered(&a), (seq(0), seq(0)));
+        assert_eq!(numbered(&b), (seq(1), seq(0)));
         drop(tb);
         let (c, _tc) = session.number(put()).unwrap();
-        assert_eq!(numbered(&c), (102, 100), "100 still waits");
+        assert_eq!(numbered(&c), (seq(2), seq(0)), "0 still waits");
         drop(ta);
         let (d, _td) = session.number(put()).unwrap();
-        assert_eq!(numbered(&d), (103, 102));
+        assert_eq!(numbered(&d), (seq(3), seq(2)));
     }
 
     #[test]
-    fn a_used_up_block_refuses_to_number() {
-        let session = WriteSession::new(7, 5..6);
-        let (_a, _ta) = session.number(put()).unwrap();
-        assert_eq!(session.number(put()).unwrap_err(), Error::Unhealthy);
+    fn a_later_run_numbers_above_every_earlier_one() {
+        let earlier = Seq {
+            run: 5,
+            n: u64::MAX - 1,
+        };
+        assert!(earlier < Seq { run: 6, n: 0 });
     }
 
     #[test]
-    fn blocks_never_overlap_across_runs_even_with_the_clock_behind() {
+    fn runs_increase_across_restarts_even_with_the_clock_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let first = reserve(dir.path(), 1_000).unwrap();
-        assert_eq!(first.start, 1_000);
-        // The clock went back: the recorded end wins.
-        let second = reserve(dir.path(), 10).unwrap();
-        assert_eq!(second.start, first.end);
+        assert_eq!(reserve(dir.path(), 1_000).unwrap(), 1_000);
+        // The clock went back, or restarts come faster than it ticks: the record wins.
+        assert_eq!(reserve(dir.path(), 10).unwrap(), 1_001);
+        assert_eq!(reserve(dir.path(), 1_001).unwrap(), 1_002);
         // The clock is ahead of the record: the clock wins.
-        let third = reserve(dir.path(), second.end + 5).unwrap();
-        assert_eq!(third.start, second.end + 5);
+        assert_eq!(reserve(dir.path(), 5_000).unwrap(), 5_000);
+    }
+
+    #[test]
+    fn a_replaced_data_directory_still_gets_a_later_run_from_the_clock() {
+        let old = tempfile::tempdir().unwrap();
+        let run = reserve(old.path(), 1_000).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        assert!(reserve(fresh.path(), 1_060).unwrap() > run);
     }
 
     #[test]
@@ -279,15 +298,19 @@ mod tests {
             result: Ok(crate::raft_types::Outcome::Done),
         };
         let mut s = Sessions::default();
-        assert_eq!(s.seen(1, 10), Seen::New);
-        s.record(1, 10, reply(5));
-        s.record(1, 11, reply(6));
-        assert_eq!(s.seen(1, 10), Seen::Applied(reply(5)));
-        assert_eq!(s.seen(2, 10), Seen::New, "sessions are per member");
-        s.raise_floor(1, 11);
-        assert_eq!(s.seen(1, 10), Seen::Late);
-        assert_eq!(s.seen(1, 11), Seen::Applied(reply(6)));
-        s.raise_floor(1, 3);
-        assert_eq!(s.members[&1].floor, 11, "the floor never goes down");
+        assert_eq!(s.seen(1, seq(10)), Seen::New);
+        s.record(1, seq(10), reply(5));
+        s.record(1, seq(11), reply(6));
+        assert_eq!(s.seen(1, seq(10)), Seen::Applied(reply(5)));
+        assert_eq!(s.seen(2, seq(10)), Seen::New, "sessions are per member");
+        s.raise_floor(1, seq(11));
+        assert_eq!(s.seen(1, seq(10)), Seen::Late);
+        assert_eq!(s.seen(1, seq(11)), Seen::Applied(reply(6)));
+        s.raise_floor(1, seq(3));
+        assert_eq!(s.members[&1].floor, seq(11), "the floor never goes down");
+        // A new run of the member: everything of the old run is below its first number.
+        s.raise_floor(1, Seq { run: 8, n: 0 });
+        assert_eq!(s.seen(1, seq(11)), Seen::Late);
+        assert!(s.members[&1].replies.is_empty());
     }
 }

@@ -358,11 +358,15 @@ mod tests {
         assert_eq!(replies[2].result, Err(crate::error::Error::KeyNotFound));
     }
 
-    fn once(seq: u64, done_below: u64, cmd: Command) -> Command {
+    fn seq(n: u64) -> crate::session::Seq {
+        crate::session::Seq { run: 1, n }
+    }
+
+    fn once(n: u64, done_below: u64, cmd: Command) -> Command {
         Command::Once {
             member: 9,
-            seq,
-            done_below,
+            seq: seq(n),
+            done_below: seq(done_below),
             cmd: Box::new(cmd),
         }
     }
@@ -379,8 +383,8 @@ mod tests {
         // The copy comes in a batch, behind another member's write to the same key.
         let other = Command::Once {
             member: 4,
-            seq: 10,
-            done_below: 10,
+            seq: seq(10),
+            done_below: seq(10),
             cmd: Box::new(put("a", "2")),
         };
         let reply = data.apply(&Command::Batch(vec![other, once(10, 10, Command::Put(p))]));
@@ -407,7 +411,7 @@ mod tests {
         // Once the member's waiting writes are past 10, its reply is forgotten and a late
         // copy is refused, changing nothing.
         back.apply(&once(11, 11, put("b", "1")));
-        assert!(!back.sessions.members[&9].replies.contains_key(&10));
+        assert!(!back.sessions.members[&9].replies.contains_key(&seq(10)));
         let late = back.apply(&once(10, 10, put("a", "1")));
         assert_eq!(late.result, Err(crate::error::Error::Timeout));
         assert_eq!(back.mvcc.revision(), revision + 2);

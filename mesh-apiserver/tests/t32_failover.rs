@@ -17,7 +17,7 @@ use etcd_client::{Client, ConnectOptions};
 use testkit::localcluster::{Cluster, Spec};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use util::{flavor, grpc_status};
+use util::{eventually, flavor, grpc_status};
 
 /// Writes acknowledged before the kill.
 const BEFORE: usize = 100;
@@ -41,6 +41,20 @@ async fn writes_during_an_election_wait_for_the_new_leader() -> Result<()> {
     let mut cluster = Cluster::start(flavor(), Spec::with_members(3)).await?;
     let leader = cluster.leader().await?;
     let follower = (leader + 1) % 3;
+    if !flavor().is_etcd() {
+        // From when the follower sees write sessions on, a write whose send to the dying
+        // leader fails in transit is sent again to the next one (kvstore::session).
+        eventually(
+            "write sessions on at the follower",
+            CLIENT_TIMEOUT,
+            async || {
+                let log = std::fs::read_to_string(cluster.log_path(follower))?;
+                ensure!(log.contains("write sessions are on"), "not yet");
+                Ok(())
+            },
+        )
+        .await;
+    }
     let options = ConnectOptions::new()
         .with_timeout(CLIENT_TIMEOUT)
         .with_connect_timeout(CLIENT_TIMEOUT);

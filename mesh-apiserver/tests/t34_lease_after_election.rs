@@ -16,12 +16,16 @@ use std::time::Duration;
 
 use testkit::localcluster::flavor::fault_injection_server;
 use testkit::localcluster::{Cluster, Flavor, Spec};
-use util::{connect, exclusive, raftmesh_only};
+use util::{connect, eventually, exclusive, raftmesh_only};
 
 /// The fault file (`kvstore::fault::HOLD_APPLY_FILE`).
 const HOLD_APPLY: &str = "fault-hold-apply";
 /// The lease's TTL, in seconds.
 const TTL: i64 = 60;
+/// What a member logs when a lease request waits for its applies.
+const WAITING: &str = "a lease request waits until this member has applied";
+/// Bound on the wait for it.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_renews_a_lease_granted_before_it_applied_the_grant() {
@@ -63,7 +67,21 @@ async fn a_new_leader_renews_a_lease_granted_before_it_applied_the_grant() {
         keeper.keep_alive().await?;
         answers.message().await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // It reached the new leader and waits there (the member says so once it has waited 100 ms).
+    eventually(
+        "the keep-alive waiting at the new leader",
+        PATIENCE,
+        async || {
+            if renewal.is_finished() {
+                return Ok(None);
+            }
+            let log = std::fs::read_to_string(cluster.log_path(next))?;
+            anyhow::ensure!(log.contains(WAITING), "not yet");
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|| panic!("the new leader answered before applying the grant"));
     assert!(
         !renewal.is_finished(),
         "the new leader answered before applying the grant: {:?}",
