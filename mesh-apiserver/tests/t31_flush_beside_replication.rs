@@ -15,9 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::GetOptions;
-use testkit::localcluster::flavor::fault_injection_server;
-use testkit::localcluster::{Cluster, Flavor, Spec};
-use util::{connect, eventually, exclusive, raftmesh_only};
+use testkit::localcluster::Cluster;
+use util::{connect, eventually, start_with_faults};
 
 /// Bound on a write, a read, an election or a catch-up.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -29,14 +28,7 @@ const LOSE_UNSYNCED: &str = "fault-lose-unsynced";
 /// A 3-member cluster of the fault-injection build of mesh-apiserver, its leader, and the
 /// turn that keeps other cluster tests off the cores meanwhile.
 async fn start() -> (Cluster, usize, tokio::sync::MutexGuard<'static, ()>) {
-    raftmesh_only("the fault-injection build's log faults");
-    let turn = exclusive().await;
-    let server = fault_injection_server(Path::new(env!("CARGO_BIN_EXE_mesh-apiserver")));
-    let cluster = Cluster::start(Flavor::Raftmesh(server), Spec::with_members(3))
-        .await
-        .expect("cluster starts");
-    let leader = cluster.leader().await.unwrap();
-    (cluster, leader, turn)
+    start_with_faults("the fault-injection build's log faults").await
 }
 
 /// Member `i`'s Raft log directory.

@@ -13,13 +13,11 @@
 #[path = "support/util.rs"]
 mod util;
 
-use std::path::Path;
 use std::time::Duration;
 
 use etcd_client::{Client, PutOptions, PutResponse};
-use testkit::localcluster::flavor::fault_injection_server;
-use testkit::localcluster::{Cluster, Flavor, Spec};
-use util::{connect, eventually, exclusive, raftmesh_only};
+use testkit::localcluster::Cluster;
+use util::{connect, eventually, start_with_faults};
 
 /// Bound on a write, a read or an election.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -29,13 +27,8 @@ const LOSE_ANSWER: &str = "fault-lose-answer";
 /// A 3-member cluster of the fault-injection build, its leader and a follower that has seen
 /// write sessions switched on, with the turn that keeps other cluster tests off the cores.
 async fn start() -> (Cluster, usize, usize, tokio::sync::MutexGuard<'static, ()>) {
-    raftmesh_only("write sessions and the fault-injection build");
-    let turn = exclusive().await;
-    let server = fault_injection_server(Path::new(env!("CARGO_BIN_EXE_mesh-apiserver")));
-    let cluster = Cluster::start(Flavor::Raftmesh(server), Spec::with_members(3))
-        .await
-        .expect("cluster starts");
-    let leader = cluster.leader().await.unwrap();
+    let (cluster, leader, turn) =
+        start_with_faults("write sessions and the fault-injection build").await;
     let follower = (leader + 1) % 3;
     // The leader switches sessions on once every member said it has them; each member logs
     // when it sees them on.

@@ -11,12 +11,9 @@
 #[path = "support/util.rs"]
 mod util;
 
-use std::path::Path;
 use std::time::Duration;
 
-use testkit::localcluster::flavor::fault_injection_server;
-use testkit::localcluster::{Cluster, Flavor, Spec};
-use util::{connect, eventually, exclusive, raftmesh_only};
+use util::{connect, eventually, start_with_faults};
 
 /// The fault file (`kvstore::fault::HOLD_APPLY_FILE`).
 const HOLD_APPLY: &str = "fault-hold-apply";
@@ -29,13 +26,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_renews_a_lease_granted_before_it_applied_the_grant() {
-    raftmesh_only("the fault-injection build's held applies");
-    let _turn = exclusive().await;
-    let server = fault_injection_server(Path::new(env!("CARGO_BIN_EXE_mesh-apiserver")));
-    let cluster = Cluster::start(Flavor::Raftmesh(server), Spec::with_members(3))
-        .await
-        .expect("cluster starts");
-    let leader = cluster.leader().await.unwrap();
+    let (cluster, leader, _turn) =
+        start_with_faults("the fault-injection build's held applies").await;
     let next = (leader + 1) % 3;
 
     // `next` takes the grant into its log but does not apply it.

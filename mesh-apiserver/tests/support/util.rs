@@ -338,6 +338,27 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
+/// A 3-member cluster of the `fault-injection` build of mesh-apiserver (`scripts/test` builds it
+/// into `target/fault-injection/`), its leader, and the turn that keeps the binary's other
+/// cluster tests off the cores meanwhile. Raftmesh-only: `faults` names what the test needs.
+pub async fn start_with_faults(
+    faults: &str,
+) -> (Cluster, usize, tokio::sync::MutexGuard<'static, ()>) {
+    raftmesh_only(faults);
+    let turn = exclusive().await;
+    let server = testkit::localcluster::flavor::fault_injection_server(std::path::Path::new(env!(
+        "CARGO_BIN_EXE_mesh-apiserver"
+    )));
+    let cluster = Cluster::start(
+        Flavor::Raftmesh(server),
+        testkit::localcluster::Spec::with_members(3),
+    )
+    .await
+    .expect("cluster starts");
+    let leader = cluster.leader().await.expect("a leader");
+    (cluster, leader, turn)
+}
+
 /// A 3-member spec whose members publish the manifests in `dir` as cluster `apps`, id 7.
 pub fn publishing_spec(dir: &std::path::Path, extra: &[&str]) -> testkit::localcluster::Spec {
     let mut spec = testkit::localcluster::Spec::with_members(3);
