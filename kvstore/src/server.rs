@@ -599,11 +599,7 @@ fn read_member_id(dir: &Path) -> std::io::Result<Option<NodeId>> {
 }
 
 fn write_member_id(dir: &Path, id: NodeId) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{MEMBER_ID_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{id:x}\n"))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join(MEMBER_ID_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::wal::replace_file(dir, MEMBER_ID_FILE, format!("{id:x}\n").as_bytes())
 }
 
 /// This member's id, and the founding membership when it must initialize the cluster.

@@ -85,11 +85,7 @@ pub fn reserve(dir: &Path, now_secs: u64) -> io::Result<u64> {
         )
     })?;
     let run = next.max(now_secs);
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    std::fs::write(&tmp, format!("{run}\n"))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    crate::wal::replace_file(dir, FILE, format!("{run}\n").as_bytes())?;
     Ok(run)
 }
 
@@ -214,7 +210,13 @@ impl Sessions {
         let r = self.members.entry(member).or_default();
         if done_below > r.floor {
             r.floor = done_below;
-            r.replies = r.replies.split_off(&done_below);
+            // Runs on every numbered write on every member: drops the few replies below in
+            // place rather than building a new map.
+            while let Some(entry) = r.replies.first_entry()
+                && *entry.key() < done_below
+            {
+                entry.remove();
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use etcd_client::GetOptions;
 use testkit::localcluster::Cluster;
-use util::{connect, eventually, start_with_faults};
+use util::{assert_logged, connect, eventually, start_with_faults};
 
 /// Bound on a write, a read, an election or a catch-up.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -73,11 +73,11 @@ async fn crash_losing_the_tail(cluster: &mut Cluster, i: usize) {
     cluster.kill(i);
     std::fs::remove_file(dir.join(HOLD_FLUSH)).unwrap();
     cluster.restart(i).await.expect("the member restarts");
-    let log = std::fs::read_to_string(cluster.log_path(i)).unwrap();
-    assert!(
-        log.contains("test fault: the Raft log loses its unflushed tail"),
-        "member {i} restarted without losing anything: the fault did not happen\n{}",
-        cluster.log_tail(i, 30)
+    assert_logged(
+        cluster,
+        i,
+        "test fault: the Raft log loses its unflushed tail",
+        "restarted without losing anything: the fault did not happen",
     );
 }
 
@@ -163,10 +163,11 @@ async fn a_write_flushed_by_a_majority_but_never_acknowledged_is_kept_after_the_
         std::fs::remove_file(log_dir(&cluster, f).join(HOLD_ACK)).unwrap();
     }
     for &f in &followers {
-        let log = std::fs::read_to_string(cluster.log_path(f)).unwrap();
-        assert!(
-            log.contains("test fault: holding back a flushed append's acknowledgement"),
-            "member {f} never held an acknowledgement back: the fault did not happen"
+        assert_logged(
+            &cluster,
+            f,
+            "test fault: holding back a flushed append's acknowledgement",
+            "never held an acknowledgement back: the fault did not happen",
         );
     }
     cluster

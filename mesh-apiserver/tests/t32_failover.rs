@@ -17,7 +17,7 @@ use etcd_client::{Client, ConnectOptions};
 use testkit::localcluster::{Cluster, Spec};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use util::{eventually, flavor, grpc_status};
+use util::{flavor, grpc_status, sessions_on};
 
 /// Writes acknowledged before the kill.
 const BEFORE: usize = 100;
@@ -44,16 +44,7 @@ async fn writes_during_an_election_wait_for_the_new_leader() -> Result<()> {
     if !flavor().is_etcd() {
         // From when the follower sees write sessions on, a write whose send to the dying
         // leader fails in transit is sent again to the next one (kvstore::session).
-        eventually(
-            "write sessions on at the follower",
-            CLIENT_TIMEOUT,
-            async || {
-                let log = std::fs::read_to_string(cluster.log_path(follower))?;
-                ensure!(log.contains("write sessions are on"), "not yet");
-                Ok(())
-            },
-        )
-        .await;
+        sessions_on(&cluster, follower).await;
     }
     let options = ConnectOptions::new()
         .with_timeout(CLIENT_TIMEOUT)

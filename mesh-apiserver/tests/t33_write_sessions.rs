@@ -17,10 +17,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, PutOptions, PutResponse};
 use testkit::localcluster::Cluster;
-use util::{connect, eventually, start_with_faults};
+use util::{assert_logged, connect, sessions_on, start_with_faults};
 
-/// Bound on a write, a read or an election.
-const PATIENCE: Duration = Duration::from_secs(30);
 /// The fault file (`kvstore::fault::LOSE_ANSWER_FILE`).
 const LOSE_ANSWER: &str = "fault-lose-answer";
 
@@ -30,14 +28,8 @@ async fn start() -> (Cluster, usize, usize, tokio::sync::MutexGuard<'static, ()>
     let (cluster, leader, turn) =
         start_with_faults("write sessions and the fault-injection build").await;
     let follower = (leader + 1) % 3;
-    // The leader switches sessions on once every member said it has them; each member logs
-    // when it sees them on.
-    eventually("write sessions on at the follower", PATIENCE, async || {
-        let log = std::fs::read_to_string(cluster.log_path(follower))?;
-        anyhow::ensure!(log.contains("write sessions are on"), "not yet");
-        Ok(())
-    })
-    .await;
+    // The leader switches sessions on once every member said it has them.
+    sessions_on(&cluster, follower).await;
     (cluster, leader, follower, turn)
 }
 
@@ -85,11 +77,11 @@ async fn a_write_on_its_way_to_a_leader_that_dies_is_applied_once_by_the_next() 
         .await
         .unwrap()
         .expect("the write on its way to the dead leader is applied by the next one");
-    let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap();
-    assert!(
-        log.contains("failed in transit"),
-        "the follower's send did not fail in transit: the race did not happen\n{}",
-        cluster.log_tail(follower, 30)
+    assert_logged(
+        &cluster,
+        follower,
+        "failed in transit",
+        "the follower's send did not fail in transit: the race did not happen",
     );
     applied_once(&mut client, &put).await;
 }
@@ -115,17 +107,17 @@ async fn a_forwarded_write_whose_answer_is_lost_is_sent_again_and_applied_once()
         !lose.exists(),
         "the fault did not happen: the leader lost no answer"
     );
-    let leader_log = std::fs::read_to_string(cluster.log_path(leader)).unwrap();
-    assert!(
-        leader_log.contains("test fault: the answer to a forwarded write is lost"),
-        "{}",
-        cluster.log_tail(leader, 30)
+    assert_logged(
+        &cluster,
+        leader,
+        "test fault: the answer to a forwarded write is lost",
+        "lost no answer",
     );
-    let follower_log = std::fs::read_to_string(cluster.log_path(follower)).unwrap();
-    assert!(
-        follower_log.contains("failed in transit"),
-        "the follower never saw the failure:\n{}",
-        cluster.log_tail(follower, 30)
+    assert_logged(
+        &cluster,
+        follower,
+        "failed in transit",
+        "the follower never saw the failure",
     );
 
     // The copy's answer is the first application's (it saw 0, not 1).

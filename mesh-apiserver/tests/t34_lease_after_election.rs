@@ -13,7 +13,7 @@ mod util;
 
 use std::time::Duration;
 
-use util::{connect, eventually, start_with_faults};
+use util::{assert_logged, connect, eventually, logged, start_with_faults};
 
 /// The fault file (`kvstore::fault::HOLD_APPLY_FILE`).
 const HOLD_APPLY: &str = "fault-hold-apply";
@@ -45,11 +45,11 @@ async fn a_new_leader_renews_a_lease_granted_before_it_applied_the_grant() {
         .move_leader(next_id)
         .await
         .expect("the leadership moves to the member whose applies are held");
-    let log = std::fs::read_to_string(cluster.log_path(next)).unwrap();
-    assert!(
-        log.contains("test fault: holding the state machine's applies"),
-        "the fault did not happen:\n{}",
-        cluster.log_tail(next, 30)
+    assert_logged(
+        &cluster,
+        next,
+        "test fault: holding the state machine's applies",
+        "the fault did not happen",
     );
 
     // A keep-alive at the new leader waits for the grant to be applied.
@@ -67,8 +67,7 @@ async fn a_new_leader_renews_a_lease_granted_before_it_applied_the_grant() {
             if renewal.is_finished() {
                 return Ok(None);
             }
-            let log = std::fs::read_to_string(cluster.log_path(next))?;
-            anyhow::ensure!(log.contains(WAITING), "not yet");
+            anyhow::ensure!(logged(&cluster, next, WAITING), "not yet");
             Ok(Some(()))
         },
     )

@@ -338,6 +338,30 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
+/// Whether member `i`'s log says `text`.
+pub fn logged(cluster: &Cluster, i: usize, text: &str) -> bool {
+    std::fs::read_to_string(cluster.log_path(i)).is_ok_and(|log| log.contains(text))
+}
+
+/// Panics, showing the end of member `i`'s log, unless the log says `text`; `missing` says what
+/// its absence means.
+pub fn assert_logged(cluster: &Cluster, i: usize, text: &str, missing: &str) {
+    assert!(
+        logged(cluster, i, text),
+        "member {i}: {missing}\n{}",
+        cluster.log_tail(i, 30)
+    );
+}
+
+/// Waits until member `i` has seen write sessions switched on (it logs it; `kvstore::session`).
+pub async fn sessions_on(cluster: &Cluster, i: usize) {
+    eventually("write sessions on", Duration::from_secs(30), async || {
+        anyhow::ensure!(logged(cluster, i, "write sessions are on"), "not yet");
+        Ok(())
+    })
+    .await;
+}
+
 /// A 3-member cluster of the `fault-injection` build of mesh-apiserver (`scripts/test` builds it
 /// into `target/fault-injection/`), its leader, and the turn that keeps the binary's other
 /// cluster tests off the cores meanwhile. Raftmesh-only: `faults` names what the test needs.
